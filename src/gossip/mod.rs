@@ -1,0 +1,141 @@
+//! The gossip protocol: the messages replicas exchange, their wire encoding, and the timing
+//! rules that decide when each is sent.
+//!
+//! | message | how it travels | when |
+//! |---|---|---|
+//! | [`Message::Ops`] | published on the topic (gossipsub) | a writer's new ops, batched for `op_batch_delay` (at most `max_batch_ops`) |
+//! | [`Message::Status`] | sent to the status peers | records adopted since the last report, at most every `status_interval`; the node's own record is re-issued when its applied vector or registrations changed, and at least every `heartbeat_interval` |
+//! | [`Message::Digest`] | sent to one random member | every `anti_entropy_interval`; after `gap_pull_delay` while ops wait for missing deps; again while a repair says there is more |
+//! | [`Message::Repair`] | reply to a digest | carries the ops and records the digest's sender lacks |
+//! | [`Message::Stale`] | reply to a digest | the digest's sender is below this node's snapshot point, whose ops are compacted |
+//! | [`Message::JoinRequest`] / [`Message::JoinResponse`] | direct request–response | the join handshake (see `join_protocol`) |
+//!
+//! Status peers: `status_fanout` members chosen at random (replaced when they leave good
+//! standing) plus every member that recently sent this node a status report, so the status
+//! graph is undirected and connected with high probability; a record therefore floods to
+//! every member within a few hops, the way gossipsub floods ops.
+//!
+//! This module is part of the sans-IO core: it holds data and rules, no I/O.
+
+mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use wire::{decode, encode, encoded_len, DecodeError, MAX_MESSAGE_BYTES};
+
+use crate::join_protocol::{JoinRequest, JoinResponse};
+use crate::network_map::MemberRecord;
+use crate::node_id::NodeId;
+use crate::ops_log::{Op, StateMachine};
+use crate::version_vector::VersionVector;
+
+/// A batch of ops in an order that respects causality. Encoded compactly (see `wire`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpsBatch<P>(pub Vec<Arc<Op<P>>>);
+
+impl<P> OpsBatch<P> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A request for whatever the receiver has that the sender lacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AntiEntropyDigest {
+    /// The sender's applied vector.
+    pub applied: VersionVector,
+    /// (member, incarnation, report_seq) of every record the sender holds.
+    pub members: Vec<(NodeId, u64, u64)>,
+    /// Whether the receiver should answer with its own digest when it is behind.
+    pub initiator: bool,
+}
+
+/// The answer to a digest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Repair<S: StateMachine> {
+    pub ops: OpsBatch<S::Op>,
+    pub records: Vec<Arc<MemberRecord>>,
+    /// More ops were left out to bound the message; ask again.
+    pub more: bool,
+}
+
+/// Everything replicas send each other.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum Message<S: StateMachine> {
+    Ops(OpsBatch<S::Op>),
+    Status(Vec<Arc<MemberRecord>>),
+    Digest(AntiEntropyDigest),
+    Repair(Repair<S>),
+    Stale { snapshot_point: VersionVector },
+    JoinRequest(JoinRequest),
+    JoinResponse(Box<JoinResponse<S>>),
+}
+
+impl<S: StateMachine> Message<S> {
+    /// A short name, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Ops(_) => "ops",
+            Message::Status(_) => "status",
+            Message::Digest(_) => "digest",
+            Message::Repair(_) => "repair",
+            Message::Stale { .. } => "stale",
+            Message::JoinRequest(_) => "join_request",
+            Message::JoinResponse(_) => "join_response",
+        }
+    }
+}
+
+/// Timing and size rules of the gossip protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GossipConfig {
+    /// How long a writer collects its new ops before publishing them as one batch.
+    pub op_batch_delay: Duration,
+    /// Most ops in one published batch.
+    pub max_batch_ops: usize,
+    /// Least time between two status reports of one node.
+    pub status_interval: Duration,
+    /// Most time between two reports of a node's own record.
+    pub heartbeat_interval: Duration,
+    /// Number of status peers chosen at random.
+    pub status_fanout: usize,
+    /// Most status peers (random plus those that report to us).
+    pub max_status_peers: usize,
+    /// How often a node sends its digest to a random member.
+    pub anti_entropy_interval: Duration,
+    /// How long ops may wait for missing deps before their sender is asked for a repair.
+    pub gap_pull_delay: Duration,
+    /// Most ops in one repair.
+    pub max_repair_ops: usize,
+    /// How long a joiner waits for its sponsor before asking again.
+    pub join_retry: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            op_batch_delay: Duration::from_millis(5),
+            max_batch_ops: 256,
+            status_interval: Duration::from_millis(5),
+            heartbeat_interval: Duration::from_secs(1),
+            status_fanout: 6,
+            max_status_peers: 12,
+            anti_entropy_interval: Duration::from_secs(1),
+            gap_pull_delay: Duration::from_millis(100),
+            max_repair_ops: 2048,
+            join_retry: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

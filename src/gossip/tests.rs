@@ -1,0 +1,132 @@
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::join_protocol::JoinRequest;
+use crate::network_map::MemberRecord;
+use crate::ops_log::{LwwMap, LwwOp, OpsLog};
+
+fn id(i: u64) -> NodeId {
+    NodeId::synthetic(i)
+}
+
+fn some_ops() -> Vec<Arc<Op<LwwOp>>> {
+    let mut logs: Vec<OpsLog<LwwMap>> = (0..3).map(|_| OpsLog::new()).collect();
+    let mut all = Vec::new();
+    for round in 0..4u64 {
+        for (w, log) in logs.iter_mut().enumerate() {
+            for op in &all {
+                let _ = log.receive(Arc::clone(op));
+            }
+            let op = log.create(
+                &id(w as u64),
+                LwwOp {
+                    key: format!("k{round}"),
+                    value: (w != 1).then(|| format!("v{w}")),
+                },
+            );
+            all.push(op);
+        }
+    }
+    all
+}
+
+#[test]
+fn every_message_round_trips() {
+    let ops = some_ops();
+    let messages: Vec<Message<LwwMap>> = vec![
+        Message::Ops(OpsBatch(ops.clone())),
+        Message::Status(vec![Arc::new(MemberRecord::founder(id(4)))]),
+        Message::Digest(AntiEntropyDigest {
+            applied: ops.last().unwrap().deps.clone(),
+            members: vec![(id(1), 1, 7)],
+            initiator: true,
+        }),
+        Message::Repair(Repair {
+            ops: OpsBatch(ops[3..].to_vec()),
+            records: vec![],
+            more: true,
+        }),
+        Message::Stale {
+            snapshot_point: ops[2].deps.clone(),
+        },
+        Message::JoinRequest(JoinRequest {
+            joiner: id(9),
+            incarnation: 2,
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+        }),
+    ];
+    for m in messages {
+        let bytes = encode(&m);
+        assert_eq!(encoded_len(&m), bytes.len());
+        let back: Message<LwwMap> = decode(&bytes).unwrap();
+        assert_eq!(back, m, "{}", m.kind());
+    }
+}
+
+#[test]
+fn op_batches_are_compact() {
+    let ops = some_ops();
+    let batch = Message::<LwwMap>::Ops(OpsBatch(ops.clone()));
+    let naive: usize = ops.iter().map(|op| encoded_len(&**op)).sum();
+    let compact = encode(&batch).len();
+    assert!(
+        compact * 2 < naive,
+        "compact batch {compact} bytes vs {naive} bytes op by op"
+    );
+}
+
+#[test]
+fn malformed_input_is_an_error_not_a_panic() {
+    assert!(decode::<LwwMap>(&[]).is_err());
+    assert!(decode::<LwwMap>(&[0xff, 0x00, 0x13]).is_err());
+    // an op batch that references an id index that does not exist
+    let bad = ciborium::Value::Map(vec![(
+        ciborium::Value::Text("Ops".into()),
+        ciborium::Value::Map(vec![
+            (
+                ciborium::Value::Text("ids".into()),
+                ciborium::Value::Array(vec![]),
+            ),
+            (
+                ciborium::Value::Text("ops".into()),
+                ciborium::Value::Array(vec![ciborium::Value::Map(vec![
+                    (ciborium::Value::Text("o".into()), 5.into()),
+                    (ciborium::Value::Text("s".into()), 1.into()),
+                    (ciborium::Value::Text("l".into()), 1.into()),
+                    (
+                        ciborium::Value::Text("d".into()),
+                        ciborium::Value::Array(vec![]),
+                    ),
+                    (ciborium::Value::Text("p".into()), ciborium::Value::Null),
+                ])]),
+            ),
+        ]),
+    )]);
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&bad, &mut bytes).unwrap();
+    let err = decode::<LwwMap>(&bytes).unwrap_err();
+    assert!(err.to_string().contains("malformed"), "{err}");
+    assert!(matches!(
+        decode::<LwwMap>(&vec![0u8; MAX_MESSAGE_BYTES + 1]),
+        Err(DecodeError::TooLarge(_))
+    ));
+}
+
+proptest! {
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode::<LwwMap>(&bytes);
+    }
+
+    #[test]
+    fn decoding_mutated_messages_never_panics(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let mut bytes = encode(&Message::<LwwMap>::Ops(OpsBatch(some_ops())));
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        let _ = decode::<LwwMap>(&bytes);
+    }
+}

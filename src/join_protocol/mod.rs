@@ -1,0 +1,206 @@
+//! The join handshake (SPEC §4, seed obstacle 1): a joiner asks a sponsor directly, never
+//! through gossip, so the sponsor knows exactly what state the joiner starts from.
+//!
+//! ## Mechanism
+//! 1. The joiner sends [`JoinRequest`] `{joiner, incarnation}` to its bootstrap peer.
+//! 2. The sponsor, **before replying**, registers the joiner in its network map: a record of
+//!    the joiner with `report_seq` 0, `applied` = the sponsor's applied vector (the *join
+//!    cut*), and a [`Sponsorship`] naming the sponsor, its incarnation and the registration's
+//!    number. It then re-issues its own record with `registrations` raised to that number.
+//! 3. The sponsor replies with a [`JoinGrant`]: its stable state at its snapshot point, the
+//!    op suffix up to its applied vector (so the joiner starts exactly at the join cut), and
+//!    every record of its network map.
+//!
+//! ## Why no node can decide past the joiner
+//! Every later record of the sponsor states `registrations ≥ n`. A network map adopts a
+//! record only once it knows every registration that record counts (`network_map`), so any
+//! node that uses the sponsor's post-registration applied vector also counts the joiner, at
+//! a lower bound of at most the join cut. Any snapshot point decided before that used a
+//! pre-registration record of the sponsor, which is ≤ the join cut, because the sponsor's
+//! applied vector only grows. Hence `SP(n) ≤ join cut ≤ A(joiner)` for every node n: the
+//! joiner starts at or above every snapshot point any node could have decided (I3).
+//!
+//! A retried request (the grant was lost) is granted again with the sponsor's current
+//! state, which is at or above the registered cut, so the registration stays a lower bound.
+//!
+//! Pure functions over the ops log and the network map: no I/O.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::OpsBatch;
+use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap, Sponsorship};
+use crate::node_id::NodeId;
+use crate::ops_log::{InstallError, OpsLog, StateMachine};
+use crate::time::Time;
+use crate::version_vector::VersionVector;
+
+/// A joiner's request to its sponsor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub joiner: NodeId,
+    pub incarnation: u64,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+}
+
+/// Everything a joiner needs to start at the join cut.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct JoinGrant<S: StateMachine> {
+    /// The joiner's registration as the sponsor recorded it (its `applied` is the join cut).
+    pub registration: Arc<MemberRecord>,
+    pub stable_state: S,
+    pub stable_cut: VersionVector,
+    pub lamport: u64,
+    /// The ops between the stable cut and the join cut, in causal order.
+    pub suffix: OpsBatch<S::Op>,
+    /// Every record of the sponsor's network map.
+    pub members: Vec<Arc<MemberRecord>>,
+}
+
+/// The sponsor's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum JoinResponse<S: StateMachine> {
+    Granted(JoinGrant<S>),
+    Refused { reason: String },
+}
+
+/// Why a join could not go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("a node cannot sponsor itself")]
+    SelfSponsor,
+    #[error(
+        "{joiner} is already a member with incarnation {incarnation}; rejoin with a higher one"
+    )]
+    AlreadyMember { joiner: NodeId, incarnation: u64 },
+    #[error("the grant registers {registered}, not this node")]
+    NotForMe { registered: NodeId },
+    #[error("the handed-over state ends at {installed:?}, below the registered cut {cut:?}")]
+    BelowCut {
+        installed: VersionVector,
+        cut: VersionVector,
+    },
+    #[error("cannot install the handed-over state: {0}")]
+    Install(#[from] InstallError),
+}
+
+/// Sponsor side: registers the joiner in `map` (whose owner is the sponsor), then builds
+/// the grant. `addrs` are the sponsor's own listen addresses for its re-issued record.
+pub fn register<S: StateMachine>(
+    log: &mut OpsLog<S>,
+    map: &mut NetworkMap,
+    request: &JoinRequest,
+    now: Time,
+) -> Result<JoinGrant<S>, JoinError> {
+    let sponsor = map.own().record.clone();
+    if request.joiner == sponsor.id {
+        return Err(JoinError::SelfSponsor);
+    }
+    let registration = match map.get(&request.joiner) {
+        // A retry of a join this node already registered: grant again.
+        Some(entry)
+            if entry.record.incarnation == request.incarnation
+                && entry.record.report_seq == 0
+                && entry
+                    .record
+                    .sponsor
+                    .as_ref()
+                    .is_some_and(|s| s.sponsor == sponsor.id) =>
+        {
+            entry.record.clone()
+        }
+        Some(entry) if entry.record.incarnation >= request.incarnation => {
+            return Err(JoinError::AlreadyMember {
+                joiner: request.joiner.clone(),
+                incarnation: entry.record.incarnation,
+            })
+        }
+        _ => {
+            let reg_no = sponsor.registrations + 1;
+            let registration = Arc::new(MemberRecord {
+                id: request.joiner.clone(),
+                incarnation: request.incarnation,
+                state: MemberState::Alive,
+                sponsor: Some(Sponsorship {
+                    sponsor: sponsor.id.clone(),
+                    sponsor_incarnation: sponsor.incarnation,
+                    reg_no,
+                }),
+                report_seq: 0,
+                applied: log.applied().clone(),
+                registrations: 0,
+                addrs: request.addrs.clone(),
+            });
+            let outcome = map.merge(registration.clone(), now);
+            debug_assert_eq!(outcome, MergeOutcome::Adopted);
+            map.set_own(
+                MemberRecord {
+                    report_seq: sponsor.report_seq + 1,
+                    registrations: reg_no,
+                    applied: log.applied().clone(),
+                    ..(*sponsor).clone()
+                },
+                now,
+            );
+            registration
+        }
+    };
+    log.advance_stable(map.snapshot_point());
+    Ok(JoinGrant {
+        registration,
+        stable_state: log.stable_state().clone(),
+        stable_cut: log.stable_cut().clone(),
+        lamport: log.lamport(),
+        suffix: OpsBatch(log.unstable_ops()),
+        members: map.records(),
+    })
+}
+
+/// Joiner side: installs a grant, giving the joiner's ops log and network map.
+pub fn install<S: StateMachine>(
+    grant: JoinGrant<S>,
+    me: &NodeId,
+    addrs: Vec<String>,
+    now: Time,
+) -> Result<(OpsLog<S>, NetworkMap), JoinError> {
+    let registration = grant.registration;
+    if &registration.id != me {
+        return Err(JoinError::NotForMe {
+            registered: registration.id.clone(),
+        });
+    }
+    let log = OpsLog::install(
+        grant.stable_state,
+        grant.stable_cut,
+        grant.lamport,
+        grant.suffix.0,
+    )?;
+    if !registration.applied.le(log.applied()) {
+        return Err(JoinError::BelowCut {
+            installed: log.applied().clone(),
+            cut: registration.applied.clone(),
+        });
+    }
+    let own = MemberRecord {
+        id: me.clone(),
+        incarnation: registration.incarnation,
+        state: MemberState::Alive,
+        sponsor: registration.sponsor.clone(),
+        report_seq: 1,
+        applied: log.applied().clone(),
+        registrations: 0,
+        addrs,
+    };
+    let mut map = NetworkMap::new(own, now);
+    for record in grant.members {
+        map.merge(record, now);
+    }
+    Ok((log, map))
+}
+
+#[cfg(test)]
+mod tests;

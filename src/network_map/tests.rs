@@ -1,0 +1,224 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn id(i: u64) -> NodeId {
+    NodeId::synthetic(i)
+}
+
+fn vv(entries: &[(u64, u64)]) -> VersionVector {
+    entries.iter().map(|&(o, s)| (id(o), s)).collect()
+}
+
+fn record(member: u64, report_seq: u64, applied: &[(u64, u64)]) -> MemberRecord {
+    MemberRecord {
+        report_seq,
+        applied: vv(applied),
+        ..MemberRecord::founder(id(member))
+    }
+}
+
+#[test]
+fn snapshot_point_is_the_pointwise_minimum_of_members() {
+    // The seed's example seen from N1, single origin O: N1 [A,B], N2 [A,B,D→3], N3 [A,B,C→3].
+    let mut map = NetworkMap::new(record(1, 1, &[(9, 2)]), Time::ZERO);
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 2)]));
+    map.merge(Arc::new(record(2, 1, &[(9, 3)])), Time::ZERO);
+    map.merge(Arc::new(record(3, 1, &[(9, 3), (8, 1)])), Time::ZERO);
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 2)]));
+    map.set_own(record(1, 2, &[(9, 3), (8, 1)]), Time::ZERO);
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 3)]));
+    map.merge(Arc::new(record(2, 2, &[(9, 3), (8, 1)])), Time::ZERO);
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 3), (8, 1)]));
+}
+
+#[test]
+fn older_records_are_ignored_and_left_members_stop_counting() {
+    let mut map = NetworkMap::new(record(1, 1, &[(9, 5)]), Time::ZERO);
+    assert_eq!(
+        map.merge(Arc::new(record(2, 3, &[(9, 4)])), Time::ZERO),
+        MergeOutcome::Adopted
+    );
+    assert_eq!(
+        map.merge(Arc::new(record(2, 2, &[(9, 1)])), Time::ZERO),
+        MergeOutcome::Outdated
+    );
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 4)]));
+    let mut gone = record(2, 4, &[(9, 4)]);
+    gone.state = MemberState::Left;
+    map.merge(Arc::new(gone), Time::ZERO);
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 5)]));
+    assert_eq!(map.counted(), 1);
+    assert_eq!(map.len(), 2);
+}
+
+#[test]
+fn a_sponsor_record_waits_until_its_registrations_are_known() {
+    let mut map = NetworkMap::new(record(1, 1, &[(9, 2)]), Time::ZERO);
+    map.merge(Arc::new(record(2, 1, &[(9, 1)])), Time::ZERO);
+    // N2 registered N5 at cut [O:1], then advanced to 2: its record says 1 registration.
+    let mut sponsor = record(2, 2, &[(9, 2)]);
+    sponsor.registrations = 1;
+    assert_eq!(
+        map.merge(Arc::new(sponsor), Time::ZERO),
+        MergeOutcome::Pending
+    );
+    assert_eq!(
+        map.snapshot_point(),
+        &vv(&[(9, 1)]),
+        "N2's newer report must not count yet"
+    );
+    let joiner = MemberRecord {
+        report_seq: 0,
+        sponsor: Some(Sponsorship {
+            sponsor: id(2),
+            sponsor_incarnation: 1,
+            reg_no: 1,
+        }),
+        ..record(5, 0, &[(9, 1)])
+    };
+    assert_eq!(
+        map.merge(Arc::new(joiner), Time::ZERO),
+        MergeOutcome::Adopted
+    );
+    assert_eq!(map.pending_len(), 0);
+    assert_eq!(map.get(&id(2)).unwrap().record.report_seq, 2);
+    assert_eq!(
+        map.snapshot_point(),
+        &vv(&[(9, 1)]),
+        "N5 holds the point at its cut"
+    );
+    assert_eq!(map.counted(), 3);
+}
+
+#[test]
+fn anti_entropy_digest_finds_what_a_peer_lacks() {
+    let mut a = NetworkMap::new(record(1, 1, &[]), Time::ZERO);
+    a.merge(Arc::new(record(2, 5, &[(9, 1)])), Time::ZERO);
+    let mut b = NetworkMap::new(record(3, 1, &[]), Time::ZERO);
+    b.merge(Arc::new(record(2, 3, &[])), Time::ZERO);
+    let newer: Vec<_> = a
+        .newer_than(&b.versions())
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    let mut expected = vec![id(1), id(2)];
+    expected.sort();
+    assert_eq!(
+        newer, expected,
+        "a's own record and its newer record of 2, not b's"
+    );
+    assert!(b.behind(&a.versions()));
+    for r in a.newer_than(&b.versions()) {
+        b.merge(r, Time::ZERO);
+    }
+    assert!(!b.behind(&a.versions()));
+}
+
+#[test]
+fn apply_delta_moves_the_minimum() {
+    let mut map = NetworkMap::new(record(1, 1, &[(9, 3)]), Time::ZERO);
+    map.merge(Arc::new(record(2, 1, &[(9, 1)])), Time::ZERO);
+    assert!(map.apply_delta(&id(2), &[(id(9), 2)]));
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 2)]));
+    assert!(!map.apply_delta(&id(77), &[(id(9), 2)]));
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Report {
+        member: u64,
+        bumps: Vec<(u64, u64)>,
+        leave: bool,
+    },
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (
+            0u64..6,
+            prop::collection::vec((0u64..5, 0u64..4), 0..4),
+            prop::bool::weighted(0.05),
+        )
+            .prop_map(|(member, bumps, leave)| Step::Report {
+                member,
+                bumps,
+                leave,
+            }),
+        1..60,
+    )
+}
+
+proptest! {
+    /// The incremental minimum equals a naive recompute over the adopted records, whatever
+    /// order records arrive in, including stale and duplicate deliveries.
+    #[test]
+    fn merge_matches_a_naive_model(steps in steps(), redeliver in prop::collection::vec(any::<prop::sample::Index>(), 0..30)) {
+        let mut map = NetworkMap::new(record(100, 1, &[]), Time::ZERO);
+        let mut latest: BTreeMap<u64, MemberRecord> = BTreeMap::new();
+        let mut sent: Vec<Arc<MemberRecord>> = Vec::new();
+        for Step::Report { member, bumps, leave } in steps {
+            let prev = latest.get(&member).cloned().unwrap_or_else(|| record(member, 0, &[]));
+            if prev.state == MemberState::Left { continue; }
+            let mut next = prev.clone();
+            next.report_seq += 1;
+            for (origin, by) in bumps {
+                let cur = next.applied.get(&id(origin));
+                next.applied.set(id(origin), cur + by);
+            }
+            if leave { next.state = MemberState::Left; }
+            latest.insert(member, next.clone());
+            let arc = Arc::new(next);
+            sent.push(arc.clone());
+            map.merge(arc, Time::ZERO);
+        }
+        for i in redeliver {
+            if !sent.is_empty() {
+                let r = sent[i.index(sent.len())].clone();
+                prop_assert_ne!(map.merge(r, Time::ZERO), MergeOutcome::Adopted);
+            }
+        }
+        // naive: min over own (empty) and every counted member
+        let mut naive: Option<VersionVector> = Some(VersionVector::new());
+        for r in latest.values().filter(|r| r.state.counts()) {
+            naive = naive.map(|n| n.meet(&r.applied));
+        }
+        prop_assert_eq!(map.snapshot_point(), &naive.unwrap());
+
+        // now with a non-empty own vector: set own to the join of everything
+        let mut all = VersionVector::new();
+        for r in latest.values() { all.join(&r.applied); }
+        let mut own = record(100, 2, &[]);
+        own.applied = all.clone();
+        map.set_own(own, Time::ZERO);
+        let mut naive = all;
+        for r in latest.values().filter(|r| r.state.counts()) {
+            naive = naive.meet(&r.applied);
+        }
+        prop_assert_eq!(map.snapshot_point(), &naive);
+        prop_assert_eq!(map.counted(), 1 + latest.values().filter(|r| r.state.counts()).count());
+    }
+
+    #[test]
+    fn min_tracker_matches_naive(vectors in prop::collection::vec(prop::collection::vec((0u64..4, 0u64..5), 0..4), 1..8),
+                                 changes in prop::collection::vec((any::<prop::sample::Index>(), 0u64..4, 0u64..9), 0..20),
+                                 removals in prop::collection::vec(any::<prop::sample::Index>(), 0..3)) {
+        let mut vs: Vec<VersionVector> = vectors.iter().map(|v| v.iter().map(|&(o, s)| (id(o), s)).collect()).collect();
+        let mut t = MinTracker::new();
+        for v in &vs { t.add(v); }
+        for (i, origin, seq) in changes {
+            let i = i.index(vs.len());
+            let old = vs[i].get(&id(origin));
+            vs[i].set(id(origin), seq);
+            t.change(&id(origin), old, seq);
+        }
+        for r in removals {
+            if vs.len() > 1 {
+                let v = vs.remove(r.index(vs.len()));
+                t.remove(&v);
+            }
+        }
+        let naive = vs.iter().skip(1).fold(vs[0].clone(), |acc, v| acc.meet(v));
+        prop_assert_eq!(t.min(), &naive);
+    }
+}

@@ -1,0 +1,154 @@
+//! The default replicated type: a key-value map whose writes are last-writer-wins by
+//! (Lamport time, origin). Deletes leave tombstones, so a delete beats any older write that
+//! arrives after it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::state_machine::{Digest, OpMeta, StateMachine};
+use crate::node_id::NodeId;
+
+/// A write: `value: None` deletes the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LwwOp {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// One key's winning write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LwwEntry {
+    pub value: Option<String>,
+    pub lamport: u64,
+    pub origin: NodeId,
+}
+
+/// Key-value map, last writer wins by (Lamport time, origin).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LwwMap {
+    entries: BTreeMap<String, LwwEntry>,
+}
+
+impl LwwMap {
+    /// Live entries (no tombstones), sorted by key.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).and_then(|e| e.value.as_deref())
+    }
+
+    /// Number of keys including tombstones.
+    pub fn len_with_tombstones(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl StateMachine for LwwMap {
+    type Op = LwwOp;
+
+    fn apply(&mut self, meta: &OpMeta<'_>, op: &LwwOp) {
+        let wins = match self.entries.get(&op.key) {
+            None => true,
+            Some(cur) => (meta.lamport, meta.origin) > (cur.lamport, &cur.origin),
+        };
+        if wins {
+            self.entries.insert(
+                op.key.clone(),
+                LwwEntry {
+                    value: op.value.clone(),
+                    lamport: meta.lamport,
+                    origin: meta.origin.clone(),
+                },
+            );
+        }
+    }
+
+    /// BLAKE3 over, per entry in key order: key length (u64 LE), key, tag (0 tombstone,
+    /// 1 value), value length and value when present, Lamport time (u64 LE), origin length and
+    /// origin bytes.
+    fn digest(&self) -> Digest {
+        let mut hasher = blake3::Hasher::new();
+        for (key, entry) in &self.entries {
+            hasher.update(&(key.len() as u64).to_le_bytes());
+            hasher.update(key.as_bytes());
+            match &entry.value {
+                None => {
+                    hasher.update(&[0]);
+                }
+                Some(v) => {
+                    hasher.update(&[1]);
+                    hasher.update(&(v.len() as u64).to_le_bytes());
+                    hasher.update(v.as_bytes());
+                }
+            }
+            hasher.update(&entry.lamport.to_le_bytes());
+            let origin = entry.origin.as_bytes();
+            hasher.update(&(origin.len() as u64).to_le_bytes());
+            hasher.update(origin);
+        }
+        Digest(*hasher.finalize().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(map: &mut LwwMap, origin: &NodeId, lamport: u64, key: &str, value: Option<&str>) {
+        let meta = OpMeta {
+            origin,
+            seq: 1,
+            lamport,
+        };
+        map.apply(
+            &meta,
+            &LwwOp {
+                key: key.into(),
+                value: value.map(String::from),
+            },
+        );
+    }
+
+    #[test]
+    fn concurrent_writes_commute_and_highest_stamp_wins() {
+        let (a, b) = (NodeId::synthetic(1), NodeId::synthetic(2));
+        let mut x = LwwMap::default();
+        put(&mut x, &a, 5, "k", Some("from-a"));
+        put(&mut x, &b, 5, "k", Some("from-b"));
+        let mut y = LwwMap::default();
+        put(&mut y, &b, 5, "k", Some("from-b"));
+        put(&mut y, &a, 5, "k", Some("from-a"));
+        assert_eq!(x, y);
+        assert_eq!(x.digest(), y.digest());
+        let winner = if b > a { "from-b" } else { "from-a" };
+        assert_eq!(x.get("k"), Some(winner));
+    }
+
+    #[test]
+    fn delete_beats_an_older_write_that_arrives_later() {
+        let a = NodeId::synthetic(1);
+        let mut m = LwwMap::default();
+        put(&mut m, &a, 9, "k", None);
+        put(&mut m, &a, 3, "k", Some("old"));
+        assert_eq!(m.get("k"), None);
+        assert_eq!(m.entries().count(), 0);
+        assert_eq!(m.len_with_tombstones(), 1);
+    }
+
+    #[test]
+    fn digest_depends_on_content() {
+        let a = NodeId::synthetic(1);
+        let mut m = LwwMap::default();
+        let empty = m.digest();
+        put(&mut m, &a, 1, "k", Some("v"));
+        assert_ne!(m.digest(), empty);
+        let mut n = LwwMap::default();
+        put(&mut n, &a, 1, "k", Some("w"));
+        assert_ne!(m.digest(), n.digest());
+    }
+}

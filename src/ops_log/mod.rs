@@ -1,0 +1,341 @@
+//! The operations log: ops, causal delivery, the applied vector, the Lamport clock, the
+//! replicated state, and compaction of everything inside the snapshot point.
+//!
+//! Owns: the applied vector `A(n)` and the applied state; the stable cut (the snapshot point
+//! last folded) with the stable state and its digest; the unstable suffix (applied ops above
+//! the stable cut, kept to serve peers and joiners); and the causal buffer of ops that
+//! arrived early. Ops inside the stable cut are folded into the stable state and dropped, so
+//! memory is bounded by live state plus the unstable suffix, not by history.
+//!
+//! Pure state machine: no I/O, no clocks.
+
+mod causal_buffer;
+mod lww_map;
+mod state_machine;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use causal_buffer::CausalBuffer;
+pub use lww_map::{LwwEntry, LwwMap, LwwOp};
+pub use state_machine::{Digest, OpMeta, StateMachine};
+
+use crate::node_id::NodeId;
+use crate::version_vector::VersionVector;
+
+/// One operation: the `seq`-th op of `origin`, created after the ops in `deps`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op<P> {
+    pub origin: NodeId,
+    pub seq: u64,
+    pub lamport: u64,
+    /// The origin's applied vector when it created the op; `deps[origin] == seq - 1`.
+    pub deps: VersionVector,
+    pub payload: P,
+}
+
+impl<P> Op<P> {
+    pub fn meta(&self) -> OpMeta<'_> {
+        OpMeta {
+            origin: &self.origin,
+            seq: self.seq,
+            lamport: self.lamport,
+        }
+    }
+
+    /// Checks the shape rules every op must satisfy, whoever sent it.
+    pub fn validate(&self) -> Result<(), OpError> {
+        if self.seq == 0 {
+            return Err(OpError::ZeroSeq);
+        }
+        if self.deps.get(&self.origin) != self.seq - 1 {
+            return Err(OpError::GapInOrigin {
+                seq: self.seq,
+                dep: self.deps.get(&self.origin),
+            });
+        }
+        if self.lamport == 0 {
+            return Err(OpError::ZeroLamport);
+        }
+        Ok(())
+    }
+}
+
+/// Why an op was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("op seq must start at 1")]
+    ZeroSeq,
+    #[error("op seq {seq} does not follow its origin's own dep {dep}")]
+    GapInOrigin { seq: u64, dep: u64 },
+    #[error("op lamport time must be at least 1")]
+    ZeroLamport,
+}
+
+/// What happened to a received op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Applied, together with this many buffered ops it unblocked (≥ 1 in total).
+    Applied(usize),
+    /// Waiting for its deps.
+    Buffered,
+    /// Already applied or already waiting.
+    Duplicate,
+}
+
+/// A peer asked for ops that this node has already compacted away.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "peer is stale: it has {origin} up to {peer_has}, but ops up to {compacted_to} are compacted"
+)]
+pub struct Compacted {
+    pub origin: NodeId,
+    pub peer_has: u64,
+    pub compacted_to: u64,
+}
+
+/// A state handed over for installation did not add up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstallError {
+    #[error("op {origin}/{seq} in the handed-over suffix is invalid: {error}")]
+    InvalidOp {
+        origin: NodeId,
+        seq: u64,
+        error: OpError,
+    },
+    #[error("{0} ops of the handed-over suffix could not be applied (missing deps)")]
+    Incomplete(usize),
+}
+
+/// The log, the applied state and the stable state of one replica.
+#[derive(Debug)]
+pub struct OpsLog<S: StateMachine> {
+    applied: VersionVector,
+    lamport: u64,
+    applied_state: S,
+    stable_state: S,
+    stable_cut: VersionVector,
+    stable_digest: Option<Digest>,
+    unstable: BTreeMap<NodeId, VecDeque<Arc<Op<S::Op>>>>,
+    unstable_len: usize,
+    buffer: CausalBuffer<S::Op>,
+    newly_applied: Vec<Arc<Op<S::Op>>>,
+}
+
+impl<S: StateMachine> Default for OpsLog<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: StateMachine> OpsLog<S> {
+    pub fn new() -> Self {
+        Self::from_stable(S::default(), VersionVector::new(), 0)
+    }
+
+    /// Starts from a stable state at `cut` (a snapshot), with nothing above it yet.
+    pub fn from_stable(state: S, cut: VersionVector, lamport: u64) -> Self {
+        Self {
+            applied: cut.clone(),
+            lamport,
+            applied_state: state.clone(),
+            stable_state: state,
+            stable_cut: cut,
+            stable_digest: None,
+            unstable: BTreeMap::new(),
+            unstable_len: 0,
+            buffer: CausalBuffer::default(),
+            newly_applied: Vec::new(),
+        }
+    }
+
+    /// Installs a handed-over state: the stable state at `cut` plus the op suffix above it.
+    /// Every op of the suffix must apply.
+    pub fn install(
+        state: S,
+        cut: VersionVector,
+        lamport: u64,
+        suffix: impl IntoIterator<Item = Arc<Op<S::Op>>>,
+    ) -> Result<Self, InstallError> {
+        let mut log = Self::from_stable(state, cut, lamport);
+        for op in suffix {
+            if let Err(error) = op.validate() {
+                return Err(InstallError::InvalidOp {
+                    origin: op.origin.clone(),
+                    seq: op.seq,
+                    error,
+                });
+            }
+            log.receive(op).expect("validated above");
+        }
+        if !log.buffer.is_empty() {
+            return Err(InstallError::Incomplete(log.buffer.len()));
+        }
+        Ok(log)
+    }
+
+    /// Creates the next op of `origin` (this node) and applies it locally.
+    pub fn create(&mut self, origin: &NodeId, payload: S::Op) -> Arc<Op<S::Op>> {
+        self.lamport += 1;
+        let op = Arc::new(Op {
+            origin: origin.clone(),
+            seq: self.applied.get(origin) + 1,
+            lamport: self.lamport,
+            deps: self.applied.clone(),
+            payload,
+        });
+        self.apply(op.clone());
+        op
+    }
+
+    /// Takes an op from a peer: applies it if its deps are met (and then anything it
+    /// unblocks), buffers it otherwise, ignores duplicates.
+    pub fn receive(&mut self, op: Arc<Op<S::Op>>) -> Result<Received, OpError> {
+        op.validate()?;
+        if !self.buffer.insert(op, &self.applied) {
+            return Ok(Received::Duplicate);
+        }
+        let mut count = 0;
+        while let Some(ready) = self.buffer.pop_deliverable(&self.applied) {
+            self.apply(ready);
+            count += 1;
+        }
+        Ok(if count > 0 {
+            Received::Applied(count)
+        } else {
+            Received::Buffered
+        })
+    }
+
+    fn apply(&mut self, op: Arc<Op<S::Op>>) {
+        debug_assert_eq!(op.seq, self.applied.get(&op.origin) + 1);
+        debug_assert!(op.deps.le(&self.applied));
+        self.lamport = self.lamport.max(op.lamport);
+        self.applied_state.apply(&op.meta(), &op.payload);
+        self.applied.set(op.origin.clone(), op.seq);
+        self.unstable
+            .entry(op.origin.clone())
+            .or_default()
+            .push_back(op.clone());
+        self.unstable_len += 1;
+        self.newly_applied.push(op);
+    }
+
+    /// Folds every op inside `cut` into the stable state and drops it from the log.
+    /// `cut` must lie between the current stable cut and the applied vector; parts outside
+    /// that range are clamped.
+    pub fn advance_stable(&mut self, cut: &VersionVector) {
+        let mut leaving = Vec::new();
+        for (origin, ops) in self.unstable.iter_mut() {
+            let upto = cut.get(origin).min(self.applied.get(origin));
+            while ops.front().is_some_and(|op| op.seq <= upto) {
+                leaving.push(ops.pop_front().expect("checked"));
+            }
+        }
+        if leaving.is_empty() {
+            return;
+        }
+        self.unstable.retain(|_, ops| !ops.is_empty());
+        self.unstable_len -= leaving.len();
+        // Lamport order extends causal order, so folding in it respects every dependency.
+        leaving.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+        for op in &leaving {
+            self.stable_state.apply(&op.meta(), &op.payload);
+            self.stable_cut.raise(&op.origin, op.seq);
+        }
+        self.stable_digest = None;
+    }
+
+    /// Ops a peer at `peer_applied` lacks, in an order that respects causality, at most
+    /// `limit` of them. Fails when the peer is below what this node has compacted.
+    pub fn missing_for(
+        &self,
+        peer_applied: &VersionVector,
+        limit: usize,
+    ) -> Result<Vec<Arc<Op<S::Op>>>, Compacted> {
+        let mut out = Vec::new();
+        for (origin, have) in self.applied.iter() {
+            let peer_has = peer_applied.get(origin);
+            if peer_has >= have {
+                continue;
+            }
+            let compacted_to = self.stable_cut.get(origin);
+            if peer_has < compacted_to {
+                return Err(Compacted {
+                    origin: origin.clone(),
+                    peer_has,
+                    compacted_to,
+                });
+            }
+            if let Some(ops) = self.unstable.get(origin) {
+                let skip = (peer_has - compacted_to) as usize;
+                out.extend(ops.iter().skip(skip).cloned());
+            }
+        }
+        out.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// The unstable suffix (every applied op above the stable cut), in causal order.
+    pub fn unstable_ops(&self) -> Vec<Arc<Op<S::Op>>> {
+        self.missing_for(&self.stable_cut, usize::MAX)
+            .expect("the stable cut is never below itself")
+    }
+
+    /// Ops applied since the last call, in application order.
+    pub fn drain_applied(&mut self) -> Vec<Arc<Op<S::Op>>> {
+        std::mem::take(&mut self.newly_applied)
+    }
+
+    pub fn applied(&self) -> &VersionVector {
+        &self.applied
+    }
+
+    pub fn lamport(&self) -> u64 {
+        self.lamport
+    }
+
+    pub fn applied_state(&self) -> &S {
+        &self.applied_state
+    }
+
+    pub fn stable_state(&self) -> &S {
+        &self.stable_state
+    }
+
+    pub fn stable_cut(&self) -> &VersionVector {
+        &self.stable_cut
+    }
+
+    /// Digest of the stable state (computed on first use after a change).
+    pub fn stable_digest(&mut self) -> Digest {
+        *self
+            .stable_digest
+            .get_or_insert_with(|| self.stable_state.digest())
+    }
+
+    /// Number of applied ops kept above the stable cut.
+    pub fn unstable_len(&self) -> usize {
+        self.unstable_len
+    }
+
+    /// Number of ops waiting for their deps.
+    pub fn buffered_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Highest seq known to exist per origin, applied or waiting.
+    pub fn known_frontier(&self) -> VersionVector {
+        let mut v = self.applied.clone();
+        for (origin, seq) in self.buffer.waiting_origins() {
+            v.raise(origin, seq);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,621 @@
+//! A replica: the sans-IO composition of the ops log, the network map, the join protocol and
+//! the gossip rules.
+//!
+//! Drivers feed it events — [`Replica::handle_message`], [`Replica::handle_timeout`],
+//! [`Replica::write`] — each with the current time, then drain [`Replica::poll_action`]:
+//! send a message to a peer, publish one on the topic, or schedule the next wake-up (a new
+//! `ScheduleWake` replaces the previous one; at that time call `handle_timeout`). The
+//! replica reads no clock and does no I/O; its randomness comes from a seed.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Repair};
+use crate::join_protocol::{self, JoinRequest, JoinResponse};
+use crate::network_map::{MemberRecord, MergeOutcome, NetworkMap};
+use crate::node_id::NodeId;
+use crate::ops_log::{Digest, Op, OpsLog, Received, StateMachine};
+use crate::time::Time;
+use crate::version_vector::VersionVector;
+
+/// What the replica asks its driver to do.
+#[derive(Debug, Clone)]
+pub enum Action<S: StateMachine> {
+    /// Send directly to one peer (request–response in the libp2p node).
+    Send {
+        to: NodeId,
+        message: Arc<Message<S>>,
+    },
+    /// Publish on the network's topic (gossipsub in the libp2p node).
+    Publish { message: Arc<Message<S>> },
+    /// Call `handle_timeout` at `at`; replaces any earlier request.
+    ScheduleWake { at: Time },
+}
+
+/// Settings of a replica.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaConfig {
+    pub gossip: GossipConfig,
+    /// This node's listen addresses, carried in its record.
+    pub addrs: Vec<String>,
+    /// Keep every applied op for [`Replica::drain_applied_ops`] (simulator, observers).
+    pub journal_applied: bool,
+}
+
+/// Counters of what the replica has seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    pub ops_created: u64,
+    pub ops_applied: u64,
+    pub ops_duplicate: u64,
+    pub ops_invalid: u64,
+    pub records_adopted: u64,
+    pub records_pending: u64,
+    pub records_outdated: u64,
+    pub stale_notices: u64,
+    pub join_refusals: u64,
+    pub joins_sponsored: u64,
+}
+
+/// A write attempted before the node is a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this node has not joined the network yet")]
+pub struct NotMember;
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Joining { sponsor: NodeId, retry_at: Time },
+    Member,
+}
+
+/// One tidemark replica (see module doc).
+#[derive(Debug)]
+pub struct Replica<S: StateMachine> {
+    id: NodeId,
+    incarnation: u64,
+    config: ReplicaConfig,
+    phase: Phase,
+    log: OpsLog<S>,
+    map: NetworkMap,
+    rng: ChaCha8Rng,
+    outbox: VecDeque<Action<S>>,
+    journal: Vec<Arc<Op<S::Op>>>,
+    unpublished: Vec<Arc<Op<S::Op>>>,
+    publish_at: Option<Time>,
+    own_changed: bool,
+    last_report: Time,
+    status_allowed_at: Time,
+    next_anti_entropy: Time,
+    gap_pull: Option<(Time, NodeId, Duration)>,
+    out_peers: BTreeSet<NodeId>,
+    in_peers: BTreeSet<NodeId>,
+    peers_epoch: Option<u64>,
+    peers_cache: Vec<NodeId>,
+    wake_announced: Option<Time>,
+    stats: ReplicaStats,
+}
+
+impl<S: StateMachine> Replica<S> {
+    fn with_parts(
+        id: NodeId,
+        incarnation: u64,
+        config: ReplicaConfig,
+        phase: Phase,
+        map: NetworkMap,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let first_ae = now + jitter(&mut rng, config.gossip.anti_entropy_interval);
+        let mut replica = Self {
+            id,
+            incarnation,
+            config,
+            phase,
+            log: OpsLog::new(),
+            map,
+            rng,
+            outbox: VecDeque::new(),
+            journal: Vec::new(),
+            unpublished: Vec::new(),
+            publish_at: None,
+            own_changed: false,
+            last_report: now,
+            status_allowed_at: now,
+            next_anti_entropy: first_ae,
+            gap_pull: None,
+            out_peers: BTreeSet::new(),
+            in_peers: BTreeSet::new(),
+            peers_epoch: None,
+            peers_cache: Vec::new(),
+            wake_announced: None,
+            stats: ReplicaStats::default(),
+        };
+        replica.finish(now);
+        replica
+    }
+
+    /// A member of a network founded with the given members (all at the empty state).
+    pub fn genesis(
+        id: NodeId,
+        members: &[NodeId],
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        let mut own = MemberRecord::founder(id.clone());
+        own.addrs = config.addrs.clone();
+        let mut map = NetworkMap::new(own, now);
+        for m in members.iter().filter(|m| **m != id) {
+            map.merge(Arc::new(MemberRecord::founder(m.clone())), now);
+        }
+        map.take_dirty();
+        Self::with_parts(id, 1, config, Phase::Member, map, seed, now)
+    }
+
+    /// A node that joins through `sponsor`; it sends its join request at once.
+    pub fn joiner(
+        id: NodeId,
+        incarnation: u64,
+        sponsor: NodeId,
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        let placeholder = MemberRecord {
+            incarnation,
+            ..MemberRecord::founder(id.clone())
+        };
+        let map = NetworkMap::new(placeholder, now);
+        let phase = Phase::Joining {
+            sponsor: sponsor.clone(),
+            retry_at: now + config.gossip.join_retry,
+        };
+        let mut replica = Self::with_parts(id, incarnation, config, phase, map, seed, now);
+        replica.send_join_request(sponsor);
+        replica.finish(now);
+        replica
+    }
+
+    fn send_join_request(&mut self, sponsor: NodeId) {
+        let request = JoinRequest {
+            joiner: self.id.clone(),
+            incarnation: self.incarnation,
+            addrs: self.config.addrs.clone(),
+        };
+        self.send(sponsor, Message::JoinRequest(request));
+    }
+
+    // ---- queries -------------------------------------------------------------------
+
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    pub fn is_member(&self) -> bool {
+        matches!(self.phase, Phase::Member)
+    }
+
+    pub fn applied(&self) -> &VersionVector {
+        self.log.applied()
+    }
+
+    pub fn snapshot_point(&self) -> &VersionVector {
+        self.log.stable_cut()
+    }
+
+    pub fn applied_state(&self) -> &S {
+        self.log.applied_state()
+    }
+
+    pub fn stable_state(&self) -> &S {
+        self.log.stable_state()
+    }
+
+    pub fn stable_digest(&mut self) -> Digest {
+        self.log.stable_digest()
+    }
+
+    pub fn network_map(&self) -> &NetworkMap {
+        &self.map
+    }
+
+    pub fn ops_log(&self) -> &OpsLog<S> {
+        &self.log
+    }
+
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
+    }
+
+    /// Ops applied since the last call (only with `journal_applied`).
+    pub fn drain_applied_ops(&mut self) -> Vec<Arc<Op<S::Op>>> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// The next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action<S>> {
+        self.outbox.pop_front()
+    }
+
+    // ---- events --------------------------------------------------------------------
+
+    /// A local write: creates the next op of this node, applies it, and queues it for
+    /// publishing.
+    pub fn write(&mut self, now: Time, payload: S::Op) -> Result<Arc<Op<S::Op>>, NotMember> {
+        if !self.is_member() {
+            return Err(NotMember);
+        }
+        let op = self.log.create(&self.id, payload);
+        self.stats.ops_created += 1;
+        self.after_apply();
+        self.unpublished.push(op.clone());
+        if self.publish_at.is_none() {
+            self.publish_at = Some(now + self.config.gossip.op_batch_delay);
+        }
+        self.finish(now);
+        Ok(op)
+    }
+
+    /// A message from `from`.
+    pub fn handle_message(&mut self, now: Time, from: &NodeId, message: &Message<S>) {
+        match (&self.phase, message) {
+            (Phase::Joining { .. }, Message::JoinResponse(response)) => {
+                self.on_join_response(now, from, response)
+            }
+            (Phase::Joining { .. }, Message::JoinRequest(_)) => {
+                self.send(
+                    from.clone(),
+                    Message::JoinResponse(Box::new(JoinResponse::Refused {
+                        reason: "this node has not joined the network yet".into(),
+                    })),
+                );
+            }
+            (Phase::Joining { .. }, _) => {}
+            (Phase::Member, Message::Ops(batch)) => self.on_ops(now, from, batch),
+            (Phase::Member, Message::Status(records)) => {
+                if self.map.is_counted(from)
+                    && self.in_peers.len() < self.config.gossip.max_status_peers
+                {
+                    self.in_peers.insert(from.clone());
+                }
+                self.on_records(now, records);
+            }
+            (Phase::Member, Message::Digest(digest)) => self.on_digest(from, digest),
+            (Phase::Member, Message::Repair(repair)) => {
+                self.on_records(now, &repair.records);
+                self.on_ops(now, from, &repair.ops);
+                if repair.more {
+                    let digest = self.digest(false);
+                    self.send(from.clone(), digest);
+                }
+            }
+            (Phase::Member, Message::Stale { .. }) => self.stats.stale_notices += 1,
+            (Phase::Member, Message::JoinRequest(request)) => {
+                self.on_join_request(now, from, request)
+            }
+            (Phase::Member, Message::JoinResponse(_)) => {}
+        }
+        self.finish(now);
+    }
+
+    /// The wake-up time requested by the last `ScheduleWake` has come (or passed).
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.wake_announced = None;
+        if let Phase::Joining { sponsor, retry_at } = &mut self.phase {
+            if *retry_at <= now {
+                *retry_at = now + self.config.gossip.join_retry;
+                let sponsor = sponsor.clone();
+                self.send_join_request(sponsor);
+            }
+            self.finish(now);
+            return;
+        }
+        if self.publish_at.is_some_and(|t| t <= now) {
+            self.publish_ops(now);
+        }
+        if now >= self.last_report + self.config.gossip.heartbeat_interval {
+            self.own_changed = true;
+        }
+        if self.status_due().is_some_and(|t| t <= now) {
+            self.flush_status(now);
+        }
+        if self.next_anti_entropy <= now {
+            self.next_anti_entropy =
+                now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
+            if let Some(peer) = self.random_peer() {
+                let digest = self.digest(true);
+                self.send(peer, digest);
+            }
+        }
+        if let Some((at, peer, backoff)) = self.gap_pull.clone() {
+            if at <= now {
+                self.gap_pull = None;
+                if self.log.buffered_len() > 0 {
+                    let digest = self.digest(false);
+                    self.send(peer, digest);
+                    let backoff = (backoff * 2).min(self.config.gossip.anti_entropy_interval);
+                    if let Some(next) = self.random_peer() {
+                        self.gap_pull = Some((now + backoff, next, backoff));
+                    }
+                }
+            }
+        }
+        self.finish(now);
+    }
+
+    // ---- handlers ------------------------------------------------------------------
+
+    fn on_ops(&mut self, now: Time, from: &NodeId, batch: &OpsBatch<S::Op>) {
+        for op in &batch.0 {
+            match self.log.receive(op.clone()) {
+                Ok(Received::Applied(_)) | Ok(Received::Buffered) => {}
+                Ok(Received::Duplicate) => self.stats.ops_duplicate += 1,
+                Err(_) => self.stats.ops_invalid += 1,
+            }
+        }
+        self.after_apply();
+        if self.log.buffered_len() > 0 && self.gap_pull.is_none() {
+            let delay = self.config.gossip.gap_pull_delay;
+            self.gap_pull = Some((now + delay, from.clone(), delay));
+        }
+    }
+
+    fn on_records(&mut self, now: Time, records: &[Arc<MemberRecord>]) {
+        for record in records {
+            match self.map.merge(record.clone(), now) {
+                MergeOutcome::Adopted => self.stats.records_adopted += 1,
+                MergeOutcome::Pending => self.stats.records_pending += 1,
+                MergeOutcome::Outdated | MergeOutcome::AboutSelf => {
+                    self.stats.records_outdated += 1
+                }
+            }
+        }
+    }
+
+    fn on_digest(&mut self, from: &NodeId, digest: &AntiEntropyDigest) {
+        let max = self.config.gossip.max_repair_ops;
+        let mut ops = match self.log.missing_for(&digest.applied, max + 1) {
+            Ok(ops) => ops,
+            Err(_) => {
+                let snapshot_point = self.log.stable_cut().clone();
+                self.send(from.clone(), Message::Stale { snapshot_point });
+                return;
+            }
+        };
+        let more = ops.len() > max;
+        ops.truncate(max);
+        let records = self.map.newer_than(&digest.members);
+        if !ops.is_empty() || !records.is_empty() {
+            let repair = Repair {
+                ops: OpsBatch(ops),
+                records,
+                more,
+            };
+            self.send(from.clone(), Message::Repair(repair));
+        }
+        let lacking_ops = digest
+            .applied
+            .iter()
+            .any(|(origin, seq)| seq > self.log.applied().get(origin));
+        if digest.initiator && (lacking_ops || self.map.behind(&digest.members)) {
+            let mine = self.digest(false);
+            self.send(from.clone(), mine);
+        }
+    }
+
+    fn on_join_request(&mut self, now: Time, from: &NodeId, request: &JoinRequest) {
+        let response = if &request.joiner != from {
+            JoinResponse::Refused {
+                reason: "a join request must come from the joiner itself".into(),
+            }
+        } else {
+            match join_protocol::register(&mut self.log, &mut self.map, request, now) {
+                Ok(grant) => {
+                    self.stats.joins_sponsored += 1;
+                    self.own_changed = true;
+                    JoinResponse::Granted(grant)
+                }
+                Err(e) => JoinResponse::Refused {
+                    reason: e.to_string(),
+                },
+            }
+        };
+        self.send(from.clone(), Message::JoinResponse(Box::new(response)));
+    }
+
+    fn on_join_response(&mut self, now: Time, from: &NodeId, response: &JoinResponse<S>) {
+        let grant = match response {
+            JoinResponse::Granted(grant) => grant.clone(),
+            JoinResponse::Refused { .. } => {
+                self.stats.join_refusals += 1;
+                return;
+            }
+        };
+        let Phase::Joining { sponsor, .. } = &self.phase else {
+            return;
+        };
+        if sponsor != from {
+            return;
+        }
+        match join_protocol::install(grant, &self.id, self.config.addrs.clone(), now) {
+            Ok((log, map)) => {
+                self.log = log;
+                self.map = map;
+                self.phase = Phase::Member;
+                self.own_changed = true;
+                self.last_report = now;
+                self.next_anti_entropy =
+                    now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
+            }
+            Err(_) => self.stats.join_refusals += 1,
+        }
+    }
+
+    // ---- gossip rules --------------------------------------------------------------
+
+    /// Records newly applied ops in the own map entry (so the snapshot point sees them).
+    fn after_apply(&mut self) {
+        let applied = self.log.drain_applied();
+        if applied.is_empty() {
+            return;
+        }
+        self.stats.ops_applied += applied.len() as u64;
+        let mut changes: Vec<(NodeId, u64)> = Vec::new();
+        for op in &applied {
+            match changes.iter_mut().find(|(o, _)| *o == op.origin) {
+                Some(entry) => entry.1 = entry.1.max(op.seq),
+                None => changes.push((op.origin.clone(), op.seq)),
+            }
+        }
+        self.map.apply_delta(&self.id, &changes);
+        self.own_changed = true;
+        if self.config.journal_applied {
+            self.journal.extend(applied);
+        }
+    }
+
+    fn publish_ops(&mut self, now: Time) {
+        let take = self.unpublished.len().min(self.config.gossip.max_batch_ops);
+        let batch: Vec<_> = self.unpublished.drain(..take).collect();
+        self.publish_at = if self.unpublished.is_empty() {
+            None
+        } else {
+            Some(now)
+        };
+        if !batch.is_empty() {
+            self.outbox.push_back(Action::Publish {
+                message: Arc::new(Message::Ops(OpsBatch(batch))),
+            });
+        }
+    }
+
+    fn status_due(&self) -> Option<Time> {
+        if self.own_changed || self.map.has_dirty() {
+            Some(self.status_allowed_at)
+        } else {
+            None
+        }
+    }
+
+    fn flush_status(&mut self, now: Time) {
+        if self.own_changed {
+            let own = self.map.own().record.clone();
+            let report = MemberRecord {
+                report_seq: own.report_seq + 1,
+                applied: self.log.applied().clone(),
+                ..(*own).clone()
+            };
+            self.map.set_own(report, now);
+            self.own_changed = false;
+            self.last_report = now;
+        }
+        let records = self.map.take_dirty();
+        self.status_allowed_at = now + self.config.gossip.status_interval;
+        if records.is_empty() {
+            return;
+        }
+        let message = Arc::new(Message::Status(records));
+        for peer in self.status_peers() {
+            self.outbox.push_back(Action::Send {
+                to: peer,
+                message: message.clone(),
+            });
+        }
+    }
+
+    fn refresh_peers(&mut self) {
+        let epoch = self.map.membership_epoch();
+        if self.peers_epoch == Some(epoch) {
+            return;
+        }
+        self.peers_epoch = Some(epoch);
+        self.peers_cache = self.map.counted_peers();
+        let map = &self.map;
+        self.out_peers.retain(|p| map.is_counted(p));
+        self.in_peers.retain(|p| map.is_counted(p));
+        let want = self.config.gossip.status_fanout.min(self.peers_cache.len());
+        while self.out_peers.len() < want {
+            let pick = self.peers_cache[self.rng.random_range(0..self.peers_cache.len())].clone();
+            self.out_peers.insert(pick);
+        }
+    }
+
+    fn status_peers(&mut self) -> Vec<NodeId> {
+        self.refresh_peers();
+        self.out_peers.union(&self.in_peers).cloned().collect()
+    }
+
+    fn random_peer(&mut self) -> Option<NodeId> {
+        self.refresh_peers();
+        if self.peers_cache.is_empty() {
+            return None;
+        }
+        Some(self.peers_cache[self.rng.random_range(0..self.peers_cache.len())].clone())
+    }
+
+    fn digest(&self, initiator: bool) -> Message<S> {
+        Message::Digest(AntiEntropyDigest {
+            applied: self.log.applied().clone(),
+            members: self.map.versions(),
+            initiator,
+        })
+    }
+
+    fn send(&mut self, to: NodeId, message: Message<S>) {
+        self.outbox.push_back(Action::Send {
+            to,
+            message: Arc::new(message),
+        });
+    }
+
+    /// After every event: fold what became stable, then ask for the next wake-up.
+    fn finish(&mut self, now: Time) {
+        if self.is_member() && self.map.snapshot_point() != self.log.stable_cut() {
+            let sp = self.map.snapshot_point().clone();
+            self.log.advance_stable(&sp);
+        }
+        let next = self.next_deadline();
+        if let Some(at) = next {
+            let at = at.max(now);
+            if self.wake_announced != Some(at) {
+                self.wake_announced = Some(at);
+                self.outbox.push_back(Action::ScheduleWake { at });
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Time> {
+        match &self.phase {
+            Phase::Joining { retry_at, .. } => Some(*retry_at),
+            Phase::Member => [
+                self.publish_at,
+                self.status_due(),
+                Some(self.last_report + self.config.gossip.heartbeat_interval),
+                Some(self.next_anti_entropy),
+                self.gap_pull.as_ref().map(|g| g.0),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
+        }
+    }
+}
+
+/// `base` ± 10%, so periodic work of many nodes does not synchronise.
+fn jitter(rng: &mut ChaCha8Rng, base: Duration) -> Duration {
+    let micros = base.as_micros() as u64;
+    let spread = micros / 10;
+    Duration::from_micros(micros - spread + rng.random_range(0..=2 * spread))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! Version vectors: origin → highest contiguous seq. Zero entries are never stored, so two
+//! vectors describing the same set of ops are structurally equal (and hash equal).
+//!
+//! Backed by `imbl::OrdMap`, so clones are O(1) and share structure: a node's applied vector
+//! handed to a status report, an op's deps, and a network-map entry are one allocation.
+
+use imbl::OrdMap;
+use serde::{Deserialize, Serialize};
+
+use crate::node_id::NodeId;
+
+/// origin → highest seq of that origin (a downward-closed set of ops).
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VersionVector(OrdMap<NodeId, u64>);
+
+impl VersionVector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The seq for `origin` (0 when absent).
+    pub fn get(&self, origin: &NodeId) -> u64 {
+        self.0.get(origin).copied().unwrap_or(0)
+    }
+
+    /// Sets `origin` to `seq`; 0 removes the entry.
+    pub fn set(&mut self, origin: NodeId, seq: u64) {
+        if seq == 0 {
+            self.0.remove(&origin);
+        } else {
+            self.0.insert(origin, seq);
+        }
+    }
+
+    /// Raises `origin` to at least `seq`. Returns whether it changed.
+    pub fn raise(&mut self, origin: &NodeId, seq: u64) -> bool {
+        if seq > self.get(origin) {
+            self.0.insert(origin.clone(), seq);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Entries in origin order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, u64)> {
+        self.0.iter().map(|(k, v)| (k, *v))
+    }
+
+    /// Number of origins with a non-zero entry.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of ops the vector describes.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// `self ≤ other` pointwise.
+    pub fn le(&self, other: &VersionVector) -> bool {
+        if self.0.ptr_eq(&other.0) {
+            return true;
+        }
+        self.iter().all(|(origin, seq)| seq <= other.get(origin))
+    }
+
+    /// Pointwise maximum.
+    pub fn join(&mut self, other: &VersionVector) {
+        for (origin, seq) in other.iter() {
+            self.raise(origin, seq);
+        }
+    }
+
+    /// Pointwise minimum.
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        let mut out = VersionVector::new();
+        for (origin, seq) in self.iter() {
+            out.set(origin.clone(), seq.min(other.get(origin)));
+        }
+        out
+    }
+
+    /// Whether both share the same allocation (then they are certainly equal).
+    pub fn ptr_eq(&self, other: &VersionVector) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+
+    /// Origins whose entry differs between `self` (old) and `new`, with (old, new) values, in
+    /// origin order.
+    pub fn changes_to(&self, new: &VersionVector) -> Vec<(NodeId, u64, u64)> {
+        if self.ptr_eq(new) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (origin, seq) in new.iter() {
+            let old = self.get(origin);
+            if old != seq {
+                out.push((origin.clone(), old, seq));
+            }
+        }
+        for (origin, seq) in self.iter() {
+            if !new.0.contains_key(origin) {
+                out.push((origin.clone(), seq, 0));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl std::fmt::Debug for VersionVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl FromIterator<(NodeId, u64)> for VersionVector {
+    fn from_iter<T: IntoIterator<Item = (NodeId, u64)>>(iter: T) -> Self {
+        let mut v = VersionVector::new();
+        for (origin, seq) in iter {
+            v.raise(&origin, seq);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u64) -> NodeId {
+        NodeId::synthetic(i)
+    }
+
+    #[test]
+    fn zero_entries_are_not_stored_so_equal_sets_compare_equal() {
+        let mut a = VersionVector::new();
+        a.set(id(1), 3);
+        a.set(id(2), 0);
+        let b: VersionVector = [(id(1), 3)].into_iter().collect();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn order_join_meet() {
+        let a: VersionVector = [(id(1), 3), (id(2), 1)].into_iter().collect();
+        let b: VersionVector = [(id(1), 2), (id(3), 5)].into_iter().collect();
+        assert!(!a.le(&b) && !b.le(&a));
+        let mut j = a.clone();
+        j.join(&b);
+        assert!(a.le(&j) && b.le(&j));
+        assert_eq!(j.total(), 3 + 1 + 5);
+        let m = a.meet(&b);
+        assert_eq!(m, [(id(1), 2)].into_iter().collect());
+        assert_eq!(a.changes_to(&b).len(), 3);
+    }
+}
