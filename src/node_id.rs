@@ -11,9 +11,64 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Longest node id accepted from the wire (a `PeerId` is at most 42 bytes in practice).
 pub const MAX_NODE_ID_LEN: usize = 64;
 
-/// A node's identity (its `PeerId` bytes). Cheap to clone, ordered by bytes.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(Arc<[u8]>);
+/// A node's identity (its `PeerId` bytes). Cheap to clone.
+///
+/// Ordered by a 64-bit key taken from the last 8 bytes (big-endian), then by the bytes:
+/// a total order every node computes the same way, and one that is decided by the key
+/// almost always, since `PeerId`s share their multihash prefix but not their tail.
+#[derive(Clone)]
+pub struct NodeId(Arc<Inner>);
+
+struct Inner {
+    key: u64,
+    bytes: Box<[u8]>,
+}
+
+impl Inner {
+    fn new(bytes: &[u8]) -> Self {
+        let mut tail = [0u8; 8];
+        let n = bytes.len().min(8);
+        tail[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+        Inner {
+            key: u64::from_be_bytes(tail),
+            bytes: bytes.into(),
+        }
+    }
+}
+
+impl PartialEq for NodeId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.key == other.0.key && self.0.bytes == other.0.bytes)
+    }
+}
+
+impl Eq for NodeId {}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0
+            .key
+            .cmp(&other.0.key)
+            .then_with(|| self.0.bytes.cmp(&other.0.bytes))
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+        self.0.bytes.len().hash(state);
+    }
+}
 
 /// A node id that could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,7 +90,7 @@ impl NodeId {
         if bytes.len() > MAX_NODE_ID_LEN {
             return Err(NodeIdError::TooLong(bytes.len()));
         }
-        Ok(NodeId(Arc::from(bytes)))
+        Ok(NodeId(Arc::new(Inner::new(bytes))))
     }
 
     /// A deterministic id shaped like an ed25519 `PeerId` (identity multihash of 32 bytes),
@@ -44,7 +99,7 @@ impl NodeId {
         let mut bytes = vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
         let hash = blake3::hash(&index.to_le_bytes());
         bytes.extend_from_slice(hash.as_bytes());
-        NodeId(Arc::from(bytes.as_slice()))
+        NodeId(Arc::new(Inner::new(&bytes)))
     }
 
     /// Parses the base58 string form.
@@ -56,11 +111,11 @@ impl NodeId {
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
     }
 
     pub fn to_base58(&self) -> String {
-        bs58::encode(&self.0).into_string()
+        bs58::encode(&self.0.bytes).into_string()
     }
 }
 
@@ -80,7 +135,7 @@ impl fmt::Debug for NodeId {
 
 impl Serialize for NodeId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        serializer.serialize_bytes(&self.0.bytes)
     }
 }
 
@@ -117,6 +172,22 @@ mod tests {
         ));
         assert_eq!(NodeId::from_bytes(&[]), Err(NodeIdError::Empty));
         assert_eq!(NodeId::from_bytes(&[1; 65]), Err(NodeIdError::TooLong(65)));
+    }
+
+    #[test]
+    fn order_is_total_and_consistent_with_equality() {
+        let ids: Vec<NodeId> = (0..50).map(NodeId::synthetic).collect();
+        for a in &ids {
+            for b in &ids {
+                let same_bytes = a.as_bytes() == b.as_bytes();
+                assert_eq!(a == b, same_bytes);
+                assert_eq!(a.cmp(b) == std::cmp::Ordering::Equal, same_bytes);
+                assert_eq!(a.cmp(b), b.cmp(a).reverse());
+            }
+        }
+        let short = NodeId::from_bytes(&[1, 2]).unwrap();
+        let copy = NodeId::from_bytes(&[1, 2]).unwrap();
+        assert_eq!(short, copy);
     }
 
     #[test]

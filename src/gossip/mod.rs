@@ -46,6 +46,10 @@ impl<P> OpsBatch<P> {
     }
 }
 
+/// Member records, encoded compactly (see `wire`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Records(pub Vec<Arc<MemberRecord>>);
+
 /// A request for whatever the receiver has that the sender lacks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AntiEntropyDigest {
@@ -62,7 +66,7 @@ pub struct AntiEntropyDigest {
 #[serde(bound = "")]
 pub struct Repair<S: StateMachine> {
     pub ops: OpsBatch<S::Op>,
-    pub records: Vec<Arc<MemberRecord>>,
+    pub records: Records,
     /// More ops were left out to bound the message; ask again.
     pub more: bool,
 }
@@ -72,7 +76,7 @@ pub struct Repair<S: StateMachine> {
 #[serde(bound = "")]
 pub enum Message<S: StateMachine> {
     Ops(OpsBatch<S::Op>),
-    Status(Vec<Arc<MemberRecord>>),
+    Status(Records),
     Digest(AntiEntropyDigest),
     Repair(Repair<S>),
     Stale { snapshot_point: VersionVector },
@@ -125,7 +129,7 @@ impl Default for GossipConfig {
         Self {
             op_batch_delay: Duration::from_millis(5),
             max_batch_ops: 256,
-            status_interval: Duration::from_millis(5),
+            status_interval: Duration::from_millis(10),
             heartbeat_interval: Duration::from_secs(1),
             status_fanout: 6,
             max_status_peers: 12,

@@ -37,7 +37,21 @@ fn every_message_round_trips() {
     let ops = some_ops();
     let messages: Vec<Message<LwwMap>> = vec![
         Message::Ops(OpsBatch(ops.clone())),
-        Message::Status(vec![Arc::new(MemberRecord::founder(id(4)))]),
+        Message::Status(Records(vec![
+            Arc::new(MemberRecord::founder(id(4))),
+            Arc::new(MemberRecord {
+                state: crate::network_map::MemberState::Left,
+                sponsor: Some(crate::network_map::Sponsorship {
+                    sponsor: id(4),
+                    sponsor_incarnation: 2,
+                    reg_no: 3,
+                }),
+                applied: ops.last().unwrap().deps.clone(),
+                registrations: 2,
+                addrs: vec!["/ip4/127.0.0.1/tcp/9".into()],
+                ..MemberRecord::founder(id(5))
+            }),
+        ])),
         Message::Digest(AntiEntropyDigest {
             applied: ops.last().unwrap().deps.clone(),
             members: vec![(id(1), 1, 7)],
@@ -45,7 +59,7 @@ fn every_message_round_trips() {
         }),
         Message::Repair(Repair {
             ops: OpsBatch(ops[3..].to_vec()),
-            records: vec![],
+            records: Records::default(),
             more: true,
         }),
         Message::Stale {

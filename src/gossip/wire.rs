@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Message, OpsBatch};
+use super::{Message, OpsBatch, Records};
+use crate::network_map::{MemberRecord, MemberState, Sponsorship};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, StateMachine};
 use crate::version_vector::VersionVector;
@@ -163,5 +164,113 @@ impl<'de, P: DeserializeOwned> Deserialize<'de> for OpsBatch<P> {
             }));
         }
         Ok(OpsBatch(ops))
+    }
+}
+
+/// A record on the wire: node ids are indices into the message's id table.
+#[derive(Serialize, Deserialize)]
+struct WireRecord {
+    i: u32,
+    n: u64,
+    /// 0 alive, 1 suspect, 2 left, 3 evicted
+    st: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sp: Option<(u32, u64, u64)>,
+    r: u64,
+    a: Vec<(u32, u64)>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    g: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ad: Vec<String>,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRecords {
+    ids: Vec<NodeId>,
+    recs: Vec<WireRecord>,
+}
+
+fn state_code(state: MemberState) -> u8 {
+    match state {
+        MemberState::Alive => 0,
+        MemberState::Suspect => 1,
+        MemberState::Left => 2,
+        MemberState::Evicted => 3,
+    }
+}
+
+impl Serialize for Records {
+    fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        let mut table = Interner::default();
+        let recs = self
+            .0
+            .iter()
+            .map(|r| WireRecord {
+                i: table.intern(&r.id),
+                n: r.incarnation,
+                st: state_code(r.state),
+                sp: r
+                    .sponsor
+                    .as_ref()
+                    .map(|s| (table.intern(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
+                r: r.report_seq,
+                a: r.applied.iter().map(|(o, s)| (table.intern(o), s)).collect(),
+                g: r.registrations,
+                ad: r.addrs.clone(),
+            })
+            .collect();
+        WireRecords {
+            ids: table.ids,
+            recs,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Records {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let WireRecords { ids, recs } = WireRecords::deserialize(deserializer)?;
+        let id = |i: u32| -> Result<NodeId, D::Error> {
+            ids.get(i as usize)
+                .cloned()
+                .ok_or_else(|| D::Error::custom(format!("id index {i} out of range")))
+        };
+        let mut out = Vec::with_capacity(recs.len());
+        for w in recs {
+            let state = match w.st {
+                0 => MemberState::Alive,
+                1 => MemberState::Suspect,
+                2 => MemberState::Left,
+                3 => MemberState::Evicted,
+                other => return Err(D::Error::custom(format!("unknown member state {other}"))),
+            };
+            let sponsor = match w.sp {
+                Some((i, inc, reg_no)) => Some(Sponsorship {
+                    sponsor: id(i)?,
+                    sponsor_incarnation: inc,
+                    reg_no,
+                }),
+                None => None,
+            };
+            let mut applied = VersionVector::new();
+            for (i, seq) in w.a {
+                applied.set(id(i)?, seq);
+            }
+            out.push(Arc::new(MemberRecord {
+                id: id(w.i)?,
+                incarnation: w.n,
+                state,
+                sponsor,
+                report_seq: w.r,
+                applied,
+                registrations: w.g,
+                addrs: w.ad,
+            }));
+        }
+        Ok(Records(out))
     }
 }

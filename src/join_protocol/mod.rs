@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::OpsBatch;
+use crate::gossip::{OpsBatch, Records};
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap, Sponsorship};
 use crate::node_id::NodeId;
 use crate::ops_log::{InstallError, OpsLog, StateMachine};
@@ -57,7 +57,7 @@ pub struct JoinGrant<S: StateMachine> {
     /// The ops between the stable cut and the join cut, in causal order.
     pub suffix: OpsBatch<S::Op>,
     /// Every record of the sponsor's network map.
-    pub members: Vec<Arc<MemberRecord>>,
+    pub members: Records,
 }
 
 /// The sponsor's answer.
@@ -156,7 +156,7 @@ pub fn register<S: StateMachine>(
         stable_cut: log.stable_cut().clone(),
         lamport: log.lamport(),
         suffix: OpsBatch(log.unstable_ops()),
-        members: map.records(),
+        members: Records(map.records()),
     })
 }
 
@@ -196,7 +196,7 @@ pub fn install<S: StateMachine>(
         addrs,
     };
     let mut map = NetworkMap::new(own, now);
-    for record in grant.members {
+    for record in grant.members.0 {
         map.merge(record, now);
     }
     Ok((log, map))

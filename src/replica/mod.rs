@@ -14,7 +14,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Repair};
+use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
 use crate::join_protocol::{self, JoinRequest, JoinResponse};
 use crate::network_map::{MemberRecord, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
@@ -287,18 +287,24 @@ impl<S: StateMachine> Replica<S> {
                 {
                     self.in_peers.insert(from.clone());
                 }
-                self.on_records(now, records);
+                self.on_records(now, &records.0);
             }
             (Phase::Member, Message::Digest(digest)) => self.on_digest(from, digest),
             (Phase::Member, Message::Repair(repair)) => {
-                self.on_records(now, &repair.records);
+                self.on_records(now, &repair.records.0);
                 self.on_ops(now, from, &repair.ops);
                 if repair.more {
                     let digest = self.digest(false);
                     self.send(from.clone(), digest);
                 }
             }
-            (Phase::Member, Message::Stale { .. }) => self.stats.stale_notices += 1,
+            (Phase::Member, Message::Stale { snapshot_point }) => {
+                // A digest that was overtaken by newer ops is not staleness: only count it
+                // when this node really is below the sender's snapshot point.
+                if !snapshot_point.le(self.log.applied()) {
+                    self.stats.stale_notices += 1;
+                }
+            }
             (Phase::Member, Message::JoinRequest(request)) => {
                 self.on_join_request(now, from, request)
             }
@@ -397,7 +403,7 @@ impl<S: StateMachine> Replica<S> {
         if !ops.is_empty() || !records.is_empty() {
             let repair = Repair {
                 ops: OpsBatch(ops),
-                records,
+                records: Records(records),
                 more,
             };
             self.send(from.clone(), Message::Repair(repair));
@@ -447,7 +453,9 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         match join_protocol::install(grant, &self.id, self.config.addrs.clone(), now) {
-            Ok((log, map)) => {
+            Ok((mut log, map)) => {
+                // the suffix applied while installing is part of the handed-over state
+                log.drain_applied();
                 self.log = log;
                 self.map = map;
                 self.phase = Phase::Member;
@@ -523,7 +531,7 @@ impl<S: StateMachine> Replica<S> {
         if records.is_empty() {
             return;
         }
-        let message = Arc::new(Message::Status(records));
+        let message = Arc::new(Message::Status(Records(records)));
         for peer in self.status_peers() {
             self.outbox.push_back(Action::Send {
                 to: peer,
@@ -599,7 +607,9 @@ impl<S: StateMachine> Replica<S> {
             Phase::Member => [
                 self.publish_at,
                 self.status_due(),
-                Some(self.last_report + self.config.gossip.heartbeat_interval),
+                // once the own record is due, `status_due` covers it
+                (!self.own_changed)
+                    .then(|| self.last_report + self.config.gossip.heartbeat_interval),
                 Some(self.next_anti_entropy),
                 self.gap_pull.as_ref().map(|g| g.0),
             ]

@@ -1,0 +1,34 @@
+//! L1 liveness: once faults stop, within a bounded time every member's snapshot point equals
+//! the union of all applied ops, and stays there while nothing new is written.
+//!
+//! Checked at the end of the run: every member's applied vector and snapshot point must
+//! equal the union of every op written, and the run must have reached that state within the
+//! configured bound after the last write.
+
+use tidemark::VersionVector;
+
+pub const NAME: &str = "L1 liveness";
+
+/// `members` yields (node label, applied, snapshot point) of every member in good standing.
+pub fn check<'a>(
+    union: &VersionVector,
+    members: impl IntoIterator<Item = (String, &'a VersionVector, &'a VersionVector)>,
+) -> Result<(), String> {
+    for (node, applied, sp) in members {
+        if applied != union {
+            return Err(format!(
+                "{node} applied {} of {} ops",
+                applied.total(),
+                union.total()
+            ));
+        }
+        if sp != union {
+            return Err(format!(
+                "{node}'s snapshot point covers {} of {} ops",
+                sp.total(),
+                union.total()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! What a run measures: dissemination latency, snapshot-point lag, traffic, and samples over
+//! time for the CSV and the plot.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Latencies in microseconds, summarised as percentiles in milliseconds.
+#[derive(Debug, Default, Clone)]
+pub struct Latencies(Vec<u64>);
+
+impl Latencies {
+    pub fn push(&mut self, micros: u64) {
+        self.0.push(micros);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn summary(&self) -> Percentiles {
+        let mut v = self.0.clone();
+        v.sort_unstable();
+        let pick = |q: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            round3(v[rank - 1] as f64 / 1_000.0)
+        };
+        Percentiles {
+            p50: pick(0.50),
+            p99: pick(0.99),
+            max: pick(1.0),
+        }
+    }
+}
+
+/// Nearest-rank percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Messages and bytes sent, by message kind.
+#[derive(Debug, Default, Clone)]
+pub struct Traffic {
+    pub by_kind: BTreeMap<&'static str, (u64, u64)>,
+}
+
+impl Traffic {
+    pub fn count(&mut self, kind: &'static str, bytes: usize) {
+        let e = self.by_kind.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += bytes as u64;
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.by_kind.values().map(|v| v.0).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.by_kind.values().map(|v| v.1).sum()
+    }
+}
+
+/// One point of the time series.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_ms: f64,
+    /// Ops written so far.
+    pub created: u64,
+    /// Ops applied by every member.
+    pub applied_everywhere: u64,
+    /// Ops inside every member's snapshot point.
+    pub stable_everywhere: u64,
+    /// Mean snapshot-point lag of the ops that became stable everywhere since the last
+    /// sample, in ms (absent when none did).
+    pub sp_lag_ms: Option<f64>,
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1_000.0).round() / 1_000.0
+}

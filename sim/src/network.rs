@@ -1,0 +1,160 @@
+//! The simulated network: per-link latency, loss, duplication and reordering, and a
+//! gossipsub-like mesh that floods published messages.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::SimConfig;
+
+/// Link behaviour derived from the config and the seed.
+#[derive(Clone, Debug)]
+pub struct Links {
+    seed: u64,
+    min_us: u64,
+    spread_us: u64,
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
+}
+
+impl Links {
+    pub fn new(config: &SimConfig) -> Self {
+        let min_us = config.latency_min.as_micros() as u64;
+        let max_us = (config.latency_max.as_micros() as u64).max(min_us);
+        Self {
+            seed: config.seed,
+            min_us,
+            spread_us: max_us - min_us,
+            loss: config.loss,
+            duplicate: config.duplicate,
+            reorder: config.reorder,
+        }
+    }
+
+    /// The fixed base latency of the link between `a` and `b` (symmetric).
+    pub fn base_latency(&self, a: usize, b: usize) -> Duration {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let mut h = self.seed ^ 0x9e37_79b9_7f4a_7c15;
+        for x in [lo as u64, hi as u64] {
+            h ^= x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h = h.rotate_left(31).wrapping_mul(0x94d0_49bb_1331_11eb);
+        }
+        let offset = if self.spread_us == 0 {
+            0
+        } else {
+            h % (self.spread_us + 1)
+        };
+        Duration::from_micros(self.min_us + offset)
+    }
+
+    /// Delays of the copies of one transmission that arrive: none when lost, two when
+    /// duplicated. Jitter and reordering make copies overtake each other.
+    pub fn transmit(&self, rng: &mut ChaCha8Rng, a: usize, b: usize) -> Vec<Duration> {
+        if self.loss > 0.0 && rng.random_bool(self.loss) {
+            return Vec::new();
+        }
+        let copies = if self.duplicate > 0.0 && rng.random_bool(self.duplicate) {
+            2
+        } else {
+            1
+        };
+        let base = self.base_latency(a, b).as_micros() as u64;
+        (0..copies)
+            .map(|_| {
+                let mut us = base + rng.random_range(0..=base / 10);
+                if self.reorder > 0.0 && rng.random_bool(self.reorder) {
+                    us += rng.random_range(0..=base.max(1) * 2);
+                }
+                Duration::from_micros(us)
+            })
+            .collect()
+    }
+}
+
+/// A random undirected graph in which every node has at least `degree` neighbours (or all
+/// others, in small networks).
+#[derive(Clone, Debug, Default)]
+pub struct Mesh {
+    neighbours: Vec<Vec<usize>>,
+}
+
+impl Mesh {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds node `n` (must be the next index) and links it to up to `degree` random nodes
+    /// among `candidates`.
+    pub fn add_node(&mut self, rng: &mut ChaCha8Rng, degree: usize, candidates: &[usize]) {
+        let n = self.neighbours.len();
+        self.neighbours.push(Vec::new());
+        let want = degree.min(candidates.iter().filter(|&&c| c != n).count());
+        while self.neighbours[n].len() < want {
+            let c = candidates[rng.random_range(0..candidates.len())];
+            if c != n && !self.neighbours[n].contains(&c) {
+                self.link(n, c);
+            }
+        }
+    }
+
+    /// Builds the founding mesh of `nodes` nodes.
+    pub fn founding(rng: &mut ChaCha8Rng, nodes: usize, degree: usize) -> Self {
+        let mut mesh = Self::new();
+        let all: Vec<usize> = (0..nodes).collect();
+        for _ in 0..nodes {
+            mesh.neighbours.push(Vec::new());
+        }
+        for n in 0..nodes {
+            let want = degree.min(nodes - 1);
+            while mesh.neighbours[n].len() < want {
+                let c = all[rng.random_range(0..nodes)];
+                if c != n && !mesh.neighbours[n].contains(&c) {
+                    mesh.link(n, c);
+                }
+            }
+        }
+        mesh
+    }
+
+    fn link(&mut self, a: usize, b: usize) {
+        self.neighbours[a].push(b);
+        self.neighbours[b].push(a);
+    }
+
+    pub fn neighbours(&self, n: usize) -> &[usize] {
+        &self.neighbours[n]
+    }
+
+    pub fn len(&self) -> usize {
+        self.neighbours.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.neighbours.is_empty()
+    }
+}
+
+/// The published-message ids a node has seen (gossipsub's duplicate cache), in two
+/// generations so old ids are forgotten.
+#[derive(Clone, Debug, Default)]
+pub struct SeenCache {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+impl SeenCache {
+    /// Records `id`; returns whether it was new.
+    pub fn insert(&mut self, id: u64) -> bool {
+        if self.previous.contains(&id) {
+            return false;
+        }
+        self.current.insert(id)
+    }
+
+    pub fn rotate(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+}

@@ -1,0 +1,212 @@
+//! The result of a run: the SPEC §7 JSON object, a human summary, the CSV time series and
+//! the convergence plot.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::config::SimConfig;
+use crate::metrics::{round3, Percentiles, Sample};
+use crate::sim::ReportInputs;
+
+/// The JSON object printed by `--json`. Field order is fixed; only `wall_s` varies between
+/// runs of the same seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: usize,
+    pub ops: u64,
+    pub writers: usize,
+    pub joins: usize,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub reorder: f64,
+    pub latency_ms: [f64; 2],
+    pub violations: u64,
+    pub violation_samples: Vec<String>,
+    pub converged: bool,
+    pub liveness_failure: bool,
+    /// From the last write until every member's snapshot point held every op.
+    pub convergence_ms: Option<f64>,
+    /// From an op's creation until every member has applied it.
+    pub dissemination_ms: Percentiles,
+    /// From an op's creation until it is inside every member's snapshot point.
+    pub sp_lag_ms: Percentiles,
+    /// `sp_lag_ms.p50 / dissemination_ms.p50`.
+    pub sp_lag_ratio: f64,
+    pub messages_per_op: f64,
+    pub bytes_per_op: f64,
+    pub bytes_by_kind: BTreeMap<String, u64>,
+    pub messages_by_kind: BTreeMap<String, u64>,
+    pub distinct_cuts: usize,
+    pub events: u64,
+    pub sim_time_s: f64,
+    pub wall_s: f64,
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+impl Report {
+    pub fn new(config: &SimConfig, r: ReportInputs) -> Self {
+        let dissemination = r.dissemination.summary();
+        let sp_lag = r.sp_lag.summary();
+        let ops = r.written.max(1) as f64;
+        Report {
+            seed: config.seed,
+            nodes: config.nodes,
+            ops: r.written,
+            writers: config.writers,
+            joins: config.joins,
+            loss: config.loss,
+            duplicate: config.duplicate,
+            reorder: config.reorder,
+            latency_ms: [
+                config.latency_min.as_secs_f64() * 1e3,
+                config.latency_max.as_secs_f64() * 1e3,
+            ],
+            violations: r.violations.count,
+            violation_samples: r.violations.samples,
+            converged: r.converged,
+            liveness_failure: r.liveness_failure,
+            convergence_ms: r.convergence_ms,
+            sp_lag_ratio: if dissemination.p50 > 0.0 {
+                round3(sp_lag.p50 / dissemination.p50)
+            } else {
+                0.0
+            },
+            dissemination_ms: dissemination,
+            sp_lag_ms: sp_lag,
+            messages_per_op: round3(r.traffic.messages() as f64 / ops),
+            bytes_per_op: round3(r.traffic.bytes() as f64 / ops),
+            bytes_by_kind: r
+                .traffic
+                .by_kind
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.1))
+                .collect(),
+            messages_by_kind: r
+                .traffic
+                .by_kind
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.0))
+                .collect(),
+            distinct_cuts: r.cuts,
+            events: r.events,
+            sim_time_s: r.sim_time_s,
+            wall_s: round3(r.wall_s),
+            samples: r.samples,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a report always serialises")
+    }
+
+    /// A few lines for people.
+    pub fn summary(&self) -> String {
+        let verdict = if self.violations == 0 { "ok" } else { "FAILED" };
+        let mut s = format!(
+            "tidemark-sim seed {} · {} nodes (+{} joins) · {} ops by {} writers · loss {}\n\
+             invariants: {} ({} violations), converged: {}{}\n\
+             dissemination p50 {:.1} ms p99 {:.1} ms · snapshot-point lag p50 {:.1} ms p99 {:.1} ms (ratio {:.2})\n\
+             {:.1} messages/op, {:.0} bytes/op · {} events, {:.1} s simulated in {:.2} s\n",
+            self.seed,
+            self.nodes,
+            self.joins,
+            self.ops,
+            self.writers,
+            self.loss,
+            verdict,
+            self.violations,
+            self.converged,
+            self.convergence_ms
+                .map(|c| format!(" ({c:.0} ms after the last write)"))
+                .unwrap_or_default(),
+            self.dissemination_ms.p50,
+            self.dissemination_ms.p99,
+            self.sp_lag_ms.p50,
+            self.sp_lag_ms.p99,
+            self.sp_lag_ratio,
+            self.messages_per_op,
+            self.bytes_per_op,
+            self.events,
+            self.sim_time_s,
+            self.wall_s,
+        );
+        for v in &self.violation_samples {
+            s.push_str(&format!("  violation: {v}\n"));
+        }
+        if self.violations > 0 {
+            s.push_str(&format!(
+                "reproduce with: tidemark-sim --seed {} --nodes {} --ops {} (same other flags)\n",
+                self.seed, self.nodes, self.ops
+            ));
+        }
+        s
+    }
+
+    /// Writes the time series as CSV.
+    pub fn write_csv(&self, path: &Path) -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(f, "t_ms,created,applied_everywhere,stable_everywhere,sp_lag_ms")?;
+        for s in &self.samples {
+            let lag = s.sp_lag_ms.map(|l| l.to_string()).unwrap_or_default();
+            writeln!(
+                f,
+                "{},{},{},{},{}",
+                s.t_ms, s.created, s.applied_everywhere, s.stable_everywhere, lag
+            )?;
+        }
+        f.flush()
+    }
+
+    /// Draws ops written, applied everywhere and stable everywhere over time as SVG.
+    pub fn write_plot(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let t_max = self.samples.last().map(|s| s.t_ms / 1e3).unwrap_or(1.0).max(1e-3);
+        let y_max = (self.ops.max(1)) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "tidemark-sim: {} nodes, {} ops, loss {} (seed {})",
+                    self.nodes, self.ops, self.loss, self.seed
+                ),
+                ("sans-serif", 20),
+            )
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..t_max, 0.0..y_max * 1.05)?;
+        chart
+            .configure_mesh()
+            .x_desc("simulated time (s)")
+            .y_desc("ops")
+            .draw()?;
+        let series: [(&str, RGBColor, fn(&Sample) -> u64); 3] = [
+            ("written", BLACK, |s| s.created),
+            ("applied everywhere", BLUE, |s| s.applied_everywhere),
+            ("inside every snapshot point", RED, |s| s.stable_everywhere),
+        ];
+        for (label, color, pick) in series {
+            chart
+                .draw_series(LineSeries::new(
+                    self.samples.iter().map(|s| (s.t_ms / 1e3, pick(s) as f64)),
+                    color.stroke_width(2),
+                ))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}
