@@ -1,0 +1,99 @@
+//! The simulator as a user runs it: the built `tidemark-sim` binary.
+
+use std::process::Command;
+
+fn sim(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemark-sim"))
+        .args(args)
+        .output()
+        .expect("tidemark-sim runs")
+}
+
+fn without_wall_time(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+    let mut object = value.as_object().expect("an object").clone();
+    assert!(object.remove("wall_s").is_some(), "wall_s is reported");
+    serde_json::to_string(&object).unwrap()
+}
+
+#[test]
+fn the_same_seed_prints_the_same_json_apart_from_wall_time() {
+    let args = [
+        "--nodes", "12", "--ops", "300", "--seed", "42", "--loss", "0.05", "--duplicate", "0.02",
+        "--reorder", "0.1", "--joins", "2", "--json",
+    ];
+    let a = sim(&args);
+    let b = sim(&args);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let (a, b) = (String::from_utf8(a.stdout).unwrap(), String::from_utf8(b.stdout).unwrap());
+    assert_eq!(without_wall_time(&a), without_wall_time(&b));
+    let other = sim(&["--nodes", "12", "--ops", "300", "--seed", "43", "--loss", "0.05", "--json"]);
+    assert_ne!(
+        without_wall_time(&a),
+        without_wall_time(&String::from_utf8(other.stdout).unwrap()),
+        "a different seed gives a different run"
+    );
+}
+
+#[test]
+fn json_output_has_the_spec_fields() {
+    let out = sim(&["--nodes", "10", "--ops", "200", "--seed", "3", "--loss", "0.05", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in ["seed", "nodes", "ops", "violations", "converged", "bytes_per_op", "wall_s"] {
+        assert!(v.get(field).is_some(), "missing {field}");
+    }
+    for field in ["dissemination_ms", "sp_lag_ms"] {
+        assert!(v[field]["p50"].as_f64().unwrap() > 0.0, "{field}.p50");
+        assert!(v[field]["p99"].as_f64().unwrap() >= v[field]["p50"].as_f64().unwrap());
+    }
+    assert_eq!(v["violations"], 0);
+    assert_eq!(v["converged"], true);
+    assert_eq!(v["ops"], 200);
+    assert!(
+        v["sp_lag_ms"]["p50"].as_f64().unwrap() >= v["dissemination_ms"]["p50"].as_f64().unwrap(),
+        "an op is stable everywhere only after it is applied everywhere"
+    );
+}
+
+#[test]
+fn csv_and_plot_are_written() {
+    let dir = std::env::temp_dir().join(format!("tidemark-sim-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("lag.csv");
+    let svg = dir.join("convergence.svg");
+    let out = sim(&[
+        "--nodes", "8", "--ops", "200", "--seed", "5",
+        "--csv", csv.to_str().unwrap(), "--plot", svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("t_ms,created,applied_everywhere,stable_everywhere,sp_lag_ms"));
+    let last: Vec<&str> = lines.last().unwrap().split(',').collect();
+    assert_eq!(last[1], "200");
+    assert_eq!(last[3], "200", "every op ends inside every snapshot point");
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<svg") && svg_text.contains("snapshot point"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_batch_of_seeds_reports_one_summary() {
+    let out = sim(&["--seeds", "1..6", "--nodes", "8", "--ops", "100", "--loss", "0.1", "--joins", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["runs"], 6);
+    assert_eq!(v["violations"], 0);
+    assert_eq!(v["liveness_failures"], 0);
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let out = sim(&["--loss", "1.5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a probability"));
+    let out = sim(&["--seeds", "9..3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+}
