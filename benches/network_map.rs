@@ -24,7 +24,11 @@ fn build() -> (NetworkMap, Vec<NodeId>, Vec<NodeId>) {
     let members = ids(MEMBERS, 0);
     let origins = ids(ORIGINS, 1_000_000);
     let vector = |m: usize| -> VersionVector {
-        origins.iter().enumerate().map(|(o, id)| (id.clone(), seq(m, o))).collect()
+        origins
+            .iter()
+            .enumerate()
+            .map(|(o, id)| (id.clone(), seq(m, o)))
+            .collect()
     };
     let mut own = MemberRecord::founder(members[0].clone());
     own.applied = vector(0);
@@ -61,18 +65,21 @@ fn bench(c: &mut Criterion) {
         .collect();
     let mut min = vec![0u64; ORIGINS];
     let mut step = 0usize;
-    c.bench_function("network_map update+query 1000x1000 (naive recompute)", |b| {
-        b.iter(|| {
-            step = step.wrapping_add(7919);
-            let m = step % MEMBERS;
-            let o = (step / MEMBERS) % ORIGINS;
-            matrix[m][o] += 1;
-            for (origin, slot) in min.iter_mut().enumerate() {
-                *slot = matrix.iter().map(|row| row[origin]).min().unwrap_or(0);
-            }
-            black_box(min[o])
-        })
-    });
+    c.bench_function(
+        "network_map update+query 1000x1000 (naive recompute)",
+        |b| {
+            b.iter(|| {
+                step = step.wrapping_add(7919);
+                let m = step % MEMBERS;
+                let o = (step / MEMBERS) % ORIGINS;
+                matrix[m][o] += 1;
+                for (origin, slot) in min.iter_mut().enumerate() {
+                    *slot = matrix.iter().map(|row| row[origin]).min().unwrap_or(0);
+                }
+                black_box(min[o])
+            })
+        },
+    );
 }
 
 criterion_group! {

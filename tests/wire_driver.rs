@@ -24,7 +24,15 @@ impl Driver {
         let nodes: Vec<_> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| Replica::genesis(id.clone(), &ids, ReplicaConfig::default(), i as u64, Time::ZERO))
+            .map(|(i, id)| {
+                Replica::genesis(
+                    id.clone(),
+                    &ids,
+                    ReplicaConfig::default(),
+                    i as u64,
+                    Time::ZERO,
+                )
+            })
             .collect();
         let mut d = Driver {
             wakes: vec![None; nodes.len()],
@@ -72,7 +80,12 @@ impl Driver {
                 self.nodes[j].handle_message(self.now, &from, &message);
                 self.flush(j);
             }
-            let next = self.wakes.iter().enumerate().filter_map(|(i, w)| w.map(|t| (t, i))).min();
+            let next = self
+                .wakes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.map(|t| (t, i)))
+                .min();
             match next {
                 Some((t, i)) if t <= until => {
                     self.now = self.now.max(t);
@@ -87,8 +100,13 @@ impl Driver {
     }
 
     fn write(&mut self, i: usize, key: &str, value: Option<&str>) {
-        let op = LwwOp { key: key.into(), value: value.map(String::from) };
-        self.nodes[i].write(self.now, op).expect("a member can write");
+        let op = LwwOp {
+            key: key.into(),
+            value: value.map(String::from),
+        };
+        self.nodes[i]
+            .write(self.now, op)
+            .expect("a member can write");
         self.flush(i);
     }
 }
@@ -113,7 +131,14 @@ fn replicas_converge_through_the_wire_encoding() {
         d.run_until(t);
     }
     // a joiner through node 3, over the wire
-    let joiner = Replica::joiner(NodeId::synthetic(77), 1, NodeId::synthetic(3), ReplicaConfig::default(), 77, d.now);
+    let joiner = Replica::joiner(
+        NodeId::synthetic(77),
+        1,
+        NodeId::synthetic(3),
+        ReplicaConfig::default(),
+        77,
+        d.now,
+    );
     d.nodes.push(joiner);
     d.wakes.push(None);
     d.flush(5);
@@ -125,7 +150,11 @@ fn replicas_converge_through_the_wire_encoding() {
     d.run_until(t);
 
     let applied = d.nodes[0].applied().clone();
-    assert_eq!(applied.total(), 102, "100 writes, a delete and the joiner's write");
+    assert_eq!(
+        applied.total(),
+        102,
+        "100 writes, a delete and the joiner's write"
+    );
     let digest = d.nodes[0].stable_digest();
     for r in &mut d.nodes {
         assert_eq!(r.applied(), &applied);

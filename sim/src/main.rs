@@ -159,8 +159,10 @@ fn run_one(args: &Args) -> ExitCode {
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(args.ops), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ops written · {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} ops written · {msg}",
+            )
+            .expect("valid template"),
         );
         bar
     } else {
@@ -210,7 +212,10 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&seed) = seeds.get(i) else { break };
                 let report = tidemark_sim::run(args.config(seed));
-                results.lock().expect("no panics hold the lock").push(report);
+                results
+                    .lock()
+                    .expect("no panics hold the lock")
+                    .push(report);
             });
         }
     });
@@ -236,7 +241,11 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
     } else {
         println!(
             "{} runs (seeds {}), {} violations, {} liveness failures, {:.1} s",
-            summary.runs, summary.seeds, summary.violations, summary.liveness_failures, summary.wall_s
+            summary.runs,
+            summary.seeds,
+            summary.violations,
+            summary.liveness_failures,
+            summary.wall_s
         );
     }
     if failed.is_empty() {

@@ -151,7 +151,10 @@ impl Report {
     /// Writes the time series as CSV.
     pub fn write_csv(&self, path: &Path) -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-        writeln!(f, "t_ms,created,applied_everywhere,stable_everywhere,sp_lag_ms")?;
+        writeln!(
+            f,
+            "t_ms,created,applied_everywhere,stable_everywhere,sp_lag_ms"
+        )?;
         for s in &self.samples {
             let lag = s.sp_lag_ms.map(|l| l.to_string()).unwrap_or_default();
             writeln!(
@@ -167,7 +170,12 @@ impl Report {
     pub fn write_plot(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
         root.fill(&WHITE)?;
-        let t_max = self.samples.last().map(|s| s.t_ms / 1e3).unwrap_or(1.0).max(1e-3);
+        let t_max = self
+            .samples
+            .last()
+            .map(|s| s.t_ms / 1e3)
+            .unwrap_or(1.0)
+            .max(1e-3);
         let y_max = (self.ops.max(1)) as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(
@@ -186,7 +194,8 @@ impl Report {
             .x_desc("simulated time (s)")
             .y_desc("ops")
             .draw()?;
-        let series: [(&str, RGBColor, fn(&Sample) -> u64); 3] = [
+        type Series = (&'static str, RGBColor, fn(&Sample) -> u64);
+        let series: [Series; 3] = [
             ("written", BLACK, |s| s.created),
             ("applied everywhere", BLUE, |s| s.applied_everywhere),
             ("inside every snapshot point", RED, |s| s.stable_everywhere),

@@ -128,7 +128,12 @@ impl Sim {
         let ids: Vec<NodeId> = (0..total as u64)
             .map(|i| NodeId::synthetic(config.seed.wrapping_mul(1_000_003).wrapping_add(i)))
             .collect();
-        let index = ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect();
+        let index = ids
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect();
         let mesh = Mesh::founding(&mut rng, config.nodes, config.mesh_degree);
         let links = Links::new(&config);
         let writers = config.writers.clamp(1, config.nodes.max(1));
@@ -272,8 +277,7 @@ impl Sim {
         }) else {
             return false;
         };
-        let joins_done = self.nodes.len() == self.ids.len()
-            && self.nodes.iter().all(|n| n.member);
+        let joins_done = self.nodes.len() == self.ids.len() && self.nodes.iter().all(|n| n.member);
         if self.converged_at.is_some() && joins_done {
             return true;
         }
@@ -289,7 +293,9 @@ impl Sim {
         }
         let now = self.now;
         let from_id = self.ids[from].clone();
-        self.nodes[to].replica.handle_message(now, &from_id, &message);
+        self.nodes[to]
+            .replica
+            .handle_message(now, &from_id, &message);
         self.observe(to);
         self.dispatch(to);
     }
@@ -304,7 +310,14 @@ impl Sim {
         }
     }
 
-    fn transmit(&mut self, from: usize, to: usize, message: Msg, size: usize, mesh_id: Option<u64>) {
+    fn transmit(
+        &mut self,
+        from: usize,
+        to: usize,
+        message: Msg,
+        size: usize,
+        mesh_id: Option<u64>,
+    ) {
         self.traffic.count(message.kind(), size);
         for delay in self.links.transmit(&mut self.rng, from, to) {
             let at = self.now + delay;
@@ -385,7 +398,8 @@ impl Sim {
                     self.violations.check(
                         safety::NAME,
                         at,
-                        safety::check(&other.last_sp, &new_applied).map_err(|e| format!("node {i} vs joiner {n}: {e}")),
+                        safety::check(&other.last_sp, &new_applied)
+                            .map_err(|e| format!("node {i} vs joiner {n}: {e}")),
                     );
                 }
             }
@@ -393,8 +407,11 @@ impl Sim {
         }
         for op in &applied_ops {
             let node = &mut self.nodes[n];
-            self.violations
-                .check(causal_delivery::NAME, at, causal_delivery::check_op(&node.shadow, op));
+            self.violations.check(
+                causal_delivery::NAME,
+                at,
+                causal_delivery::check_op(&node.shadow, op),
+            );
             let old = node.shadow.get(&op.origin);
             if op.seq > old {
                 node.shadow.set(op.origin.clone(), op.seq);
@@ -418,8 +435,11 @@ impl Sim {
             at,
             monotone::check(&node.last_sp, &sp, node.replica.applied()),
         );
-        self.violations
-            .check(safety::NAME, at, safety::check(&sp, self.view.applied_min.min()));
+        self.violations.check(
+            safety::NAME,
+            at,
+            safety::check(&sp, self.view.applied_min.min()),
+        );
         let digest = node.replica.stable_digest();
         let result = self.agreement.check(&sp, digest);
         self.violations.check(agreement::NAME, at, result);
@@ -488,7 +508,9 @@ impl Sim {
 
     fn join(&mut self) {
         let node = self.nodes.len();
-        let members: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].member).collect();
+        let members: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].member)
+            .collect();
         let sponsor = members[self.rng.random_range(0..members.len())];
         let degree = self.config.mesh_degree;
         self.mesh.add_node(&mut self.rng, degree, &members);
@@ -562,24 +584,27 @@ impl Sim {
         let liveness_failure = live.is_err();
         let at = self.ms();
         self.violations.check(liveness::NAME, at, live);
-        Report::new(&self.config, ReportInputs {
-            violations: self.violations,
-            liveness_failure,
-            converged: !liveness_failure,
-            convergence_ms: match (self.last_write_at, self.converged_at) {
-                (Some(l), Some(c)) => Some(round3(c.since(l).as_micros() as f64 / 1_000.0)),
-                _ => None,
+        Report::new(
+            &self.config,
+            ReportInputs {
+                violations: self.violations,
+                liveness_failure,
+                converged: !liveness_failure,
+                convergence_ms: match (self.last_write_at, self.converged_at) {
+                    (Some(l), Some(c)) => Some(round3(c.since(l).as_micros() as f64 / 1_000.0)),
+                    _ => None,
+                },
+                dissemination: self.dissemination,
+                sp_lag: self.sp_lag,
+                traffic: self.traffic,
+                written: self.written,
+                events: self.events,
+                cuts: self.agreement.cuts(),
+                sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
+                wall_s,
+                samples: self.samples,
             },
-            dissemination: self.dissemination,
-            sp_lag: self.sp_lag,
-            traffic: self.traffic,
-            written: self.written,
-            events: self.events,
-            cuts: self.agreement.cuts(),
-            sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
-            wall_s,
-            samples: self.samples,
-        })
+        )
     }
 }
 

@@ -19,15 +19,33 @@ fn without_wall_time(json: &str) -> String {
 #[test]
 fn the_same_seed_prints_the_same_json_apart_from_wall_time() {
     let args = [
-        "--nodes", "12", "--ops", "300", "--seed", "42", "--loss", "0.05", "--duplicate", "0.02",
-        "--reorder", "0.1", "--joins", "2", "--json",
+        "--nodes",
+        "12",
+        "--ops",
+        "300",
+        "--seed",
+        "42",
+        "--loss",
+        "0.05",
+        "--duplicate",
+        "0.02",
+        "--reorder",
+        "0.1",
+        "--joins",
+        "2",
+        "--json",
     ];
     let a = sim(&args);
     let b = sim(&args);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
-    let (a, b) = (String::from_utf8(a.stdout).unwrap(), String::from_utf8(b.stdout).unwrap());
+    let (a, b) = (
+        String::from_utf8(a.stdout).unwrap(),
+        String::from_utf8(b.stdout).unwrap(),
+    );
     assert_eq!(without_wall_time(&a), without_wall_time(&b));
-    let other = sim(&["--nodes", "12", "--ops", "300", "--seed", "43", "--loss", "0.05", "--json"]);
+    let other = sim(&[
+        "--nodes", "12", "--ops", "300", "--seed", "43", "--loss", "0.05", "--json",
+    ]);
     assert_ne!(
         without_wall_time(&a),
         without_wall_time(&String::from_utf8(other.stdout).unwrap()),
@@ -37,10 +55,24 @@ fn the_same_seed_prints_the_same_json_apart_from_wall_time() {
 
 #[test]
 fn json_output_has_the_spec_fields() {
-    let out = sim(&["--nodes", "10", "--ops", "200", "--seed", "3", "--loss", "0.05", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sim(&[
+        "--nodes", "10", "--ops", "200", "--seed", "3", "--loss", "0.05", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for field in ["seed", "nodes", "ops", "violations", "converged", "bytes_per_op", "wall_s"] {
+    for field in [
+        "seed",
+        "nodes",
+        "ops",
+        "violations",
+        "converged",
+        "bytes_per_op",
+        "wall_s",
+    ] {
         assert!(v.get(field).is_some(), "missing {field}");
     }
     for field in ["dissemination_ms", "sp_lag_ms"] {
@@ -63,13 +95,28 @@ fn csv_and_plot_are_written() {
     let csv = dir.join("lag.csv");
     let svg = dir.join("convergence.svg");
     let out = sim(&[
-        "--nodes", "8", "--ops", "200", "--seed", "5",
-        "--csv", csv.to_str().unwrap(), "--plot", svg.to_str().unwrap(),
+        "--nodes",
+        "8",
+        "--ops",
+        "200",
+        "--seed",
+        "5",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("t_ms,created,applied_everywhere,stable_everywhere,sp_lag_ms"));
+    assert_eq!(
+        lines.next(),
+        Some("t_ms,created,applied_everywhere,stable_everywhere,sp_lag_ms")
+    );
     let last: Vec<&str> = lines.last().unwrap().split(',').collect();
     assert_eq!(last[1], "200");
     assert_eq!(last[3], "200", "every op ends inside every snapshot point");
@@ -80,8 +127,15 @@ fn csv_and_plot_are_written() {
 
 #[test]
 fn a_batch_of_seeds_reports_one_summary() {
-    let out = sim(&["--seeds", "1..6", "--nodes", "8", "--ops", "100", "--loss", "0.1", "--joins", "1", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sim(&[
+        "--seeds", "1..6", "--nodes", "8", "--ops", "100", "--loss", "0.1", "--joins", "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["runs"], 6);
     assert_eq!(v["violations"], 0);

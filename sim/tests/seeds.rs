@@ -25,7 +25,11 @@ fn faulty(seed: u64) -> SimConfig {
 fn forty_faulty_seeds_have_no_violations_and_converge() {
     for seed in 1..=40 {
         let report = run(faulty(seed));
-        assert_eq!(report.violations, 0, "seed {seed}: {:?}", report.violation_samples);
+        assert_eq!(
+            report.violations, 0,
+            "seed {seed}: {:?}",
+            report.violation_samples
+        );
         assert!(report.converged, "seed {seed} did not converge");
         assert_eq!(report.ops, 150);
     }

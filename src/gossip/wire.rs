@@ -218,7 +218,10 @@ impl Serialize for Records {
                     .as_ref()
                     .map(|s| (table.intern(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
                 r: r.report_seq,
-                a: r.applied.iter().map(|(o, s)| (table.intern(o), s)).collect(),
+                a: r.applied
+                    .iter()
+                    .map(|(o, s)| (table.intern(o), s))
+                    .collect(),
                 g: r.registrations,
                 ad: r.addrs.clone(),
             })

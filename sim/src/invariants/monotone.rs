@@ -13,7 +13,9 @@ pub fn check(
     applied: &VersionVector,
 ) -> Result<(), String> {
     if !previous_sp.le(sp) {
-        return Err(format!("snapshot point fell from {previous_sp:?} to {sp:?}"));
+        return Err(format!(
+            "snapshot point fell from {previous_sp:?} to {sp:?}"
+        ));
     }
     if !sp.le(applied) {
         return Err(format!(
