@@ -56,7 +56,8 @@ struct Args {
     /// Seconds after the last write within which every snapshot point must hold every op.
     #[arg(long, default_value_t = 30)]
     liveness_bound_s: u64,
-    /// Least time between two status reports of a node, in ms (protocol default if absent).
+    /// Fixed least time between two status reports of a node, in ms (default: the protocol's
+    /// rule, 10 ms growing by 50 µs per member).
     #[arg(long)]
     status_interval_ms: Option<u64>,
     /// Status peers each node picks at random (protocol default if absent).
@@ -102,6 +103,7 @@ impl Args {
         let mut gossip = tidemark::gossip::GossipConfig::default();
         if let Some(ms) = self.status_interval_ms {
             gossip.status_interval = Duration::from_millis(ms);
+            gossip.status_interval_per_member = Duration::ZERO;
         }
         if let Some(f) = self.status_fanout {
             gossip.status_fanout = f;

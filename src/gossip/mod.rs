@@ -4,7 +4,7 @@
 //! | message | how it travels | when |
 //! |---|---|---|
 //! | [`Message::Ops`] | published on the topic (gossipsub) | a writer's new ops, batched for `op_batch_delay` (at most `max_batch_ops`) |
-//! | [`Message::Status`] | sent to the status peers | records adopted since the last report, at most every `status_interval`; the node's own record is re-issued when its applied vector or registrations changed, and at least every `heartbeat_interval` |
+//! | [`Message::Status`] | sent to the status peers | records adopted since the last report, at most every `status_interval_for(members)`; the node's own record is re-issued when its applied vector or registrations changed, and at least every `heartbeat_interval` |
 //! | [`Message::Digest`] | sent to one random member | every `anti_entropy_interval`; after `gap_pull_delay` while ops wait for missing deps; again while a repair says there is more |
 //! | [`Message::Repair`] | reply to a digest | carries the ops and records the digest's sender lacks |
 //! | [`Message::Stale`] | reply to a digest | the digest's sender is below this node's snapshot point, whose ops are compacted |
@@ -106,8 +106,12 @@ pub struct GossipConfig {
     pub op_batch_delay: Duration,
     /// Most ops in one published batch.
     pub max_batch_ops: usize,
-    /// Least time between two status reports of one node.
+    /// Least time between two status reports of one node (see `status_interval_for`).
     pub status_interval: Duration,
+    /// Added to the status interval per member in good standing, so that the status
+    /// traffic each node receives stays bounded as the network grows (every record version
+    /// reaches every member).
+    pub status_interval_per_member: Duration,
     /// Most time between two reports of a node's own record.
     pub heartbeat_interval: Duration,
     /// Number of status peers chosen at random.
@@ -124,12 +128,22 @@ pub struct GossipConfig {
     pub join_retry: Duration,
 }
 
+impl GossipConfig {
+    /// The status interval in a network of `members` members in good standing:
+    /// `max(status_interval, members × status_interval_per_member)`.
+    pub fn status_interval_for(&self, members: usize) -> Duration {
+        self.status_interval
+            .max(self.status_interval_per_member * members as u32)
+    }
+}
+
 impl Default for GossipConfig {
     fn default() -> Self {
         Self {
             op_batch_delay: Duration::from_millis(5),
             max_batch_ops: 256,
             status_interval: Duration::from_millis(10),
+            status_interval_per_member: Duration::from_micros(50),
             heartbeat_interval: Duration::from_secs(1),
             status_fanout: 6,
             max_status_peers: 12,
