@@ -33,6 +33,15 @@ impl VersionVector {
         }
     }
 
+    /// Sets `origin` to `seq` (0 removes it) and returns the previous value, in one lookup.
+    pub fn replace(&mut self, origin: &NodeId, seq: u64) -> u64 {
+        if seq == 0 {
+            self.0.remove(origin).unwrap_or(0)
+        } else {
+            self.0.insert(origin.clone(), seq).unwrap_or(0)
+        }
+    }
+
     /// Raises `origin` to at least `seq`. Returns whether it changed.
     pub fn raise(&mut self, origin: &NodeId, seq: u64) -> bool {
         if seq > self.get(origin) {

@@ -14,6 +14,8 @@ use crate::version_vector::VersionVector;
 struct OriginCounts {
     nonzero: u32,
     values: BTreeMap<u64, u32>,
+    /// The minimum as last published in `MinTracker::min`.
+    published: u64,
 }
 
 impl OriginCounts {
@@ -94,33 +96,46 @@ impl MinTracker {
         if old == new {
             return;
         }
-        let counts = self.per_origin.entry(origin.clone()).or_default();
-        counts.remove(old);
-        counts.insert(new);
-        if counts.nonzero == 0 {
-            self.per_origin.remove(origin);
+        let vectors = self.vectors;
+        match self.per_origin.get_mut(origin) {
+            Some(counts) => {
+                counts.remove(old);
+                counts.insert(new);
+                if counts.nonzero == 0 {
+                    self.per_origin.remove(origin);
+                    self.min.set(origin.clone(), 0);
+                } else {
+                    let min = Self::min_of(counts, vectors);
+                    if min != counts.published {
+                        counts.published = min;
+                        self.min.set(origin.clone(), min);
+                    }
+                }
+            }
+            None => {
+                let mut counts = OriginCounts::default();
+                counts.insert(new);
+                counts.published = Self::min_of(&counts, vectors);
+                self.min.set(origin.clone(), counts.published);
+                self.per_origin.insert(origin.clone(), counts);
+            }
         }
-        self.refresh(origin);
     }
 
-    fn origin_min(&self, origin: &NodeId) -> u64 {
-        match self.per_origin.get(origin) {
-            Some(c) if c.nonzero == self.vectors => c.values.keys().next().copied().unwrap_or(0),
-            _ => 0,
-        }
-    }
-
-    fn refresh(&mut self, origin: &NodeId) {
-        let m = self.origin_min(origin);
-        if m != self.min.get(origin) {
-            self.min.set(origin.clone(), m);
+    fn min_of(counts: &OriginCounts, vectors: u32) -> u64 {
+        if counts.nonzero == vectors {
+            counts.values.keys().next().copied().unwrap_or(0)
+        } else {
+            0
         }
     }
 
     fn refresh_all(&mut self) {
         let mut min = VersionVector::new();
-        for origin in self.per_origin.keys() {
-            min.set(origin.clone(), self.origin_min(origin));
+        let vectors = self.vectors;
+        for (origin, counts) in self.per_origin.iter_mut() {
+            counts.published = Self::min_of(counts, vectors);
+            min.set(origin.clone(), counts.published);
         }
         if min != self.min {
             self.min = min;

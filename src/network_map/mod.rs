@@ -19,7 +19,6 @@ mod min_tracker;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 pub use min_tracker::MinTracker;
@@ -149,7 +148,7 @@ impl Registrations {
 #[derive(Clone, Debug)]
 pub struct NetworkMap {
     me: NodeId,
-    members: OrdMap<NodeId, MemberEntry>,
+    members: BTreeMap<NodeId, MemberEntry>,
     pending: BTreeMap<NodeId, Arc<MemberRecord>>,
     registrations: BTreeMap<(NodeId, u64), Registrations>,
     tracker: MinTracker,
@@ -162,7 +161,7 @@ impl NetworkMap {
     pub fn new(own: MemberRecord, now: Time) -> Self {
         let mut map = Self {
             me: own.id.clone(),
-            members: OrdMap::new(),
+            members: BTreeMap::new(),
             pending: BTreeMap::new(),
             registrations: BTreeMap::new(),
             tracker: MinTracker::new(),
@@ -217,12 +216,14 @@ impl NetworkMap {
         let counts = entry.record.state.counts();
         let record = Arc::make_mut(&mut entry.record);
         for (origin, seq) in changes {
-            let old = record.applied.get(origin);
+            let old = record.applied.replace(origin, *seq);
             if *seq > old {
-                record.applied.set(origin.clone(), *seq);
                 if counts {
                     self.tracker.change(origin, old, *seq);
                 }
+            } else if *seq < old {
+                // not a raise: put the known value back
+                record.applied.replace(origin, old);
             }
         }
         self.dirty.insert(member.clone());

@@ -527,11 +527,7 @@ impl<S: StateMachine> Replica<S> {
             self.last_report = now;
         }
         let records = self.map.take_dirty();
-        self.status_allowed_at = now
-            + self
-                .config
-                .gossip
-                .status_interval_for(self.map.counted());
+        self.status_allowed_at = now + self.config.gossip.status_interval_for(self.map.counted());
         if records.is_empty() {
             return;
         }
