@@ -16,6 +16,7 @@ pub mod network_map;
 pub mod node_id;
 pub mod ops_log;
 pub mod replica;
+pub mod testing;
 pub mod time;
 pub mod version_vector;
 

@@ -75,6 +75,19 @@ struct SimNode {
     last_sp: VersionVector,
 }
 
+impl SimNode {
+    fn new(replica: Replica<LwwMap>) -> Self {
+        SimNode {
+            replica,
+            member: false,
+            wake: None,
+            seen: SeenCache::default(),
+            shadow: VersionVector::new(),
+            last_sp: VersionVector::new(),
+        }
+    }
+}
+
 /// Observations across all members, kept incrementally.
 #[derive(Default)]
 pub struct GlobalView {
@@ -177,14 +190,7 @@ impl Sim {
                 sim.config.seed ^ (i as u64).wrapping_mul(0x5851_f42d_4c95_7f2d),
                 Time::ZERO,
             );
-            sim.nodes.push(SimNode {
-                replica,
-                member: false,
-                wake: None,
-                seen: SeenCache::default(),
-                shadow: VersionVector::new(),
-                last_sp: VersionVector::new(),
-            });
+            sim.nodes.push(SimNode::new(replica));
             sim.observe(i);
             sim.dispatch(i);
         }
@@ -522,14 +528,7 @@ impl Sim {
             self.config.seed ^ (node as u64).wrapping_mul(0x5851_f42d_4c95_7f2d),
             self.now,
         );
-        self.nodes.push(SimNode {
-            replica,
-            member: false,
-            wake: None,
-            seen: SeenCache::default(),
-            shadow: VersionVector::new(),
-            last_sp: VersionVector::new(),
-        });
+        self.nodes.push(SimNode::new(replica));
         self.observe(node);
         self.dispatch(node);
     }

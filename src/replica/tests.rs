@@ -1,8 +1,8 @@
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::ops_log::{LwwMap, LwwOp};
+use crate::testing::LoopbackNet;
 
 fn id(i: u64) -> NodeId {
     NodeId::synthetic(i)
@@ -15,107 +15,12 @@ fn put(k: &str, v: &str) -> LwwOp {
     }
 }
 
-/// A minimal driver: instant delivery, publish reaches every other member, timers fire in
-/// order. Enough to exercise the replica's rules without the simulator.
-struct Net {
-    nodes: Vec<Replica<LwwMap>>,
-    wakes: Vec<Option<Time>>,
-    queue: VecDeque<(usize, NodeId, Arc<Message<LwwMap>>)>,
-    now: Time,
-    drop_publish: bool,
-}
-
-impl Net {
-    fn genesis(n: u64) -> Self {
-        let ids: Vec<NodeId> = (0..n).map(id).collect();
-        let nodes = ids
-            .iter()
-            .enumerate()
-            .map(|(i, me)| {
-                Replica::genesis(
-                    me.clone(),
-                    &ids,
-                    ReplicaConfig::default(),
-                    i as u64,
-                    Time::ZERO,
-                )
-            })
-            .collect::<Vec<_>>();
-        let mut net = Net {
-            wakes: vec![None; nodes.len()],
-            nodes,
-            queue: VecDeque::new(),
-            now: Time::ZERO,
-            drop_publish: false,
-        };
-        for i in 0..net.nodes.len() {
-            net.drain(i);
-        }
-        net
-    }
-
-    fn index(&self, node: &NodeId) -> Option<usize> {
-        self.nodes.iter().position(|r| r.id() == node)
-    }
-
-    fn drain(&mut self, i: usize) {
-        while let Some(action) = self.nodes[i].poll_action() {
-            let from = self.nodes[i].id().clone();
-            match action {
-                Action::Send { to, message } => {
-                    if let Some(j) = self.index(&to) {
-                        self.queue.push_back((j, from, message));
-                    }
-                }
-                Action::Publish { message } => {
-                    if !self.drop_publish {
-                        for j in 0..self.nodes.len() {
-                            if j != i {
-                                self.queue.push_back((j, from.clone(), message.clone()));
-                            }
-                        }
-                    }
-                }
-                Action::ScheduleWake { at } => self.wakes[i] = Some(at),
-            }
-        }
-    }
-
-    /// Delivers every queued message, then advances time to `until`, firing timers.
-    fn run_until(&mut self, until: Time) {
-        loop {
-            while let Some((j, from, msg)) = self.queue.pop_front() {
-                self.nodes[j].handle_message(self.now, &from, &msg);
-                self.drain(j);
-            }
-            let next = self
-                .wakes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, w)| w.map(|t| (t, i)))
-                .min();
-            match next {
-                Some((t, i)) if t <= until => {
-                    self.now = self.now.max(t);
-                    self.wakes[i] = None;
-                    self.nodes[i].handle_timeout(self.now);
-                    self.drain(i);
-                }
-                _ => break,
-            }
-        }
-        self.now = until;
-    }
-}
-
 #[test]
 fn writes_spread_and_the_snapshot_point_reaches_them_everywhere() {
-    let mut net = Net::genesis(4);
-    net.nodes[0].write(net.now, put("a", "1")).unwrap();
-    net.nodes[2].write(net.now, put("b", "2")).unwrap();
-    net.drain(0);
-    net.drain(2);
-    net.run_until(Time::from_millis(200));
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.write(0, put("a", "1"));
+    net.write(2, put("b", "2"));
+    net.run_for(Duration::from_millis(200));
     let expected = net.nodes[0].applied().clone();
     assert_eq!(expected.total(), 2);
     let mut digests = Vec::new();
@@ -131,17 +36,14 @@ fn writes_spread_and_the_snapshot_point_reaches_them_everywhere() {
 
 #[test]
 fn anti_entropy_repairs_lost_publishes() {
-    let mut net = Net::genesis(3);
-    net.drop_publish = true;
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.drop_publishes = true;
     for k in 0..5 {
-        net.nodes[1]
-            .write(net.now, put(&format!("k{k}"), "v"))
-            .unwrap();
+        net.write(1, put(&format!("k{k}"), "v"));
     }
-    net.drain(1);
-    net.run_until(Time::from_millis(100));
+    net.run_for(Duration::from_millis(100));
     assert_eq!(net.nodes[0].applied().total(), 0, "publishes were dropped");
-    net.run_until(Time::from_millis(3_000));
+    net.run_for(Duration::from_millis(2_900));
     for r in &net.nodes {
         assert_eq!(r.applied().total(), 5);
         assert_eq!(r.snapshot_point().total(), 5);
@@ -150,26 +52,21 @@ fn anti_entropy_repairs_lost_publishes() {
 
 #[test]
 fn a_joiner_catches_up_and_is_counted_everywhere() {
-    let mut net = Net::genesis(3);
-    net.nodes[0].write(net.now, put("x", "1")).unwrap();
-    net.drain(0);
-    net.run_until(Time::from_millis(100));
-    let joiner = Replica::joiner(id(10), 1, id(1), ReplicaConfig::default(), 99, net.now);
-    net.nodes.push(joiner);
-    net.wakes.push(None);
-    net.drain(3);
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.write(0, put("x", "1"));
+    net.run_for(Duration::from_millis(100));
+    let j = net.add_joiner(id(10), id(1));
     let sps: Vec<u64> = net
         .nodes
         .iter()
         .map(|r| r.snapshot_point().total())
         .collect();
     assert_eq!(sps, vec![1, 1, 1, 0], "the joiner has not joined yet");
-    net.run_until(Time::from_millis(150));
-    assert!(net.nodes[3].is_member());
-    assert_eq!(net.nodes[3].applied_state().get("x"), Some("1"));
-    net.nodes[3].write(net.now, put("y", "2")).unwrap();
-    net.drain(3);
-    net.run_until(Time::from_millis(400));
+    net.run_for(Duration::from_millis(50));
+    assert!(net.nodes[j].is_member());
+    assert_eq!(net.nodes[j].applied_state().get("x"), Some("1"));
+    net.write(j, put("y", "2"));
+    net.run_for(Duration::from_millis(250));
     for r in &net.nodes {
         assert_eq!(r.network_map().counted(), 4);
         assert_eq!(r.snapshot_point().total(), 2);
@@ -185,5 +82,6 @@ fn writes_before_joining_are_refused() {
     let actions: Vec<_> = std::iter::from_fn(|| r.poll_action()).collect();
     assert!(actions
         .iter()
-        .any(|a| matches!(a, Action::Send { to, message } if *to == id(2) && message.kind() == "join_request")));
+        .any(|a| matches!(a, Action::Send { to, message }
+            if *to == id(2) && message.kind() == "join_request")));
 }
