@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tidemark::gossip::{encoded_len, Message};
-use tidemark::network_map::MinTracker;
+use tidemark::network_map::{MemberRecord, MinTracker};
 use tidemark::ops_log::{LwwMap, LwwOp};
 use tidemark::replica::{Action, Replica, ReplicaConfig};
 use tidemark::{NodeId, Time, VersionVector};
@@ -181,9 +181,12 @@ impl Sim {
             config,
         };
         sim.config.writers = writers;
-        let founders = sim.ids[..sim.config.nodes].to_vec();
+        let founders: Vec<_> = sim.ids[..sim.config.nodes]
+            .iter()
+            .map(|id| Arc::new(MemberRecord::founder(id.clone())))
+            .collect();
         for i in 0..sim.config.nodes {
-            let replica = Replica::genesis(
+            let replica = Replica::genesis_with_records(
                 sim.ids[i].clone(),
                 &founders,
                 sim.replica_config(),
@@ -392,8 +395,10 @@ impl Sim {
             if !node.replica.is_member() {
                 return;
             }
-            // the node has just become a member (founded or joined)
+            // the node has just become a member (founded or joined): convergence must now
+            // include it
             node.member = true;
+            self.converged_at = None;
             node.shadow = node.replica.applied().clone();
             node.last_sp = node.replica.snapshot_point().clone();
             self.view.applied_min.add(&node.shadow);

@@ -87,6 +87,8 @@ pub struct Replica<S: StateMachine> {
     unpublished: Vec<Arc<Op<S::Op>>>,
     publish_at: Option<Time>,
     own_changed: bool,
+    /// Adopted records moved the snapshot point: relay them without waiting.
+    urgent_status: bool,
     last_report: Time,
     status_allowed_at: Time,
     next_anti_entropy: Time,
@@ -124,6 +126,7 @@ impl<S: StateMachine> Replica<S> {
             unpublished: Vec::new(),
             publish_at: None,
             own_changed: false,
+            urgent_status: false,
             last_report: now,
             status_allowed_at: now,
             next_anti_entropy: first_ae,
@@ -147,11 +150,27 @@ impl<S: StateMachine> Replica<S> {
         seed: u64,
         now: Time,
     ) -> Self {
+        let records: Vec<_> = members
+            .iter()
+            .map(|m| Arc::new(MemberRecord::founder(m.clone())))
+            .collect();
+        Self::genesis_with_records(id, &records, config, seed, now)
+    }
+
+    /// Like [`Replica::genesis`], sharing the founding records (`MemberRecord::founder` of
+    /// every member) between replicas, as a simulator of many nodes does.
+    pub fn genesis_with_records(
+        id: NodeId,
+        founders: &[Arc<MemberRecord>],
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Self {
         let mut own = MemberRecord::founder(id.clone());
         own.addrs = config.addrs.clone();
         let mut map = NetworkMap::new(own, now);
-        for m in members.iter().filter(|m| **m != id) {
-            map.merge(Arc::new(MemberRecord::founder(m.clone())), now);
+        for record in founders.iter().filter(|r| r.id != id) {
+            map.merge(record.clone(), now);
         }
         map.take_dirty();
         Self::with_parts(id, 1, config, Phase::Member, map, seed, now)
@@ -376,6 +395,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_records(&mut self, now: Time, records: &[Arc<MemberRecord>]) {
+        let before = self.map.snapshot_point().clone();
         for record in records {
             match self.map.merge(record.clone(), now) {
                 MergeOutcome::Adopted => self.stats.records_adopted += 1,
@@ -384,6 +404,9 @@ impl<S: StateMachine> Replica<S> {
                     self.stats.records_outdated += 1
                 }
             }
+        }
+        if self.config.gossip.relay_critical_at_once && *self.map.snapshot_point() != before {
+            self.urgent_status = true;
         }
     }
 
@@ -507,7 +530,11 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn status_due(&self) -> Option<Time> {
-        if self.own_changed || self.map.has_dirty() {
+        if self.urgent_status && self.map.has_dirty() {
+            // half the status interval after the last flush
+            let interval = self.config.gossip.status_interval_for(self.map.counted());
+            Some(self.status_allowed_at - interval / 2)
+        } else if self.own_changed || self.map.has_dirty() {
             Some(self.status_allowed_at)
         } else {
             None
@@ -526,6 +553,7 @@ impl<S: StateMachine> Replica<S> {
             self.own_changed = false;
             self.last_report = now;
         }
+        self.urgent_status = false;
         let records = self.map.take_dirty();
         self.status_allowed_at = now + self.config.gossip.status_interval_for(self.map.counted());
         if records.is_empty() {
