@@ -127,8 +127,12 @@ pub struct GossipConfig {
     pub gap_pull_delay: Duration,
     /// Most ops in one repair.
     pub max_repair_ops: usize,
-    /// How long a joiner waits for its sponsor before asking again.
+    /// How long a joiner first waits for its sponsor before asking again; the wait doubles
+    /// on every retry up to `join_retry_max`. Kept short because the sponsor has already
+    /// registered the joiner, and its join cut holds back every snapshot point until it
+    /// reports.
     pub join_retry: Duration,
+    pub join_retry_max: Duration,
 }
 
 impl GossipConfig {
@@ -154,7 +158,8 @@ impl Default for GossipConfig {
             anti_entropy_interval: Duration::from_secs(1),
             gap_pull_delay: Duration::from_millis(100),
             max_repair_ops: 2048,
-            join_retry: Duration::from_secs(2),
+            join_retry: Duration::from_millis(250),
+            join_retry_max: Duration::from_secs(2),
         }
     }
 }

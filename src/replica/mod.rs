@@ -68,7 +68,11 @@ pub struct NotMember;
 
 #[derive(Debug, Clone)]
 enum Phase {
-    Joining { sponsor: NodeId, retry_at: Time },
+    Joining {
+        sponsor: NodeId,
+        retry_at: Time,
+        backoff: Duration,
+    },
     Member,
 }
 
@@ -193,6 +197,7 @@ impl<S: StateMachine> Replica<S> {
         let phase = Phase::Joining {
             sponsor: sponsor.clone(),
             retry_at: now + config.gossip.join_retry,
+            backoff: config.gossip.join_retry,
         };
         let mut replica = Self::with_parts(id, incarnation, config, phase, map, seed, now);
         replica.send_join_request(sponsor);
@@ -335,9 +340,15 @@ impl<S: StateMachine> Replica<S> {
     /// The wake-up time requested by the last `ScheduleWake` has come (or passed).
     pub fn handle_timeout(&mut self, now: Time) {
         self.wake_announced = None;
-        if let Phase::Joining { sponsor, retry_at } = &mut self.phase {
+        if let Phase::Joining {
+            sponsor,
+            retry_at,
+            backoff,
+        } = &mut self.phase
+        {
             if *retry_at <= now {
-                *retry_at = now + self.config.gossip.join_retry;
+                *backoff = (*backoff * 2).min(self.config.gossip.join_retry_max);
+                *retry_at = now + *backoff;
                 let sponsor = sponsor.clone();
                 self.send_join_request(sponsor);
             }

@@ -85,3 +85,33 @@ fn writes_before_joining_are_refused() {
         .any(|a| matches!(a, Action::Send { to, message }
             if *to == id(2) && message.kind() == "join_request")));
 }
+
+#[test]
+fn a_joiner_without_an_answer_asks_again_with_growing_waits() {
+    let config = ReplicaConfig::default();
+    let first = config.gossip.join_retry;
+    let mut r: Replica<LwwMap> = Replica::joiner(id(1), 1, id(2), config, 1, Time::ZERO);
+    let mut requests_at = Vec::new();
+    let mut now = Time::ZERO;
+    for _ in 0..5 {
+        let mut wake = None;
+        while let Some(action) = r.poll_action() {
+            match action {
+                Action::Send { message, .. } if message.kind() == "join_request" => {
+                    requests_at.push(now)
+                }
+                Action::ScheduleWake { at } => wake = Some(at),
+                _ => {}
+            }
+        }
+        now = wake.expect("a joiner always has a retry pending");
+        r.handle_timeout(now);
+    }
+    let gaps: Vec<Duration> = requests_at.windows(2).map(|w| w[1].since(w[0])).collect();
+    assert_eq!(gaps[0], first);
+    assert_eq!(gaps[1], first * 2);
+    assert_eq!(gaps[2], first * 4);
+    assert!(gaps
+        .iter()
+        .all(|g| *g <= ReplicaConfig::default().gossip.join_retry_max));
+}
