@@ -452,7 +452,7 @@ impl Sim {
             safety::check(&sp, self.view.applied_min.min()),
         );
         let digest = node.replica.stable_digest();
-        let result = self.agreement.check(&sp, digest);
+        let result = self.agreement.check(&sp, node.replica.stable_cut(), digest);
         self.violations.check(agreement::NAME, at, result);
         let changes = node.last_sp.changes_to(&sp);
         node.last_sp = sp;

@@ -232,7 +232,17 @@ impl<S: StateMachine> Replica<S> {
         self.log.applied()
     }
 
+    /// The snapshot point as the network map decides it (while joining: the empty cut).
     pub fn snapshot_point(&self) -> &VersionVector {
+        if self.is_member() {
+            self.map.snapshot_point()
+        } else {
+            self.log.stable_cut()
+        }
+    }
+
+    /// The cut folded into the stable state (equal to the snapshot point after every event).
+    pub fn stable_cut(&self) -> &VersionVector {
         self.log.stable_cut()
     }
 

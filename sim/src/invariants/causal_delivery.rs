@@ -38,3 +38,38 @@ pub fn check_vector(shadow: &VersionVector, applied: &VersionVector) -> Result<(
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark::NodeId;
+
+    fn op(origin: u64, seq: u64, deps: &[(u64, u64)]) -> Op<()> {
+        Op {
+            origin: NodeId::synthetic(origin),
+            seq,
+            lamport: seq,
+            deps: deps
+                .iter()
+                .map(|&(o, s)| (NodeId::synthetic(o), s))
+                .collect(),
+            payload: (),
+        }
+    }
+
+    #[test]
+    fn duplicates_gaps_and_missing_deps_are_violations() {
+        let shadow: VersionVector = [(NodeId::synthetic(1), 2)].into_iter().collect();
+        assert!(check_op(&shadow, &op(1, 3, &[(1, 2)])).is_ok());
+        assert!(
+            check_op(&shadow, &op(1, 2, &[(1, 1)])).is_err(),
+            "duplicate"
+        );
+        assert!(check_op(&shadow, &op(1, 4, &[(1, 3)])).is_err(), "gap");
+        assert!(
+            check_op(&shadow, &op(2, 1, &[(1, 2), (3, 1)])).is_err(),
+            "missing dep"
+        );
+        assert!(check_vector(&shadow, &VersionVector::new()).is_err());
+    }
+}

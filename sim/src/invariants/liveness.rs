@@ -32,3 +32,18 @@ pub fn check<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark::NodeId;
+
+    #[test]
+    fn a_member_short_of_the_union_fails_liveness() {
+        let v = |s: u64| -> VersionVector { [(NodeId::synthetic(1), s)].into_iter().collect() };
+        let (all, less) = (v(5), v(4));
+        assert!(check(&all, [("a".to_string(), &all, &all)]).is_ok());
+        assert!(check(&all, [("a".to_string(), &all, &less)]).is_err());
+        assert!(check(&all, [("a".to_string(), &less, &less)]).is_err());
+    }
+}

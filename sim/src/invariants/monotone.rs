@@ -24,3 +24,17 @@ pub fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark::NodeId;
+
+    #[test]
+    fn a_falling_snapshot_point_or_one_above_applied_is_a_violation() {
+        let v = |s: u64| -> VersionVector { [(NodeId::synthetic(1), s)].into_iter().collect() };
+        assert!(check(&v(1), &v(2), &v(3)).is_ok());
+        assert!(check(&v(2), &v(1), &v(3)).is_err());
+        assert!(check(&v(1), &v(4), &v(3)).is_err());
+    }
+}

@@ -19,3 +19,17 @@ pub fn check(sp: &VersionVector, min_applied_of_members: &VersionVector) -> Resu
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark::NodeId;
+
+    #[test]
+    fn a_snapshot_point_above_some_member_is_a_violation() {
+        let v = |s: u64| -> VersionVector { [(NodeId::synthetic(1), s)].into_iter().collect() };
+        assert!(check(&v(2), &v(2)).is_ok());
+        assert!(check(&v(1), &v(2)).is_ok());
+        assert!(check(&v(3), &v(2)).is_err());
+    }
+}
