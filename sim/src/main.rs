@@ -60,7 +60,8 @@ struct Args {
     /// rule, 14 ms growing by 50 µs per member).
     #[arg(long)]
     status_interval_ms: Option<u64>,
-    /// Status peers each node picks at random (protocol default if absent).
+    /// Status peers each node picks at random; up to as many more that report to it are
+    /// added (protocol default if absent).
     #[arg(long)]
     status_fanout: Option<usize>,
     /// Relay records that moved the snapshot point at the status interval like the others,
@@ -112,7 +113,7 @@ impl Args {
         gossip.relay_critical_at_once = !self.no_critical_relay;
         if let Some(f) = self.status_fanout {
             gossip.status_fanout = f;
-            gossip.max_status_peers = gossip.max_status_peers.max(f);
+            gossip.max_status_peers = 2 * f;
         }
         SimConfig {
             gossip,

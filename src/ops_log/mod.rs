@@ -96,6 +96,13 @@ pub struct Compacted {
     pub compacted_to: u64,
 }
 
+/// What a peer lacks: the ops this node can serve, and where it cannot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Missing<P> {
+    pub ops: Vec<Arc<Op<P>>>,
+    pub compacted: Option<Compacted>,
+}
+
 /// A state handed over for installation did not add up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InstallError {
@@ -249,13 +256,12 @@ impl<S: StateMachine> OpsLog<S> {
     }
 
     /// Ops a peer at `peer_applied` lacks, in an order that respects causality, at most
-    /// `limit` of them. Fails when the peer is below what this node has compacted.
-    pub fn missing_for(
-        &self,
-        peer_applied: &VersionVector,
-        limit: usize,
-    ) -> Result<Vec<Arc<Op<S::Op>>>, Compacted> {
-        let mut out = Vec::new();
+    /// `limit` of them. Origins where the peer is below what this node has compacted cannot
+    /// be served; the first of them is reported in `compacted` (the peer is stale there, or
+    /// its vector was overtaken on the way), and every other origin is still served.
+    pub fn missing_for(&self, peer_applied: &VersionVector, limit: usize) -> Missing<S::Op> {
+        let mut ops = Vec::new();
+        let mut compacted = None;
         for (origin, have) in self.applied.iter() {
             let peer_has = peer_applied.get(origin);
             if peer_has >= have {
@@ -263,26 +269,26 @@ impl<S: StateMachine> OpsLog<S> {
             }
             let compacted_to = self.stable_cut.get(origin);
             if peer_has < compacted_to {
-                return Err(Compacted {
+                compacted.get_or_insert_with(|| Compacted {
                     origin: origin.clone(),
                     peer_has,
                     compacted_to,
                 });
+                continue;
             }
-            if let Some(ops) = self.unstable.get(origin) {
+            if let Some(suffix) = self.unstable.get(origin) {
                 let skip = (peer_has - compacted_to) as usize;
-                out.extend(ops.iter().skip(skip).cloned());
+                ops.extend(suffix.iter().skip(skip).cloned());
             }
         }
-        out.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
-        out.truncate(limit);
-        Ok(out)
+        ops.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+        ops.truncate(limit);
+        Missing { ops, compacted }
     }
 
     /// The unstable suffix (every applied op above the stable cut), in causal order.
     pub fn unstable_ops(&self) -> Vec<Arc<Op<S::Op>>> {
-        self.missing_for(&self.stable_cut, usize::MAX)
-            .expect("the stable cut is never below itself")
+        self.missing_for(&self.stable_cut, usize::MAX).ops
     }
 
     /// Ops applied since the last call, in application order.

@@ -82,9 +82,21 @@ fn folding_the_stable_cut_compacts_the_log_and_matches_a_fresh_replay() {
     assert_eq!(log.stable_cut(), &cut);
 
     // A peer at the cut can be served; one below it is stale.
-    assert_eq!(log.missing_for(&cut, usize::MAX).unwrap().len(), 5);
+    let served = log.missing_for(&cut, usize::MAX);
+    assert_eq!((served.ops.len(), served.compacted), (5, None));
+    // below the cut for origin a, but b can still be served
     let below: VersionVector = [(a.clone(), 1)].into_iter().collect();
-    assert!(log.missing_for(&below, usize::MAX).is_err());
+    let partly = log.missing_for(&below, usize::MAX);
+    assert_eq!(
+        partly.compacted.as_ref().map(|c| c.origin.clone()),
+        Some(a.clone())
+    );
+    assert_eq!(
+        partly.ops.len(),
+        3,
+        "b's ops are served even though a's are compacted"
+    );
+    assert!(partly.ops.iter().all(|op| op.origin == b));
 
     // Installing the stable state plus the suffix reproduces the applied state.
     let installed = OpsLog::<LwwMap>::install(

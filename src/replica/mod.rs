@@ -433,14 +433,14 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_digest(&mut self, from: &NodeId, digest: &AntiEntropyDigest) {
         let max = self.config.gossip.max_repair_ops;
-        let mut ops = match self.log.missing_for(&digest.applied, max + 1) {
-            Ok(ops) => ops,
-            Err(_) => {
-                let snapshot_point = self.log.stable_cut().clone();
-                self.send(from.clone(), Message::Stale { snapshot_point });
-                return;
-            }
-        };
+        let missing = self.log.missing_for(&digest.applied, max + 1);
+        if missing.compacted.is_some() {
+            // The peer decides whether it really is stale: its vector may have been
+            // overtaken on the way.
+            let snapshot_point = self.log.stable_cut().clone();
+            self.send(from.clone(), Message::Stale { snapshot_point });
+        }
+        let mut ops = missing.ops;
         let more = ops.len() > max;
         ops.truncate(max);
         let records = self.map.newer_than(&digest.members);
