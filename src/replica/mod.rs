@@ -316,8 +316,11 @@ impl<S: StateMachine> Replica<S> {
             (Phase::Joining { .. }, _) => {}
             (Phase::Member, Message::Ops(batch)) => self.on_ops(now, from, batch),
             (Phase::Member, Message::Status(records)) => {
+                let gossip = &self.config.gossip;
+                let room = gossip.max_status_peers.saturating_sub(gossip.status_fanout);
                 if self.map.is_counted(from)
-                    && self.in_peers.len() < self.config.gossip.max_status_peers
+                    && !self.out_peers.contains(from)
+                    && self.in_peers.len() < room
                 {
                     self.in_peers.insert(from.clone());
                 }
