@@ -61,8 +61,14 @@ impl<S: StateMachine> LoopbackNet<S> {
 
     /// Adds a node that joins through `sponsor`; returns its index.
     pub fn add_joiner(&mut self, id: NodeId, sponsor: NodeId) -> usize {
+        self.add_joiner_via(id, vec![sponsor])
+    }
+
+    /// Adds a node that joins through the first of `sponsors` that accepts it.
+    pub fn add_joiner_via(&mut self, id: NodeId, sponsors: Vec<NodeId>) -> usize {
         let seed = self.nodes.len() as u64 + 1_000;
-        let joiner = Replica::joiner(id, 1, sponsor, ReplicaConfig::default(), seed, self.now);
+        let config = ReplicaConfig::default();
+        let joiner = Replica::joiner_via(id, 1, sponsors, config, seed, self.now);
         self.nodes.push(joiner);
         self.wakes.push(None);
         let i = self.nodes.len() - 1;

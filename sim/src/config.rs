@@ -19,6 +19,8 @@ pub struct SimConfig {
     pub rate: f64,
     /// Nodes that join through a sponsor while ops are being written.
     pub joins: usize,
+    /// Non-writing members that leave gracefully while ops are being written.
+    pub leaves: usize,
     /// Distinct keys the writers pick from.
     pub keys: u64,
     /// Per-transmission probabilities.
@@ -48,6 +50,7 @@ impl Default for SimConfig {
             writers: 8,
             rate: 1_000.0,
             joins: 0,
+            leaves: 0,
             keys: 64,
             loss: 0.0,
             duplicate: 0.0,

@@ -44,6 +44,9 @@ struct Args {
     /// Nodes that join through a sponsor while ops are written.
     #[arg(long, default_value_t = 0)]
     joins: usize,
+    /// Non-writing members that leave gracefully while ops are written.
+    #[arg(long, default_value_t = 0)]
+    leaves: usize,
     /// Distinct keys written.
     #[arg(long, default_value_t = 64)]
     keys: u64,
@@ -123,6 +126,7 @@ impl Args {
             writers: self.writers,
             rate: self.rate,
             joins: self.joins,
+            leaves: self.leaves,
             keys: self.keys,
             loss: self.loss,
             duplicate: self.duplicate,

@@ -38,6 +38,11 @@ enum EventKind {
     },
     Write,
     Join,
+    Leave,
+    /// A node that left stops answering (its linger is over).
+    Stop {
+        node: usize,
+    },
     Sample,
 }
 
@@ -68,6 +73,10 @@ impl Ord for Event {
 struct SimNode {
     replica: Replica<LwwMap>,
     member: bool,
+    /// Announced `Left` (no longer a member in good standing).
+    departed: bool,
+    /// Stopped after leaving: messages to it are dropped.
+    stopped: bool,
     wake: Option<Time>,
     seen: SeenCache,
     /// I1 shadow: the applied vector rebuilt from the ops the replica reported.
@@ -80,6 +89,8 @@ impl SimNode {
         SimNode {
             replica,
             member: false,
+            departed: false,
+            stopped: false,
             wake: None,
             seen: SeenCache::default(),
             shadow: VersionVector::new(),
@@ -203,6 +214,10 @@ impl Sim {
             let at = Time(sim.rng.random_range(0..=write_span.max(1)));
             sim.push(at, EventKind::Join);
         }
+        for _ in 0..sim.config.leaves {
+            let at = Time(sim.rng.random_range(0..=write_span.max(1)));
+            sim.push(at, EventKind::Leave);
+        }
         if sim.config.ops > 0 {
             sim.push(Time::ZERO, EventKind::Write);
         }
@@ -247,7 +262,7 @@ impl Sim {
                     mesh_id,
                 } => self.deliver(to, from, message, size, mesh_id),
                 EventKind::Wake { node } => {
-                    if self.nodes[node].wake == Some(event.at) {
+                    if self.nodes[node].wake == Some(event.at) && !self.nodes[node].stopped {
                         self.nodes[node].wake = None;
                         let now = self.now;
                         self.nodes[node].replica.handle_timeout(now);
@@ -257,6 +272,8 @@ impl Sim {
                 }
                 EventKind::Write => self.write(),
                 EventKind::Join => self.join(),
+                EventKind::Leave => self.leave(),
+                EventKind::Stop { node } => self.nodes[node].stopped = true,
                 EventKind::Sample => {
                     self.sample();
                     progress(self.ms(), self.written, self.view.sp_min.min().total());
@@ -294,6 +311,9 @@ impl Sim {
     }
 
     fn deliver(&mut self, to: usize, from: usize, message: Msg, size: usize, mesh_id: Option<u64>) {
+        if self.nodes[to].stopped {
+            return;
+        }
         if let Some(id) = mesh_id {
             if !self.nodes[to].seen.insert(id) {
                 return;
@@ -391,6 +411,25 @@ impl Sim {
         let now = self.now;
         let node = &mut self.nodes[n];
         let applied_ops = node.replica.drain_applied_ops();
+        if node.member && node.replica.has_left() {
+            // it announced `Left`: no longer a member in good standing; it lingers to answer
+            // digests, then stops
+            node.member = false;
+            node.departed = true;
+            self.view.applied_min.remove(&node.shadow);
+            self.view.sp_min.remove(&node.last_sp);
+            let origins: Vec<NodeId> = self.view.union.iter().map(|(o, _)| o.clone()).collect();
+            for origin in &origins {
+                self.record_dissemination(origin, now);
+                self.record_stable(origin, now);
+            }
+            let stop_at = now + Duration::from_secs(3);
+            self.push(stop_at, EventKind::Stop { node: n });
+            return;
+        }
+        if node.departed {
+            return;
+        }
         if !node.member {
             if !node.replica.is_member() {
                 return;
@@ -520,15 +559,22 @@ impl Sim {
     fn join(&mut self) {
         let node = self.nodes.len();
         let members: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].member)
+            .filter(|&i| self.nodes[i].member && !self.nodes[i].replica.is_leaving())
             .collect();
-        let sponsor = members[self.rng.random_range(0..members.len())];
+        // up to three bootstrap peers; the joiner moves on only when one refuses
+        let mut sponsors = Vec::new();
+        for _ in 0..3 {
+            let pick = members[self.rng.random_range(0..members.len())];
+            if !sponsors.contains(&pick) {
+                sponsors.push(pick);
+            }
+        }
         let degree = self.config.mesh_degree;
         self.mesh.add_node(&mut self.rng, degree, &members);
-        let replica = Replica::joiner(
+        let replica = Replica::joiner_via(
             self.ids[node].clone(),
             1,
-            self.ids[sponsor].clone(),
+            sponsors.iter().map(|&i| self.ids[i].clone()).collect(),
             self.replica_config(),
             self.config.seed ^ (node as u64).wrapping_mul(0x5851_f42d_4c95_7f2d),
             self.now,
@@ -536,6 +582,22 @@ impl Sim {
         self.nodes.push(SimNode::new(replica));
         self.observe(node);
         self.dispatch(node);
+    }
+
+    /// A random non-writing member starts a graceful leave (if any is left to go).
+    fn leave(&mut self) {
+        let candidates: Vec<usize> = (self.config.writers..self.nodes.len())
+            .filter(|&i| self.nodes[i].member && !self.nodes[i].replica.is_leaving())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let n = candidates[self.rng.random_range(0..candidates.len())];
+        let now = self.now;
+        if self.nodes[n].replica.leave(now).is_ok() {
+            self.observe(n);
+            self.dispatch(n);
+        }
     }
 
     fn sample(&mut self) {
@@ -573,7 +635,8 @@ impl Sim {
             &self.view.union,
             members.iter().map(|(l, a, s)| (l.clone(), a, s)),
         );
-        let not_joined = self.nodes.len() < self.ids.len() || self.nodes.iter().any(|n| !n.member);
+        let not_joined = self.nodes.len() < self.ids.len()
+            || self.nodes.iter().any(|n| !n.member && !n.departed);
         if live.is_ok() && not_joined {
             live = Err("a joiner never became a member".to_string());
         }

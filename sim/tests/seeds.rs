@@ -1,4 +1,5 @@
-//! Many seeds through the library, with loss, duplication, reordering and joins: zero
+//! Many seeds through the library, with loss, duplication, reordering, joins and graceful
+//! leaves: zero
 //! invariant violations and convergence every time.
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ fn faulty(seed: u64) -> SimConfig {
         writers: 6,
         rate: 500.0,
         joins: 3,
+        leaves: 3,
         loss: 0.1,
         duplicate: 0.05,
         reorder: 0.2,
@@ -22,7 +24,7 @@ fn faulty(seed: u64) -> SimConfig {
 }
 
 #[test]
-fn forty_faulty_seeds_have_no_violations_and_converge() {
+fn forty_seeds_with_faults_joins_and_leaves_have_no_violations_and_converge() {
     for seed in 1..=40 {
         let report = run(faulty(seed));
         assert_eq!(

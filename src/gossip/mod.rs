@@ -133,6 +133,9 @@ pub struct GossipConfig {
     /// reports.
     pub join_retry: Duration,
     pub join_retry_max: Duration,
+    /// Longest a leaving node waits for its own ops to be inside its snapshot point before
+    /// it announces `Left` anyway.
+    pub leave_drain_timeout: Duration,
 }
 
 impl GossipConfig {
@@ -160,6 +163,7 @@ impl Default for GossipConfig {
             max_repair_ops: 2048,
             join_retry: Duration::from_millis(250),
             join_retry_max: Duration::from_secs(2),
+            leave_drain_timeout: Duration::from_secs(5),
         }
     }
 }

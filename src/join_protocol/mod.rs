@@ -88,6 +88,34 @@ pub enum JoinError {
     Install(#[from] InstallError),
 }
 
+/// Whether `map` (owned by a sponsor) holds a registration of `request`'s joiner made by
+/// the sponsor and not yet superseded by a report of the joiner itself.
+pub fn is_pending_registration(map: &NetworkMap, request: &JoinRequest) -> bool {
+    map.get(&request.joiner).is_some_and(|entry| {
+        entry.record.incarnation == request.incarnation
+            && entry.record.report_seq == 0
+            && entry
+                .record
+                .sponsor
+                .as_ref()
+                .is_some_and(|s| &s.sponsor == map.me())
+    })
+}
+
+/// Whether any joiner this node registered has not reported by itself yet (its
+/// registration, at the join cut, still bounds every snapshot point).
+pub fn has_unconfirmed_registrations(map: &NetworkMap) -> bool {
+    let me = map.own().record.clone();
+    map.iter().any(|(_, entry)| {
+        entry.record.report_seq == 0
+            && entry
+                .record
+                .sponsor
+                .as_ref()
+                .is_some_and(|s| s.sponsor == me.id && s.sponsor_incarnation == me.incarnation)
+    })
+}
+
 /// Sponsor side: registers the joiner in `map` (whose owner is the sponsor), then builds
 /// the grant. `addrs` are the sponsor's own listen addresses for its re-issued record.
 pub fn register<S: StateMachine>(
@@ -102,17 +130,7 @@ pub fn register<S: StateMachine>(
     }
     let registration = match map.get(&request.joiner) {
         // A retry of a join this node already registered: grant again.
-        Some(entry)
-            if entry.record.incarnation == request.incarnation
-                && entry.record.report_seq == 0
-                && entry
-                    .record
-                    .sponsor
-                    .as_ref()
-                    .is_some_and(|s| s.sponsor == sponsor.id) =>
-        {
-            entry.record.clone()
-        }
+        Some(entry) if is_pending_registration(map, request) => entry.record.clone(),
         Some(entry) if entry.record.incarnation >= request.incarnation => {
             return Err(JoinError::AlreadyMember {
                 joiner: request.joiner.clone(),

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
 use crate::join_protocol::{self, JoinRequest, JoinResponse};
-use crate::network_map::{MemberRecord, MergeOutcome, NetworkMap};
+use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{Digest, Op, OpsLog, Received, StateMachine};
 use crate::time::Time;
@@ -61,19 +61,35 @@ pub struct ReplicaStats {
     pub joins_sponsored: u64,
 }
 
-/// A write attempted before the node is a member.
+/// Why a local write (or a leave) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("this node has not joined the network yet")]
-pub struct NotMember;
+pub enum NotMember {
+    #[error("this node has not joined the network yet")]
+    Joining,
+    #[error("this node is leaving the network")]
+    Leaving,
+    #[error("this node has left the network")]
+    Left,
+}
 
 #[derive(Debug, Clone)]
 enum Phase {
     Joining {
-        sponsor: NodeId,
+        /// Bootstrap peers to ask, in order; the joiner moves to the next one only when
+        /// the current one refuses (a refusal registers nothing, while a silent sponsor
+        /// may have registered it, so it is asked again).
+        sponsors: Vec<NodeId>,
+        current: usize,
         retry_at: Time,
         backoff: Duration,
     },
-    Member,
+    Member {
+        /// Set by `leave`: no more writes; announce `Left` once this node's own ops are
+        /// inside its snapshot point (so every member has them), or at this deadline.
+        leaving_by: Option<Time>,
+    },
+    /// Announced `Left`; still answers digests so its last record spreads.
+    Left,
 }
 
 /// One tidemark replica (see module doc).
@@ -177,7 +193,15 @@ impl<S: StateMachine> Replica<S> {
             map.merge(record.clone(), now);
         }
         map.take_dirty();
-        Self::with_parts(id, 1, config, Phase::Member, map, seed, now)
+        Self::with_parts(
+            id,
+            1,
+            config,
+            Phase::Member { leaving_by: None },
+            map,
+            seed,
+            now,
+        )
     }
 
     /// A node that joins through `sponsor`; it sends its join request at once.
@@ -189,18 +213,36 @@ impl<S: StateMachine> Replica<S> {
         seed: u64,
         now: Time,
     ) -> Self {
+        Self::joiner_via(id, incarnation, vec![sponsor], config, seed, now)
+    }
+
+    /// A node that joins through the first of `sponsors` that does not refuse it.
+    ///
+    /// # Panics
+    /// If `sponsors` is empty.
+    pub fn joiner_via(
+        id: NodeId,
+        incarnation: u64,
+        sponsors: Vec<NodeId>,
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        assert!(!sponsors.is_empty(), "a joiner needs a bootstrap peer");
         let placeholder = MemberRecord {
             incarnation,
             ..MemberRecord::founder(id.clone())
         };
         let map = NetworkMap::new(placeholder, now);
+        let first = sponsors[0].clone();
         let phase = Phase::Joining {
-            sponsor: sponsor.clone(),
+            sponsors,
+            current: 0,
             retry_at: now + config.gossip.join_retry,
             backoff: config.gossip.join_retry,
         };
         let mut replica = Self::with_parts(id, incarnation, config, phase, map, seed, now);
-        replica.send_join_request(sponsor);
+        replica.send_join_request(first);
         replica.finish(now);
         replica
     }
@@ -224,8 +266,24 @@ impl<S: StateMachine> Replica<S> {
         self.incarnation
     }
 
+    /// Whether the node is a member in good standing (joined, not yet announced `Left`).
     pub fn is_member(&self) -> bool {
-        matches!(self.phase, Phase::Member)
+        matches!(self.phase, Phase::Member { .. })
+    }
+
+    /// Whether `leave` was called and `Left` is not yet announced.
+    pub fn is_leaving(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Member {
+                leaving_by: Some(_)
+            }
+        )
+    }
+
+    /// Whether the node has announced that it left.
+    pub fn has_left(&self) -> bool {
+        matches!(self.phase, Phase::Left)
     }
 
     pub fn applied(&self) -> &VersionVector {
@@ -285,8 +343,13 @@ impl<S: StateMachine> Replica<S> {
     /// A local write: creates the next op of this node, applies it, and queues it for
     /// publishing.
     pub fn write(&mut self, now: Time, payload: S::Op) -> Result<Arc<Op<S::Op>>, NotMember> {
-        if !self.is_member() {
-            return Err(NotMember);
+        match self.phase {
+            Phase::Joining { .. } => return Err(NotMember::Joining),
+            Phase::Member {
+                leaving_by: Some(_),
+            } => return Err(NotMember::Leaving),
+            Phase::Left => return Err(NotMember::Left),
+            Phase::Member { leaving_by: None } => {}
         }
         let op = self.log.create(&self.id, payload);
         self.stats.ops_created += 1;
@@ -299,6 +362,29 @@ impl<S: StateMachine> Replica<S> {
         Ok(op)
     }
 
+    /// Graceful leave (SPEC §5): stop writing, publish what is pending, wait until this
+    /// node's own ops are inside its snapshot point — so every member has them — or until
+    /// `leave_drain_timeout`, then announce a `Left` record, after which every member drops
+    /// this node from its snapshot point as soon as the record arrives.
+    pub fn leave(&mut self, now: Time) -> Result<(), NotMember> {
+        match self.phase {
+            Phase::Joining { .. } => return Err(NotMember::Joining),
+            Phase::Left => return Err(NotMember::Left),
+            Phase::Member {
+                leaving_by: Some(_),
+            } => return Ok(()),
+            Phase::Member { leaving_by: None } => {}
+        }
+        self.phase = Phase::Member {
+            leaving_by: Some(now + self.config.gossip.leave_drain_timeout),
+        };
+        if !self.unpublished.is_empty() {
+            self.publish_at = Some(now);
+        }
+        self.finish(now);
+        Ok(())
+    }
+
     /// A message from `from`.
     pub fn handle_message(&mut self, now: Time, from: &NodeId, message: &Message<S>) {
         match (&self.phase, message) {
@@ -306,16 +392,16 @@ impl<S: StateMachine> Replica<S> {
                 self.on_join_response(now, from, response)
             }
             (Phase::Joining { .. }, Message::JoinRequest(_)) => {
-                self.send(
-                    from.clone(),
-                    Message::JoinResponse(Box::new(JoinResponse::Refused {
-                        reason: "this node has not joined the network yet".into(),
-                    })),
-                );
+                self.refuse_join(from, "this node has not joined the network yet")
             }
             (Phase::Joining { .. }, _) => {}
-            (Phase::Member, Message::Ops(batch)) => self.on_ops(now, from, batch),
-            (Phase::Member, Message::Status(records)) => {
+            (Phase::Left, Message::JoinRequest(request)) => {
+                self.on_join_request(now, from, request)
+            }
+            (Phase::Left, Message::Digest(digest)) => self.on_digest(from, digest),
+            (Phase::Left, _) => {}
+            (Phase::Member { .. }, Message::Ops(batch)) => self.on_ops(now, from, batch),
+            (Phase::Member { .. }, Message::Status(records)) => {
                 let gossip = &self.config.gossip;
                 let room = gossip.max_status_peers.saturating_sub(gossip.status_fanout);
                 if self.map.is_counted(from)
@@ -326,8 +412,8 @@ impl<S: StateMachine> Replica<S> {
                 }
                 self.on_records(now, &records.0);
             }
-            (Phase::Member, Message::Digest(digest)) => self.on_digest(from, digest),
-            (Phase::Member, Message::Repair(repair)) => {
+            (Phase::Member { .. }, Message::Digest(digest)) => self.on_digest(from, digest),
+            (Phase::Member { .. }, Message::Repair(repair)) => {
                 self.on_records(now, &repair.records.0);
                 self.on_ops(now, from, &repair.ops);
                 if repair.more {
@@ -335,26 +421,36 @@ impl<S: StateMachine> Replica<S> {
                     self.send(from.clone(), digest);
                 }
             }
-            (Phase::Member, Message::Stale { snapshot_point }) => {
+            (Phase::Member { .. }, Message::Stale { snapshot_point }) => {
                 // A digest that was overtaken by newer ops is not staleness: only count it
                 // when this node really is below the sender's snapshot point.
                 if !snapshot_point.le(self.log.applied()) {
                     self.stats.stale_notices += 1;
                 }
             }
-            (Phase::Member, Message::JoinRequest(request)) => {
+            (Phase::Member { .. }, Message::JoinRequest(request)) => {
                 self.on_join_request(now, from, request)
             }
-            (Phase::Member, Message::JoinResponse(_)) => {}
+            (Phase::Member { .. }, Message::JoinResponse(_)) => {}
         }
         self.finish(now);
+    }
+
+    fn refuse_join(&mut self, to: &NodeId, reason: &str) {
+        self.send(
+            to.clone(),
+            Message::JoinResponse(Box::new(JoinResponse::Refused {
+                reason: reason.into(),
+            })),
+        );
     }
 
     /// The wake-up time requested by the last `ScheduleWake` has come (or passed).
     pub fn handle_timeout(&mut self, now: Time) {
         self.wake_announced = None;
         if let Phase::Joining {
-            sponsor,
+            sponsors,
+            current,
             retry_at,
             backoff,
         } = &mut self.phase
@@ -362,8 +458,15 @@ impl<S: StateMachine> Replica<S> {
             if *retry_at <= now {
                 *backoff = (*backoff * 2).min(self.config.gossip.join_retry_max);
                 *retry_at = now + *backoff;
-                let sponsor = sponsor.clone();
+                let sponsor = sponsors[*current].clone();
                 self.send_join_request(sponsor);
+            }
+            self.finish(now);
+            return;
+        }
+        if self.has_left() {
+            if self.status_due().is_some_and(|t| t <= now) {
+                self.flush_status(now);
             }
             self.finish(now);
             return;
@@ -466,9 +569,16 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_join_request(&mut self, now: Time, from: &NodeId, request: &JoinRequest) {
+        let retry = join_protocol::is_pending_registration(&self.map, request);
         let response = if &request.joiner != from {
             JoinResponse::Refused {
                 reason: "a join request must come from the joiner itself".into(),
+            }
+        } else if !retry && !matches!(self.phase, Phase::Member { leaving_by: None }) {
+            // a leaving node registers no one new (a retry of its own registration is
+            // granted again: the joiner must reach at least that cut)
+            JoinResponse::Refused {
+                reason: "this node is leaving the network".into(),
             }
         } else {
             match join_protocol::register(&mut self.log, &mut self.map, request, now) {
@@ -486,26 +596,37 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_join_response(&mut self, now: Time, from: &NodeId, response: &JoinResponse<S>) {
+        let Phase::Joining {
+            sponsors,
+            current,
+            retry_at,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if &sponsors[*current] != from {
+            return;
+        }
         let grant = match response {
             JoinResponse::Granted(grant) => grant.clone(),
             JoinResponse::Refused { .. } => {
+                // nothing was registered: ask the next bootstrap peer now
                 self.stats.join_refusals += 1;
+                *current = (*current + 1) % sponsors.len();
+                *retry_at = now + self.config.gossip.join_retry;
+                let next = sponsors[*current].clone();
+                self.send_join_request(next);
                 return;
             }
         };
-        let Phase::Joining { sponsor, .. } = &self.phase else {
-            return;
-        };
-        if sponsor != from {
-            return;
-        }
         match join_protocol::install(grant, &self.id, self.config.addrs.clone(), now) {
             Ok((mut log, map)) => {
                 // the suffix applied while installing is part of the handed-over state
                 log.drain_applied();
                 self.log = log;
                 self.map = map;
-                self.phase = Phase::Member;
+                self.phase = Phase::Member { leaving_by: None };
                 self.own_changed = true;
                 self.last_report = now;
                 self.next_anti_entropy =
@@ -637,11 +758,25 @@ impl<S: StateMachine> Replica<S> {
         });
     }
 
-    /// After every event: fold what became stable, then ask for the next wake-up.
+    /// After every event: fold what became stable, announce a pending leave when it is
+    /// time, then ask for the next wake-up.
     fn finish(&mut self, now: Time) {
         if self.is_member() && self.map.snapshot_point() != self.log.stable_cut() {
             let sp = self.map.snapshot_point().clone();
             self.log.advance_stable(&sp);
+        }
+        if let Phase::Member {
+            leaving_by: Some(deadline),
+        } = self.phase
+        {
+            // drained: every member has this node's ops, and every joiner it registered has
+            // reported by itself
+            let drained = self.unpublished.is_empty()
+                && self.map.snapshot_point().get(&self.id) >= self.log.applied().get(&self.id)
+                && !join_protocol::has_unconfirmed_registrations(&self.map);
+            if drained || now >= deadline {
+                self.announce_left(now);
+            }
         }
         let next = self.next_deadline();
         if let Some(at) = next {
@@ -653,10 +788,26 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    fn announce_left(&mut self, now: Time) {
+        let own = self.map.own().record.clone();
+        let left = MemberRecord {
+            state: MemberState::Left,
+            report_seq: own.report_seq + 1,
+            applied: self.log.applied().clone(),
+            ..(*own).clone()
+        };
+        self.map.set_own(left, now);
+        self.own_changed = false;
+        self.phase = Phase::Left;
+        self.status_allowed_at = now;
+        self.flush_status(now);
+    }
+
     fn next_deadline(&self) -> Option<Time> {
         match &self.phase {
             Phase::Joining { retry_at, .. } => Some(*retry_at),
-            Phase::Member => [
+            Phase::Left => self.status_due(),
+            Phase::Member { leaving_by } => [
                 self.publish_at,
                 self.status_due(),
                 // once the own record is due, `status_due` covers it
@@ -664,6 +815,7 @@ impl<S: StateMachine> Replica<S> {
                     .then(|| self.last_report + self.config.gossip.heartbeat_interval),
                 Some(self.next_anti_entropy),
                 self.gap_pull.as_ref().map(|g| g.0),
+                *leaving_by,
             ]
             .into_iter()
             .flatten()

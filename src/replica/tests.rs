@@ -78,7 +78,10 @@ fn a_joiner_catches_up_and_is_counted_everywhere() {
 fn writes_before_joining_are_refused() {
     let mut r: Replica<LwwMap> =
         Replica::joiner(id(1), 1, id(2), ReplicaConfig::default(), 1, Time::ZERO);
-    assert_eq!(r.write(Time::ZERO, put("k", "v")).unwrap_err(), NotMember);
+    assert_eq!(
+        r.write(Time::ZERO, put("k", "v")).unwrap_err(),
+        NotMember::Joining
+    );
     let actions: Vec<_> = std::iter::from_fn(|| r.poll_action()).collect();
     assert!(actions
         .iter()
@@ -114,4 +117,75 @@ fn a_joiner_without_an_answer_asks_again_with_growing_waits() {
     assert!(gaps
         .iter()
         .all(|g| *g <= ReplicaConfig::default().gossip.join_retry_max));
+}
+
+#[test]
+fn a_leaving_node_hands_over_its_ops_then_stops_holding_back_the_snapshot_point() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.drop_publishes = true; // node 3's ops reach others only through anti-entropy
+    for k in 0..3 {
+        net.write(3, put(&format!("k{k}"), "from-3"));
+    }
+    net.nodes[3].leave(net.now).unwrap();
+    assert_eq!(
+        net.nodes[3].write(net.now, put("late", "x")).unwrap_err(),
+        NotMember::Leaving
+    );
+    net.flush(3);
+    net.run_for(Duration::from_millis(50));
+    assert!(
+        net.nodes[3].is_leaving(),
+        "it waits until every member has its ops"
+    );
+    net.drop_publishes = false;
+    net.run_for(Duration::from_secs(3));
+    assert!(net.nodes[3].has_left());
+    assert_eq!(
+        net.nodes[3].write(net.now, put("late", "x")).unwrap_err(),
+        NotMember::Left
+    );
+    for r in &net.nodes[..3] {
+        assert_eq!(
+            r.applied_state().get("k2"),
+            Some("from-3"),
+            "no write was lost"
+        );
+        assert_eq!(r.network_map().counted(), 3, "the leaver no longer counts");
+    }
+    // the rest keep writing; node 3 is gone (it no longer reports), yet every snapshot
+    // point reaches the new ops
+    net.write(0, put("after", "1"));
+    net.run_for(Duration::from_millis(300));
+    for r in &net.nodes[..3] {
+        assert_eq!(r.snapshot_point().total(), 4);
+        assert_eq!(r.stable_state().get("after"), Some("1"));
+    }
+}
+
+#[test]
+fn a_joiner_refused_by_its_first_bootstrap_peer_asks_the_next() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.write(1, put("x", "1"));
+    net.run_for(Duration::from_millis(100));
+    net.nodes[2].leave(net.now).unwrap();
+    net.flush(2);
+    net.run_for(Duration::from_millis(100));
+    assert!(net.nodes[2].has_left());
+    let j = net.add_joiner_via(id(9), vec![id(2), id(0)]);
+    net.run_for(Duration::from_millis(100));
+    assert!(net.nodes[j].is_member());
+    assert_eq!(net.nodes[j].stats().join_refusals, 1);
+    assert_eq!(net.nodes[j].applied_state().get("x"), Some("1"));
+    assert_eq!(
+        net.nodes[0]
+            .network_map()
+            .get(&id(9))
+            .unwrap()
+            .record
+            .sponsor
+            .as_ref()
+            .unwrap()
+            .sponsor,
+        id(0)
+    );
 }
