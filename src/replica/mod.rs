@@ -63,7 +63,7 @@ pub struct ReplicaStats {
 
 /// Why a local write (or a leave) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotMember {
+pub enum WriteRefused {
     #[error("this node has not joined the network yet")]
     Joining,
     #[error("this node is leaving the network")]
@@ -342,13 +342,13 @@ impl<S: StateMachine> Replica<S> {
 
     /// A local write: creates the next op of this node, applies it, and queues it for
     /// publishing.
-    pub fn write(&mut self, now: Time, payload: S::Op) -> Result<Arc<Op<S::Op>>, NotMember> {
+    pub fn write(&mut self, now: Time, payload: S::Op) -> Result<Arc<Op<S::Op>>, WriteRefused> {
         match self.phase {
-            Phase::Joining { .. } => return Err(NotMember::Joining),
+            Phase::Joining { .. } => return Err(WriteRefused::Joining),
             Phase::Member {
                 leaving_by: Some(_),
-            } => return Err(NotMember::Leaving),
-            Phase::Left => return Err(NotMember::Left),
+            } => return Err(WriteRefused::Leaving),
+            Phase::Left => return Err(WriteRefused::Left),
             Phase::Member { leaving_by: None } => {}
         }
         let op = self.log.create(&self.id, payload);
@@ -362,14 +362,15 @@ impl<S: StateMachine> Replica<S> {
         Ok(op)
     }
 
-    /// Graceful leave (SPEC §5): stop writing, publish what is pending, wait until this
-    /// node's own ops are inside its snapshot point — so every member has them — or until
-    /// `leave_drain_timeout`, then announce a `Left` record, after which every member drops
-    /// this node from its snapshot point as soon as the record arrives.
-    pub fn leave(&mut self, now: Time) -> Result<(), NotMember> {
+    /// Graceful leave (SPEC §5): stop writing and registering joiners, publish what is
+    /// pending, wait until this node's own ops are inside its snapshot point — so every
+    /// member has them — and every joiner it registered has reported by itself (or until
+    /// `leave_drain_timeout`), then announce a `Left` record; every member drops this node
+    /// from its snapshot point as soon as that record arrives.
+    pub fn leave(&mut self, now: Time) -> Result<(), WriteRefused> {
         match self.phase {
-            Phase::Joining { .. } => return Err(NotMember::Joining),
-            Phase::Left => return Err(NotMember::Left),
+            Phase::Joining { .. } => return Err(WriteRefused::Joining),
+            Phase::Left => return Err(WriteRefused::Left),
             Phase::Member {
                 leaving_by: Some(_),
             } => return Ok(()),

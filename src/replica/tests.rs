@@ -80,7 +80,7 @@ fn writes_before_joining_are_refused() {
         Replica::joiner(id(1), 1, id(2), ReplicaConfig::default(), 1, Time::ZERO);
     assert_eq!(
         r.write(Time::ZERO, put("k", "v")).unwrap_err(),
-        NotMember::Joining
+        WriteRefused::Joining
     );
     let actions: Vec<_> = std::iter::from_fn(|| r.poll_action()).collect();
     assert!(actions
@@ -129,7 +129,7 @@ fn a_leaving_node_hands_over_its_ops_then_stops_holding_back_the_snapshot_point(
     net.nodes[3].leave(net.now).unwrap();
     assert_eq!(
         net.nodes[3].write(net.now, put("late", "x")).unwrap_err(),
-        NotMember::Leaving
+        WriteRefused::Leaving
     );
     net.flush(3);
     net.run_for(Duration::from_millis(50));
@@ -142,7 +142,7 @@ fn a_leaving_node_hands_over_its_ops_then_stops_holding_back_the_snapshot_point(
     assert!(net.nodes[3].has_left());
     assert_eq!(
         net.nodes[3].write(net.now, put("late", "x")).unwrap_err(),
-        NotMember::Left
+        WriteRefused::Left
     );
     for r in &net.nodes[..3] {
         assert_eq!(
