@@ -60,17 +60,13 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     liveness_bound_s: u64,
     /// Fixed least time between two status reports of a node, in ms (default: the protocol's
-    /// rule, 14 ms growing by 50 µs per member).
+    /// rule, 7 ms growing by 50 µs per member).
     #[arg(long)]
     status_interval_ms: Option<u64>,
     /// Status peers each node picks at random; up to as many more that report to it are
     /// added (protocol default if absent).
     #[arg(long)]
     status_fanout: Option<usize>,
-    /// Relay records that moved the snapshot point at the status interval like the others,
-    /// instead of after half of it.
-    #[arg(long)]
-    no_critical_relay: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -113,7 +109,6 @@ impl Args {
             gossip.status_interval = Duration::from_millis(ms);
             gossip.status_interval_per_member = Duration::ZERO;
         }
-        gossip.relay_critical_at_once = !self.no_critical_relay;
         if let Some(f) = self.status_fanout {
             gossip.status_fanout = f;
             gossip.max_status_peers = 2 * f;

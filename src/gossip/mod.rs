@@ -4,7 +4,7 @@
 //! | message | how it travels | when |
 //! |---|---|---|
 //! | [`Message::Ops`] | published on the topic (gossipsub) | a writer's new ops, batched for `op_batch_delay` (at most `max_batch_ops`) |
-//! | [`Message::Status`] | sent to the status peers | records adopted since the last report, at most every `status_interval_for(members)` — or half that when adopted records moved the snapshot point (`relay_critical_at_once`); the node's own record is re-issued when its applied vector or registrations changed, and at least every `heartbeat_interval` |
+//! | [`Message::Status`] | sent to the status peers | records adopted since the last report, at most every `status_interval_for(members)`; the node's own record is re-issued when its applied vector or registrations changed, and at least every `heartbeat_interval` |
 //! | [`Message::Digest`] | sent to one random member | every `anti_entropy_interval`; after `gap_pull_delay` while ops wait for missing deps; again while a repair says there is more |
 //! | [`Message::Repair`] | reply to a digest | carries the ops and records the digest's sender lacks |
 //! | [`Message::Stale`] | reply to a digest | the digest's sender is below this node's snapshot point, whose ops are compacted |
@@ -114,9 +114,6 @@ pub struct GossipConfig {
     pub status_interval_per_member: Duration,
     /// Most time between two reports of a node's own record.
     pub heartbeat_interval: Duration,
-    /// Relay at once (not waiting for the status interval) when adopted records moved this
-    /// node's snapshot point: those records are on the critical path of every snapshot point.
-    pub relay_critical_at_once: bool,
     /// Number of status peers chosen at random.
     pub status_fanout: usize,
     /// Most status peers (random plus those that report to us).
@@ -152,9 +149,8 @@ impl Default for GossipConfig {
         Self {
             op_batch_delay: Duration::from_millis(5),
             max_batch_ops: 256,
-            status_interval: Duration::from_millis(14),
+            status_interval: Duration::from_millis(7),
             status_interval_per_member: Duration::from_micros(50),
-            relay_critical_at_once: true,
             heartbeat_interval: Duration::from_secs(1),
             status_fanout: 6,
             max_status_peers: 12,

@@ -65,7 +65,13 @@ pub struct JoinGrant<S: StateMachine> {
 #[serde(bound = "")]
 pub enum JoinResponse<S: StateMachine> {
     Granted(JoinGrant<S>),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+        /// Members in good standing the joiner may ask instead (a leaving sponsor's
+        /// redirect); empty when the refuser knows none.
+        #[serde(default)]
+        suggestions: Vec<NodeId>,
+    },
 }
 
 /// Why a join could not go ahead.

@@ -107,8 +107,6 @@ pub struct Replica<S: StateMachine> {
     unpublished: Vec<Arc<Op<S::Op>>>,
     publish_at: Option<Time>,
     own_changed: bool,
-    /// Adopted records moved the snapshot point: relay them without waiting.
-    urgent_status: bool,
     last_report: Time,
     status_allowed_at: Time,
     next_anti_entropy: Time,
@@ -146,7 +144,6 @@ impl<S: StateMachine> Replica<S> {
             unpublished: Vec::new(),
             publish_at: None,
             own_changed: false,
-            urgent_status: false,
             last_report: now,
             status_allowed_at: now,
             next_anti_entropy: first_ae,
@@ -442,8 +439,19 @@ impl<S: StateMachine> Replica<S> {
             to.clone(),
             Message::JoinResponse(Box::new(JoinResponse::Refused {
                 reason: reason.into(),
+                suggestions: Vec::new(),
             })),
         );
+    }
+
+    /// Up to three random members in good standing, for a joiner this node turns away.
+    fn suggest_sponsors(&mut self) -> Vec<NodeId> {
+        let mut peers = self.map.counted_peers();
+        let mut picked = Vec::new();
+        while picked.len() < 3 && !peers.is_empty() {
+            picked.push(peers.swap_remove(self.rng.random_range(0..peers.len())));
+        }
+        picked
     }
 
     /// The wake-up time requested by the last `ScheduleWake` has come (or passed).
@@ -523,7 +531,6 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_records(&mut self, now: Time, records: &[Arc<MemberRecord>]) {
-        let before = self.map.snapshot_point().clone();
         for record in records {
             match self.map.merge(record.clone(), now) {
                 MergeOutcome::Adopted => self.stats.records_adopted += 1,
@@ -532,9 +539,6 @@ impl<S: StateMachine> Replica<S> {
                     self.stats.records_outdated += 1
                 }
             }
-        }
-        if self.config.gossip.relay_critical_at_once && *self.map.snapshot_point() != before {
-            self.urgent_status = true;
         }
     }
 
@@ -574,12 +578,14 @@ impl<S: StateMachine> Replica<S> {
         let response = if &request.joiner != from {
             JoinResponse::Refused {
                 reason: "a join request must come from the joiner itself".into(),
+                suggestions: Vec::new(),
             }
         } else if !retry && !matches!(self.phase, Phase::Member { leaving_by: None }) {
             // a leaving node registers no one new (a retry of its own registration is
-            // granted again: the joiner must reach at least that cut)
+            // granted again: the joiner must reach at least that cut); it redirects
             JoinResponse::Refused {
                 reason: "this node is leaving the network".into(),
+                suggestions: self.suggest_sponsors(),
             }
         } else {
             match join_protocol::register(&mut self.log, &mut self.map, request, now) {
@@ -590,6 +596,7 @@ impl<S: StateMachine> Replica<S> {
                 }
                 Err(e) => JoinResponse::Refused {
                     reason: e.to_string(),
+                    suggestions: Vec::new(),
                 },
             }
         };
@@ -611,9 +618,15 @@ impl<S: StateMachine> Replica<S> {
         }
         let grant = match response {
             JoinResponse::Granted(grant) => grant.clone(),
-            JoinResponse::Refused { .. } => {
-                // nothing was registered: ask the next bootstrap peer now
+            JoinResponse::Refused { suggestions, .. } => {
+                // nothing was registered: ask the next bootstrap peer now, including any
+                // the refuser suggested
                 self.stats.join_refusals += 1;
+                for s in suggestions {
+                    if !sponsors.contains(s) && *s != self.id {
+                        sponsors.push(s.clone());
+                    }
+                }
                 *current = (*current + 1) % sponsors.len();
                 *retry_at = now + self.config.gossip.join_retry;
                 let next = sponsors[*current].clone();
@@ -676,11 +689,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn status_due(&self) -> Option<Time> {
-        if self.urgent_status && self.map.has_dirty() {
-            // half the status interval after the last flush
-            let interval = self.config.gossip.status_interval_for(self.map.counted());
-            Some(self.status_allowed_at - interval / 2)
-        } else if self.own_changed || self.map.has_dirty() {
+        if self.own_changed || self.map.has_dirty() {
             Some(self.status_allowed_at)
         } else {
             None
@@ -699,7 +708,6 @@ impl<S: StateMachine> Replica<S> {
             self.own_changed = false;
             self.last_report = now;
         }
-        self.urgent_status = false;
         let records = self.map.take_dirty();
         self.status_allowed_at = now + self.config.gossip.status_interval_for(self.map.counted());
         if records.is_empty() {

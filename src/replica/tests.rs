@@ -189,3 +189,30 @@ fn a_joiner_refused_by_its_first_bootstrap_peer_asks_the_next() {
         id(0)
     );
 }
+
+#[test]
+fn a_node_that_left_redirects_a_joiner_to_a_member() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.write(0, put("x", "1"));
+    net.run_for(Duration::from_millis(100));
+    net.nodes[2].leave(net.now).unwrap();
+    net.flush(2);
+    net.run_for(Duration::from_millis(100));
+    assert!(net.nodes[2].has_left());
+    // the joiner knows only the node that left
+    let j = net.add_joiner_via(id(9), vec![id(2)]);
+    net.run_for(Duration::from_millis(100));
+    assert!(
+        net.nodes[j].is_member(),
+        "redirected to a member and admitted"
+    );
+    assert_eq!(net.nodes[j].applied_state().get("x"), Some("1"));
+    let sponsor = net.nodes[j]
+        .network_map()
+        .own()
+        .record
+        .sponsor
+        .clone()
+        .unwrap();
+    assert_ne!(sponsor.sponsor, id(2));
+}
