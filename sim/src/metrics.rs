@@ -70,6 +70,15 @@ impl Traffic {
     }
 }
 
+/// Member records received over all nodes, by what the network map did with them: the
+/// outdated ones are the redundancy of status flooding.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RecordMerges {
+    pub adopted: u64,
+    pub pending: u64,
+    pub outdated: u64,
+}
+
 /// One point of the time series.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::config::SimConfig;
-use crate::metrics::{round3, Percentiles, Sample};
+use crate::metrics::{round3, Percentiles, RecordMerges, Sample};
 use crate::sim::ReportInputs;
 
 /// The JSON object printed by `--json`. Field order is fixed; only `wall_s` varies between
@@ -43,6 +43,8 @@ pub struct Report {
     pub bytes_by_kind: BTreeMap<String, u64>,
     pub messages_by_kind: BTreeMap<String, u64>,
     pub distinct_cuts: usize,
+    /// Member records received, summed over nodes, by outcome.
+    pub record_merges: RecordMerges,
     pub events: u64,
     pub sim_time_s: f64,
     pub wall_s: f64,
@@ -96,6 +98,7 @@ impl Report {
                 .map(|(k, v)| (k.to_string(), v.0))
                 .collect(),
             distinct_cuts: r.cuts,
+            record_merges: r.record_merges,
             events: r.events,
             sim_time_s: r.sim_time_s,
             wall_s: round3(r.wall_s),

@@ -17,7 +17,7 @@ use tidemark::{NodeId, Time, VersionVector};
 
 use crate::config::SimConfig;
 use crate::invariants::{agreement, causal_delivery, liveness, monotone, safety, Violations};
-use crate::metrics::{round3, Latencies, Sample, Traffic};
+use crate::metrics::{round3, Latencies, RecordMerges, Sample, Traffic};
 use crate::network::{Links, Mesh, SeenCache};
 use crate::report::Report;
 
@@ -649,6 +649,13 @@ impl Sim {
             }
         }
         let liveness_failure = live.is_err();
+        let mut merges = RecordMerges::default();
+        for n in &self.nodes {
+            let stats = n.replica.stats();
+            merges.adopted += stats.records_adopted;
+            merges.pending += stats.records_pending;
+            merges.outdated += stats.records_outdated;
+        }
         let at = self.ms();
         self.violations.check(liveness::NAME, at, live);
         Report::new(
@@ -667,6 +674,7 @@ impl Sim {
                 written: self.written,
                 events: self.events,
                 cuts: self.agreement.cuts(),
+                record_merges: merges,
                 sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
                 wall_s,
                 samples: self.samples,
@@ -687,6 +695,7 @@ pub struct ReportInputs {
     pub written: u64,
     pub events: u64,
     pub cuts: usize,
+    pub record_merges: RecordMerges,
     pub sim_time_s: f64,
     pub wall_s: f64,
     pub samples: Vec<Sample>,

@@ -11,9 +11,9 @@
 //! | [`Message::JoinRequest`] / [`Message::JoinResponse`] | direct request–response | the join handshake (see `join_protocol`) |
 //!
 //! Status peers: `status_fanout` members chosen at random (replaced when they leave good
-//! standing) plus every member that recently sent this node a status report, so the status
-//! graph is undirected and connected with high probability; a record therefore floods to
-//! every member within a few hops, the way gossipsub floods ops.
+//! standing) plus members that sent this node a status report, up to `max_status_peers` in
+//! all, so the status graph is close to undirected and connected with high probability; a
+//! record therefore floods to every member within a few hops, the way gossipsub floods ops.
 //!
 //! This module is part of the sans-IO core: it holds data and rules, no I/O.
 
