@@ -506,33 +506,45 @@ impl Sim {
         self.created_at.get(w)?.get(seq as usize - 1).copied()
     }
 
-    fn record_dissemination(&mut self, origin: &NodeId, now: Time) {
-        let everywhere = self.view.applied_min.min().get(origin);
-        let done = self.disseminated_upto.get(origin).copied().unwrap_or(0);
-        if everywhere > done {
-            for seq in done + 1..=everywhere {
+    /// Ops of `origin` that just came under a global minimum (`everywhere`), above `done`:
+    /// each one's latency from creation to `now`, in µs. Advances `done`.
+    fn newly_everywhere(
+        &self,
+        origin: &NodeId,
+        everywhere: u64,
+        done: &mut u64,
+        now: Time,
+    ) -> Vec<u64> {
+        let mut latencies = Vec::new();
+        if everywhere > *done {
+            for seq in *done + 1..=everywhere {
                 if let Some(t) = self.created(origin, seq) {
-                    self.dissemination.push(now.since(t).as_micros() as u64);
+                    latencies.push(now.since(t).as_micros() as u64);
                 }
             }
-            self.disseminated_upto.insert(origin.clone(), everywhere);
+            *done = everywhere;
         }
+        latencies
+    }
+
+    fn record_dissemination(&mut self, origin: &NodeId, now: Time) {
+        let everywhere = self.view.applied_min.min().get(origin);
+        let mut done = self.disseminated_upto.get(origin).copied().unwrap_or(0);
+        for latency in self.newly_everywhere(origin, everywhere, &mut done, now) {
+            self.dissemination.push(latency);
+        }
+        self.disseminated_upto.insert(origin.clone(), done);
     }
 
     fn record_stable(&mut self, origin: &NodeId, now: Time) {
         let everywhere = self.view.sp_min.min().get(origin);
-        let done = self.stable_upto.get(origin).copied().unwrap_or(0);
-        if everywhere > done {
-            for seq in done + 1..=everywhere {
-                if let Some(t) = self.created(origin, seq) {
-                    let lag = now.since(t).as_micros() as u64;
-                    self.sp_lag.push(lag);
-                    self.lag_since_sample.0 += lag;
-                    self.lag_since_sample.1 += 1;
-                }
-            }
-            self.stable_upto.insert(origin.clone(), everywhere);
+        let mut done = self.stable_upto.get(origin).copied().unwrap_or(0);
+        for lag in self.newly_everywhere(origin, everywhere, &mut done, now) {
+            self.sp_lag.push(lag);
+            self.lag_since_sample.0 += lag;
+            self.lag_since_sample.1 += 1;
         }
+        self.stable_upto.insert(origin.clone(), done);
     }
 
     fn write(&mut self) {

@@ -162,15 +162,21 @@ fn a_leaving_node_hands_over_its_ops_then_stops_holding_back_the_snapshot_point(
     }
 }
 
-#[test]
-fn a_joiner_refused_by_its_first_bootstrap_peer_asks_the_next() {
+/// Three founders; node 0 wrote x=1; node 2 has left.
+fn network_where_node_2_left() -> LoopbackNet<LwwMap> {
     let mut net = LoopbackNet::<LwwMap>::genesis(3);
-    net.write(1, put("x", "1"));
+    net.write(0, put("x", "1"));
     net.run_for(Duration::from_millis(100));
     net.nodes[2].leave(net.now).unwrap();
     net.flush(2);
     net.run_for(Duration::from_millis(100));
     assert!(net.nodes[2].has_left());
+    net
+}
+
+#[test]
+fn a_joiner_refused_by_its_first_bootstrap_peer_asks_the_next() {
+    let mut net = network_where_node_2_left();
     let j = net.add_joiner_via(id(9), vec![id(2), id(0)]);
     net.run_for(Duration::from_millis(100));
     assert!(net.nodes[j].is_member());
@@ -192,13 +198,7 @@ fn a_joiner_refused_by_its_first_bootstrap_peer_asks_the_next() {
 
 #[test]
 fn a_node_that_left_redirects_a_joiner_to_a_member() {
-    let mut net = LoopbackNet::<LwwMap>::genesis(3);
-    net.write(0, put("x", "1"));
-    net.run_for(Duration::from_millis(100));
-    net.nodes[2].leave(net.now).unwrap();
-    net.flush(2);
-    net.run_for(Duration::from_millis(100));
-    assert!(net.nodes[2].has_left());
+    let mut net = network_where_node_2_left();
     // the joiner knows only the node that left
     let j = net.add_joiner_via(id(9), vec![id(2)]);
     net.run_for(Duration::from_millis(100));
