@@ -82,11 +82,4 @@ impl<P> CausalBuffer<P> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// The highest seq waiting per origin (what this node knows exists but cannot apply yet).
-    pub fn waiting_origins(&self) -> impl Iterator<Item = (&NodeId, u64)> {
-        self.waiting
-            .iter()
-            .filter_map(|(o, ops)| ops.last_key_value().map(|(s, _)| (o, *s)))
-    }
 }

@@ -332,15 +332,6 @@ impl<S: StateMachine> OpsLog<S> {
     pub fn buffered_len(&self) -> usize {
         self.buffer.len()
     }
-
-    /// Highest seq known to exist per origin, applied or waiting.
-    pub fn known_frontier(&self) -> VersionVector {
-        let mut v = self.applied.clone();
-        for (origin, seq) in self.buffer.waiting_origins() {
-            v.raise(origin, seq);
-        }
-        v
-    }
 }
 
 #[cfg(test)]
