@@ -161,15 +161,7 @@ pub fn register<S: StateMachine>(
             });
             let outcome = map.merge(registration.clone(), now);
             debug_assert_eq!(outcome, MergeOutcome::Adopted);
-            map.set_own(
-                MemberRecord {
-                    report_seq: sponsor.report_seq + 1,
-                    registrations: reg_no,
-                    applied: log.applied().clone(),
-                    ..(*sponsor).clone()
-                },
-                now,
-            );
+            map.report_own(log.applied().clone(), now, |own| own.registrations = reg_no);
             registration
         }
     };

@@ -41,15 +41,8 @@ impl Node {
     }
 
     fn report(&mut self) {
-        let own = self.map.own().record.clone();
-        self.map.set_own(
-            MemberRecord {
-                report_seq: own.report_seq + 1,
-                applied: self.log.applied().clone(),
-                ..(*own).clone()
-            },
-            Time::ZERO,
-        );
+        self.map
+            .report_own(self.log.applied().clone(), Time::ZERO, |_| {});
         self.log.advance_stable(&self.map.snapshot_point().clone());
     }
 

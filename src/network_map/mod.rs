@@ -196,13 +196,20 @@ impl NetworkMap {
         MergeOutcome::Adopted
     }
 
-    /// Replaces this node's own record (its report); must be newer than the current one.
-    pub fn set_own(&mut self, record: MemberRecord, now: Time) {
-        assert_eq!(record.id, self.me, "set_own takes this node's record");
-        assert!(
-            record.supersedes(&self.own().record),
-            "own record must advance"
-        );
+    /// Issues this node's next record (its report): `report_seq` raised by one, `applied`
+    /// as given, and `edit` applied to the rest (state, registrations). Only the member
+    /// itself raises its `report_seq`; this is the one place where that happens.
+    pub fn report_own(
+        &mut self,
+        applied: VersionVector,
+        now: Time,
+        edit: impl FnOnce(&mut MemberRecord),
+    ) {
+        let mut record = (*self.own().record).clone();
+        record.report_seq += 1;
+        record.applied = applied;
+        edit(&mut record);
+        debug_assert_eq!(record.id, self.me, "a report cannot change the node's id");
         self.adopt(Arc::new(record), now);
         self.release_pending(now);
     }

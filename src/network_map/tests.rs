@@ -26,7 +26,8 @@ fn snapshot_point_is_the_pointwise_minimum_of_members() {
     map.merge(Arc::new(record(2, 1, &[(9, 3)])), Time::ZERO);
     map.merge(Arc::new(record(3, 1, &[(9, 3), (8, 1)])), Time::ZERO);
     assert_eq!(map.snapshot_point(), &vv(&[(9, 2)]));
-    map.set_own(record(1, 2, &[(9, 3), (8, 1)]), Time::ZERO);
+    map.report_own(vv(&[(9, 3), (8, 1)]), Time::ZERO, |_| {});
+    assert_eq!(map.own().record.report_seq, 2);
     assert_eq!(map.snapshot_point(), &vv(&[(9, 3)]));
     map.merge(Arc::new(record(2, 2, &[(9, 3), (8, 1)])), Time::ZERO);
     assert_eq!(map.snapshot_point(), &vv(&[(9, 3), (8, 1)]));
@@ -188,9 +189,7 @@ proptest! {
         // now with a non-empty own vector: set own to the join of everything
         let mut all = VersionVector::new();
         for r in latest.values() { all.join(&r.applied); }
-        let mut own = record(100, 2, &[]);
-        own.applied = all.clone();
-        map.set_own(own, Time::ZERO);
+        map.report_own(all.clone(), Time::ZERO, |_| {});
         let mut naive = all;
         for r in latest.values().filter(|r| r.state.counts()) {
             naive = naive.meet(&r.applied);

@@ -698,13 +698,7 @@ impl<S: StateMachine> Replica<S> {
 
     fn flush_status(&mut self, now: Time) {
         if self.own_changed {
-            let own = self.map.own().record.clone();
-            let report = MemberRecord {
-                report_seq: own.report_seq + 1,
-                applied: self.log.applied().clone(),
-                ..(*own).clone()
-            };
-            self.map.set_own(report, now);
+            self.map.report_own(self.log.applied().clone(), now, |_| {});
             self.own_changed = false;
             self.last_report = now;
         }
@@ -798,14 +792,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn announce_left(&mut self, now: Time) {
-        let own = self.map.own().record.clone();
-        let left = MemberRecord {
-            state: MemberState::Left,
-            report_seq: own.report_seq + 1,
-            applied: self.log.applied().clone(),
-            ..(*own).clone()
-        };
-        self.map.set_own(left, now);
+        self.map.report_own(self.log.applied().clone(), now, |own| {
+            own.state = MemberState::Left
+        });
         self.own_changed = false;
         self.phase = Phase::Left;
         self.status_allowed_at = now;
