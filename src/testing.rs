@@ -1,6 +1,7 @@
 //! A minimal in-memory driver for replicas, for tests and examples: messages are delivered
 //! in order with no latency (optionally through the CBOR wire encoding), publishes reach
-//! every other node unless dropped, and wake-ups fire in time order. The simulator in `sim/`
+//! every other node unless dropped, and wake-ups fire in time order. Nodes can be cut off
+//! (a two-sided partition) or crashed and restarted. The simulator in `sim/`
 //! is the full harness; this one is small enough to read in a minute.
 
 use std::collections::VecDeque;
@@ -24,6 +25,11 @@ pub struct LoopbackNet<S: StateMachine> {
     pub through_wire: bool,
     /// Bytes encoded so far (only with `through_wire`).
     pub wire_bytes: usize,
+    /// Nodes cut off from the rest: every message to or from them is dropped (their
+    /// timers still fire, so they keep running on their own).
+    pub cut_off: Vec<bool>,
+    /// Crashed nodes: they receive nothing and their timers do not fire.
+    pub crashed: Vec<bool>,
 }
 
 impl<S: StateMachine> LoopbackNet<S> {
@@ -51,8 +57,12 @@ impl<S: StateMachine> LoopbackNet<S> {
             drop_publishes: false,
             through_wire: false,
             wire_bytes: 0,
+            cut_off: Vec::new(),
+            crashed: Vec::new(),
         };
         net.wakes = vec![None; net.nodes.len()];
+        net.cut_off = vec![false; net.nodes.len()];
+        net.crashed = vec![false; net.nodes.len()];
         for i in 0..net.nodes.len() {
             net.flush(i);
         }
@@ -71,6 +81,8 @@ impl<S: StateMachine> LoopbackNet<S> {
         let joiner = Replica::joiner_via(id, 1, sponsors, config, seed, self.now);
         self.nodes.push(joiner);
         self.wakes.push(None);
+        self.cut_off.push(false);
+        self.crashed.push(false);
         let i = self.nodes.len() - 1;
         self.flush(i);
         i
@@ -126,6 +138,12 @@ impl<S: StateMachine> LoopbackNet<S> {
     pub fn run_until(&mut self, until: Time) {
         loop {
             while let Some((j, from, message)) = self.queue.pop_front() {
+                let i = self
+                    .index(&from)
+                    .expect("senders are nodes of this network");
+                if self.crashed[j] || self.cut_off[i] != self.cut_off[j] {
+                    continue;
+                }
                 self.nodes[j].handle_message(self.now, &from, &message);
                 self.flush(j);
             }
@@ -133,6 +151,7 @@ impl<S: StateMachine> LoopbackNet<S> {
                 .wakes
                 .iter()
                 .enumerate()
+                .filter(|(i, _)| !self.crashed[*i])
                 .filter_map(|(i, w)| w.map(|t| (t, i)))
                 .min();
             match next {
@@ -146,6 +165,22 @@ impl<S: StateMachine> LoopbackNet<S> {
             }
         }
         self.now = self.now.max(until);
+    }
+
+    /// Restarts crashed node `i` from its durable state (see [`Replica::restart`]).
+    pub fn restart(&mut self, i: usize) {
+        self.crashed[i] = false;
+        let placeholder = Replica::genesis(
+            self.nodes[i].id().clone(),
+            &[],
+            ReplicaConfig::default(),
+            0,
+            self.now,
+        );
+        let old = std::mem::replace(&mut self.nodes[i], placeholder);
+        self.nodes[i] = old.restart(self.now);
+        self.wakes[i] = None;
+        self.flush(i);
     }
 
     /// Runs for `d` more.

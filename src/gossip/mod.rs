@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use wire::{decode, encode, encoded_len, DecodeError, MAX_MESSAGE_BYTES};
 
 use crate::join_protocol::{JoinRequest, JoinResponse};
-use crate::network_map::MemberRecord;
+use crate::network_map::{MemberRecord, RecordVersion};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, StateMachine};
 use crate::version_vector::VersionVector;
@@ -55,8 +55,8 @@ pub struct Records(pub Vec<Arc<MemberRecord>>);
 pub struct AntiEntropyDigest {
     /// The sender's applied vector.
     pub applied: VersionVector,
-    /// (member, incarnation, report_seq) of every record the sender holds.
-    pub members: Vec<(NodeId, u64, u64)>,
+    /// (member, record version) of every record the sender holds.
+    pub members: Vec<(NodeId, RecordVersion)>,
     /// Whether the receiver should answer with its own digest when it is behind.
     pub initiator: bool,
 }
@@ -133,6 +133,14 @@ pub struct GossipConfig {
     /// Longest a leaving node waits for its own ops to be inside its snapshot point before
     /// it announces `Left` anyway.
     pub leave_drain_timeout: Duration,
+    /// Failure detection: a member from which no new report (and no message) has arrived
+    /// for this long is suspected. Reports flood, so with the 1 s heartbeat this is three
+    /// missed heartbeats on every path at once.
+    pub suspect_after: Duration,
+    /// How long a suspicion may stand unrefuted before the suspect is evicted.
+    pub suspicion_timeout: Duration,
+    /// How often a node looks for silent members.
+    pub failure_check_interval: Duration,
 }
 
 impl GossipConfig {
@@ -160,6 +168,9 @@ impl Default for GossipConfig {
             join_retry: Duration::from_millis(250),
             join_retry_max: Duration::from_secs(2),
             leave_drain_timeout: Duration::from_secs(5),
+            suspect_after: Duration::from_secs(3),
+            suspicion_timeout: Duration::from_secs(3),
+            failure_check_interval: Duration::from_millis(250),
         }
     }
 }

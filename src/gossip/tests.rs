@@ -54,7 +54,7 @@ fn every_message_round_trips() {
         ])),
         Message::Digest(AntiEntropyDigest {
             applied: ops.last().unwrap().deps.clone(),
-            members: vec![(id(1), 1, 7)],
+            members: vec![(id(1), (1, 7, 0))],
             initiator: true,
         }),
         Message::Repair(Repair {

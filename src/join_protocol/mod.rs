@@ -211,11 +211,7 @@ pub fn install<S: StateMachine>(
         registrations: 0,
         addrs,
     };
-    let mut map = NetworkMap::new(own, now);
-    for record in grant.members.0 {
-        map.merge(record, now);
-    }
-    Ok((log, map))
+    Ok((log, NetworkMap::load(own, grant.members.0, now)))
 }
 
 #[cfg(test)]

@@ -2,15 +2,26 @@
 //! membership state, incarnation, sponsor, and the best known lower bound of its applied
 //! vector — and, derived from it incrementally, the snapshot point `SP(n)`.
 //!
-//! Records are versioned by (incarnation, report_seq). Only the member itself raises its
-//! report_seq; a sponsor's registration of a joiner is report 0 of the joiner's incarnation.
-//! Records are immutable and shared (`Arc`), so relaying one costs a pointer copy.
+//! Records are versioned by [`RecordVersion`]: (incarnation, report_seq, rank). Only the
+//! member itself raises its report_seq; a sponsor's registration of a joiner is report 0 of
+//! the joiner's incarnation. Other nodes issue two kinds of records about a member: a
+//! `Suspect` copy of its latest report (same report_seq, higher rank, so the member's next
+//! report refutes it) and an `Evicted` record, which outranks every record of that
+//! incarnation and is therefore final for it. Records are immutable and shared (`Arc`), so
+//! relaying one costs a pointer copy.
 //!
 //! Join safety (SPEC §4, seed obstacle 1): a member's record states how many joiners it has
 //! registered in its incarnation (`registrations`). A record is adopted only once every one
 //! of those registrations is known here; until then it waits in `pending`. So this map never
 //! holds a sponsor's applied vector newer than a registration without also counting the
 //! joiner, whose registered cut bounds the snapshot point from above.
+//!
+//! Admission check: a record that starts a membership this map did not know (a new member,
+//! or a new incarnation) is counted only if its applied vector is at or above this map's
+//! snapshot point. Otherwise counting it would lower the snapshot point (I2): it can only be
+//! a member registered by a sponsor this map has already evicted or replaced, and this map
+//! evicts it on arrival. In a network without evictions this never fires (the join
+//! argument in `join_protocol` shows every join cut is at or above every snapshot point).
 //!
 //! Pure state machine: no I/O, no clocks (time is passed in), iteration in key order only.
 
@@ -61,6 +72,13 @@ pub struct Sponsorship {
     pub reg_no: u64,
 }
 
+/// The order of records about the same member: (incarnation, report_seq, rank). Rank 0
+/// is the member's own report (`Alive`, `Left`), rank 1 another node's suspicion of that
+/// report. An `Evicted` record has version (incarnation, `u64::MAX`, registrations): it
+/// outranks every record of its incarnation, and of two evictions the one that accounts
+/// for more registrations wins.
+pub type RecordVersion = (u64, u64, u64);
+
 /// One version of what is known about a member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
@@ -95,9 +113,18 @@ impl MemberRecord {
         }
     }
 
-    /// The version order of records about the same member.
-    pub fn version(&self) -> (u64, u64) {
-        (self.incarnation, self.report_seq)
+    /// The version order of records about the same member (see [`RecordVersion`]).
+    pub fn version(&self) -> RecordVersion {
+        match self.state {
+            MemberState::Alive | MemberState::Left => (self.incarnation, self.report_seq, 0),
+            MemberState::Suspect => (self.incarnation, self.report_seq, 1),
+            MemberState::Evicted => (self.incarnation, u64::MAX, self.registrations),
+        }
+    }
+
+    /// Whether this record is a report made by the member itself (proof it was alive).
+    pub fn is_own_report(&self) -> bool {
+        matches!(self.state, MemberState::Alive | MemberState::Left)
     }
 
     pub fn supersedes(&self, other: &MemberRecord) -> bool {
@@ -105,11 +132,15 @@ impl MemberRecord {
     }
 }
 
-/// A known member: its latest adopted record and when it was adopted.
+/// A known member: its latest adopted record, when this node last had news from it, and
+/// since when it is suspected.
 #[derive(Clone, Debug)]
 pub struct MemberEntry {
     pub record: Arc<MemberRecord>,
+    /// When a new report of the member was adopted, or a message from it arrived.
     pub last_heard: Time,
+    /// When this node adopted a suspicion of the member's current report.
+    pub suspect_since: Option<Time>,
 }
 
 /// What `merge` did with a record.
@@ -154,6 +185,12 @@ pub struct NetworkMap {
     tracker: MinTracker,
     dirty: BTreeSet<NodeId>,
     membership_epoch: u64,
+    /// Off while a joiner loads its sponsor's map (see [`NetworkMap::load`]).
+    admission_check: bool,
+    /// (member, incarnation) of every eviction adopted since the last `take_evictions`.
+    evictions: Vec<(NodeId, u64)>,
+    /// Memberships this map evicted on arrival (admission check), in total.
+    evicted_on_arrival: u64,
 }
 
 impl NetworkMap {
@@ -167,8 +204,25 @@ impl NetworkMap {
             tracker: MinTracker::new(),
             dirty: BTreeSet::new(),
             membership_epoch: 0,
+            admission_check: true,
+            evictions: Vec::new(),
+            evicted_on_arrival: 0,
         };
         map.adopt(Arc::new(own), now);
+        map
+    }
+
+    /// A joiner's map: its own record plus every record its sponsor handed over. The
+    /// sponsor's map is consistent, so the admission check is off while loading it (a map
+    /// that knows only the joiner would otherwise see every older member as below it).
+    pub fn load(own: MemberRecord, records: Vec<Arc<MemberRecord>>, now: Time) -> Self {
+        let mut map = Self::new(own, now);
+        map.admission_check = false;
+        for record in records {
+            map.merge(record, now);
+        }
+        map.admission_check = true;
+        map.evictions.clear();
         map
     }
 
@@ -237,6 +291,71 @@ impl NetworkMap {
         true
     }
 
+    /// Notes news from `member` that carries no record (a direct message).
+    pub fn heard_from(&mut self, member: &NodeId, now: Time) {
+        if let Some(entry) = self.members.get_mut(member) {
+            entry.last_heard = entry.last_heard.max(now);
+        }
+    }
+
+    /// Issues a suspicion of `member`'s current report; false if the member is unknown,
+    /// this node, or not `Alive`. The member refutes it with its next report.
+    pub fn suspect(&mut self, member: &NodeId, now: Time) -> bool {
+        match self.members.get(member) {
+            Some(e) if *member != self.me && e.record.state == MemberState::Alive => {
+                let record = MemberRecord {
+                    state: MemberState::Suspect,
+                    ..(*e.record).clone()
+                };
+                self.adopt(Arc::new(record), now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Issues the eviction of `member`'s current incarnation; false if the member is
+    /// unknown, this node, or not in good standing. The record accounts for every
+    /// registration of that incarnation this node knows, so registrations it names are
+    /// known wherever it is adopted, and any later one is voided by the admission check.
+    pub fn evict(&mut self, member: &NodeId, now: Time) -> bool {
+        match self.members.get(member) {
+            Some(e) if *member != self.me && e.record.state.counts() => {
+                let known = self
+                    .registrations
+                    .get(&(member.clone(), e.record.incarnation))
+                    .map_or(0, |r| r.contiguous);
+                let record = MemberRecord {
+                    state: MemberState::Evicted,
+                    registrations: e.record.registrations.max(known),
+                    ..(*e.record).clone()
+                };
+                self.adopt(Arc::new(record), now);
+                self.release_pending(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// (member, incarnation) of every eviction adopted since the last call, in order.
+    pub fn take_evictions(&mut self) -> Vec<(NodeId, u64)> {
+        std::mem::take(&mut self.evictions)
+    }
+
+    /// Memberships this map evicted on arrival because they were below its snapshot point.
+    pub fn evicted_on_arrival(&self) -> u64 {
+        self.evicted_on_arrival
+    }
+
+    /// How many joiners of `sponsor`'s incarnation `incarnation` this map knows, counting
+    /// from the first without a gap.
+    pub fn known_registrations(&self, sponsor: &NodeId, incarnation: u64) -> u64 {
+        self.registrations
+            .get(&(sponsor.clone(), incarnation))
+            .map_or(0, |r| r.contiguous)
+    }
+
     fn registrations_known(&self, record: &MemberRecord) -> bool {
         if record.registrations == 0 {
             return true;
@@ -246,7 +365,7 @@ impl NetworkMap {
             .is_some_and(|r| r.contiguous >= record.registrations)
     }
 
-    fn adopt(&mut self, record: Arc<MemberRecord>, now: Time) {
+    fn adopt(&mut self, mut record: Arc<MemberRecord>, now: Time) {
         if let Some(s) = &record.sponsor {
             self.registrations
                 .entry((s.sponsor.clone(), s.sponsor_incarnation))
@@ -260,11 +379,44 @@ impl NetworkMap {
         {
             self.pending.remove(&record.id);
         }
+        let old = self.members.get(&record.id);
+        let new_membership = old.is_none_or(|e| e.record.incarnation < record.incarnation);
+        if self.admission_check
+            && new_membership
+            && record.state.counts()
+            && !self.tracker.min().le(&record.applied)
+        {
+            record = Arc::new(MemberRecord {
+                state: MemberState::Evicted,
+                ..(*record).clone()
+            });
+            self.evicted_on_arrival += 1;
+        }
+        let fresh_report = record.is_own_report()
+            && old.is_none_or(|e| {
+                (record.incarnation, record.report_seq)
+                    > (e.record.incarnation, e.record.report_seq)
+            });
+        let last_heard = match old {
+            Some(e) if !fresh_report => e.last_heard,
+            _ => now,
+        };
+        let suspect_since = match (record.state, old) {
+            (MemberState::Suspect, Some(e)) if e.record.state == MemberState::Suspect => {
+                e.suspect_since
+            }
+            (MemberState::Suspect, _) => Some(now),
+            _ => None,
+        };
+        if record.state == MemberState::Evicted && record.id != self.me {
+            self.evictions.push((record.id.clone(), record.incarnation));
+        }
         let old = self.members.insert(
             record.id.clone(),
             MemberEntry {
                 record: record.clone(),
-                last_heard: now,
+                last_heard,
+                suspect_since,
             },
         );
         let was_counted = old.as_ref().filter(|e| e.record.state.counts());
@@ -391,20 +543,18 @@ impl NetworkMap {
         !self.dirty.is_empty()
     }
 
-    /// (member, incarnation, report_seq) of every entry: the map's anti-entropy digest.
-    pub fn versions(&self) -> Vec<(NodeId, u64, u64)> {
+    /// (member, version) of every entry: the map's anti-entropy digest.
+    pub fn versions(&self) -> Vec<(NodeId, RecordVersion)> {
         self.members
             .iter()
-            .map(|(id, e)| (id.clone(), e.record.incarnation, e.record.report_seq))
+            .map(|(id, e)| (id.clone(), e.record.version()))
             .collect()
     }
 
     /// Records newer than, or missing from, a peer's digest (both lists in id order).
-    pub fn newer_than(&self, digest: &[(NodeId, u64, u64)]) -> Vec<Arc<MemberRecord>> {
-        let theirs: BTreeMap<&NodeId, (u64, u64)> = digest
-            .iter()
-            .map(|(id, inc, seq)| (id, (*inc, *seq)))
-            .collect();
+    pub fn newer_than(&self, digest: &[(NodeId, RecordVersion)]) -> Vec<Arc<MemberRecord>> {
+        let theirs: BTreeMap<&NodeId, RecordVersion> =
+            digest.iter().map(|(id, v)| (id, *v)).collect();
         self.members
             .iter()
             .filter(|(id, e)| theirs.get(id).is_none_or(|v| e.record.version() > *v))
@@ -413,15 +563,10 @@ impl NetworkMap {
     }
 
     /// Whether a peer's digest names a record newer than ours (or one we lack).
-    pub fn behind(&self, digest: &[(NodeId, u64, u64)]) -> bool {
-        digest.iter().any(|(id, inc, seq)| {
-            self.members
-                .get(id)
-                .is_none_or(|e| (*inc, *seq) > e.record.version())
-                && self
-                    .pending
-                    .get(id)
-                    .is_none_or(|p| (*inc, *seq) > p.version())
+    pub fn behind(&self, digest: &[(NodeId, RecordVersion)]) -> bool {
+        digest.iter().any(|(id, v)| {
+            self.members.get(id).is_none_or(|e| *v > e.record.version())
+                && self.pending.get(id).is_none_or(|p| *v > p.version())
         })
     }
 }

@@ -35,10 +35,10 @@ fn snapshot_point_is_the_pointwise_minimum_of_members() {
 
 #[test]
 fn older_records_are_ignored_and_left_members_stop_counting() {
-    let mut map = NetworkMap::new(record(1, 1, &[(9, 5)]), Time::ZERO);
-    assert_eq!(
-        map.merge(Arc::new(record(2, 3, &[(9, 4)])), Time::ZERO),
-        MergeOutcome::Adopted
+    let mut map = NetworkMap::load(
+        record(1, 1, &[(9, 5)]),
+        vec![Arc::new(record(2, 3, &[(9, 4)]))],
+        Time::ZERO,
     );
     assert_eq!(
         map.merge(Arc::new(record(2, 2, &[(9, 1)])), Time::ZERO),
@@ -55,8 +55,11 @@ fn older_records_are_ignored_and_left_members_stop_counting() {
 
 #[test]
 fn a_sponsor_record_waits_until_its_registrations_are_known() {
-    let mut map = NetworkMap::new(record(1, 1, &[(9, 2)]), Time::ZERO);
-    map.merge(Arc::new(record(2, 1, &[(9, 1)])), Time::ZERO);
+    let mut map = NetworkMap::load(
+        record(1, 1, &[(9, 2)]),
+        vec![Arc::new(record(2, 1, &[(9, 1)]))],
+        Time::ZERO,
+    );
     // N2 registered N5 at cut [O:1], then advanced to 2: its record says 1 registration.
     let mut sponsor = record(2, 2, &[(9, 2)]);
     sponsor.registrations = 1;
@@ -118,11 +121,99 @@ fn anti_entropy_digest_finds_what_a_peer_lacks() {
 
 #[test]
 fn apply_delta_moves_the_minimum() {
-    let mut map = NetworkMap::new(record(1, 1, &[(9, 3)]), Time::ZERO);
-    map.merge(Arc::new(record(2, 1, &[(9, 1)])), Time::ZERO);
+    let mut map = NetworkMap::load(
+        record(1, 1, &[(9, 3)]),
+        vec![Arc::new(record(2, 1, &[(9, 1)]))],
+        Time::ZERO,
+    );
     assert!(map.apply_delta(&id(2), &[(id(9), 2)]));
     assert_eq!(map.snapshot_point(), &vv(&[(9, 2)]));
     assert!(!map.apply_delta(&id(77), &[(id(9), 2)]));
+}
+
+#[test]
+fn a_new_membership_below_the_snapshot_point_is_evicted_on_arrival() {
+    let mut map = NetworkMap::new(record(1, 1, &[(9, 3)]), Time::ZERO);
+    assert_eq!(
+        map.merge(Arc::new(record(2, 1, &[(9, 3)])), Time::ZERO),
+        MergeOutcome::Adopted
+    );
+    // counting 4 at [9:1] would lower the snapshot point from [9:3]
+    map.merge(Arc::new(record(4, 1, &[(9, 1)])), Time::ZERO);
+    assert_eq!(map.get(&id(4)).unwrap().record.state, MemberState::Evicted);
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 3)]));
+    assert_eq!(map.evicted_on_arrival(), 1);
+    assert_eq!(map.take_evictions(), vec![(id(4), 1)]);
+    // a known member's newer report is never subject to it
+    map.merge(Arc::new(record(2, 2, &[(9, 4)])), Time::ZERO);
+    assert_eq!(map.get(&id(2)).unwrap().record.state, MemberState::Alive);
+}
+
+#[test]
+fn a_suspicion_is_refuted_by_the_next_report_and_an_eviction_is_final() {
+    let t = Time::from_millis;
+    let mut map = NetworkMap::load(record(1, 1, &[]), vec![Arc::new(record(2, 4, &[]))], t(0));
+    assert!(map.suspect(&id(2), t(10)));
+    let entry = map.get(&id(2)).unwrap();
+    assert_eq!(entry.record.state, MemberState::Suspect);
+    assert_eq!(entry.suspect_since, Some(t(10)));
+    assert_eq!(map.counted(), 2, "a suspect still counts");
+    // a stale copy of the suspected report does not clear the suspicion
+    assert_eq!(
+        map.merge(Arc::new(record(2, 4, &[])), t(20)),
+        MergeOutcome::Outdated
+    );
+    // the member's next report does, and counts as news from it
+    map.merge(Arc::new(record(2, 5, &[])), t(30));
+    let entry = map.get(&id(2)).unwrap();
+    assert_eq!(entry.record.state, MemberState::Alive);
+    assert_eq!(entry.suspect_since, None);
+    assert_eq!(entry.last_heard, t(30));
+
+    assert!(map.evict(&id(2), t(40)));
+    assert_eq!(map.counted(), 1);
+    // nothing the member says in that incarnation brings it back
+    assert_eq!(
+        map.merge(Arc::new(record(2, 1_000, &[])), t(50)),
+        MergeOutcome::Outdated
+    );
+    // a new incarnation (a rejoin through a sponsor) does
+    let rejoined = MemberRecord {
+        incarnation: 2,
+        ..record(2, 1, &[])
+    };
+    assert_eq!(map.merge(Arc::new(rejoined), t(60)), MergeOutcome::Adopted);
+    assert_eq!(map.counted(), 2);
+}
+
+#[test]
+fn an_eviction_accounts_for_every_registration_the_evictor_knows() {
+    let mut map = NetworkMap::load(
+        record(1, 1, &[]),
+        vec![Arc::new(record(2, 1, &[]))],
+        Time::ZERO,
+    );
+    // 2 registered 5; this map learned it from 5's own record before 2 reported it
+    let joiner = MemberRecord {
+        sponsor: Some(Sponsorship {
+            sponsor: id(2),
+            sponsor_incarnation: 1,
+            reg_no: 1,
+        }),
+        ..record(5, 1, &[])
+    };
+    map.merge(Arc::new(joiner), Time::ZERO);
+    assert!(map.evict(&id(2), Time::ZERO));
+    let evicted = map.get(&id(2)).unwrap().record.clone();
+    assert_eq!(evicted.registrations, 1);
+    // a map that does not know 5 yet must not adopt the eviction without it
+    let mut other = NetworkMap::load(
+        record(3, 1, &[]),
+        vec![Arc::new(record(2, 1, &[]))],
+        Time::ZERO,
+    );
+    assert_eq!(other.merge(evicted, Time::ZERO), MergeOutcome::Pending);
+    assert!(other.is_counted(&id(2)));
 }
 
 #[derive(Debug, Clone)]

@@ -59,6 +59,16 @@ pub struct ReplicaStats {
     pub stale_notices: u64,
     pub join_refusals: u64,
     pub joins_sponsored: u64,
+    /// Suspicions this node raised (failure detection).
+    pub suspicions_raised: u64,
+    /// Evictions this node issued after an unrefuted suspicion.
+    pub evictions_issued: u64,
+    /// Suspicions of this node that it refuted with a new report.
+    pub refutations: u64,
+    /// Times this node found itself evicted or stale and rejoined through the handshake.
+    pub rejoins: u64,
+    /// Ops republished after a rejoin because the new sponsor did not have them (I5).
+    pub ops_republished: u64,
 }
 
 /// Why a local write (or a leave) was refused.
@@ -116,6 +126,12 @@ pub struct Replica<S: StateMachine> {
     peers_epoch: Option<u64>,
     peers_cache: Vec<NodeId>,
     wake_announced: Option<Time>,
+    next_failure_check: Time,
+    /// Whether the last failure check heard from at most half of the members.
+    isolated: bool,
+    /// Applied ops of the previous incarnation, kept while rejoining: after the new grant
+    /// is installed, the ones it lacks are applied and republished (I5).
+    retired_ops: Vec<Arc<Op<S::Op>>>,
     stats: ReplicaStats,
 }
 
@@ -131,6 +147,7 @@ impl<S: StateMachine> Replica<S> {
     ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let first_ae = now + jitter(&mut rng, config.gossip.anti_entropy_interval);
+        let first_failure_check = now + jitter(&mut rng, config.gossip.failure_check_interval);
         let mut replica = Self {
             id,
             incarnation,
@@ -153,6 +170,9 @@ impl<S: StateMachine> Replica<S> {
             peers_epoch: None,
             peers_cache: Vec::new(),
             wake_announced: None,
+            next_failure_check: first_failure_check,
+            isolated: false,
+            retired_ops: Vec::new(),
             stats: ReplicaStats::default(),
         };
         replica.finish(now);
@@ -283,6 +303,18 @@ impl<S: StateMachine> Replica<S> {
         matches!(self.phase, Phase::Left)
     }
 
+    /// Whether this node is rejoining (it found itself evicted or stale, or restarted).
+    pub fn is_rejoining(&self) -> bool {
+        matches!(self.phase, Phase::Joining { .. }) && self.stats.rejoins > 0
+    }
+
+    /// Whether the last failure check heard from at most half of the members in good
+    /// standing: this node is then probably the one cut off, so it evicts no one, and it
+    /// cannot vouch that it is still a member itself.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated
+    }
+
     pub fn applied(&self) -> &VersionVector {
         self.log.applied()
     }
@@ -385,6 +417,9 @@ impl<S: StateMachine> Replica<S> {
 
     /// A message from `from`.
     pub fn handle_message(&mut self, now: Time, from: &NodeId, message: &Message<S>) {
+        if self.is_member() {
+            self.map.heard_from(from, now);
+        }
         match (&self.phase, message) {
             (Phase::Joining { .. }, Message::JoinResponse(response)) => {
                 self.on_join_response(now, from, response)
@@ -420,10 +455,13 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             (Phase::Member { .. }, Message::Stale { snapshot_point }) => {
-                // A digest that was overtaken by newer ops is not staleness: only count it
-                // when this node really is below the sender's snapshot point.
+                // A digest that was overtaken by newer ops is not staleness: only act when
+                // this node really is below the sender's snapshot point. Then some member
+                // decided past this node, which it can only do once this node is out of
+                // good standing (I3): it rejoins.
                 if !snapshot_point.le(self.log.applied()) {
                     self.stats.stale_notices += 1;
+                    self.lose_membership(now);
                 }
             }
             (Phase::Member { .. }, Message::JoinRequest(request)) => {
@@ -489,6 +527,11 @@ impl<S: StateMachine> Replica<S> {
         if self.status_due().is_some_and(|t| t <= now) {
             self.flush_status(now);
         }
+        if self.next_failure_check <= now {
+            self.next_failure_check =
+                now + jitter(&mut self.rng, self.config.gossip.failure_check_interval);
+            self.detect_failures(now);
+        }
         if self.next_anti_entropy <= now {
             self.next_anti_entropy =
                 now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
@@ -535,23 +578,171 @@ impl<S: StateMachine> Replica<S> {
             match self.map.merge(record.clone(), now) {
                 MergeOutcome::Adopted => self.stats.records_adopted += 1,
                 MergeOutcome::Pending => self.stats.records_pending += 1,
-                MergeOutcome::Outdated | MergeOutcome::AboutSelf => {
-                    self.stats.records_outdated += 1
+                MergeOutcome::Outdated => self.stats.records_outdated += 1,
+                MergeOutcome::AboutSelf => self.on_record_about_self(now, record),
+            }
+        }
+    }
+
+    /// Another node's record about this node: refute a suspicion of the current report
+    /// at once; an eviction of the current incarnation is final, so rejoin.
+    fn on_record_about_self(&mut self, now: Time, record: &MemberRecord) {
+        self.stats.records_outdated += 1;
+        if !self.is_member() || record.incarnation != self.incarnation {
+            return;
+        }
+        match record.state {
+            MemberState::Suspect
+                if record.report_seq >= self.map.own().record.report_seq && !self.own_changed =>
+            {
+                self.stats.refutations += 1;
+                self.own_changed = true;
+                self.status_allowed_at = self.status_allowed_at.min(now);
+            }
+            MemberState::Evicted => self.lose_membership(now),
+            _ => {}
+        }
+    }
+
+    /// Failure detection (SWIM-like, with reports as heartbeats): suspect members silent
+    /// for `suspect_after`; evict suspects that stayed silent and unrefuted for
+    /// `suspicion_timeout`, but only while this node hears from a majority of the members
+    /// (Lifeguard's local health: a node cut off from most of the network must not evict
+    /// the network, and a minority cannot split off and decide on its own).
+    fn detect_failures(&mut self, now: Time) {
+        let gossip = &self.config.gossip;
+        let mut fresh = 1; // this node
+        let mut silent_alive = Vec::new();
+        let mut overdue = Vec::new();
+        for (id, entry) in self.map.iter() {
+            if *id == self.id || !entry.record.state.counts() {
+                continue;
+            }
+            let silent = now.since(entry.last_heard) > gossip.suspect_after;
+            if !silent {
+                fresh += 1;
+                continue;
+            }
+            match (entry.record.state, entry.suspect_since) {
+                (MemberState::Alive, _) => silent_alive.push(id.clone()),
+                (MemberState::Suspect, Some(since))
+                    if now.since(since) >= gossip.suspicion_timeout =>
+                {
+                    overdue.push(id.clone())
+                }
+                _ => {}
+            }
+        }
+        let counted = self.map.counted();
+        self.isolated = 2 * fresh <= counted;
+        for id in silent_alive {
+            if self.map.suspect(&id, now) {
+                self.stats.suspicions_raised += 1;
+            }
+        }
+        if !self.isolated {
+            for id in overdue {
+                if self.map.evict(&id, now) {
+                    self.stats.evictions_issued += 1;
                 }
             }
         }
     }
 
+    /// This node learned that it is no longer a member in good standing (evicted, or
+    /// below another member's snapshot point). A leaving node just stops; any other
+    /// rejoins through the handshake with a new incarnation.
+    fn lose_membership(&mut self, now: Time) {
+        match self.phase {
+            Phase::Member {
+                leaving_by: Some(_),
+            } => self.phase = Phase::Left,
+            Phase::Member { leaving_by: None } => self.begin_rejoin(now),
+            _ => {}
+        }
+    }
+
+    /// Starts a rejoin: keeps the applied ops that are not yet stable (to republish the
+    /// ones the new sponsor lacks), raises the incarnation and asks up to three members
+    /// this node knows in good standing, or any known node if there is none.
+    fn begin_rejoin(&mut self, now: Time) {
+        let mut candidates = self.map.counted_peers();
+        if candidates.is_empty() {
+            candidates = self
+                .map
+                .iter()
+                .map(|(id, _)| id.clone())
+                .filter(|id| *id != self.id)
+                .collect();
+        }
+        let mut sponsors = Vec::new();
+        while sponsors.len() < 3 && !candidates.is_empty() {
+            sponsors.push(candidates.swap_remove(self.rng.random_range(0..candidates.len())));
+        }
+        if sponsors.is_empty() {
+            // nobody to ask: this node cannot rejoin on its own
+            self.phase = Phase::Left;
+            return;
+        }
+        self.retired_ops = self.log.unstable_ops();
+        self.unpublished.clear();
+        self.publish_at = None;
+        self.gap_pull = None;
+        self.own_changed = false;
+        self.incarnation += 1;
+        self.stats.rejoins += 1;
+        let first = sponsors[0].clone();
+        self.phase = Phase::Joining {
+            sponsors,
+            current: 0,
+            retry_at: now + self.config.gossip.join_retry,
+            backoff: self.config.gossip.join_retry,
+        };
+        self.send_join_request(first);
+    }
+
+    /// The same node after a crash, restarted from its durable state (its ops log and
+    /// network map): volatile state is dropped and it rejoins through the handshake with
+    /// a new incarnation, republishing the ops the network lacks. A node that was still
+    /// joining asks its bootstrap peer again; one that had left stays gone.
+    pub fn restart(mut self, now: Time) -> Self {
+        self.outbox.clear();
+        self.wake_announced = None;
+        self.out_peers.clear();
+        self.in_peers.clear();
+        self.peers_epoch = None;
+        self.status_allowed_at = now;
+        match &mut self.phase {
+            Phase::Member { .. } => self.begin_rejoin(now),
+            Phase::Joining {
+                sponsors,
+                current,
+                retry_at,
+                backoff,
+            } => {
+                *backoff = self.config.gossip.join_retry;
+                *retry_at = now + *backoff;
+                let sponsor = sponsors[*current].clone();
+                self.send_join_request(sponsor);
+            }
+            Phase::Left => {}
+        }
+        self.finish(now);
+        self
+    }
+
     fn on_digest(&mut self, from: &NodeId, digest: &AntiEntropyDigest) {
         let max = self.config.gossip.max_repair_ops;
-        let missing = self.log.missing_for(&digest.applied, max + 1);
-        if missing.compacted.is_some() {
-            // The peer decides whether it really is stale: its vector may have been
-            // overtaken on the way.
+        // Compatibility, not equality (SPEC §5): serve ops only to a peer at or above this
+        // node's snapshot point; tell one below it that it is stale. The peer decides
+        // whether it really is: its vector may have been overtaken on the way.
+        let mut ops = if self.log.stable_cut().le(&digest.applied) {
+            self.log.missing_for(&digest.applied, max + 1).ops
+        } else {
             let snapshot_point = self.log.stable_cut().clone();
             self.send(from.clone(), Message::Stale { snapshot_point });
-        }
-        let mut ops = missing.ops;
+            Vec::new()
+        };
         let more = ops.len() > max;
         ops.truncate(max);
         let records = self.map.newer_than(&digest.members);
@@ -645,9 +836,36 @@ impl<S: StateMachine> Replica<S> {
                 self.last_report = now;
                 self.next_anti_entropy =
                     now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
+                self.next_failure_check = now + self.config.gossip.suspect_after;
+                self.republish_retired(now);
             }
             Err(_) => self.stats.join_refusals += 1,
         }
+    }
+
+    /// After a rejoin: applies the previous incarnation's ops that the grant lacks and
+    /// publishes them again, so ops created (or received) while cut off are not lost (I5).
+    fn republish_retired(&mut self, now: Time) {
+        let retired = std::mem::take(&mut self.retired_ops);
+        let before = self.log.applied().clone();
+        for op in &retired {
+            if op.seq > self.log.applied().get(&op.origin) {
+                // an op whose deps the grant lacks waits in the causal buffer
+                let _ = self.log.receive(op.clone());
+            }
+        }
+        let applied = self.log.applied();
+        let republish: Vec<_> = retired
+            .into_iter()
+            .filter(|op| op.seq > before.get(&op.origin) && op.seq <= applied.get(&op.origin))
+            .collect();
+        if republish.is_empty() {
+            return;
+        }
+        self.stats.ops_republished += republish.len() as u64;
+        self.after_apply();
+        self.unpublished.extend(republish);
+        self.publish_at = Some(now);
     }
 
     // ---- gossip rules --------------------------------------------------------------
@@ -812,6 +1030,7 @@ impl<S: StateMachine> Replica<S> {
                 (!self.own_changed)
                     .then(|| self.last_report + self.config.gossip.heartbeat_interval),
                 Some(self.next_anti_entropy),
+                Some(self.next_failure_check),
                 self.gap_pull.as_ref().map(|g| g.0),
                 *leaving_by,
             ]

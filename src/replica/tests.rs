@@ -216,3 +216,144 @@ fn a_node_that_left_redirects_a_joiner_to_a_member() {
         .unwrap();
     assert_ne!(sponsor.sponsor, id(2));
 }
+
+/// How long after its last report a crashed member is evicted at the latest, with the
+/// default settings: silence, unrefuted suspicion, one check interval each, one heartbeat.
+fn eviction_bound() -> Duration {
+    let g = GossipConfig::default();
+    g.heartbeat_interval + g.suspect_after + g.suspicion_timeout + 2 * g.failure_check_interval
+}
+
+#[test]
+fn a_crashed_member_is_suspected_then_evicted_and_the_snapshot_point_moves_on() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.run_for(Duration::from_millis(100));
+    net.crashed[3] = true;
+    net.write(0, put("a", "1"));
+    net.run_for(Duration::from_secs(2));
+    for r in &net.nodes[..3] {
+        assert_eq!(r.applied().total(), 1);
+        assert_eq!(
+            r.snapshot_point().total(),
+            0,
+            "the silent member holds it back"
+        );
+    }
+    net.run_for(eviction_bound());
+    for r in &net.nodes[..3] {
+        let entry = r.network_map().get(&id(3)).unwrap();
+        assert_eq!(entry.record.state, MemberState::Evicted);
+        assert_eq!(
+            r.snapshot_point().total(),
+            1,
+            "moved on without the crashed node"
+        );
+        assert_eq!(r.network_map().counted(), 3);
+    }
+    let issued: u64 = net.nodes[..3]
+        .iter()
+        .map(|r| r.stats().evictions_issued)
+        .sum();
+    assert!(issued >= 1);
+}
+
+#[test]
+fn a_suspected_member_that_is_alive_refutes_and_is_never_evicted() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(100));
+    // node 0 wrongly suspects node 1 (as if its reports had been lost)
+    let record = net.nodes[0]
+        .network_map()
+        .get(&id(1))
+        .unwrap()
+        .record
+        .clone();
+    let suspicion = MemberRecord {
+        state: MemberState::Suspect,
+        ..(*record).clone()
+    };
+    let message = Message::Status(Records(vec![Arc::new(suspicion)]));
+    net.nodes[0].handle_message(net.now, &id(2), &message);
+    net.flush(0);
+    assert_eq!(
+        net.nodes[0].network_map().get(&id(1)).unwrap().record.state,
+        MemberState::Suspect
+    );
+    net.run_for(Duration::from_secs(10));
+    assert!(net.nodes[1].stats().refutations >= 1);
+    for r in &net.nodes {
+        assert_eq!(r.network_map().counted(), 3, "nobody was evicted");
+        assert_eq!(
+            r.network_map().get(&id(1)).unwrap().record.state,
+            MemberState::Alive
+        );
+    }
+}
+
+#[test]
+fn a_node_cut_off_is_evicted_then_rejoins_and_republishes_its_writes() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(5);
+    net.run_for(Duration::from_millis(100));
+    net.cut_off[4] = true;
+    net.write(4, put("lonely", "4")); // nobody receives it
+    net.write(0, put("main", "0"));
+    net.run_for(eviction_bound() + Duration::from_secs(1));
+    for r in &net.nodes[..4] {
+        assert_eq!(
+            r.network_map().get(&id(4)).unwrap().record.state,
+            MemberState::Evicted
+        );
+        assert_eq!(r.snapshot_point().total(), 1, "the majority moves on");
+    }
+    // the cut-off node hears from nobody: it evicts no one and knows it is isolated
+    assert!(net.nodes[4].is_isolated());
+    assert_eq!(net.nodes[4].network_map().counted(), 5);
+    assert_eq!(net.nodes[4].stats().evictions_issued, 0);
+    assert!(
+        net.nodes[4].is_member(),
+        "it cannot know it was evicted yet"
+    );
+
+    net.cut_off[4] = false;
+    net.run_for(Duration::from_secs(5));
+    let rejoined = &net.nodes[4];
+    assert!(rejoined.is_member());
+    assert_eq!(rejoined.incarnation(), 2, "rejoined with a new incarnation");
+    assert_eq!(rejoined.stats().rejoins, 1);
+    assert_eq!(rejoined.stats().ops_republished, 1);
+    for r in &net.nodes {
+        assert_eq!(
+            r.applied_state().get("lonely"),
+            Some("4"),
+            "no write lost (I5)"
+        );
+        assert_eq!(r.snapshot_point().total(), 2);
+        assert_eq!(r.network_map().counted(), 5);
+    }
+}
+
+#[test]
+fn a_restarted_node_rejoins_from_its_durable_state_and_loses_nothing() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(100));
+    net.drop_publishes = true;
+    net.write(2, put("unsent", "2")); // applied and durable at 2, never published
+    net.crashed[2] = true;
+    net.drop_publishes = false;
+    net.write(0, put("during", "0"));
+    net.run_for(Duration::from_millis(500));
+    net.restart(2);
+    net.run_for(Duration::from_secs(3));
+    assert!(net.nodes[2].is_member());
+    assert_eq!(net.nodes[2].incarnation(), 2);
+    for r in &net.nodes {
+        assert_eq!(r.applied_state().get("unsent"), Some("2"));
+        assert_eq!(r.applied_state().get("during"), Some("0"));
+        assert_eq!(r.snapshot_point().total(), 2);
+        assert_eq!(
+            r.network_map().counted(),
+            3,
+            "the old incarnation was replaced"
+        );
+    }
+}
