@@ -37,8 +37,81 @@ pub struct SimConfig {
     pub liveness_bound: Duration,
     /// Interval of the samples behind the progress bar, `--csv` and `--plot`.
     pub sample_interval: Duration,
+    /// Faults injected during the safety phase.
+    pub faults: FaultConfig,
     #[serde(skip)]
     pub gossip: GossipConfig,
+}
+
+/// Faults injected during the safety phase; after it, faults stop (partitions heal,
+/// crashed nodes due to restart come back) and L1 must hold within `liveness_bound`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FaultConfig {
+    /// Length of the safety phase; 0 means no faults (the phase ends with the last write).
+    pub safety_phase: Duration,
+    /// Crashes per simulated second.
+    pub crash_rate: f64,
+    /// Share of crashed nodes that restart (the rest stay down for good).
+    pub restart: f64,
+    /// Share of restarts that come back with a lost disk (a new identity).
+    pub lost_disk: f64,
+    /// Downtime of a node that restarts, drawn uniformly from this range.
+    pub downtime: (Duration, Duration),
+    /// Partitions per simulated second (one at a time).
+    pub partition_rate: f64,
+    /// Share of partitions that are one-way (one side's messages to the other are lost).
+    pub one_way: f64,
+    /// How long a partition lasts, drawn uniformly from this range.
+    pub partition_length: (Duration, Duration),
+    /// Joins and graceful leaves per simulated second (each half of the events).
+    pub churn_rate: f64,
+}
+
+impl FaultConfig {
+    pub fn any(&self) -> bool {
+        !self.safety_phase.is_zero()
+    }
+
+    /// Swarm testing: every fault parameter derived from the seed, each fault kind on or
+    /// off by a coin flip, so that runs explore different mixes.
+    pub fn from_seed(seed: u64, safety_phase: Duration) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_5eed);
+        let on = |rng: &mut rand_chacha::ChaCha8Rng| rng.random_bool(0.5);
+        let crash = on(&mut rng);
+        let partition = on(&mut rng);
+        let churn = on(&mut rng);
+        let secs = |rng: &mut rand_chacha::ChaCha8Rng, lo: f64, hi: f64| {
+            Duration::from_secs_f64(rng.random_range(lo..hi))
+        };
+        let down_lo = secs(&mut rng, 0.2, 5.0);
+        let down_hi = down_lo + secs(&mut rng, 0.1, 15.0);
+        let part_lo = secs(&mut rng, 0.5, 5.0);
+        let part_hi = part_lo + secs(&mut rng, 0.1, 15.0);
+        FaultConfig {
+            safety_phase,
+            crash_rate: if crash {
+                rng.random_range(0.02..0.5)
+            } else {
+                0.0
+            },
+            restart: rng.random_range(0.0..1.0),
+            lost_disk: rng.random_range(0.0..0.6),
+            downtime: (down_lo, down_hi),
+            partition_rate: if partition {
+                rng.random_range(0.02..0.3)
+            } else {
+                0.0
+            },
+            one_way: rng.random_range(0.0..1.0),
+            partition_length: (part_lo, part_hi),
+            churn_rate: if churn {
+                rng.random_range(0.05..1.0)
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -60,6 +133,7 @@ impl Default for SimConfig {
             mesh_degree: 6,
             liveness_bound: Duration::from_secs(30),
             sample_interval: Duration::from_millis(100),
+            faults: FaultConfig::default(),
             gossip: GossipConfig::default(),
         }
     }

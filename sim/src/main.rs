@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use tidemark_sim::config::FaultConfig;
 use tidemark_sim::{Report, Sim, SimConfig};
 
 /// Deterministic simulator of a tidemark network: the same seed gives the same run.
@@ -26,21 +28,42 @@ struct Args {
     /// Run a batch of seeds FROM..TO (inclusive) and print one summary.
     #[arg(long, value_name = "FROM..TO", value_parser = parse_range)]
     seeds: Option<(u64, u64)>,
-    /// Probability that a transmission is lost.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
-    loss: f64,
-    /// Probability that a transmission is delivered twice.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
-    duplicate: f64,
-    /// Probability that a transmission is delayed by up to twice its link latency.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
-    reorder: f64,
+    /// Probability that a transmission is lost [default: 0; with `--faults all`, drawn
+    /// from the seed].
+    #[arg(long, value_parser = parse_probability)]
+    loss: Option<f64>,
+    /// Probability that a transmission is delivered twice [default: 0, or from the seed].
+    #[arg(long, value_parser = parse_probability)]
+    duplicate: Option<f64>,
+    /// Probability that a transmission is delayed by up to twice its link latency
+    /// [default: 0, or from the seed].
+    #[arg(long, value_parser = parse_probability)]
+    reorder: Option<f64>,
     /// How many founding members write.
     #[arg(long, default_value_t = 8)]
     writers: usize,
-    /// Ops per simulated second over all writers.
-    #[arg(long, default_value_t = 1_000.0)]
-    rate: f64,
+    /// Ops per simulated second over all writers [default: 1000; with faults, the ops
+    /// spread over the safety phase].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Faults in a safety phase, after which faults stop and L1 must hold within the
+    /// liveness bound: `none`, `all` (swarm testing: every fault parameter, network ones
+    /// included, drawn from the seed), or a comma list of `crash`, `restart`, `lost-disk`,
+    /// `partition`, `one-way`, `churn`.
+    #[arg(long, default_value = "none", value_parser = parse_faults)]
+    faults: FaultKinds,
+    /// Length of the safety phase in simulated seconds (with faults).
+    #[arg(long, default_value_t = 20.0)]
+    safety_phase_s: f64,
+    /// Crashes per simulated second (with `crash`; default 0.1).
+    #[arg(long)]
+    crash_rate: Option<f64>,
+    /// Partitions per simulated second (with `partition`; default 0.05).
+    #[arg(long)]
+    partition_rate: Option<f64>,
+    /// Joins plus graceful leaves per simulated second (with `churn`; default 0.2).
+    #[arg(long)]
+    churn_rate: Option<f64>,
     /// Nodes that join through a sponsor while ops are written.
     #[arg(long, default_value_t = 0)]
     joins: usize,
@@ -93,6 +116,46 @@ fn parse_range(text: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// Which faults `--faults` asked for.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct FaultKinds {
+    all: bool,
+    crash: bool,
+    restart: bool,
+    lost_disk: bool,
+    partition: bool,
+    one_way: bool,
+    churn: bool,
+}
+
+impl FaultKinds {
+    fn any(&self) -> bool {
+        *self != FaultKinds::default()
+    }
+}
+
+fn parse_faults(text: &str) -> Result<FaultKinds, String> {
+    let mut kinds = FaultKinds::default();
+    for word in text.split(',').map(str::trim) {
+        match word {
+            "none" => {}
+            "all" => kinds.all = true,
+            "crash" => kinds.crash = true,
+            "restart" => kinds.restart = true,
+            "lost-disk" => kinds.lost_disk = true,
+            "partition" => kinds.partition = true,
+            "one-way" => kinds.one_way = true,
+            "churn" => kinds.churn = true,
+            other => {
+                return Err(format!(
+                    "unknown fault {other:?}; expected none, all, or a list of crash, restart, lost-disk, partition, one-way, churn"
+                ))
+            }
+        }
+    }
+    Ok(kinds)
+}
+
 fn parse_probability(text: &str) -> Result<f64, String> {
     let p: f64 = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
     if (0.0..=1.0).contains(&p) {
@@ -113,19 +176,74 @@ impl Args {
             gossip.status_fanout = f;
             gossip.max_status_peers = 2 * f;
         }
+        let k = &self.faults;
+        let phase = Duration::from_secs_f64(self.safety_phase_s.max(0.0));
+        let mut faults = if k.all {
+            FaultConfig::from_seed(seed, phase)
+        } else if k.any() {
+            let crash = k.crash || k.restart || k.lost_disk;
+            let partition = k.partition || k.one_way;
+            FaultConfig {
+                safety_phase: phase,
+                crash_rate: if crash { 0.1 } else { 0.0 },
+                restart: if k.restart || k.lost_disk { 1.0 } else { 0.0 },
+                lost_disk: if k.lost_disk { 0.5 } else { 0.0 },
+                downtime: (Duration::from_secs(1), Duration::from_secs(10)),
+                partition_rate: if partition { 0.05 } else { 0.0 },
+                one_way: if k.one_way { 0.5 } else { 0.0 },
+                partition_length: (Duration::from_secs(1), Duration::from_secs(10)),
+                churn_rate: if k.churn { 0.2 } else { 0.0 },
+            }
+        } else {
+            FaultConfig::default()
+        };
+        if let Some(r) = self.crash_rate {
+            faults.crash_rate = r;
+        }
+        if let Some(r) = self.partition_rate {
+            faults.partition_rate = r;
+        }
+        if let Some(r) = self.churn_rate {
+            faults.churn_rate = r;
+        }
+        if faults.safety_phase.is_zero() && k.any() {
+            faults = FaultConfig::default();
+        }
+        // network faults: explicit flags win; `--faults all` draws the rest from the seed
+        let mut net = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0e7_fa17);
+        let mut draw = |given: Option<f64>, hi: f64| {
+            given.unwrap_or_else(|| {
+                if k.all {
+                    net.random_range(0.0..hi)
+                } else {
+                    0.0
+                }
+            })
+        };
+        let (loss, duplicate, reorder) = (
+            draw(self.loss, 0.1),
+            draw(self.duplicate, 0.05),
+            draw(self.reorder, 0.2),
+        );
+        let rate = self.rate.unwrap_or(if faults.any() {
+            (self.ops as f64 / faults.safety_phase.as_secs_f64()).max(1e-3)
+        } else {
+            1_000.0
+        });
         SimConfig {
             gossip,
             seed,
             nodes: self.nodes,
             ops: self.ops,
             writers: self.writers,
-            rate: self.rate,
+            rate,
             joins: self.joins,
             leaves: self.leaves,
             keys: self.keys,
-            loss: self.loss,
-            duplicate: self.duplicate,
-            reorder: self.reorder,
+            loss,
+            duplicate,
+            reorder,
+            faults,
             latency_min: Duration::from_millis(self.latency_ms.0),
             latency_max: Duration::from_millis(self.latency_ms.1),
             mesh_degree: self.mesh_degree,
@@ -151,7 +269,7 @@ fn main() -> ExitCode {
         eprintln!("error: --nodes must be at least 1");
         return ExitCode::from(2);
     }
-    if args.rate <= 0.0 {
+    if args.rate.is_some_and(|r| r <= 0.0) {
         eprintln!("error: --rate must be positive");
         return ExitCode::from(2);
     }

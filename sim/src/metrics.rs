@@ -79,6 +79,30 @@ pub struct RecordMerges {
     pub outdated: u64,
 }
 
+/// What the fault injector did and what the protocol did about it.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct FaultStats {
+    pub crashes: u64,
+    /// Restarts from durable state.
+    pub restarts: u64,
+    /// Restarts with a lost disk (a new identity).
+    pub lost_disks: u64,
+    pub partitions: u64,
+    pub joins: u64,
+    pub leaves: u64,
+    /// Memberships evicted (each counted once).
+    pub evictions: u64,
+    /// Evictions of a node that was running (cut off, or falsely suspected).
+    pub evictions_of_running: u64,
+    pub suspicions: u64,
+    pub refutations: u64,
+    pub rejoins: u64,
+    pub ops_republished: u64,
+    pub stale_notices: u64,
+    /// Writes attempted while no writer could write (down, rejoining).
+    pub writes_refused: u64,
+}
+
 /// One point of the time series.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {

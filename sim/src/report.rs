@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::config::SimConfig;
-use crate::metrics::{round3, Percentiles, RecordMerges, Sample};
+use crate::metrics::{round3, FaultStats, Percentiles, RecordMerges, Sample};
 use crate::sim::ReportInputs;
 
 /// The JSON object printed by `--json`. Field order is fixed; only `wall_s` varies between
@@ -45,6 +45,12 @@ pub struct Report {
     pub distinct_cuts: usize,
     /// Member records received, summed over nodes, by outcome.
     pub record_merges: RecordMerges,
+    /// The fault phase's settings (absent without faults) and what happened.
+    pub fault_config: Option<crate::config::FaultConfig>,
+    pub faults: FaultStats,
+    /// Per member and crash: from the crash until the member evicted the crashed node
+    /// (its snapshot point no longer waits for it).
+    pub crash_to_drop_ms: Percentiles,
     pub events: u64,
     pub sim_time_s: f64,
     pub wall_s: f64,
@@ -99,6 +105,9 @@ impl Report {
                 .collect(),
             distinct_cuts: r.cuts,
             record_merges: r.record_merges,
+            fault_config: config.faults.any().then(|| config.faults.clone()),
+            faults: r.faults,
+            crash_to_drop_ms: r.crash_to_drop.summary(),
             events: r.events,
             sim_time_s: r.sim_time_s,
             wall_s: round3(r.wall_s),

@@ -3,21 +3,22 @@
 //! network, and the invariants are checked after every event.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tidemark::gossip::{encoded_len, Message};
-use tidemark::network_map::{MemberRecord, MinTracker};
+use tidemark::network_map::{MemberRecord, MinTracker, Sponsorship};
 use tidemark::ops_log::{LwwMap, LwwOp};
 use tidemark::replica::{Action, Replica, ReplicaConfig};
 use tidemark::{NodeId, Time, VersionVector};
 
 use crate::config::SimConfig;
 use crate::invariants::{agreement, causal_delivery, liveness, monotone, safety, Violations};
-use crate::metrics::{round3, Latencies, RecordMerges, Sample, Traffic};
+use crate::metrics::{round3, FaultStats, Latencies, RecordMerges, Sample, Traffic};
 use crate::network::{Links, Mesh, SeenCache};
 use crate::report::Report;
 
@@ -44,6 +45,19 @@ enum EventKind {
         node: usize,
     },
     Sample,
+    /// A random running node crashes (fault phase).
+    Crash,
+    /// A crashed node comes back.
+    Restart {
+        node: usize,
+    },
+    /// The network splits (fault phase).
+    Partition,
+    Heal,
+    /// A join or a graceful leave (churn, fault phase).
+    Churn,
+    /// End of the safety phase: faults stop.
+    FaultsOff,
 }
 
 #[derive(Debug)]
@@ -72,16 +86,24 @@ impl Ord for Event {
 
 struct SimNode {
     replica: Replica<LwwMap>,
+    /// A member in good standing: joined, running, not left, and evicted by no one. Its
+    /// applied vector and snapshot point are in the global minimums.
     member: bool,
+    /// The incarnation of the membership `member` refers to.
+    incarnation: u64,
     /// Announced `Left` (no longer a member in good standing).
     departed: bool,
-    /// Stopped after leaving: messages to it are dropped.
+    /// Not running: stopped after leaving, or crashed. Messages to it are dropped.
     stopped: bool,
+    /// Crashed (its durable state is kept for a restart).
+    crashed: bool,
     wake: Option<Time>,
     seen: SeenCache,
     /// I1 shadow: the applied vector rebuilt from the ops the replica reported.
     shadow: VersionVector,
     last_sp: VersionVector,
+    /// I5: every op this node ever applied with its current disk.
+    ever_applied: VersionVector,
 }
 
 impl SimNode {
@@ -89,14 +111,24 @@ impl SimNode {
         SimNode {
             replica,
             member: false,
+            incarnation: 0,
             departed: false,
             stopped: false,
+            crashed: false,
             wake: None,
             seen: SeenCache::default(),
             shadow: VersionVector::new(),
             last_sp: VersionVector::new(),
+            ever_applied: VersionVector::new(),
         }
     }
+}
+
+/// The two sides of a partition: `side[n]` for node slot n. A one-way partition loses only
+/// the messages from side `false` to side `true`.
+struct Partition {
+    side: Vec<bool>,
+    one_way: bool,
 }
 
 /// Observations across all members, kept incrementally.
@@ -120,8 +152,11 @@ pub struct Sim {
     now: Time,
     queue: BinaryHeap<Reverse<Event>>,
     seq: u64,
+    /// The current identity of every node slot (a node that lost its disk comes back in
+    /// its slot with a new identity).
     ids: Vec<NodeId>,
     index: BTreeMap<NodeId, usize>,
+    next_id: u64,
     nodes: Vec<SimNode>,
     links: Links,
     mesh: Mesh,
@@ -130,7 +165,11 @@ pub struct Sim {
     view: GlobalView,
     violations: Violations,
     agreement: agreement::Agreement,
-    created_at: Vec<Vec<Time>>,
+    /// Sponsorship of every membership (node, incarnation) that became a member: the
+    /// registration chains behind I3's "not yet seen" case.
+    memberships: BTreeMap<(NodeId, u64), Option<Sponsorship>>,
+    created_at: BTreeMap<NodeId, Vec<Time>>,
+    write_attempts: u64,
     written: u64,
     dissemination: Latencies,
     sp_lag: Latencies,
@@ -143,30 +182,40 @@ pub struct Sim {
     converged_at: Option<Time>,
     events: u64,
     last_rotate: Time,
+    /// When faults stop (the end of the safety phase); `None` while writes decide it.
+    faults_end: Option<Time>,
+    faults_on: bool,
+    partition: Option<Partition>,
+    /// Crashed slots that will restart: whether with a lost disk.
+    pending_restarts: BTreeMap<usize, bool>,
+    /// Crash time of crashed memberships, to measure how soon each member drops them.
+    crashed_at: BTreeMap<(NodeId, u64), Time>,
+    /// Per member and crash: from the crash until the member stopped counting the node.
+    crash_to_drop: Latencies,
+    faults: FaultStats,
+    /// Evicted memberships, with the nodes whose maps hold the eviction: out of good
+    /// standing while any does (a holder that rejoins or loses its disk before the record
+    /// spread forgets it, and the membership is back in good standing).
+    evicted: BTreeMap<(NodeId, u64), BTreeSet<usize>>,
+    /// Union of the applied vectors of members (recomputed when stale).
+    members_union: Option<VersionVector>,
 }
 
 impl Sim {
     pub fn new(config: SimConfig) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let total = config.nodes + config.joins;
-        let ids: Vec<NodeId> = (0..total as u64)
-            .map(|i| NodeId::synthetic(config.seed.wrapping_mul(1_000_003).wrapping_add(i)))
-            .collect();
-        let index = ids
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, id)| (id, i))
-            .collect();
         let mesh = Mesh::founding(&mut rng, config.nodes, config.mesh_degree);
         let links = Links::new(&config);
         let writers = config.writers.clamp(1, config.nodes.max(1));
+        let faults_on = config.faults.any();
         let mut sim = Sim {
             rng,
             now: Time::ZERO,
             queue: BinaryHeap::new(),
             seq: 0,
-            index,
+            ids: Vec::new(),
+            index: BTreeMap::new(),
+            next_id: 0,
             nodes: Vec::new(),
             links,
             mesh,
@@ -175,7 +224,9 @@ impl Sim {
             view: GlobalView::default(),
             violations: Violations::default(),
             agreement: agreement::Agreement::default(),
-            created_at: vec![Vec::new(); writers],
+            memberships: BTreeMap::new(),
+            created_at: BTreeMap::new(),
+            write_attempts: 0,
             written: 0,
             dissemination: Latencies::default(),
             sp_lag: Latencies::default(),
@@ -188,10 +239,21 @@ impl Sim {
             converged_at: None,
             events: 0,
             last_rotate: Time::ZERO,
-            ids,
+            faults_end: faults_on.then(|| Time::ZERO + config.faults.safety_phase),
+            faults_on,
+            partition: None,
+            pending_restarts: BTreeMap::new(),
+            crashed_at: BTreeMap::new(),
+            crash_to_drop: Latencies::default(),
+            faults: FaultStats::default(),
+            evicted: BTreeMap::new(),
+            members_union: None,
             config,
         };
         sim.config.writers = writers;
+        for _ in 0..sim.config.nodes {
+            sim.new_slot_id(None);
+        }
         let founders: Vec<_> = sim.ids[..sim.config.nodes]
             .iter()
             .map(|id| Arc::new(MemberRecord::founder(id.clone())))
@@ -201,14 +263,14 @@ impl Sim {
                 sim.ids[i].clone(),
                 &founders,
                 sim.replica_config(),
-                sim.config.seed ^ (i as u64).wrapping_mul(0x5851_f42d_4c95_7f2d),
+                sim.node_seed(i),
                 Time::ZERO,
             );
             sim.nodes.push(SimNode::new(replica));
             sim.observe(i);
             sim.dispatch(i);
         }
-        // joins happen at random times while ops are written
+        // joins and leaves happen at random times while ops are written
         let write_span = (sim.config.ops as f64 / sim.config.rate.max(1e-9) * 1e6) as u64;
         for _ in 0..sim.config.joins {
             let at = Time(sim.rng.random_range(0..=write_span.max(1)));
@@ -221,8 +283,71 @@ impl Sim {
         if sim.config.ops > 0 {
             sim.push(Time::ZERO, EventKind::Write);
         }
+        if let Some(end) = sim.faults_end {
+            let f = sim.config.faults.clone();
+            for (rate, kind) in [
+                (f.crash_rate, EventKind::Crash),
+                (f.partition_rate, EventKind::Partition),
+                (f.churn_rate, EventKind::Churn),
+            ] {
+                if let Some(at) = sim.next_fault_time(rate) {
+                    if at < end {
+                        sim.push(at, kind);
+                    }
+                }
+            }
+            sim.push(end, EventKind::FaultsOff);
+        }
         sim.push(Time::ZERO, EventKind::Sample);
         sim
+    }
+
+    /// Gives slot `slot` (or a new slot) a fresh identity.
+    fn new_slot_id(&mut self, slot: Option<usize>) -> usize {
+        let id = NodeId::synthetic(
+            self.config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(self.next_id),
+        );
+        self.next_id += 1;
+        let slot = match slot {
+            Some(s) => {
+                self.index.remove(&self.ids[s]);
+                self.ids[s] = id.clone();
+                s
+            }
+            None => {
+                self.ids.push(id.clone());
+                self.ids.len() - 1
+            }
+        };
+        self.index.insert(id, slot);
+        slot
+    }
+
+    fn node_seed(&self, slot: usize) -> u64 {
+        self.config.seed ^ (slot as u64 ^ self.next_id << 20).wrapping_mul(0x5851_f42d_4c95_7f2d)
+    }
+
+    /// The time of the next event of a Poisson process of `rate` per second.
+    fn next_fault_time(&mut self, rate: f64) -> Option<Time> {
+        if rate <= 0.0 {
+            return None;
+        }
+        let gap = -(1.0 - self.rng.random::<f64>()).ln() / rate;
+        Some(self.now + Duration::from_secs_f64(gap.min(1e6)))
+    }
+
+    fn reschedule_fault(&mut self, rate: f64, kind: EventKind) {
+        if !self.faults_on {
+            return;
+        }
+        if let (Some(at), Some(end)) = (self.next_fault_time(rate), self.faults_end) {
+            if at < end {
+                self.push(at, kind);
+            }
+        }
     }
 
     fn replica_config(&self) -> ReplicaConfig {
@@ -273,7 +398,16 @@ impl Sim {
                 EventKind::Write => self.write(),
                 EventKind::Join => self.join(),
                 EventKind::Leave => self.leave(),
-                EventKind::Stop { node } => self.nodes[node].stopped = true,
+                EventKind::Stop { node } => {
+                    self.nodes[node].stopped = true;
+                    self.release_holder(node);
+                }
+                EventKind::Crash => self.crash(),
+                EventKind::Restart { node } => self.restart(node),
+                EventKind::Partition => self.partition(),
+                EventKind::Heal => self.heal(),
+                EventKind::Churn => self.churn(),
+                EventKind::FaultsOff => self.faults_off(),
                 EventKind::Sample => {
                     self.sample();
                     progress(self.ms(), self.written, self.view.sp_min.min().total());
@@ -284,30 +418,66 @@ impl Sim {
                     self.push(next, EventKind::Sample);
                 }
             }
-            if self.converged_at.is_none()
-                && self.written == self.config.ops
-                && self.view.sp_min.min() == &self.view.union
-                && self.view.applied_min.min() == &self.view.union
-            {
+            if self.converged_at.is_none() && self.quiet() && self.converged() {
                 self.converged_at = Some(self.now);
             }
         }
         self.finish(started.elapsed().as_secs_f64())
     }
 
+    /// When faults stop: the end of the safety phase, or else the last write.
+    fn calm_since(&self) -> Option<Time> {
+        let last_write = self
+            .last_write_at
+            .or((self.config.ops == 0).then_some(Time::ZERO));
+        match (self.faults_end, last_write) {
+            (Some(end), Some(last)) => Some(end.max(last)),
+            (None, last) => last,
+            (Some(_), None) => None,
+        }
+    }
+
+    /// Writes are done and faults have stopped.
+    fn quiet(&self) -> bool {
+        self.calm_since().is_some_and(|t| self.now >= t) && !self.faults_on
+    }
+
+    /// L1: every running node is a member in good standing (or has left), and every
+    /// member's applied vector and snapshot point equal the union of the members' ops.
+    fn converged(&mut self) -> bool {
+        if self.view.sp_min.min() != self.view.applied_min.min() {
+            return false;
+        }
+        if self
+            .nodes
+            .iter()
+            .any(|n| !n.stopped && !n.departed && !n.member)
+        {
+            return false;
+        }
+        let union = self.members_union().clone();
+        self.view.applied_min.min() == &union
+    }
+
+    fn members_union(&mut self) -> &VersionVector {
+        if self.members_union.is_none() {
+            let mut union = VersionVector::new();
+            for n in self.nodes.iter().filter(|n| n.member) {
+                union.join(&n.shadow);
+            }
+            self.members_union = Some(union);
+        }
+        self.members_union.as_ref().expect("computed above")
+    }
+
     fn finished(&self) -> bool {
-        let Some(last) = self.last_write_at.or(if self.config.ops == 0 {
-            Some(Time::ZERO)
-        } else {
-            None
-        }) else {
+        let Some(calm) = self.calm_since() else {
             return false;
         };
-        let joins_done = self.nodes.len() == self.ids.len() && self.nodes.iter().all(|n| n.member);
-        if self.converged_at.is_some() && joins_done {
+        if self.converged_at.is_some() && self.pending_restarts.is_empty() {
             return true;
         }
-        self.now >= last + self.config.liveness_bound
+        self.now >= calm + self.config.liveness_bound
     }
 
     fn deliver(&mut self, to: usize, from: usize, message: Msg, size: usize, mesh_id: Option<u64>) {
@@ -348,6 +518,12 @@ impl Sim {
         mesh_id: Option<u64>,
     ) {
         self.traffic.count(message.kind(), size);
+        if let Some(p) = &self.partition {
+            let side = |n: usize| p.side.get(n).copied().unwrap_or(false);
+            if side(from) != side(to) && (!p.one_way || !side(from)) {
+                return;
+            }
+        }
         for delay in self.links.transmit(&mut self.rng, from, to) {
             let at = self.now + delay;
             self.push(
@@ -409,52 +585,33 @@ impl Sim {
     fn observe(&mut self, n: usize) {
         let at = self.ms();
         let now = self.now;
-        let node = &mut self.nodes[n];
-        let applied_ops = node.replica.drain_applied_ops();
-        if node.member && node.replica.has_left() {
-            // it announced `Left`: no longer a member in good standing; it lingers to answer
-            // digests, then stops
-            node.member = false;
-            node.departed = true;
-            self.view.applied_min.remove(&node.shadow);
-            self.view.sp_min.remove(&node.last_sp);
-            let origins: Vec<NodeId> = self.view.union.iter().map(|(o, _)| o.clone()).collect();
-            for origin in &origins {
-                self.record_dissemination(origin, now);
-                self.record_stable(origin, now);
-            }
-            let stop_at = now + Duration::from_secs(3);
-            self.push(stop_at, EventKind::Stop { node: n });
+        for (id, incarnation) in self.nodes[n].replica.drain_evictions() {
+            self.on_eviction(n, id, incarnation);
+        }
+        let applied_ops = self.nodes[n].replica.drain_applied_ops();
+        let replica = &self.nodes[n].replica;
+        let (is_member, has_left, incarnation) = (
+            replica.is_member(),
+            replica.has_left(),
+            replica.incarnation(),
+        );
+        if self.nodes[n].member && (!is_member || incarnation != self.nodes[n].incarnation) {
+            // it announced `Left`, or it is rejoining: no longer a member in good standing
+            self.drop_member(n);
+        }
+        if has_left && !self.nodes[n].departed {
+            // it lingers to answer digests, then stops
+            self.nodes[n].departed = true;
+            self.push(now + Duration::from_secs(3), EventKind::Stop { node: n });
+        }
+        if !is_member || self.nodes[n].departed {
             return;
         }
-        if node.departed {
+        if self.nodes[n].incarnation != incarnation {
+            self.start_membership(n, at);
             return;
         }
-        if !node.member {
-            if !node.replica.is_member() {
-                return;
-            }
-            // the node has just become a member (founded or joined): convergence must now
-            // include it
-            node.member = true;
-            self.converged_at = None;
-            node.shadow = node.replica.applied().clone();
-            node.last_sp = node.replica.snapshot_point().clone();
-            self.view.applied_min.add(&node.shadow);
-            self.view.sp_min.add(&node.last_sp);
-            let new_applied = node.shadow.clone();
-            for (i, other) in self.nodes.iter().enumerate() {
-                if other.member {
-                    self.violations.check(
-                        safety::NAME,
-                        at,
-                        safety::check(&other.last_sp, &new_applied)
-                            .map_err(|e| format!("node {i} vs joiner {n}: {e}")),
-                    );
-                }
-            }
-            return;
-        }
+        let member = self.nodes[n].member;
         for op in &applied_ops {
             let node = &mut self.nodes[n];
             self.violations.check(
@@ -465,8 +622,12 @@ impl Sim {
             let old = node.shadow.get(&op.origin);
             if op.seq > old {
                 node.shadow.set(op.origin.clone(), op.seq);
-                self.view.applied_min.change(&op.origin, old, op.seq);
-                self.record_dissemination(&op.origin.clone(), now);
+                node.ever_applied.raise(&op.origin, op.seq);
+                if member {
+                    self.view.applied_min.change(&op.origin, old, op.seq);
+                    self.members_union = None;
+                    self.record_dissemination(&op.origin.clone(), now);
+                }
             }
         }
         let node = &mut self.nodes[n];
@@ -485,25 +646,251 @@ impl Sim {
             at,
             monotone::check(&node.last_sp, &sp, node.replica.applied()),
         );
-        self.violations.check(
-            safety::NAME,
-            at,
-            safety::check(&sp, self.view.applied_min.min()),
-        );
         let digest = node.replica.stable_digest();
         let result = self.agreement.check(&sp, node.replica.stable_cut(), digest);
         self.violations.check(agreement::NAME, at, result);
         let changes = node.last_sp.changes_to(&sp);
         node.last_sp = sp;
-        for (origin, old, new) in changes {
-            self.view.sp_min.change(&origin, old, new);
-            self.record_stable(&origin, now);
+        if member {
+            self.check_safety_of(n, at);
+            for (origin, old, new) in changes {
+                self.view.sp_min.change(&origin, old, new);
+                self.record_stable(&origin, now);
+            }
+        }
+    }
+
+    /// Node `n` has just installed a membership (founded, joined or rejoined): checks
+    /// start afresh for it (I2 holds per membership), and it is a member in good standing
+    /// unless that membership was already evicted somewhere.
+    fn start_membership(&mut self, n: usize, at: f64) {
+        let node = &mut self.nodes[n];
+        let incarnation = node.replica.incarnation();
+        node.incarnation = incarnation;
+        node.shadow = node.replica.applied().clone();
+        node.ever_applied.join(&node.shadow);
+        node.last_sp = node.replica.snapshot_point().clone();
+        let id = self.ids[n].clone();
+        let sponsor = node.replica.network_map().own().record.sponsor.clone();
+        self.memberships.insert((id.clone(), incarnation), sponsor);
+        self.release_holder(n);
+        if self.evicted.contains_key(&(id.clone(), incarnation)) {
+            return;
+        }
+        self.admit(n, at);
+    }
+
+    /// Node `n` (at its current membership) enters good standing.
+    fn admit(&mut self, n: usize, at: f64) {
+        let id = self.ids[n].clone();
+        let incarnation = self.nodes[n].incarnation;
+        let node = &mut self.nodes[n];
+        node.member = true;
+        self.converged_at = None;
+        self.members_union = None;
+        self.view.applied_min.add(&node.shadow);
+        self.view.sp_min.add(&node.last_sp);
+        // I3 for the newcomer: no member may have decided past it
+        let applied = self.nodes[n].shadow.clone();
+        for i in 0..self.nodes.len() {
+            if i == n || !self.nodes[i].member || self.nodes[i].last_sp.le(&applied) {
+                continue;
+            }
+            if !self.unseen_and_voided(i, &id, incarnation) {
+                let detail = safety::check(&self.nodes[i].last_sp, &applied)
+                    .err()
+                    .unwrap_or_default();
+                self.violations.record(
+                    safety::NAME,
+                    at,
+                    format!("node {i} vs new member {n}: {detail}"),
+                );
+            }
+        }
+        // I3 for the newcomer's own snapshot point
+        self.check_safety_of(n, at);
+    }
+
+    /// I3 for member `n`: `SP(n)` is at or below every member's applied vector, except a
+    /// member `n` has not seen whose registration `n` has voided (see `unseen_and_voided`).
+    fn check_safety_of(&mut self, n: usize, at: f64) {
+        let sp = &self.nodes[n].last_sp;
+        if sp.le(self.view.applied_min.min()) {
+            return;
+        }
+        let sp = sp.clone();
+        for m in 0..self.nodes.len() {
+            let other = &self.nodes[m];
+            if m == n || !other.member || sp.le(&other.shadow) {
+                continue;
+            }
+            if !self.unseen_and_voided(n, &self.ids[m], other.incarnation) {
+                let detail = safety::check(&sp, &other.shadow).err().unwrap_or_default();
+                self.violations
+                    .record(safety::NAME, at, format!("node {n} vs node {m}: {detail}"));
+            }
+        }
+    }
+
+    /// Whether node `n` has not seen membership (`member`, `incarnation`) and its
+    /// registration chain leads to a sponsor membership that `n` evicted or replaced
+    /// before learning of that registration. Such a member was registered after `n` stopped
+    /// counting its sponsor, so `n` may have decided past it; `n` evicts it on arrival
+    /// (admission check), and I3 is not owed between the two. Every other unseen member is
+    /// covered by the join argument and checked.
+    fn unseen_and_voided(&self, n: usize, member: &NodeId, incarnation: u64) -> bool {
+        let map = self.nodes[n].replica.network_map();
+        if map
+            .get(member)
+            .is_some_and(|e| e.record.incarnation >= incarnation)
+        {
+            return false;
+        }
+        let mut current = (member.clone(), incarnation);
+        for _ in 0..self.memberships.len() + 1 {
+            let Some(Some(sponsorship)) = self.memberships.get(&current) else {
+                return false;
+            };
+            if let Some(entry) = map.get(&sponsorship.sponsor) {
+                let record = &entry.record;
+                if record.incarnation > sponsorship.sponsor_incarnation {
+                    return true;
+                }
+                if record.incarnation == sponsorship.sponsor_incarnation {
+                    return !record.state.counts() && record.registrations < sponsorship.reg_no;
+                }
+                if record.state.counts() {
+                    return false;
+                }
+            }
+            current = (sponsorship.sponsor.clone(), sponsorship.sponsor_incarnation);
+        }
+        false
+    }
+
+    /// Node `k`'s map was replaced (rejoin) or lost (crash with no restart, lost disk):
+    /// it stops holding the evictions it no longer has. A membership nobody holds evicted
+    /// any more is back in good standing.
+    fn release_holder(&mut self, k: usize) {
+        let gone = self.nodes[k].stopped && !self.pending_restarts.contains_key(&k);
+        let map = self.nodes[k].replica.network_map();
+        let mut restored = Vec::new();
+        for ((id, incarnation), holders) in self.evicted.iter_mut() {
+            if !holders.contains(&k) {
+                continue;
+            }
+            let still = !gone
+                && map.get(id).is_some_and(|e| {
+                    e.record.incarnation > *incarnation
+                        || e.record.incarnation == *incarnation && !e.record.state.counts()
+                });
+            if !still {
+                holders.remove(&k);
+                if holders.is_empty() {
+                    restored.push((id.clone(), *incarnation));
+                }
+            }
+        }
+        let at = self.ms();
+        for key in restored {
+            self.evicted.remove(&key);
+            if let Some(&m) = self.index.get(&key.0) {
+                let node = &self.nodes[m];
+                if node.incarnation == key.1
+                    && !node.member
+                    && !node.stopped
+                    && !node.departed
+                    && node.replica.is_member()
+                    && node.replica.incarnation() == key.1
+                {
+                    self.admit(m, at);
+                }
+            }
+        }
+    }
+
+    /// Member `n` is no longer in good standing: out of the global minimums.
+    fn drop_member(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        if !node.member {
+            return;
+        }
+        node.member = false;
+        self.view.applied_min.remove(&node.shadow);
+        self.view.sp_min.remove(&node.last_sp);
+        self.members_union = None;
+        let now = self.now;
+        let origins: Vec<NodeId> = self.view.union.iter().map(|(o, _)| o.clone()).collect();
+        for origin in &origins {
+            self.record_dissemination(origin, now);
+            self.record_stable(origin, now);
+        }
+    }
+
+    /// Node `observer` adopted the eviction of (`id`, `incarnation`): that membership is out
+    /// of good standing everywhere from now on.
+    fn on_eviction(&mut self, observer: usize, id: NodeId, incarnation: u64) {
+        if let Some(crashed) = self.crashed_at.get(&(id.clone(), incarnation)) {
+            if self.nodes[observer].member {
+                let latency = self.now.since(*crashed).as_micros() as u64;
+                self.crash_to_drop.push(latency);
+            }
+        }
+        let holders = self.evicted.entry((id.clone(), incarnation)).or_default();
+        let first = holders.is_empty();
+        holders.insert(observer);
+        if !first {
+            return;
+        }
+        if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+            eprintln!(
+                "{:.3} s: node {observer} (member {}, inc {}) evicted {:?} inc {incarnation}",
+                self.now.as_millis_f64() / 1e3,
+                self.nodes[observer].member,
+                self.nodes[observer].replica.incarnation(),
+                self.index.get(&id)
+            );
+            let map = self.nodes[observer].replica.network_map();
+            if let Some(e) = map.get(&id) {
+                eprintln!(
+                    "   record {:?} applied {:?} sp {:?} counted {} on_arrival {}",
+                    e.record.sponsor.as_ref().map(|s| (
+                        self.index.get(&s.sponsor),
+                        s.sponsor_incarnation,
+                        s.reg_no
+                    )),
+                    e.record.applied.total(),
+                    map.snapshot_point().total(),
+                    map.counted(),
+                    map.evicted_on_arrival()
+                );
+                if let Some(s) = &e.record.sponsor {
+                    if let Some(se) = map.get(&s.sponsor) {
+                        eprintln!(
+                            "   sponsor at observer: inc {} state {:?} regs {} applied {}",
+                            se.record.incarnation,
+                            se.record.state,
+                            se.record.registrations,
+                            se.record.applied.total()
+                        );
+                    }
+                }
+            }
+        }
+        self.faults.evictions += 1;
+        let Some(&m) = self.index.get(&id) else {
+            return;
+        };
+        if self.nodes[m].incarnation == incarnation && !self.nodes[m].crashed {
+            self.faults.evictions_of_running += 1;
+        }
+        if self.nodes[m].member && self.nodes[m].incarnation == incarnation {
+            self.drop_member(m);
         }
     }
 
     fn created(&self, origin: &NodeId, seq: u64) -> Option<Time> {
-        let w = *self.index.get(origin)?;
-        self.created_at.get(w)?.get(seq as usize - 1).copied()
+        self.created_at.get(origin)?.get(seq as usize - 1).copied()
     }
 
     /// Ops of `origin` that just came under a global minimum (`everywhere`), above `done`:
@@ -548,18 +935,36 @@ impl Sim {
     }
 
     fn write(&mut self) {
-        let w = self.rng.random_range(0..self.config.writers);
-        let key = format!("k{}", self.rng.random_range(0..self.config.keys.max(1)));
-        let value = (self.rng.random_range(0..10u32) != 0).then(|| format!("v{}", self.written));
-        let now = self.now;
-        if let Ok(op) = self.nodes[w].replica.write(now, LwwOp { key, value }) {
-            self.created_at[w].push(now);
-            self.view.union.set(op.origin.clone(), op.seq);
-            self.written += 1;
+        self.write_attempts += 1;
+        let writers: Vec<usize> = (0..self.config.writers)
+            .filter(|&w| {
+                let n = &self.nodes[w];
+                !n.stopped && n.replica.is_member() && !n.replica.is_leaving()
+            })
+            .collect();
+        if writers.is_empty() {
+            self.faults.writes_refused += 1;
+        } else {
+            let w = writers[self.rng.random_range(0..writers.len())];
+            let key = format!("k{}", self.rng.random_range(0..self.config.keys.max(1)));
+            let value =
+                (self.rng.random_range(0..10u32) != 0).then(|| format!("v{}", self.written));
+            let now = self.now;
+            match self.nodes[w].replica.write(now, LwwOp { key, value }) {
+                Ok(op) => {
+                    self.created_at
+                        .entry(op.origin.clone())
+                        .or_default()
+                        .push(now);
+                    self.view.union.set(op.origin.clone(), op.seq);
+                    self.written += 1;
+                }
+                Err(_) => self.faults.writes_refused += 1,
+            }
+            self.observe(w);
+            self.dispatch(w);
         }
-        self.observe(w);
-        self.dispatch(w);
-        if self.written < self.config.ops {
+        if self.write_attempts < self.config.ops {
             let gap = -(1.0 - self.rng.random::<f64>()).ln() / self.config.rate * 1e6;
             let next = self.now + Duration::from_micros(gap as u64);
             self.push(next, EventKind::Write);
@@ -568,12 +973,15 @@ impl Sim {
         }
     }
 
-    fn join(&mut self) {
-        let node = self.nodes.len();
-        let members: Vec<usize> = (0..self.nodes.len())
+    /// Members in good standing that are not leaving.
+    fn steady_members(&self) -> Vec<usize> {
+        (0..self.nodes.len())
             .filter(|&i| self.nodes[i].member && !self.nodes[i].replica.is_leaving())
-            .collect();
-        // up to three bootstrap peers; the joiner moves on only when one refuses
+            .collect()
+    }
+
+    /// Up to three bootstrap peers among `members`; a joiner moves on only when one refuses.
+    fn bootstrap_peers(&mut self, members: &[usize]) -> Vec<NodeId> {
         let mut sponsors = Vec::new();
         for _ in 0..3 {
             let pick = members[self.rng.random_range(0..members.len())];
@@ -581,17 +989,28 @@ impl Sim {
                 sponsors.push(pick);
             }
         }
+        sponsors.iter().map(|&i| self.ids[i].clone()).collect()
+    }
+
+    fn join(&mut self) {
+        let members = self.steady_members();
+        if members.is_empty() {
+            return;
+        }
+        let node = self.new_slot_id(None);
+        let sponsors = self.bootstrap_peers(&members);
         let degree = self.config.mesh_degree;
         self.mesh.add_node(&mut self.rng, degree, &members);
         let replica = Replica::joiner_via(
             self.ids[node].clone(),
             1,
-            sponsors.iter().map(|&i| self.ids[i].clone()).collect(),
+            sponsors,
             self.replica_config(),
-            self.config.seed ^ (node as u64).wrapping_mul(0x5851_f42d_4c95_7f2d),
+            self.node_seed(node),
             self.now,
         );
         self.nodes.push(SimNode::new(replica));
+        self.faults.joins += 1;
         self.observe(node);
         self.dispatch(node);
     }
@@ -607,9 +1026,163 @@ impl Sim {
         let n = candidates[self.rng.random_range(0..candidates.len())];
         let now = self.now;
         if self.nodes[n].replica.leave(now).is_ok() {
+            self.faults.leaves += 1;
             self.observe(n);
             self.dispatch(n);
         }
+    }
+
+    /// A random running node crashes, unless a third of the nodes are already down.
+    fn crash(&mut self) {
+        let faults = self.config.faults.clone();
+        self.reschedule_fault(faults.crash_rate, EventKind::Crash);
+        let down = self.nodes.iter().filter(|n| n.crashed).count();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].stopped && !self.nodes[i].departed)
+            .collect();
+        if running.is_empty() || 3 * (down + 1) > running.len() + down {
+            return;
+        }
+        let n = running[self.rng.random_range(0..running.len())];
+        let node = &mut self.nodes[n];
+        node.stopped = true;
+        node.crashed = true;
+        node.wake = None;
+        if node.member {
+            self.crashed_at
+                .insert((self.ids[n].clone(), node.incarnation), self.now);
+        }
+        self.drop_member(n);
+        self.faults.crashes += 1;
+        if self.rng.random_bool(faults.restart) {
+            let lost_disk = self.rng.random_bool(faults.lost_disk);
+            self.pending_restarts.insert(n, lost_disk);
+            let (lo, hi) = faults.downtime;
+            let down_for = Duration::from_secs_f64(
+                self.rng
+                    .random_range(lo.as_secs_f64()..=hi.as_secs_f64().max(lo.as_secs_f64())),
+            );
+            let at = self.now + down_for;
+            if self.faults_end.is_some_and(|end| at < end) {
+                self.push(at, EventKind::Restart { node: n });
+            }
+        } else {
+            // down for good: the evictions only it held are forgotten
+            self.release_holder(n);
+        }
+    }
+
+    /// A crashed node due to restart comes back: from its durable state (it rejoins with a
+    /// new incarnation and republishes what the network lacks) or with a lost disk (a new
+    /// identity that joins from scratch).
+    fn restart(&mut self, n: usize) {
+        let Some(lost_disk) = self.pending_restarts.remove(&n) else {
+            return;
+        };
+        let members = self.steady_members();
+        let now = self.now;
+        if lost_disk {
+            if members.is_empty() {
+                return;
+            }
+            self.absorb_stats(n);
+            self.new_slot_id(Some(n));
+            let sponsors = self.bootstrap_peers(&members);
+            let replica = Replica::joiner_via(
+                self.ids[n].clone(),
+                1,
+                sponsors,
+                self.replica_config(),
+                self.node_seed(n),
+                now,
+            );
+            self.nodes[n] = SimNode::new(replica);
+            self.faults.lost_disks += 1;
+            self.release_holder(n);
+        } else {
+            let placeholder =
+                Replica::genesis(self.ids[n].clone(), &[], self.replica_config(), 0, now);
+            let crashed = std::mem::replace(&mut self.nodes[n].replica, placeholder);
+            let node = &mut self.nodes[n];
+            node.replica = crashed.restart(now);
+            node.stopped = false;
+            node.crashed = false;
+            node.seen = SeenCache::default();
+            self.faults.restarts += 1;
+        }
+        self.observe(n);
+        self.dispatch(n);
+    }
+
+    /// Splits the running nodes in two (a random minority or half against the rest);
+    /// one-way partitions lose only one side's messages to the other.
+    fn partition(&mut self) {
+        let faults = self.config.faults.clone();
+        self.reschedule_fault(faults.partition_rate, EventKind::Partition);
+        if self.partition.is_some() {
+            return;
+        }
+        let mut running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].stopped)
+            .collect();
+        if running.len() < 2 {
+            return;
+        }
+        let size = self.rng.random_range(1..=running.len() / 2);
+        let mut side = vec![false; self.ids.len()];
+        for _ in 0..size {
+            let pick = running.swap_remove(self.rng.random_range(0..running.len()));
+            side[pick] = true;
+        }
+        let one_way = self.rng.random_bool(faults.one_way);
+        self.partition = Some(Partition { side, one_way });
+        self.faults.partitions += 1;
+        let (lo, hi) = faults.partition_length;
+        let lasts = Duration::from_secs_f64(
+            self.rng
+                .random_range(lo.as_secs_f64()..=hi.as_secs_f64().max(lo.as_secs_f64())),
+        );
+        let at = self.now + lasts;
+        if self.faults_end.is_some_and(|end| at < end) {
+            self.push(at, EventKind::Heal);
+        }
+    }
+
+    fn heal(&mut self) {
+        self.partition = None;
+    }
+
+    /// Churn: a join or a graceful leave, keeping at least half the founding size.
+    fn churn(&mut self) {
+        let rate = self.config.faults.churn_rate;
+        self.reschedule_fault(rate, EventKind::Churn);
+        let members = self.nodes.iter().filter(|n| n.member).count();
+        if self.rng.random_bool(0.5) || members <= self.config.nodes / 2 {
+            self.join();
+        } else {
+            self.leave();
+        }
+    }
+
+    /// The safety phase is over: partitions heal and crashed nodes due to restart come
+    /// back; L1 must now hold within the liveness bound.
+    fn faults_off(&mut self) {
+        self.faults_on = false;
+        self.partition = None;
+        let due: Vec<usize> = self.pending_restarts.keys().copied().collect();
+        for n in due {
+            self.restart(n);
+        }
+    }
+
+    /// Adds the protocol counters of the replica in slot `n` (before it is replaced).
+    fn absorb_stats(&mut self, n: usize) {
+        let stats = self.nodes[n].replica.stats();
+        self.faults.suspicions += stats.suspicions_raised;
+        self.faults.refutations += stats.refutations;
+        self.faults.rejoins += stats.rejoins;
+        self.faults.ops_republished += stats.ops_republished;
+        self.faults.stale_notices += stats.stale_notices;
     }
 
     fn sample(&mut self) {
@@ -630,6 +1203,7 @@ impl Sim {
     }
 
     fn finish(mut self, wall_s: f64) -> Report {
+        let union = self.members_union().clone();
         let members: Vec<(String, VersionVector, VersionVector)> = self
             .nodes
             .iter()
@@ -643,40 +1217,75 @@ impl Sim {
                 )
             })
             .collect();
-        let mut live = liveness::check(
-            &self.view.union,
-            members.iter().map(|(l, a, s)| (l.clone(), a, s)),
-        );
-        let not_joined = self.nodes.len() < self.ids.len()
-            || self.nodes.iter().any(|n| !n.member && !n.departed);
-        if live.is_ok() && not_joined {
-            live = Err("a joiner never became a member".to_string());
-        }
-        if let (Ok(()), Some(last), Some(conv)) = (&live, self.last_write_at, self.converged_at) {
-            if conv > last + self.config.liveness_bound {
+        let mut live = liveness::check(&union, members.iter().map(|(l, a, s)| (l.clone(), a, s)));
+        if live.is_ok() {
+            if let Some(i) = (0..self.nodes.len()).find(|&i| {
+                let n = &self.nodes[i];
+                !n.stopped && !n.departed && !n.member
+            }) {
+                let node = &self.nodes[i];
+                let r = &node.replica;
+                let id = &self.ids[i];
+                let evicted = self.evicted.get(&(id.clone(), r.incarnation()));
+                let counted_by = self
+                    .nodes
+                    .iter()
+                    .filter(|o| o.member && o.replica.network_map().is_counted(id))
+                    .count();
+                if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+                    for (k, o) in self.nodes.iter().enumerate() {
+                        if let Some(e) = o.replica.network_map().get(id) {
+                            eprintln!("  node {k} (member {} inc {} stopped {}) holds inc {} {:?} pending {}", o.member, o.replica.incarnation(), o.stopped, e.record.incarnation, e.record.state, o.replica.network_map().pending_len());
+                        }
+                    }
+                }
                 live = Err(format!(
-                    "converged {:.0} ms after the last write, beyond the bound",
-                    conv.since(last).as_millis()
+                    "node {i} is running but not a member in good standing (joining: {}, incarnation {}, evicted by: {evicted:?}, isolated: {}, counted by {counted_by} members, stats {:?})",
+                    !r.is_member(),
+                    r.incarnation(),
+                    r.is_isolated(),
+                    r.stats()
+                ));
+            }
+        }
+        if live.is_ok() {
+            // I5: whatever a running node ever applied reached every member
+            if let Some(i) = (0..self.nodes.len()).find(|&i| {
+                let n = &self.nodes[i];
+                !n.stopped && !n.departed && !n.ever_applied.le(&union)
+            }) {
+                live = Err(format!(
+                    "ops applied by node {i} never reached the members (I5)"
+                ));
+            }
+        }
+        if let (Ok(()), Some(calm), Some(conv)) = (&live, self.calm_since(), self.converged_at) {
+            if conv > calm + self.config.liveness_bound {
+                live = Err(format!(
+                    "converged {:.0} ms after faults and writes stopped, beyond the bound",
+                    conv.since(calm).as_millis()
                 ));
             }
         }
         let liveness_failure = live.is_err();
         let mut merges = RecordMerges::default();
-        for n in &self.nodes {
-            let stats = n.replica.stats();
+        for i in 0..self.nodes.len() {
+            let stats = self.nodes[i].replica.stats().clone();
             merges.adopted += stats.records_adopted;
             merges.pending += stats.records_pending;
             merges.outdated += stats.records_outdated;
+            self.absorb_stats(i);
         }
         let at = self.ms();
         self.violations.check(liveness::NAME, at, live);
+        let calm = self.calm_since();
         Report::new(
             &self.config,
             ReportInputs {
                 violations: self.violations,
                 liveness_failure,
                 converged: !liveness_failure,
-                convergence_ms: match (self.last_write_at, self.converged_at) {
+                convergence_ms: match (calm, self.converged_at) {
                     (Some(l), Some(c)) => Some(round3(c.since(l).as_micros() as f64 / 1_000.0)),
                     _ => None,
                 },
@@ -687,6 +1296,8 @@ impl Sim {
                 events: self.events,
                 cuts: self.agreement.cuts(),
                 record_merges: merges,
+                faults: self.faults,
+                crash_to_drop: self.crash_to_drop,
                 sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
                 wall_s,
                 samples: self.samples,
@@ -708,6 +1319,8 @@ pub struct ReportInputs {
     pub events: u64,
     pub cuts: usize,
     pub record_merges: RecordMerges,
+    pub faults: FaultStats,
+    pub crash_to_drop: Latencies,
     pub sim_time_s: f64,
     pub wall_s: f64,
     pub samples: Vec<Sample>,

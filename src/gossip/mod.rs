@@ -130,6 +130,9 @@ pub struct GossipConfig {
     /// reports.
     pub join_retry: Duration,
     pub join_retry_max: Duration,
+    /// Unanswered requests after which a joiner asks its next bootstrap peer (with a new
+    /// incarnation, since the silent one may have registered it).
+    pub join_attempts_per_sponsor: u32,
     /// Longest a leaving node waits for its own ops to be inside its snapshot point before
     /// it announces `Left` anyway.
     pub leave_drain_timeout: Duration,
@@ -167,6 +170,7 @@ impl Default for GossipConfig {
             max_repair_ops: 2048,
             join_retry: Duration::from_millis(250),
             join_retry_max: Duration::from_secs(2),
+            join_attempts_per_sponsor: 3,
             leave_drain_timeout: Duration::from_secs(5),
             suspect_after: Duration::from_secs(3),
             suspicion_timeout: Duration::from_secs(3),

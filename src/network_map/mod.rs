@@ -164,14 +164,15 @@ struct Registrations {
 }
 
 impl Registrations {
-    fn insert(&mut self, reg_no: u64) {
-        if reg_no <= self.contiguous {
-            return;
+    /// Returns whether the registration was news.
+    fn insert(&mut self, reg_no: u64) -> bool {
+        if reg_no <= self.contiguous || !self.beyond.insert(reg_no) {
+            return false;
         }
-        self.beyond.insert(reg_no);
         while self.beyond.remove(&(self.contiguous + 1)) {
             self.contiguous += 1;
         }
+        true
     }
 }
 
@@ -233,6 +234,16 @@ impl NetworkMap {
         }
         if let Some(current) = self.members.get(&record.id) {
             if !record.supersedes(&current.record) {
+                // A registration superseded by a newer incarnation of its joiner is still
+                // a registration its sponsor's records count: note it, or they would wait
+                // for it forever. The superseded membership itself was never installed.
+                if record.incarnation < current.record.incarnation {
+                    if let Some(s) = &record.sponsor {
+                        if self.note_registration(s) {
+                            self.release_pending(now);
+                        }
+                    }
+                }
                 return MergeOutcome::Outdated;
             }
         }
@@ -365,12 +376,17 @@ impl NetworkMap {
             .is_some_and(|r| r.contiguous >= record.registrations)
     }
 
+    /// Notes a registration; true if it was news.
+    fn note_registration(&mut self, s: &Sponsorship) -> bool {
+        self.registrations
+            .entry((s.sponsor.clone(), s.sponsor_incarnation))
+            .or_default()
+            .insert(s.reg_no)
+    }
+
     fn adopt(&mut self, mut record: Arc<MemberRecord>, now: Time) {
-        if let Some(s) = &record.sponsor {
-            self.registrations
-                .entry((s.sponsor.clone(), s.sponsor_incarnation))
-                .or_default()
-                .insert(s.reg_no);
+        if let Some(s) = record.sponsor.clone() {
+            self.note_registration(&s);
         }
         if self
             .pending

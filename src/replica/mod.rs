@@ -92,6 +92,8 @@ enum Phase {
         current: usize,
         retry_at: Time,
         backoff: Duration,
+        /// Requests to the current sponsor left unanswered.
+        unanswered: u32,
     },
     Member {
         /// Set by `leave`: no more writes; announce `Left` once this node's own ops are
@@ -132,6 +134,11 @@ pub struct Replica<S: StateMachine> {
     /// Applied ops of the previous incarnation, kept while rejoining: after the new grant
     /// is installed, the ones it lacks are applied and republished (I5).
     retired_ops: Vec<Arc<Op<S::Op>>>,
+    /// The previous incarnation's records, merged into the new map after a rejoin so that
+    /// what it knew (evictions above all) is not forgotten.
+    retired_records: Vec<Arc<MemberRecord>>,
+    /// Evictions adopted by the map, kept for observers when `journal_applied` is on.
+    eviction_journal: Vec<(NodeId, u64)>,
     stats: ReplicaStats,
 }
 
@@ -173,6 +180,8 @@ impl<S: StateMachine> Replica<S> {
             next_failure_check: first_failure_check,
             isolated: false,
             retired_ops: Vec::new(),
+            retired_records: Vec::new(),
+            eviction_journal: Vec::new(),
             stats: ReplicaStats::default(),
         };
         replica.finish(now);
@@ -257,6 +266,7 @@ impl<S: StateMachine> Replica<S> {
             current: 0,
             retry_at: now + config.gossip.join_retry,
             backoff: config.gossip.join_retry,
+            unanswered: 0,
         };
         let mut replica = Self::with_parts(id, incarnation, config, phase, map, seed, now);
         replica.send_join_request(first);
@@ -360,6 +370,12 @@ impl<S: StateMachine> Replica<S> {
     /// Ops applied since the last call (only with `journal_applied`).
     pub fn drain_applied_ops(&mut self) -> Vec<Arc<Op<S::Op>>> {
         std::mem::take(&mut self.journal)
+    }
+
+    /// (member, incarnation) of every eviction this node's map adopted since the last
+    /// call (only with `journal_applied`).
+    pub fn drain_evictions(&mut self) -> Vec<(NodeId, u64)> {
+        std::mem::take(&mut self.eviction_journal)
     }
 
     /// The next action for the driver.
@@ -500,10 +516,23 @@ impl<S: StateMachine> Replica<S> {
             current,
             retry_at,
             backoff,
+            unanswered,
         } = &mut self.phase
         {
             if *retry_at <= now {
-                *backoff = (*backoff * 2).min(self.config.gossip.join_retry_max);
+                *unanswered += 1;
+                if *unanswered >= self.config.gossip.join_attempts_per_sponsor && sponsors.len() > 1
+                {
+                    // The sponsor may be down. It may also have registered this node, so
+                    // the next sponsor is asked with a new incarnation: a registration of
+                    // the old one that never reports is evicted like any silent member.
+                    *current = (*current + 1) % sponsors.len();
+                    *unanswered = 0;
+                    *backoff = self.config.gossip.join_retry;
+                    self.incarnation += 1;
+                } else {
+                    *backoff = (*backoff * 2).min(self.config.gossip.join_retry_max);
+                }
                 *retry_at = now + *backoff;
                 let sponsor = sponsors[*current].clone();
                 self.send_join_request(sponsor);
@@ -685,6 +714,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.retired_ops = self.log.unstable_ops();
+        self.retired_records = self.map.records();
         self.unpublished.clear();
         self.publish_at = None;
         self.gap_pull = None;
@@ -697,6 +727,7 @@ impl<S: StateMachine> Replica<S> {
             current: 0,
             retry_at: now + self.config.gossip.join_retry,
             backoff: self.config.gossip.join_retry,
+            unanswered: 0,
         };
         self.send_join_request(first);
     }
@@ -719,6 +750,7 @@ impl<S: StateMachine> Replica<S> {
                 current,
                 retry_at,
                 backoff,
+                ..
             } => {
                 *backoff = self.config.gossip.join_retry;
                 *retry_at = now + *backoff;
@@ -799,6 +831,7 @@ impl<S: StateMachine> Replica<S> {
             sponsors,
             current,
             retry_at,
+            unanswered,
             ..
         } = &mut self.phase
         else {
@@ -820,6 +853,7 @@ impl<S: StateMachine> Replica<S> {
                 }
                 *current = (*current + 1) % sponsors.len();
                 *retry_at = now + self.config.gossip.join_retry;
+                *unanswered = 0;
                 let next = sponsors[*current].clone();
                 self.send_join_request(next);
                 return;
@@ -843,9 +877,12 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// After a rejoin: applies the previous incarnation's ops that the grant lacks and
-    /// publishes them again, so ops created (or received) while cut off are not lost (I5).
+    /// After a rejoin: merges the previous incarnation's records, then applies its ops
+    /// that the grant lacks and publishes them again, so ops created (or received) while
+    /// cut off are not lost (I5).
     fn republish_retired(&mut self, now: Time) {
+        let records = std::mem::take(&mut self.retired_records);
+        self.on_records(now, &records);
         let retired = std::mem::take(&mut self.retired_ops);
         let before = self.log.applied().clone();
         for op in &retired {
@@ -982,6 +1019,10 @@ impl<S: StateMachine> Replica<S> {
     /// After every event: fold what became stable, announce a pending leave when it is
     /// time, then ask for the next wake-up.
     fn finish(&mut self, now: Time) {
+        let evictions = self.map.take_evictions();
+        if self.config.journal_applied {
+            self.eviction_journal.extend(evictions);
+        }
         if self.is_member() && self.map.snapshot_point() != self.log.stable_cut() {
             let sp = self.map.snapshot_point().clone();
             self.log.advance_stable(&sp);
