@@ -151,3 +151,78 @@ fn bad_arguments_are_refused_with_a_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
+
+#[test]
+fn swarm_faults_are_drawn_from_the_seed_and_reported() {
+    let args = [
+        "--faults",
+        "all",
+        "--nodes",
+        "10",
+        "--ops",
+        "100",
+        "--seed",
+        "3",
+        "--safety-phase-s",
+        "8",
+        "--json",
+    ];
+    let a = sim(&args);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = sim(&args);
+    let (a, b) = (
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&b.stdout),
+    );
+    assert_eq!(
+        without_wall_time(&a),
+        without_wall_time(&b),
+        "deterministic"
+    );
+    let report: serde_json::Value = serde_json::from_str(&a).unwrap();
+    let config = &report["fault_config"];
+    assert_eq!(config["safety_phase"]["secs"], 8);
+    for field in [
+        "crash_rate",
+        "partition_rate",
+        "churn_rate",
+        "restart",
+        "lost_disk",
+    ] {
+        assert!(config[field].is_number(), "fault_config.{field}");
+    }
+    for field in [
+        "crashes",
+        "partitions",
+        "evictions",
+        "rejoins",
+        "ops_republished",
+    ] {
+        assert!(report["faults"][field].is_u64(), "faults.{field}");
+    }
+    assert!(report["crash_to_drop_ms"]["p99"].is_number());
+    // another seed draws another mix
+    let c = sim(&[
+        "--faults",
+        "all",
+        "--nodes",
+        "10",
+        "--ops",
+        "100",
+        "--seed",
+        "4",
+        "--safety-phase-s",
+        "8",
+        "--json",
+    ]);
+    let other: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert_ne!(other["fault_config"], report["fault_config"]);
+}
+
+#[test]
+fn an_unknown_fault_is_refused() {
+    let out = sim(&["--faults", "meteor"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown fault"), "{err}");
+}

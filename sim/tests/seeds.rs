@@ -51,3 +51,63 @@ fn a_network_without_loss_converges_soon_after_the_last_write() {
     // each) and status intervals, far below a second
     assert!(after < 1_000.0, "converged {after} ms after the last write");
 }
+
+/// Crashes with durable and lost-disk restarts, partitions (one-way ones too) and churn in
+/// a 15 s safety phase, then a liveness phase: no violation, and every fault kind happened.
+#[test]
+fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
+    use tidemark_sim::config::FaultConfig;
+    let mut seen = tidemark_sim::metrics::FaultStats::default();
+    for seed in 1..=4 {
+        let report = run(SimConfig {
+            seed,
+            nodes: 12,
+            ops: 300,
+            writers: 4,
+            rate: 20.0,
+            loss: 0.03,
+            faults: FaultConfig {
+                safety_phase: Duration::from_secs(15),
+                crash_rate: 0.3,
+                restart: 0.8,
+                lost_disk: 0.4,
+                downtime: (Duration::from_secs(1), Duration::from_secs(8)),
+                partition_rate: 0.2,
+                one_way: 0.5,
+                partition_length: (Duration::from_secs(2), Duration::from_secs(8)),
+                churn_rate: 0.3,
+            },
+            ..SimConfig::default()
+        });
+        assert_eq!(
+            report.violations, 0,
+            "seed {seed}: {:?}",
+            report.violation_samples
+        );
+        assert!(report.converged, "seed {seed} did not heal");
+        let f = report.faults;
+        seen.crashes += f.crashes;
+        seen.restarts += f.restarts;
+        seen.lost_disks += f.lost_disks;
+        seen.partitions += f.partitions;
+        seen.evictions += f.evictions;
+        seen.rejoins += f.rejoins;
+        seen.joins += f.joins;
+        seen.leaves += f.leaves;
+    }
+    for (what, count) in [
+        ("crashes", seen.crashes),
+        ("durable restarts", seen.restarts),
+        ("lost disks", seen.lost_disks),
+        ("partitions", seen.partitions),
+        ("evictions", seen.evictions),
+        ("rejoins", seen.rejoins),
+        ("churn joins", seen.joins),
+        ("churn leaves", seen.leaves),
+    ] {
+        assert!(
+            count > 0,
+            "no {what} in four seeds: the test exercises nothing"
+        );
+    }
+}

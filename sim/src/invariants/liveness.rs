@@ -1,9 +1,12 @@
 //! L1 liveness: once faults stop, within a bounded time every member's snapshot point equals
 //! the union of all applied ops, and stays there while nothing new is written.
 //!
-//! Checked at the end of the run: every member's applied vector and snapshot point must
-//! equal the union of every op written, and the run must have reached that state within the
-//! configured bound after the last write.
+//! Checked at the end of the run, after writes and faults stopped: every running node must
+//! be a member in good standing (evicted and stale nodes have rejoined), every member's
+//! applied vector and snapshot point must equal the union of the members' applied vectors,
+//! every op a running node ever applied must be inside that union (I5: ops written while
+//! cut off were republished), and the run must have reached that state within the
+//! configured bound. Ops only a crashed node with a lost disk ever had are gone with it.
 
 use tidemark::VersionVector;
 

@@ -1,10 +1,18 @@
 //! I3 safety: for any two members n, m in good standing, `SP(n) ≤ A(m)` — including members
 //! that joined through a sponsor whose reports n has not yet seen (seed obstacle 1).
 //!
-//! The engine maintains the pointwise minimum of `A(m)` over every member in good standing
-//! (a replica that has joined and is running). `SP(n) ≤ that minimum` is checked whenever
-//! `SP(n)` changes, and for every n whenever a member joins (the only event that can lower
-//! the minimum).
+//! Good standing: a replica that has installed a membership (founded, joined or rejoined),
+//! is running, has not announced `Left`, and whose membership no map holds as evicted.
+//!
+//! The engine maintains the pointwise minimum of `A(m)` over every member in good standing.
+//! `SP(n) ≤ that minimum` is checked whenever `SP(n)` changes, and for every n whenever a
+//! member enters good standing (the only event that can lower the minimum). When the
+//! check fails, the engine looks at each member m below `SP(n)` and excuses exactly one
+//! case: n has never seen m's membership, and m's registration chain leads to a sponsor
+//! membership that n had evicted or replaced before learning of the registration. Then n
+//! may have decided past m without any fault of the protocol; n evicts m on arrival (the
+//! admission check), and m rejoins. Every other member n has not seen is still checked —
+//! that is the join argument of SPEC §4.
 
 use tidemark::VersionVector;
 
