@@ -51,6 +51,9 @@ pub struct Report {
     /// Per member and crash: from the crash until the member evicted the crashed node
     /// (its snapshot point no longer waits for it).
     pub crash_to_drop_ms: Percentiles,
+    /// Per eviction of a running node: from when it could learn it (the eviction, or the
+    /// heal of the partition that hid it) until it noticed and started to rejoin.
+    pub stale_to_rejoin_ms: Percentiles,
     pub events: u64,
     pub sim_time_s: f64,
     pub wall_s: f64,
@@ -108,6 +111,7 @@ impl Report {
             fault_config: config.faults.any().then(|| config.faults.clone()),
             faults: r.faults,
             crash_to_drop_ms: r.crash_to_drop.summary(),
+            stale_to_rejoin_ms: r.stale_to_rejoin.summary(),
             events: r.events,
             sim_time_s: r.sim_time_s,
             wall_s: round3(r.wall_s),

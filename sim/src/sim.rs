@@ -193,6 +193,11 @@ pub struct Sim {
     /// Per member and crash: from the crash until the member stopped counting the node.
     crash_to_drop: Latencies,
     faults: FaultStats,
+    /// Running nodes evicted at their current membership, from when they could know it
+    /// (the eviction, or the heal of the partition that hid it); `None` while cut off.
+    stale_since: BTreeMap<usize, Option<Time>>,
+    /// From then until the node noticed and started to rejoin.
+    stale_to_rejoin: Latencies,
     /// Evicted memberships, with the nodes whose maps hold the eviction: out of good
     /// standing while any does (a holder that rejoins or loses its disk before the record
     /// spread forgets it, and the membership is back in good standing).
@@ -246,6 +251,8 @@ impl Sim {
             crashed_at: BTreeMap::new(),
             crash_to_drop: Latencies::default(),
             faults: FaultStats::default(),
+            stale_since: BTreeMap::new(),
+            stale_to_rejoin: Latencies::default(),
             evicted: BTreeMap::new(),
             members_union: None,
             config,
@@ -595,6 +602,14 @@ impl Sim {
             replica.has_left(),
             replica.incarnation(),
         );
+        if (!is_member || incarnation != self.nodes[n].incarnation)
+            && self.stale_since.contains_key(&n)
+        {
+            if let Some(Some(since)) = self.stale_since.remove(&n) {
+                self.stale_to_rejoin
+                    .push(now.since(since).as_micros() as u64);
+            }
+        }
         if self.nodes[n].member && (!is_member || incarnation != self.nodes[n].incarnation) {
             // it announced `Left`, or it is rejoining: no longer a member in good standing
             self.drop_member(n);
@@ -881,8 +896,10 @@ impl Sim {
         let Some(&m) = self.index.get(&id) else {
             return;
         };
-        if self.nodes[m].incarnation == incarnation && !self.nodes[m].crashed {
+        if self.nodes[m].incarnation == incarnation && !self.nodes[m].stopped {
             self.faults.evictions_of_running += 1;
+            let since = self.partition.is_none().then_some(self.now);
+            self.stale_since.insert(m, since);
         }
         if self.nodes[m].member && self.nodes[m].incarnation == incarnation {
             self.drop_member(m);
@@ -1044,6 +1061,7 @@ impl Sim {
             return;
         }
         let n = running[self.rng.random_range(0..running.len())];
+        self.stale_since.remove(&n);
         let node = &mut self.nodes[n];
         node.stopped = true;
         node.crashed = true;
@@ -1150,6 +1168,10 @@ impl Sim {
 
     fn heal(&mut self) {
         self.partition = None;
+        let now = self.now;
+        for since in self.stale_since.values_mut() {
+            since.get_or_insert(now);
+        }
     }
 
     /// Churn: a join or a graceful leave, keeping at least half the founding size.
@@ -1168,7 +1190,7 @@ impl Sim {
     /// back; L1 must now hold within the liveness bound.
     fn faults_off(&mut self) {
         self.faults_on = false;
-        self.partition = None;
+        self.heal();
         let due: Vec<usize> = self.pending_restarts.keys().copied().collect();
         for n in due {
             self.restart(n);
@@ -1298,6 +1320,7 @@ impl Sim {
                 record_merges: merges,
                 faults: self.faults,
                 crash_to_drop: self.crash_to_drop,
+                stale_to_rejoin: self.stale_to_rejoin,
                 sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
                 wall_s,
                 samples: self.samples,
@@ -1321,6 +1344,7 @@ pub struct ReportInputs {
     pub record_merges: RecordMerges,
     pub faults: FaultStats,
     pub crash_to_drop: Latencies,
+    pub stale_to_rejoin: Latencies,
     pub sim_time_s: f64,
     pub wall_s: f64,
     pub samples: Vec<Sample>,

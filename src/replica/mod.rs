@@ -7,7 +7,7 @@
 //! `ScheduleWake` replaces the previous one; at that time call `handle_timeout`). The
 //! replica reads no clock and does no I/O; its randomness comes from a seed.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,6 +137,8 @@ pub struct Replica<S: StateMachine> {
     /// The previous incarnation's records, merged into the new map after a rejoin so that
     /// what it knew (evictions above all) is not forgotten.
     retired_records: Vec<Arc<MemberRecord>>,
+    /// When each evicted node that kept talking was last sent its eviction.
+    told_evicted: BTreeMap<NodeId, Time>,
     /// Evictions adopted by the map, kept for observers when `journal_applied` is on.
     eviction_journal: Vec<(NodeId, u64)>,
     stats: ReplicaStats,
@@ -181,6 +183,7 @@ impl<S: StateMachine> Replica<S> {
             isolated: false,
             retired_ops: Vec::new(),
             retired_records: Vec::new(),
+            told_evicted: BTreeMap::new(),
             eviction_journal: Vec::new(),
             stats: ReplicaStats::default(),
         };
@@ -435,6 +438,7 @@ impl<S: StateMachine> Replica<S> {
     pub fn handle_message(&mut self, now: Time, from: &NodeId, message: &Message<S>) {
         if self.is_member() {
             self.map.heard_from(from, now);
+            self.tell_if_evicted(now, from, message);
         }
         match (&self.phase, message) {
             (Phase::Joining { .. }, Message::JoinResponse(response)) => {
@@ -530,6 +534,24 @@ impl<S: StateMachine> Replica<S> {
                     *unanswered = 0;
                     *backoff = self.config.gossip.join_retry;
                     self.incarnation += 1;
+                    if *current == 0 {
+                        // a whole round unanswered: add nodes this one knew (a rejoining
+                        // node still holds its previous map), so that it never waits on
+                        // the same dead peers forever
+                        let mut known: Vec<NodeId> = self
+                            .map
+                            .iter()
+                            .map(|(id, _)| id.clone())
+                            .filter(|id| *id != self.id && !sponsors.contains(id))
+                            .collect();
+                        for _ in 0..3 {
+                            if known.is_empty() {
+                                break;
+                            }
+                            let pick = known.swap_remove(self.rng.random_range(0..known.len()));
+                            sponsors.push(pick);
+                        }
+                    }
                 } else {
                     *backoff = (*backoff * 2).min(self.config.gossip.join_retry_max);
                 }
@@ -631,6 +653,33 @@ impl<S: StateMachine> Replica<S> {
             MemberState::Evicted => self.lose_membership(now),
             _ => {}
         }
+    }
+
+    /// A node this map holds as evicted is still gossiping (it has not heard yet): send it
+    /// its eviction record directly, at most once per anti-entropy interval, so that an
+    /// evicted node learns it within one round trip of reaching any member that knows.
+    fn tell_if_evicted(&mut self, now: Time, from: &NodeId, message: &Message<S>) {
+        if matches!(message, Message::JoinRequest(_) | Message::JoinResponse(_)) {
+            return;
+        }
+        let Some(entry) = self.map.get(from) else {
+            return;
+        };
+        if entry.record.state != MemberState::Evicted {
+            return;
+        }
+        let every = self.config.gossip.anti_entropy_interval;
+        if self
+            .told_evicted
+            .get(from)
+            .is_some_and(|t| now < *t + every)
+        {
+            return;
+        }
+        let record = entry.record.clone();
+        self.told_evicted.retain(|_, t| now < *t + every);
+        self.told_evicted.insert(from.clone(), now);
+        self.send(from.clone(), Message::Status(Records(vec![record])));
     }
 
     /// Failure detection (SWIM-like, with reports as heartbeats): suspect members silent
