@@ -740,6 +740,41 @@ impl Sim {
                 continue;
             }
             if !self.unseen_and_voided(n, &self.ids[m], other.incarnation) {
+                if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+                    let map = self.nodes[n].replica.network_map();
+                    eprintln!(
+                        "  I3: node {n} inc {} (counted {}, pending {:?}, own sponsor {:?}) holds node {m}: {:?}; node {m} inc {} sponsor {:?}",
+                        self.nodes[n].incarnation,
+                        map.counted(),
+                        map.pending_record(&self.ids[m]).map(|r| (r.incarnation, r.state, r.registrations)),
+                        map.own().record.sponsor.as_ref().map(|s| (self.index.get(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
+                        map.get(&self.ids[m]).map(|e| (e.record.incarnation, e.record.state, e.record.report_seq, e.record.applied.total())),
+                        other.incarnation,
+                        other.replica.network_map().own().record.sponsor.as_ref().map(|s| (self.index.get(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
+                    );
+                    for (k, o) in self.nodes.iter().enumerate() {
+                        let regs: Vec<_> = o
+                            .replica
+                            .network_map()
+                            .iter()
+                            .filter(|(_, e)| {
+                                e.record
+                                    .sponsor
+                                    .as_ref()
+                                    .is_some_and(|s| s.sponsor == self.ids[m])
+                            })
+                            .map(|(id, e)| {
+                                (
+                                    self.index.get(id),
+                                    e.record.incarnation,
+                                    e.record.state,
+                                    e.record.sponsor.as_ref().unwrap().reg_no,
+                                )
+                            })
+                            .collect();
+                        eprintln!("    node {k} inc {} knows {} regs of {m}: {:?}; its record of {m}: {:?}", o.replica.incarnation(), o.replica.network_map().known_registrations(&self.ids[m], 1), regs, o.replica.network_map().get(&self.ids[m]).map(|e| (e.record.incarnation, e.record.registrations)));
+                    }
+                }
                 let detail = safety::check(&sp, &other.shadow).err().unwrap_or_default();
                 self.violations
                     .record(safety::NAME, at, format!("node {n} vs node {m}: {detail}"));
@@ -808,6 +843,14 @@ impl Sim {
         }
         let at = self.ms();
         for key in restored {
+            if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+                eprintln!(
+                    "{:.3} s: eviction of {:?} inc {} forgotten (last holder {k})",
+                    self.now.as_millis_f64() / 1e3,
+                    self.index.get(&key.0),
+                    key.1
+                );
+            }
             self.evicted.remove(&key);
             if let Some(&m) = self.index.get(&key.0) {
                 let node = &self.nodes[m];

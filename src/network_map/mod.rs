@@ -192,6 +192,10 @@ pub struct NetworkMap {
     evictions: Vec<(NodeId, u64)>,
     /// Memberships this map evicted on arrival (admission check), in total.
     evicted_on_arrival: u64,
+    /// Registration records superseded by a newer incarnation of their joiner, by sponsor
+    /// membership: the evidence that lets other maps count those registrations as known.
+    /// Sent along with the sponsor's records (see `with_evidence`).
+    evidence: BTreeMap<(NodeId, u64), Vec<Arc<MemberRecord>>>,
 }
 
 impl NetworkMap {
@@ -208,6 +212,7 @@ impl NetworkMap {
             admission_check: true,
             evictions: Vec::new(),
             evicted_on_arrival: 0,
+            evidence: BTreeMap::new(),
         };
         map.adopt(Arc::new(own), now);
         map
@@ -229,22 +234,24 @@ impl NetworkMap {
 
     /// Merges a record received from anyone. See the module doc for the adoption rule.
     pub fn merge(&mut self, record: Arc<MemberRecord>, now: Time) -> MergeOutcome {
-        if record.id == self.me {
-            return MergeOutcome::AboutSelf;
-        }
         if let Some(current) = self.members.get(&record.id) {
-            if !record.supersedes(&current.record) {
-                // A registration superseded by a newer incarnation of its joiner is still
-                // a registration its sponsor's records count: note it, or they would wait
-                // for it forever. The superseded membership itself was never installed.
+            if record.id == self.me || !record.supersedes(&current.record) {
+                // A registration superseded by a newer incarnation of its joiner (this
+                // node's own earlier memberships included) is still a registration its
+                // sponsor's records count: note it, or they would wait for it forever.
                 if record.incarnation < current.record.incarnation {
                     if let Some(s) = &record.sponsor {
                         if self.note_registration(s) {
+                            self.keep_evidence(record.clone());
                             self.release_pending(now);
                         }
                     }
                 }
-                return MergeOutcome::Outdated;
+                return if record.id == self.me {
+                    MergeOutcome::AboutSelf
+                } else {
+                    MergeOutcome::Outdated
+                };
             }
         }
         if !self.registrations_known(&record) {
@@ -384,9 +391,46 @@ impl NetworkMap {
             .insert(s.reg_no)
     }
 
+    fn keep_evidence(&mut self, record: Arc<MemberRecord>) {
+        if let Some(s) = &record.sponsor {
+            let kept = self
+                .evidence
+                .entry((s.sponsor.clone(), s.sponsor_incarnation))
+                .or_default();
+            let reg_no = s.reg_no;
+            if !kept
+                .iter()
+                .any(|r| r.sponsor.as_ref().is_some_and(|k| k.reg_no == reg_no))
+            {
+                kept.push(record);
+            }
+        }
+    }
+
+    /// `records` followed by the evidence of the registrations they count.
+    fn with_evidence(&self, mut records: Vec<Arc<MemberRecord>>) -> Vec<Arc<MemberRecord>> {
+        if self.evidence.is_empty() {
+            return records;
+        }
+        let mut extra = Vec::new();
+        for r in &records {
+            if let Some(kept) = self.evidence.get(&(r.id.clone(), r.incarnation)) {
+                extra.extend(kept.iter().cloned());
+            }
+        }
+        records.extend(extra);
+        records
+    }
+
     fn adopt(&mut self, mut record: Arc<MemberRecord>, now: Time) {
         if let Some(s) = record.sponsor.clone() {
             self.note_registration(&s);
+        }
+        if let Some(old) = self.members.get(&record.id) {
+            if old.record.incarnation < record.incarnation && old.record.sponsor.is_some() {
+                let old = old.record.clone();
+                self.keep_evidence(old);
+            }
         }
         if self
             .pending
@@ -503,7 +547,8 @@ impl NetworkMap {
 
     /// Every record, in id order (what a sponsor hands a joiner).
     pub fn records(&self) -> Vec<Arc<MemberRecord>> {
-        self.members.values().map(|e| e.record.clone()).collect()
+        let records = self.members.values().map(|e| e.record.clone()).collect();
+        self.with_evidence(records)
     }
 
     /// Members in good standing (counted in the snapshot point), this node included.
@@ -541,6 +586,11 @@ impl NetworkMap {
         self.members.is_empty()
     }
 
+    /// The record of `id` waiting for registrations this node has not seen yet, if any.
+    pub fn pending_record(&self, id: &NodeId) -> Option<&Arc<MemberRecord>> {
+        self.pending.get(id)
+    }
+
     /// Records waiting for registrations this node has not seen yet.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
@@ -549,10 +599,11 @@ impl NetworkMap {
     /// Records adopted since the last call (what a status report should relay), in id order.
     pub fn take_dirty(&mut self) -> Vec<Arc<MemberRecord>> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty
+        let records = dirty
             .into_iter()
             .filter_map(|id| self.members.get(&id).map(|e| e.record.clone()))
-            .collect()
+            .collect();
+        self.with_evidence(records)
     }
 
     pub fn has_dirty(&self) -> bool {
@@ -571,11 +622,13 @@ impl NetworkMap {
     pub fn newer_than(&self, digest: &[(NodeId, RecordVersion)]) -> Vec<Arc<MemberRecord>> {
         let theirs: BTreeMap<&NodeId, RecordVersion> =
             digest.iter().map(|(id, v)| (id, *v)).collect();
-        self.members
+        let records = self
+            .members
             .iter()
             .filter(|(id, e)| theirs.get(id).is_none_or(|v| e.record.version() > *v))
             .map(|(_, e)| e.record.clone())
-            .collect()
+            .collect();
+        self.with_evidence(records)
     }
 
     /// Whether a peer's digest names a record newer than ours (or one we lack).

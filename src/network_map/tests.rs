@@ -312,3 +312,46 @@ proptest! {
         prop_assert_eq!(t.min(), &naive);
     }
 }
+
+#[test]
+fn a_registration_superseded_by_a_newer_incarnation_still_counts_as_known() {
+    let sponsorship = |reg_no| Sponsorship {
+        sponsor: id(0),
+        sponsor_incarnation: 1,
+        reg_no,
+    };
+    // 0 registered 3 (its first joiner); 3 later rejoined elsewhere with incarnation 2
+    let registration = Arc::new(MemberRecord {
+        sponsor: Some(sponsorship(1)),
+        ..record(3, 0, &[])
+    });
+    let mut sponsor_record = record(0, 2, &[]);
+    sponsor_record.registrations = 1;
+    let sponsor_record = Arc::new(sponsor_record);
+
+    let mut a = NetworkMap::new(record(7, 1, &[]), Time::ZERO);
+    a.merge(registration.clone(), Time::ZERO);
+    a.merge(sponsor_record.clone(), Time::ZERO);
+    let rejoined = MemberRecord {
+        incarnation: 2,
+        ..record(3, 1, &[])
+    };
+    a.merge(Arc::new(rejoined), Time::ZERO);
+    // a hands over its map: the superseded registration travels with the sponsor's record
+    let handed = a.records();
+    assert!(handed.iter().any(|r| Arc::ptr_eq(r, &registration)));
+
+    // a map that only ever sees the newer incarnation adopts the sponsor's record anyway
+    let b = NetworkMap::load(record(9, 1, &[]), handed, Time::ZERO);
+    assert_eq!(b.pending_len(), 0);
+    assert_eq!(b.get(&id(0)).unwrap().record.registrations, 1);
+
+    // and so does the joiner itself, for whom its old registration is a record about itself
+    let own = MemberRecord {
+        incarnation: 3,
+        ..record(3, 1, &[])
+    };
+    let c = NetworkMap::load(own, a.records(), Time::ZERO);
+    assert_eq!(c.pending_len(), 0, "0's record waits for nothing");
+    assert!(c.is_counted(&id(0)));
+}
