@@ -204,6 +204,8 @@ pub struct Sim {
     evicted: BTreeMap<(NodeId, u64), BTreeSet<usize>>,
     /// Union of the applied vectors of members (recomputed when stale).
     members_union: Option<VersionVector>,
+    /// Print evictions and I3 details on stderr (`TIDEMARK_SIM_TRACE` set).
+    trace: bool,
 }
 
 impl Sim {
@@ -255,6 +257,7 @@ impl Sim {
             stale_to_rejoin: Latencies::default(),
             evicted: BTreeMap::new(),
             members_union: None,
+            trace: std::env::var_os("TIDEMARK_SIM_TRACE").is_some(),
             config,
         };
         sim.config.writers = writers;
@@ -740,7 +743,7 @@ impl Sim {
                 continue;
             }
             if !self.unseen_and_voided(n, &self.ids[m], other.incarnation) {
-                if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+                if self.trace {
                     let map = self.nodes[n].replica.network_map();
                     eprintln!(
                         "  I3: node {n} inc {} (counted {}, pending {:?}, own sponsor {:?}) holds node {m}: {:?}; node {m} inc {} sponsor {:?}",
@@ -752,28 +755,6 @@ impl Sim {
                         other.incarnation,
                         other.replica.network_map().own().record.sponsor.as_ref().map(|s| (self.index.get(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
                     );
-                    for (k, o) in self.nodes.iter().enumerate() {
-                        let regs: Vec<_> = o
-                            .replica
-                            .network_map()
-                            .iter()
-                            .filter(|(_, e)| {
-                                e.record
-                                    .sponsor
-                                    .as_ref()
-                                    .is_some_and(|s| s.sponsor == self.ids[m])
-                            })
-                            .map(|(id, e)| {
-                                (
-                                    self.index.get(id),
-                                    e.record.incarnation,
-                                    e.record.state,
-                                    e.record.sponsor.as_ref().unwrap().reg_no,
-                                )
-                            })
-                            .collect();
-                        eprintln!("    node {k} inc {} knows {} regs of {m}: {:?}; its record of {m}: {:?}", o.replica.incarnation(), o.replica.network_map().known_registrations(&self.ids[m], 1), regs, o.replica.network_map().get(&self.ids[m]).map(|e| (e.record.incarnation, e.record.registrations)));
-                    }
                 }
                 let detail = safety::check(&sp, &other.shadow).err().unwrap_or_default();
                 self.violations
@@ -843,7 +824,7 @@ impl Sim {
         }
         let at = self.ms();
         for key in restored {
-            if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+            if self.trace {
                 eprintln!(
                     "{:.3} s: eviction of {:?} inc {} forgotten (last holder {k})",
                     self.now.as_millis_f64() / 1e3,
@@ -900,7 +881,7 @@ impl Sim {
         if !first {
             return;
         }
-        if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+        if self.trace {
             eprintln!(
                 "{:.3} s: node {observer} (member {}, inc {}) evicted {:?} inc {incarnation}",
                 self.now.as_millis_f64() / 1e3,
@@ -1297,7 +1278,7 @@ impl Sim {
                     .iter()
                     .filter(|o| o.member && o.replica.network_map().is_counted(id))
                     .count();
-                if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+                if self.trace {
                     for (k, o) in self.nodes.iter().enumerate() {
                         if let Some(e) = o.replica.network_map().get(id) {
                             eprintln!("  node {k} (member {} inc {} stopped {}) holds inc {} {:?} pending {}", o.member, o.replica.incarnation(), o.stopped, e.record.incarnation, e.record.state, o.replica.network_map().pending_len());
