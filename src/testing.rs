@@ -88,6 +88,17 @@ impl<S: StateMachine> LoopbackNet<S> {
         i
     }
 
+    /// Adds a replica built by the caller; returns its index.
+    pub fn add_node(&mut self, replica: Replica<S>) -> usize {
+        self.nodes.push(replica);
+        self.wakes.push(None);
+        self.cut_off.push(false);
+        self.crashed.push(false);
+        let i = self.nodes.len() - 1;
+        self.flush(i);
+        i
+    }
+
     /// A local write at node `i`.
     pub fn write(&mut self, i: usize, op: S::Op) {
         self.nodes[i]

@@ -357,3 +357,71 @@ fn a_restarted_node_rejoins_from_its_durable_state_and_loses_nothing() {
         );
     }
 }
+
+#[test]
+fn a_sponsor_that_dies_before_its_registration_spreads_loses_nothing_and_decides_nothing_unsafe() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.run_for(Duration::from_millis(100));
+    // node 2 writes an op nobody else receives, then registers node 9 and dies before any
+    // report of the registration leaves it: only the grant gets out
+    net.drop_publishes = true;
+    net.write(2, put("late", "2"));
+    net.drop_publishes = false;
+    let mut joiner = Replica::joiner(id(9), 1, id(2), ReplicaConfig::default(), 77, net.now);
+    let request = loop {
+        match joiner.poll_action() {
+            Some(Action::Send { to, message }) if to == id(2) => break message,
+            Some(_) => {}
+            None => panic!("the joiner asks its sponsor"),
+        }
+    };
+    net.nodes[2].handle_message(net.now, &id(9), &request);
+    let grant = loop {
+        match net.nodes[2].poll_action() {
+            Some(Action::Send { to, message }) if to == id(9) => break message,
+            Some(_) => {} // everything else dies with node 2
+            None => panic!("the sponsor answers"),
+        }
+    };
+    net.crashed[2] = true;
+    let j = net.add_node(joiner);
+    net.nodes[j].handle_message(net.now, &id(2), &grant);
+    net.flush(j);
+    assert!(net.nodes[j].is_member());
+    let live = [0, 1, 3, j];
+    // as the joiner's reports spread, nobody decides past its join cut (I3)
+    for _ in 0..40 {
+        net.run_for(Duration::from_millis(250));
+        for &n in &live {
+            assert!(
+                net.nodes[n].snapshot_point().le(net.nodes[j].applied()),
+                "node {n} decided past the joiner"
+            );
+        }
+    }
+    net.run_for(eviction_bound());
+    net.write(0, put("after", "0"));
+    net.run_for(Duration::from_secs(2));
+    for &n in &live {
+        let r = &net.nodes[n];
+        assert_eq!(
+            r.network_map().get(&id(2)).unwrap().record.state,
+            MemberState::Evicted
+        );
+        assert!(
+            r.network_map().is_counted(&id(9)),
+            "the joiner counts everywhere"
+        );
+        assert_eq!(
+            r.applied_state().get("late"),
+            Some("2"),
+            "I5: the grant carried it"
+        );
+        assert_eq!(
+            r.stable_state().get("after"),
+            Some("0"),
+            "the point moved on"
+        );
+        assert_eq!(r.snapshot_point(), r.applied());
+    }
+}
