@@ -81,13 +81,17 @@ impl FaultConfig {
         let crash = on(&mut rng);
         let partition = on(&mut rng);
         let churn = on(&mut rng);
-        let secs = |rng: &mut rand_chacha::ChaCha8Rng, lo: f64, hi: f64| {
-            Duration::from_secs_f64(rng.random_range(lo..hi))
+        // a range starting in [lo, lo_max) and up to 15 s wide
+        let span = |rng: &mut rand_chacha::ChaCha8Rng, lo: f64, lo_max: f64| {
+            let start = rng.random_range(lo..lo_max);
+            let width = rng.random_range(0.1..15.0);
+            (
+                Duration::from_secs_f64(start),
+                Duration::from_secs_f64(start + width),
+            )
         };
-        let down_lo = secs(&mut rng, 0.2, 5.0);
-        let down_hi = down_lo + secs(&mut rng, 0.1, 15.0);
-        let part_lo = secs(&mut rng, 0.5, 5.0);
-        let part_hi = part_lo + secs(&mut rng, 0.1, 15.0);
+        let downtime = span(&mut rng, 0.2, 5.0);
+        let partition_length = span(&mut rng, 0.5, 5.0);
         FaultConfig {
             safety_phase,
             crash_rate: if crash {
@@ -97,14 +101,14 @@ impl FaultConfig {
             },
             restart: rng.random_range(0.0..1.0),
             lost_disk: rng.random_range(0.0..0.6),
-            downtime: (down_lo, down_hi),
+            downtime,
             partition_rate: if partition {
                 rng.random_range(0.02..0.3)
             } else {
                 0.0
             },
             one_way: rng.random_range(0.0..1.0),
-            partition_length: (part_lo, part_hi),
+            partition_length,
             churn_rate: if churn {
                 rng.random_range(0.05..1.0)
             } else {

@@ -349,6 +349,12 @@ impl Sim {
         Some(self.now + Duration::from_secs_f64(gap.min(1e6)))
     }
 
+    /// A duration drawn uniformly from `(lo, hi)`.
+    fn draw(&mut self, (lo, hi): (Duration, Duration)) -> Duration {
+        let (lo, hi) = (lo.as_secs_f64(), hi.as_secs_f64());
+        Duration::from_secs_f64(self.rng.random_range(lo..=hi.max(lo)))
+    }
+
     fn reschedule_fault(&mut self, rate: f64, kind: EventKind) {
         if !self.faults_on {
             return;
@@ -1099,12 +1105,7 @@ impl Sim {
         if self.rng.random_bool(faults.restart) {
             let lost_disk = self.rng.random_bool(faults.lost_disk);
             self.pending_restarts.insert(n, lost_disk);
-            let (lo, hi) = faults.downtime;
-            let down_for = Duration::from_secs_f64(
-                self.rng
-                    .random_range(lo.as_secs_f64()..=hi.as_secs_f64().max(lo.as_secs_f64())),
-            );
-            let at = self.now + down_for;
+            let at = self.now + self.draw(faults.downtime);
             if self.faults_end.is_some_and(|end| at < end) {
                 self.push(at, EventKind::Restart { node: n });
             }
@@ -1179,12 +1180,7 @@ impl Sim {
         let one_way = self.rng.random_bool(faults.one_way);
         self.partition = Some(Partition { side, one_way });
         self.faults.partitions += 1;
-        let (lo, hi) = faults.partition_length;
-        let lasts = Duration::from_secs_f64(
-            self.rng
-                .random_range(lo.as_secs_f64()..=hi.as_secs_f64().max(lo.as_secs_f64())),
-        );
-        let at = self.now + lasts;
+        let at = self.now + self.draw(faults.partition_length);
         if self.faults_end.is_some_and(|end| at < end) {
             self.push(at, EventKind::Heal);
         }

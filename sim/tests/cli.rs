@@ -152,9 +152,9 @@ fn bad_arguments_are_refused_with_a_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
 
-#[test]
-fn swarm_faults_are_drawn_from_the_seed_and_reported() {
-    let args = [
+/// A small `--faults all` run of `seed`.
+fn swarm(seed: &str) -> std::process::Output {
+    sim(&[
         "--faults",
         "all",
         "--nodes",
@@ -162,14 +162,18 @@ fn swarm_faults_are_drawn_from_the_seed_and_reported() {
         "--ops",
         "100",
         "--seed",
-        "3",
+        seed,
         "--safety-phase-s",
         "8",
         "--json",
-    ];
-    let a = sim(&args);
+    ])
+}
+
+#[test]
+fn swarm_faults_are_drawn_from_the_seed_and_reported() {
+    let a = swarm("3");
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
-    let b = sim(&args);
+    let b = swarm("3");
     let (a, b) = (
         String::from_utf8_lossy(&a.stdout),
         String::from_utf8_lossy(&b.stdout),
@@ -201,21 +205,9 @@ fn swarm_faults_are_drawn_from_the_seed_and_reported() {
         assert!(report["faults"][field].is_u64(), "faults.{field}");
     }
     assert!(report["crash_to_drop_ms"]["p99"].is_number());
+    assert!(report["stale_to_rejoin_ms"]["p99"].is_number());
     // another seed draws another mix
-    let c = sim(&[
-        "--faults",
-        "all",
-        "--nodes",
-        "10",
-        "--ops",
-        "100",
-        "--seed",
-        "4",
-        "--safety-phase-s",
-        "8",
-        "--json",
-    ]);
-    let other: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    let other: serde_json::Value = serde_json::from_slice(&swarm("4").stdout).unwrap();
     assert_ne!(other["fault_config"], report["fault_config"]);
 }
 
