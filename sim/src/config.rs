@@ -83,11 +83,10 @@ impl FaultConfig {
         let churn = on(&mut rng);
         // a range starting in [lo, lo_max) and up to 15 s wide
         let span = |rng: &mut rand_chacha::ChaCha8Rng, lo: f64, lo_max: f64| {
-            let start = rng.random_range(lo..lo_max);
-            let width = rng.random_range(0.1..15.0);
+            let start = Duration::from_secs_f64(rng.random_range(lo..lo_max));
             (
-                Duration::from_secs_f64(start),
-                Duration::from_secs_f64(start + width),
+                start,
+                start + Duration::from_secs_f64(rng.random_range(0.1..15.0)),
             )
         };
         let downtime = span(&mut rng, 0.2, 5.0);
