@@ -260,6 +260,15 @@ struct BatchSummary {
     violations: u64,
     liveness_failures: u64,
     failed_seeds: Vec<u64>,
+    /// Worst run: from a crash until a member stopped counting the crashed node.
+    crash_to_drop_max_ms: f64,
+    /// Worst run: from when an evicted node could know it until it started to rejoin.
+    stale_to_rejoin_max_ms: f64,
+    /// Fault counts summed over the runs.
+    evictions: u64,
+    evictions_of_running: u64,
+    rejoins: u64,
+    ops_republished: u64,
     wall_s: f64,
 }
 
@@ -359,6 +368,18 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
         violations: results.iter().map(|r| r.violations).sum(),
         liveness_failures: results.iter().filter(|r| r.liveness_failure).count() as u64,
         failed_seeds: failed.clone(),
+        crash_to_drop_max_ms: results
+            .iter()
+            .map(|r| r.crash_to_drop_ms.max)
+            .fold(0.0, f64::max),
+        stale_to_rejoin_max_ms: results
+            .iter()
+            .map(|r| r.stale_to_rejoin_ms.max)
+            .fold(0.0, f64::max),
+        evictions: results.iter().map(|r| r.faults.evictions).sum(),
+        evictions_of_running: results.iter().map(|r| r.faults.evictions_of_running).sum(),
+        rejoins: results.iter().map(|r| r.faults.rejoins).sum(),
+        ops_republished: results.iter().map(|r| r.faults.ops_republished).sum(),
         wall_s: (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
     };
     if args.json {
