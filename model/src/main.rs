@@ -87,15 +87,16 @@ fn parse(mut args: impl Iterator<Item = String>) -> Option<(Scope, Search)> {
 fn run(scope: Scope, search: Search) -> ExitCode {
     println!("scope: {scope:?}");
     println!(
-        "search: {:?}, threads {}, budget {:?}",
+        "search: {:?}, threads {} (BFS runs on one), budget {:?}",
         search.strategy, search.threads, search.budget
     );
     let outcome = check(scope, search);
     let coverage = match (outcome.exhaustive, outcome.depth_bounded) {
         (true, false) => "exhaustive: every reachable state within the bounds".to_string(),
         (true, true) => format!(
-            "exhaustive up to depth {}: every behaviour of at most that many steps",
-            outcome.max_depth
+            "every state reachable in at most {} steps (states at the depth bound are \
+             generated, not checked)",
+            outcome.scope.max_depth.saturating_sub(2)
         ),
         (false, _) => "NOT exhaustive (budget used up, or random walks)".to_string(),
     };

@@ -40,7 +40,7 @@ pub fn all(scope: &Scope) -> Vec<Property<TidemarkModel>> {
         Property::always(I4, i4),
         Property::always(I4_FOLDED, i4_folded),
         Property::sometimes(SP_MOVES, sp_moves),
-        Property::sometimes(L1_REACHED, |m, s| all_stable(m, s)),
+        Property::sometimes(L1_REACHED, all_stable),
     ];
     if scope.settle.is_some() {
         properties.push(Property::always(L1_SETTLE, l1_settle));

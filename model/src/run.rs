@@ -95,10 +95,16 @@ impl Outcome {
 /// Explores the bounded state space of `scope` as `search` says.
 pub fn check(scope: Scope, search: Search) -> Outcome {
     let max_depth = scope.max_depth;
+    // stateright's BFS visits a state first at its least depth only on one thread (each
+    // thread keeps its own queue); a depth-bounded search is complete only then
+    let threads = match search.strategy {
+        Strategy::Bfs => 1,
+        _ => search.threads.max(1),
+    };
     let started = Instant::now();
     let mut builder = TidemarkModel::new(scope)
         .checker()
-        .threads(search.threads.max(1))
+        .threads(threads)
         .target_max_depth(max_depth);
     if let Some(budget) = search.budget {
         builder = builder.timeout(budget);
