@@ -1260,6 +1260,28 @@ impl Sim {
             })
             .collect();
         let mut live = liveness::check(&union, members.iter().map(|(l, a, s)| (l.clone(), a, s)));
+        if live.is_err() && self.trace {
+            for (i, n) in self.nodes.iter().enumerate() {
+                let r = &n.replica;
+                let map = r.network_map();
+                let counted: Vec<_> = map
+                    .counted_peers()
+                    .iter()
+                    .map(|p| self.index.get(p).copied())
+                    .collect();
+                eprintln!(
+                    "  node {i}: member {} stopped {} inc {} applied {} sp {} isolated {} counted {:?} stats {:?}",
+                    n.member,
+                    n.stopped,
+                    r.incarnation(),
+                    r.applied().total(),
+                    r.snapshot_point().total(),
+                    r.is_isolated(),
+                    counted,
+                    r.stats()
+                );
+            }
+        }
         if live.is_ok() {
             if let Some(i) = (0..self.nodes.len()).find(|&i| {
                 let n = &self.nodes[i];
