@@ -79,13 +79,7 @@ impl<S: StateMachine> LoopbackNet<S> {
         let seed = self.nodes.len() as u64 + 1_000;
         let config = ReplicaConfig::default();
         let joiner = Replica::joiner_via(id, 1, sponsors, config, seed, self.now);
-        self.nodes.push(joiner);
-        self.wakes.push(None);
-        self.cut_off.push(false);
-        self.crashed.push(false);
-        let i = self.nodes.len() - 1;
-        self.flush(i);
-        i
+        self.add_node(joiner)
     }
 
     /// Adds a replica built by the caller; returns its index.
