@@ -339,10 +339,7 @@ impl NetworkMap {
     pub fn evict(&mut self, member: &NodeId, now: Time) -> bool {
         match self.members.get(member) {
             Some(e) if *member != self.me && e.record.state.counts() => {
-                let known = self
-                    .registrations
-                    .get(&(member.clone(), e.record.incarnation))
-                    .map_or(0, |r| r.contiguous);
+                let known = self.known_registrations(member, e.record.incarnation);
                 let record = MemberRecord {
                     state: MemberState::Evicted,
                     registrations: e.record.registrations.max(known),
@@ -378,9 +375,7 @@ impl NetworkMap {
         if record.registrations == 0 {
             return true;
         }
-        self.registrations
-            .get(&(record.id.clone(), record.incarnation))
-            .is_some_and(|r| r.contiguous >= record.registrations)
+        self.known_registrations(&record.id, record.incarnation) >= record.registrations
     }
 
     /// Notes a registration; true if it was news.

@@ -316,11 +316,6 @@ impl<S: StateMachine> Replica<S> {
         matches!(self.phase, Phase::Left)
     }
 
-    /// Whether this node is rejoining (it found itself evicted or stale, or restarted).
-    pub fn is_rejoining(&self) -> bool {
-        matches!(self.phase, Phase::Joining { .. }) && self.stats.rejoins > 0
-    }
-
     /// Whether the last failure check heard from at most half of the members in good
     /// standing: this node is then probably the one cut off, so it evicts no one, and it
     /// cannot vouch that it is still a member itself.
