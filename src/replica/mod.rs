@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
 use crate::join_protocol::{self, JoinRequest, JoinResponse};
@@ -80,6 +81,41 @@ pub enum WriteRefused {
     Leaving,
     #[error("this node has left the network")]
     Left,
+}
+
+/// Where a node stood when its checkpoint was taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DurablePhase {
+    /// Still joining, through these bootstrap peers.
+    Joining { sponsors: Vec<NodeId> },
+    Member,
+    Left,
+}
+
+/// What a node keeps on disk to come back after a crash or a stop (see
+/// [`Replica::resume`]): everything but the op suffix above the stable cut, which the driver
+/// stores op by op as the replica applies them ([`ReplicaConfig::journal_applied`]).
+///
+/// `T` is the stable state: `&S` when taken ([`Replica::checkpoint`]), `S` when read back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint<T> {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub phase: DurablePhase,
+    pub stable_state: T,
+    pub stable_cut: VersionVector,
+    pub lamport: u64,
+    /// Every record of the network map, this node's own included.
+    pub records: Vec<Arc<MemberRecord>>,
+}
+
+/// Why a checkpoint could not be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    #[error("the checkpoint has no record of its own node")]
+    NoOwnRecord,
+    #[error("the stored ops do not apply on the stored stable state: {0}")]
+    Ops(#[from] crate::ops_log::InstallError),
 }
 
 #[derive(Debug, Clone)]
@@ -774,6 +810,92 @@ impl<S: StateMachine> Replica<S> {
             unanswered: 0,
         };
         self.send_join_request(first);
+    }
+
+    /// This node's durable state, apart from the op suffix (see [`Checkpoint`]).
+    pub fn checkpoint(&self) -> Checkpoint<&S> {
+        let phase = match &self.phase {
+            Phase::Joining { sponsors, .. } => DurablePhase::Joining {
+                sponsors: sponsors.clone(),
+            },
+            Phase::Member { .. } => DurablePhase::Member,
+            Phase::Left => DurablePhase::Left,
+        };
+        Checkpoint {
+            id: self.id.clone(),
+            incarnation: self.incarnation,
+            phase,
+            stable_state: self.log.stable_state(),
+            stable_cut: self.log.stable_cut().clone(),
+            lamport: self.log.lamport(),
+            records: self.map.records(),
+        }
+    }
+
+    /// A node back from its checkpoint and the ops it had applied above the stable cut (in
+    /// any order; ops at or below the cut are skipped). It comes back as
+    /// [`Replica::restart`] does — a member rejoins through the handshake with a new
+    /// incarnation, republishing what the network lacks — except that a node that had
+    /// left rejoins too (an operator restarting it wants it back), and a member that knows
+    /// no other member resumes as it was: it is the whole network.
+    pub fn resume(
+        checkpoint: Checkpoint<S>,
+        suffix: Vec<Arc<Op<S::Op>>>,
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Result<Self, ResumeError> {
+        let cut = checkpoint.stable_cut;
+        let mut suffix: Vec<_> = suffix
+            .into_iter()
+            .filter(|op| op.seq > cut.get(&op.origin))
+            .collect();
+        suffix.sort_by_key(|op| op.lamport);
+        let mut log = OpsLog::install(checkpoint.stable_state, cut, checkpoint.lamport, suffix)?;
+        log.drain_applied();
+        let id = checkpoint.id;
+        let mut own = None;
+        let mut others = Vec::new();
+        for record in checkpoint.records {
+            if record.id == id {
+                own = Some(record);
+            } else {
+                others.push(record);
+            }
+        }
+        let mut own = (*own.ok_or(ResumeError::NoOwnRecord)?).clone();
+        own.addrs = config.addrs.clone();
+        let mut map = NetworkMap::load(own, others, now);
+        map.take_dirty();
+        map.take_evictions();
+        let (phase, rejoin) = match checkpoint.phase {
+            DurablePhase::Joining { sponsors } if !sponsors.is_empty() => (
+                Phase::Joining {
+                    sponsors,
+                    current: 0,
+                    retry_at: now,
+                    backoff: config.gossip.join_retry,
+                    unanswered: 0,
+                },
+                false,
+            ),
+            DurablePhase::Joining { .. } => (Phase::Left, false),
+            DurablePhase::Member | DurablePhase::Left => {
+                (Phase::Member { leaving_by: None }, true)
+            }
+        };
+        let mut replica =
+            Self::with_parts(id, checkpoint.incarnation, config, phase, map, seed, now);
+        replica.log = log;
+        if rejoin && replica.map.counted_peers().is_empty() {
+            // the only member: nobody can have moved on without it
+            let applied = replica.log.applied().clone();
+            replica.map.report_own(applied, now, |own| own.state = MemberState::Alive);
+            replica.own_changed = true;
+            replica.finish(now);
+            return Ok(replica);
+        }
+        Ok(replica.restart(now))
     }
 
     /// The same node after a crash, restarted from its durable state (its ops log and
