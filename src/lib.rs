@@ -13,6 +13,8 @@
 pub mod gossip;
 pub mod join_protocol;
 pub mod network_map;
+#[cfg(feature = "node")]
+pub mod node;
 pub mod node_id;
 pub mod ops_log;
 pub mod replica;

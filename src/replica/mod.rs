@@ -87,7 +87,9 @@ pub enum WriteRefused {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DurablePhase {
     /// Still joining, through these bootstrap peers.
-    Joining { sponsors: Vec<NodeId> },
+    Joining {
+        sponsors: Vec<NodeId>,
+    },
     Member,
     Left,
 }
@@ -880,9 +882,7 @@ impl<S: StateMachine> Replica<S> {
                 false,
             ),
             DurablePhase::Joining { .. } => (Phase::Left, false),
-            DurablePhase::Member | DurablePhase::Left => {
-                (Phase::Member { leaving_by: None }, true)
-            }
+            DurablePhase::Member | DurablePhase::Left => (Phase::Member { leaving_by: None }, true),
         };
         let mut replica =
             Self::with_parts(id, checkpoint.incarnation, config, phase, map, seed, now);
@@ -890,7 +890,9 @@ impl<S: StateMachine> Replica<S> {
         if rejoin && replica.map.counted_peers().is_empty() {
             // the only member: nobody can have moved on without it
             let applied = replica.log.applied().clone();
-            replica.map.report_own(applied, now, |own| own.state = MemberState::Alive);
+            replica
+                .map
+                .report_own(applied, now, |own| own.state = MemberState::Alive);
             replica.own_changed = true;
             replica.finish(now);
             return Ok(replica);

@@ -499,7 +499,8 @@ fn a_member_resumed_from_its_checkpoint_rejoins_and_keeps_its_unpublished_writes
 
 #[test]
 fn a_checkpoint_without_its_own_record_is_refused() {
-    let mut node = Replica::<LwwMap>::genesis(id(0), &[id(0)], ReplicaConfig::default(), 1, Time::ZERO);
+    let mut node =
+        Replica::<LwwMap>::genesis(id(0), &[id(0)], ReplicaConfig::default(), 1, Time::ZERO);
     let mut checkpoint = node.checkpoint();
     checkpoint.records.clear();
     let owned = Checkpoint {

@@ -1,0 +1,223 @@
+//! The `tidemark` binary: `tidemark node` runs one node, `tidemark demo` a local network.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use libp2p::Multiaddr;
+use serde::Deserialize;
+use tidemark::node::demo::{self, DemoConfig};
+use tidemark::node::{Node, NodeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "tidemark",
+    version,
+    about = "A peer-to-peer replica with a decentralized snapshot point"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: found a network, join one through --bootstrap, or resume from --data-dir.
+    /// SIGINT or SIGTERM leaves the network gracefully.
+    Node(NodeArgs),
+    /// Start a local network of real nodes on 127.0.0.1 and show the snapshot point move.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// TOML file with any of: data_dir, listen, api, bootstrap (list), network. Flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the node keeps its key, checkpoint and ops.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Multiaddr to listen on [default: /ip4/127.0.0.1/tcp/0].
+    #[arg(long)]
+    listen: Option<Multiaddr>,
+    /// Address of the HTTP API [default: 127.0.0.1:0].
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// A peer to join through (repeatable); with a /p2p/<peer id> suffix, or without.
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// Network name (the gossip topic is tidemark/<network>/ops) [default: tidemark].
+    #[arg(long)]
+    network: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    api: Option<SocketAddr>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    network: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// How long writes go on, in seconds, before the network settles and the demo ends.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Ops per second written by each node.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Do not kill a node halfway.
+    #[arg(long)]
+    no_crash: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, matches!(cli.command, Command::Demo(_)));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tidemark: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => run_node(args).await,
+            Command::Demo(args) => run_demo(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tidemark: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn node_config(args: NodeArgs) -> Result<NodeConfig, String> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .ok_or("--data-dir is required (or data_dir in --config)")?;
+    let mut config = NodeConfig::local(data_dir);
+    if let Some(listen) = args.listen.or(file
+        .listen
+        .map(|l| l.parse().map_err(|e| format!("listen {l}: {e}")))
+        .transpose()?)
+    {
+        config.listen = vec![listen];
+    }
+    config.api = Some(
+        args.api
+            .or(file.api)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+    );
+    config.bootstrap = if args.bootstrap.is_empty() {
+        file.bootstrap
+            .iter()
+            .map(|b| b.parse().map_err(|e| format!("bootstrap {b}: {e}")))
+            .collect::<Result<_, _>>()?
+    } else {
+        args.bootstrap
+    };
+    if let Some(network) = args.network.or(file.network) {
+        config.network = network;
+    }
+    Ok(config)
+}
+
+async fn run_node(args: NodeArgs) -> Result<ExitCode, String> {
+    let config = node_config(args)?;
+    let node = Node::start(config).await.map_err(|e| e.to_string())?;
+    // one line on stdout for scripts: who this node is and where to reach it
+    println!(
+        "{}",
+        serde_json::json!({
+            "peer_id": node.handle().peer_id(),
+            "listen_addrs": node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "api": node.api_addr().map(|a| format!("http://{a}")),
+        })
+    );
+    let handle = node.handle();
+    tokio::select! {
+        result = node.wait() => return result.map(|_| ExitCode::SUCCESS).map_err(|e| e.to_string()),
+        _ = shutdown_signal() => {}
+    }
+    tracing::info!("signal received: leaving the network");
+    match tokio::time::timeout(Duration::from_secs(15), handle.leave()).await {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(_) => Err("did not finish leaving within 15 s".into()),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_demo(args: DemoArgs) -> Result<ExitCode, String> {
+    let config = DemoConfig {
+        nodes: args.nodes,
+        duration: Duration::from_secs(args.duration),
+        rate: args.rate,
+        crash: !args.no_crash,
+        ..DemoConfig::default()
+    };
+    let summary = demo::run(config).await.map_err(|e| e.to_string())?;
+    Ok(if summary.converged {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,744 @@
+//! The libp2p/tokio driver: maps the replica's actions to the network and the network's
+//! events back to the replica, stores what must survive a crash before anything depending on
+//! it leaves the node, and answers the handle's commands.
+//!
+//! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
+//!   batch's op ids, `<origin>/<first seq>-<last seq>`). A publish gossipsub refuses (no
+//!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
+//! - `Action::Send` → a request on `/tidemark/direct/1`, acknowledged by an empty response;
+//!   answers travel as requests of their own. Request-response dials the peer if needed,
+//!   with the addresses members carry in their records.
+//! - `Action::ScheduleWake` → the loop's single timer.
+//! - Members' addresses from the map are dialled again with backoff when disconnected, so
+//!   the network stays connected after its bootstrap peer leaves.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::codec::{FrameCodec, DIRECT_PROTOCOL};
+use super::metrics::Metrics;
+use super::storage::{Batch, Storage};
+use super::views::{
+    vector_json, At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
+};
+use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
+use crate::gossip::{decode, encode, Message};
+use crate::network_map::MemberState;
+use crate::ops_log::LwwMap;
+use crate::replica::{Action, Replica, ReplicaConfig};
+use crate::{NodeId, Time, VersionVector};
+
+type NodeMessage = Message<LwwMap>;
+
+/// How long a stopping node keeps its swarm running so its last messages go out.
+const FAREWELL: Duration = Duration::from_millis(500);
+/// Least time between two checkpoints written for a moving snapshot point.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How often disconnected members are dialled again (backoff doubles up to the max).
+const RECONNECT_TICK: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    direct: request_response::Behaviour<FrameCodec>,
+    identify: identify::Behaviour,
+}
+
+pub(super) struct Started {
+    pub handle: NodeHandle,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub task: tokio::task::JoinHandle<Result<(), NodeError>>,
+}
+
+pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
+    let storage = Storage::open(&config.data_dir)?;
+    let key = match storage.node_key()? {
+        Some(bytes) => {
+            Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Key(e.to_string()))?
+        }
+        None => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| NodeError::Key(e.to_string()))?;
+            storage.set_node_key(&bytes)?;
+            key
+        }
+    };
+    let peer_id = key.public().to_peer_id();
+    let me = node_id(&peer_id);
+    let mut swarm = build_swarm(key, &config.network)?;
+    let topic = IdentTopic::new(format!("tidemark/{}/ops", config.network));
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NodeError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let listen_addrs = wait_for_listen_addrs(&mut swarm, config.listen.len()).await?;
+    let epoch = Instant::now();
+    let replica_config = ReplicaConfig {
+        gossip: config.gossip.clone(),
+        addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+        journal_applied: true,
+    };
+    // a per-process random seed (std's hasher keys come from the OS)
+    let seed = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    let loaded = storage.load()?;
+    let replica = match loaded.checkpoint {
+        Some(checkpoint) => {
+            if checkpoint.id != me {
+                return Err(NodeError::ForeignState(checkpoint.id.to_base58()));
+            }
+            for record in &checkpoint.records {
+                add_addresses(&mut swarm, &record.id, &record.addrs);
+            }
+            info!(
+                incarnation = checkpoint.incarnation,
+                ops = loaded.ops.len(),
+                "resuming from the data dir"
+            );
+            Replica::resume(checkpoint, loaded.ops, replica_config, seed, Time::ZERO)?
+        }
+        None if config.bootstrap.is_empty() => {
+            info!(%peer_id, "founding a new network");
+            Replica::genesis(me.clone(), &[me.clone()], replica_config, seed, Time::ZERO)
+        }
+        None => {
+            let sponsors = resolve_bootstrap(&mut swarm, &config.bootstrap).await?;
+            info!(
+                bootstrap = sponsors.len(),
+                "joining through the bootstrap peers"
+            );
+            Replica::joiner_via(me.clone(), 1, sponsors, replica_config, seed, Time::ZERO)
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (commands_tx, commands) = mpsc::channel(1024);
+    let (sp_tx, sp_rx) = watch::channel(SnapshotPointView {
+        snapshot_point: Default::default(),
+        ops: 0,
+        digest: String::new(),
+        incarnation: 0,
+    });
+    let advertised: Vec<Multiaddr> = listen_addrs
+        .iter()
+        .map(|a| a.clone().with(Protocol::P2p(peer_id)))
+        .collect();
+    let mut driver = Driver {
+        replica,
+        swarm,
+        storage,
+        topic,
+        epoch,
+        wake_at: None,
+        commands,
+        sp_tx,
+        metrics: metrics.clone(),
+        listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+        acks: Vec::new(),
+        leave_waiters: Vec::new(),
+        stored: StoredMark::default(),
+        last_checkpoint: None,
+        dial_backoff: BTreeMap::new(),
+        last_sp: None,
+    };
+    // everything the replica did while starting (a rejoin's request, a founder's record)
+    driver.after_event()?;
+    let handle = NodeHandle {
+        commands: commands_tx,
+        snapshot_point: sp_rx,
+        peer_id: peer_id.to_base58(),
+        metrics,
+    };
+    let task = tokio::spawn(driver.run());
+    Ok(Started {
+        handle,
+        listen_addrs: advertised,
+        task,
+    })
+}
+
+fn build_swarm(key: Keypair, network: &str) -> Result<Swarm<Behaviour>, NodeError> {
+    let transport_err = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(ValidationMode::Strict)
+        .max_transmit_size(4 * 1024 * 1024)
+        .message_id_fn(message_id)
+        .build()
+        .map_err(|e| transport_err(&e))?;
+    let protocol_version = format!("/tidemark/{network}/1");
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport_err(&e))?
+        .with_behaviour(|key| {
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let direct = request_response::Behaviour::new(
+                [(DIRECT_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(10))
+                    .with_max_concurrent_streams(256),
+            );
+            let identify =
+                identify::Behaviour::new(identify::Config::new(protocol_version, key.public()));
+            Ok(Behaviour {
+                gossipsub,
+                direct,
+                identify,
+            })
+        })
+        .map_err(|e| transport_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+/// Gossipsub message id of an ops batch: `<origin>/<first seq>-<last seq>` of its ops (a
+/// batch holds consecutive ops of one origin, or a rejoiner's republished ops); any other
+/// payload is identified by its BLAKE3 hash, so it can never collide with an op id.
+fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
+    if let Ok(Message::Ops(batch)) = decode::<LwwMap>(&message.data) {
+        if let (Some(first), Some(last)) = (batch.0.first(), batch.0.last()) {
+            return gossipsub::MessageId::from(format!(
+                "{}/{}-{}/{}",
+                first.origin, first.seq, last.origin, last.seq
+            ));
+        }
+    }
+    gossipsub::MessageId::from(blake3::hash(&message.data).to_hex().to_string())
+}
+
+async fn wait_for_listen_addrs(
+    swarm: &mut Swarm<Behaviour>,
+    wanted: usize,
+) -> Result<Vec<Multiaddr>, NodeError> {
+    let mut addrs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while addrs.len() < wanted.max(1) {
+        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => addrs.push(address),
+            Ok(SwarmEvent::ListenerError { error, .. }) => {
+                return Err(NodeError::Transport(error.to_string()))
+            }
+            Ok(SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            }) => {
+                return Err(NodeError::Listen {
+                    addr: addresses.first().cloned().unwrap_or(Multiaddr::empty()),
+                    reason: format!("{reason:?}"),
+                })
+            }
+            Ok(_) => {}
+            Err(_) if !addrs.is_empty() => break,
+            Err(_) => return Err(NodeError::Transport("no listen address within 10 s".into())),
+        }
+    }
+    // a wildcard listener reports one address per interface: take those ready now too
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(50), swarm.next()).await
+    {
+        if let SwarmEvent::NewListenAddr { address, .. } = event {
+            addrs.push(address);
+        }
+    }
+    Ok(addrs)
+}
+
+/// Peer ids of the bootstrap peers: taken from a `/p2p/` suffix, or learned by dialling
+/// the address. Waits (dialling again every 2 s) until at least one is known.
+async fn resolve_bootstrap(
+    swarm: &mut Swarm<Behaviour>,
+    bootstrap: &[Multiaddr],
+) -> Result<Vec<NodeId>, NodeError> {
+    let mut sponsors = Vec::new();
+    let mut unnamed = Vec::new();
+    for addr in bootstrap {
+        let mut plain = addr.clone();
+        match plain.pop() {
+            Some(Protocol::P2p(peer)) => {
+                swarm.add_peer_address(peer, plain);
+                sponsors.push(node_id(&peer));
+            }
+            Some(_) => unnamed.push(addr.clone()),
+            None => return Err(NodeError::Bootstrap(addr.clone())),
+        }
+    }
+    if !sponsors.is_empty() {
+        return Ok(sponsors);
+    }
+    loop {
+        for addr in &unnamed {
+            if let Err(e) = swarm.dial(addr.clone()) {
+                warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        let retry = Instant::now() + Duration::from_secs(2);
+        while let Ok(event) = tokio::time::timeout_at(retry, swarm.select_next_some()).await {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event {
+                return Ok(vec![node_id(&peer_id)]);
+            }
+        }
+        warn!("no bootstrap peer reachable yet; trying again");
+    }
+}
+
+fn node_id(peer: &PeerId) -> NodeId {
+    NodeId::from_bytes(&peer.to_bytes()).expect("a peer id is a valid node id")
+}
+
+fn peer_id(node: &NodeId) -> Option<PeerId> {
+    PeerId::from_bytes(node.as_bytes()).ok()
+}
+
+fn add_addresses(swarm: &mut Swarm<Behaviour>, node: &NodeId, addrs: &[String]) {
+    let Some(peer) = peer_id(node) else { return };
+    if peer == *swarm.local_peer_id() {
+        return;
+    }
+    for addr in addrs {
+        if let Ok(addr) = addr.parse::<Multiaddr>() {
+            swarm.add_peer_address(peer, addr);
+        }
+    }
+}
+
+/// What the last stored checkpoint covered, to decide when the next one is due.
+#[derive(Default, PartialEq)]
+struct StoredMark {
+    incarnation: u64,
+    phase: &'static str,
+    stable_cut: Option<VersionVector>,
+    membership_epoch: u64,
+}
+
+struct Driver {
+    replica: Replica<LwwMap>,
+    swarm: Swarm<Behaviour>,
+    storage: Storage,
+    topic: IdentTopic,
+    epoch: Instant,
+    wake_at: Option<Time>,
+    commands: mpsc::Receiver<Command>,
+    sp_tx: watch::Sender<SnapshotPointView>,
+    metrics: Arc<Metrics>,
+    listen_addrs: Vec<String>,
+    /// Writes applied in memory, answered once stored.
+    acks: Vec<(oneshot::Sender<Result<OpIdView, WriteError>>, OpIdView)>,
+    /// Callers of `leave`, answered when the node stops.
+    leave_waiters: Vec<oneshot::Sender<()>>,
+    stored: StoredMark,
+    last_checkpoint: Option<Instant>,
+    /// Members not connected: when to dial next, and the current backoff.
+    dial_backoff: BTreeMap<PeerId, (Instant, Duration)>,
+    last_sp: Option<VersionVector>,
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    async fn run(mut self) -> Result<(), NodeError> {
+        let mut reconnect = tokio::time::interval(RECONNECT_TICK);
+        reconnect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commands_open = true;
+        loop {
+            let wake = self
+                .wake_at
+                .map(|t| self.epoch + Duration::from_micros(t.as_micros()));
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(command) => self.on_command(command),
+                    None => commands_open = false,
+                },
+                _ = sleep_until(wake) => {
+                    self.wake_at = None;
+                    let now = self.now();
+                    self.replica.handle_timeout(now);
+                }
+                _ = reconnect.tick() => self.reconnect(),
+            }
+            self.after_event()?;
+            if self.replica.has_left() && !self.leave_waiters.is_empty() {
+                self.farewell().await?;
+                for waiter in self.leave_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                info!("left the network");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Keeps the swarm running briefly so the `Left` announcement goes out.
+    async fn farewell(&mut self) -> Result<(), NodeError> {
+        let until = Instant::now() + FAREWELL;
+        while let Ok(event) = tokio::time::timeout_at(until, self.swarm.select_next_some()).await {
+            self.on_swarm_event(event);
+            self.after_event()?;
+        }
+        Ok(())
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Write { op, reply } => match self.replica.write(now, op) {
+                Ok(op) => self.acks.push((
+                    reply,
+                    OpIdView {
+                        origin: op.origin.to_base58(),
+                        seq: op.seq,
+                    },
+                )),
+                Err(refused) => {
+                    let _ = reply.send(Err(refused.into()));
+                }
+            },
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::State { at, reply } => {
+                let view = match at {
+                    At::Snapshot => {
+                        let digest = self.replica.stable_digest();
+                        StateView::new(
+                            self.replica.stable_cut(),
+                            digest,
+                            self.replica.stable_state(),
+                        )
+                    }
+                    At::Applied => {
+                        let state = self.replica.applied_state();
+                        StateView::new(
+                            self.replica.applied(),
+                            crate::ops_log::StateMachine::digest(state),
+                            state,
+                        )
+                    }
+                };
+                let _ = reply.send(view);
+            }
+            Command::NetworkMap(reply) => {
+                let _ = reply.send(NetworkMapView::new(self.replica.network_map(), now));
+            }
+            Command::Leave(reply) => {
+                if self.replica.is_member() {
+                    let _ = self.replica.leave(now);
+                }
+                if !self.replica.is_member() && !self.replica.has_left() {
+                    // still joining: nothing to hand over, stop now
+                    let _ = reply.send(());
+                    self.leave_waiters.clear();
+                    self.commands.close();
+                    return;
+                }
+                self.leave_waiters.push(reply);
+            }
+        }
+    }
+
+    fn status(&mut self) -> StatusView {
+        let phase = if self.replica.is_leaving() {
+            "leaving"
+        } else if self.replica.is_member() {
+            "member"
+        } else if self.replica.has_left() {
+            "left"
+        } else {
+            "joining"
+        };
+        StatusView {
+            peer_id: self.swarm.local_peer_id().to_base58(),
+            incarnation: self.replica.incarnation(),
+            listen_addrs: self.listen_addrs.clone(),
+            members: self.replica.network_map().counted(),
+            phase: phase.into(),
+            applied: vector_json(self.replica.applied()),
+            snapshot_point: vector_json(self.replica.snapshot_point()),
+            digest: self.replica.stable_digest().to_hex(),
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = self.now();
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => self.on_bytes(now, &propagation_source, &message.data, true),
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => {
+                if let request_response::Message::Request {
+                    request, channel, ..
+                } = message
+                {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .direct
+                        .send_response(channel, Vec::new());
+                    self.on_bytes(now, &peer, &request, false);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Direct(
+                request_response::Event::OutboundFailure { peer, error, .. },
+            )) => {
+                self.metrics.request_failures.inc();
+                debug!(%peer, %error, "direct message not delivered");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.add_peer_address(peer_id, addr);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.dial_backoff.remove(&peer_id);
+                self.metrics
+                    .connected_peers
+                    .set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::ConnectionClosed { .. } => {
+                self.metrics
+                    .connected_peers
+                    .set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let text = address.to_string();
+                if !self.listen_addrs.contains(&text) {
+                    self.listen_addrs.push(text);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A message from the network: decoded and handed to the replica, or dropped and
+    /// counted when malformed (or of a kind that does not belong on the topic).
+    fn on_bytes(&mut self, now: Time, from: &PeerId, bytes: &[u8], published: bool) {
+        let message: NodeMessage = match decode(bytes) {
+            Ok(m) => m,
+            Err(error) => {
+                self.metrics.malformed_messages.inc();
+                debug!(%from, %error, "dropped a malformed message");
+                return;
+            }
+        };
+        if published != matches!(message, Message::Ops(_)) {
+            self.metrics.malformed_messages.inc();
+            return;
+        }
+        self.metrics.count_in(message.kind(), bytes.len());
+        self.replica.handle_message(now, &node_id(from), &message);
+    }
+
+    /// After every event: store what must survive a crash, answer the writes that are now
+    /// durable, carry out the replica's actions, and publish the snapshot point.
+    fn after_event(&mut self) -> Result<(), NodeError> {
+        self.store()?;
+        for (reply, id) in self.acks.drain(..) {
+            let _ = reply.send(Ok(id));
+        }
+        while let Some(action) = self.replica.poll_action() {
+            match action {
+                Action::Send { to, message } => self.send(&to, &message),
+                Action::Publish { message } => self.publish(&message),
+                Action::ScheduleWake { at } => self.wake_at = Some(at),
+            }
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn store(&mut self) -> Result<(), NodeError> {
+        let ops = self.replica.drain_applied_ops();
+        for (id, incarnation) in self.replica.drain_evictions() {
+            info!(member = %id, incarnation, "member evicted");
+        }
+        let phase = if self.replica.is_member() {
+            "member"
+        } else if self.replica.has_left() {
+            "left"
+        } else {
+            "joining"
+        };
+        let map = self.replica.network_map();
+        let identity_changed =
+            self.stored.incarnation != self.replica.incarnation() || self.stored.phase != phase;
+        let progressed = self.stored.stable_cut.as_ref() != Some(self.replica.stable_cut())
+            || self.stored.membership_epoch != map.membership_epoch();
+        let due = self
+            .last_checkpoint
+            .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+        let mut batch = Batch {
+            ops,
+            checkpoint: None,
+        };
+        if identity_changed || (progressed && due) {
+            if identity_changed {
+                // a new log (a grant was installed): store its whole suffix with it
+                batch.ops = self.replica.ops_log().unstable_ops();
+            }
+            batch.checkpoint = Some(self.replica.checkpoint());
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let wrote_checkpoint = batch.checkpoint.is_some();
+        if let Err(e) = self.storage.write(&batch) {
+            for (reply, _) in self.acks.drain(..) {
+                let _ = reply.send(Err(WriteError::NotDurable(e.to_string())));
+            }
+            return Err(e.into());
+        }
+        drop(batch);
+        if wrote_checkpoint {
+            self.last_checkpoint = Some(Instant::now());
+            self.stored = StoredMark {
+                incarnation: self.replica.incarnation(),
+                phase,
+                stable_cut: Some(self.replica.stable_cut().clone()),
+                membership_epoch: self.replica.network_map().membership_epoch(),
+            };
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, to: &NodeId, message: &NodeMessage) {
+        let Some(peer) = peer_id(to) else { return };
+        let bytes = encode(message);
+        self.metrics.count_out(message.kind(), bytes.len());
+        self.swarm.behaviour_mut().direct.send_request(&peer, bytes);
+    }
+
+    fn publish(&mut self, message: &NodeMessage) {
+        let bytes = encode(message);
+        self.metrics.count_out(message.kind(), bytes.len());
+        if let Err(error) = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            self.metrics.publish_failures.inc();
+            debug!(%error, "publish refused; pulls will deliver these ops");
+        }
+    }
+
+    /// Dials members in good standing that are not connected, with per-peer backoff, and
+    /// teaches the swarm the addresses members carry in their records.
+    fn reconnect(&mut self) {
+        let now = Instant::now();
+        let me = *self.swarm.local_peer_id();
+        let members: Vec<(PeerId, Vec<String>)> = self
+            .replica
+            .network_map()
+            .iter()
+            .filter(|(_, e)| e.record.state.counts() || e.record.state == MemberState::Left)
+            .filter_map(|(id, e)| peer_id(id).map(|p| (p, e.record.addrs.clone())))
+            .filter(|(p, _)| *p != me)
+            .collect();
+        for (peer, addrs) in members {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let (next, backoff) = self
+                .dial_backoff
+                .entry(peer)
+                .or_insert((now, RECONNECT_TICK));
+            if *next > now {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            *backoff = (*backoff * 2).min(RECONNECT_MAX);
+            *next = now + *backoff;
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        let applied = self.replica.applied().total();
+        let sp = self.replica.snapshot_point().clone();
+        let map = self.replica.network_map();
+        let m = &self.metrics;
+        m.applied_ops.set(applied as i64);
+        m.snapshot_point_ops.set(sp.total() as i64);
+        m.snapshot_point_lag_ops
+            .set(applied.saturating_sub(sp.total()) as i64);
+        m.members.set(map.counted() as i64);
+        m.incarnation.set(self.replica.incarnation() as i64);
+        let stats = self.replica.stats();
+        m.stale_notices.set(stats.stale_notices as i64);
+        m.evictions_issued.set(stats.evictions_issued as i64);
+        m.rejoins.set(stats.rejoins as i64);
+        if self.last_sp.as_ref() != Some(&sp) {
+            m.evicted_members.set(
+                map.iter()
+                    .filter(|(_, e)| e.record.state == MemberState::Evicted)
+                    .count() as i64,
+            );
+            let view = SnapshotPointView {
+                snapshot_point: vector_json(&sp),
+                ops: sp.total(),
+                digest: self.replica.stable_digest().to_hex(),
+                incarnation: self.replica.incarnation(),
+            };
+            self.last_sp = Some(sp);
+            self.sp_tx.send_replace(view);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

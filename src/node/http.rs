@@ -1,0 +1,159 @@
+//! The HTTP JSON API (SPEC §7), served with axum, by default on 127.0.0.1.
+//!
+//! | call | answer |
+//! |---|---|
+//! | `GET /v1/status` | [`StatusView`](super::views::StatusView) |
+//! | `POST /v1/ops` `{"key", "value"}` | `201 {"origin", "seq"}` once the op is stored durably; `value: null` deletes |
+//! | `GET /v1/state?at=snapshot\|applied` | [`StateView`](super::views::StateView), entries sorted by key |
+//! | `GET /v1/network-map` | [`NetworkMapView`](super::views::NetworkMapView) |
+//! | `GET /v1/snapshot-point/watch` | server-sent events, one `snapshot-point` event per change ([`SnapshotPointView`](super::views::SnapshotPointView)) |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Every error is a 4xx or 5xx with `{"error": "<reason>"}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Deserialize;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt as _;
+
+use super::views::{At, WriteBody};
+use super::{NodeError, NodeHandle, WriteError};
+use crate::replica::WriteRefused;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An API error: a status and a reason, sent as `{"error": reason}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let status = match &e {
+            WriteError::Refused(WriteRefused::Joining) => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::Refused(_) => StatusCode::CONFLICT,
+            WriteError::NotDurable(_) | WriteError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// The API's routes over a node handle.
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/ops", post(write))
+        .route("/v1/state", get(state))
+        .route("/v1/network-map", get(network_map))
+        .route("/v1/snapshot-point/watch", get(watch))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed here".into(),
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+/// Binds `addr` and serves the API until the task is aborted.
+pub async fn serve(
+    addr: SocketAddr,
+    node: NodeHandle,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
+    let api_err = |e: std::io::Error| NodeError::Api {
+        addr,
+        reason: e.to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(api_err)?;
+    let bound = listener.local_addr().map_err(api_err)?;
+    let app = router(node);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn status(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.status().await?))
+}
+
+async fn write(
+    State(node): State<NodeHandle>,
+    body: Result<Json<WriteBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let id = node.put(&body.key, body.value.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(id)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateQuery {
+    at: Option<At>,
+}
+
+async fn state(
+    State(node): State<NodeHandle>,
+    query: Result<Query<StateQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{}; use ?at=snapshot or ?at=applied", e.body_text()),
+        )
+    })?;
+    Ok(Json(node.state(query.at.unwrap_or(At::Snapshot)).await?))
+}
+
+async fn network_map(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.network_map().await?))
+}
+
+async fn watch(
+    State(node): State<NodeHandle>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = WatchStream::new(node.watch_snapshot_point()).map(|view| {
+        Ok(Event::default()
+            .event("snapshot-point")
+            .json_data(&view)
+            .unwrap_or_else(|_| Event::default().comment("unencodable")))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn metrics(State(node): State<NodeHandle>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics().encode(),
+    )
+}

@@ -1,0 +1,191 @@
+//! The node's Prometheus metrics (`GET /metrics`), in the OpenMetrics text format.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of per-message-kind counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+type IntGauge = Gauge<i64, std::sync::atomic::AtomicI64>;
+type Count = Counter<u64, AtomicU64>;
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub applied_ops: IntGauge,
+    pub snapshot_point_ops: IntGauge,
+    pub snapshot_point_lag_ops: IntGauge,
+    pub members: IntGauge,
+    pub evicted_members: IntGauge,
+    pub incarnation: IntGauge,
+    pub connected_peers: IntGauge,
+    pub stale_notices: IntGauge,
+    pub evictions_issued: IntGauge,
+    pub rejoins: IntGauge,
+    pub messages_in: Family<KindLabel, Count>,
+    pub messages_out: Family<KindLabel, Count>,
+    pub bytes_in: Family<KindLabel, Count>,
+    pub bytes_out: Family<KindLabel, Count>,
+    pub malformed_messages: Count,
+    pub publish_failures: Count,
+    pub request_failures: Count,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidemark");
+        let m = Metrics {
+            applied_ops: Default::default(),
+            snapshot_point_ops: Default::default(),
+            snapshot_point_lag_ops: Default::default(),
+            members: Default::default(),
+            evicted_members: Default::default(),
+            incarnation: Default::default(),
+            connected_peers: Default::default(),
+            stale_notices: Default::default(),
+            evictions_issued: Default::default(),
+            rejoins: Default::default(),
+            messages_in: Default::default(),
+            messages_out: Default::default(),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+            malformed_messages: Default::default(),
+            publish_failures: Default::default(),
+            request_failures: Default::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "applied_ops",
+            "Ops applied by this node",
+            m.applied_ops.clone(),
+        );
+        registry.register(
+            "snapshot_point_ops",
+            "Ops inside this node's snapshot point",
+            m.snapshot_point_ops.clone(),
+        );
+        registry.register(
+            "snapshot_point_lag_ops",
+            "Ops applied here but not yet inside the snapshot point",
+            m.snapshot_point_lag_ops.clone(),
+        );
+        registry.register(
+            "members",
+            "Members in good standing in this node's map",
+            m.members.clone(),
+        );
+        registry.register(
+            "evicted_members",
+            "Members this node's map holds as evicted",
+            m.evicted_members.clone(),
+        );
+        registry.register(
+            "incarnation",
+            "This node's incarnation",
+            m.incarnation.clone(),
+        );
+        registry.register(
+            "connected_peers",
+            "Peers with an open connection",
+            m.connected_peers.clone(),
+        );
+        registry.register(
+            "stale_notices",
+            "Times this node was told it is stale (below a peer's snapshot point)",
+            m.stale_notices.clone(),
+        );
+        registry.register(
+            "evictions_issued",
+            "Members this node evicted after an unrefuted suspicion",
+            m.evictions_issued.clone(),
+        );
+        registry.register(
+            "rejoins",
+            "Times this node rejoined (evicted, stale or restarted)",
+            m.rejoins.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Messages received, by kind",
+            m.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages sent or published, by kind",
+            m.messages_out.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Encoded message bytes received, by kind",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Encoded message bytes sent (a publish counts once), by kind",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "malformed_messages",
+            "Messages dropped because they could not be decoded",
+            m.malformed_messages.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Publishes gossipsub refused (pulls deliver those ops instead)",
+            m.publish_failures.clone(),
+        );
+        registry.register(
+            "request_failures",
+            "Direct messages that could not be delivered",
+            m.request_failures.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn count_in(&self, kind: &'static str, bytes: usize) {
+        self.messages_in.get_or_create(&KindLabel { kind }).inc();
+        self.bytes_in
+            .get_or_create(&KindLabel { kind })
+            .inc_by(bytes as u64);
+    }
+
+    pub fn count_out(&self, kind: &'static str, bytes: usize) {
+        self.messages_out.get_or_create(&KindLabel { kind }).inc();
+        self.bytes_out
+            .get_or_create(&KindLabel { kind })
+            .inc_by(bytes as u64);
+    }
+
+    /// Bytes received and sent, summed over `kinds` (for benches and the demo).
+    pub fn bytes_total(&self, kinds: &[&'static str]) -> (u64, u64) {
+        kinds.iter().fold((0, 0), |(i, o), kind| {
+            let label = KindLabel { kind };
+            (
+                i + self.bytes_in.get_or_create(&label).get(),
+                o + self.bytes_out.get_or_create(&label).get(),
+            )
+        })
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

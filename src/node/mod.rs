@@ -1,0 +1,264 @@
+//! The real node: the protocol core driven over libp2p and tokio, with durable storage, an
+//! HTTP API and metrics beside it (feature `node`, on by default).
+//!
+//! | part | what it owns |
+//! |---|---|
+//! | [`driver`] (private) | the swarm (gossipsub, request-response, identify over tcp + noise + yamux) and the event loop that feeds the [`Replica`](crate::replica::Replica) and carries out its actions |
+//! | [`codec`] | length-prefixed CBOR frames of the direct protocol |
+//! | [`storage`] | the redb database: node key, checkpoint, op suffix |
+//! | [`http`] | the axum HTTP API (SPEC §7, plus the snapshot-point watch and `/metrics`) |
+//! | [`views`] | JSON shapes of the API |
+//! | [`demo`] | `tidemark demo`: a local network of real nodes on loopback |
+//!
+//! The library API is [`Node::start`] and the [`NodeHandle`] it hands out.
+
+pub mod codec;
+pub mod demo;
+mod driver;
+pub mod http;
+pub mod metrics;
+pub mod storage;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use libp2p::Multiaddr;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::gossip::GossipConfig;
+use crate::ops_log::LwwOp;
+use crate::replica::WriteRefused;
+pub use metrics::Metrics;
+use views::{At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView};
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the node keeps its key, checkpoint and ops (created if missing).
+    pub data_dir: PathBuf,
+    /// Multiaddrs to listen on (`/ip4/127.0.0.1/tcp/0` picks a free port).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through; empty founds a new network (or resumes the stored one).
+    pub bootstrap: Vec<Multiaddr>,
+    /// The network's name: nodes gossip on the topic `tidemark/<network>/ops`.
+    pub network: String,
+    /// Where to serve the HTTP API; `None` serves none.
+    pub api: Option<SocketAddr>,
+    pub gossip: GossipConfig,
+}
+
+impl NodeConfig {
+    /// A config for a node on 127.0.0.1 with OS-assigned ports and an API.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            bootstrap: Vec::new(),
+            network: "tidemark".into(),
+            api: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            gossip: GossipConfig::default(),
+        }
+    }
+}
+
+/// Why a node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error("the stored node key is unreadable: {0}")]
+    Key(String),
+    #[error("the stored state does not belong to this node key ({0})")]
+    ForeignState(String),
+    #[error("cannot resume the stored state: {0}")]
+    Resume(#[from] crate::replica::ResumeError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot set up the network stack: {0}")]
+    Transport(String),
+    #[error("bootstrap address {0} is not a usable multiaddr")]
+    Bootstrap(Multiaddr),
+    #[error("cannot serve the HTTP API on {addr}: {reason}")]
+    Api { addr: SocketAddr, reason: String },
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Why a write was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Refused(#[from] WriteRefused),
+    #[error("the op could not be stored durably: {0}")]
+    NotDurable(String),
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+pub(crate) enum Command {
+    Write {
+        op: LwwOp,
+        reply: oneshot::Sender<Result<OpIdView, WriteError>>,
+    },
+    Status(oneshot::Sender<StatusView>),
+    State {
+        at: At,
+        reply: oneshot::Sender<StateView>,
+    },
+    NetworkMap(oneshot::Sender<NetworkMapView>),
+    /// Leave gracefully, then stop; answered once the node has stopped.
+    Leave(oneshot::Sender<()>),
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    snapshot_point: watch::Receiver<SnapshotPointView>,
+    peer_id: String,
+    metrics: Arc<Metrics>,
+}
+
+impl NodeHandle {
+    /// This node's peer id (base58).
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// Writes `key = value` (`None` deletes) as a new op of this node. Returns once the op
+    /// is applied and stored durably.
+    pub async fn put(&self, key: &str, value: Option<&str>) -> Result<OpIdView, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        let op = LwwOp {
+            key: key.into(),
+            value: value.map(Into::into),
+        };
+        self.commands
+            .send(Command::Write { op, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<StatusView, NodeError> {
+        self.ask(Command::Status).await
+    }
+
+    /// The state at the snapshot point or everything applied, sorted by key.
+    pub async fn state(&self, at: At) -> Result<StateView, NodeError> {
+        self.ask(|reply| Command::State { at, reply }).await
+    }
+
+    pub async fn network_map(&self) -> Result<NetworkMapView, NodeError> {
+        self.ask(Command::NetworkMap).await
+    }
+
+    /// A receiver that sees every change of the snapshot point.
+    pub fn watch_snapshot_point(&self) -> watch::Receiver<SnapshotPointView> {
+        self.snapshot_point.clone()
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Leaves the network gracefully (SPEC §5) and stops the node.
+    pub async fn leave(&self) -> Result<(), NodeError> {
+        self.ask(Command::Leave).await
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)
+    }
+}
+
+/// A running node: its event loop and, if configured, its HTTP API.
+pub struct Node {
+    handle: NodeHandle,
+    listen_addrs: Vec<Multiaddr>,
+    api_addr: Option<SocketAddr>,
+    driver: JoinHandle<Result<(), NodeError>>,
+    api: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the data dir, starts the swarm, and founds, joins or resumes a network.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let started = driver::start(&config).await?;
+        let handle = started.handle.clone();
+        let (api_addr, api) = match config.api {
+            Some(addr) => {
+                let (bound, task) = http::serve(addr, handle.clone()).await?;
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        Ok(Node {
+            handle,
+            listen_addrs: started.listen_addrs,
+            api_addr,
+            driver: started.task,
+            api,
+        })
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The addresses the node listens on, each ending in `/p2p/<peer id>` (ready to be
+    /// another node's `--bootstrap`).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Where the HTTP API is served, if it is.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// Leaves gracefully, then waits for the node to stop.
+    pub async fn leave(self) -> Result<(), NodeError> {
+        let _ = self.handle.leave().await;
+        if let Some(api) = &self.api {
+            api.abort();
+        }
+        match self.driver.await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Stops at once, as a crash would: nothing is announced (what was stored stays).
+    pub async fn kill(self) {
+        self.driver.abort();
+        if let Some(api) = &self.api {
+            api.abort();
+        }
+        let _ = self.driver.await;
+    }
+
+    /// Waits until the node stops by itself (after a leave), returning why.
+    pub async fn wait(self) -> Result<(), NodeError> {
+        let result = match self.driver.await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Stopped),
+        };
+        if let Some(api) = &self.api {
+            api.abort();
+        }
+        result
+    }
+}

@@ -1,0 +1,133 @@
+//! The JSON shapes of the HTTP API (SPEC §7) and of the library API's answers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::network_map::NetworkMap;
+use crate::ops_log::{Digest, LwwMap};
+use crate::VersionVector;
+
+/// A version vector as JSON: `{"<peer id>": seq}`; origins at 0 are left out.
+pub fn vector_json(v: &VersionVector) -> BTreeMap<String, u64> {
+    v.iter().map(|(id, seq)| (id.to_base58(), seq)).collect()
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    pub peer_id: String,
+    pub incarnation: u64,
+    pub listen_addrs: Vec<String>,
+    /// Members in good standing in this node's map (itself included).
+    pub members: usize,
+    /// `joining`, `member`, `leaving` or `left`.
+    pub phase: String,
+    pub applied: BTreeMap<String, u64>,
+    pub snapshot_point: BTreeMap<String, u64>,
+    /// Digest of the stable state (the state at the snapshot point).
+    pub digest: String,
+}
+
+/// `POST /v1/ops` answer: the id of the op that was created.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpIdView {
+    pub origin: String,
+    pub seq: u64,
+}
+
+/// `POST /v1/ops` body.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WriteBody {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// Which state `GET /v1/state` reads.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum At {
+    /// The stable state, at the snapshot point.
+    Snapshot,
+    /// Everything this node has applied.
+    Applied,
+}
+
+/// One key-value entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryView {
+    pub key: String,
+    pub value: String,
+}
+
+/// `GET /v1/state`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StateView {
+    pub at: BTreeMap<String, u64>,
+    pub digest: String,
+    pub entries: Vec<EntryView>,
+}
+
+impl StateView {
+    pub fn new(at: &VersionVector, digest: Digest, state: &LwwMap) -> Self {
+        Self {
+            at: vector_json(at),
+            digest: digest.to_hex(),
+            entries: state
+                .entries()
+                .map(|(k, v)| EntryView {
+                    key: k.into(),
+                    value: v.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One member in `GET /v1/network-map`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberView {
+    pub peer_id: String,
+    /// `alive`, `suspect`, `left` or `evicted`.
+    pub state: String,
+    pub incarnation: u64,
+    pub applied: BTreeMap<String, u64>,
+    pub addrs: Vec<String>,
+    /// Milliseconds since this node last heard from (or of) the member.
+    pub last_heard_ms_ago: u64,
+}
+
+/// `GET /v1/network-map`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NetworkMapView {
+    pub members: Vec<MemberView>,
+}
+
+impl NetworkMapView {
+    pub fn new(map: &NetworkMap, now: crate::Time) -> Self {
+        Self {
+            members: map
+                .iter()
+                .map(|(id, entry)| MemberView {
+                    peer_id: id.to_base58(),
+                    state: entry.record.state.as_str().into(),
+                    incarnation: entry.record.incarnation,
+                    applied: vector_json(&entry.record.applied),
+                    addrs: entry.record.addrs.clone(),
+                    last_heard_ms_ago: now.since(entry.last_heard).as_millis() as u64,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the snapshot-point watch carries: the point, its size and the stable digest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotPointView {
+    pub snapshot_point: BTreeMap<String, u64>,
+    /// Number of ops inside the snapshot point.
+    pub ops: u64,
+    pub digest: String,
+    pub incarnation: u64,
+}
