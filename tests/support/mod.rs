@@ -1,0 +1,136 @@
+//! Helpers for tests with real nodes on 127.0.0.1: polling with a deadline, a cluster of
+//! in-process nodes, and a minimal HTTP/1.1 client.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tidemark::node::views::At;
+use tidemark::node::{Node, NodeConfig, NodeHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Polls `check` every 100 ms until it returns true or `within` passes; returns whether it
+/// did.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts a node on loopback in `dir`, joining through `bootstrap` if given.
+pub async fn start_node(dir: &Path, bootstrap: Option<&Node>) -> Node {
+    let mut config = NodeConfig::local(dir);
+    if let Some(b) = bootstrap {
+        config.bootstrap = b.listen_addrs().to_vec();
+    }
+    Node::start(config).await.expect("node starts")
+}
+
+/// Starts `n` nodes, every one joining through the first.
+pub async fn cluster(dir: &Path, n: usize) -> Vec<Node> {
+    let mut nodes = vec![start_node(&dir.join("node0"), None).await];
+    for i in 1..n {
+        let node = start_node(&dir.join(format!("node{i}")), Some(&nodes[0])).await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// Whether every handle is a member of a network of `members`, with its snapshot point
+/// equal to what it applied, `ops` ops in all, and the same stable digest and state.
+pub async fn converged(handles: &[NodeHandle], members: usize, ops: u64) -> bool {
+    let mut first = None;
+    for h in handles {
+        let Ok(status) = h.status().await else {
+            return false;
+        };
+        let applied: u64 = status.applied.values().sum();
+        if status.phase != "member"
+            || status.members != members
+            || applied != ops
+            || status.snapshot_point != status.applied
+        {
+            return false;
+        }
+        let Ok(state) = h.state(At::Snapshot).await else {
+            return false;
+        };
+        match &first {
+            None => first = Some(state),
+            Some(f) if *f != state => return false,
+            Some(_) => {}
+        }
+    }
+    true
+}
+
+/// A response: status code and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    HttpResponse { status, body }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
