@@ -72,28 +72,28 @@ impl libp2p::request_response::Codec for FrameCodec {
         read_frame(io)
     }
 
-    fn write_request<T>(
+    async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
         req: Vec<u8>,
-    ) -> impl std::future::Future<Output = io::Result<()>> + Send
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        async move { write_frame(io, &req).await }
+        write_frame(io, &req).await
     }
 
-    fn write_response<T>(
+    async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
         res: Vec<u8>,
-    ) -> impl std::future::Future<Output = io::Result<()>> + Send
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        async move { write_frame(io, &res).await }
+        write_frame(io, &res).await
     }
 }
 

@@ -128,7 +128,13 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         }
         None if config.bootstrap.is_empty() => {
             info!(%peer_id, "founding a new network");
-            Replica::genesis(me.clone(), &[me.clone()], replica_config, seed, Time::ZERO)
+            Replica::genesis(
+                me.clone(),
+                std::slice::from_ref(&me),
+                replica_config,
+                seed,
+                Time::ZERO,
+            )
         }
         None => {
             let sponsors = resolve_bootstrap(&mut swarm, &config.bootstrap).await?;
@@ -502,20 +508,18 @@ impl Driver {
             })) => self.on_bytes(now, &propagation_source, &message.data, true),
             SwarmEvent::Behaviour(BehaviourEvent::Direct(request_response::Event::Message {
                 peer,
-                message,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
                 ..
             })) => {
-                if let request_response::Message::Request {
-                    request, channel, ..
-                } = message
-                {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .direct
-                        .send_response(channel, Vec::new());
-                    self.on_bytes(now, &peer, &request, false);
-                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .direct
+                    .send_response(channel, Vec::new());
+                self.on_bytes(now, &peer, &request, false);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Direct(
                 request_response::Event::OutboundFailure { peer, error, .. },

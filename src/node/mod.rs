@@ -68,7 +68,7 @@ impl NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
-    Storage(#[from] storage::StorageError),
+    Storage(Box<storage::StorageError>),
     #[error("the stored node key is unreadable: {0}")]
     Key(String),
     #[error("the stored state does not belong to this node key ({0})")]
@@ -85,6 +85,12 @@ pub enum NodeError {
     Api { addr: SocketAddr, reason: String },
     #[error("the node has stopped")]
     Stopped,
+}
+
+impl From<storage::StorageError> for NodeError {
+    fn from(e: storage::StorageError) -> Self {
+        NodeError::Storage(Box::new(e))
+    }
 }
 
 /// Why a write was not accepted.

@@ -31,21 +31,30 @@ const CHECKPOINT: &str = "checkpoint";
 /// A storage failure: the node stops rather than run on without durability.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("cannot open the data store: {0}")]
-    Open(#[from] redb::DatabaseError),
-    #[error("data store transaction failed: {0}")]
-    Transaction(#[from] redb::TransactionError),
-    #[error("data store table error: {0}")]
-    Table(#[from] redb::TableError),
-    #[error("data store read or write failed: {0}")]
-    Io(#[from] redb::StorageError),
-    #[error("data store commit failed: {0}")]
-    Commit(#[from] redb::CommitError),
+    #[error("data store error: {0}")]
+    Db(Box<redb::Error>),
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt { what: &'static str, reason: String },
     #[error("cannot create the data directory: {0}")]
     Dir(#[from] std::io::Error),
 }
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self {
+                StorageError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// What a data directory held when the node started.
 pub struct Loaded {
@@ -204,7 +213,13 @@ mod tests {
             journal_applied: true,
             ..ReplicaConfig::default()
         };
-        let mut node = Replica::<LwwMap>::genesis(me.clone(), &[me.clone()], config, 1, Time::ZERO);
+        let mut node = Replica::<LwwMap>::genesis(
+            me.clone(),
+            std::slice::from_ref(&me),
+            config,
+            1,
+            Time::ZERO,
+        );
         {
             let storage = Storage::open(dir.path()).unwrap();
             assert!(storage.load().unwrap().checkpoint.is_none());

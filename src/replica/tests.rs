@@ -452,7 +452,8 @@ fn a_lone_founder_resumes_from_its_checkpoint_as_it_was() {
         journal_applied: true,
         ..ReplicaConfig::default()
     };
-    let mut node = Replica::<LwwMap>::genesis(me.clone(), &[me.clone()], config, 1, Time::ZERO);
+    let mut node =
+        Replica::<LwwMap>::genesis(me.clone(), std::slice::from_ref(&me), config, 1, Time::ZERO);
     for k in 0..5 {
         node.write(Time::from_millis(k), put(&format!("k{k}"), "v"))
             .unwrap();
