@@ -1,0 +1,53 @@
+//! An application embedding two tidemark nodes in-process: it writes through one, and waits
+//! on the other's snapshot-point watch until the write is final everywhere.
+//!
+//! `cargo run --example embedded`
+
+use std::time::Duration;
+
+use tidemark::node::views::At;
+use tidemark::node::{Node, NodeConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let mut first = NodeConfig::local(dir.path().join("a"));
+    first.api = None; // no HTTP needed in-process
+    let a = Node::start(first).await?;
+    let mut second = NodeConfig::local(dir.path().join("b"));
+    second.api = None;
+    second.bootstrap = a.listen_addrs().to_vec();
+    let b = Node::start(second).await?;
+
+    // wait until b has joined, then write through it
+    let hb = b.handle();
+    let op = loop {
+        match hb.put("greeting", Some("hello")).await {
+            Ok(op) => break op,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    println!("wrote op {} of {}", op.seq, op.origin);
+
+    // the op is final once it is inside a's snapshot point
+    let mut watch = a.handle().watch_snapshot_point();
+    let final_at = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if watch.borrow_and_update().snapshot_point.get(&op.origin) >= Some(&op.seq) {
+                return watch.borrow().clone();
+            }
+            watch.changed().await.expect("node running");
+        }
+    })
+    .await?;
+    println!(
+        "final at a snapshot point of {} ops, digest {}",
+        final_at.ops, final_at.digest
+    );
+    let state = a.handle().state(At::Snapshot).await?;
+    println!("stable state: {:?}", state.entries);
+
+    b.leave().await?;
+    a.leave().await?;
+    Ok(())
+}
