@@ -205,3 +205,37 @@ async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
     assert_eq!(map["members"][0]["state"], "alive");
     node.leave().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_endpoint_streams_every_snapshot_point_change() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&dir.path().join("solo"), None).await;
+    let api = node.api_addr().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+    stream
+        .write_all(b"GET /v1/snapshot-point/watch HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let handle = node.handle();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let mut written = 0;
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        // a lone founder's snapshot point follows every write: expect events up to ops 3
+        while !seen.contains(r#""ops":3"#) {
+            if written < 3 {
+                handle.put(&format!("k{written}"), Some("v")).await.unwrap();
+                written += 1;
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stream closed");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "events seen: {seen}");
+    assert!(seen.contains("text/event-stream"));
+    assert!(seen.contains("event: snapshot-point"));
+    node.leave().await.unwrap();
+}

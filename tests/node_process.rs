@@ -18,6 +18,7 @@ struct NodeProcess {
     child: Child,
     api: SocketAddr,
     peer_id: String,
+    listen: String,
 }
 
 impl Drop for NodeProcess {
@@ -28,12 +29,18 @@ impl Drop for NodeProcess {
 }
 
 fn spawn_node(data_dir: &Path) -> NodeProcess {
+    spawn_with(data_dir, &[], Stdio::null())
+}
+
+/// `tidemark node --data-dir DIR --listen <loopback:0> --api <loopback:0> EXTRA...`.
+fn spawn_with(data_dir: &Path, extra: &[&str], stderr: Stdio) -> NodeProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .args(["node", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn tidemark node");
     let mut line = String::new();
@@ -50,6 +57,7 @@ fn spawn_node(data_dir: &Path) -> NodeProcess {
         child,
         api,
         peer_id: info["peer_id"].as_str().unwrap().to_string(),
+        listen: info["listen_addrs"][0].as_str().unwrap().to_string(),
     }
 }
 
@@ -158,4 +166,97 @@ async fn sigterm_leaves_gracefully_and_exits_zero() {
     .await;
     assert!(exited, "the node exits after leaving");
     assert!(node.child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_started_by_hand_converge_with_equal_states_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = spawn_node(&dir.path().join("n0"));
+    let mut nodes = vec![first];
+    for i in 1..5 {
+        let bootstrap = nodes[0].listen.clone();
+        nodes.push(spawn_with(
+            &dir.path().join(format!("n{i}")),
+            &["--bootstrap", &bootstrap],
+            Stdio::null(),
+        ));
+    }
+    // every node writes once it has joined
+    for (i, node) in nodes.iter().enumerate() {
+        let api = node.api;
+        let body = format!(r#"{{"key": "from-{i}", "value": "{i}"}}"#);
+        let written = support::eventually(Duration::from_secs(20), || {
+            let body = body.clone();
+            async move { http(api, "POST", "/v1/ops", Some(&body)).await.status == 201 }
+        })
+        .await;
+        assert!(written, "node {i} joins and accepts a write");
+    }
+    let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api).collect();
+    let same = support::eventually(Duration::from_secs(20), || {
+        let apis = apis.clone();
+        async move {
+            let mut states = Vec::new();
+            for api in apis {
+                let status = http(api, "GET", "/v1/status", None).await.json();
+                if status["members"] != 5 || status["applied"] != status["snapshot_point"] {
+                    return false;
+                }
+                states.push(http(api, "GET", "/v1/state?at=snapshot", None).await.json());
+            }
+            states[0]["entries"]
+                .as_array()
+                .is_some_and(|e| e.len() == 5)
+                && states.iter().all(|s| *s == states[0])
+        }
+    })
+    .await;
+    assert!(
+        same,
+        "equal digests and equal GET /v1/state?at=snapshot on every node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toml_config_file_sets_the_network_and_json_logs_go_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "network = \"staging\"\n").unwrap();
+    let log = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let node = spawn_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap(), "--log-format", "json"],
+        Stdio::from(file),
+    );
+    let status = http(node.api, "GET", "/v1/status", None).await.json();
+    assert_eq!(status["network"], "staging", "the file's network is used");
+    let logged = support::eventually(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move {
+            let lines: Vec<_> = text.lines().collect();
+            !lines.is_empty()
+                && lines
+                    .iter()
+                    .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+                && text.contains(r#""message":"founding a new network""#)
+        }
+    })
+    .await;
+    assert!(
+        logged,
+        "JSON log lines: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "netwrk = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["node", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("netwrk"),
+        "names the bad key"
+    );
 }

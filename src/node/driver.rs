@@ -168,6 +168,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         sp_tx,
         metrics: metrics.clone(),
         listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+        network: config.network.clone(),
         acks: Vec::new(),
         leave_waiters: Vec::new(),
         stored: StoredMark::default(),
@@ -359,6 +360,7 @@ struct Driver {
     sp_tx: watch::Sender<SnapshotPointView>,
     metrics: Arc<Metrics>,
     listen_addrs: Vec<String>,
+    network: String,
     /// Writes applied in memory, answered once stored.
     acks: Vec<(oneshot::Sender<Result<OpIdView, WriteError>>, OpIdView)>,
     /// Callers of `leave`, answered when the node stops.
@@ -488,6 +490,7 @@ impl Driver {
         };
         StatusView {
             peer_id: self.swarm.local_peer_id().to_base58(),
+            network: self.network.clone(),
             incarnation: self.replica.incarnation(),
             listen_addrs: self.listen_addrs.clone(),
             members: self.replica.network_map().counted(),

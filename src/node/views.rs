@@ -17,6 +17,8 @@ pub fn vector_json(v: &VersionVector) -> BTreeMap<String, u64> {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusView {
     pub peer_id: String,
+    /// The network's name (its gossip topic is `tidemark/<network>/ops`).
+    pub network: String,
     pub incarnation: u64,
     pub listen_addrs: Vec<String>,
     /// Members in good standing in this node's map (itself included).
