@@ -73,20 +73,9 @@ async fn kill_9_during_writes_loses_no_acknowledged_op() {
         }
         peer_id = Some(node.peer_id.clone());
         // every op acknowledged so far is there
-        let state = http(node.api, "GET", "/v1/state?at=applied", None)
-            .await
-            .json();
-        let keys: Vec<&str> = state["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["key"].as_str().unwrap())
-            .collect();
+        let keys = stored_keys(node.api, "applied").await;
         for key in &acknowledged {
-            assert!(
-                keys.contains(&key.as_str()),
-                "round {round}: acknowledged {key} lost"
-            );
+            assert!(keys.contains(key), "round {round}: acknowledged {key} lost");
         }
         // writers race the kill: each write is answered 201 or its connection dies
         let api = node.api;
@@ -130,18 +119,23 @@ async fn kill_9_during_writes_loses_no_acknowledged_op() {
         acknowledged.len()
     );
     let node = spawn_node(dir.path());
-    let state = http(node.api, "GET", "/v1/state?at=snapshot", None)
+    let keys = stored_keys(node.api, "snapshot").await;
+    for key in &acknowledged {
+        assert!(keys.contains(key), "acknowledged {key} lost");
+    }
+}
+
+/// The keys of `GET /v1/state?at=<at>`.
+async fn stored_keys(api: SocketAddr, at: &str) -> Vec<String> {
+    let state = http(api, "GET", &format!("/v1/state?at={at}"), None)
         .await
         .json();
-    let keys: Vec<&str> = state["entries"]
+    state["entries"]
         .as_array()
-        .unwrap()
+        .expect("entries")
         .iter()
-        .map(|e| e["key"].as_str().unwrap())
-        .collect();
-    for key in &acknowledged {
-        assert!(keys.contains(&key.as_str()), "acknowledged {key} lost");
-    }
+        .map(|e| e["key"].as_str().expect("a key").to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! it leaves the node, and answers the handle's commands.
 //!
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
-//!   batch's op ids, `<origin>/<first seq>-<last seq>`). A publish gossipsub refuses (no
+//!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
 //! - `Action::Send` → a request on `/tidemark/direct/1`, acknowledged by an empty response;
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
@@ -232,8 +232,9 @@ fn build_swarm(key: Keypair, network: &str) -> Result<Swarm<Behaviour>, NodeErro
     Ok(swarm)
 }
 
-/// Gossipsub message id of an ops batch: `<origin>/<first seq>-<last seq>` of its ops (a
-/// batch holds consecutive ops of one origin, or a rejoiner's republished ops); any other
+/// Gossipsub message id of an ops batch: `<origin>/<seq>-<origin>/<seq>` of its first and
+/// last ops (a batch holds consecutive ops of one origin, or a rejoiner's republished ops,
+/// which may mix origins); any other
 /// payload is identified by its BLAKE3 hash, so it can never collide with an op id.
 fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
     if let Ok(Message::Ops(batch)) = decode::<LwwMap>(&message.data) {
