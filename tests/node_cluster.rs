@@ -239,3 +239,22 @@ async fn the_watch_endpoint_streams_every_snapshot_point_change() {
     assert!(seen.contains("event: snapshot-point"));
     node.leave().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_still_joining_stops_when_asked_to_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tidemark::node::NodeConfig::local(dir.path().join("lonely"));
+    // a bootstrap peer that exists nowhere: the node stays joining
+    config.bootstrap = vec![
+        "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWPgBH5m8Z79bKAnaDZENa3mpHC4JhZPX54n9Sx3gdwxJj"
+            .parse()
+            .unwrap(),
+    ];
+    let node = tidemark::node::Node::start(config).await.unwrap();
+    assert_eq!(node.handle().status().await.unwrap().phase, "joining");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), node.leave()).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "leave returns and the node stops"
+    );
+}

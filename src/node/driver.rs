@@ -175,6 +175,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         last_checkpoint: None,
         dial_backoff: BTreeMap::new(),
         last_sp: None,
+        stop_now: false,
     };
     // everything the replica did while starting (a rejoin's request, a founder's record)
     driver.after_event()?;
@@ -371,6 +372,8 @@ struct Driver {
     /// Members not connected: when to dial next, and the current backoff.
     dial_backoff: BTreeMap<PeerId, (Instant, Duration)>,
     last_sp: Option<VersionVector>,
+    /// A leave came while still joining: stop without a farewell.
+    stop_now: bool,
 }
 
 impl Driver {
@@ -400,8 +403,10 @@ impl Driver {
                 _ = reconnect.tick() => self.reconnect(),
             }
             self.after_event()?;
-            if self.replica.has_left() && !self.leave_waiters.is_empty() {
-                self.farewell().await?;
+            if self.stop_now || self.replica.has_left() && !self.leave_waiters.is_empty() {
+                if !self.stop_now {
+                    self.farewell().await?;
+                }
                 for waiter in self.leave_waiters.drain(..) {
                     let _ = waiter.send(());
                 }
@@ -467,13 +472,8 @@ impl Driver {
                 if self.replica.is_member() {
                     let _ = self.replica.leave(now);
                 }
-                if !self.replica.is_member() && !self.replica.has_left() {
-                    // still joining: nothing to hand over, stop now
-                    let _ = reply.send(());
-                    self.leave_waiters.clear();
-                    self.commands.close();
-                    return;
-                }
+                // still joining: nothing to hand over, stop now
+                self.stop_now = !self.replica.is_member() && !self.replica.has_left();
                 self.leave_waiters.push(reply);
             }
         }
