@@ -480,15 +480,7 @@ impl Driver {
     }
 
     fn status(&mut self) -> StatusView {
-        let phase = if self.replica.is_leaving() {
-            "leaving"
-        } else if self.replica.is_member() {
-            "member"
-        } else if self.replica.has_left() {
-            "left"
-        } else {
-            "joining"
-        };
+        let phase = phase_name(&self.replica);
         StatusView {
             peer_id: self.swarm.local_peer_id().to_base58(),
             network: self.network.clone(),
@@ -603,13 +595,7 @@ impl Driver {
         for (id, incarnation) in self.replica.drain_evictions() {
             info!(member = %id, incarnation, "member evicted");
         }
-        let phase = if self.replica.is_member() {
-            "member"
-        } else if self.replica.has_left() {
-            "left"
-        } else {
-            "joining"
-        };
+        let phase = phase_name(&self.replica);
         let map = self.replica.network_map();
         let identity_changed =
             self.stored.incarnation != self.replica.incarnation() || self.stored.phase != phase;
@@ -741,6 +727,19 @@ impl Driver {
             self.last_sp = Some(sp);
             self.sp_tx.send_replace(view);
         }
+    }
+}
+
+/// `joining`, `member`, `leaving` or `left` (the status view's `phase`).
+fn phase_name(replica: &Replica<LwwMap>) -> &'static str {
+    if replica.is_leaving() {
+        "leaving"
+    } else if replica.is_member() {
+        "member"
+    } else if replica.has_left() {
+        "left"
+    } else {
+        "joining"
     }
 }
 

@@ -41,8 +41,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tidemark");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("tidemark"),
             applied_ops: Default::default(),
             snapshot_point_ops: Default::default(),
             snapshot_point_lag_ops: Default::default(),
@@ -60,8 +60,8 @@ impl Metrics {
             malformed_messages: Default::default(),
             publish_failures: Default::default(),
             request_failures: Default::default(),
-            registry: Registry::default(),
         };
+        let registry = &mut m.registry;
         registry.register(
             "applied_ops",
             "Ops applied by this node",
@@ -147,7 +147,7 @@ impl Metrics {
             "Direct messages that could not be delivered",
             m.request_failures.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn count_in(&self, kind: &'static str, bytes: usize) {

@@ -183,12 +183,14 @@ pub struct Replica<S: StateMachine> {
 }
 
 impl<S: StateMachine> Replica<S> {
+    #[allow(clippy::too_many_arguments)] // private: every constructor's parts, once
     fn with_parts(
         id: NodeId,
         incarnation: u64,
         config: ReplicaConfig,
         phase: Phase,
         map: NetworkMap,
+        log: OpsLog<S>,
         seed: u64,
         now: Time,
     ) -> Self {
@@ -200,7 +202,7 @@ impl<S: StateMachine> Replica<S> {
             incarnation,
             config,
             phase,
-            log: OpsLog::new(),
+            log,
             map,
             rng,
             outbox: VecDeque::new(),
@@ -266,6 +268,7 @@ impl<S: StateMachine> Replica<S> {
             config,
             Phase::Member { leaving_by: None },
             map,
+            OpsLog::new(),
             seed,
             now,
         )
@@ -309,7 +312,16 @@ impl<S: StateMachine> Replica<S> {
             backoff: config.gossip.join_retry,
             unanswered: 0,
         };
-        let mut replica = Self::with_parts(id, incarnation, config, phase, map, seed, now);
+        let mut replica = Self::with_parts(
+            id,
+            incarnation,
+            config,
+            phase,
+            map,
+            OpsLog::new(),
+            seed,
+            now,
+        );
         replica.send_join_request(first);
         replica.finish(now);
         replica
@@ -884,9 +896,16 @@ impl<S: StateMachine> Replica<S> {
             DurablePhase::Joining { .. } => (Phase::Left, false),
             DurablePhase::Member | DurablePhase::Left => (Phase::Member { leaving_by: None }, true),
         };
-        let mut replica =
-            Self::with_parts(id, checkpoint.incarnation, config, phase, map, seed, now);
-        replica.log = log;
+        let mut replica = Self::with_parts(
+            id,
+            checkpoint.incarnation,
+            config,
+            phase,
+            map,
+            log,
+            seed,
+            now,
+        );
         if rejoin && replica.map.counted_peers().is_empty() {
             // the only member: nobody can have moved on without it
             let applied = replica.log.applied().clone();
