@@ -61,6 +61,12 @@ impl Traffic {
         e.1 += bytes as u64;
     }
 
+    /// Bytes that are part of a message counted under another kind (a report riding on
+    /// published ops).
+    pub fn count_bytes(&mut self, kind: &'static str, bytes: usize) {
+        self.by_kind.entry(kind).or_default().1 += bytes as u64;
+    }
+
     pub fn messages(&self) -> u64 {
         self.by_kind.values().map(|v| v.0).sum()
     }

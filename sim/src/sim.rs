@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tidemark::gossip::{encoded_len, Message};
+use tidemark::gossip::{encoded_len, report_len, Message};
 use tidemark::network_map::{MemberRecord, MinTracker, Sponsorship};
 use tidemark::ops_log::{LwwMap, LwwOp};
 use tidemark::replica::{Action, Replica, ReplicaConfig};
@@ -22,6 +22,13 @@ use crate::metrics::{round3, FaultStats, Latencies, RecordMerges, Sample, Traffi
 use crate::network::{Links, Mesh, SeenCache};
 use crate::report::Report;
 
+/// A message's encoded size, and how much of it is a report riding on published ops.
+#[derive(Clone, Copy, Debug)]
+struct WireSize {
+    bytes: usize,
+    report_bytes: usize,
+}
+
 type Msg = Arc<Message<LwwMap>>;
 
 #[derive(Debug)]
@@ -30,7 +37,7 @@ enum EventKind {
         to: usize,
         from: usize,
         message: Msg,
-        size: usize,
+        size: WireSize,
         /// Set for published messages travelling over the mesh.
         mesh_id: Option<u64>,
     },
@@ -161,7 +168,7 @@ pub struct Sim {
     links: Links,
     mesh: Mesh,
     next_mesh_id: u64,
-    size_cache: Option<(usize, usize)>,
+    size_cache: Option<(usize, WireSize)>,
     view: GlobalView,
     violations: Violations,
     agreement: agreement::Agreement,
@@ -496,7 +503,14 @@ impl Sim {
         self.now >= calm + self.config.liveness_bound
     }
 
-    fn deliver(&mut self, to: usize, from: usize, message: Msg, size: usize, mesh_id: Option<u64>) {
+    fn deliver(
+        &mut self,
+        to: usize,
+        from: usize,
+        message: Msg,
+        size: WireSize,
+        mesh_id: Option<u64>,
+    ) {
         if self.nodes[to].stopped {
             return;
         }
@@ -515,7 +529,14 @@ impl Sim {
         self.dispatch(to);
     }
 
-    fn forward(&mut self, node: usize, except: Option<usize>, id: u64, message: &Msg, size: usize) {
+    fn forward(
+        &mut self,
+        node: usize,
+        except: Option<usize>,
+        id: u64,
+        message: &Msg,
+        size: WireSize,
+    ) {
         let neighbours = self.mesh.neighbours(node).to_vec();
         for peer in neighbours {
             if Some(peer) == except {
@@ -530,10 +551,14 @@ impl Sim {
         from: usize,
         to: usize,
         message: Msg,
-        size: usize,
+        size: WireSize,
         mesh_id: Option<u64>,
     ) {
-        self.traffic.count(message.kind(), size);
+        self.traffic
+            .count(message.kind(), size.bytes - size.report_bytes);
+        if size.report_bytes > 0 {
+            self.traffic.count_bytes("report", size.report_bytes);
+        }
         if let Some(p) = &self.partition {
             let side = |n: usize| p.side.get(n).copied().unwrap_or(false);
             if side(from) != side(to) && (!p.one_way || !side(from)) {
@@ -555,12 +580,18 @@ impl Sim {
         }
     }
 
-    fn size_of(&mut self, message: &Msg) -> usize {
+    fn size_of(&mut self, message: &Msg) -> WireSize {
         let key = Arc::as_ptr(message) as usize;
         match self.size_cache {
             Some((k, size)) if k == key => size,
             _ => {
-                let size = encoded_len(&**message);
+                let size = WireSize {
+                    bytes: encoded_len(&**message),
+                    report_bytes: match &**message {
+                        Message::Ops(published) => report_len(published),
+                        _ => 0,
+                    },
+                };
                 self.size_cache = Some((key, size));
                 size
             }

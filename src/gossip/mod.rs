@@ -3,12 +3,17 @@
 //!
 //! | message | how it travels | when |
 //! |---|---|---|
-//! | [`Message::Ops`] | published on the topic (gossipsub) | a writer's new ops, batched for `op_batch_delay` (at most `max_batch_ops`) |
-//! | [`Message::Status`] | sent to the status peers | records adopted since the last report, at most every `status_interval_for(members)`; the node's own record is re-issued when its applied vector or registrations changed, and at least every `heartbeat_interval` |
+//! | [`Message::Ops`] | published on the topic (gossipsub) | a writer's new ops, batched for `op_batch_delay` (at most `max_batch_ops`), with the writer's own report (its record, re-issued at publishing) |
+//! | [`Message::Status`] | sent to the status peers | records adopted from status reports since the last report, at most every `status_interval_for(members)`; the node's own record is re-issued when its applied vector or registrations changed and no published batch is about to carry it, and at least every `heartbeat_interval` |
 //! | [`Message::Digest`] | sent to one random member | every `anti_entropy_interval`; after `gap_pull_delay` while ops wait for missing deps; again while a repair says there is more |
 //! | [`Message::Repair`] | reply to a digest | carries the ops and records the digest's sender lacks |
 //! | [`Message::Stale`] | reply to a digest | the digest's sender is below this node's snapshot point, whose ops are compacted |
 //! | [`Message::JoinRequest`] / [`Message::JoinResponse`] | direct request–response | the join handshake (see `join_protocol`) |
+//!
+//! Reports ride on published ops: every member receives the topic, so a record that arrived
+//! with a batch is adopted without being relayed, and a node that writes continuously sends
+//! no status of its own; status reports carry the records of nodes that are not writing.
+//! A member that missed a batch gets the record with its next report or from anti-entropy.
 //!
 //! Status peers: `status_fanout` members chosen at random (replaced when they leave good
 //! standing) plus members that sent this node a status report, up to `max_status_peers` in
@@ -24,7 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use wire::{decode, encode, encoded_len, DecodeError, MAX_MESSAGE_BYTES};
+pub use wire::{decode, encode, encoded_len, report_len, DecodeError, MAX_MESSAGE_BYTES};
 
 use crate::join_protocol::{JoinRequest, JoinResponse};
 use crate::network_map::{MemberRecord, RecordVersion};
@@ -44,6 +49,15 @@ impl<P> OpsBatch<P> {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// What a writer publishes: a batch of its ops and, for members of the network, its own
+/// record re-issued at publishing (its report). Encoded with the batch's id table, the
+/// report's applied vector as the entries that differ from the writer's last op in the batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedOps<P> {
+    pub ops: OpsBatch<P>,
+    pub report: Option<Arc<MemberRecord>>,
 }
 
 /// Member records, encoded compactly (see `wire`).
@@ -75,7 +89,7 @@ pub struct Repair<S: StateMachine> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum Message<S: StateMachine> {
-    Ops(OpsBatch<S::Op>),
+    Ops(PublishedOps<S::Op>),
     Status(Records),
     Digest(AntiEntropyDigest),
     Repair(Repair<S>),
@@ -114,6 +128,10 @@ pub struct GossipConfig {
     pub status_interval_per_member: Duration,
     /// Most time between two reports of a node's own record.
     pub heartbeat_interval: Duration,
+    /// After a published batch carried a node's report, how long its next report waits for
+    /// another batch before it goes out in status: a node that writes steadily reports
+    /// only on its batches.
+    pub batch_report_hold: Duration,
     /// Number of status peers chosen at random.
     pub status_fanout: usize,
     /// Most status peers (random plus those that report to us).
@@ -163,6 +181,7 @@ impl Default for GossipConfig {
             status_interval: Duration::from_millis(7),
             status_interval_per_member: Duration::from_micros(50),
             heartbeat_interval: Duration::from_secs(1),
+            batch_report_hold: Duration::from_millis(30),
             status_fanout: 6,
             max_status_peers: 12,
             anti_entropy_interval: Duration::from_secs(1),

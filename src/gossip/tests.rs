@@ -32,11 +32,37 @@ fn some_ops() -> Vec<Arc<Op<LwwOp>>> {
     all
 }
 
+fn published(ops: Vec<Arc<Op<LwwOp>>>, report: Option<MemberRecord>) -> Message<LwwMap> {
+    Message::Ops(PublishedOps {
+        ops: OpsBatch(ops),
+        report: report.map(Arc::new),
+    })
+}
+
+/// The report of writer `w` after its last op in `ops`, having applied one more op of
+/// node 7 since.
+fn report_after(ops: &[Arc<Op<LwwOp>>], w: u64) -> MemberRecord {
+    let last = ops.iter().rev().find(|op| op.origin == id(w)).unwrap();
+    let mut applied = last.deps.clone();
+    applied.set(id(w), last.seq);
+    applied.set(id(7), 3);
+    MemberRecord {
+        report_seq: 12,
+        applied,
+        registrations: 1,
+        ..MemberRecord::founder(id(w))
+    }
+}
+
 #[test]
 fn every_message_round_trips() {
     let ops = some_ops();
     let messages: Vec<Message<LwwMap>> = vec![
-        Message::Ops(OpsBatch(ops.clone())),
+        published(ops.clone(), None),
+        published(ops.clone(), Some(report_after(&ops, 2))),
+        // a report of a node with no op in the batch (a rejoiner republishing others' ops)
+        published(ops[..3].to_vec(), Some(report_after(&ops, 1))),
+        published(ops[..1].to_vec(), Some(MemberRecord::founder(id(8)))),
         Message::Status(Records(vec![
             Arc::new(MemberRecord::founder(id(4))),
             Arc::new(MemberRecord {
@@ -82,13 +108,33 @@ fn every_message_round_trips() {
 #[test]
 fn op_batches_are_compact() {
     let ops = some_ops();
-    let batch = Message::<LwwMap>::Ops(OpsBatch(ops.clone()));
+    let batch = published(ops.clone(), None);
     let naive: usize = ops.iter().map(|op| encoded_len(&**op)).sum();
     let compact = encode(&batch).len();
     assert!(
         compact * 2 < naive,
         "compact batch {compact} bytes vs {naive} bytes op by op"
     );
+}
+
+#[test]
+fn a_report_on_a_batch_costs_only_what_changed_since_the_last_op() {
+    let ops = some_ops();
+    let report = report_after(&ops, 2);
+    let Message::Ops(with_report) = published(ops.clone(), Some(report.clone())) else {
+        unreachable!()
+    };
+    let riding = report_len(&with_report);
+    let alone = encoded_len(&Message::<LwwMap>::Status(Records(vec![Arc::new(report)])));
+    assert!(riding > 0);
+    assert!(
+        riding * 2 < alone,
+        "report on the batch {riding} bytes vs {alone} bytes as a status report"
+    );
+    let Message::Ops(bare) = published(ops, None) else {
+        unreachable!()
+    };
+    assert_eq!(report_len(&bare), 0);
 }
 
 #[test]
@@ -136,7 +182,8 @@ proptest! {
 
     #[test]
     fn decoding_mutated_messages_never_panics(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-        let mut bytes = encode(&Message::<LwwMap>::Ops(OpsBatch(some_ops())));
+        let ops = some_ops();
+        let mut bytes = encode(&published(ops.clone(), Some(report_after(&ops, 2))));
         for (i, b) in flips {
             let i = i.index(bytes.len());
             bytes[i] = b;

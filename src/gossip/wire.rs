@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Message, OpsBatch, Records};
+use super::{Message, OpsBatch, PublishedOps, Records};
 use crate::network_map::{MemberRecord, MemberState, Sponsorship};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, StateMachine};
@@ -76,60 +76,140 @@ struct WireOp<P> {
 struct WireBatch<P> {
     ids: Vec<NodeId>,
     ops: Vec<WireOp<P>>,
+    /// The publisher's report, its applied vector relative to its last op in the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<WireRecord>,
 }
 
 /// Assigns table indices to node ids in first-seen order.
 #[derive(Default)]
-struct Interner<'a> {
-    index: BTreeMap<&'a NodeId, u32>,
+struct Interner {
+    index: BTreeMap<NodeId, u32>,
     ids: Vec<NodeId>,
 }
 
-impl<'a> Interner<'a> {
-    fn intern(&mut self, id: &'a NodeId) -> u32 {
+impl Interner {
+    fn intern(&mut self, id: &NodeId) -> u32 {
         if let Some(i) = self.index.get(id) {
             return *i;
         }
         let i = self.ids.len() as u32;
         self.ids.push(id.clone());
-        self.index.insert(id, i);
+        self.index.insert(id.clone(), i);
         i
+    }
+}
+
+/// The id table of a received message.
+struct IdTable(Vec<NodeId>);
+
+impl IdTable {
+    fn get(&self, i: u32) -> Result<&NodeId, String> {
+        self.0
+            .get(i as usize)
+            .ok_or_else(|| format!("id index {i} out of range"))
+    }
+}
+
+/// The entries of `new` that differ from `base` (an entry of `base` missing from `new` is
+/// sent as 0).
+fn vector_delta(
+    new: &VersionVector,
+    base: &VersionVector,
+    skip: Option<&NodeId>,
+    table: &mut Interner,
+) -> Vec<(u32, u64)> {
+    let mut delta = Vec::new();
+    for (origin, seq) in new.iter() {
+        if Some(origin) != skip && base.get(origin) != seq {
+            delta.push((table.intern(origin), seq));
+        }
+    }
+    for (origin, _) in base.iter() {
+        if Some(origin) != skip && new.get(origin) == 0 {
+            delta.push((table.intern(origin), 0));
+        }
+    }
+    delta
+}
+
+fn apply_delta(
+    base: &VersionVector,
+    delta: &[(u32, u64)],
+    ids: &IdTable,
+) -> Result<VersionVector, String> {
+    let mut vector = base.clone();
+    for &(i, seq) in delta {
+        vector.set(ids.get(i)?.clone(), seq);
+    }
+    Ok(vector)
+}
+
+fn wire_ops<'a, P>(ops: &'a [Arc<Op<P>>], table: &mut Interner) -> Vec<WireOp<&'a P>> {
+    let empty = VersionVector::new();
+    let mut previous: BTreeMap<&NodeId, &VersionVector> = BTreeMap::new();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let o = table.intern(&op.origin);
+        let before = previous.get(&op.origin).copied().unwrap_or(&empty);
+        // the origin's own entry is implied by seq
+        let d = vector_delta(&op.deps, before, Some(&op.origin), table);
+        previous.insert(&op.origin, &op.deps);
+        out.push(WireOp {
+            o,
+            s: op.seq,
+            l: op.lamport,
+            d,
+            p: &op.payload,
+        });
+    }
+    out
+}
+
+fn read_ops<P>(ids: &IdTable, wire_ops: Vec<WireOp<P>>) -> Result<Vec<Arc<Op<P>>>, String> {
+    let mut previous: BTreeMap<NodeId, VersionVector> = BTreeMap::new();
+    let mut ops = Vec::with_capacity(wire_ops.len());
+    for w in wire_ops {
+        let origin = ids.get(w.o)?.clone();
+        if w.s == 0 {
+            return Err("op seq 0".into());
+        }
+        let base = previous.get(&origin).cloned().unwrap_or_default();
+        let mut deps = apply_delta(&base, &w.d, ids)?;
+        deps.set(origin.clone(), w.s - 1);
+        previous.insert(origin.clone(), deps.clone());
+        ops.push(Arc::new(Op {
+            origin,
+            seq: w.s,
+            lamport: w.l,
+            deps,
+            payload: w.p,
+        }));
+    }
+    Ok(ops)
+}
+
+/// What `member` had applied when it created its last op in `ops` (empty without one): the
+/// base its report's applied vector is sent against.
+fn last_op_cut<P>(ops: &[Arc<Op<P>>], member: &NodeId) -> VersionVector {
+    match ops.iter().rev().find(|op| op.origin == *member) {
+        Some(op) => {
+            let mut cut = op.deps.clone();
+            cut.set(op.origin.clone(), op.seq);
+            cut
+        }
+        None => VersionVector::new(),
     }
 }
 
 impl<P: Serialize> Serialize for OpsBatch<P> {
     fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
         let mut table = Interner::default();
-        let empty = VersionVector::new();
-        let mut previous: BTreeMap<&NodeId, &VersionVector> = BTreeMap::new();
-        let mut ops = Vec::with_capacity(self.0.len());
-        for op in &self.0 {
-            let o = table.intern(&op.origin);
-            let before = previous.get(&op.origin).copied().unwrap_or(&empty);
-            let mut d = Vec::new();
-            // the origin's own entry is implied by seq
-            for (origin, seq) in op.deps.iter() {
-                if *origin != op.origin && before.get(origin) != seq {
-                    d.push((table.intern(origin), seq));
-                }
-            }
-            for (origin, _) in before.iter() {
-                if *origin != op.origin && op.deps.get(origin) == 0 {
-                    d.push((table.intern(origin), 0));
-                }
-            }
-            previous.insert(&op.origin, &op.deps);
-            ops.push(WireOp {
-                o,
-                s: op.seq,
-                l: op.lamport,
-                d,
-                p: &op.payload,
-            });
-        }
+        let ops = wire_ops(&self.0, &mut table);
         WireBatch {
             ids: table.ids,
             ops,
+            r: None,
         }
         .serialize(serializer)
     }
@@ -137,34 +217,72 @@ impl<P: Serialize> Serialize for OpsBatch<P> {
 
 impl<'de, P: DeserializeOwned> Deserialize<'de> for OpsBatch<P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let WireBatch { ids, ops: wire_ops } = WireBatch::<P>::deserialize(deserializer)?;
-        let id = |i: u32| -> Result<&NodeId, D::Error> {
-            ids.get(i as usize)
-                .ok_or_else(|| D::Error::custom(format!("id index {i} out of range")))
-        };
-        let mut previous: BTreeMap<NodeId, VersionVector> = BTreeMap::new();
-        let mut ops = Vec::with_capacity(wire_ops.len());
-        for w in wire_ops {
-            let origin = id(w.o)?.clone();
-            if w.s == 0 {
-                return Err(D::Error::custom("op seq 0"));
-            }
-            let mut deps = previous.get(&origin).cloned().unwrap_or_default();
-            for &(i, seq) in &w.d {
-                deps.set(id(i)?.clone(), seq);
-            }
-            deps.set(origin.clone(), w.s - 1);
-            previous.insert(origin.clone(), deps.clone());
-            ops.push(Arc::new(Op {
-                origin,
-                seq: w.s,
-                lamport: w.l,
-                deps,
-                payload: w.p,
-            }));
+        let batch = WireBatch::<P>::deserialize(deserializer)?;
+        if batch.r.is_some() {
+            return Err(D::Error::custom("a report outside a published batch"));
         }
-        Ok(OpsBatch(ops))
+        let ids = IdTable(batch.ids);
+        Ok(OpsBatch(
+            read_ops(&ids, batch.ops).map_err(D::Error::custom)?,
+        ))
     }
+}
+
+impl<P: Serialize> Serialize for PublishedOps<P> {
+    fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        let base = match &self.report {
+            Some(report) => last_op_cut(&self.ops.0, &report.id),
+            None => VersionVector::new(),
+        };
+        let mut table = Interner::default();
+        let ops = wire_ops(&self.ops.0, &mut table);
+        let r = self
+            .report
+            .as_ref()
+            .map(|report| wire_record(report, &base, &mut table));
+        WireBatch {
+            ids: table.ids,
+            ops,
+            r,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, P: DeserializeOwned> Deserialize<'de> for PublishedOps<P> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let batch = WireBatch::<P>::deserialize(deserializer)?;
+        let ids = IdTable(batch.ids);
+        let ops = read_ops(&ids, batch.ops).map_err(D::Error::custom)?;
+        let report = match batch.r {
+            Some(w) => {
+                let base = last_op_cut(&ops, ids.get(w.i).map_err(D::Error::custom)?);
+                Some(Arc::new(
+                    read_record(w, &ids, &base).map_err(D::Error::custom)?,
+                ))
+            }
+            None => None,
+        };
+        Ok(PublishedOps {
+            ops: OpsBatch(ops),
+            report,
+        })
+    }
+}
+
+/// Bytes of a published batch's encoding that are its report (0 without one): the share of
+/// a published message that is status traffic. Counts the report's fields, not the ids it
+/// adds to the shared table; cheap enough to call on every received batch.
+pub fn report_len<P>(published: &PublishedOps<P>) -> usize {
+    let Some(report) = &published.report else {
+        return 0;
+    };
+    let base = last_op_cut(&published.ops.0, &report.id);
+    let mut table = Interner::default();
+    for op in &published.ops.0 {
+        table.intern(&op.origin);
+    }
+    encoded_len(&wire_record(report, &base, &mut table))
 }
 
 /// A record on the wire: node ids are indices into the message's id table.
@@ -177,6 +295,8 @@ struct WireRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sp: Option<(u32, u64, u64)>,
     r: u64,
+    /// The applied vector: in a status report every entry; in a published batch the
+    /// entries that differ from the publisher's last op in the batch.
     a: Vec<(u32, u64)>,
     #[serde(default, skip_serializing_if = "is_zero")]
     g: u64,
@@ -203,28 +323,58 @@ fn state_code(state: MemberState) -> u8 {
     }
 }
 
+fn wire_record(r: &MemberRecord, base: &VersionVector, table: &mut Interner) -> WireRecord {
+    WireRecord {
+        i: table.intern(&r.id),
+        n: r.incarnation,
+        st: state_code(r.state),
+        sp: r
+            .sponsor
+            .as_ref()
+            .map(|s| (table.intern(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
+        r: r.report_seq,
+        a: vector_delta(&r.applied, base, None, table),
+        g: r.registrations,
+        ad: r.addrs.clone(),
+    }
+}
+
+fn read_record(w: WireRecord, ids: &IdTable, base: &VersionVector) -> Result<MemberRecord, String> {
+    let state = match w.st {
+        0 => MemberState::Alive,
+        1 => MemberState::Suspect,
+        2 => MemberState::Left,
+        3 => MemberState::Evicted,
+        other => return Err(format!("unknown member state {other}")),
+    };
+    let sponsor = match w.sp {
+        Some((i, inc, reg_no)) => Some(Sponsorship {
+            sponsor: ids.get(i)?.clone(),
+            sponsor_incarnation: inc,
+            reg_no,
+        }),
+        None => None,
+    };
+    Ok(MemberRecord {
+        id: ids.get(w.i)?.clone(),
+        incarnation: w.n,
+        state,
+        sponsor,
+        report_seq: w.r,
+        applied: apply_delta(base, &w.a, ids)?,
+        registrations: w.g,
+        addrs: w.ad,
+    })
+}
+
 impl Serialize for Records {
     fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
         let mut table = Interner::default();
+        let empty = VersionVector::new();
         let recs = self
             .0
             .iter()
-            .map(|r| WireRecord {
-                i: table.intern(&r.id),
-                n: r.incarnation,
-                st: state_code(r.state),
-                sp: r
-                    .sponsor
-                    .as_ref()
-                    .map(|s| (table.intern(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
-                r: r.report_seq,
-                a: r.applied
-                    .iter()
-                    .map(|(o, s)| (table.intern(o), s))
-                    .collect(),
-                g: r.registrations,
-                ad: r.addrs.clone(),
-            })
+            .map(|r| wire_record(r, &empty, &mut table))
             .collect();
         WireRecords {
             ids: table.ids,
@@ -237,42 +387,13 @@ impl Serialize for Records {
 impl<'de> Deserialize<'de> for Records {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let WireRecords { ids, recs } = WireRecords::deserialize(deserializer)?;
-        let id = |i: u32| -> Result<NodeId, D::Error> {
-            ids.get(i as usize)
-                .cloned()
-                .ok_or_else(|| D::Error::custom(format!("id index {i} out of range")))
-        };
+        let ids = IdTable(ids);
+        let empty = VersionVector::new();
         let mut out = Vec::with_capacity(recs.len());
         for w in recs {
-            let state = match w.st {
-                0 => MemberState::Alive,
-                1 => MemberState::Suspect,
-                2 => MemberState::Left,
-                3 => MemberState::Evicted,
-                other => return Err(D::Error::custom(format!("unknown member state {other}"))),
-            };
-            let sponsor = match w.sp {
-                Some((i, inc, reg_no)) => Some(Sponsorship {
-                    sponsor: id(i)?,
-                    sponsor_incarnation: inc,
-                    reg_no,
-                }),
-                None => None,
-            };
-            let mut applied = VersionVector::new();
-            for (i, seq) in w.a {
-                applied.set(id(i)?, seq);
-            }
-            out.push(Arc::new(MemberRecord {
-                id: id(w.i)?,
-                incarnation: w.n,
-                state,
-                sponsor,
-                report_seq: w.r,
-                applied,
-                registrations: w.g,
-                addrs: w.ad,
-            }));
+            out.push(Arc::new(
+                read_record(w, &ids, &empty).map_err(D::Error::custom)?,
+            ));
         }
         Ok(Records(out))
     }

@@ -287,7 +287,8 @@ impl NetworkMap {
     }
 
     /// Raises what `member` is known to have applied, entry by entry: O(changes · log N).
-    /// Returns false when the member is unknown.
+    /// Returns false when the member is unknown. Another member's record is then relayed
+    /// by the next status report; this node's own is not until it reports (`report_own`).
     pub fn apply_delta(&mut self, member: &NodeId, changes: &[(NodeId, u64)]) -> bool {
         let Some(entry) = self.members.get_mut(member) else {
             return false;
@@ -305,8 +306,17 @@ impl NetworkMap {
                 record.applied.replace(origin, old);
             }
         }
-        self.dirty.insert(member.clone());
+        // the own record reaches others only as a report (`report_own`)
+        if *member != self.me {
+            self.dirty.insert(member.clone());
+        }
         true
+    }
+
+    /// Takes `member` off the records the next status report relays: its record reached
+    /// every member by another way (a published batch).
+    pub fn forget_dirty(&mut self, member: &NodeId) {
+        self.dirty.remove(member);
     }
 
     /// Notes news from `member` that carries no record (a direct message).

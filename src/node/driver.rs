@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -24,6 +25,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -35,7 +37,7 @@ use super::views::{
     vector_json, At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
 };
 use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
-use crate::gossip::{decode, encode, Message};
+use crate::gossip::{decode, encode, report_len, Message};
 use crate::network_map::MemberState;
 use crate::ops_log::LwwMap;
 use crate::replica::{Action, Replica, ReplicaConfig};
@@ -50,6 +52,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// How often disconnected members are dialled again (backoff doubles up to the max).
 const RECONNECT_TICK: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Most waiting events and commands handled together before storing and acting.
+const READY_BATCH: usize = 64;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -81,7 +85,8 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     };
     let peer_id = key.public().to_peer_id();
     let me = node_id(&peer_id);
-    let mut swarm = build_swarm(key, &config.network)?;
+    let mut metrics = Metrics::new();
+    let mut swarm = build_swarm(key, &config.network, metrics.registry_mut())?;
     let topic = IdentTopic::new(format!("tidemark/{}/ops", config.network));
     swarm
         .behaviour_mut()
@@ -145,7 +150,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             Replica::joiner_via(me.clone(), 1, sponsors, replica_config, seed, Time::ZERO)
         }
     };
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(metrics);
     let (commands_tx, commands) = mpsc::channel(1024);
     let (sp_tx, sp_rx) = watch::channel(SnapshotPointView {
         snapshot_point: Default::default(),
@@ -153,6 +158,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         digest: String::new(),
         incarnation: 0,
     });
+    let (applied_tx, applied_rx) = watch::channel(VersionVector::new());
     let advertised: Vec<Multiaddr> = listen_addrs
         .iter()
         .map(|a| a.clone().with(Protocol::P2p(peer_id)))
@@ -166,6 +172,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         wake_at: None,
         commands,
         sp_tx,
+        applied_tx,
         metrics: metrics.clone(),
         listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
         network: config.network.clone(),
@@ -182,6 +189,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     let handle = NodeHandle {
         commands: commands_tx,
         snapshot_point: sp_rx,
+        applied: applied_rx,
         peer_id: peer_id.to_base58(),
         metrics,
     };
@@ -193,7 +201,11 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     })
 }
 
-fn build_swarm(key: Keypair, network: &str) -> Result<Swarm<Behaviour>, NodeError> {
+fn build_swarm(
+    key: Keypair,
+    network: &str,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, NodeError> {
     let transport_err = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
@@ -210,6 +222,7 @@ fn build_swarm(key: Keypair, network: &str) -> Result<Swarm<Behaviour>, NodeErro
             yamux::Config::default,
         )
         .map_err(|e| transport_err(&e))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {
             let gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
@@ -238,7 +251,8 @@ fn build_swarm(key: Keypair, network: &str) -> Result<Swarm<Behaviour>, NodeErro
 /// which may mix origins); any other
 /// payload is identified by its BLAKE3 hash, so it can never collide with an op id.
 fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
-    if let Ok(Message::Ops(batch)) = decode::<LwwMap>(&message.data) {
+    if let Ok(Message::Ops(published)) = decode::<LwwMap>(&message.data) {
+        let batch = &published.ops;
         if let (Some(first), Some(last)) = (batch.0.first(), batch.0.last()) {
             return gossipsub::MessageId::from(format!(
                 "{}/{}-{}/{}",
@@ -360,6 +374,7 @@ struct Driver {
     wake_at: Option<Time>,
     commands: mpsc::Receiver<Command>,
     sp_tx: watch::Sender<SnapshotPointView>,
+    applied_tx: watch::Sender<VersionVector>,
     metrics: Arc<Metrics>,
     listen_addrs: Vec<String>,
     network: String,
@@ -402,6 +417,7 @@ impl Driver {
                 }
                 _ = reconnect.tick() => self.reconnect(),
             }
+            self.drain_ready().await;
             self.after_event()?;
             if self.stop_now || self.replica.has_left() && !self.leave_waiters.is_empty() {
                 if !self.stop_now {
@@ -412,6 +428,32 @@ impl Driver {
                 }
                 info!("left the network");
                 return Ok(());
+            }
+        }
+    }
+
+    /// Handles the events and commands that are already waiting (up to a bound), so that
+    /// one storage transaction and one round of actions serve all of them. The swarm is
+    /// polled with this task's own context, so that it wakes this task when it has more.
+    async fn drain_ready(&mut self) {
+        let events = std::future::poll_fn(|cx| {
+            let mut events = Vec::new();
+            while events.len() < READY_BATCH {
+                match self.swarm.poll_next_unpin(cx) {
+                    Poll::Ready(Some(event)) => events.push(event),
+                    _ => break,
+                }
+            }
+            Poll::Ready(events)
+        })
+        .await;
+        for event in events {
+            self.on_swarm_event(event);
+        }
+        for _ in 0..READY_BATCH {
+            match self.commands.try_recv() {
+                Ok(command) => self.on_command(command),
+                Err(_) => break,
             }
         }
     }
@@ -568,7 +610,8 @@ impl Driver {
             self.metrics.malformed_messages.inc();
             return;
         }
-        self.metrics.count_in(message.kind(), bytes.len());
+        self.metrics
+            .count_in_with_report(message.kind(), bytes.len(), report_bytes(&message));
         self.replica.handle_message(now, &node_id(from), &message);
     }
 
@@ -607,6 +650,8 @@ impl Driver {
         let mut batch = Batch {
             ops,
             checkpoint: None,
+            // own new ops are acknowledged (and published) only once they are on disk
+            durable: identity_changed || !self.acks.is_empty(),
         };
         if identity_changed || (progressed && due) {
             if identity_changed {
@@ -647,7 +692,8 @@ impl Driver {
 
     fn publish(&mut self, message: &NodeMessage) {
         let bytes = encode(message);
-        self.metrics.count_out(message.kind(), bytes.len());
+        self.metrics
+            .count_out_with_report(message.kind(), bytes.len(), report_bytes(message));
         if let Err(error) = self
             .swarm
             .behaviour_mut()
@@ -699,6 +745,13 @@ impl Driver {
 
     fn update_gauges(&mut self) {
         let applied = self.replica.applied().total();
+        self.applied_tx.send_if_modified(|seen| {
+            let changed = seen != self.replica.applied();
+            if changed {
+                *seen = self.replica.applied().clone();
+            }
+            changed
+        });
         let sp = self.replica.snapshot_point().clone();
         let map = self.replica.network_map();
         let m = &self.metrics;
@@ -740,6 +793,14 @@ fn phase_name(replica: &Replica<LwwMap>) -> &'static str {
         "left"
     } else {
         "joining"
+    }
+}
+
+/// Bytes of a message that are a report riding on a published batch.
+fn report_bytes(message: &NodeMessage) -> usize {
+    match message {
+        Message::Ops(published) => report_len(published),
+        _ => 0,
     }
 }
 

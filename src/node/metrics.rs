@@ -164,6 +164,32 @@ impl Metrics {
             .inc_by(bytes as u64);
     }
 
+    /// Counts a received message of which `report_bytes` are the publisher's report
+    /// riding on a published batch: those are counted as kind `report`, the rest as `kind`.
+    pub fn count_in_with_report(&self, kind: &'static str, bytes: usize, report_bytes: usize) {
+        self.count_in(kind, bytes - report_bytes);
+        if report_bytes > 0 {
+            self.bytes_in
+                .get_or_create(&KindLabel { kind: "report" })
+                .inc_by(report_bytes as u64);
+        }
+    }
+
+    /// Counts a sent message; see [`Metrics::count_in_with_report`].
+    pub fn count_out_with_report(&self, kind: &'static str, bytes: usize, report_bytes: usize) {
+        self.count_out(kind, bytes - report_bytes);
+        if report_bytes > 0 {
+            self.bytes_out
+                .get_or_create(&KindLabel { kind: "report" })
+                .inc_by(report_bytes as u64);
+        }
+    }
+
+    /// The registry, for metrics of other crates (libp2p's bandwidth) to register into.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Bytes received and sent, summed over `kinds` (for benches and the demo).
     pub fn bytes_total(&self, kinds: &[&'static str]) -> (u64, u64) {
         kinds.iter().fold((0, 0), |(i, o), kind| {

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use crate::gossip::GossipConfig;
 use crate::ops_log::LwwOp;
 use crate::replica::WriteRefused;
+use crate::VersionVector;
 pub use metrics::Metrics;
 use views::{At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView};
 
@@ -124,6 +125,7 @@ pub(crate) enum Command {
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     snapshot_point: watch::Receiver<SnapshotPointView>,
+    applied: watch::Receiver<VersionVector>,
     peer_id: String,
     metrics: Arc<Metrics>,
 }
@@ -165,6 +167,12 @@ impl NodeHandle {
     /// A receiver that sees every change of the snapshot point.
     pub fn watch_snapshot_point(&self) -> watch::Receiver<SnapshotPointView> {
         self.snapshot_point.clone()
+    }
+
+    /// A receiver that sees every change of what this node has applied (its applied
+    /// vector; a rejoin may lower it).
+    pub fn watch_applied(&self) -> watch::Receiver<VersionVector> {
+        self.applied.clone()
     }
 
     /// The node's metrics.

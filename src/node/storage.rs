@@ -72,6 +72,11 @@ pub struct Storage {
 pub struct Batch<'a> {
     pub ops: Vec<Arc<Op<LwwOp>>>,
     pub checkpoint: Option<Checkpoint<&'a LwwMap>>,
+    /// Whether the batch must be on disk when `write` returns (it holds this node's own
+    /// new ops, or a new incarnation or phase). Otherwise it is committed without a sync,
+    /// atomically, and reaches the disk with the next durable write: a crash may lose it,
+    /// which a node that resumes with a new incarnation tolerates.
+    pub durable: bool,
 }
 
 impl Batch<'_> {
@@ -141,12 +146,15 @@ impl Storage {
         Ok(Loaded { checkpoint, ops })
     }
 
-    /// Writes a batch in one durable transaction.
+    /// Writes a batch in one transaction, synced to disk if the batch is `durable`.
     pub fn write(&self, batch: &Batch<'_>) -> Result<(), StorageError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        if !batch.durable {
+            txn.set_durability(redb::Durability::None);
+        }
         {
             let mut ops = txn.open_table(OPS)?;
             let mut buf = Vec::new();
@@ -232,6 +240,7 @@ mod tests {
                 .write(&Batch {
                     ops,
                     checkpoint: None,
+                    durable: true,
                 })
                 .unwrap();
             assert_eq!(storage.stored_ops().unwrap(), 3);
@@ -246,6 +255,7 @@ mod tests {
             .write(&Batch {
                 ops: Vec::new(),
                 checkpoint: Some(node.checkpoint()),
+                durable: false,
             })
             .unwrap();
         assert_eq!(storage.stored_ops().unwrap(), 0, "stable ops pruned");

@@ -15,7 +15,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
+use crate::gossip::{
+    AntiEntropyDigest, GossipConfig, Message, OpsBatch, PublishedOps, Records, Repair,
+};
 use crate::join_protocol::{self, JoinRequest, JoinResponse};
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
@@ -158,6 +160,8 @@ pub struct Replica<S: StateMachine> {
     publish_at: Option<Time>,
     own_changed: bool,
     last_report: Time,
+    /// When the last report rode on a published batch.
+    last_batch_report: Option<Time>,
     status_allowed_at: Time,
     next_anti_entropy: Time,
     gap_pull: Option<(Time, NodeId, Duration)>,
@@ -211,6 +215,7 @@ impl<S: StateMachine> Replica<S> {
             publish_at: None,
             own_changed: false,
             last_report: now,
+            last_batch_report: None,
             status_allowed_at: now,
             next_anti_entropy: first_ae,
             gap_pull: None,
@@ -498,7 +503,12 @@ impl<S: StateMachine> Replica<S> {
             }
             (Phase::Left, Message::Digest(digest)) => self.on_digest(from, digest),
             (Phase::Left, _) => {}
-            (Phase::Member { .. }, Message::Ops(batch)) => self.on_ops(now, from, batch),
+            (Phase::Member { .. }, Message::Ops(published)) => {
+                self.on_ops(now, from, &published.ops);
+                if let Some(report) = &published.report {
+                    self.on_published_report(now, report);
+                }
+            }
             (Phase::Member { .. }, Message::Status(records)) => {
                 let gossip = &self.config.gossip;
                 let room = gossip.max_status_peers.saturating_sub(gossip.status_fanout);
@@ -677,6 +687,16 @@ impl<S: StateMachine> Replica<S> {
                 MergeOutcome::Outdated => self.stats.records_outdated += 1,
                 MergeOutcome::AboutSelf => self.on_record_about_self(now, record),
             }
+        }
+    }
+
+    /// A writer's report that came with its published ops. Every member receives the
+    /// topic, so the record is adopted without being relayed by status.
+    fn on_published_report(&mut self, now: Time, report: &Arc<MemberRecord>) {
+        let adopted_before = self.stats.records_adopted;
+        self.on_records(now, std::slice::from_ref(report));
+        if self.stats.records_adopted > adopted_before {
+            self.map.forget_dirty(&report.id);
         }
     }
 
@@ -1124,22 +1144,53 @@ impl<S: StateMachine> Replica<S> {
             Some(now)
         };
         if !batch.is_empty() {
+            let report = self.is_member().then(|| self.report_with_batch(now));
             self.outbox.push_back(Action::Publish {
-                message: Arc::new(Message::Ops(OpsBatch(batch))),
+                message: Arc::new(Message::Ops(PublishedOps {
+                    ops: OpsBatch(batch),
+                    report,
+                })),
             });
         }
     }
 
+    /// Re-issues this node's record to ride on the batch it is publishing. Every member
+    /// receives the batch, so the record is not sent again in status.
+    fn report_with_batch(&mut self, now: Time) -> Arc<MemberRecord> {
+        self.map.report_own(self.log.applied().clone(), now, |_| {});
+        self.map.forget_dirty(&self.id);
+        self.own_changed = false;
+        self.last_report = now;
+        self.last_batch_report = Some(now);
+        self.map.own().record.clone()
+    }
+
+    /// When the own record is to go out in a status report: once it changed and status
+    /// may be sent, but not while a batch is waiting to be published (the batch carries
+    /// it, sooner and to everyone), and, after a batch carried the last report, not before
+    /// `batch_report_hold` has passed without another batch (a writer's reports ride on
+    /// its batches).
+    fn own_report_at(&self) -> Option<Time> {
+        if !self.own_changed || self.publish_at.is_some() {
+            return None;
+        }
+        let held = self
+            .last_batch_report
+            .filter(|at| *at >= self.last_report)
+            .map(|at| at + self.config.gossip.batch_report_hold);
+        Some(held.map_or(self.status_allowed_at, |h| h.max(self.status_allowed_at)))
+    }
+
     fn status_due(&self) -> Option<Time> {
-        if self.own_changed || self.map.has_dirty() {
-            Some(self.status_allowed_at)
-        } else {
-            None
+        let relay = self.map.has_dirty().then_some(self.status_allowed_at);
+        match (self.own_report_at(), relay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     fn flush_status(&mut self, now: Time) {
-        if self.own_changed {
+        if self.own_report_at().is_some_and(|at| at <= now) {
             self.map.report_own(self.log.applied().clone(), now, |_| {});
             self.own_changed = false;
             self.last_report = now;

@@ -517,3 +517,189 @@ fn a_checkpoint_without_its_own_record_is_refused() {
     assert_eq!(err.err(), Some(ResumeError::NoOwnRecord));
     node.write(Time::ZERO, put("still", "works")).unwrap();
 }
+
+/// Drives one replica by the millisecond from `from` to `to`, handing it the messages of
+/// `inbox` at their times, and returns what it sent and published.
+fn drive(
+    r: &mut Replica<LwwMap>,
+    from_ms: u64,
+    to_ms: u64,
+    mut write_at: impl FnMut(u64) -> bool,
+    inbox: &mut [(u64, NodeId, Arc<Message<LwwMap>>)],
+) -> Vec<Action<LwwMap>> {
+    let mut out = Vec::new();
+    for ms in from_ms..to_ms {
+        let now = Time::from_millis(ms);
+        for (_, from, message) in inbox.iter().filter(|(at, _, _)| *at == ms) {
+            r.handle_message(now, from, message);
+        }
+        if write_at(ms) {
+            r.write(now, put(&format!("k{ms}"), "v")).unwrap();
+        }
+        r.handle_timeout(now);
+        while let Some(action) = r.poll_action() {
+            if !matches!(action, Action::ScheduleWake { .. }) {
+                out.push(action);
+            }
+        }
+    }
+    out
+}
+
+/// Ops batches of node `origin`, one every `every_ms` from `from_ms` to `to_ms`, each with a
+/// report, as node 0 would receive them.
+fn batches_of(
+    origin: u64,
+    members: &[NodeId],
+    from_ms: u64,
+    to_ms: u64,
+    every_ms: u64,
+) -> Vec<(u64, NodeId, Arc<Message<LwwMap>>)> {
+    let mut writer: Replica<LwwMap> = Replica::genesis(
+        id(origin),
+        members,
+        ReplicaConfig::default(),
+        origin,
+        Time::ZERO,
+    );
+    let mut inbox = Vec::new();
+    let writes = |ms: u64| ms >= from_ms && (ms - from_ms).is_multiple_of(every_ms);
+    for ms in 0..to_ms {
+        for action in drive(&mut writer, ms, ms + 1, writes, &mut []) {
+            if let Action::Publish { message } = action {
+                // delivered one millisecond after it is published
+                inbox.push((ms + 1, id(origin), message));
+            }
+        }
+    }
+    inbox
+}
+
+fn status_records(actions: &[Action<LwwMap>]) -> Vec<Arc<MemberRecord>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { message, .. } => match &**message {
+                Message::Status(records) => Some(records.0.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_steady_writer_reports_on_its_batches_and_not_in_status() {
+    let members = [id(0), id(1), id(2)];
+    let mut writer: Replica<LwwMap> =
+        Replica::genesis(id(0), &members, ReplicaConfig::default(), 7, Time::ZERO);
+    // node 1's ops arrive between node 0's own writes, so node 0's applied keeps changing
+    let mut inbox: Vec<_> = (1..40)
+        .map(|k| {
+            let op = Arc::new(Op {
+                origin: id(1),
+                seq: k,
+                lamport: k,
+                deps: {
+                    let mut deps = VersionVector::new();
+                    deps.set(id(1), k - 1);
+                    deps
+                },
+                payload: put("n1", "v"),
+            });
+            let message = Message::Ops(PublishedOps {
+                ops: OpsBatch(vec![op]),
+                report: None,
+            });
+            (k * 5 + 2, id(1), Arc::new(message))
+        })
+        .collect();
+    let every_10_ms = |ms: u64| ms.is_multiple_of(10) && ms < 200;
+    let actions = drive(&mut writer, 0, 200, every_10_ms, &mut inbox);
+    let published: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { message } => match &**message {
+                Message::Ops(p) => Some(p.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published.len(), 20, "one batch per write");
+    let mut last_seq = 0;
+    for p in &published {
+        let report = p.report.as_ref().expect("every batch carries the report");
+        assert_eq!(report.id, id(0));
+        assert!(report.report_seq > last_seq, "each report is a new version");
+        last_seq = report.report_seq;
+        assert!(report.applied.get(&id(0)) >= p.ops.0.last().unwrap().seq);
+    }
+    assert!(
+        published
+            .last()
+            .unwrap()
+            .report
+            .as_ref()
+            .unwrap()
+            .applied
+            .get(&id(1))
+            > 0,
+        "reports say what the writer applied from others"
+    );
+    let own_in_status = status_records(&actions)
+        .iter()
+        .filter(|r| r.id == id(0))
+        .count();
+    assert_eq!(
+        own_in_status, 0,
+        "a steady writer sends no status of its own"
+    );
+
+    // once it stops writing, what it applies since is reported in status after the hold
+    let hold = ReplicaConfig::default()
+        .gossip
+        .batch_report_hold
+        .as_millis() as u64;
+    let later = drive(&mut writer, 200, 200 + hold + 20, |_| false, &mut inbox);
+    let own: Vec<_> = status_records(&later)
+        .into_iter()
+        .filter(|r| r.id == id(0))
+        .collect();
+    assert!(!own.is_empty(), "a writer that stopped reports in status");
+    assert_eq!(own.last().unwrap().applied, *writer.applied());
+}
+
+#[test]
+fn a_report_that_came_with_a_batch_is_adopted_but_not_relayed() {
+    let members = [id(0), id(1), id(2)];
+    let mut inbox = batches_of(1, &members, 1, 100, 10);
+    assert!(!inbox.is_empty());
+    let mut reader: Replica<LwwMap> =
+        Replica::genesis(id(0), &members, ReplicaConfig::default(), 3, Time::ZERO);
+    let actions = drive(&mut reader, 0, 150, |_| false, &mut inbox);
+    let newest = inbox
+        .iter()
+        .filter_map(|(_, _, m)| match &**m {
+            Message::Ops(p) => p.report.clone(),
+            _ => None,
+        })
+        .max_by_key(|r| r.report_seq)
+        .unwrap();
+    let known = &reader.network_map().get(&id(1)).unwrap().record;
+    assert_eq!(
+        known.report_seq, newest.report_seq,
+        "the report was adopted"
+    );
+    assert_eq!(known.applied, newest.applied);
+    let records = status_records(&actions);
+    assert!(
+        records.iter().any(|r| r.id == id(0)),
+        "the reader reports its own progress (it does not write)"
+    );
+    assert!(
+        records.iter().all(|r| r.id != id(1)),
+        "every member got the writer's reports with its batches: none is relayed"
+    );
+}

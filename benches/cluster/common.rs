@@ -1,0 +1,103 @@
+//! What both sides of the cluster bench share: the load, the payloads, latency samples and
+//! the report of one run.
+
+use std::time::Duration;
+
+/// One load point: `nodes` nodes on 127.0.0.1, together writing `rate` ops per second
+/// (spread evenly over the nodes) for `duration`, then `grace` to let the last ops arrive.
+#[derive(Clone, Debug)]
+pub struct Load {
+    pub nodes: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    pub grace: Duration,
+}
+
+impl Load {
+    /// Ops each node writes in the run.
+    pub fn ops_per_node(&self) -> u64 {
+        (self.rate * self.duration.as_secs_f64() / self.nodes as f64).round() as u64
+    }
+
+    /// Time between two writes of one node.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.nodes as f64 / self.rate)
+    }
+}
+
+/// The payload of op `i` of node `node`: the same key and value on both sides.
+pub fn payload(node: usize, i: u64) -> (String, String) {
+    (
+        format!("node{node}/key{}", i % 1024),
+        format!("value {i:08} of node {node:03} ........"),
+    )
+}
+
+/// Latency samples.
+#[derive(Clone, Debug, Default)]
+pub struct Samples(pub Vec<Duration>);
+
+impl Samples {
+    /// The `q` quantile (0..=1), or zero without samples.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut sorted = self.0.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted[index]
+    }
+}
+
+/// What one run at one load point measured.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Ops written (published) by all nodes together.
+    pub ops_written: u64,
+    /// (op, receiving node) pairs expected: ops_written × (nodes − 1).
+    pub deliveries_expected: u64,
+    /// (op, receiving node) pairs observed by the end of the grace period.
+    pub deliveries_seen: u64,
+    /// Time from the write to its arrival (applied, for tidemark) at each other node.
+    pub dissemination: Samples,
+    /// Time from the write to its entry into each node's snapshot point (tidemark only).
+    pub sp_lag: Option<Samples>,
+    /// When the last op reached the last node (or entered its snapshot point), measured
+    /// from the first write; ops/s over this is the rate the cluster kept up with.
+    pub completion: Duration,
+    /// Bytes sent over all connections by all nodes in the run (libp2p bandwidth metrics:
+    /// stream bytes, before yamux framing and noise).
+    pub wire_bytes: u64,
+    /// Of `wire_bytes`, the bytes spent on status and network-map traffic (tidemark only).
+    pub status_bytes: Option<u64>,
+}
+
+impl RunReport {
+    /// Whether every op reached every node.
+    pub fn complete(&self) -> bool {
+        self.deliveries_seen >= self.deliveries_expected
+    }
+
+    /// Ops per second that reached every node (or every snapshot point).
+    pub fn ops_per_sec(&self) -> f64 {
+        if self.completion.is_zero() {
+            return 0.0;
+        }
+        self.ops_written as f64 / self.completion.as_secs_f64()
+    }
+}
+
+/// Sum of the samples of the counter `name` in an OpenMetrics text whose line contains
+/// `with` (a label, e.g. `direction="Outbound"`; empty for every sample).
+pub fn metric_sum(text: &str, name: &str, with: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && l.contains(with)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}

@@ -1,0 +1,127 @@
+//! Cluster bench: N real tidemark nodes on 127.0.0.1 against raw gossipsub publishing the
+//! same payloads, one message per op, to a cluster of the same size (the baseline, measured
+//! in the same run). See BENCHMARKS.md for what it reports and how to read it.
+//!
+//! `cargo bench --bench cluster -- --nodes 8,16,32 --rates 250,500,1000,2000`
+//!
+//! For every cluster size and offered rate it runs the baseline, then tidemark, and prints
+//! one line each; a run *keeps up* when every op reached every node (for tidemark: every
+//! snapshot point) with a p99 under one second. At the end it prints, per size, the
+//! highest offered rate each side kept up with.
+
+mod common;
+mod nodes;
+mod raw;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::{Load, RunReport};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Cluster sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
+    nodes: Vec<usize>,
+    /// Total offered ops/s of each load step.
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000")]
+    rates: Vec<f64>,
+    /// Seconds of writing per load step.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Tidemark's least status interval in ms (the protocol default if absent).
+    #[arg(long)]
+    status_interval_ms: Option<u64>,
+    /// Tidemark's random status peers (the protocol default if absent).
+    #[arg(long)]
+    status_fanout: Option<usize>,
+    /// Only run one side: `raw` or `tidemark`.
+    #[arg(long)]
+    only: Option<String>,
+    /// cargo bench passes `--bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What "kept up" allows as the p99 of dissemination (raw) or snapshot-point lag.
+const KEPT_UP_P99: Duration = Duration::from_secs(1);
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut gossip = tidemark::gossip::GossipConfig::default();
+    if let Some(ms) = args.status_interval_ms {
+        gossip.status_interval = Duration::from_millis(ms);
+    }
+    if let Some(fanout) = args.status_fanout {
+        gossip.status_fanout = fanout;
+        gossip.max_status_peers = 2 * fanout;
+    }
+    let mut summary = Vec::new();
+    for &nodes in &args.nodes {
+        let mut best_raw = 0.0f64;
+        let mut best_tidemark = 0.0f64;
+        for &rate in &args.rates {
+            let load = Load {
+                nodes,
+                rate,
+                duration: Duration::from_secs_f64(args.duration),
+                grace: Duration::from_secs(10),
+            };
+            if args.only.as_deref() != Some("tidemark") {
+                let r = runtime.block_on(raw::run_raw(&load));
+                let kept = r.complete() && r.dissemination.quantile(0.99) < KEPT_UP_P99;
+                if kept {
+                    best_raw = best_raw.max(rate);
+                }
+                println!(
+                    "N={nodes:>3} offered {rate:>6.0} ops/s  raw       {}  kept up: {kept}",
+                    line(&r)
+                );
+            }
+            if args.only.as_deref() != Some("raw") {
+                let r = runtime.block_on(nodes::run_tidemark(&load, &gossip));
+                let lag = r.sp_lag.clone().unwrap_or_default();
+                let kept = r.complete() && lag.quantile(0.99) < KEPT_UP_P99;
+                if kept {
+                    best_tidemark = best_tidemark.max(rate);
+                }
+                let diss50 = r.dissemination.quantile(0.5);
+                println!(
+                    "N={nodes:>3} offered {rate:>6.0} ops/s  tidemark  {}  SP lag p50 {:.1} p99 {:.1} ms  ratio p50 {:.2} p99 {:.2}  status share {:.1}%  kept up: {kept}",
+                    line(&r),
+                    ms(lag.quantile(0.5)),
+                    ms(lag.quantile(0.99)),
+                    ms(lag.quantile(0.5)) / ms(diss50).max(1e-9),
+                    ms(lag.quantile(0.99)) / ms(r.dissemination.quantile(0.99)).max(1e-9),
+                    100.0 * r.status_bytes.unwrap_or(0) as f64 / r.wire_bytes.max(1) as f64,
+                );
+            }
+        }
+        summary.push((nodes, best_raw, best_tidemark));
+    }
+    println!("\nhighest offered rate kept up with (ops/s):");
+    for (nodes, raw, tidemark) in summary {
+        println!("N={nodes:>3}  raw gossipsub {raw:>6.0}  tidemark {tidemark:>6.0}");
+    }
+}
+
+/// The figures both sides share, on one line.
+fn line(r: &RunReport) -> String {
+    format!(
+        "delivered {}/{}  {:.0} ops/s to all  dissemination p50 {:.1} p99 {:.1} ms  {:.0} wire bytes/op",
+        r.deliveries_seen,
+        r.deliveries_expected,
+        r.ops_per_sec(),
+        ms(r.dissemination.quantile(0.5)),
+        ms(r.dissemination.quantile(0.99)),
+        r.wire_bytes as f64 / r.ops_written.max(1) as f64,
+    )
+}
