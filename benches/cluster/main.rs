@@ -35,6 +35,9 @@ struct Args {
     /// Tidemark's random status peers (the protocol default if absent).
     #[arg(long)]
     status_fanout: Option<usize>,
+    /// Tidemark's op batch delay in ms (the protocol default if absent).
+    #[arg(long)]
+    batch_delay_ms: Option<u64>,
     /// Only run one side: `raw` or `tidemark`.
     #[arg(long)]
     only: Option<String>,
@@ -59,6 +62,9 @@ fn main() {
     let mut gossip = tidemark::gossip::GossipConfig::default();
     if let Some(ms) = args.status_interval_ms {
         gossip.status_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.batch_delay_ms {
+        gossip.op_batch_delay = Duration::from_millis(ms);
     }
     if let Some(fanout) = args.status_fanout {
         gossip.status_fanout = fanout;

@@ -106,6 +106,18 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
     }
     report.wire_bytes = after.wire - before.wire;
     report.status_bytes = Some(after.status_share_bytes(&before));
+    let per_op = |kind: &str| {
+        let sent = after.messages.get(kind).copied().unwrap_or(0)
+            - before.messages.get(kind).copied().unwrap_or(0);
+        sent as f64 / ops_written.max(1) as f64
+    };
+    eprintln!(
+        "tidemark: messages sent per op: ops (published) {:.2}, status {:.1}, digest {:.2}, repair {:.2}",
+        per_op("ops"),
+        per_op("status"),
+        per_op("digest"),
+        per_op("repair")
+    );
     report
 }
 
@@ -317,6 +329,8 @@ struct Counters {
     wire: u64,
     /// Payload bytes sent, by message kind.
     by_kind: BTreeMap<&'static str, u64>,
+    /// Messages sent, by message kind.
+    messages: BTreeMap<&'static str, u64>,
 }
 
 impl Counters {
@@ -324,12 +338,14 @@ impl Counters {
         let mut counters = Counters {
             wire: 0,
             by_kind: BTreeMap::new(),
+            messages: BTreeMap::new(),
         };
         for h in handles {
             let metrics = h.metrics();
             counters.wire += metric_sum(&metrics.encode(), BANDWIDTH_METRIC, OUTBOUND);
             for kind in DIRECT_KINDS.iter().chain(["ops"].iter()) {
                 *counters.by_kind.entry(kind).or_default() += metrics.bytes_total(&[*kind]).1;
+                *counters.messages.entry(kind).or_default() += metrics.messages_total(&[*kind]).1;
             }
         }
         counters

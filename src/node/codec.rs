@@ -1,4 +1,4 @@
-//! The request-response codec of the direct protocol (`/tidemark/direct/1`): every request
+//! The request-response codec of the direct protocol (`/tidemark/direct/2`): every request
 //! is one CBOR-encoded [`Message`](crate::gossip::Message) in a frame, answered by an empty
 //! frame (an acknowledgement; replies travel as requests of their own).
 //!
@@ -14,7 +14,7 @@ use libp2p::StreamProtocol;
 use crate::gossip::MAX_MESSAGE_BYTES;
 
 /// The protocol id of direct messages.
-pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/tidemark/direct/1");
+pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/tidemark/direct/2");
 
 /// Length-prefixed frames of encoded messages.
 #[derive(Clone, Copy, Debug, Default)]

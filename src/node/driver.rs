@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a request on `/tidemark/direct/1`, acknowledged by an empty response;
+//! - `Action::Send` → a request on `/tidemark/direct/2`, acknowledged by an empty response;
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -213,7 +213,7 @@ fn build_swarm(
         .message_id_fn(message_id)
         .build()
         .map_err(|e| transport_err(&e))?;
-    let protocol_version = format!("/tidemark/{network}/1");
+    let protocol_version = format!("/tidemark/{network}/2");
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(

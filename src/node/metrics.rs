@@ -201,6 +201,17 @@ impl Metrics {
         })
     }
 
+    /// Messages received and sent, summed over `kinds`.
+    pub fn messages_total(&self, kinds: &[&'static str]) -> (u64, u64) {
+        kinds.iter().fold((0, 0), |(i, o), kind| {
+            let label = KindLabel { kind };
+            (
+                i + self.messages_in.get_or_create(&label).get(),
+                o + self.messages_out.get_or_create(&label).get(),
+            )
+        })
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
