@@ -114,6 +114,12 @@ impl NodeId {
         &self.0.bytes
     }
 
+    /// The id's 64-bit key (its last 8 bytes, big-endian): how published batches refer to
+    /// members the receiver already knows (see `gossip::encode_published`).
+    pub fn key(&self) -> u64 {
+        self.0.key
+    }
+
     pub fn to_base58(&self) -> String {
         bs58::encode(&self.0.bytes).into_string()
     }

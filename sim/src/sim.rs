@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tidemark::gossip::{encoded_len, report_len, Message};
+use tidemark::gossip::{encoded_len, published_len, report_len, Message};
 use tidemark::network_map::{MemberRecord, MinTracker, Sponsorship};
 use tidemark::ops_log::{LwwMap, LwwOp};
 use tidemark::replica::{Action, Replica, ReplicaConfig};
@@ -586,7 +586,11 @@ impl Sim {
             Some((k, size)) if k == key => size,
             _ => {
                 let size = WireSize {
-                    bytes: encoded_len(&**message),
+                    // published batches travel in their compact topic form
+                    bytes: match &**message {
+                        Message::Ops(published) => published_len(published),
+                        other => encoded_len(other),
+                    },
                     report_bytes: match &**message {
                         Message::Ops(published) => report_len(published),
                         _ => 0,

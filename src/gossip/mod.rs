@@ -29,7 +29,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use wire::{decode, encode, encoded_len, report_len, DecodeError, MAX_MESSAGE_BYTES};
+pub use wire::{
+    decode, decode_published, encode, encode_published, encoded_len, published_len,
+    published_op_range, report_len, DecodeError, TopicDecodeError, MAX_MESSAGE_BYTES,
+};
 
 use crate::join_protocol::{JoinRequest, JoinResponse};
 use crate::network_map::{MemberRecord, RecordVersion};

@@ -137,6 +137,67 @@ fn a_report_on_a_batch_costs_only_what_changed_since_the_last_op() {
     assert_eq!(report_len(&bare), 0);
 }
 
+/// Resolves keys among `known`, as a receiver that knows those nodes does.
+fn resolver(known: &[NodeId]) -> impl Fn(u64) -> Option<NodeId> + '_ {
+    |key| known.iter().find(|id| id.key() == key).cloned()
+}
+
+#[test]
+fn a_published_batch_round_trips_through_its_compact_topic_form() {
+    let ops = some_ops();
+    let known: Vec<NodeId> = (0..10).map(id).collect();
+    for report in [
+        None,
+        Some(report_after(&ops, 2)),
+        Some(report_after(&ops, 1)),
+    ] {
+        for slice in [&ops[..], &ops[5..6], &ops[..1]] {
+            let published = PublishedOps {
+                ops: OpsBatch(slice.to_vec()),
+                report: report.clone().map(Arc::new),
+            };
+            let bytes = encode_published(&published);
+            assert_eq!(bytes.len(), published_len(&published));
+            let back: PublishedOps<LwwOp> = decode_published(&bytes, resolver(&known)).unwrap();
+            assert_eq!(back, published);
+            let ((first, first_seq), (last, last_seq)) = published_op_range(&bytes).unwrap();
+            assert_eq!((first, first_seq), (slice[0].origin.clone(), slice[0].seq));
+            let tail = slice.last().unwrap();
+            assert_eq!((last, last_seq), (tail.origin.clone(), tail.seq));
+        }
+    }
+}
+
+#[test]
+fn the_topic_form_names_known_nodes_by_key_and_is_smaller() {
+    // one op of node 2 that depends on ops of nodes 0 and 1: only node 2's id travels whole
+    let ops = some_ops();
+    let published = PublishedOps {
+        ops: OpsBatch(vec![ops[5].clone()]),
+        report: Some(Arc::new(report_after(&ops, 2))),
+    };
+    let compact = encode_published(&published).len();
+    let whole = encoded_len(&Message::<LwwMap>::Ops(published.clone()));
+    assert!(
+        compact < whole,
+        "{compact} bytes on the topic vs {whole} self-contained"
+    );
+    // a receiver that does not know node 7 (in the report) cannot decode it, and says why
+    let known: Vec<NodeId> = (0..3).map(id).collect();
+    let err =
+        decode_published::<LwwOp>(&encode_published(&published), resolver(&known)).unwrap_err();
+    assert!(
+        matches!(err, TopicDecodeError::UnknownKey(k) if k == id(7).key()),
+        "{err}"
+    );
+    // garbage is malformed, not a panic
+    assert!(matches!(
+        decode_published::<LwwOp>(&[0xa1, 0x00], resolver(&known)),
+        Err(TopicDecodeError::Decode(_))
+    ));
+    assert!(published_op_range(&[0xff]).is_none());
+}
+
 #[test]
 fn malformed_input_is_an_error_not_a_panic() {
     assert!(decode::<LwwMap>(&[]).is_err());
@@ -178,6 +239,22 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode::<LwwMap>(&bytes);
+    }
+
+    #[test]
+    fn decoding_mutated_topic_batches_never_panics(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let ops = some_ops();
+        let known: Vec<NodeId> = (0..10).map(id).collect();
+        let mut bytes = encode_published(&PublishedOps {
+            ops: OpsBatch(ops.clone()),
+            report: Some(Arc::new(report_after(&ops, 2))),
+        });
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = b;
+        }
+        let _ = decode_published::<LwwOp>(&bytes, resolver(&known));
+        let _ = published_op_range(&bytes);
     }
 
     #[test]

@@ -81,11 +81,15 @@ struct WireBatch<P> {
     r: Option<WireRecord>,
 }
 
-/// Assigns table indices to node ids in first-seen order.
+/// Assigns table indices to node ids in first-seen order. Once sealed (the compact form of
+/// published batches), ids not yet in the table are referred to by their 64-bit key, with
+/// the indices that follow the full ids.
 #[derive(Default)]
 struct Interner {
     index: BTreeMap<NodeId, u32>,
     ids: Vec<NodeId>,
+    sealed: bool,
+    keys: Vec<u64>,
 }
 
 impl Interner {
@@ -93,8 +97,13 @@ impl Interner {
         if let Some(i) = self.index.get(id) {
             return *i;
         }
-        let i = self.ids.len() as u32;
-        self.ids.push(id.clone());
+        let i = if self.sealed {
+            self.keys.push(id.key());
+            (self.ids.len() + self.keys.len() - 1) as u32
+        } else {
+            self.ids.push(id.clone());
+            (self.ids.len() - 1) as u32
+        };
         self.index.insert(id.clone(), i);
         i
     }
@@ -268,6 +277,158 @@ impl<'de, P: DeserializeOwned> Deserialize<'de> for PublishedOps<P> {
             report,
         })
     }
+}
+
+/// A published batch as it travels on the topic: full ids only for the ops' origins and the
+/// report's member; every other id (deps, applied entries, a sponsor) by its 64-bit key,
+/// which the receiver resolves among the members and origins it knows.
+#[derive(Serialize, Deserialize)]
+struct TopicBatch<P> {
+    ids: Vec<NodeId>,
+    /// Keys of the other ids; index `ids.len() + i` refers to `keys[i]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    keys: Vec<u64>,
+    ops: Vec<WireOp<P>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<WireRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum TopicMessage<P> {
+    Ops(TopicBatch<P>),
+}
+
+/// Why a published batch could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicDecodeError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The batch refers to a node this receiver does not know yet (a member that joined
+    /// moments ago): the ops arrive later through anti-entropy, with full ids.
+    #[error("the batch refers to unknown node key {0:#018x}")]
+    UnknownKey(u64),
+}
+
+/// Encodes a published batch for the topic (the compact form of [`TopicBatch`]).
+pub fn encode_published<P: Serialize>(published: &PublishedOps<P>) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(&topic_message(published), &mut out).expect("writing to a Vec");
+    out
+}
+
+/// Size of [`encode_published`]'s output.
+pub fn published_len<P: Serialize>(published: &PublishedOps<P>) -> usize {
+    encoded_len(&topic_message(published))
+}
+
+fn topic_message<P: Serialize>(published: &PublishedOps<P>) -> TopicMessage<&P> {
+    let base = match &published.report {
+        Some(report) => last_op_cut(&published.ops.0, &report.id),
+        None => VersionVector::new(),
+    };
+    let mut table = Interner::default();
+    for op in &published.ops.0 {
+        table.intern(&op.origin);
+    }
+    if let Some(report) = &published.report {
+        table.intern(&report.id);
+    }
+    table.sealed = true;
+    let ops = wire_ops(&published.ops.0, &mut table);
+    let r = published
+        .report
+        .as_ref()
+        .map(|report| wire_record(report, &base, &mut table));
+    TopicMessage::Ops(TopicBatch {
+        ids: table.ids,
+        keys: table.keys,
+        ops,
+        r,
+    })
+}
+
+/// Decodes a batch from the topic, resolving node keys with `resolve`.
+pub fn decode_published<P: DeserializeOwned>(
+    bytes: &[u8],
+    mut resolve: impl FnMut(u64) -> Option<NodeId>,
+) -> Result<PublishedOps<P>, TopicDecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()).into());
+    }
+    let TopicMessage::Ops(batch) = ciborium::from_reader::<TopicMessage<P>, _>(bytes)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let mut ids = batch.ids;
+    for key in batch.keys {
+        ids.push(resolve(key).ok_or(TopicDecodeError::UnknownKey(key))?);
+    }
+    let ids = IdTable(ids);
+    let malformed = |e: String| TopicDecodeError::Decode(DecodeError::Malformed(e));
+    let ops = read_ops(&ids, batch.ops).map_err(malformed)?;
+    let report = match batch.r {
+        Some(w) => {
+            let base = last_op_cut(&ops, ids.get(w.i).map_err(malformed)?);
+            Some(Arc::new(read_record(w, &ids, &base).map_err(malformed)?))
+        }
+        None => None,
+    };
+    Ok(PublishedOps {
+        ops: OpsBatch(ops),
+        report,
+    })
+}
+
+/// The gossipsub message id of a published batch without decoding all of it:
+/// `(origin, seq)` of its first and last ops, or `None` if `bytes` is not a published
+/// batch with ops.
+pub fn published_op_range(bytes: &[u8]) -> Option<((NodeId, u64), (NodeId, u64))> {
+    #[derive(Deserialize)]
+    struct OpHeader {
+        o: u32,
+        s: u64,
+    }
+    struct FirstLast(Option<(OpHeader, Option<OpHeader>)>);
+    impl<'de> Deserialize<'de> for FirstLast {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = FirstLast;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a sequence of ops")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<FirstLast, A::Error> {
+                    let Some(first) = seq.next_element::<OpHeader>()? else {
+                        return Ok(FirstLast(None));
+                    };
+                    let mut last = None;
+                    while let Some(op) = seq.next_element::<OpHeader>()? {
+                        last = Some(op);
+                    }
+                    Ok(FirstLast(Some((first, last))))
+                }
+            }
+            deserializer.deserialize_seq(Visit)
+        }
+    }
+    #[derive(Deserialize)]
+    struct Header {
+        ids: Vec<NodeId>,
+        ops: FirstLast,
+    }
+    #[derive(Deserialize)]
+    enum Envelope {
+        Ops(Header),
+    }
+    let Envelope::Ops(header) = ciborium::from_reader(bytes).ok()?;
+    let (first, last) = header.ops.0?;
+    let last = last.unwrap_or(OpHeader {
+        o: first.o,
+        s: first.s,
+    });
+    let id = |i: u32| header.ids.get(i as usize).cloned();
+    Some(((id(first.o)?, first.s), (id(last.o)?, last.s)))
 }
 
 /// Bytes of a published batch's encoding that are its report (0 without one): the share of

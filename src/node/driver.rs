@@ -37,7 +37,10 @@ use super::views::{
     vector_json, At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
 };
 use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
-use crate::gossip::{decode, encode, report_len, Message};
+use crate::gossip::{
+    decode, decode_published, encode, encode_published, published_op_range, report_len, Message,
+    TopicDecodeError,
+};
 use crate::network_map::MemberState;
 use crate::ops_log::LwwMap;
 use crate::replica::{Action, Replica, ReplicaConfig};
@@ -183,6 +186,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         dial_backoff: BTreeMap::new(),
         last_sp: None,
         stop_now: false,
+        keys: KeyIndex::default(),
     };
     // everything the replica did while starting (a rejoin's request, a founder's record)
     driver.after_event()?;
@@ -251,16 +255,30 @@ fn build_swarm(
 /// which may mix origins); any other
 /// payload is identified by its BLAKE3 hash, so it can never collide with an op id.
 fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
-    if let Ok(Message::Ops(published)) = decode::<LwwMap>(&message.data) {
-        let batch = &published.ops;
-        if let (Some(first), Some(last)) = (batch.0.first(), batch.0.last()) {
-            return gossipsub::MessageId::from(format!(
-                "{}/{}-{}/{}",
-                first.origin, first.seq, last.origin, last.seq
-            ));
-        }
+    if let Some(((first, first_seq), (last, last_seq))) = published_op_range(&message.data) {
+        return gossipsub::MessageId::from(format!("{first}/{first_seq}-{last}/{last_seq}"));
     }
     gossipsub::MessageId::from(blake3::hash(&message.data).to_hex().to_string())
+}
+
+/// Node ids by their 64-bit key, for the compact ids of published batches: the members
+/// and origins this node knows, looked up again when a key is missing.
+#[derive(Default)]
+struct KeyIndex {
+    ids: BTreeMap<u64, NodeId>,
+}
+
+impl KeyIndex {
+    fn resolve(&mut self, replica: &Replica<LwwMap>, key: u64) -> Option<NodeId> {
+        if let Some(id) = self.ids.get(&key) {
+            return Some(id.clone());
+        }
+        let known = replica.network_map().iter().map(|(id, _)| id);
+        for id in known.chain(replica.applied().iter().map(|(id, _)| id)) {
+            self.ids.entry(id.key()).or_insert_with(|| id.clone());
+        }
+        self.ids.get(&key).cloned()
+    }
 }
 
 async fn wait_for_listen_addrs(
@@ -389,6 +407,7 @@ struct Driver {
     last_sp: Option<VersionVector>,
     /// A leave came while still joining: stop without a farewell.
     stop_now: bool,
+    keys: KeyIndex,
 }
 
 impl Driver {
@@ -598,15 +617,28 @@ impl Driver {
     /// A message from the network: decoded and handed to the replica, or dropped and
     /// counted when malformed (or of a kind that does not belong on the topic).
     fn on_bytes(&mut self, now: Time, from: &PeerId, bytes: &[u8], published: bool) {
-        let message: NodeMessage = match decode(bytes) {
+        let decoded = if published {
+            let keys = &mut self.keys;
+            let replica = &self.replica;
+            decode_published(bytes, |key| keys.resolve(replica, key)).map(Message::Ops)
+        } else {
+            decode(bytes).map_err(TopicDecodeError::from)
+        };
+        let message: NodeMessage = match decoded {
             Ok(m) => m,
+            Err(TopicDecodeError::UnknownKey(key)) => {
+                self.metrics.unresolved_batches.inc();
+                debug!(%from, key, "dropped a batch that refers to an unknown node");
+                return;
+            }
             Err(error) => {
                 self.metrics.malformed_messages.inc();
                 debug!(%from, %error, "dropped a malformed message");
                 return;
             }
         };
-        if published != matches!(message, Message::Ops(_)) {
+        if !published && matches!(message, Message::Ops(_)) {
+            // ops travel on the topic only
             self.metrics.malformed_messages.inc();
             return;
         }
@@ -691,7 +723,10 @@ impl Driver {
     }
 
     fn publish(&mut self, message: &NodeMessage) {
-        let bytes = encode(message);
+        let bytes = match message {
+            Message::Ops(published) => encode_published(published),
+            other => encode(other),
+        };
         self.metrics
             .count_out_with_report(message.kind(), bytes.len(), report_bytes(message));
         if let Err(error) = self

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub bytes_in: Family<KindLabel, Count>,
     pub bytes_out: Family<KindLabel, Count>,
     pub malformed_messages: Count,
+    pub unresolved_batches: Count,
     pub publish_failures: Count,
     pub request_failures: Count,
 }
@@ -58,6 +59,7 @@ impl Metrics {
             bytes_in: Default::default(),
             bytes_out: Default::default(),
             malformed_messages: Default::default(),
+            unresolved_batches: Default::default(),
             publish_failures: Default::default(),
             request_failures: Default::default(),
         };
@@ -136,6 +138,11 @@ impl Metrics {
             "malformed_messages",
             "Messages dropped because they could not be decoded",
             m.malformed_messages.clone(),
+        );
+        registry.register(
+            "unresolved_batches",
+            "Published batches dropped because they refer to a node not known here yet (anti-entropy delivers their ops)",
+            m.unresolved_batches.clone(),
         );
         registry.register(
             "publish_failures",
