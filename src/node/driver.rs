@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a request on `/tidemark/direct/2`, acknowledged by an empty response;
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/2`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -21,7 +21,6 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
@@ -30,7 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::codec::{FrameCodec, DIRECT_PROTOCOL};
+use super::address_book::AddressBook;
+use super::direct::Direct;
 use super::metrics::Metrics;
 use super::storage::{Batch, Storage};
 use super::views::{
@@ -61,8 +61,9 @@ const READY_BATCH: usize = 64;
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
-    direct: request_response::Behaviour<FrameCodec>,
+    streams: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
+    addresses: AddressBook,
 }
 
 pub(super) struct Started {
@@ -166,8 +167,10 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         .iter()
         .map(|a| a.clone().with(Protocol::P2p(peer_id)))
         .collect();
+    let direct = Direct::new(swarm.behaviour().streams.new_control());
     let mut driver = Driver {
         replica,
+        direct,
         swarm,
         storage,
         topic,
@@ -230,18 +233,14 @@ fn build_swarm(
         .with_behaviour(|key| {
             let gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-            let direct = request_response::Behaviour::new(
-                [(DIRECT_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(10))
-                    .with_max_concurrent_streams(256),
-            );
+            let streams = libp2p_stream::Behaviour::new();
             let identify =
                 identify::Behaviour::new(identify::Config::new(protocol_version, key.public()));
             Ok(Behaviour {
                 gossipsub,
-                direct,
+                streams,
                 identify,
+                addresses: AddressBook::default(),
             })
         })
         .map_err(|e| transport_err(&e))?
@@ -385,6 +384,7 @@ struct StoredMark {
 
 struct Driver {
     replica: Replica<LwwMap>,
+    direct: Direct,
     swarm: Swarm<Behaviour>,
     storage: Storage,
     topic: IdentTopic,
@@ -434,6 +434,10 @@ impl Driver {
                     let now = self.now();
                     self.replica.handle_timeout(now);
                 }
+                Some((peer, frame)) = self.direct.inbound.recv() => {
+                    let now = self.now();
+                    self.on_bytes(now, &peer, &frame, false);
+                }
                 _ = reconnect.tick() => self.reconnect(),
             }
             self.drain_ready().await;
@@ -468,6 +472,15 @@ impl Driver {
         .await;
         for event in events {
             self.on_swarm_event(event);
+        }
+        for _ in 0..READY_BATCH {
+            match self.direct.inbound.try_recv() {
+                Ok((peer, frame)) => {
+                    let now = self.now();
+                    self.on_bytes(now, &peer, &frame, false);
+                }
+                Err(_) => break,
+            }
         }
         for _ in 0..READY_BATCH {
             match self.commands.try_recv() {
@@ -563,27 +576,6 @@ impl Driver {
                 message,
                 ..
             })) => self.on_bytes(now, &propagation_source, &message.data, true),
-            SwarmEvent::Behaviour(BehaviourEvent::Direct(request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            })) => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .direct
-                    .send_response(channel, Vec::new());
-                self.on_bytes(now, &peer, &request, false);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Direct(
-                request_response::Event::OutboundFailure { peer, error, .. },
-            )) => {
-                self.metrics.request_failures.inc();
-                debug!(%peer, %error, "direct message not delivered");
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -719,7 +711,10 @@ impl Driver {
         let Some(peer) = peer_id(to) else { return };
         let bytes = encode(message);
         self.metrics.count_out(message.kind(), bytes.len());
-        self.swarm.behaviour_mut().direct.send_request(&peer, bytes);
+        if let Err(error) = self.direct.send(peer, bytes) {
+            self.metrics.request_failures.inc();
+            debug!(%peer, %error, "direct message dropped");
+        }
     }
 
     fn publish(&mut self, message: &NodeMessage) {

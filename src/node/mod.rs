@@ -3,8 +3,10 @@
 //!
 //! | part | what it owns |
 //! |---|---|
-//! | [`driver`] (private) | the swarm (gossipsub, request-response, identify over tcp + noise + yamux) and the event loop that feeds the [`Replica`](crate::replica::Replica) and carries out its actions |
+//! | `driver` (private) | the swarm (gossipsub, direct streams, identify over tcp + noise + yamux) and the event loop that feeds the [`Replica`](crate::replica::Replica) and carries out its actions |
+//! | `address_book` (private) | the peer addresses any dial by peer id uses |
 //! | [`codec`] | length-prefixed CBOR frames of the direct protocol |
+//! | `direct` (private) | direct messages: one long-lived stream per peer, and readers of inbound streams |
 //! | [`storage`] | the redb database: node key, checkpoint, op suffix |
 //! | [`http`] | the axum HTTP API (SPEC §7, plus the snapshot-point watch and `/metrics`) |
 //! | [`views`] | JSON shapes of the API |
@@ -12,8 +14,10 @@
 //!
 //! The library API is [`Node::start`] and the [`NodeHandle`] it hands out.
 
+mod address_book;
 pub mod codec;
 pub mod demo;
+mod direct;
 mod driver;
 pub mod http;
 pub mod metrics;

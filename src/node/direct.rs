@@ -1,0 +1,142 @@
+//! Direct messages (`Action::Send`): one long-lived outbound stream per peer, opened on the
+//! first message and reopened after it fails, fed by a bounded queue; and a reader for each
+//! inbound stream, which hands every frame to the driver. Cheaper per message than a
+//! request–response exchange (no stream setup, no answer, no timer), which matters because
+//! status reports are most of the messages a node sends.
+//!
+//! Delivery is best effort, as the protocol expects of the network: a message queued when
+//! its stream fails, or sent while the queue is full, is lost and counted.
+
+use std::collections::BTreeMap;
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use super::codec::{read_frame, write_frame, DIRECT_PROTOCOL};
+
+/// Messages waiting for one peer's stream.
+const QUEUE: usize = 1024;
+/// Frames read from all inbound streams, waiting for the driver.
+const INBOUND_QUEUE: usize = 4096;
+
+/// Why a message was not queued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the queue to this peer is full")]
+    QueueFull,
+}
+
+/// The direct transport of one node. Dropping it stops every stream task.
+pub struct Direct {
+    control: libp2p_stream::Control,
+    outboxes: BTreeMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    /// Frames received, in arrival order per stream.
+    pub inbound: mpsc::Receiver<(PeerId, Vec<u8>)>,
+    tasks: JoinSet<()>,
+}
+
+impl Direct {
+    /// Starts accepting inbound streams of the direct protocol.
+    pub fn new(mut control: libp2p_stream::Control) -> Self {
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        let mut tasks = JoinSet::new();
+        let mut incoming = control
+            .accept(DIRECT_PROTOCOL)
+            .expect("the direct protocol is accepted once per node");
+        let to_driver = inbound_tx;
+        tasks.spawn(async move {
+            let mut readers = JoinSet::new();
+            while let Some((peer, stream)) = incoming.next().await {
+                readers.spawn(read_stream(peer, stream, to_driver.clone()));
+                while readers.try_join_next().is_some() {}
+            }
+        });
+        Direct {
+            control,
+            outboxes: BTreeMap::new(),
+            inbound,
+            tasks,
+        }
+    }
+
+    /// Queues `frame` for `peer`, opening a stream if there is none (or the last one failed).
+    pub fn send(&mut self, peer: PeerId, frame: Vec<u8>) -> Result<(), SendError> {
+        while self.tasks.try_join_next().is_some() {}
+        let mut frame = frame;
+        for _ in 0..2 {
+            let outbox = self
+                .outboxes
+                .entry(peer)
+                .or_insert_with(|| open_outbox(&mut self.tasks, self.control.clone(), peer));
+            match outbox.try_send(frame) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::QueueFull),
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    // the stream failed: open a new one
+                    self.outboxes.remove(&peer);
+                    frame = back;
+                }
+            }
+        }
+        unreachable!("a fresh outbox is open")
+    }
+}
+
+fn open_outbox(
+    tasks: &mut JoinSet<()>,
+    control: libp2p_stream::Control,
+    peer: PeerId,
+) -> mpsc::Sender<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tasks.spawn(write_stream(control, peer, rx));
+    tx
+}
+
+/// Opens the stream to `peer` and writes every queued frame on it, flushing whenever the
+/// queue runs dry. Ends (dropping what is queued) when the stream fails.
+async fn write_stream(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut stream = match control.open_stream(peer, DIRECT_PROTOCOL).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            debug!(%peer, %error, "cannot open a direct stream");
+            return;
+        }
+    };
+    while let Some(frame) = queue.recv().await {
+        let mut result = write_frame(&mut stream, &frame).await;
+        while result.is_ok() {
+            match queue.try_recv() {
+                Ok(next) => result = write_frame(&mut stream, &next).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = result.and(stream.flush().await) {
+            debug!(%peer, %error, "direct stream failed");
+            return;
+        }
+    }
+}
+
+/// Reads frames from one inbound stream until it ends or a frame is invalid.
+async fn read_stream(peer: PeerId, mut stream: Stream, to_driver: mpsc::Sender<(PeerId, Vec<u8>)>) {
+    loop {
+        match read_frame(&mut stream).await {
+            Ok(frame) => {
+                if to_driver.send((peer, frame)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                debug!(%peer, %error, "direct stream ended");
+                return;
+            }
+        }
+    }
+}
