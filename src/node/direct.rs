@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -33,6 +34,8 @@ pub enum SendError {
 pub struct Direct {
     control: libp2p_stream::Control,
     outboxes: BTreeMap<PeerId, mpsc::Sender<Vec<u8>>>,
+    /// Counts messages lost when a stream fails.
+    dropped: Counter,
     /// Frames received, in arrival order per stream.
     pub inbound: mpsc::Receiver<(PeerId, Vec<u8>)>,
     tasks: JoinSet<()>,
@@ -40,7 +43,7 @@ pub struct Direct {
 
 impl Direct {
     /// Starts accepting inbound streams of the direct protocol.
-    pub fn new(mut control: libp2p_stream::Control) -> Self {
+    pub fn new(mut control: libp2p_stream::Control, dropped: Counter) -> Self {
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
         let mut tasks = JoinSet::new();
         let mut incoming = control
@@ -57,6 +60,7 @@ impl Direct {
         Direct {
             control,
             outboxes: BTreeMap::new(),
+            dropped,
             inbound,
             tasks,
         }
@@ -67,10 +71,12 @@ impl Direct {
         while self.tasks.try_join_next().is_some() {}
         let mut frame = frame;
         for _ in 0..2 {
-            let outbox = self
-                .outboxes
-                .entry(peer)
-                .or_insert_with(|| open_outbox(&mut self.tasks, self.control.clone(), peer));
+            let outbox = self.outboxes.entry(peer).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let writer = write_stream(self.control.clone(), peer, rx, self.dropped.clone());
+                self.tasks.spawn(writer);
+                tx
+            });
             match outbox.try_send(frame) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::QueueFull),
@@ -85,27 +91,27 @@ impl Direct {
     }
 }
 
-fn open_outbox(
-    tasks: &mut JoinSet<()>,
-    control: libp2p_stream::Control,
-    peer: PeerId,
-) -> mpsc::Sender<Vec<u8>> {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tasks.spawn(write_stream(control, peer, rx));
-    tx
-}
-
 /// Opens the stream to `peer` and writes every queued frame on it, flushing whenever the
-/// queue runs dry. Ends (dropping what is queued) when the stream fails.
+/// queue runs dry. Ends (dropping and counting what is queued) when the stream fails.
 async fn write_stream(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     mut queue: mpsc::Receiver<Vec<u8>>,
+    dropped: Counter,
 ) {
+    let lost = |queue: &mut mpsc::Receiver<Vec<u8>>, failed: u64| {
+        queue.close();
+        let mut n = failed;
+        while queue.try_recv().is_ok() {
+            n += 1;
+        }
+        dropped.inc_by(n);
+    };
     let mut stream = match control.open_stream(peer, DIRECT_PROTOCOL).await {
         Ok(stream) => stream,
         Err(error) => {
             debug!(%peer, %error, "cannot open a direct stream");
+            lost(&mut queue, 0);
             return;
         }
     };
@@ -119,6 +125,7 @@ async fn write_stream(
         }
         if let Err(error) = result.and(stream.flush().await) {
             debug!(%peer, %error, "direct stream failed");
+            lost(&mut queue, 1);
             return;
         }
     }

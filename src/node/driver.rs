@@ -167,7 +167,10 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         .iter()
         .map(|a| a.clone().with(Protocol::P2p(peer_id)))
         .collect();
-    let direct = Direct::new(swarm.behaviour().streams.new_control());
+    let direct = Direct::new(
+        swarm.behaviour().streams.new_control(),
+        metrics.direct_dropped.clone(),
+    );
     let mut driver = Driver {
         replica,
         direct,
@@ -712,7 +715,7 @@ impl Driver {
         let bytes = encode(message);
         self.metrics.count_out(message.kind(), bytes.len());
         if let Err(error) = self.direct.send(peer, bytes) {
-            self.metrics.request_failures.inc();
+            self.metrics.direct_dropped.inc();
             debug!(%peer, %error, "direct message dropped");
         }
     }

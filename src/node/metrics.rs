@@ -37,7 +37,7 @@ pub struct Metrics {
     pub malformed_messages: Count,
     pub unresolved_batches: Count,
     pub publish_failures: Count,
-    pub request_failures: Count,
+    pub direct_dropped: Count,
 }
 
 impl Metrics {
@@ -61,7 +61,7 @@ impl Metrics {
             malformed_messages: Default::default(),
             unresolved_batches: Default::default(),
             publish_failures: Default::default(),
-            request_failures: Default::default(),
+            direct_dropped: Default::default(),
         };
         let registry = &mut m.registry;
         registry.register(
@@ -150,9 +150,9 @@ impl Metrics {
             m.publish_failures.clone(),
         );
         registry.register(
-            "request_failures",
-            "Direct messages that could not be delivered",
-            m.request_failures.clone(),
+            "direct_dropped",
+            "Direct messages dropped: their peer's queue was full, or its stream failed",
+            m.direct_dropped.clone(),
         );
         m
     }
