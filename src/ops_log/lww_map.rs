@@ -46,6 +46,23 @@ impl LwwMap {
     pub fn len_with_tombstones(&self) -> usize {
         self.entries.len()
     }
+
+    /// Every entry, tombstones included, sorted by key (the state's canonical form).
+    pub fn all_entries(&self) -> impl Iterator<Item = (&String, &LwwEntry)> {
+        self.entries.iter()
+    }
+
+    /// Appends an entry whose key sorts after every key held (rebuilding a state from its
+    /// canonical form); refuses one out of order.
+    pub fn push_in_order(&mut self, key: String, entry: LwwEntry) -> Result<(), String> {
+        if let Some((last, _)) = self.entries.last_key_value() {
+            if key <= *last {
+                return Err(format!("key {key:?} does not sort after {last:?}"));
+            }
+        }
+        self.entries.insert(key, entry);
+        Ok(())
+    }
 }
 
 impl StateMachine for LwwMap {

@@ -1,0 +1,318 @@
+//! Snapshot files: a state at a snapshot point, as an artifact that can be verified,
+//! shipped in chunks and archived (SPEC §6).
+//!
+//! ```text
+//! file   = magic "TMSNAP\0\x01" · header length (u32, big-endian) · header
+//!          · BLAKE3 of the header (32 bytes) · chunk*
+//! header = CBOR SnapshotHeader: format version, snapshot point, height, digest,
+//!          creation time, entry count, and per chunk its length and BLAKE3 hash
+//! chunk  = CBOR array of the state's entries, in key order
+//! ```
+//!
+//! Every chunk is hashed on its own, so a receiver verifies each chunk as it arrives and can
+//! fetch a bad one again; the whole state is then checked against the header's digest (the
+//! state machine's own digest) before it is used. Writing and reading are streams: one
+//! chunk's bytes are in memory at a time, never the whole encoded state. The writer passes
+//! over the state twice (once to hash the chunks for the header, once to write them), so
+//! the header comes first and a reader knows every chunk's offset before reading any.
+//!
+//! This module does I/O only through the `Read`/`Write` it is given.
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ops_log::{Digest, LwwEntry, LwwMap, StateMachine};
+use crate::version_vector::VersionVector;
+
+/// The first bytes of every snapshot file.
+pub const MAGIC: [u8; 8] = *b"TMSNAP\0\x01";
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Target size of a chunk's encoding; a chunk ends at the first entry that reaches it.
+pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest header or chunk a reader accepts.
+pub const MAX_PART_BYTES: usize = 64 << 20;
+
+/// A state that can be written as a sequence of entries in a canonical order and rebuilt
+/// from them.
+pub trait ChunkedState: StateMachine {
+    type Entry: Serialize + DeserializeOwned;
+
+    /// The entries, in the canonical (key) order.
+    fn entries_in_order(&self) -> impl Iterator<Item = Self::Entry> + '_;
+
+    /// Adds entries that follow every entry added before, in canonical order. Fails on an
+    /// entry out of order.
+    fn extend_in_order(
+        &mut self,
+        entries: impl IntoIterator<Item = Self::Entry>,
+    ) -> Result<(), String>;
+}
+
+impl ChunkedState for LwwMap {
+    type Entry = (String, LwwEntry);
+
+    fn entries_in_order(&self) -> impl Iterator<Item = (String, LwwEntry)> + '_ {
+        self.all_entries().map(|(k, e)| (k.clone(), e.clone()))
+    }
+
+    fn extend_in_order(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, LwwEntry)>,
+    ) -> Result<(), String> {
+        for (key, entry) in entries {
+            self.push_in_order(key, entry)?;
+        }
+        Ok(())
+    }
+}
+
+/// One chunk's place in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    /// Length of its encoding.
+    pub len: u32,
+    /// BLAKE3 of its encoding.
+    pub hash: [u8; 32],
+}
+
+/// What a snapshot file says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub version: u32,
+    /// The snapshot point the state is at.
+    pub snapshot_point: VersionVector,
+    /// Ops inside the snapshot point (its total): a monotone scalar, like a block height.
+    pub height: u64,
+    /// The state machine's digest of the state.
+    pub digest: Digest,
+    /// When the snapshot was written, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Entries in the state (tombstones included).
+    pub entries: u64,
+    pub chunks: Vec<ChunkInfo>,
+}
+
+impl SnapshotHeader {
+    /// Where chunk `index` starts, counted from the first chunk (the first chunk follows the
+    /// magic, the header length, the header and its hash).
+    pub fn chunk_offset(&self, index: usize) -> u64 {
+        self.chunks[..index].iter().map(|c| c.len as u64).sum()
+    }
+
+    /// Bytes of all chunks.
+    pub fn body_len(&self) -> u64 {
+        self.chunk_offset(self.chunks.len())
+    }
+}
+
+/// Why a snapshot could not be read or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a tidemark snapshot (bad magic)")]
+    BadMagic,
+    #[error("snapshot format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("{what} of {len} bytes exceeds the {MAX_PART_BYTES}-byte limit")]
+    TooLarge { what: &'static str, len: usize },
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    #[error("the header does not match its hash")]
+    HeaderHash,
+    #[error("chunk {index} does not match its hash in the header")]
+    ChunkHash { index: usize },
+    #[error("chunk {index} is out of order: {reason}")]
+    ChunkOrder { index: usize, reason: String },
+    #[error("the state's digest {found} differs from the header's {expected}")]
+    Digest { expected: Digest, found: Digest },
+    #[error("the file has {0} bytes after its last chunk")]
+    TrailingBytes(u64),
+    #[error("the header counts {expected} entries, the chunks hold {found}")]
+    EntryCount { expected: u64, found: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Groups a state's entries into chunks of about `chunk_bytes` encoded bytes each and hands
+/// every chunk's encoding to `sink`, one at a time.
+fn for_each_chunk<S: ChunkedState>(
+    state: &S,
+    chunk_bytes: usize,
+    mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut pending: Vec<S::Entry> = Vec::new();
+    let mut pending_bytes = 0;
+    let mut count = 0u64;
+    let mut buf = Vec::new();
+    let mut flush = |pending: &mut Vec<S::Entry>, buf: &mut Vec<u8>| -> io::Result<()> {
+        buf.clear();
+        ciborium::into_writer(&*pending, &mut *buf).expect("writing to a Vec");
+        pending.clear();
+        sink(buf)
+    };
+    for entry in state.entries_in_order() {
+        pending_bytes += crate::gossip::encoded_len(&entry);
+        pending.push(entry);
+        count += 1;
+        if pending_bytes >= chunk_bytes {
+            flush(&mut pending, &mut buf)?;
+            pending_bytes = 0;
+        }
+    }
+    if !pending.is_empty() {
+        flush(&mut pending, &mut buf)?;
+    }
+    Ok(count)
+}
+
+/// Writes `state` at `snapshot_point` as a snapshot file; returns its header.
+pub fn write_snapshot<S: ChunkedState>(
+    out: &mut impl Write,
+    state: &S,
+    snapshot_point: &VersionVector,
+    created_unix_ms: u64,
+    chunk_bytes: usize,
+) -> Result<SnapshotHeader, SnapshotError> {
+    let mut chunks = Vec::new();
+    let entries = for_each_chunk(state, chunk_bytes, |bytes| {
+        chunks.push(ChunkInfo {
+            len: bytes.len() as u32,
+            hash: *blake3::hash(bytes).as_bytes(),
+        });
+        Ok(())
+    })?;
+    let header = SnapshotHeader {
+        version: FORMAT_VERSION,
+        snapshot_point: snapshot_point.clone(),
+        height: snapshot_point.total(),
+        digest: state.digest(),
+        created_unix_ms,
+        entries,
+        chunks,
+    };
+    let mut header_bytes = Vec::new();
+    ciborium::into_writer(&header, &mut header_bytes).expect("writing to a Vec");
+    out.write_all(&MAGIC)?;
+    out.write_all(&(header_bytes.len() as u32).to_be_bytes())?;
+    out.write_all(&header_bytes)?;
+    out.write_all(blake3::hash(&header_bytes).as_bytes())?;
+    let mut index = 0;
+    for_each_chunk(state, chunk_bytes, |bytes| {
+        // the state is the same in both passes, so the chunks are too
+        debug_assert_eq!(bytes.len() as u32, header.chunks[index].len);
+        index += 1;
+        out.write_all(bytes)
+    })?;
+    out.flush()?;
+    Ok(header)
+}
+
+/// Reads a snapshot file's magic and header, leaving `input` at the first chunk.
+pub fn read_header(input: &mut impl Read) -> Result<SnapshotHeader, SnapshotError> {
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
+    if magic[..7] != MAGIC[..7] {
+        return Err(SnapshotError::BadMagic);
+    }
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_PART_BYTES {
+        return Err(SnapshotError::TooLarge {
+            what: "header",
+            len,
+        });
+    }
+    let mut bytes = vec![0u8; len];
+    input.read_exact(&mut bytes)?;
+    let mut hash = [0u8; 32];
+    input.read_exact(&mut hash)?;
+    if *blake3::hash(&bytes).as_bytes() != hash {
+        return Err(SnapshotError::HeaderHash);
+    }
+    let header: SnapshotHeader =
+        ciborium::from_reader(bytes.as_slice()).map_err(|e| SnapshotError::Malformed {
+            what: "header",
+            reason: e.to_string(),
+        })?;
+    if header.version != FORMAT_VERSION || magic[7] != MAGIC[7] {
+        return Err(SnapshotError::UnsupportedVersion(header.version));
+    }
+    if let Some(big) = header
+        .chunks
+        .iter()
+        .find(|c| c.len as usize > MAX_PART_BYTES)
+    {
+        return Err(SnapshotError::TooLarge {
+            what: "chunk",
+            len: big.len as usize,
+        });
+    }
+    Ok(header)
+}
+
+/// Checks one chunk's bytes against the header and decodes its entries.
+pub fn decode_chunk<S: ChunkedState>(
+    header: &SnapshotHeader,
+    index: usize,
+    bytes: &[u8],
+) -> Result<Vec<S::Entry>, SnapshotError> {
+    let info = header
+        .chunks
+        .get(index)
+        .ok_or_else(|| SnapshotError::Malformed {
+            what: "chunk",
+            reason: format!("index {index} beyond the {} chunks", header.chunks.len()),
+        })?;
+    if bytes.len() != info.len as usize || *blake3::hash(bytes).as_bytes() != info.hash {
+        return Err(SnapshotError::ChunkHash { index });
+    }
+    ciborium::from_reader(bytes).map_err(|e| SnapshotError::Malformed {
+        what: "chunk",
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a whole snapshot file, verifying every chunk as it is read and the state's digest
+/// at the end; returns the header and the state.
+pub fn read_snapshot<S: ChunkedState>(
+    input: &mut impl Read,
+) -> Result<(SnapshotHeader, S), SnapshotError> {
+    let header = read_header(input)?;
+    let mut state = S::default();
+    let mut entries = 0u64;
+    let mut buf = Vec::new();
+    for (index, info) in header.chunks.iter().enumerate() {
+        buf.resize(info.len as usize, 0);
+        input.read_exact(&mut buf)?;
+        let chunk = decode_chunk::<S>(&header, index, &buf)?;
+        entries += chunk.len() as u64;
+        state
+            .extend_in_order(chunk)
+            .map_err(|reason| SnapshotError::ChunkOrder { index, reason })?;
+    }
+    let mut rest = Vec::new();
+    let trailing = input.take(1 << 20).read_to_end(&mut rest)?;
+    if trailing > 0 {
+        return Err(SnapshotError::TrailingBytes(trailing as u64));
+    }
+    if entries != header.entries {
+        return Err(SnapshotError::EntryCount {
+            expected: header.entries,
+            found: entries,
+        });
+    }
+    let found = state.digest();
+    if found != header.digest {
+        return Err(SnapshotError::Digest {
+            expected: header.digest,
+            found,
+        });
+    }
+    Ok((header, state))
+}
+
+#[cfg(test)]
+mod tests;
