@@ -137,6 +137,49 @@ async fn when_the_bootstrap_peer_leaves_the_rest_stay_connected_and_converge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_reads_page_by_page_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&dir.path().join("solo"), None).await;
+    let handle = node.handle();
+    for i in (0..25).rev() {
+        handle
+            .put(&format!("key{i:02}"), Some(&format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    let whole = handle
+        .state(tidemark::node::views::At::Applied)
+        .await
+        .unwrap();
+    assert_eq!(whole.entries.len(), 25);
+    assert_eq!(whole.next_key, None);
+    let api = node.api_addr().unwrap();
+    let mut keys = Vec::new();
+    let mut pages = 0;
+    let mut path = "/v1/state?at=applied&limit=10".to_string();
+    loop {
+        let page = http(api, "GET", &path, None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let json = page.json();
+        pages += 1;
+        for e in json["entries"].as_array().unwrap() {
+            keys.push(e["key"].as_str().unwrap().to_string());
+        }
+        match json["next_key"].as_str() {
+            Some(next) => path = format!("/v1/state?at=applied&limit=10&start_key={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = whole.entries.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(
+        keys, expected,
+        "the pages, joined, are the whole state in key order"
+    );
+    node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(&dir.path().join("solo"), None).await;
@@ -152,6 +195,9 @@ async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
             422,
         ),
         ("GET", "/v1/state?at=yesterday", None, 400),
+        ("GET", "/v1/state?limit=0", None, 400),
+        ("GET", "/v1/state?limit=10001", None, 400),
+        ("GET", "/v1/state?limit=ten", None, 400),
         ("GET", "/v1/nope", None, 404),
         ("DELETE", "/v1/status", None, 405),
     ];

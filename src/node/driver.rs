@@ -521,7 +521,7 @@ impl Driver {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::State { at, reply } => {
+            Command::State { at, page, reply } => {
                 let view = match at {
                     At::Snapshot => {
                         let digest = self.replica.stable_digest();
@@ -529,6 +529,7 @@ impl Driver {
                             self.replica.stable_cut(),
                             digest,
                             self.replica.stable_state(),
+                            &page,
                         )
                     }
                     At::Applied => {
@@ -537,6 +538,7 @@ impl Driver {
                             self.replica.applied(),
                             crate::ops_log::StateMachine::digest(state),
                             state,
+                            &page,
                         )
                     }
                 };

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /v1/status` | [`StatusView`](super::views::StatusView) |
 //! | `POST /v1/ops` `{"key", "value"}` | `201 {"origin", "seq"}` once the op is stored durably; `value: null` deletes |
-//! | `GET /v1/state?at=snapshot\|applied` | [`StateView`](super::views::StateView), entries sorted by key |
+//! | `GET /v1/state?at=snapshot\|applied[&start_key=K][&limit=N]` | [`StateView`](super::views::StateView), entries sorted by key; with a limit, one page and the `next_key` |
 //! | `GET /v1/network-map` | [`NetworkMapView`](super::views::NetworkMapView) |
 //! | `GET /v1/snapshot-point/watch` | server-sent events, one `snapshot-point` event per change ([`SnapshotPointView`](super::views::SnapshotPointView)) |
 //! | `GET /metrics` | Prometheus text format |
@@ -26,7 +26,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 
-use super::views::{At, WriteBody};
+use super::views::{At, Page, WriteBody};
 use super::{NodeError, NodeHandle, WriteError};
 use crate::replica::WriteRefused;
 
@@ -117,7 +117,12 @@ async fn write(
 #[serde(deny_unknown_fields)]
 struct StateQuery {
     at: Option<At>,
+    start_key: Option<String>,
+    limit: Option<usize>,
 }
+
+/// Most entries in one page of `GET /v1/state`.
+pub const MAX_PAGE: usize = 10_000;
 
 async fn state(
     State(node): State<NodeHandle>,
@@ -126,10 +131,28 @@ async fn state(
     let Query(query) = query.map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
-            format!("{}; use ?at=snapshot or ?at=applied", e.body_text()),
+            format!(
+                "{}; use ?at=snapshot or ?at=applied, and optionally start_key=KEY and limit=N",
+                e.body_text()
+            ),
         )
     })?;
-    Ok(Json(node.state(query.at.unwrap_or(At::Snapshot)).await?))
+    if let Some(limit) = query.limit {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be between 1 and {MAX_PAGE}, not {limit}"),
+            ));
+        }
+    }
+    let page = Page {
+        start_key: query.start_key,
+        limit: query.limit,
+    };
+    Ok(Json(
+        node.state_page(query.at.unwrap_or(At::Snapshot), page)
+            .await?,
+    ))
 }
 
 async fn network_map(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {

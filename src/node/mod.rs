@@ -37,7 +37,7 @@ use crate::ops_log::LwwOp;
 use crate::replica::WriteRefused;
 use crate::VersionVector;
 pub use metrics::Metrics;
-use views::{At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView};
+use views::{At, NetworkMapView, OpIdView, Page, SnapshotPointView, StateView, StatusView};
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -117,6 +117,7 @@ pub(crate) enum Command {
     Status(oneshot::Sender<StatusView>),
     State {
         at: At,
+        page: Page,
         reply: oneshot::Sender<StateView>,
     },
     NetworkMap(oneshot::Sender<NetworkMapView>),
@@ -161,7 +162,13 @@ impl NodeHandle {
 
     /// The state at the snapshot point or everything applied, sorted by key.
     pub async fn state(&self, at: At) -> Result<StateView, NodeError> {
-        self.ask(|reply| Command::State { at, reply }).await
+        self.state_page(at, Page::default()).await
+    }
+
+    /// One page of the state, sorted by key: from `page.start_key` on, at most
+    /// `page.limit` entries; `next_key` says where the next page starts.
+    pub async fn state_page(&self, at: At, page: Page) -> Result<StateView, NodeError> {
+        self.ask(|reply| Command::State { at, page, reply }).await
     }
 
     pub async fn network_map(&self) -> Result<NetworkMapView, NodeError> {

@@ -69,20 +69,38 @@ pub struct StateView {
     pub at: BTreeMap<String, u64>,
     pub digest: String,
     pub entries: Vec<EntryView>,
+    /// With a page limit: the key the next page starts at, or `None` after the last page.
+    pub next_key: Option<String>,
+}
+
+/// A page of the state: entries from `start_key` (inclusive), at most `limit` of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub start_key: Option<String>,
+    pub limit: Option<usize>,
 }
 
 impl StateView {
-    pub fn new(at: &VersionVector, digest: Digest, state: &LwwMap) -> Self {
+    pub fn new(at: &VersionVector, digest: Digest, state: &LwwMap, page: &Page) -> Self {
+        let start = page.start_key.as_deref().unwrap_or("");
+        let limit = page.limit.unwrap_or(usize::MAX);
+        let mut entries = Vec::new();
+        let mut next_key = None;
+        for (k, v) in state.entries_from(start) {
+            if entries.len() == limit {
+                next_key = Some(k.to_string());
+                break;
+            }
+            entries.push(EntryView {
+                key: k.into(),
+                value: v.into(),
+            });
+        }
         Self {
             at: vector_json(at),
             digest: digest.to_hex(),
-            entries: state
-                .entries()
-                .map(|(k, v)| EntryView {
-                    key: k.into(),
-                    value: v.into(),
-                })
-                .collect(),
+            entries,
+            next_key,
         }
     }
 }

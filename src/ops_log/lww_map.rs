@@ -38,6 +38,13 @@ impl LwwMap {
             .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
     }
 
+    /// Live entries whose key is `start` or after it, sorted by key.
+    pub fn entries_from<'a>(&'a self, start: &str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.entries
+            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries.get(key).and_then(|e| e.value.as_deref())
     }
