@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 use super::address_book::AddressBook;
 use super::direct::Direct;
 use super::metrics::Metrics;
+use super::snapshots::SnapshotStore;
 use super::storage::{Batch, Storage};
 use super::views::{
     vector_json, At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
@@ -74,6 +75,10 @@ pub(super) struct Started {
 
 pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     let storage = Storage::open(&config.data_dir)?;
+    let snapshots = Arc::new(
+        SnapshotStore::open(&config.data_dir)
+            .map_err(|e| NodeError::Snapshot(crate::snapshot::SnapshotError::Io(e)))?,
+    );
     let key = match storage.node_key()? {
         Some(bytes) => {
             Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Key(e.to_string()))?
@@ -200,6 +205,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         commands: commands_tx,
         snapshot_point: sp_rx,
         applied: applied_rx,
+        snapshots,
         peer_id: peer_id.to_base58(),
         metrics,
     };
@@ -543,6 +549,12 @@ impl Driver {
                     }
                 };
                 let _ = reply.send(view);
+            }
+            Command::StableState(reply) => {
+                let _ = reply.send((
+                    self.replica.stable_state().clone(),
+                    self.replica.stable_cut().clone(),
+                ));
             }
             Command::NetworkMap(reply) => {
                 let _ = reply.send(NetworkMapView::new(self.replica.network_map(), now));

@@ -7,6 +7,9 @@
 //! | `GET /v1/state?at=snapshot\|applied[&start_key=K][&limit=N]` | [`StateView`](super::views::StateView), entries sorted by key; with a limit, one page and the `next_key` |
 //! | `GET /v1/network-map` | [`NetworkMapView`](super::views::NetworkMapView) |
 //! | `GET /v1/snapshot-point/watch` | server-sent events, one `snapshot-point` event per change ([`SnapshotPointView`](super::views::SnapshotPointView)) |
+//! | `POST /v1/snapshots` | 201 and the [`SnapshotInfo`](super::snapshots::SnapshotInfo) of a new snapshot file of the stable state |
+//! | `GET /v1/snapshots` | `{"snapshots": [SnapshotInfo, ..]}` by height |
+//! | `GET /v1/snapshots/{id}` | the snapshot file (`tidemark snapshot verify` checks it) |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Every error is a 4xx or 5xx with `{"error": "<reason>"}`.
@@ -68,6 +71,8 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/state", get(state))
         .route("/v1/network-map", get(network_map))
         .route("/v1/snapshot-point/watch", get(watch))
+        .route("/v1/snapshots", get(list_snapshots).post(create_snapshot))
+        .route("/v1/snapshots/{id}", get(download_snapshot))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
@@ -152,6 +157,59 @@ async fn state(
     Ok(Json(
         node.state_page(query.at.unwrap_or(At::Snapshot), page)
             .await?,
+    ))
+}
+
+async fn create_snapshot(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
+    let info = node.create_snapshot().await.map_err(snapshot_error)?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn list_snapshots(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
+    let snapshots = node.snapshots().await.map_err(snapshot_error)?;
+    Ok(Json(serde_json::json!({ "snapshots": snapshots })))
+}
+
+fn snapshot_error(e: NodeError) -> ApiError {
+    match e {
+        NodeError::Snapshot(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        other => other.into(),
+    }
+}
+
+/// The snapshot file, streamed in 64 KiB pieces.
+async fn download_snapshot(
+    State(node): State<NodeHandle>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    use tokio::io::AsyncReadExt;
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no snapshot {id:?}"));
+    let path = node.snapshot_file(&id).ok_or_else(not_found)?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| not_found())?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let pieces = futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(pieces),
     ))
 }
 

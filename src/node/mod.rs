@@ -8,6 +8,7 @@
 //! | [`codec`] | length-prefixed CBOR frames of the direct protocol |
 //! | `direct` (private) | direct messages: one long-lived stream per peer, and readers of inbound streams |
 //! | [`storage`] | the redb database: node key, checkpoint, op suffix |
+//! | [`snapshots`] | snapshot files of the stable state, made off the event loop, listed and served |
 //! | [`http`] | the axum HTTP API (SPEC §7, plus the snapshot-point watch and `/metrics`) |
 //! | [`views`] | JSON shapes of the API |
 //! | [`demo`] | `tidemark demo`: a local network of real nodes on loopback |
@@ -21,6 +22,7 @@ mod direct;
 mod driver;
 pub mod http;
 pub mod metrics;
+pub mod snapshots;
 pub mod storage;
 pub mod views;
 
@@ -90,6 +92,8 @@ pub enum NodeError {
     Api { addr: SocketAddr, reason: String },
     #[error("the node has stopped")]
     Stopped,
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 impl From<storage::StorageError> for NodeError {
@@ -121,6 +125,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<StateView>,
     },
     NetworkMap(oneshot::Sender<NetworkMapView>),
+    /// The stable state and its cut (a persistent map: the clone is O(1)).
+    StableState(oneshot::Sender<(crate::ops_log::LwwMap, VersionVector)>),
     /// Leave gracefully, then stop; answered once the node has stopped.
     Leave(oneshot::Sender<()>),
 }
@@ -131,6 +137,7 @@ pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     snapshot_point: watch::Receiver<SnapshotPointView>,
     applied: watch::Receiver<VersionVector>,
+    snapshots: Arc<snapshots::SnapshotStore>,
     peer_id: String,
     metrics: Arc<Metrics>,
 }
@@ -178,6 +185,31 @@ impl NodeHandle {
     /// A receiver that sees every change of the snapshot point.
     pub fn watch_snapshot_point(&self) -> watch::Receiver<SnapshotPointView> {
         self.snapshot_point.clone()
+    }
+
+    /// Writes a snapshot file of the stable state at the current snapshot point. The state
+    /// is taken in O(1) and written on a blocking thread, so the node goes on applying ops.
+    pub async fn create_snapshot(&self) -> Result<snapshots::SnapshotInfo, NodeError> {
+        let (state, cut) = self.ask(Command::StableState).await?;
+        let store = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || store.create(&state, &cut))
+            .await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::from)
+    }
+
+    /// The snapshot files this node holds, by height.
+    pub async fn snapshots(&self) -> Result<Vec<snapshots::SnapshotInfo>, NodeError> {
+        let store = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::from)
+    }
+
+    /// The path of snapshot `id`'s file, if this node holds it.
+    pub fn snapshot_file(&self, id: &str) -> Option<PathBuf> {
+        self.snapshots.file(id)
     }
 
     /// A receiver that sees every change of what this node has applied (its applied

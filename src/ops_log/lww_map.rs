@@ -2,8 +2,6 @@
 //! (Lamport time, origin). Deletes leave tombstones, so a delete beats any older write that
 //! arrives after it.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::state_machine::{Digest, OpMeta, StateMachine};
@@ -24,10 +22,12 @@ pub struct LwwEntry {
     pub origin: NodeId,
 }
 
-/// Key-value map, last writer wins by (Lamport time, origin).
+/// Key-value map, last writer wins by (Lamport time, origin). A persistent map: a clone
+/// costs O(1) and shares structure, so a snapshot of the state can be exported while the
+/// node goes on applying ops.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LwwMap {
-    entries: BTreeMap<String, LwwEntry>,
+    entries: imbl::OrdMap<String, LwwEntry>,
 }
 
 impl LwwMap {
@@ -41,7 +41,7 @@ impl LwwMap {
     /// Live entries whose key is `start` or after it, sorted by key.
     pub fn entries_from<'a>(&'a self, start: &str) -> impl Iterator<Item = (&'a str, &'a str)> {
         self.entries
-            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .range::<_, str>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
             .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
     }
 
@@ -62,7 +62,7 @@ impl LwwMap {
     /// Appends an entry whose key sorts after every key held (rebuilding a state from its
     /// canonical form); refuses one out of order.
     pub fn push_in_order(&mut self, key: String, entry: LwwEntry) -> Result<(), String> {
-        if let Some((last, _)) = self.entries.last_key_value() {
+        if let Some((last, _)) = self.entries.get_max() {
             if key <= *last {
                 return Err(format!("key {key:?} does not sort after {last:?}"));
             }
