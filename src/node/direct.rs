@@ -69,25 +69,29 @@ impl Direct {
     /// Queues `frame` for `peer`, opening a stream if there is none (or the last one failed).
     pub fn send(&mut self, peer: PeerId, frame: Vec<u8>) -> Result<(), SendError> {
         while self.tasks.try_join_next().is_some() {}
-        let mut frame = frame;
-        for _ in 0..2 {
-            let outbox = self.outboxes.entry(peer).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                let writer = write_stream(self.control.clone(), peer, rx, self.dropped.clone());
-                self.tasks.spawn(writer);
-                tx
-            });
+        if let Some(outbox) = self.outboxes.get(&peer) {
             match outbox.try_send(frame) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::QueueFull),
+                // the stream failed: open a new one below
                 Err(mpsc::error::TrySendError::Closed(back)) => {
-                    // the stream failed: open a new one
                     self.outboxes.remove(&peer);
-                    frame = back;
+                    return self.open_and_send(peer, back);
                 }
             }
         }
-        unreachable!("a fresh outbox is open")
+        self.open_and_send(peer, frame)
+    }
+
+    /// Starts a writer for `peer` with `frame` first in its queue.
+    fn open_and_send(&mut self, peer: PeerId, frame: Vec<u8>) -> Result<(), SendError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tx.try_send(frame)
+            .expect("a new queue has room and its receiver is alive");
+        let writer = write_stream(self.control.clone(), peer, rx, self.dropped.clone());
+        self.tasks.spawn(writer);
+        self.outboxes.insert(peer, tx);
+        Ok(())
     }
 }
 

@@ -158,38 +158,28 @@ impl Metrics {
     }
 
     pub fn count_in(&self, kind: &'static str, bytes: usize) {
-        self.messages_in.get_or_create(&KindLabel { kind }).inc();
-        self.bytes_in
-            .get_or_create(&KindLabel { kind })
-            .inc_by(bytes as u64);
+        self.count_in_with_report(kind, bytes, 0);
     }
 
     pub fn count_out(&self, kind: &'static str, bytes: usize) {
-        self.messages_out.get_or_create(&KindLabel { kind }).inc();
-        self.bytes_out
-            .get_or_create(&KindLabel { kind })
-            .inc_by(bytes as u64);
+        self.count_out_with_report(kind, bytes, 0);
     }
 
     /// Counts a received message of which `report_bytes` are the publisher's report
     /// riding on a published batch: those are counted as kind `report`, the rest as `kind`.
     pub fn count_in_with_report(&self, kind: &'static str, bytes: usize, report_bytes: usize) {
-        self.count_in(kind, bytes - report_bytes);
-        if report_bytes > 0 {
-            self.bytes_in
-                .get_or_create(&KindLabel { kind: "report" })
-                .inc_by(report_bytes as u64);
-        }
+        count(&self.messages_in, &self.bytes_in, kind, bytes, report_bytes);
     }
 
     /// Counts a sent message; see [`Metrics::count_in_with_report`].
     pub fn count_out_with_report(&self, kind: &'static str, bytes: usize, report_bytes: usize) {
-        self.count_out(kind, bytes - report_bytes);
-        if report_bytes > 0 {
-            self.bytes_out
-                .get_or_create(&KindLabel { kind: "report" })
-                .inc_by(report_bytes as u64);
-        }
+        count(
+            &self.messages_out,
+            &self.bytes_out,
+            kind,
+            bytes,
+            report_bytes,
+        );
     }
 
     /// The registry, for metrics of other crates (libp2p's bandwidth) to register into.
@@ -225,6 +215,24 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+fn count(
+    messages: &Family<KindLabel, Count>,
+    bytes_by_kind: &Family<KindLabel, Count>,
+    kind: &'static str,
+    bytes: usize,
+    report_bytes: usize,
+) {
+    messages.get_or_create(&KindLabel { kind }).inc();
+    bytes_by_kind
+        .get_or_create(&KindLabel { kind })
+        .inc_by((bytes - report_bytes) as u64);
+    if report_bytes > 0 {
+        bytes_by_kind
+            .get_or_create(&KindLabel { kind: "report" })
+            .inc_by(report_bytes as u64);
     }
 }
 

@@ -681,21 +681,25 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_records(&mut self, now: Time, records: &[Arc<MemberRecord>]) {
         for record in records {
-            match self.map.merge(record.clone(), now) {
-                MergeOutcome::Adopted => self.stats.records_adopted += 1,
-                MergeOutcome::Pending => self.stats.records_pending += 1,
-                MergeOutcome::Outdated => self.stats.records_outdated += 1,
-                MergeOutcome::AboutSelf => self.on_record_about_self(now, record),
-            }
+            self.on_record(now, record);
         }
+    }
+
+    fn on_record(&mut self, now: Time, record: &Arc<MemberRecord>) -> MergeOutcome {
+        let outcome = self.map.merge(record.clone(), now);
+        match outcome {
+            MergeOutcome::Adopted => self.stats.records_adopted += 1,
+            MergeOutcome::Pending => self.stats.records_pending += 1,
+            MergeOutcome::Outdated => self.stats.records_outdated += 1,
+            MergeOutcome::AboutSelf => self.on_record_about_self(now, record),
+        }
+        outcome
     }
 
     /// A writer's report that came with its published ops. Every member receives the
     /// topic, so the record is adopted without being relayed by status.
     fn on_published_report(&mut self, now: Time, report: &Arc<MemberRecord>) {
-        let adopted_before = self.stats.records_adopted;
-        self.on_records(now, std::slice::from_ref(report));
-        if self.stats.records_adopted > adopted_before {
+        if self.on_record(now, report) == MergeOutcome::Adopted {
             self.map.forget_dirty(&report.id);
         }
     }

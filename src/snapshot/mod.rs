@@ -136,35 +136,59 @@ pub enum SnapshotError {
 }
 
 /// Groups a state's entries into chunks of about `chunk_bytes` encoded bytes each and hands
-/// every chunk's encoding to `sink`, one at a time.
+/// every chunk's encoding (a CBOR array of its entries) to `sink`, one at a time. Each entry
+/// is encoded once.
 fn for_each_chunk<S: ChunkedState>(
     state: &S,
     chunk_bytes: usize,
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<u64> {
-    let mut pending: Vec<S::Entry> = Vec::new();
-    let mut pending_bytes = 0;
+    let mut body = Vec::new();
+    let mut in_chunk = 0u64;
     let mut count = 0u64;
-    let mut buf = Vec::new();
-    let mut flush = |pending: &mut Vec<S::Entry>, buf: &mut Vec<u8>| -> io::Result<()> {
-        buf.clear();
-        ciborium::into_writer(&*pending, &mut *buf).expect("writing to a Vec");
-        pending.clear();
-        sink(buf)
+    let mut chunk = Vec::new();
+    let mut flush = |body: &mut Vec<u8>, in_chunk: &mut u64| -> io::Result<()> {
+        chunk.clear();
+        cbor_array_header(&mut chunk, *in_chunk);
+        chunk.extend_from_slice(body);
+        body.clear();
+        *in_chunk = 0;
+        sink(&chunk)
     };
     for entry in state.entries_in_order() {
-        pending_bytes += crate::gossip::encoded_len(&entry);
-        pending.push(entry);
+        ciborium::into_writer(&entry, &mut body).expect("writing to a Vec");
+        in_chunk += 1;
         count += 1;
-        if pending_bytes >= chunk_bytes {
-            flush(&mut pending, &mut buf)?;
-            pending_bytes = 0;
+        if body.len() >= chunk_bytes {
+            flush(&mut body, &mut in_chunk)?;
         }
     }
-    if !pending.is_empty() {
-        flush(&mut pending, &mut buf)?;
+    if in_chunk > 0 {
+        flush(&mut body, &mut in_chunk)?;
     }
     Ok(count)
+}
+
+/// The head of a definite-length CBOR array of `len` items (major type 4), as ciborium
+/// writes it for a `Vec`.
+fn cbor_array_header(out: &mut Vec<u8>, len: u64) {
+    const ARRAY: u8 = 4 << 5;
+    match len {
+        0..=23 => out.push(ARRAY | len as u8),
+        24..=0xff => out.extend_from_slice(&[ARRAY | 24, len as u8]),
+        0x100..=0xffff => {
+            out.push(ARRAY | 25);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(ARRAY | 26);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(ARRAY | 27);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
 }
 
 /// Writes `state` at `snapshot_point` as a snapshot file; returns its header.

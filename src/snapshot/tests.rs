@@ -58,6 +58,17 @@ fn a_snapshot_round_trips_chunk_by_chunk() {
 }
 
 #[test]
+fn array_heads_match_what_ciborium_writes() {
+    for len in [0usize, 1, 23, 24, 255, 256, 65_535, 65_536] {
+        let mut ours = Vec::new();
+        cbor_array_header(&mut ours, len as u64);
+        let mut theirs = Vec::new();
+        ciborium::into_writer(&vec![(); len], &mut theirs).unwrap();
+        assert_eq!(ours, theirs[..ours.len()], "{len} items");
+    }
+}
+
+#[test]
 fn an_empty_state_is_a_snapshot_without_chunks() {
     let map = LwwMap::default();
     let (header, bytes) = file(&map, &VersionVector::new(), 1024);
