@@ -73,6 +73,17 @@ struct NodeArgs {
     /// Network name (the gossip topic is tidemark/<network>/ops) [default: tidemark].
     #[arg(long)]
     network: Option<String>,
+    /// Run as an archiver: join, never write ops, keep every snapshot taken (on request or
+    /// on its schedule) and serve them to joiners.
+    #[arg(long)]
+    archiver: bool,
+    /// Found a new network from this snapshot file, after every node of the old one was
+    /// lost (needs an empty --data-dir and no --bootstrap).
+    #[arg(long, conflicts_with = "bootstrap")]
+    restore_from: Option<PathBuf>,
+    /// Final snapshots to keep, the most recent ones [default: 2; an archiver keeps all].
+    #[arg(long)]
+    keep_snapshots: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -227,6 +238,14 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig, String> {
     if let Some(network) = args.network.or(file.network) {
         config.network = network;
     }
+    config.archiver = args.archiver;
+    config.restore_from = args.restore_from;
+    config.snapshots.keep = match args.keep_snapshots {
+        Some(0) => return Err("--keep-snapshots must be at least 1".into()),
+        Some(k) => Some(k),
+        None if args.archiver => None,
+        None => Some(2),
+    };
     Ok(config)
 }
 

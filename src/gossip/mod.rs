@@ -154,6 +154,10 @@ pub struct GossipConfig {
     /// Unanswered requests after which a joiner asks its next bootstrap peer (with a new
     /// incarnation, since the silent one may have registered it).
     pub join_attempts_per_sponsor: u32,
+    /// Longest a joiner waits for a state offered as a snapshot to be fetched and
+    /// installed before it asks its sponsor again.
+    #[serde(default = "default_state_transfer_timeout")]
+    pub state_transfer_timeout: Duration,
     /// Longest a leaving node waits for its own ops to be inside its snapshot point before
     /// it announces `Left` anyway.
     pub leave_drain_timeout: Duration,
@@ -176,6 +180,10 @@ impl GossipConfig {
     }
 }
 
+fn default_state_transfer_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
 impl Default for GossipConfig {
     fn default() -> Self {
         Self {
@@ -193,6 +201,7 @@ impl Default for GossipConfig {
             join_retry: Duration::from_millis(250),
             join_retry_max: Duration::from_secs(2),
             join_attempts_per_sponsor: 3,
+            state_transfer_timeout: default_state_transfer_timeout(),
             leave_drain_timeout: Duration::from_secs(5),
             suspect_after: Duration::from_secs(3),
             suspicion_timeout: Duration::from_secs(3),

@@ -10,6 +10,10 @@
 //! 3. The sponsor replies with a [`JoinGrant`]: its stable state at its snapshot point, the
 //!    op suffix up to its applied vector (so the joiner starts exactly at the join cut), and
 //!    every record of its network map.
+//! 4. A large stable state does not travel in the grant: the node's driver replaces it by a
+//!    [`StateOffer`] (a snapshot file's header and id), and the joiner fetches the snapshot
+//!    by chunks, verifies it, and completes the install with
+//!    [`JoinGrant::with_state`]. The core only ever installs a grant that holds its state.
 //!
 //! ## Why no node can decide past the joiner
 //! Every later record of the sponsor states `registrations ≥ n`. A network map adopts a
@@ -33,6 +37,7 @@ use crate::gossip::{OpsBatch, Records};
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap, Sponsorship};
 use crate::node_id::NodeId;
 use crate::ops_log::{InstallError, OpsLog, StateMachine};
+use crate::snapshot::SnapshotHeader;
 use crate::time::Time;
 use crate::version_vector::VersionVector;
 
@@ -51,13 +56,48 @@ pub struct JoinRequest {
 pub struct JoinGrant<S: StateMachine> {
     /// The joiner's registration as the sponsor recorded it (its `applied` is the join cut).
     pub registration: Arc<MemberRecord>,
-    pub stable_state: S,
+    pub stable_state: HandedOverState<S>,
     pub stable_cut: VersionVector,
     pub lamport: u64,
     /// The ops between the stable cut and the join cut, in causal order.
     pub suffix: OpsBatch<S::Op>,
     /// Every record of the sponsor's network map.
     pub members: Records,
+}
+
+/// The stable state a grant hands over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum HandedOverState<S: StateMachine> {
+    /// In the grant itself.
+    Inline(S),
+    /// As a snapshot the joiner fetches by chunks (from the sponsor, or any node holding a
+    /// snapshot with the same id).
+    Snapshot(StateOffer),
+}
+
+/// A snapshot offered for a state transfer: its id in the offering node's snapshot store,
+/// and its header (which the joiner verifies every chunk against).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateOffer {
+    pub snapshot_id: String,
+    pub header: SnapshotHeader,
+}
+
+impl<S: StateMachine> JoinGrant<S> {
+    /// The snapshot this grant's state is to be fetched as, if it is not inline.
+    pub fn offer(&self) -> Option<&StateOffer> {
+        match &self.stable_state {
+            HandedOverState::Snapshot(offer) => Some(offer),
+            HandedOverState::Inline(_) => None,
+        }
+    }
+
+    /// The grant with its state in place (after a transfer).
+    pub fn with_state(mut self, state: S) -> Self {
+        self.stable_state = HandedOverState::Inline(state);
+        self
+    }
 }
 
 /// The sponsor's answer.
@@ -90,6 +130,8 @@ pub enum JoinError {
         installed: VersionVector,
         cut: VersionVector,
     },
+    #[error("the grant's state has not been fetched yet")]
+    StateNotHere,
     #[error("cannot install the handed-over state: {0}")]
     Install(#[from] InstallError),
 }
@@ -168,7 +210,7 @@ pub fn register<S: StateMachine>(
     log.advance_stable(map.snapshot_point());
     Ok(JoinGrant {
         registration,
-        stable_state: log.stable_state().clone(),
+        stable_state: HandedOverState::Inline(log.stable_state().clone()),
         stable_cut: log.stable_cut().clone(),
         lamport: log.lamport(),
         suffix: OpsBatch(log.unstable_ops()),
@@ -189,8 +231,11 @@ pub fn install<S: StateMachine>(
             registered: registration.id.clone(),
         });
     }
+    let HandedOverState::Inline(stable_state) = grant.stable_state else {
+        return Err(JoinError::StateNotHere);
+    };
     let log = OpsLog::install(
-        grant.stable_state,
+        stable_state,
         grant.stable_cut,
         grant.lamport,
         grant.suffix.0,

@@ -19,13 +19,26 @@ pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/tidemark/direc
 
 /// Reads one frame; an error ends the stream (a short read, or a length over the limit).
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<u8>> {
+    read_frame_limited(io, MAX_MESSAGE_BYTES).await
+}
+
+/// Writes one frame (not flushed: the writer flushes once its queue is empty).
+pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    write_frame_limited(io, data, MAX_MESSAGE_BYTES).await
+}
+
+/// Reads one frame of at most `max` bytes, refusing a longer one before reading it.
+pub async fn read_frame_limited<T: AsyncRead + Unpin>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE_BYTES {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"),
+            format!("frame of {len} bytes exceeds the {max}-byte limit"),
         ));
     }
     let mut buf = vec![0u8; len];
@@ -33,11 +46,15 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<u8>>
     Ok(buf)
 }
 
-/// Writes one frame (not flushed: the writer flushes once its queue is empty).
-pub async fn write_frame<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> io::Result<()> {
+/// Writes one frame of at most `max` bytes (not flushed).
+pub async fn write_frame_limited<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    data: &[u8],
+    max: usize,
+) -> io::Result<()> {
     let len = u32::try_from(data.len())
         .ok()
-        .filter(|l| *l as usize <= MAX_MESSAGE_BYTES)
+        .filter(|l| *l as usize <= max)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(data).await

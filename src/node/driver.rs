@@ -12,7 +12,7 @@
 //! - Members' addresses from the map are dialled again with backoff when disconnected, so
 //!   the network stays connected after its bootstrap peer leaves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -31,9 +31,12 @@ use tracing::{debug, info, warn};
 
 use super::address_book::AddressBook;
 use super::direct::Direct;
+use super::keeper::SnapshotKeeper;
 use super::metrics::Metrics;
+use super::schedule::ScheduleBook;
 use super::snapshots::SnapshotStore;
 use super::storage::{Batch, Storage};
+use super::transfer::{self, FetchError};
 use super::views::{
     vector_json, At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
 };
@@ -42,6 +45,7 @@ use crate::gossip::{
     decode, decode_published, encode, encode_published, published_op_range, report_len, Message,
     TopicDecodeError,
 };
+use crate::join_protocol::{HandedOverState, JoinGrant, JoinResponse, StateOffer};
 use crate::network_map::MemberState;
 use crate::ops_log::LwwMap;
 use crate::replica::{Action, Replica, ReplicaConfig};
@@ -96,6 +100,13 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     let me = node_id(&peer_id);
     let mut metrics = Metrics::new();
     let mut swarm = build_swarm(key, &config.network, metrics.registry_mut())?;
+    let keeper = Arc::new(SnapshotKeeper::new(
+        snapshots.clone(),
+        ScheduleBook::open(&config.data_dir)?,
+        config.snapshots.keep,
+        metrics.snapshots_taken.clone(),
+        metrics.snapshots_pruned.clone(),
+    ));
     let topic = IdentTopic::new(format!("tidemark/{}/ops", config.network));
     swarm
         .behaviour_mut()
@@ -125,6 +136,11 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             .finish()
     };
     let loaded = storage.load()?;
+    if loaded.checkpoint.is_some() && config.restore_from.is_some() {
+        return Err(NodeError::Restore(
+            "the data dir already holds a node; restore into an empty one".into(),
+        ));
+    }
     let replica = match loaded.checkpoint {
         Some(checkpoint) => {
             if checkpoint.id != me {
@@ -139,6 +155,39 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
                 "resuming from the data dir"
             );
             Replica::resume(checkpoint, loaded.ops, replica_config, seed, Time::ZERO)?
+        }
+        None if config.restore_from.is_some() => {
+            if !config.bootstrap.is_empty() {
+                return Err(NodeError::Restore(
+                    "a restored node founds a new network: give no bootstrap peers".into(),
+                ));
+            }
+            let path = config.restore_from.clone().expect("checked above");
+            let (header, state, lamport) = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| NodeError::Restore(format!("{}: {e}", path.display())))?;
+                let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+                let (header, state): (_, LwwMap) = crate::snapshot::read_snapshot(&mut input)?;
+                let lamport = state.max_lamport();
+                Ok::<_, NodeError>((header, state, lamport))
+            })
+            .await
+            .map_err(|e| NodeError::Restore(e.to_string()))??;
+            info!(
+                height = header.height,
+                digest = %header.digest,
+                entries = header.entries,
+                "founding a new network from a snapshot"
+            );
+            Replica::restored(
+                me.clone(),
+                state,
+                header.snapshot_point,
+                lamport,
+                replica_config,
+                seed,
+                Time::ZERO,
+            )
         }
         None if config.bootstrap.is_empty() => {
             info!(%peer_id, "founding a new network");
@@ -176,6 +225,13 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         swarm.behaviour().streams.new_control(),
         metrics.direct_dropped.clone(),
     );
+    let serving = AbortOnDrop(transfer::serve(
+        swarm.behaviour().streams.new_control(),
+        snapshots.clone(),
+        metrics.transfer.chunks_served.clone(),
+    ));
+    let (prepared_tx, prepared) = mpsc::unbounded_channel();
+    let (fetched_tx, fetched) = mpsc::unbounded_channel();
     let mut driver = Driver {
         replica,
         direct,
@@ -198,6 +254,17 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         last_sp: None,
         stop_now: false,
         keys: KeyIndex::default(),
+        snapshots: snapshots.clone(),
+        keeper: keeper.clone(),
+        snapshot_config: config.snapshots.clone(),
+        preparing: BTreeSet::new(),
+        prepared_tx,
+        prepared,
+        fetching: None,
+        fetched_tx,
+        fetched,
+        _serving: serving,
+        archiver: config.archiver,
     };
     // everything the replica did while starting (a rejoin's request, a founder's record)
     driver.after_event()?;
@@ -205,7 +272,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         commands: commands_tx,
         snapshot_point: sp_rx,
         applied: applied_rx,
-        snapshots,
+        keeper: keeper.clone(),
         peer_id: peer_id.to_base58(),
         metrics,
     };
@@ -362,7 +429,7 @@ async fn resolve_bootstrap(
     }
 }
 
-fn node_id(peer: &PeerId) -> NodeId {
+pub(super) fn node_id(peer: &PeerId) -> NodeId {
     NodeId::from_bytes(&peer.to_bytes()).expect("a peer id is a valid node id")
 }
 
@@ -417,6 +484,28 @@ struct Driver {
     /// A leave came while still joining: stop without a farewell.
     stop_now: bool,
     keys: KeyIndex,
+    snapshots: Arc<SnapshotStore>,
+    keeper: Arc<SnapshotKeeper>,
+    snapshot_config: super::SnapshotConfig,
+    /// Joiners whose grant is being turned into a snapshot offer.
+    preparing: BTreeSet<NodeId>,
+    prepared_tx: mpsc::UnboundedSender<(NodeId, Option<NodeMessage>)>,
+    prepared: mpsc::UnboundedReceiver<(NodeId, Option<NodeMessage>)>,
+    /// The snapshot this joiner is fetching, and the task fetching it.
+    fetching: Option<(String, AbortOnDrop)>,
+    fetched_tx: mpsc::UnboundedSender<(String, Result<LwwMap, FetchError>)>,
+    fetched: mpsc::UnboundedReceiver<(String, Result<LwwMap, FetchError>)>,
+    _serving: AbortOnDrop,
+    archiver: bool,
+}
+
+/// A task that stops when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Driver {
@@ -448,6 +537,13 @@ impl Driver {
                     self.on_bytes(now, &peer, &frame, false);
                 }
                 _ = reconnect.tick() => self.reconnect(),
+                Some((joiner, message)) = self.prepared.recv() => {
+                    self.preparing.remove(&joiner);
+                    if let Some(message) = message {
+                        self.send_now(&joiner, &message);
+                    }
+                }
+                Some((id, fetched)) = self.fetched.recv() => self.on_fetched(id, fetched),
             }
             self.drain_ready().await;
             self.after_event()?;
@@ -512,6 +608,9 @@ impl Driver {
     fn on_command(&mut self, command: Command) {
         let now = self.now();
         match command {
+            Command::Write { reply, .. } if self.archiver => {
+                let _ = reply.send(Err(WriteError::Archiver));
+            }
             Command::Write { op, reply } => match self.replica.write(now, op) {
                 Ok(op) => self.acks.push((
                     reply,
@@ -556,6 +655,7 @@ impl Driver {
                     self.replica.stable_cut().clone(),
                 ));
             }
+            Command::CheckSchedule => self.take_scheduled(),
             Command::NetworkMap(reply) => {
                 let _ = reply.send(NetworkMapView::new(self.replica.network_map(), now));
             }
@@ -670,6 +770,9 @@ impl Driver {
                 Action::ScheduleWake { at } => self.wake_at = Some(at),
             }
         }
+        if self.fetching.is_some() || self.replica.awaited_grant().is_some() {
+            self.fetch_awaited_state();
+        }
         self.update_gauges();
         Ok(())
     }
@@ -725,6 +828,136 @@ impl Driver {
     }
 
     fn send(&mut self, to: &NodeId, message: &NodeMessage) {
+        if let Message::JoinResponse(response) = message {
+            if let JoinResponse::Granted(grant) = response.as_ref() {
+                if let HandedOverState::Inline(state) = &grant.stable_state {
+                    if state.len_with_tombstones() > self.snapshot_config.inline_state_max_entries {
+                        self.offer_by_snapshot(to, grant);
+                        return;
+                    }
+                }
+            }
+        }
+        self.send_now(to, message);
+    }
+
+    /// Hands a grant's large stable state over as a snapshot: the file is written (or an
+    /// existing one with the same id reused) on a blocking thread, then the grant goes out
+    /// with the snapshot's header in place of the state. One grant per joiner at a time: a
+    /// retry that comes meanwhile is answered by the one being prepared.
+    fn offer_by_snapshot(&mut self, joiner: &NodeId, grant: &JoinGrant<LwwMap>) {
+        if !self.preparing.insert(joiner.clone()) {
+            return;
+        }
+        let digest =
+            (grant.stable_cut == *self.replica.stable_cut()).then(|| self.replica.stable_digest());
+        let store = self.snapshots.clone();
+        let grant = grant.clone();
+        let joiner = joiner.clone();
+        let prepared = self.prepared_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut grant = grant;
+            let offered = match &grant.stable_state {
+                HandedOverState::Inline(state) => store.offer(state, &grant.stable_cut, digest),
+                HandedOverState::Snapshot(_) => return,
+            };
+            let message = match offered {
+                Ok((snapshot_id, header)) => {
+                    info!(%joiner, snapshot = %snapshot_id, chunks = header.chunks.len(), "offering the stable state as a snapshot");
+                    grant.stable_state = HandedOverState::Snapshot(StateOffer {
+                        snapshot_id,
+                        header,
+                    });
+                    Some(Message::JoinResponse(Box::new(JoinResponse::Granted(
+                        grant,
+                    ))))
+                }
+                Err(error) => {
+                    // the joiner asks again
+                    warn!(%joiner, %error, "cannot write the snapshot to hand over");
+                    None
+                }
+            };
+            let _ = prepared.send((joiner, message));
+        });
+    }
+
+    /// Starts fetching the snapshot the awaited grant offers (and stops a fetch of one no
+    /// longer awaited).
+    fn fetch_awaited_state(&mut self) {
+        let awaited = self.replica.awaited_grant().and_then(|(sponsor, grant)| {
+            let offer = grant.offer()?.clone();
+            let others = grant
+                .members
+                .0
+                .iter()
+                .filter(|r| r.state.counts() && r.id != *sponsor && r.id != *self.replica.id());
+            let sources: Vec<(NodeId, Vec<String>)> =
+                std::iter::once((sponsor.clone(), Vec::new()))
+                    .chain(others.map(|r| (r.id.clone(), r.addrs.clone())))
+                    .collect();
+            Some((offer, sources))
+        });
+        let Some((offer, sources)) = awaited else {
+            self.fetching = None;
+            return;
+        };
+        if self
+            .fetching
+            .as_ref()
+            .is_some_and(|(id, _)| *id == offer.snapshot_id)
+        {
+            return;
+        }
+        for (id, addrs) in &sources {
+            add_addresses(&mut self.swarm, id, addrs);
+        }
+        let peers: Vec<PeerId> = sources.iter().filter_map(|(id, _)| peer_id(id)).collect();
+        info!(snapshot = %offer.snapshot_id, chunks = offer.header.chunks.len(), sources = peers.len(), "fetching the offered state");
+        let id = offer.snapshot_id.clone();
+        let control = self.swarm.behaviour().streams.new_control();
+        let config = self.snapshot_config.transfer.clone();
+        let deadline = self.replica_transfer_timeout();
+        let metrics = self.metrics.transfer.clone();
+        let done = self.fetched_tx.clone();
+        let task = tokio::spawn(async move {
+            let id = offer.snapshot_id.clone();
+            let result = transfer::fetch(control, offer, peers, config, deadline, metrics).await;
+            let _ = done.send((id, result));
+        });
+        self.fetching = Some((id, AbortOnDrop(task)));
+    }
+
+    fn replica_transfer_timeout(&self) -> Duration {
+        self.replica.config().gossip.state_transfer_timeout
+    }
+
+    fn on_fetched(&mut self, id: String, fetched: Result<LwwMap, FetchError>) {
+        if self
+            .fetching
+            .as_ref()
+            .is_none_or(|(current, _)| *current != id)
+        {
+            return;
+        }
+        self.fetching = None;
+        let now = self.now();
+        match fetched {
+            Ok(state) => {
+                let entries = state.len_with_tombstones();
+                match self.replica.install_transferred(now, state) {
+                    Ok(()) => info!(snapshot = %id, entries, "installed the fetched state"),
+                    Err(error) => warn!(snapshot = %id, %error, "cannot install the fetched state"),
+                }
+            }
+            Err(error) => {
+                warn!(snapshot = %id, %error, "state transfer failed; asking the sponsor again");
+                self.replica.abandon_transfer(now);
+            }
+        }
+    }
+
+    fn send_now(&mut self, to: &NodeId, message: &NodeMessage) {
         let Some(peer) = peer_id(to) else { return };
         let bytes = encode(message);
         self.metrics.count_out(message.kind(), bytes.len());
@@ -826,7 +1059,32 @@ impl Driver {
             };
             self.last_sp = Some(sp);
             self.sp_tx.send_replace(view);
+            self.take_scheduled();
         }
+    }
+
+    /// Takes the scheduled snapshots due at the current stable height: the states are
+    /// taken here in O(1) and written on a blocking thread.
+    fn take_scheduled(&mut self) {
+        if !self.replica.is_member() {
+            return;
+        }
+        let height = self.replica.stable_cut().total();
+        let claimed = self.keeper.claim_due(height);
+        if claimed.is_empty() {
+            return;
+        }
+        let stable = (
+            self.replica.stable_state().clone(),
+            self.replica.stable_cut().clone(),
+        );
+        let applied = (
+            self.replica.applied_state().clone(),
+            self.replica.applied().clone(),
+        );
+        let sp = vector_json(self.replica.snapshot_point());
+        let keeper = self.keeper.clone();
+        tokio::task::spawn_blocking(move || keeper.take_scheduled(claimed, stable, applied, &sp));
     }
 }
 

@@ -10,6 +10,10 @@
 //! | `POST /v1/snapshots` | 201 and the [`SnapshotInfo`](super::snapshots::SnapshotInfo) of a new snapshot file of the stable state |
 //! | `GET /v1/snapshots` | `{"snapshots": [SnapshotInfo, ..]}` by height |
 //! | `GET /v1/snapshots/{id}` | the snapshot file (`tidemark snapshot verify` checks it) |
+//! | `POST /v1/snapshots/schedule` `{"start_height"?, "end_height"?, "spacing"?, "description"?, "of"?}` | 201 and the stored request with its `request_id`; 409 for a duplicate, 400 for an invalid range |
+//! | `GET /v1/snapshots/requests[?start_id=N][&limit=N]` | `{"requests": [..], "next_id": n\|null}` |
+//! | `GET /v1/snapshots/requests/{id}` | the request and its snapshots, each `pending` or `final` |
+//! | `DELETE /v1/snapshots/requests/{id}` | the removed request; 404 if unknown |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Every error is a 4xx or 5xx with `{"error": "<reason>"}`.
@@ -29,6 +33,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 
+use super::schedule::{ScheduleError, ScheduleRequest};
 use super::views::{At, Page, WriteBody};
 use super::{NodeError, NodeHandle, WriteError};
 use crate::replica::WriteRefused;
@@ -57,6 +62,7 @@ impl From<WriteError> for ApiError {
         let status = match &e {
             WriteError::Refused(WriteRefused::Joining) => StatusCode::SERVICE_UNAVAILABLE,
             WriteError::Refused(_) => StatusCode::CONFLICT,
+            WriteError::Archiver => StatusCode::FORBIDDEN,
             WriteError::NotDurable(_) | WriteError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
@@ -73,6 +79,12 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/snapshot-point/watch", get(watch))
         .route("/v1/snapshots", get(list_snapshots).post(create_snapshot))
         .route("/v1/snapshots/{id}", get(download_snapshot))
+        .route("/v1/snapshots/schedule", post(schedule_snapshots))
+        .route("/v1/snapshots/requests", get(snapshot_requests))
+        .route(
+            "/v1/snapshots/requests/{id}",
+            get(snapshot_request).delete(unschedule),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
@@ -168,6 +180,83 @@ async fn create_snapshot(State(node): State<NodeHandle>) -> Result<impl IntoResp
 async fn list_snapshots(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
     let snapshots = node.snapshots().await.map_err(snapshot_error)?;
     Ok(Json(serde_json::json!({ "snapshots": snapshots })))
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        ApiError(status, e.to_string())
+    }
+}
+
+async fn schedule_snapshots(
+    State(node): State<NodeHandle>,
+    body: Result<Json<ScheduleRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let added = node.schedule_snapshots(request).await?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestsQuery {
+    start_id: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most schedule requests in one page.
+pub const MAX_REQUESTS_PAGE: usize = 1_000;
+
+async fn snapshot_requests(
+    State(node): State<NodeHandle>,
+    query: Result<Query<RequestsQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{}; use ?start_id=N&limit=N", e.body_text()),
+        )
+    })?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_REQUESTS_PAGE {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_REQUESTS_PAGE}, not {limit}"),
+        ));
+    }
+    let (requests, next_id) = node.snapshot_requests(query.start_id.unwrap_or(0), limit);
+    Ok(Json(
+        serde_json::json!({ "requests": requests, "next_id": next_id }),
+    ))
+}
+
+fn request_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("request id {id:?} is not a number"),
+        )
+    })
+}
+
+async fn snapshot_request(
+    State(node): State<NodeHandle>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = request_id(&id)?;
+    let view = node
+        .snapshot_request(id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no schedule request {id}")))?;
+    Ok(Json(view))
+}
+
+async fn unschedule(
+    State(node): State<NodeHandle>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = request_id(&id)?;
+    Ok(Json(node.unschedule(id).await?))
 }
 
 fn snapshot_error(e: NodeError) -> ApiError {

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub unresolved_batches: Count,
     pub publish_failures: Count,
     pub direct_dropped: Count,
+    pub transfer: super::transfer::TransferMetrics,
+    pub snapshots_taken: Count,
+    pub snapshots_pruned: Count,
 }
 
 impl Metrics {
@@ -62,7 +65,50 @@ impl Metrics {
             unresolved_batches: Default::default(),
             publish_failures: Default::default(),
             direct_dropped: Default::default(),
+            transfer: Default::default(),
+            snapshots_taken: Default::default(),
+            snapshots_pruned: Default::default(),
         };
+        let t = &m.transfer;
+        for (name, help, counter) in [
+            (
+                "transfer_chunks_served",
+                "Snapshot chunks this node served to peers",
+                &t.chunks_served,
+            ),
+            (
+                "transfer_chunks_fetched",
+                "Verified snapshot chunks this node fetched",
+                &t.chunks_fetched,
+            ),
+            (
+                "transfer_chunks_refetched",
+                "Snapshot chunks asked again after a bad, late or failed answer",
+                &t.chunks_refetched,
+            ),
+            (
+                "transfer_bad_chunks",
+                "Snapshot chunks that failed verification",
+                &t.bad_chunks,
+            ),
+            (
+                "transfer_bytes_fetched",
+                "Bytes of verified snapshot chunks fetched",
+                &t.bytes_fetched,
+            ),
+            (
+                "snapshots_taken",
+                "Snapshot files this node wrote (on request or on schedule)",
+                &m.snapshots_taken,
+            ),
+            (
+                "snapshots_pruned",
+                "Snapshot files removed by retention",
+                &m.snapshots_pruned,
+            ),
+        ] {
+            m.registry.register(name, help, counter.clone());
+        }
         let registry = &mut m.registry;
         registry.register(
             "applied_ops",

@@ -8,7 +8,10 @@
 //! | [`codec`] | length-prefixed CBOR frames of the direct protocol |
 //! | `direct` (private) | direct messages: one long-lived stream per peer, and readers of inbound streams |
 //! | [`storage`] | the redb database: node key, checkpoint, op suffix |
-//! | [`snapshots`] | snapshot files of the stable state, made off the event loop, listed and served |
+//! | [`snapshots`] | snapshot files, made off the event loop, listed and served by id (also chunk by chunk) |
+//! | [`schedule`] | the persistent snapshot schedule: which heights to take |
+//! | [`keeper`] | takes scheduled snapshots, says which are pending or final, applies retention |
+//! | [`transfer`] | state transfer by snapshot chunks over `/tidemark/transfer/1` |
 //! | [`http`] | the axum HTTP API (SPEC §7, plus the snapshot-point watch and `/metrics`) |
 //! | [`views`] | JSON shapes of the API |
 //! | [`demo`] | `tidemark demo`: a local network of real nodes on loopback |
@@ -21,9 +24,12 @@ pub mod demo;
 mod direct;
 mod driver;
 pub mod http;
+pub mod keeper;
 pub mod metrics;
+pub mod schedule;
 pub mod snapshots;
 pub mod storage;
+pub mod transfer;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -55,6 +61,35 @@ pub struct NodeConfig {
     /// Where to serve the HTTP API; `None` serves none.
     pub api: Option<SocketAddr>,
     pub gossip: GossipConfig,
+    pub snapshots: SnapshotConfig,
+    /// Run as an archiver: a member that never writes ops and keeps every snapshot it
+    /// takes (its schedule decides which), serving them to joiners.
+    pub archiver: bool,
+    /// Found a new network from this snapshot file (after every node of the old one was
+    /// lost). Needs an empty data dir and no bootstrap peers.
+    pub restore_from: Option<PathBuf>,
+}
+
+/// How a node makes, keeps and hands over snapshots.
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    /// A joiner gets the stable state inside its grant up to this many entries; above it,
+    /// the state is offered as a snapshot fetched by chunks.
+    pub inline_state_max_entries: usize,
+    /// Final snapshots kept (the most recent ones); `None` keeps every one.
+    pub keep: Option<usize>,
+    /// How chunks are fetched when this node joins through a snapshot.
+    pub transfer: crate::snapshot::transfer::TransferConfig,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            inline_state_max_entries: 4096,
+            keep: Some(2),
+            transfer: Default::default(),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -67,6 +102,9 @@ impl NodeConfig {
             network: "tidemark".into(),
             api: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             gossip: GossipConfig::default(),
+            snapshots: SnapshotConfig::default(),
+            archiver: false,
+            restore_from: None,
         }
     }
 }
@@ -94,6 +132,10 @@ pub enum NodeError {
     Stopped,
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("cannot restore: {0}")]
+    Restore(String),
+    #[error("snapshot schedule: {0}")]
+    Schedule(String),
 }
 
 impl From<storage::StorageError> for NodeError {
@@ -109,6 +151,8 @@ pub enum WriteError {
     Refused(#[from] WriteRefused),
     #[error("the op could not be stored durably: {0}")]
     NotDurable(String),
+    #[error("this node is an archiver: it never writes ops")]
+    Archiver,
     #[error("the node has stopped")]
     Stopped,
 }
@@ -129,6 +173,8 @@ pub(crate) enum Command {
     StableState(oneshot::Sender<(crate::ops_log::LwwMap, VersionVector)>),
     /// Leave gracefully, then stop; answered once the node has stopped.
     Leave(oneshot::Sender<()>),
+    /// Take any scheduled snapshot that is due now.
+    CheckSchedule,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -137,7 +183,7 @@ pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     snapshot_point: watch::Receiver<SnapshotPointView>,
     applied: watch::Receiver<VersionVector>,
-    snapshots: Arc<snapshots::SnapshotStore>,
+    keeper: Arc<keeper::SnapshotKeeper>,
     peer_id: String,
     metrics: Arc<Metrics>,
 }
@@ -191,17 +237,19 @@ impl NodeHandle {
     /// is taken in O(1) and written on a blocking thread, so the node goes on applying ops.
     pub async fn create_snapshot(&self) -> Result<snapshots::SnapshotInfo, NodeError> {
         let (state, cut) = self.ask(Command::StableState).await?;
-        let store = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || store.create(&state, &cut))
+        let keeper = self.keeper.clone();
+        let sp = self.snapshot_point_json();
+        tokio::task::spawn_blocking(move || keeper.create_now(&state, &cut, &sp))
             .await
             .map_err(|_| NodeError::Stopped)?
             .map_err(NodeError::from)
     }
 
-    /// The snapshot files this node holds, by height.
+    /// The snapshot files this node holds, by height, each `pending` or `final`.
     pub async fn snapshots(&self) -> Result<Vec<snapshots::SnapshotInfo>, NodeError> {
-        let store = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || store.list())
+        let keeper = self.keeper.clone();
+        let sp = self.snapshot_point_json();
+        tokio::task::spawn_blocking(move || keeper.list(&sp))
             .await
             .map_err(|_| NodeError::Stopped)?
             .map_err(NodeError::from)
@@ -209,7 +257,65 @@ impl NodeHandle {
 
     /// The path of snapshot `id`'s file, if this node holds it.
     pub fn snapshot_file(&self, id: &str) -> Option<PathBuf> {
-        self.snapshots.file(id)
+        self.keeper.store.file(id)
+    }
+
+    /// Schedules snapshots (see [`schedule`]); the request is stored before this returns.
+    /// A height the snapshot point has reached already is taken at once.
+    pub async fn schedule_snapshots(
+        &self,
+        request: schedule::ScheduleRequest,
+    ) -> Result<schedule::Schedule, schedule::ScheduleError> {
+        let height = self.snapshot_point.borrow().ops;
+        let keeper = self.keeper.clone();
+        let added = tokio::task::spawn_blocking(move || keeper.book().add(request, height))
+            .await
+            .map_err(|e| schedule::ScheduleError::Io(std::io::Error::other(e)))??;
+        let _ = self.commands.send(Command::CheckSchedule).await;
+        Ok(added)
+    }
+
+    /// Up to `limit` schedule requests from id `start_id` on, and the next id after them.
+    pub fn snapshot_requests(
+        &self,
+        start_id: u64,
+        limit: usize,
+    ) -> (Vec<keeper::RequestView>, Option<u64>) {
+        let sp = self.snapshot_point_json();
+        let (page, next) = {
+            let book = self.keeper.book();
+            let (page, next) = book.page(start_id, limit);
+            (page.into_iter().cloned().collect::<Vec<_>>(), next)
+        };
+        let views = page
+            .into_iter()
+            .map(|request| self.keeper.view(request, &sp))
+            .collect();
+        (views, next)
+    }
+
+    /// Schedule request `id` with the status of each of its snapshots.
+    pub fn snapshot_request(&self, id: u64) -> Option<keeper::RequestView> {
+        self.keeper.request(id, &self.snapshot_point_json())
+    }
+
+    /// Removes schedule request `id`; its snapshots stay.
+    pub async fn unschedule(
+        &self,
+        id: u64,
+    ) -> Result<keeper::RequestView, schedule::ScheduleError> {
+        let keeper = self.keeper.clone();
+        let sp = self.snapshot_point_json();
+        tokio::task::spawn_blocking(move || {
+            let removed = keeper.book().remove(id)?;
+            Ok(keeper.view(removed, &sp))
+        })
+        .await
+        .map_err(|e| schedule::ScheduleError::Io(std::io::Error::other(e)))?
+    }
+
+    fn snapshot_point_json(&self) -> keeper::PointJson {
+        self.snapshot_point.borrow().snapshot_point.clone()
     }
 
     /// A receiver that sees every change of what this node has applied (its applied

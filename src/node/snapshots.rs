@@ -4,11 +4,19 @@
 //!
 //! A file is written as `<id>.partial`, synced, then renamed, so a listed snapshot is always
 //! whole. Its id is `<height, 20 digits>-<first 16 hex digits of the digest>`: the same
-//! state makes the same file.
+//! state makes the same file, and chunks are cut the same way everywhere, so two nodes
+//! holding a snapshot with one id serve the same chunks.
+//!
+//! Snapshots made to hand a stable state to a joiner go to `snapshots/transfers/`: they are
+//! not listed and not counted by retention, and are removed once no transfer has used them
+//! for [`TRANSFER_LINGER`]. Chunks are served from either directory by id; every served
+//! chunk renews a lease on its snapshot, and retention never removes a leased one.
 
-use std::io::{BufReader, BufWriter};
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -20,6 +28,9 @@ use crate::snapshot::{
 use crate::VersionVector;
 
 const SUFFIX: &str = ".tmsnap";
+/// How long a snapshot stays leased after a transfer last read from it, and how long a
+/// transfer snapshot is kept unused.
+pub const TRANSFER_LINGER: Duration = Duration::from_secs(60);
 
 /// One snapshot file, as the API shows it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -56,20 +67,36 @@ impl SnapshotInfo {
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    transfers: PathBuf,
+    /// Headers of files chunks were served from, with where their body starts.
+    headers: Mutex<BTreeMap<String, (SnapshotHeader, u64)>>,
+    /// When a transfer last read each snapshot.
+    leases: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl SnapshotStore {
     /// Opens (creating it if needed) `<data_dir>/snapshots`, removing unfinished files.
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         let dir = data_dir.join("snapshots");
-        std::fs::create_dir_all(&dir)?;
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "partial") {
-                let _ = std::fs::remove_file(path);
+        let transfers = dir.join("transfers");
+        std::fs::create_dir_all(&transfers)?;
+        for dir in [&dir, &transfers] {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                // unfinished files, and transfer snapshots of an earlier run
+                if path.extension().is_some_and(|e| e == "partial")
+                    || (*dir == transfers && path.is_file())
+                {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            transfers,
+            headers: Mutex::default(),
+            leases: Mutex::default(),
+        })
     }
 
     /// Writes `state` at `cut` as a snapshot file (on the calling thread: call it from a
@@ -79,23 +106,159 @@ impl SnapshotStore {
         state: &LwwMap,
         cut: &VersionVector,
     ) -> Result<SnapshotInfo, SnapshotError> {
+        let (id, header, bytes) = self.write_into(&self.dir, state, cut, true)?;
+        Ok(SnapshotInfo::new(id, &header, bytes))
+    }
+
+    /// A snapshot of `state` at `cut` to hand to a joiner: one already stored with the id
+    /// that `digest` gives, or a new file among the transfer snapshots (not synced: it is
+    /// only needed while this process runs). Returns its id and header.
+    pub fn offer(
+        &self,
+        state: &LwwMap,
+        cut: &VersionVector,
+        digest: Option<crate::ops_log::Digest>,
+    ) -> Result<(String, SnapshotHeader), SnapshotError> {
+        self.remove_unused_transfers();
+        if let Some(digest) = digest {
+            let id = snapshot_id(cut.total(), &digest);
+            if let Some((header, _)) = self.cached_header(&id)? {
+                self.lease(&id);
+                return Ok((id, header));
+            }
+        }
+        let (id, header, _) = self.write_into(&self.transfers, state, cut, false)?;
+        self.lease(&id);
+        Ok((id, header))
+    }
+
+    fn write_into(
+        &self,
+        dir: &Path,
+        state: &LwwMap,
+        cut: &VersionVector,
+        sync: bool,
+    ) -> Result<(String, SnapshotHeader, u64), SnapshotError> {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let partial = self
-            .dir
-            .join(format!("{created}-{}.partial", std::process::id()));
-        let file = std::fs::File::create(&partial)?;
-        let mut out = BufWriter::new(file);
-        let header = write_snapshot(&mut out, state, cut, created, DEFAULT_CHUNK_BYTES)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        let id = format!("{:020}-{}", header.height, &header.digest.to_hex()[..16]);
-        let path = self.path_of(&id);
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partial = dir.join(format!("{created}-{}-{n}.partial", std::process::id()));
+        let written = (|| {
+            let file = std::fs::File::create(&partial)?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let header = write_snapshot(&mut out, state, cut, created, DEFAULT_CHUNK_BYTES)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            if sync {
+                file.sync_all()?;
+            }
+            Ok::<_, SnapshotError>(header)
+        })();
+        let header = match written {
+            Ok(header) => header,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
+        let id = snapshot_id(header.height, &header.digest);
+        let path = dir.join(format!("{id}{SUFFIX}"));
         std::fs::rename(&partial, &path)?;
         let bytes = std::fs::metadata(&path)?.len();
-        Ok(SnapshotInfo::new(id, &header, bytes))
+        Ok((id, header, bytes))
+    }
+
+    /// Chunk `index` of snapshot `id` as stored (not verified here: the receiver verifies
+    /// it against the header), or `None` if this node has no such snapshot or chunk. Call
+    /// it from a blocking task. Renews the snapshot's lease.
+    pub fn read_chunk(&self, id: &str, index: usize) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let Some((header, body_start)) = self.cached_header(id)? else {
+            return Ok(None);
+        };
+        let Some(info) = header.chunks.get(index) else {
+            return Ok(None);
+        };
+        let Some(path) = self.any_file(id) else {
+            return Ok(None);
+        };
+        self.lease(id);
+        let mut file = std::fs::File::open(path)?;
+        file.seek(SeekFrom::Start(body_start + header.chunk_offset(index)))?;
+        let mut bytes = vec![0; info.len as usize];
+        file.read_exact(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// Whether a transfer read from snapshot `id` within the last [`TRANSFER_LINGER`].
+    pub fn is_leased(&self, id: &str) -> bool {
+        let leases = self.leases.lock().expect("lease lock");
+        leases
+            .get(id)
+            .is_some_and(|at| at.elapsed() < TRANSFER_LINGER)
+    }
+
+    fn lease(&self, id: &str) {
+        let mut leases = self.leases.lock().expect("lease lock");
+        leases.retain(|_, at| at.elapsed() < TRANSFER_LINGER);
+        leases.insert(id.to_string(), Instant::now());
+    }
+
+    fn cached_header(&self, id: &str) -> Result<Option<(SnapshotHeader, u64)>, SnapshotError> {
+        if let Some(found) = self.headers.lock().expect("header lock").get(id) {
+            if self.any_file(id).is_some() {
+                return Ok(Some(found.clone()));
+            }
+        }
+        let Some(path) = self.any_file(id) else {
+            return Ok(None);
+        };
+        let mut input = BufReader::new(std::fs::File::open(path)?);
+        let header = read_header(&mut input)?;
+        let body_start = input.stream_position()?;
+        let mut headers = self.headers.lock().expect("header lock");
+        if headers.len() > 64 {
+            headers.clear();
+        }
+        headers.insert(id.to_string(), (header.clone(), body_start));
+        Ok(Some((header, body_start)))
+    }
+
+    /// Removes transfer snapshots no transfer has read from for [`TRANSFER_LINGER`].
+    fn remove_unused_transfers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.transfers) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(SUFFIX))
+            else {
+                continue;
+            };
+            if !self.is_leased(id) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// The file of snapshot `id` among the listed snapshots or the transfer snapshots.
+    fn any_file(&self, id: &str) -> Option<PathBuf> {
+        self.file(id).or_else(|| {
+            let path = self.transfers.join(format!("{id}{SUFFIX}"));
+            (well_formed_id(id) && path.is_file()).then_some(path)
+        })
+    }
+
+    /// Removes snapshot `id` (a listed one).
+    pub fn remove(&self, id: &str) -> std::io::Result<()> {
+        match self.file(id) {
+            Some(path) => std::fs::remove_file(path),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
     }
 
     /// Every snapshot, by height.
@@ -122,19 +285,27 @@ impl SnapshotStore {
     /// The file of snapshot `id`, if there is one (ids other than the store's own form are
     /// refused, so no path outside the directory can be named).
     pub fn file(&self, id: &str) -> Option<PathBuf> {
-        let well_formed = id.len() == 37
-            && id.as_bytes()[20] == b'-'
-            && id
-                .bytes()
-                .enumerate()
-                .all(|(i, b)| i == 20 || b.is_ascii_digit() || (i > 20 && b.is_ascii_hexdigit()));
         let path = self.path_of(id);
-        (well_formed && path.is_file()).then_some(path)
+        (well_formed_id(id) && path.is_file()).then_some(path)
     }
 
     fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}{SUFFIX}"))
     }
+}
+
+/// The id of a snapshot at `height` with `digest`.
+pub fn snapshot_id(height: u64, digest: &crate::ops_log::Digest) -> String {
+    format!("{height:020}-{}", &digest.to_hex()[..16])
+}
+
+fn well_formed_id(id: &str) -> bool {
+    id.len() == 37
+        && id.as_bytes()[20] == b'-'
+        && id
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 20 || b.is_ascii_digit() || (i > 20 && b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

@@ -55,6 +55,12 @@ impl LwwMap {
     }
 
     /// Every entry, tombstones included, sorted by key (the state's canonical form).
+    /// The highest Lamport time of any entry (0 for an empty map): a node that starts from
+    /// this state must write above it.
+    pub fn max_lamport(&self) -> u64 {
+        self.entries.values().map(|e| e.lamport).max().unwrap_or(0)
+    }
+
     pub fn all_entries(&self) -> impl Iterator<Item = (&String, &LwwEntry)> {
         self.entries.iter()
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::gossip::{
     AntiEntropyDigest, GossipConfig, Message, OpsBatch, PublishedOps, Records, Repair,
 };
-use crate::join_protocol::{self, JoinRequest, JoinResponse};
+use crate::join_protocol::{self, JoinError, JoinGrant, JoinRequest, JoinResponse};
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{Digest, Op, OpsLog, Received, StateMachine};
@@ -72,6 +72,8 @@ pub struct ReplicaStats {
     pub rejoins: u64,
     /// Ops republished after a rejoin because the new sponsor did not have them (I5).
     pub ops_republished: u64,
+    /// State transfers given up (timed out, or the driver could not fetch the state).
+    pub state_transfers_abandoned: u64,
 }
 
 /// Why a local write (or a leave) was refused.
@@ -183,6 +185,8 @@ pub struct Replica<S: StateMachine> {
     told_evicted: BTreeMap<NodeId, Time>,
     /// Evictions adopted by the map, kept for observers when `journal_applied` is on.
     eviction_journal: Vec<(NodeId, u64)>,
+    /// A grant whose state is being fetched by the driver (joining only), and its sponsor.
+    awaited_grant: Option<(NodeId, JoinGrant<S>)>,
     stats: ReplicaStats,
 }
 
@@ -230,6 +234,7 @@ impl<S: StateMachine> Replica<S> {
             retired_records: Vec::new(),
             told_evicted: BTreeMap::new(),
             eviction_journal: Vec::new(),
+            awaited_grant: None,
             stats: ReplicaStats::default(),
         };
         replica.finish(now);
@@ -274,6 +279,34 @@ impl<S: StateMachine> Replica<S> {
             Phase::Member { leaving_by: None },
             map,
             OpsLog::new(),
+            seed,
+            now,
+        )
+    }
+
+    /// The founder of a new network that starts from `state` at `cut` (a snapshot of a
+    /// network that was lost): its applied vector and snapshot point start at `cut`, and
+    /// its own writes carry Lamport times above `lamport`.
+    pub fn restored(
+        id: NodeId,
+        state: S,
+        cut: VersionVector,
+        lamport: u64,
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        let mut own = MemberRecord::founder(id.clone());
+        own.addrs = config.addrs.clone();
+        own.applied = cut.clone();
+        let map = NetworkMap::new(own, now);
+        Self::with_parts(
+            id,
+            1,
+            config,
+            Phase::Member { leaving_by: None },
+            map,
+            OpsLog::from_stable(state, cut, lamport),
             seed,
             now,
         )
@@ -342,6 +375,10 @@ impl<S: StateMachine> Replica<S> {
     }
 
     // ---- queries -------------------------------------------------------------------
+
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
 
     pub fn id(&self) -> &NodeId {
         &self.id
@@ -578,6 +615,11 @@ impl<S: StateMachine> Replica<S> {
             unanswered,
         } = &mut self.phase
         {
+            if *retry_at <= now && self.awaited_grant.take().is_some() {
+                // the offered state did not arrive in time: ask the sponsor again
+                self.stats.state_transfers_abandoned += 1;
+                *unanswered = 0;
+            }
             if *retry_at <= now {
                 *unanswered += 1;
                 if *unanswered >= self.config.gossip.join_attempts_per_sponsor && sponsors.len() > 1
@@ -1070,6 +1112,49 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
         };
+        if grant.offer().is_some() {
+            // the driver fetches the offered snapshot; until it is installed (or the
+            // transfer is given up) the sponsor is not asked again
+            if self.awaited_grant.is_none() {
+                *retry_at = now + self.config.gossip.state_transfer_timeout;
+                *unanswered = 0;
+                self.awaited_grant = Some((from.clone(), grant));
+            }
+            return;
+        }
+        self.awaited_grant = None;
+        let _ = self.install_grant(now, grant);
+    }
+
+    /// The grant whose offered snapshot is being fetched, and the sponsor that granted it.
+    pub fn awaited_grant(&self) -> Option<(&NodeId, &JoinGrant<S>)> {
+        let (sponsor, grant) = self.awaited_grant.as_ref()?;
+        Some((sponsor, grant))
+    }
+
+    /// The driver fetched and verified the awaited grant's state: install it. Fails when no
+    /// grant awaits a state (it was given up meanwhile) or the grant does not install.
+    pub fn install_transferred(&mut self, now: Time, state: S) -> Result<(), JoinError> {
+        let Some((_, grant)) = self.awaited_grant.take() else {
+            return Err(JoinError::StateNotHere);
+        };
+        let installed = self.install_grant(now, grant.with_state(state));
+        self.finish(now);
+        installed
+    }
+
+    /// The driver could not fetch the awaited state: ask the sponsor again now.
+    pub fn abandon_transfer(&mut self, now: Time) {
+        if self.awaited_grant.take().is_some() {
+            self.stats.state_transfers_abandoned += 1;
+            if let Phase::Joining { retry_at, .. } = &mut self.phase {
+                *retry_at = now;
+            }
+        }
+        self.finish(now);
+    }
+
+    fn install_grant(&mut self, now: Time, grant: JoinGrant<S>) -> Result<(), JoinError> {
         match join_protocol::install(grant, &self.id, self.config.addrs.clone(), now) {
             Ok((mut log, map)) => {
                 // the suffix applied while installing is part of the handed-over state
@@ -1083,8 +1168,12 @@ impl<S: StateMachine> Replica<S> {
                     now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
                 self.next_failure_check = now + self.config.gossip.suspect_after;
                 self.republish_retired(now);
+                Ok(())
             }
-            Err(_) => self.stats.join_refusals += 1,
+            Err(e) => {
+                self.stats.join_refusals += 1;
+                Err(e)
+            }
         }
     }
 

@@ -299,44 +299,98 @@ pub fn decode_chunk<S: ChunkedState>(
     })
 }
 
+/// Rebuilds a state from a snapshot's chunks, given in order: verifies each against the
+/// header as it comes, and the whole against the header's entry count and digest at the
+/// end. Holds one chunk's entries at a time besides the state.
+pub struct StateBuilder<S: ChunkedState> {
+    header: SnapshotHeader,
+    state: S,
+    entries: u64,
+    next_index: usize,
+}
+
+impl<S: ChunkedState> StateBuilder<S> {
+    pub fn new(header: SnapshotHeader) -> Self {
+        Self {
+            header,
+            state: S::default(),
+            entries: 0,
+            next_index: 0,
+        }
+    }
+
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// Chunks added so far.
+    pub fn chunks_done(&self) -> usize {
+        self.next_index
+    }
+
+    /// Adds the next chunk's bytes.
+    pub fn push_chunk(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let index = self.next_index;
+        let chunk = decode_chunk::<S>(&self.header, index, bytes)?;
+        self.entries += chunk.len() as u64;
+        self.state
+            .extend_in_order(chunk)
+            .map_err(|reason| SnapshotError::ChunkOrder { index, reason })?;
+        self.next_index += 1;
+        Ok(())
+    }
+
+    /// The state, once every chunk is in and it matches the header.
+    pub fn finish(self) -> Result<S, SnapshotError> {
+        if self.next_index != self.header.chunks.len() {
+            return Err(SnapshotError::Malformed {
+                what: "snapshot",
+                reason: format!(
+                    "{} of {} chunks received",
+                    self.next_index,
+                    self.header.chunks.len()
+                ),
+            });
+        }
+        if self.entries != self.header.entries {
+            return Err(SnapshotError::EntryCount {
+                expected: self.header.entries,
+                found: self.entries,
+            });
+        }
+        let found = self.state.digest();
+        if found != self.header.digest {
+            return Err(SnapshotError::Digest {
+                expected: self.header.digest,
+                found,
+            });
+        }
+        Ok(self.state)
+    }
+}
+
 /// Reads a whole snapshot file, verifying every chunk as it is read and the state's digest
 /// at the end; returns the header and the state.
 pub fn read_snapshot<S: ChunkedState>(
     input: &mut impl Read,
 ) -> Result<(SnapshotHeader, S), SnapshotError> {
     let header = read_header(input)?;
-    let mut state = S::default();
-    let mut entries = 0u64;
+    let mut builder = StateBuilder::<S>::new(header.clone());
     let mut buf = Vec::new();
-    for (index, info) in header.chunks.iter().enumerate() {
+    for info in &header.chunks {
         buf.resize(info.len as usize, 0);
         input.read_exact(&mut buf)?;
-        let chunk = decode_chunk::<S>(&header, index, &buf)?;
-        entries += chunk.len() as u64;
-        state
-            .extend_in_order(chunk)
-            .map_err(|reason| SnapshotError::ChunkOrder { index, reason })?;
+        builder.push_chunk(&buf)?;
     }
     let mut rest = Vec::new();
     let trailing = input.take(1 << 20).read_to_end(&mut rest)?;
     if trailing > 0 {
         return Err(SnapshotError::TrailingBytes(trailing as u64));
     }
-    if entries != header.entries {
-        return Err(SnapshotError::EntryCount {
-            expected: header.entries,
-            found: entries,
-        });
-    }
-    let found = state.digest();
-    if found != header.digest {
-        return Err(SnapshotError::Digest {
-            expected: header.digest,
-            found,
-        });
-    }
-    Ok((header, state))
+    Ok((header, builder.finish()?))
 }
+
+pub mod transfer;
 
 #[cfg(test)]
 mod tests;

@@ -34,11 +34,41 @@ where
 
 /// Starts a node on loopback in `dir`, joining through `bootstrap` if given.
 pub async fn start_node(dir: &Path, bootstrap: Option<&Node>) -> Node {
+    start_node_with(dir, bootstrap, |_| {}).await
+}
+
+/// Like [`start_node`], with the config changed by `adjust` first.
+pub async fn start_node_with(
+    dir: &Path,
+    bootstrap: Option<&Node>,
+    adjust: impl FnOnce(&mut NodeConfig),
+) -> Node {
     let mut config = NodeConfig::local(dir);
     if let Some(b) = bootstrap {
         config.bootstrap = b.listen_addrs().to_vec();
     }
+    adjust(&mut config);
     Node::start(config).await.expect("node starts")
+}
+
+/// Writes `count` keys `prefix<i>` with values of `value_bytes` bytes, many at a time.
+pub async fn fill(handle: &NodeHandle, prefix: &str, count: usize, value_bytes: usize) {
+    use futures::StreamExt;
+    let value = "x".repeat(value_bytes);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let key = format!("{prefix}{i:08}");
+            let value = value.clone();
+            async move {
+                handle
+                    .put(&key, Some(&value))
+                    .await
+                    .expect("write accepted")
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
 }
 
 /// Starts `n` nodes, every one joining through the first.

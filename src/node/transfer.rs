@@ -1,0 +1,304 @@
+//! State transfer over `/tidemark/transfer/1` (SPEC §6, like Raft's InstallSnapshot and
+//! Cosmos state sync): a joiner whose grant offers a snapshot instead of an inline state
+//! fetches that snapshot's chunks from the sponsor and from any other node holding a
+//! snapshot with the same id, verifies every chunk against the header as it arrives, and
+//! rebuilds the state on a blocking thread, checked against the digest before it is
+//! installed. Serving happens in tasks of its own: neither side's event loop reads a file
+//! or decodes a chunk.
+//!
+//! Each exchange is one request and one answer on a stream of its own:
+//!
+//! ```text
+//! request = frame(CBOR {snapshot_id: text, index: uint})
+//! answer  = frame(0x00 · chunk bytes)      the chunk as stored
+//!         / frame(0x01)                    this node has no such snapshot or chunk
+//!         / frame(0x02 · UTF-8 reason)     the node could not read it
+//! ```
+//!
+//! Which chunk to ask of whom, and what to do with a bad, late or missing answer, is the
+//! sans-IO [`Transfer`] plan's business; this module only carries it out.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use prometheus_client::metrics::counter::Counter;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::codec::{read_frame_limited, write_frame_limited};
+use super::snapshots::SnapshotStore;
+use crate::join_protocol::StateOffer;
+use crate::ops_log::LwwMap;
+use crate::snapshot::transfer::{Transfer, TransferConfig};
+use crate::snapshot::{SnapshotError, StateBuilder, MAX_PART_BYTES};
+use crate::{NodeId, Time};
+
+/// The protocol id of chunk requests.
+pub const TRANSFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/tidemark/transfer/1");
+
+const ANSWER_CHUNK: u8 = 0;
+const ANSWER_NOT_FOUND: u8 = 1;
+const ANSWER_ERROR: u8 = 2;
+/// Largest request a server reads.
+const MAX_REQUEST_BYTES: usize = 1024;
+/// Chunks a node reads from disk for peers at once.
+const SERVING_AT_ONCE: usize = 8;
+/// Verified chunks waiting for the installer thread.
+const INSTALL_QUEUE: usize = 4;
+
+#[derive(Serialize, Deserialize)]
+struct ChunkRequest {
+    snapshot_id: String,
+    index: u32,
+}
+
+/// Counters of the transfers a node serves and makes.
+#[derive(Clone, Default)]
+pub struct TransferMetrics {
+    pub chunks_served: Counter,
+    pub chunks_fetched: Counter,
+    pub chunks_refetched: Counter,
+    pub bad_chunks: Counter,
+    pub bytes_fetched: Counter,
+}
+
+/// Why a transfer did not produce the state.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no peer holds snapshot {0}")]
+    NoSource(String),
+    #[error("snapshot {0} was not fetched within {1:?}")]
+    Deadline(String, Duration),
+    #[error("the fetched snapshot does not rebuild the offered state: {0}")]
+    Install(#[from] SnapshotError),
+    #[error("the installer stopped")]
+    InstallerStopped,
+}
+
+/// Serves chunks of the snapshots in `store` to every peer that asks, until the node stops
+/// (the returned task ends when the swarm is dropped).
+pub fn serve(
+    mut control: libp2p_stream::Control,
+    store: Arc<SnapshotStore>,
+    served: Counter,
+) -> JoinHandle<()> {
+    let mut incoming = control
+        .accept(TRANSFER_PROTOCOL)
+        .expect("the transfer protocol is accepted once per node");
+    let reading = Arc::new(Semaphore::new(SERVING_AT_ONCE));
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let store = store.clone();
+            let reading = reading.clone();
+            let served = served.clone();
+            tokio::spawn(async move {
+                if let Err(error) = answer_requests(stream, store, reading, served).await {
+                    debug!(%peer, %error, "transfer stream ended");
+                }
+            });
+        }
+    })
+}
+
+async fn answer_requests(
+    mut stream: libp2p::Stream,
+    store: Arc<SnapshotStore>,
+    reading: Arc<Semaphore>,
+    served: Counter,
+) -> io::Result<()> {
+    loop {
+        let request = match read_frame_limited(&mut stream, MAX_REQUEST_BYTES).await {
+            Ok(request) => request,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let answer = match ciborium::from_reader::<ChunkRequest, _>(request.as_slice()) {
+            Err(e) => error_answer(&format!("malformed request: {e}")),
+            Ok(request) => {
+                let _permit = reading.acquire().await.map_err(io::Error::other)?;
+                let store = store.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    store.read_chunk(&request.snapshot_id, request.index as usize)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                match read {
+                    Ok(Some(chunk)) => {
+                        served.inc();
+                        let mut answer = Vec::with_capacity(chunk.len() + 1);
+                        answer.push(ANSWER_CHUNK);
+                        answer.extend_from_slice(&chunk);
+                        answer
+                    }
+                    Ok(None) => vec![ANSWER_NOT_FOUND],
+                    Err(e) => error_answer(&e.to_string()),
+                }
+            }
+        };
+        write_frame_limited(&mut stream, &answer, MAX_PART_BYTES + 1).await?;
+        stream.flush().await?;
+    }
+}
+
+fn error_answer(reason: &str) -> Vec<u8> {
+    let mut answer = vec![ANSWER_ERROR];
+    answer.extend_from_slice(reason.as_bytes());
+    answer
+}
+
+enum Answer {
+    Chunk(Vec<u8>),
+    NotFound,
+}
+
+async fn request_chunk(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    snapshot_id: String,
+    index: usize,
+) -> io::Result<Answer> {
+    let mut stream = control
+        .open_stream(peer, TRANSFER_PROTOCOL)
+        .await
+        .map_err(io::Error::other)?;
+    let mut request = Vec::new();
+    ciborium::into_writer(
+        &ChunkRequest {
+            snapshot_id,
+            index: index as u32,
+        },
+        &mut request,
+    )
+    .map_err(io::Error::other)?;
+    write_frame_limited(&mut stream, &request, MAX_REQUEST_BYTES).await?;
+    stream.flush().await?;
+    let mut answer = read_frame_limited(&mut stream, MAX_PART_BYTES + 1).await?;
+    let _ = stream.close().await;
+    match answer.first() {
+        Some(&ANSWER_CHUNK) => {
+            answer.remove(0);
+            Ok(Answer::Chunk(answer))
+        }
+        Some(&ANSWER_NOT_FOUND) => Ok(Answer::NotFound),
+        Some(&ANSWER_ERROR) => Err(io::Error::other(
+            String::from_utf8_lossy(&answer[1..]).into_owned(),
+        )),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed chunk answer",
+        )),
+    }
+}
+
+/// Fetches the snapshot `offer` names from `sources` (the sponsor first), verifying every
+/// chunk, and rebuilds the state on a blocking thread. Gives up after `deadline`.
+pub async fn fetch(
+    control: libp2p_stream::Control,
+    offer: StateOffer,
+    sources: Vec<PeerId>,
+    config: TransferConfig,
+    deadline: Duration,
+    metrics: TransferMetrics,
+) -> Result<LwwMap, FetchError> {
+    let started = Instant::now();
+    let now = || Time(started.elapsed().as_micros() as u64);
+    let by_node: Vec<(NodeId, PeerId)> = sources
+        .iter()
+        .map(|p| (super::driver::node_id(p), *p))
+        .collect();
+    let peer_of = |node: &NodeId| by_node.iter().find(|(n, _)| n == node).map(|(_, p)| *p);
+    let request_timeout = config.chunk_timeout * 2;
+    let mut plan = Transfer::new(
+        offer.header.clone(),
+        by_node.iter().map(|(n, _)| n.clone()).collect(),
+        config,
+    );
+    let (chunks, mut to_install) = mpsc::channel::<Vec<u8>>(INSTALL_QUEUE);
+    let mut builder = StateBuilder::<LwwMap>::new(offer.header.clone());
+    let installer = tokio::task::spawn_blocking(move || {
+        while let Some(bytes) = to_install.blocking_recv() {
+            builder.push_chunk(&bytes)?;
+        }
+        builder.finish()
+    });
+    let mut in_flight = FuturesUnordered::new();
+    let mut fetched_before = 0u64;
+    loop {
+        while let Some(request) = plan.poll_request(now()) {
+            let Some(peer) = peer_of(&request.peer) else {
+                continue;
+            };
+            let control = control.clone();
+            let id = offer.snapshot_id.clone();
+            let node = request.peer.clone();
+            let index = request.index;
+            in_flight.push(async move {
+                let answer =
+                    tokio::time::timeout(request_timeout, request_chunk(control, peer, id, index))
+                        .await
+                        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)));
+                (node, index, answer)
+            });
+        }
+        while let Some((_, bytes)) = plan.pop_ready() {
+            if chunks.send(bytes).await.is_err() {
+                // the installer failed: its error is the transfer's
+                break;
+            }
+        }
+        let stats = plan.stats();
+        metrics
+            .chunks_refetched
+            .inc_by(stats.rerequested.saturating_sub(fetched_before));
+        fetched_before = stats.rerequested;
+        if plan.is_complete() || chunks.is_closed() {
+            break;
+        }
+        if plan.is_hopeless() {
+            return Err(FetchError::NoSource(offer.snapshot_id));
+        }
+        if started.elapsed() >= deadline {
+            return Err(FetchError::Deadline(offer.snapshot_id, deadline));
+        }
+        let wake = plan
+            .poll_timeout()
+            .map(|t| started + Duration::from_micros(t.as_micros()))
+            .unwrap_or(started + deadline)
+            .min(started + deadline);
+        tokio::select! {
+            Some((node, index, answer)) = in_flight.next() => match answer {
+                Ok(Answer::Chunk(bytes)) => {
+                    let len = bytes.len() as u64;
+                    match plan.on_chunk(now(), &node, index, bytes) {
+                        Ok(()) => {
+                            metrics.chunks_fetched.inc();
+                            metrics.bytes_fetched.inc_by(len);
+                        }
+                        Err(rejected) => {
+                            metrics.bad_chunks.inc();
+                            warn!(peer = %node, index, %rejected, "chunk rejected");
+                        }
+                    }
+                }
+                Ok(Answer::NotFound) => plan.on_not_found(&node, index),
+                Err(error) => {
+                    debug!(peer = %node, index, %error, "chunk request failed");
+                    plan.on_failure(now(), &node, index);
+                }
+            },
+            _ = tokio::time::sleep_until(wake) => plan.handle_timeout(now()),
+        }
+    }
+    drop(chunks);
+    installer
+        .await
+        .map_err(|_| FetchError::InstallerStopped)?
+        .map_err(FetchError::from)
+}

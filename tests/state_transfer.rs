@@ -1,0 +1,176 @@
+//! State transfer by snapshot chunks between real nodes (SPEC §6): a joiner of a network
+//! whose stable state is too large for a grant fetches it as a snapshot, verifies every
+//! chunk, fetches a bad chunk again from another node holding the same snapshot, and ends
+//! with the network's digest; and a node goes on applying ops while it exports a snapshot.
+
+mod support;
+
+use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use support::{eventually, fill, http, start_node_with};
+use tidemark::node::NodeHandle;
+
+fn metric(handle: &NodeHandle, name: &str) -> u64 {
+    let text = handle.metrics().encode();
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .unwrap_or(0.0) as u64
+}
+
+async fn stable_height(handle: &NodeHandle) -> u64 {
+    handle.watch_snapshot_point().borrow().ops
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_fetches_a_large_state_by_chunks_and_bad_chunks_again_from_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let small_grants = |c: &mut tidemark::node::NodeConfig| {
+        c.snapshots.inline_state_max_entries = 100;
+    };
+    let a = start_node_with(&dir.path().join("a"), None, small_grants).await;
+    let b = start_node_with(&dir.path().join("b"), Some(&a), small_grants).await;
+    let (ha, hb) = (a.handle(), b.handle());
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            hb.status()
+                .await
+                .is_ok_and(|s| s.phase == "member" && s.members == 2)
+        })
+        .await,
+        "b joins while the state is empty (an inline grant)"
+    );
+    // about 3.5 MB of state: four chunks of 1 MiB
+    const KEYS: usize = 3_500;
+    fill(&ha, "key", KEYS, 1_000).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            stable_height(&ha).await == KEYS as u64 && stable_height(&hb).await == KEYS as u64
+        })
+        .await,
+        "both snapshot points reach every write"
+    );
+
+    // both nodes hold a snapshot of the same stable state: the same id, the same chunks
+    let at_a = ha.create_snapshot().await.unwrap();
+    let at_b = hb.create_snapshot().await.unwrap();
+    assert_eq!(at_a.id, at_b.id, "the same state makes the same snapshot");
+    assert!(at_a.chunks >= 3, "{} chunks", at_a.chunks);
+    // damage every chunk of a's copy (its header still names the right hashes)
+    let path = ha.snapshot_file(&at_a.id).unwrap();
+    let mut input = BufReader::new(std::fs::File::open(&path).unwrap());
+    let header = tidemark::snapshot::read_header(&mut input).unwrap();
+    let body_start = input.stream_position().unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for index in 0..header.chunks.len() {
+        file.seek(SeekFrom::Start(
+            body_start + header.chunk_offset(index) + 100,
+        ))
+        .unwrap();
+        file.write_all(b"DAMAGED").unwrap();
+    }
+    drop(file);
+
+    // the joiner asks a, which offers its (damaged) snapshot of that state
+    let joiner = start_node_with(&dir.path().join("joiner"), Some(&a), small_grants).await;
+    let hj = joiner.handle();
+    let digest = ha.status().await.unwrap().digest;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            hj.status()
+                .await
+                .is_ok_and(|s| s.phase == "member" && s.digest == digest)
+        })
+        .await,
+        "the joiner installs the offered state: {:?}",
+        hj.status().await
+    );
+    assert!(
+        metric(&hj, "tidemark_transfer_bad_chunks_total") >= 1,
+        "the damaged chunks were caught on arrival"
+    );
+    assert!(metric(&hj, "tidemark_transfer_chunks_refetched_total") >= 1);
+    assert!(
+        metric(&hb, "tidemark_transfer_chunks_served_total") >= 1,
+        "b, holding the same snapshot, served the chunks a could not"
+    );
+    assert!(
+        metric(&ha, "tidemark_transfer_chunks_served_total") >= 1,
+        "a was asked first"
+    );
+    assert_eq!(
+        metric(&hj, "tidemark_transfer_chunks_fetched_total"),
+        header.chunks.len() as u64,
+        "every chunk verified once; none fetched twice after it verified"
+    );
+    let state = hj.state(tidemark::node::views::At::Snapshot).await.unwrap();
+    assert_eq!(state.entries.len(), KEYS);
+
+    // the network goes on: a write of the joiner reaches every snapshot point
+    hj.put("after-join", Some("yes")).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let mut heights = Vec::new();
+            for h in [&ha, &hb, &hj] {
+                heights.push(stable_height(h).await);
+            }
+            heights.iter().all(|h| *h == KEYS as u64 + 1)
+        })
+        .await,
+        "every snapshot point covers the joiner's write"
+    );
+    for node in [joiner, b, a] {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_go_on_being_applied_while_a_snapshot_is_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node_with(&dir.path().join("solo"), None, |_| {}).await;
+    let handle = node.handle();
+    // a state large enough that writing its snapshot takes a while
+    const KEYS: usize = 30_000;
+    fill(&handle, "big", KEYS, 1_000).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            stable_height(&handle).await == KEYS as u64
+        })
+        .await
+    );
+    let exporter = handle.clone();
+    let export = tokio::spawn(async move { exporter.create_snapshot().await });
+    let mut during = 0u64;
+    let mut seq = 0;
+    while !export.is_finished() {
+        seq += 1;
+        let written = handle.put(&format!("during{seq}"), Some("v")).await;
+        assert!(written.is_ok(), "{written:?}");
+        if !export.is_finished() {
+            during += 1;
+        }
+    }
+    let info = export.await.unwrap().unwrap();
+    assert!(
+        during >= 1,
+        "writes were acknowledged (applied and stored) while the snapshot was written"
+    );
+    assert!(
+        info.height >= KEYS as u64 && info.height <= KEYS as u64 + seq,
+        "the export is the stable state when it was asked for"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            stable_height(&handle).await == KEYS as u64 + seq
+        })
+        .await,
+        "the ops written meanwhile reach the snapshot point"
+    );
+    let api = node.api_addr().unwrap();
+    let list = http(api, "GET", "/v1/snapshots", None).await.json();
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
+    node.kill().await;
+}
