@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/2`);
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/3`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -296,7 +296,7 @@ fn build_swarm(
         .message_id_fn(message_id)
         .build()
         .map_err(|e| transport_err(&e))?;
-    let protocol_version = format!("/tidemark/{network}/2");
+    let protocol_version = format!("/tidemark/{network}/3");
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(

@@ -25,7 +25,8 @@ use super::SnapshotHeader;
 /// How a transfer asks for chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransferConfig {
-    /// Most chunk requests in flight at once, over all sources.
+    /// Most chunk requests in flight at once, over all sources (each on a stream of its
+    /// own, so that yamux's per-stream window does not bound the transfer).
     pub window: usize,
     /// A request unanswered for this long is late: given up and asked again.
     pub chunk_timeout: Duration,
@@ -40,11 +41,11 @@ pub struct TransferConfig {
 impl Default for TransferConfig {
     fn default() -> Self {
         Self {
-            window: 4,
+            window: 16,
             chunk_timeout: Duration::from_secs(10),
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
-            max_buffered: 8,
+            max_buffered: 32,
         }
     }
 }
@@ -386,7 +387,7 @@ mod tests {
         let mut out = Vec::new();
         while !plan.is_complete() {
             let asked = drain(&mut plan, t(0));
-            assert!(!asked.is_empty() && asked.len() <= 4, "{asked:?}");
+            assert!(!asked.is_empty() && asked.len() <= TransferConfig::default().window);
             for r in asked {
                 plan.on_chunk(t(0), &r.peer, r.index, data[r.index].clone())
                     .unwrap();

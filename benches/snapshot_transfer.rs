@@ -1,0 +1,246 @@
+//! Snapshot figures for a large state (issue 5): create, transfer and install throughput,
+//! the joiner's memory while it installs, and op-apply latency while a snapshot is
+//! exported.
+//!
+//! ```text
+//! cargo bench --bench snapshot_transfer -- [--mib 256]
+//! ```
+//!
+//! 1. A state of about `--mib` MiB (1 KB values) is built in memory and written as a
+//!    snapshot file (create), against a baseline in the same run: the same number of bytes
+//!    hashed with BLAKE3 and written to a file.
+//! 2. A node founds a network from that file (`--restore-from`: read, verify, install).
+//! 3. A joiner, a child process of the release binary, joins it: the sponsor writes the
+//!    snapshot it offers, the joiner fetches it by chunks over loopback, verifies and
+//!    installs it. The joiner's RSS is sampled every 20 ms.
+//! 4. Op-apply latency (a write acknowledged by the restored node) p50/p99, without and
+//!    then with snapshots being exported back to back.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use tidemark::node::{Node, NodeConfig};
+use tidemark::ops_log::{LwwEntry, LwwMap};
+use tidemark::snapshot::{write_snapshot, DEFAULT_CHUNK_BYTES};
+use tidemark::{NodeId, VersionVector};
+
+fn mb_per_s(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64()
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn write_latencies(
+    handle: &tidemark::node::NodeHandle,
+    n: usize,
+    tag: &str,
+) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        handle
+            .put(&format!("{tag}{i}"), Some("v"))
+            .await
+            .expect("write accepted");
+        out.push(started.elapsed());
+    }
+    out.sort();
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mib: u64 = args
+        .iter()
+        .position(|a| a == "--mib")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(mib));
+}
+
+async fn run(mib: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    println!("# snapshot figures, {mib} MiB state");
+
+    // 1. build and create
+    let origin = NodeId::synthetic(1);
+    let value = "v".repeat(1000);
+    let entries = mib * 1024 * 1024 / 1060;
+    let mut state = LwwMap::default();
+    for i in 0..entries {
+        state
+            .push_in_order(
+                format!("key{i:012}"),
+                LwwEntry {
+                    value: Some(value.clone()),
+                    lamport: i + 1,
+                    origin: origin.clone(),
+                },
+            )
+            .unwrap();
+    }
+    let mut cut = VersionVector::new();
+    cut.set(origin.clone(), entries);
+    let file = dir.path().join("big.tmsnap");
+    let started = Instant::now();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&file).unwrap());
+    let header = write_snapshot(&mut out, &state, &cut, 0, DEFAULT_CHUNK_BYTES).unwrap();
+    out.into_inner().unwrap().sync_all().unwrap();
+    let create = started.elapsed();
+    let bytes = std::fs::metadata(&file).unwrap().len();
+    // baseline: hash and write the same number of bytes
+    let raw = vec![7u8; bytes as usize];
+    let started = Instant::now();
+    let _ = blake3::hash(&raw);
+    let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
+    f.write_all(&raw).unwrap();
+    f.sync_all().unwrap();
+    let baseline = started.elapsed();
+    drop(raw);
+    println!(
+        "create: {} entries, {:.1} MB in {} chunks, {:.2} s = {:.0} MB/s (baseline hash+write {:.0} MB/s, ratio {:.2})",
+        entries,
+        bytes as f64 / 1e6,
+        header.chunks.len(),
+        create.as_secs_f64(),
+        mb_per_s(bytes, create),
+        mb_per_s(bytes, baseline),
+        create.as_secs_f64() / baseline.as_secs_f64()
+    );
+    drop(state);
+
+    // 2. restore
+    let started = Instant::now();
+    let founder = Node::start(NodeConfig {
+        restore_from: Some(file.clone()),
+        ..NodeConfig::local(dir.path().join("founder"))
+    })
+    .await
+    .expect("restored node starts");
+    let restore = started.elapsed();
+    let handle = founder.handle();
+    let digest = handle.status().await.unwrap().digest;
+    println!(
+        "restore (read, verify, install, checkpoint): {:.2} s = {:.0} MB/s",
+        restore.as_secs_f64(),
+        mb_per_s(bytes, restore)
+    );
+
+    // 3. a joiner process fetches it by chunks
+    let bootstrap = founder.listen_addrs()[0].to_string();
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["node", "--data-dir"])
+        .arg(dir.path().join("joiner"))
+        .args(["--bootstrap", &bootstrap])
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            std::fs::File::create("/tmp/joiner.log")
+                .map(std::process::Stdio::from)
+                .unwrap_or(std::process::Stdio::null()),
+        )
+        .spawn()
+        .expect("the joiner starts");
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let api: std::net::SocketAddr = info["api"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rss_start = rss_kib(pid, "VmRSS:").unwrap_or(0);
+    let mut peak = rss_start;
+    let joined = loop {
+        peak = peak.max(rss_kib(pid, "VmRSS:").unwrap_or(0));
+        let status = support::http(api, "GET", "/v1/status", None).await;
+        if status.status == 200 {
+            let s = status.json();
+            if s["phase"] == "member" && s["digest"] == digest.as_str() {
+                break started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the joiner never installed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let rss_end = rss_kib(pid, "VmRSS:").unwrap_or(0);
+    let hwm = rss_kib(pid, "VmHWM:").unwrap_or(peak);
+    let metrics = support::http(api, "GET", "/metrics", None).await.body;
+    let fetched = metrics
+        .lines()
+        .find(|l| l.starts_with("tidemark_transfer_chunks_fetched_total"))
+        .unwrap_or("")
+        .to_string();
+    println!(
+        "join (sponsor writes the offer, joiner fetches {} chunks, verifies, installs): {:.2} s = {:.0} MB/s end to end",
+        fetched.split_whitespace().nth(1).unwrap_or("?"),
+        joined.as_secs_f64(),
+        mb_per_s(bytes, joined)
+    );
+    println!(
+        "joiner RSS: {:.0} MiB at start, peak {:.0} MiB (VmHWM), {:.0} MiB once installed; growth {:.0} MiB, transient above the installed state {:.0} MiB",
+        rss_start as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        rss_end as f64 / 1024.0,
+        (hwm.saturating_sub(rss_start)) as f64 / 1024.0,
+        (hwm.saturating_sub(rss_end)) as f64 / 1024.0,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // 4. op-apply latency without and with exports
+    let quiet = write_latencies(&handle, 300, "quiet").await;
+    let exporter = handle.clone();
+    let exporting = tokio::spawn(async move {
+        let mut made = 0u32;
+        loop {
+            if exporter.create_snapshot().await.is_err() {
+                return made;
+            }
+            made += 1;
+        }
+    });
+    let busy = write_latencies(&handle, 300, "busy").await;
+    exporting.abort();
+    let (q50, q99) = (percentile(&quiet, 0.5), percentile(&quiet, 0.99));
+    let (b50, b99) = (percentile(&busy, 0.5), percentile(&busy, 0.99));
+    println!(
+        "op-apply latency (300 sequential writes): no export p50 {:.1} ms p99 {:.1} ms; exporting p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
+        q50.as_secs_f64() * 1e3,
+        q99.as_secs_f64() * 1e3,
+        b50.as_secs_f64() * 1e3,
+        b99.as_secs_f64() * 1e3,
+        b99.as_secs_f64() / q99.as_secs_f64()
+    );
+    founder.kill().await;
+}
