@@ -232,11 +232,7 @@ impl SnapshotStore {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(SUFFIX))
-            else {
+            let Some(id) = id_of(&path) else {
                 continue;
             };
             if !self.is_leased(id) {
@@ -266,11 +262,7 @@ impl SnapshotStore {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(SUFFIX))
-            else {
+            let Some(id) = id_of(&path) else {
                 continue;
             };
             let mut input = BufReader::new(std::fs::File::open(&path)?);
@@ -297,6 +289,11 @@ impl SnapshotStore {
 /// The id of a snapshot at `height` with `digest`.
 pub fn snapshot_id(height: u64, digest: &crate::ops_log::Digest) -> String {
     format!("{height:020}-{}", &digest.to_hex()[..16])
+}
+
+/// The snapshot id a snapshot file's path names.
+fn id_of(path: &Path) -> Option<&str> {
+    path.file_name()?.to_str()?.strip_suffix(SUFFIX)
 }
 
 fn well_formed_id(id: &str) -> bool {

@@ -162,6 +162,11 @@ impl Transfer {
         {
             return None;
         }
+        for source in &mut self.sources {
+            if source.backoff_until.is_some_and(|t| t <= now) {
+                source.backoff_until = None;
+            }
+        }
         let index = (self.next_out..self.header.chunks.len())
             .find(|i| !self.ready.contains_key(i) && !self.in_flight.contains_key(i))?;
         let source = self
@@ -196,7 +201,11 @@ impl Transfer {
         let missing = index >= self.next_out
             && index < self.header.chunks.len()
             && !self.ready.contains_key(&index);
-        if !missing {
+        // an answer nobody is waiting for is taken only for a chunk that was asked before
+        // (a late answer), so unasked chunks cannot crowd the buffer
+        let asked =
+            outstanding || self.in_flight.contains_key(&index) || self.retried.contains(&index);
+        if !missing || !asked {
             return Err(ChunkRejected::NotRequested { index });
         }
         if let Err(rejected) = self.verify(index, &bytes) {
@@ -251,6 +260,11 @@ impl Transfer {
 
     /// Gives up requests older than `chunk_timeout` as failures of their source.
     pub fn handle_timeout(&mut self, now: Time) {
+        for source in &mut self.sources {
+            if source.backoff_until.is_some_and(|t| t <= now) {
+                source.backoff_until = None;
+            }
+        }
         let late: Vec<usize> = self
             .in_flight
             .iter()
@@ -264,6 +278,9 @@ impl Transfer {
 
     /// The earliest time at which a request becomes late or a backoff ends.
     pub fn poll_timeout(&self) -> Option<Time> {
+        if self.is_complete() {
+            return None;
+        }
         let late = self
             .in_flight
             .values()
@@ -546,6 +563,32 @@ mod tests {
         assert!(drain(&mut plan, t(0)).is_empty());
         assert!(plan.is_hopeless());
         assert_eq!(plan.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_backoff_that_ended_is_no_longer_a_deadline_and_unasked_chunks_are_refused() {
+        let data = chunks(3);
+        let mut plan = Transfer::new(header(&data), vec![peer(1)], TransferConfig::default());
+        let first = drain(&mut plan, t(0));
+        plan.on_failure(t(0), &peer(1), first[0].index);
+        assert_eq!(plan.poll_timeout(), Some(t(500)));
+        let again = drain(&mut plan, t(600));
+        assert_eq!(again.len(), 1);
+        assert!(
+            plan.poll_timeout().unwrap() > t(600),
+            "an ended backoff must not make the caller wake at once, forever"
+        );
+        assert_eq!(
+            plan.on_chunk(t(600), &peer(9), 2, data[2].clone())
+                .map_err(|_| ()),
+            Ok(()),
+            "chunk 2 is in flight: a valid copy is as good as any"
+        );
+        let mut fresh = Transfer::new(header(&data), vec![peer(1)], TransferConfig::default());
+        assert!(
+            fresh.on_chunk(t(0), &peer(9), 1, data[1].clone()).is_err(),
+            "never asked"
+        );
     }
 
     #[test]
