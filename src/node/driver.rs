@@ -254,7 +254,6 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         last_sp: None,
         stop_now: false,
         keys: KeyIndex::default(),
-        snapshots: snapshots.clone(),
         keeper: keeper.clone(),
         snapshot_config: config.snapshots.clone(),
         preparing: BTreeSet::new(),
@@ -484,7 +483,6 @@ struct Driver {
     /// A leave came while still joining: stop without a farewell.
     stop_now: bool,
     keys: KeyIndex,
-    snapshots: Arc<SnapshotStore>,
     keeper: Arc<SnapshotKeeper>,
     snapshot_config: super::SnapshotConfig,
     /// Joiners whose grant is being turned into a snapshot offer.
@@ -851,7 +849,7 @@ impl Driver {
         }
         let digest =
             (grant.stable_cut == *self.replica.stable_cut()).then(|| self.replica.stable_digest());
-        let store = self.snapshots.clone();
+        let store = self.keeper.store.clone();
         let grant = grant.clone();
         let joiner = joiner.clone();
         let prepared = self.prepared_tx.clone();
@@ -885,20 +883,11 @@ impl Driver {
     /// Starts fetching the snapshot the awaited grant offers (and stops a fetch of one no
     /// longer awaited).
     fn fetch_awaited_state(&mut self) {
-        let awaited = self.replica.awaited_grant().and_then(|(sponsor, grant)| {
-            let offer = grant.offer()?.clone();
-            let others = grant
-                .members
-                .0
-                .iter()
-                .filter(|r| r.state.counts() && r.id != *sponsor && r.id != *self.replica.id());
-            let sources: Vec<(NodeId, Vec<String>)> =
-                std::iter::once((sponsor.clone(), Vec::new()))
-                    .chain(others.map(|r| (r.id.clone(), r.addrs.clone())))
-                    .collect();
-            Some((offer, sources))
-        });
-        let Some((offer, sources)) = awaited else {
+        let Some((sponsor, grant)) = self.replica.awaited_grant() else {
+            self.fetching = None;
+            return;
+        };
+        let Some(offer) = grant.offer() else {
             self.fetching = None;
             return;
         };
@@ -909,6 +898,16 @@ impl Driver {
         {
             return;
         }
+        let me = self.replica.id();
+        let others = grant
+            .members
+            .0
+            .iter()
+            .filter(|r| r.state.counts() && r.id != *sponsor && r.id != *me);
+        let sources: Vec<(NodeId, Vec<String>)> = std::iter::once((sponsor.clone(), Vec::new()))
+            .chain(others.map(|r| (r.id.clone(), r.addrs.clone())))
+            .collect();
+        let offer = offer.clone();
         for (id, addrs) in &sources {
             add_addresses(&mut self.swarm, id, addrs);
         }
@@ -917,7 +916,7 @@ impl Driver {
         let id = offer.snapshot_id.clone();
         let control = self.swarm.behaviour().streams.new_control();
         let config = self.snapshot_config.transfer.clone();
-        let deadline = self.replica_transfer_timeout();
+        let deadline = self.replica.config().gossip.state_transfer_timeout;
         let metrics = self.metrics.transfer.clone();
         let done = self.fetched_tx.clone();
         let task = tokio::spawn(async move {
@@ -926,10 +925,6 @@ impl Driver {
             let _ = done.send((id, result));
         });
         self.fetching = Some((id, AbortOnDrop(task)));
-    }
-
-    fn replica_transfer_timeout(&self) -> Duration {
-        self.replica.config().gossip.state_transfer_timeout
     }
 
     fn on_fetched(&mut self, id: String, fetched: Result<LwwMap, FetchError>) {

@@ -225,7 +225,9 @@ async fn snapshot_requests(
             format!("limit must be between 1 and {MAX_REQUESTS_PAGE}, not {limit}"),
         ));
     }
-    let (requests, next_id) = node.snapshot_requests(query.start_id.unwrap_or(0), limit);
+    let (requests, next_id) = node
+        .snapshot_requests(query.start_id.unwrap_or(0), limit)
+        .await?;
     Ok(Json(
         serde_json::json!({ "requests": requests, "next_id": next_id }),
     ))
@@ -247,6 +249,7 @@ async fn snapshot_request(
     let id = request_id(&id)?;
     let view = node
         .snapshot_request(id)
+        .await?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no schedule request {id}")))?;
     Ok(Json(view))
 }

@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::schedule::{Schedule, ScheduleBook, ScheduleError, SnapshotOf, TakenSnapshot};
+use super::schedule::{Schedule, ScheduleBook, SnapshotOf, TakenSnapshot};
 use super::snapshots::{SnapshotInfo, SnapshotStore};
 use crate::ops_log::LwwMap;
 use crate::snapshot::SnapshotError;
@@ -176,11 +176,12 @@ impl SnapshotKeeper {
     /// A request with the status of each of its snapshots at `sp`.
     pub fn request(&self, id: u64, sp: &PointJson) -> Option<RequestView> {
         let request = self.book().get(id)?.clone();
-        Some(self.view(request, sp))
+        self.views(vec![request], sp).pop()
     }
 
-    /// Views of requests, with their snapshots' status at `sp`.
-    pub fn view(&self, request: Schedule, sp: &PointJson) -> RequestView {
+    /// Views of requests, with their snapshots' status at `sp` (the snapshot directory is
+    /// read once for all of them). Call from a blocking thread.
+    pub fn views(&self, requests: Vec<Schedule>, sp: &PointJson) -> Vec<RequestView> {
         let held: BTreeMap<String, SnapshotInfo> = self
             .store
             .list()
@@ -188,20 +189,27 @@ impl SnapshotKeeper {
             .into_iter()
             .map(|info| (info.id.clone(), info))
             .collect();
-        let snapshots = request
-            .snapshots
-            .iter()
-            .map(|taken| {
-                let held = held.get(&taken.snapshot_id);
-                TakenView {
-                    taken: taken.clone(),
-                    // retention removes final snapshots only
-                    status: status(held.is_none_or(|info| covers(sp, &info.snapshot_point))),
-                    available: held.is_some(),
-                }
+        requests
+            .into_iter()
+            .map(|request| {
+                let snapshots = request
+                    .snapshots
+                    .iter()
+                    .map(|taken| {
+                        let held = held.get(&taken.snapshot_id);
+                        TakenView {
+                            taken: taken.clone(),
+                            // retention removes final snapshots only
+                            status: status(
+                                held.is_none_or(|info| covers(sp, &info.snapshot_point)),
+                            ),
+                            available: held.is_some(),
+                        }
+                    })
+                    .collect();
+                RequestView { request, snapshots }
             })
-            .collect();
-        RequestView { request, snapshots }
+            .collect()
     }
 
     /// Removes final snapshots beyond the most recent `keep`, sparing any a transfer is
@@ -209,11 +217,10 @@ impl SnapshotKeeper {
     pub fn prune(&self, sp: &PointJson) {
         let Some(keep) = self.keep else { return };
         let Ok(list) = self.store.list() else { return };
-        let finals: Vec<&SnapshotInfo> = list
+        let mut finals: Vec<&SnapshotInfo> = list
             .iter()
             .filter(|info| covers(sp, &info.snapshot_point))
             .collect();
-        let mut finals = finals;
         finals.sort_by_key(|info| (info.height, info.created_unix_ms));
         let excess = finals.len().saturating_sub(keep);
         for info in &finals[..excess] {
@@ -236,11 +243,5 @@ fn status(is_final: bool) -> &'static str {
         "final"
     } else {
         "pending"
-    }
-}
-
-impl From<ScheduleError> for super::NodeError {
-    fn from(e: ScheduleError) -> Self {
-        super::NodeError::Schedule(e.to_string())
     }
 }

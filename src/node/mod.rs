@@ -135,7 +135,7 @@ pub enum NodeError {
     #[error("cannot restore: {0}")]
     Restore(String),
     #[error("snapshot schedule: {0}")]
-    Schedule(String),
+    Schedule(#[from] schedule::ScheduleError),
 }
 
 impl From<storage::StorageError> for NodeError {
@@ -276,27 +276,35 @@ impl NodeHandle {
     }
 
     /// Up to `limit` schedule requests from id `start_id` on, and the next id after them.
-    pub fn snapshot_requests(
+    pub async fn snapshot_requests(
         &self,
         start_id: u64,
         limit: usize,
-    ) -> (Vec<keeper::RequestView>, Option<u64>) {
+    ) -> Result<(Vec<keeper::RequestView>, Option<u64>), NodeError> {
+        let keeper = self.keeper.clone();
         let sp = self.snapshot_point_json();
-        let (page, next) = {
-            let book = self.keeper.book();
-            let (page, next) = book.page(start_id, limit);
-            (page.into_iter().cloned().collect::<Vec<_>>(), next)
-        };
-        let views = page
-            .into_iter()
-            .map(|request| self.keeper.view(request, &sp))
-            .collect();
-        (views, next)
+        tokio::task::spawn_blocking(move || {
+            let (page, next) = {
+                let book = keeper.book();
+                let (page, next) = book.page(start_id, limit);
+                (page.into_iter().cloned().collect(), next)
+            };
+            (keeper.views(page, &sp), next)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)
     }
 
     /// Schedule request `id` with the status of each of its snapshots.
-    pub fn snapshot_request(&self, id: u64) -> Option<keeper::RequestView> {
-        self.keeper.request(id, &self.snapshot_point_json())
+    pub async fn snapshot_request(
+        &self,
+        id: u64,
+    ) -> Result<Option<keeper::RequestView>, NodeError> {
+        let keeper = self.keeper.clone();
+        let sp = self.snapshot_point_json();
+        tokio::task::spawn_blocking(move || keeper.request(id, &sp))
+            .await
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Removes schedule request `id`; its snapshots stay.
@@ -308,7 +316,7 @@ impl NodeHandle {
         let sp = self.snapshot_point_json();
         tokio::task::spawn_blocking(move || {
             let removed = keeper.book().remove(id)?;
-            Ok(keeper.view(removed, &sp))
+            Ok(keeper.views(vec![removed], &sp).remove(0))
         })
         .await
         .map_err(|e| schedule::ScheduleError::Io(std::io::Error::other(e)))?

@@ -181,11 +181,6 @@ impl ScheduleError {
             ScheduleError::Io(_) | ScheduleError::Corrupt(_) => 500,
         }
     }
-
-    /// Whether the request is at fault (a 4xx status), not the node.
-    pub fn is_client_error(&self) -> bool {
-        (400..500).contains(&self.http_status())
-    }
 }
 
 /// What the book's file holds.
@@ -364,15 +359,6 @@ impl ScheduleBook {
             return Err(e);
         }
         Ok(done)
-    }
-
-    /// The ids of every snapshot a request in the book recorded (retention may want to
-    /// know which snapshots a request points to).
-    pub fn snapshot_ids(&self) -> impl Iterator<Item = &str> {
-        self.stored
-            .requests
-            .values()
-            .flat_map(|r| r.snapshots.iter().map(|s| s.snapshot_id.as_str()))
     }
 
     /// Writes the book to `<file>.tmp`, syncs it and renames it over the file.
@@ -577,7 +563,7 @@ mod tests {
             matches!(dup, ScheduleError::Duplicate { existing } if existing == first.request_id)
         );
         assert_eq!(dup.http_status(), 409);
-        assert!(dup.is_client_error());
+        assert!((400..500).contains(&dup.http_status()));
         assert!(
             dup.to_string()
                 .contains(&format!("request {}", first.request_id)),
@@ -704,20 +690,6 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_ids_lists_what_the_requests_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut book = ScheduleBook::open(dir.path()).unwrap();
-        let a = book.add(req(Some(1), None, Some(1)), 0).unwrap().request_id;
-        let b = book.add(req(Some(2), None, Some(2)), 0).unwrap().request_id;
-        book.record(a, taken("s1", 1, 1)).unwrap();
-        book.record(a, taken("s2", 2, 2)).unwrap();
-        book.record(b, taken("s2", 2, 2)).unwrap();
-        let mut ids: Vec<&str> = book.snapshot_ids().collect();
-        ids.sort_unstable();
-        assert_eq!(ids, vec!["s1", "s2", "s2"]);
-    }
-
-    #[test]
     fn requests_taken_snapshots_and_ids_survive_a_reopen_and_ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
         let mut book = ScheduleBook::open(dir.path()).unwrap();
@@ -742,7 +714,6 @@ mod tests {
         assert_eq!(again.next_height, Some(20));
         assert!(book.get(once).is_none(), "a done request stays gone");
         assert!(book.get(removed).is_none(), "a deleted request stays gone");
-        assert_eq!(book.snapshot_ids().collect::<Vec<_>>(), vec!["snap"]);
         let next = book.add(req(Some(7), None, None), 0).unwrap().request_id;
         assert!(
             next > kept && next > once && next > removed,
@@ -765,7 +736,7 @@ mod tests {
         let e = book.add(req(Some(5), None, None), 0).unwrap_err();
         assert!(matches!(e, ScheduleError::Io(_)), "{e}");
         assert_eq!(e.http_status(), 500);
-        assert!(!e.is_client_error());
+        assert!(!(400..500).contains(&e.http_status()));
         assert!(book.record(id, taken("s", 10, 10)).is_err());
         assert!(book.remove(id).is_err());
         let request = book.get(id).unwrap();

@@ -229,7 +229,7 @@ pub async fn fetch(
         builder.finish()
     });
     let mut in_flight = FuturesUnordered::new();
-    let mut fetched_before = 0u64;
+    let mut rerequests_counted = 0u64;
     loop {
         while let Some(request) = plan.poll_request(now()) {
             let Some(peer) = peer_of(&request.peer) else {
@@ -256,8 +256,8 @@ pub async fn fetch(
         let stats = plan.stats();
         metrics
             .chunks_refetched
-            .inc_by(stats.rerequested.saturating_sub(fetched_before));
-        fetched_before = stats.rerequested;
+            .inc_by(stats.rerequested.saturating_sub(rerequests_counted));
+        rerequests_counted = stats.rerequested;
         if plan.is_complete() || chunks.is_closed() {
             break;
         }

@@ -265,23 +265,7 @@ impl<S: StateMachine> Replica<S> {
         seed: u64,
         now: Time,
     ) -> Self {
-        let mut own = MemberRecord::founder(id.clone());
-        own.addrs = config.addrs.clone();
-        let mut map = NetworkMap::new(own, now);
-        for record in founders.iter().filter(|r| r.id != id) {
-            map.merge(record.clone(), now);
-        }
-        map.take_dirty();
-        Self::with_parts(
-            id,
-            1,
-            config,
-            Phase::Member { leaving_by: None },
-            map,
-            OpsLog::new(),
-            seed,
-            now,
-        )
+        Self::founded(id, founders, OpsLog::new(), config, seed, now)
     }
 
     /// The founder of a new network that starts from `state` at `cut` (a snapshot of a
@@ -296,17 +280,34 @@ impl<S: StateMachine> Replica<S> {
         seed: u64,
         now: Time,
     ) -> Self {
+        let log = OpsLog::from_stable(state, cut, lamport);
+        Self::founded(id, &[], log, config, seed, now)
+    }
+
+    /// A founding member starting from `log`, with the other founders' records.
+    fn founded(
+        id: NodeId,
+        founders: &[Arc<MemberRecord>],
+        log: OpsLog<S>,
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Self {
         let mut own = MemberRecord::founder(id.clone());
         own.addrs = config.addrs.clone();
-        own.applied = cut.clone();
-        let map = NetworkMap::new(own, now);
+        own.applied = log.applied().clone();
+        let mut map = NetworkMap::new(own, now);
+        for record in founders.iter().filter(|r| r.id != id) {
+            map.merge(record.clone(), now);
+        }
+        map.take_dirty();
         Self::with_parts(
             id,
             1,
             config,
             Phase::Member { leaving_by: None },
             map,
-            OpsLog::from_stable(state, cut, lamport),
+            log,
             seed,
             now,
         )

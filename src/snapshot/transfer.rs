@@ -162,11 +162,7 @@ impl Transfer {
         {
             return None;
         }
-        for source in &mut self.sources {
-            if source.backoff_until.is_some_and(|t| t <= now) {
-                source.backoff_until = None;
-            }
-        }
+        self.end_backoffs(now);
         let index = (self.next_out..self.header.chunks.len())
             .find(|i| !self.ready.contains_key(i) && !self.in_flight.contains_key(i))?;
         let source = self
@@ -260,11 +256,7 @@ impl Transfer {
 
     /// Gives up requests older than `chunk_timeout` as failures of their source.
     pub fn handle_timeout(&mut self, now: Time) {
-        for source in &mut self.sources {
-            if source.backoff_until.is_some_and(|t| t <= now) {
-                source.backoff_until = None;
-            }
-        }
+        self.end_backoffs(now);
         let late: Vec<usize> = self
             .in_flight
             .iter()
@@ -329,6 +321,15 @@ impl Transfer {
             return Err(ChunkRejected::WrongHash { index });
         }
         Ok(())
+    }
+
+    /// Clears the backoffs over at `now`, so they are no longer reported as deadlines.
+    fn end_backoffs(&mut self, now: Time) {
+        for source in &mut self.sources {
+            if source.backoff_until.is_some_and(|t| t <= now) {
+                source.backoff_until = None;
+            }
+        }
     }
 
     fn give_up(&mut self, now: Time, index: usize) {
