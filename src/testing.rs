@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::gossip::{decode, encode, Message};
+use crate::join_protocol::{HandedOverState, JoinResponse, StateOffer};
 use crate::ops_log::StateMachine;
 use crate::replica::{Action, Replica, ReplicaConfig};
+use crate::snapshot::SnapshotHeader;
 use crate::{NodeId, Time};
 
 /// Replicas connected by an instant, in-order, in-memory network.
@@ -30,6 +32,12 @@ pub struct LoopbackNet<S: StateMachine> {
     pub cut_off: Vec<bool>,
     /// Crashed nodes: they receive nothing and their timers do not fire.
     pub crashed: Vec<bool>,
+    /// Sponsors offer their stable state as a snapshot instead of handing it over inline,
+    /// as a node does with a large state. The states held back wait in `offered`, by
+    /// joiner, until the test installs them (`Replica::install_transferred`) as a driver
+    /// does once a transfer is done.
+    pub offer_states: bool,
+    pub offered: Vec<(NodeId, S)>,
 }
 
 impl<S: StateMachine> LoopbackNet<S> {
@@ -59,6 +67,8 @@ impl<S: StateMachine> LoopbackNet<S> {
             wire_bytes: 0,
             cut_off: Vec::new(),
             crashed: Vec::new(),
+            offer_states: false,
+            offered: Vec::new(),
         };
         net.wakes = vec![None; net.nodes.len()];
         net.cut_off = vec![false; net.nodes.len()];
@@ -120,6 +130,7 @@ impl<S: StateMachine> LoopbackNet<S> {
         while let Some(action) = self.nodes[i].poll_action() {
             match action {
                 Action::Send { to, message } => {
+                    let message = self.offer_instead(&to, message);
                     if let Some(j) = self.index(&to) {
                         let message = self.carry(&message);
                         self.queue.push_back((j, from.clone(), message));
@@ -137,6 +148,41 @@ impl<S: StateMachine> LoopbackNet<S> {
                 Action::ScheduleWake { at } => self.wakes[i] = Some(at),
             }
         }
+    }
+
+    /// With `offer_states`, a grant's inline state is kept back in `offered` and the grant
+    /// offers a snapshot of it instead.
+    fn offer_instead(&mut self, to: &NodeId, message: Arc<Message<S>>) -> Arc<Message<S>> {
+        if !self.offer_states {
+            return message;
+        }
+        let Message::JoinResponse(response) = message.as_ref() else {
+            return message;
+        };
+        let JoinResponse::Granted(grant) = response.as_ref() else {
+            return message;
+        };
+        let HandedOverState::Inline(state) = &grant.stable_state else {
+            return message;
+        };
+        let header = SnapshotHeader {
+            version: 1,
+            snapshot_point: grant.stable_cut.clone(),
+            height: grant.stable_cut.total(),
+            digest: state.digest(),
+            created_unix_ms: 0,
+            entries: 0,
+            chunks: Vec::new(),
+        };
+        self.offered.push((to.clone(), state.clone()));
+        let mut grant = grant.clone();
+        grant.stable_state = HandedOverState::Snapshot(StateOffer {
+            snapshot_id: format!("offer-{}", self.offered.len()),
+            header,
+        });
+        Arc::new(Message::JoinResponse(Box::new(JoinResponse::Granted(
+            grant,
+        ))))
     }
 
     /// Delivers everything queued and fires wake-ups, in time order, up to `until`.

@@ -223,6 +223,7 @@ pub fn install<S: StateMachine>(
     grant: JoinGrant<S>,
     me: &NodeId,
     addrs: Vec<String>,
+    reports_made: u64,
     now: Time,
 ) -> Result<(OpsLog<S>, NetworkMap), JoinError> {
     let registration = grant.registration;
@@ -251,7 +252,9 @@ pub fn install<S: StateMachine>(
         incarnation: registration.incarnation,
         state: MemberState::Alive,
         sponsor: registration.sponsor.clone(),
-        report_seq: 1,
+        // above the registration and any keepalive the joiner sent while fetching its
+        // state, or the first report would be taken for a stale one
+        report_seq: registration.report_seq.max(reports_made) + 1,
         applied: log.applied().clone(),
         registrations: 0,
         addrs,

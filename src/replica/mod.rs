@@ -74,6 +74,8 @@ pub struct ReplicaStats {
     pub ops_republished: u64,
     /// State transfers given up (timed out, or the driver could not fetch the state).
     pub state_transfers_abandoned: u64,
+    /// Keepalive reports sent while a grant's state was being fetched.
+    pub keepalives_sent: u64,
 }
 
 /// Why a local write (or a leave) was refused.
@@ -187,6 +189,14 @@ pub struct Replica<S: StateMachine> {
     eviction_journal: Vec<(NodeId, u64)>,
     /// A grant whose state is being fetched by the driver (joining only), and its sponsor.
     awaited_grant: Option<(NodeId, JoinGrant<S>)>,
+    /// While a grant's state is fetched: when the next keepalive report is due, and the
+    /// `report_seq` of the last one sent (see [`Replica::send_keepalive`]).
+    next_keepalive: Time,
+    keepalive_seq: u64,
+    /// How many times a grant replaced this replica's ops log. Within one generation each
+    /// stable state is the one before with the newly stable ops folded in, which lets a
+    /// store keep the stable state incrementally.
+    log_generation: u64,
     stats: ReplicaStats,
 }
 
@@ -235,6 +245,9 @@ impl<S: StateMachine> Replica<S> {
             told_evicted: BTreeMap::new(),
             eviction_journal: Vec::new(),
             awaited_grant: None,
+            next_keepalive: now,
+            keepalive_seq: 0,
+            log_generation: 0,
             stats: ReplicaStats::default(),
         };
         replica.finish(now);
@@ -620,6 +633,11 @@ impl<S: StateMachine> Replica<S> {
                 // the offered state did not arrive in time: ask the sponsor again
                 self.stats.state_transfers_abandoned += 1;
                 *unanswered = 0;
+            }
+            if *retry_at > now && self.awaited_grant.is_some() && self.next_keepalive <= now {
+                self.send_keepalive(now);
+                self.finish(now);
+                return;
             }
             if *retry_at <= now {
                 *unanswered += 1;
@@ -1120,11 +1138,19 @@ impl<S: StateMachine> Replica<S> {
                 *retry_at = now + self.config.gossip.state_transfer_timeout;
                 *unanswered = 0;
                 self.awaited_grant = Some((from.clone(), grant));
+                self.next_keepalive = now + self.config.gossip.heartbeat_interval;
             }
             return;
         }
         self.awaited_grant = None;
         let _ = self.install_grant(now, grant);
+    }
+
+    /// How many times a grant replaced this replica's ops log. Within one generation each
+    /// stable state is the one before with the newly stable ops folded in, which lets a
+    /// store keep the stable state incrementally.
+    pub fn log_generation(&self) -> u64 {
+        self.log_generation
     }
 
     /// The grant whose offered snapshot is being fetched, and the sponsor that granted it.
@@ -1144,6 +1170,47 @@ impl<S: StateMachine> Replica<S> {
         installed
     }
 
+    /// While the awaited grant's state is fetched, the joiner is registered but cannot
+    /// report as members do (it has no state to report on), and a fetch of a large state
+    /// outlasts `suspect_after` and `suspicion_timeout`. So it reports its registration
+    /// again every `heartbeat_interval`, with a raised `report_seq` and the registration's
+    /// `applied` (the join cut, which the state it installs reaches), to the sponsor and
+    /// up to two other members; they adopt it as a fresh report (which also refutes a
+    /// suspicion) and relay it. Its first report as a member comes after these.
+    fn send_keepalive(&mut self, now: Time) {
+        self.next_keepalive = now + self.config.gossip.heartbeat_interval;
+        let Some((sponsor, grant)) = &self.awaited_grant else {
+            return;
+        };
+        let registration = &grant.registration;
+        self.keepalive_seq = self.keepalive_seq.max(registration.report_seq) + 1;
+        let report = Arc::new(MemberRecord {
+            state: MemberState::Alive,
+            report_seq: self.keepalive_seq,
+            addrs: self.config.addrs.clone(),
+            ..(**registration).clone()
+        });
+        let mut others: Vec<NodeId> = grant
+            .members
+            .0
+            .iter()
+            .filter(|r| r.state.counts() && r.id != *sponsor && r.id != self.id)
+            .map(|r| r.id.clone())
+            .collect();
+        let mut to = vec![sponsor.clone()];
+        while to.len() < 3 && !others.is_empty() {
+            to.push(others.swap_remove(self.rng.random_range(0..others.len())));
+        }
+        let message = Arc::new(Message::Status(Records(vec![report])));
+        for peer in to {
+            self.outbox.push_back(Action::Send {
+                to: peer,
+                message: message.clone(),
+            });
+        }
+        self.stats.keepalives_sent += 1;
+    }
+
     /// The driver could not fetch the awaited state: ask the sponsor again now.
     pub fn abandon_transfer(&mut self, now: Time) {
         if self.awaited_grant.take().is_some() {
@@ -1156,11 +1223,19 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn install_grant(&mut self, now: Time, grant: JoinGrant<S>) -> Result<(), JoinError> {
-        match join_protocol::install(grant, &self.id, self.config.addrs.clone(), now) {
+        let reports_made = self.keepalive_seq;
+        match join_protocol::install(
+            grant,
+            &self.id,
+            self.config.addrs.clone(),
+            reports_made,
+            now,
+        ) {
             Ok((mut log, map)) => {
                 // the suffix applied while installing is part of the handed-over state
                 log.drain_applied();
                 self.log = log;
+                self.log_generation += 1;
                 self.map = map;
                 self.phase = Phase::Member { leaving_by: None };
                 self.own_changed = true;
@@ -1394,7 +1469,10 @@ impl<S: StateMachine> Replica<S> {
 
     fn next_deadline(&self) -> Option<Time> {
         match &self.phase {
-            Phase::Joining { retry_at, .. } => Some(*retry_at),
+            Phase::Joining { retry_at, .. } => match self.awaited_grant {
+                Some(_) => Some((*retry_at).min(self.next_keepalive)),
+                None => Some(*retry_at),
+            },
             Phase::Left => self.status_due(),
             Phase::Member { leaving_by } => [
                 self.publish_at,

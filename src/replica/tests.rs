@@ -703,3 +703,71 @@ fn a_report_that_came_with_a_batch_is_adopted_but_not_relayed() {
         "every member got the writer's reports with its batches: none is relayed"
     );
 }
+
+#[test]
+fn a_joiner_fetching_its_state_for_longer_than_the_eviction_bound_stays_a_member() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.write(0, put("x", "1"));
+    net.run_for(Duration::from_millis(200));
+    net.offer_states = true;
+    let j = net.add_joiner(id(10), id(1));
+    net.run_for(Duration::from_millis(50));
+    assert!(
+        net.nodes[j].awaited_grant().is_some(),
+        "the grant offers a snapshot"
+    );
+    assert!(!net.nodes[j].is_member());
+    // the transfer takes three eviction bounds: the joiner keeps reporting
+    net.run_for(3 * eviction_bound());
+    for r in &net.nodes[..4] {
+        let entry = r.network_map().get(&id(10)).expect("registered everywhere");
+        assert_eq!(entry.record.state, MemberState::Alive, "at {:?}", r.id());
+    }
+    assert!(net.nodes[j].stats().keepalives_sent >= 3);
+    let (to, state) = net.offered.pop().expect("a state was offered");
+    assert_eq!(to, id(10));
+    let now = net.now;
+    net.nodes[j].install_transferred(now, state).unwrap();
+    net.flush(j);
+    net.write(j, put("y", "2"));
+    net.run_for(Duration::from_millis(500));
+    for r in &net.nodes {
+        assert_eq!(r.network_map().counted(), 5);
+        assert_eq!(r.stable_state().get("y"), Some("2"), "at {:?}", r.id());
+    }
+    // reports made as a member come after the keepalives, so they are not taken as stale
+    let own = net.nodes[j]
+        .network_map()
+        .get(&id(10))
+        .unwrap()
+        .record
+        .clone();
+    assert_eq!(
+        net.nodes[0]
+            .network_map()
+            .get(&id(10))
+            .unwrap()
+            .record
+            .report_seq,
+        own.report_seq
+    );
+    assert!(own.report_seq > net.nodes[j].stats().keepalives_sent);
+}
+
+#[test]
+fn without_keepalives_a_silent_fetching_joiner_would_be_evicted() {
+    // the control for the test above: a registration that never reports is evicted in
+    // the same time (so the test above measures the keepalives, not a lenient detector)
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.run_for(Duration::from_millis(200));
+    net.offer_states = true;
+    let j = net.add_joiner(id(10), id(1));
+    net.run_for(Duration::from_millis(50));
+    assert!(net.nodes[j].awaited_grant().is_some());
+    net.crashed[j] = true;
+    net.run_for(3 * eviction_bound());
+    for r in &net.nodes[..4] {
+        let entry = r.network_map().get(&id(10)).expect("registered everywhere");
+        assert_eq!(entry.record.state, MemberState::Evicted, "at {:?}", r.id());
+    }
+}
