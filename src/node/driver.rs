@@ -35,7 +35,7 @@ use super::keeper::SnapshotKeeper;
 use super::metrics::Metrics;
 use super::schedule::ScheduleBook;
 use super::snapshots::SnapshotStore;
-use super::storage::{Batch, Storage};
+use super::storage::{Batch, Stager, StateWrite, Storage};
 use super::transfer::{self, FetchError};
 use super::views::{
     vector_json, At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
@@ -78,7 +78,7 @@ pub(super) struct Started {
 }
 
 pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
-    let storage = Storage::open(&config.data_dir)?;
+    let storage = Arc::new(Storage::open(&config.data_dir)?);
     let snapshots = Arc::new(
         SnapshotStore::open(&config.data_dir)
             .map_err(|e| NodeError::Snapshot(crate::snapshot::SnapshotError::Io(e)))?,
@@ -136,6 +136,9 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             .finish()
     };
     let loaded = storage.load()?;
+    // the stored state is the resumed replica's (its first log generation); a new or
+    // restored node has none yet
+    let state_stored = loaded.checkpoint.is_some();
     if loaded.checkpoint.is_some() && config.restore_from.is_some() {
         return Err(NodeError::Restore(
             "the data dir already holds a node; restore into an empty one".into(),
@@ -249,6 +252,8 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         acks: Vec::new(),
         leave_waiters: Vec::new(),
         stored: StoredMark::default(),
+        stored_generation: None,
+        staged_generation: None,
         last_checkpoint: None,
         dial_backoff: BTreeMap::new(),
         last_sp: None,
@@ -265,6 +270,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         _serving: serving,
         archiver: config.archiver,
     };
+    driver.stored_generation = state_stored.then(|| driver.replica.log_generation());
     // everything the replica did while starting (a rejoin's request, a founder's record)
     driver.after_event()?;
     let handle = NodeHandle {
@@ -461,7 +467,11 @@ struct Driver {
     replica: Replica<LwwMap>,
     direct: Direct,
     swarm: Swarm<Behaviour>,
-    storage: Storage,
+    storage: Arc<Storage>,
+    /// The log generation whose stable state the store holds (its checkpoints fold).
+    stored_generation: Option<u64>,
+    /// The log generation whose transferred state was staged in the store.
+    staged_generation: Option<u64>,
     topic: IdentTopic,
     epoch: Instant,
     wake_at: Option<Time>,
@@ -789,9 +799,18 @@ impl Driver {
         let due = self
             .last_checkpoint
             .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+        let generation = self.replica.log_generation();
+        let state = if self.stored_generation == Some(generation) {
+            StateWrite::Fold
+        } else if self.staged_generation == Some(generation) {
+            StateWrite::Staged
+        } else {
+            StateWrite::Whole
+        };
         let mut batch = Batch {
             ops,
             checkpoint: None,
+            state,
             // own new ops are acknowledged (and published) only once they are on disk
             durable: identity_changed || !self.acks.is_empty(),
         };
@@ -806,14 +825,22 @@ impl Driver {
             return Ok(());
         }
         let wrote_checkpoint = batch.checkpoint.is_some();
-        if let Err(e) = self.storage.write(&batch) {
-            for (reply, _) in self.acks.drain(..) {
-                let _ = reply.send(Err(WriteError::NotDurable(e.to_string())));
+        let written = match self.storage.write(&batch) {
+            Ok(written) => written,
+            Err(e) => {
+                for (reply, _) in self.acks.drain(..) {
+                    let _ = reply.send(Err(WriteError::NotDurable(e.to_string())));
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         drop(batch);
         if wrote_checkpoint {
+            if written.whole {
+                debug!(entries = written.entries, "stored the whole stable state");
+            }
+            self.stored_generation = Some(generation);
+            self.staged_generation = None;
             self.last_checkpoint = Some(Instant::now());
             self.stored = StoredMark {
                 incarnation: self.replica.incarnation(),
@@ -919,9 +946,11 @@ impl Driver {
         let deadline = self.replica.config().gossip.state_transfer_timeout;
         let metrics = self.metrics.transfer.clone();
         let done = self.fetched_tx.clone();
+        let stager = Stager::new(self.storage.clone(), offer.header.snapshot_point.clone());
         let task = tokio::spawn(async move {
             let id = offer.snapshot_id.clone();
-            let result = transfer::fetch(control, offer, peers, config, deadline, metrics).await;
+            let result =
+                transfer::fetch(control, offer, peers, config, deadline, metrics, stager).await;
             let _ = done.send((id, result));
         });
         self.fetching = Some((id, AbortOnDrop(task)));
@@ -941,7 +970,11 @@ impl Driver {
             Ok(state) => {
                 let entries = state.len_with_tombstones();
                 match self.replica.install_transferred(now, state) {
-                    Ok(()) => info!(snapshot = %id, entries, "installed the fetched state"),
+                    Ok(()) => {
+                        // the fetch staged the state in the store as it arrived
+                        self.staged_generation = Some(self.replica.log_generation());
+                        info!(snapshot = %id, entries, "installed the fetched state")
+                    }
                     Err(error) => warn!(snapshot = %id, %error, "cannot install the fetched state"),
                 }
             }

@@ -3,30 +3,52 @@
 //! | table | key | value (CBOR unless noted) |
 //! |---|---|---|
 //! | `meta` | `"node_key"` | the libp2p keypair (protobuf encoding) |
-//! | `meta` | `"checkpoint"` | [`Checkpoint`]: incarnation, phase, stable state and cut, Lamport time, network map |
-//! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the checkpoint's stable cut |
+//! | `meta` | `"checkpoint_header"` | [`Checkpoint`] without its state: incarnation, phase, stable cut, Lamport time, network map |
+//! | `state` | key (UTF-8) | the stable state's [`LwwEntry`] for that key, at the header's stable cut |
+//! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the header's stable cut |
+//! | `staged` | key (UTF-8) | a transferred state being written while it is fetched |
+//! | `meta` | `"staged_cut"` | the cut of the state in `staged` |
 //!
 //! Every change is one redb write transaction, committed durably before the driver lets
 //! anything that depends on it out (a 201, a publish): a `kill -9` at any moment leaves the
-//! last committed transaction, which holds every acknowledged op. Ops at or below the
-//! stored stable cut are deleted in the same transaction that stores the checkpoint, and
-//! skipped on load if a crash came between.
+//! last committed transaction, which holds every acknowledged op.
+//!
+//! The stable state is stored incrementally. A checkpoint normally *folds*: the ops between
+//! the stored cut and the new one are already in `ops`; the keys they touch are written
+//! with the new stable state's entries and the ops are deleted, all in the transaction that
+//! stores the new header. Its cost follows the ops that became stable, not the state. A
+//! state that replaced the log (a grant) is written whole, or, when it was transferred,
+//! was written to `staged` chunk by chunk as it arrived (off the event loop) and the
+//! checkpoint swaps `staged` in and folds from its cut.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tracing::warn;
 
-use crate::ops_log::{LwwMap, LwwOp, Op};
+use crate::ops_log::{LwwEntry, LwwMap, LwwOp, Op};
 use crate::replica::Checkpoint;
+use crate::snapshot::ChunkedState;
 use crate::version_vector::VersionVector;
 use crate::NodeId;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ops");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const STAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("staged");
 
 const NODE_KEY: &str = "node_key";
-const CHECKPOINT: &str = "checkpoint";
+const HEADER: &str = "checkpoint_header";
+const STAGED_CUT: &str = "staged_cut";
+/// Where versions before the incremental state kept the whole checkpoint, state included;
+/// migrated when the database is opened.
+const LEGACY_CHECKPOINT: &str = "checkpoint";
+
+/// redb's page cache. Its default (1 GiB) let a node's memory grow with the state it
+/// wrote; the pages a node reads back are few and recent.
+const CACHE_BYTES: usize = 16 << 20;
 
 /// A storage failure: the node stops rather than run on without durability.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +89,26 @@ pub struct Storage {
     db: Database,
 }
 
+/// How a checkpoint's stable state reaches the `state` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateWrite {
+    /// The state is the stored one with the ops up to the new cut folded in (the same log
+    /// generation): only the keys those ops touch are written. Falls back to `Whole` when
+    /// the stored ops do not account for the difference between the cuts.
+    Fold,
+    /// The whole state is written (a state installed from a grant handed over inline).
+    Whole,
+    /// The state was written to `staged` as it was transferred ([`Storage::stage`]); it
+    /// replaces the stored one and the ops above its cut are folded in.
+    Staged,
+}
+
 /// One batch of changes, written in one transaction.
-#[derive(Default)]
 pub struct Batch<'a> {
     pub ops: Vec<Arc<Op<LwwOp>>>,
     pub checkpoint: Option<Checkpoint<&'a LwwMap>>,
+    /// How the checkpoint's state is stored (ignored without a checkpoint).
+    pub state: StateWrite,
     /// Whether the batch must be on disk when `write` returns (it holds this node's own
     /// new ops, or a new incarnation or phase). Otherwise it is committed without a sync,
     /// atomically, and reaches the disk with the next durable write: a crash may lose it,
@@ -85,14 +122,57 @@ impl Batch<'_> {
     }
 }
 
+/// What a checkpoint write did to the stored state (for logs and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateWritten {
+    /// Entries written to the `state` table.
+    pub entries: u64,
+    /// Whether the whole state was written.
+    pub whole: bool,
+}
+
+fn corrupt(what: &'static str) -> impl FnOnce(ciborium::de::Error<std::io::Error>) -> StorageError {
+    move |e| StorageError::Corrupt {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn to_cbor<T: serde::Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) {
+    buf.clear();
+    ciborium::into_writer(value, &mut *buf).expect("writing to a Vec");
+}
+
 impl Storage {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. A state left half-staged by a transfer
+    /// that did not finish is dropped; a checkpoint in the layout before the incremental
+    /// state is migrated.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("tidemark.redb"))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("tidemark.redb"))?;
         let txn = db.begin_write()?;
-        txn.open_table(META)?;
-        txn.open_table(OPS)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            txn.open_table(OPS)?;
+            txn.open_table(STATE)?;
+            txn.delete_table(STAGED)?;
+            meta.remove(STAGED_CUT)?;
+            let legacy = meta.remove(LEGACY_CHECKPOINT)?.map(|v| v.value().to_vec());
+            if let Some(bytes) = legacy {
+                let checkpoint: Checkpoint<LwwMap> =
+                    ciborium::from_reader(bytes.as_slice()).map_err(corrupt("checkpoint"))?;
+                let mut state = txn.open_table(STATE)?;
+                let mut buf = Vec::new();
+                for (key, entry) in checkpoint.stable_state.all_entries() {
+                    to_cbor(entry, &mut buf);
+                    state.insert(key.as_str(), buf.as_slice())?;
+                }
+                to_cbor(&header_of(&checkpoint), &mut buf);
+                meta.insert(HEADER, buf.as_slice())?;
+            }
+        }
         txn.commit()?;
         Ok(Self { db })
     }
@@ -111,18 +191,28 @@ impl Storage {
         Ok(())
     }
 
-    /// The last checkpoint and the ops stored above its stable cut.
+    /// The last checkpoint (its state read from the `state` table) and the ops stored
+    /// above its stable cut.
     pub fn load(&self) -> Result<Loaded, StorageError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let checkpoint: Option<Checkpoint<LwwMap>> = match meta.get(CHECKPOINT)? {
+        let checkpoint = match meta.get(HEADER)? {
             Some(v) => {
-                Some(
-                    ciborium::from_reader(v.value()).map_err(|e| StorageError::Corrupt {
-                        what: "checkpoint",
-                        reason: e.to_string(),
-                    })?,
-                )
+                let header: Checkpoint<()> =
+                    ciborium::from_reader(v.value()).map_err(corrupt("checkpoint"))?;
+                let mut state = LwwMap::default();
+                for row in txn.open_table(STATE)?.iter()? {
+                    let (key, value) = row?;
+                    let entry: LwwEntry =
+                        ciborium::from_reader(value.value()).map_err(corrupt("state entry"))?;
+                    state
+                        .extend_in_order([(key.value().to_owned(), entry)])
+                        .map_err(|reason| StorageError::Corrupt {
+                            what: "state",
+                            reason,
+                        })?;
+                }
+                Some(with_state(header, state))
             }
             None => None,
         };
@@ -134,11 +224,7 @@ impl Storage {
         let mut ops = Vec::new();
         for row in table.iter()? {
             let (_, value) = row?;
-            let op: Op<LwwOp> =
-                ciborium::from_reader(value.value()).map_err(|e| StorageError::Corrupt {
-                    what: "op",
-                    reason: e.to_string(),
-                })?;
+            let op: Op<LwwOp> = ciborium::from_reader(value.value()).map_err(corrupt("op"))?;
             if op.seq > cut.get(&op.origin) {
                 ops.push(Arc::new(op));
             }
@@ -147,27 +233,87 @@ impl Storage {
     }
 
     /// Writes a batch in one transaction, synced to disk if the batch is `durable`.
-    pub fn write(&self, batch: &Batch<'_>) -> Result<(), StorageError> {
+    pub fn write(&self, batch: &Batch<'_>) -> Result<StateWritten, StorageError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(StateWritten::default());
         }
         let mut txn = self.db.begin_write()?;
         if !batch.durable {
             txn.set_durability(redb::Durability::None);
         }
+        let mut written = StateWritten::default();
         {
             let mut ops = txn.open_table(OPS)?;
             let mut buf = Vec::new();
             for op in &batch.ops {
-                buf.clear();
-                ciborium::into_writer(op.as_ref(), &mut buf).expect("writing to a Vec");
+                to_cbor(op.as_ref(), &mut buf);
                 ops.insert(op_key(&op.origin, op.seq).as_slice(), buf.as_slice())?;
             }
             if let Some(checkpoint) = &batch.checkpoint {
-                let mut bytes = Vec::new();
-                ciborium::into_writer(checkpoint, &mut bytes).expect("writing to a Vec");
-                txn.open_table(META)?.insert(CHECKPOINT, bytes.as_slice())?;
-                prune(&mut ops, &checkpoint.stable_cut)?;
+                let mut meta = txn.open_table(META)?;
+                let state = checkpoint.stable_state;
+                let new_cut = &checkpoint.stable_cut;
+                let staged_cut = match batch.state {
+                    StateWrite::Staged => meta.remove(STAGED_CUT)?.map(|v| v.value().to_vec()),
+                    _ => None,
+                };
+                written = match (batch.state, staged_cut) {
+                    (StateWrite::Staged, Some(bytes)) => {
+                        let cut: VersionVector = ciborium::from_reader(bytes.as_slice())
+                            .map_err(corrupt("staged cut"))?;
+                        txn.delete_table(STATE)?;
+                        txn.rename_table(STAGED, STATE)?;
+                        fold_or_whole(&txn, &mut ops, &cut, new_cut, state)?
+                    }
+                    (StateWrite::Staged, None) => {
+                        warn!("no staged state to swap in; writing the whole state");
+                        write_whole(&txn, state)?
+                    }
+                    (StateWrite::Whole, _) => write_whole(&txn, state)?,
+                    (StateWrite::Fold, _) => {
+                        let old_cut = match meta.get(HEADER)? {
+                            Some(v) => {
+                                ciborium::from_reader::<Checkpoint<()>, _>(v.value())
+                                    .map_err(corrupt("checkpoint"))?
+                                    .stable_cut
+                            }
+                            None => VersionVector::new(),
+                        };
+                        fold_or_whole(&txn, &mut ops, &old_cut, new_cut, state)?
+                    }
+                };
+                to_cbor(&header_of(checkpoint), &mut buf);
+                meta.insert(HEADER, buf.as_slice())?;
+                prune(&mut ops, new_cut)?;
+            }
+        }
+        txn.commit()?;
+        Ok(written)
+    }
+
+    /// Starts staging a transferred state at `cut`: drops anything staged before.
+    fn begin_staging(&self, cut: &VersionVector) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None);
+        txn.delete_table(STAGED)?;
+        txn.open_table(STAGED)?;
+        txn.open_table(META)?
+            .insert(STAGED_CUT, to_vec(cut).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Adds entries to the staged state, in one transaction of their own (not synced:
+    /// the checkpoint that swaps the staged state in is).
+    fn stage(&self, entries: &[(String, LwwEntry)]) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None);
+        {
+            let mut table = txn.open_table(STAGED)?;
+            let mut buf = Vec::new();
+            for (key, entry) in entries {
+                to_cbor(entry, &mut buf);
+                table.insert(key.as_str(), buf.as_slice())?;
             }
         }
         txn.commit()?;
@@ -178,6 +324,137 @@ impl Storage {
     pub fn stored_ops(&self) -> Result<u64, StorageError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(OPS)?.len()?)
+    }
+}
+
+/// Folds the ops in `(old_cut, new_cut]` into the `state` table: the keys they touch
+/// get `state`'s entries. When the stored ops do not account for every op between the
+/// cuts (or the new cut is not above the old one), writes the whole state instead.
+fn fold_or_whole(
+    txn: &redb::WriteTransaction,
+    ops: &mut redb::Table<&[u8], &[u8]>,
+    old_cut: &VersionVector,
+    new_cut: &VersionVector,
+    state: &LwwMap,
+) -> Result<StateWritten, StorageError> {
+    let mut expected = 0u64;
+    for (origin, _) in old_cut.iter() {
+        if new_cut.get(origin) < old_cut.get(origin) {
+            warn!("the stable cut went back; writing the whole state");
+            return write_whole(txn, state);
+        }
+    }
+    let mut keys = BTreeSet::new();
+    let mut found = 0u64;
+    for (origin, seq) in new_cut.iter() {
+        let from = old_cut.get(origin);
+        if seq <= from {
+            continue;
+        }
+        expected += seq - from;
+        let lo = op_key(origin, from + 1);
+        let hi = op_key(origin, seq);
+        for row in ops.range(lo.as_slice()..=hi.as_slice())? {
+            let (_, value) = row?;
+            let op: Op<LwwOp> = ciborium::from_reader(value.value()).map_err(corrupt("op"))?;
+            keys.insert(op.payload.key);
+            found += 1;
+        }
+    }
+    if found != expected {
+        warn!(
+            expected,
+            found, "stored ops do not account for the new stable cut; writing the whole state"
+        );
+        return write_whole(txn, state);
+    }
+    let mut table = txn.open_table(STATE)?;
+    let mut buf = Vec::new();
+    for key in &keys {
+        match state.entry(key) {
+            Some(entry) => {
+                to_cbor(entry, &mut buf);
+                table.insert(key.as_str(), buf.as_slice())?;
+            }
+            None => {
+                table.remove(key.as_str())?;
+            }
+        }
+    }
+    Ok(StateWritten {
+        entries: keys.len() as u64,
+        whole: false,
+    })
+}
+
+/// Writes a transferred state to the `staged` table as its chunks arrive (on the thread
+/// that rebuilds the state), for the checkpoint after the install to swap in
+/// ([`StateWrite::Staged`]).
+pub struct Stager {
+    storage: Arc<Storage>,
+    cut: VersionVector,
+}
+
+impl Stager {
+    /// A stager for a state at `cut`.
+    pub fn new(storage: Arc<Storage>, cut: VersionVector) -> Self {
+        Self { storage, cut }
+    }
+
+    /// Drops anything staged before and records the cut.
+    pub fn begin(&mut self) -> Result<(), StorageError> {
+        self.storage.begin_staging(&self.cut)
+    }
+
+    /// Adds the next entries, in key order.
+    pub fn stage(&mut self, entries: &[(String, LwwEntry)]) -> Result<(), StorageError> {
+        self.storage.stage(entries)
+    }
+}
+
+/// Replaces the `state` table's content with `state`.
+fn write_whole(txn: &redb::WriteTransaction, state: &LwwMap) -> Result<StateWritten, StorageError> {
+    txn.delete_table(STATE)?;
+    let mut table = txn.open_table(STATE)?;
+    let mut buf = Vec::new();
+    for (key, entry) in state.all_entries() {
+        to_cbor(entry, &mut buf);
+        table.insert(key.as_str(), buf.as_slice())?;
+    }
+    Ok(StateWritten {
+        entries: state.len_with_tombstones() as u64,
+        whole: true,
+    })
+}
+
+fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut buf = Vec::new();
+    to_cbor(value, &mut buf);
+    buf
+}
+
+/// The checkpoint without its state (what the `meta` table holds).
+fn header_of<T>(checkpoint: &Checkpoint<T>) -> Checkpoint<()> {
+    Checkpoint {
+        id: checkpoint.id.clone(),
+        incarnation: checkpoint.incarnation,
+        phase: checkpoint.phase.clone(),
+        stable_state: (),
+        stable_cut: checkpoint.stable_cut.clone(),
+        lamport: checkpoint.lamport,
+        records: checkpoint.records.clone(),
+    }
+}
+
+fn with_state<S>(header: Checkpoint<()>, state: S) -> Checkpoint<S> {
+    Checkpoint {
+        id: header.id,
+        incarnation: header.incarnation,
+        phase: header.phase,
+        stable_state: state,
+        stable_cut: header.stable_cut,
+        lamport: header.lamport,
+        records: header.records,
     }
 }
 
@@ -203,6 +480,7 @@ fn op_key(origin: &NodeId, seq: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops_log::StateMachine;
     use crate::replica::{Replica, ReplicaConfig};
     use crate::Time;
 
@@ -240,6 +518,7 @@ mod tests {
                 .write(&Batch {
                     ops,
                     checkpoint: None,
+                    state: StateWrite::Fold,
                     durable: true,
                 })
                 .unwrap();
@@ -255,6 +534,7 @@ mod tests {
             .write(&Batch {
                 ops: Vec::new(),
                 checkpoint: Some(node.checkpoint()),
+                state: StateWrite::Fold,
                 durable: false,
             })
             .unwrap();
@@ -272,10 +552,260 @@ mod tests {
         let txn = storage.db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
-            .insert(CHECKPOINT, &b"\xff\x00garbage"[..])
+            .insert(HEADER, &b"\xff\x00garbage"[..])
             .unwrap();
         txn.commit().unwrap();
         let err = storage.load().err().expect("corrupt checkpoint");
         assert!(err.to_string().contains("checkpoint"), "{err}");
+    }
+
+    /// A lone founder (its snapshot point is its applied vector) with journaled ops.
+    fn founder() -> Replica<LwwMap> {
+        let me = NodeId::synthetic(1);
+        let config = ReplicaConfig {
+            journal_applied: true,
+            ..ReplicaConfig::default()
+        };
+        Replica::genesis(me.clone(), std::slice::from_ref(&me), config, 1, Time::ZERO)
+    }
+
+    /// Writes `keys` at `node`, lets them become stable, and stores them with a checkpoint.
+    fn write_and_checkpoint(
+        storage: &Storage,
+        node: &mut Replica<LwwMap>,
+        keys: impl IntoIterator<Item = String>,
+        state: StateWrite,
+        t: &mut u64,
+    ) -> StateWritten {
+        for k in keys {
+            node.write(Time::from_millis(*t), put(&k)).unwrap();
+        }
+        *t += 10;
+        node.handle_timeout(Time::from_millis(*t));
+        assert_eq!(
+            node.stable_cut(),
+            node.applied(),
+            "a lone founder's ops are stable"
+        );
+        let ops = node.drain_applied_ops();
+        storage
+            .write(&Batch {
+                ops,
+                checkpoint: Some(node.checkpoint()),
+                state,
+                durable: false,
+            })
+            .unwrap()
+    }
+
+    fn loaded_state(storage: &Storage) -> LwwMap {
+        storage.load().unwrap().checkpoint.unwrap().stable_state
+    }
+
+    #[test]
+    fn a_checkpoint_writes_only_the_keys_its_newly_stable_ops_touch() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut node = founder();
+        let mut t = 0;
+        let first = write_and_checkpoint(
+            &storage,
+            &mut node,
+            (0..1000).map(|i| format!("k{i:04}")),
+            StateWrite::Fold,
+            &mut t,
+        );
+        assert_eq!(
+            first,
+            StateWritten {
+                entries: 1000,
+                whole: false
+            }
+        );
+        // three writes to two keys, one a delete
+        node.write(Time::from_millis(t), put("k0007")).unwrap();
+        node.write(
+            Time::from_millis(t),
+            LwwOp {
+                key: "k0500".into(),
+                value: None,
+            },
+        )
+        .unwrap();
+        let second = write_and_checkpoint(
+            &storage,
+            &mut node,
+            ["k0007".to_string()],
+            StateWrite::Fold,
+            &mut t,
+        );
+        assert_eq!(
+            second,
+            StateWritten {
+                entries: 2,
+                whole: false
+            }
+        );
+        assert_eq!(storage.stored_ops().unwrap(), 0);
+        let loaded = loaded_state(&storage);
+        assert_eq!(loaded.digest(), node.stable_state().digest());
+        assert_eq!(
+            loaded.get("k0500"),
+            None,
+            "the delete is stored as a tombstone"
+        );
+        assert_eq!(loaded.len_with_tombstones(), 1000);
+    }
+
+    #[test]
+    fn a_fold_whose_ops_are_missing_writes_the_whole_state_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut node = founder();
+        for i in 0..5 {
+            node.write(Time::ZERO, put(&format!("k{i}"))).unwrap();
+        }
+        node.handle_timeout(Time::from_millis(10));
+        let _lost = node.drain_applied_ops(); // never stored
+        let written = storage
+            .write(&Batch {
+                ops: Vec::new(),
+                checkpoint: Some(node.checkpoint()),
+                state: StateWrite::Fold,
+                durable: false,
+            })
+            .unwrap();
+        assert_eq!(
+            written,
+            StateWritten {
+                entries: 5,
+                whole: true
+            }
+        );
+        assert_eq!(
+            loaded_state(&storage).digest(),
+            node.stable_state().digest()
+        );
+    }
+
+    #[test]
+    fn a_staged_state_is_swapped_in_and_the_ops_above_its_cut_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let mut node = founder();
+        let mut t = 0;
+        // an earlier, unrelated stored state
+        write_and_checkpoint(
+            &storage,
+            &mut node,
+            ["old".to_string()],
+            StateWrite::Fold,
+            &mut t,
+        );
+        // a transferred state at the cut after 300 writes
+        let mut source = founder();
+        for i in 0..300 {
+            source.write(Time::ZERO, put(&format!("s{i:03}"))).unwrap();
+        }
+        source.handle_timeout(Time::from_millis(10));
+        let staged_cut = source.stable_cut().clone();
+        let mut stager = Stager::new(storage.clone(), staged_cut);
+        stager.begin().unwrap();
+        let entries: Vec<_> = source.stable_state().entries_in_order().collect();
+        for chunk in entries.chunks(64) {
+            stager.stage(chunk).unwrap();
+        }
+        // the source goes on: two more ops, stored as ops, then a checkpoint that swaps in
+        let mut t = 20;
+        let written = write_and_checkpoint(
+            &storage,
+            &mut source,
+            ["s000".into(), "new".into()],
+            StateWrite::Staged,
+            &mut t,
+        );
+        assert_eq!(
+            written,
+            StateWritten {
+                entries: 2,
+                whole: false
+            }
+        );
+        let loaded = loaded_state(&storage);
+        assert_eq!(loaded.digest(), source.stable_state().digest());
+        assert_eq!(loaded.get("old"), None, "the earlier state is gone");
+    }
+
+    #[test]
+    fn a_half_staged_state_is_dropped_when_the_store_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Arc::new(Storage::open(dir.path()).unwrap());
+            let mut stager = Stager::new(storage.clone(), VersionVector::new());
+            stager.begin().unwrap();
+            let entry = LwwEntry {
+                value: Some("v".into()),
+                lamport: 1,
+                origin: NodeId::synthetic(1),
+            };
+            stager.stage(&[("a".into(), entry)]).unwrap();
+        }
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut node = founder();
+        let mut t = 0;
+        // a Staged checkpoint finds nothing staged: the whole state is written
+        let written = write_and_checkpoint(
+            &storage,
+            &mut node,
+            ["b".to_string()],
+            StateWrite::Staged,
+            &mut t,
+        );
+        assert!(written.whole);
+        let loaded = loaded_state(&storage);
+        assert_eq!(loaded.get("a"), None);
+        assert_eq!(loaded.get("b"), Some("v"));
+    }
+
+    #[test]
+    fn a_checkpoint_in_the_layout_before_the_incremental_state_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = founder();
+        for i in 0..20 {
+            node.write(Time::ZERO, put(&format!("k{i}"))).unwrap();
+        }
+        node.handle_timeout(Time::from_millis(10));
+        {
+            let storage = Storage::open(dir.path()).unwrap();
+            let txn = storage.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(LEGACY_CHECKPOINT, to_vec(&node.checkpoint()).as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let storage = Storage::open(dir.path()).unwrap();
+        let checkpoint = storage.load().unwrap().checkpoint.expect("migrated");
+        assert_eq!(&checkpoint.stable_cut, node.stable_cut());
+        assert_eq!(
+            checkpoint.stable_state.digest(),
+            node.stable_state().digest()
+        );
+        // and it folds from there
+        let mut t = 20;
+        let written = write_and_checkpoint(
+            &storage,
+            &mut node,
+            ["k3".to_string()],
+            StateWrite::Fold,
+            &mut t,
+        );
+        assert_eq!(
+            written,
+            StateWritten {
+                entries: 1,
+                whole: false
+            }
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! fetches that snapshot's chunks from the sponsor and from any other node holding a
 //! snapshot with the same id, verifies every chunk against the header as it arrives, and
 //! rebuilds the state on a blocking thread, checked against the digest before it is
-//! installed. Serving happens in tasks of its own: neither side's event loop reads a file
+//! installed. The same thread stages each chunk's entries in the node's store, so the
+//! checkpoint after the install does not write the state again. Serving happens in tasks of its own: neither side's event loop reads a file
 //! or decodes a chunk.
 //!
 //! Each exchange is one request and one answer on a stream of its own:
@@ -34,6 +35,7 @@ use tracing::{debug, warn};
 
 use super::codec::{read_frame_limited, write_frame_limited};
 use super::snapshots::SnapshotStore;
+use super::storage::Stager;
 use crate::join_protocol::StateOffer;
 use crate::ops_log::LwwMap;
 use crate::snapshot::transfer::{Transfer, TransferConfig};
@@ -206,6 +208,7 @@ pub async fn fetch(
     config: TransferConfig,
     deadline: Duration,
     metrics: TransferMetrics,
+    mut stager: Stager,
 ) -> Result<LwwMap, FetchError> {
     let started = Instant::now();
     let now = || Time(started.elapsed().as_micros() as u64);
@@ -223,8 +226,13 @@ pub async fn fetch(
     let (chunks, mut to_install) = mpsc::channel::<Vec<u8>>(INSTALL_QUEUE);
     let mut builder = StateBuilder::<LwwMap>::new(offer.header.clone());
     let installer = tokio::task::spawn_blocking(move || {
+        stager
+            .begin()
+            .map_err(|e| SnapshotError::Inspect(e.to_string()))?;
         while let Some(bytes) = to_install.blocking_recv() {
-            builder.push_chunk(&bytes)?;
+            builder.push_chunk_inspected(&bytes, |entries| {
+                stager.stage(entries).map_err(|e| e.to_string())
+            })?;
         }
         builder.finish()
     });

@@ -45,6 +45,11 @@ impl LwwMap {
             .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
     }
 
+    /// The key's winning write, a tombstone included.
+    pub fn entry(&self, key: &str) -> Option<&LwwEntry> {
+        self.entries.get(key)
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries.get(key).and_then(|e| e.value.as_deref())
     }

@@ -131,6 +131,8 @@ pub enum SnapshotError {
     TrailingBytes(u64),
     #[error("the header counts {expected} entries, the chunks hold {found}")]
     EntryCount { expected: u64, found: u64 },
+    #[error("the rebuilt state could not be kept: {0}")]
+    Inspect(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -330,8 +332,19 @@ impl<S: ChunkedState> StateBuilder<S> {
 
     /// Adds the next chunk's bytes.
     pub fn push_chunk(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        self.push_chunk_inspected(bytes, |_| Ok(()))
+    }
+
+    /// Adds the next chunk's bytes, once verified, after handing its entries to `inspect`
+    /// (which may store them elsewhere; its error stops the build).
+    pub fn push_chunk_inspected(
+        &mut self,
+        bytes: &[u8],
+        inspect: impl FnOnce(&[S::Entry]) -> Result<(), String>,
+    ) -> Result<(), SnapshotError> {
         let index = self.next_index;
         let chunk = decode_chunk::<S>(&self.header, index, bytes)?;
+        inspect(&chunk).map_err(SnapshotError::Inspect)?;
         self.entries += chunk.len() as u64;
         self.state
             .extend_in_order(chunk)
