@@ -122,9 +122,40 @@ async fn a_joiner_fetches_a_large_state_by_chunks_and_bad_chunks_again_from_anot
         .await,
         "every snapshot point covers the joiner's write"
     );
+    assert_eq!(
+        metric(&hj, "tidemark_state_entries_written_whole_total"),
+        0,
+        "the joiner stored the state as it arrived, not again at its checkpoint"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&hj, "tidemark_state_entries_folded_total") >= 1
+        })
+        .await,
+        "the joiner's write, once stable, is folded into its stored state"
+    );
+    let final_digest = ha.status().await.unwrap().digest;
     for node in [joiner, b, a] {
         node.kill().await;
     }
+    // what the joiner stored (the staged state, folds, and ops above its stored cut)
+    // resumes to the network's state
+    let storage = tidemark::node::storage::Storage::open(&dir.path().join("joiner")).unwrap();
+    let loaded = storage.load().unwrap();
+    let checkpoint = loaded.checkpoint.expect("the joiner stored a checkpoint");
+    let resumed = tidemark::replica::Replica::resume(
+        checkpoint,
+        loaded.ops,
+        tidemark::replica::ReplicaConfig::default(),
+        1,
+        tidemark::Time::ZERO,
+    )
+    .unwrap();
+    assert_eq!(resumed.applied().total(), KEYS as u64 + 1);
+    assert_eq!(
+        tidemark::ops_log::StateMachine::digest(resumed.applied_state()).to_hex(),
+        final_digest
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -838,6 +838,11 @@ impl Driver {
         if wrote_checkpoint {
             if written.whole {
                 debug!(entries = written.entries, "stored the whole stable state");
+                self.metrics
+                    .state_entries_written_whole
+                    .inc_by(written.entries);
+            } else {
+                self.metrics.state_entries_folded.inc_by(written.entries);
             }
             self.stored_generation = Some(generation);
             self.staged_generation = None;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub transfer: super::transfer::TransferMetrics,
     pub snapshots_taken: Count,
     pub snapshots_pruned: Count,
+    pub state_entries_folded: Count,
+    pub state_entries_written_whole: Count,
 }
 
 impl Metrics {
@@ -68,6 +70,8 @@ impl Metrics {
             transfer: Default::default(),
             snapshots_taken: Default::default(),
             snapshots_pruned: Default::default(),
+            state_entries_folded: Default::default(),
+            state_entries_written_whole: Default::default(),
         };
         let t = &m.transfer;
         for (name, help, counter) in [
@@ -105,6 +109,17 @@ impl Metrics {
                 "snapshots_pruned",
                 "Snapshot files removed by retention",
                 &m.snapshots_pruned,
+            ),
+            (
+                "state_entries_folded",
+                "Stable-state entries a checkpoint rewrote because newly stable ops touched them",
+                &m.state_entries_folded,
+            ),
+            (
+                "state_entries_written_whole",
+                "Stable-state entries written by checkpoints that stored the whole state \
+                 (an inline grant, a restore, or ops missing from the store)",
+                &m.state_entries_written_whole,
             ),
         ] {
             m.registry.register(name, help, counter.clone());
