@@ -196,14 +196,18 @@ async fn run(mib: u64) {
     let rss_end = rss_kib(pid, "VmRSS:").unwrap_or(0);
     let hwm = rss_kib(pid, "VmHWM:").unwrap_or(peak);
     let metrics = support::http(api, "GET", "/metrics", None).await.body;
-    let fetched = metrics
-        .lines()
-        .find(|l| l.starts_with("tidemark_transfer_chunks_fetched_total"))
-        .unwrap_or("")
-        .to_string();
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
     println!(
-        "join (sponsor writes the offer, joiner fetches {} chunks, verifies, installs): {:.2} s = {:.0} MB/s end to end",
-        fetched.split_whitespace().nth(1).unwrap_or("?"),
+        "join (sponsor writes the offer, joiner fetches {} chunks ({} asked again), verifies, installs): {:.2} s = {:.0} MB/s end to end",
+        counter("tidemark_transfer_chunks_fetched_total"),
+        counter("tidemark_transfer_chunks_refetched_total"),
         joined.as_secs_f64(),
         mb_per_s(bytes, joined)
     );

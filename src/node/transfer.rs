@@ -7,7 +7,8 @@
 //! checkpoint after the install does not write the state again. Serving happens in tasks of its own: neither side's event loop reads a file
 //! or decodes a chunk.
 //!
-//! Each exchange is one request and one answer on a stream of its own:
+//! Each exchange is one request and one answer; a stream carries them one after another
+//! (see [`SourceStreams`]):
 //!
 //! ```text
 //! request = frame(CBOR {snapshot_id: text, index: uint})
@@ -19,6 +20,7 @@
 //! Which chunk to ask of whom, and what to do with a bad, late or missing answer, is the
 //! sans-IO [`Transfer`] plan's business; this module only carries it out.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,16 +162,38 @@ enum Answer {
     NotFound,
 }
 
-async fn request_chunk(
+/// The streams a fetch holds to one source. Requests go one after another on each stream,
+/// so streams are opened once per transfer rather than once per chunk: libp2p-stream drops
+/// inbound streams that arrive faster than the server takes them, and a burst of new
+/// streams lost chunks that way. A new stream is opened only once the newest one has
+/// carried an answer (proof the server took it).
+#[derive(Default)]
+struct SourceStreams {
+    idle: Vec<libp2p::Stream>,
+    /// Streams held, idle or busy.
+    open: usize,
+    /// Whether the newest stream has yet to carry an answer.
+    unproven: bool,
+    /// Requests waiting for a stream: (source, chunk index).
+    waiting: VecDeque<(NodeId, usize)>,
+}
+
+/// Asks for chunk `index` on `stream`, or on a new stream if there is none; gives the
+/// stream back with the answer.
+async fn exchange(
     mut control: libp2p_stream::Control,
     peer: PeerId,
+    stream: Option<libp2p::Stream>,
     snapshot_id: String,
     index: usize,
-) -> io::Result<Answer> {
-    let mut stream = control
-        .open_stream(peer, TRANSFER_PROTOCOL)
-        .await
-        .map_err(io::Error::other)?;
+) -> io::Result<(Answer, libp2p::Stream)> {
+    let mut stream = match stream {
+        Some(stream) => stream,
+        None => control
+            .open_stream(peer, TRANSFER_PROTOCOL)
+            .await
+            .map_err(io::Error::other)?,
+    };
     let mut request = Vec::new();
     ciborium::into_writer(
         &ChunkRequest {
@@ -181,22 +205,27 @@ async fn request_chunk(
     .map_err(io::Error::other)?;
     write_frame_limited(&mut stream, &request, MAX_REQUEST_BYTES).await?;
     stream.flush().await?;
-    let mut answer = read_frame_limited(&mut stream, MAX_PART_BYTES + 1).await?;
-    let _ = stream.close().await;
-    match answer.first() {
-        Some(&ANSWER_CHUNK) => {
-            answer.remove(0);
-            Ok(Answer::Chunk(answer))
+    let answer = read_frame_limited(&mut stream, MAX_PART_BYTES + 1).await?;
+    let answer = match answer.split_first() {
+        Some((&ANSWER_CHUNK, _)) => {
+            let mut chunk = answer;
+            chunk.drain(..1);
+            Answer::Chunk(chunk)
         }
-        Some(&ANSWER_NOT_FOUND) => Ok(Answer::NotFound),
-        Some(&ANSWER_ERROR) => Err(io::Error::other(
-            String::from_utf8_lossy(&answer[1..]).into_owned(),
-        )),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "malformed chunk answer",
-        )),
-    }
+        Some((&ANSWER_NOT_FOUND, _)) => Answer::NotFound,
+        Some((&ANSWER_ERROR, reason)) => {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(reason).into_owned(),
+            ))
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed chunk answer",
+            ))
+        }
+    };
+    Ok((answer, stream))
 }
 
 /// Fetches the snapshot `offer` names from `sources` (the sponsor first), verifying every
@@ -218,6 +247,7 @@ pub async fn fetch(
         .collect();
     let peer_of = |node: &NodeId| by_node.iter().find(|(n, _)| n == node).map(|(_, p)| *p);
     let request_timeout = config.chunk_timeout * 2;
+    let config_window = config.window.max(1);
     let mut plan = Transfer::new(
         offer.header.clone(),
         by_node.iter().map(|(n, _)| n.clone()).collect(),
@@ -237,23 +267,45 @@ pub async fn fetch(
         builder.finish()
     });
     let mut in_flight = FuturesUnordered::new();
+    let mut pools: BTreeMap<PeerId, SourceStreams> = BTreeMap::new();
+    let streams_per_source = config_window;
     let mut rerequests_counted = 0u64;
     loop {
         while let Some(request) = plan.poll_request(now()) {
             let Some(peer) = peer_of(&request.peer) else {
                 continue;
             };
-            let control = control.clone();
-            let id = offer.snapshot_id.clone();
-            let node = request.peer.clone();
-            let index = request.index;
-            in_flight.push(async move {
-                let answer =
-                    tokio::time::timeout(request_timeout, request_chunk(control, peer, id, index))
+            let pool = pools.entry(peer).or_default();
+            pool.waiting.push_back((request.peer, request.index));
+        }
+        for (peer, pool) in pools.iter_mut() {
+            while !pool.waiting.is_empty() {
+                let stream = match pool.idle.pop() {
+                    Some(stream) => Some(stream),
+                    None if !pool.unproven && pool.open < streams_per_source => {
+                        pool.open += 1;
+                        pool.unproven = true;
+                        None
+                    }
+                    None => break,
+                };
+                let fresh = stream.is_none();
+                let (node, index) = pool.waiting.pop_front().expect("not empty");
+                let exchange = exchange(
+                    control.clone(),
+                    *peer,
+                    stream,
+                    offer.snapshot_id.clone(),
+                    index,
+                );
+                let peer = *peer;
+                in_flight.push(async move {
+                    let answer = tokio::time::timeout(request_timeout, exchange)
                         .await
                         .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)));
-                (node, index, answer)
-            });
+                    (node, peer, index, fresh, answer)
+                });
+            }
         }
         while let Some((_, bytes)) = plan.pop_ready() {
             if chunks.send(bytes).await.is_err() {
@@ -281,8 +333,23 @@ pub async fn fetch(
             .unwrap_or(started + deadline)
             .min(started + deadline);
         tokio::select! {
-            Some((node, index, answer)) = in_flight.next() => match answer {
-                Ok(Answer::Chunk(bytes)) => {
+            Some((node, peer, index, fresh, answer)) = in_flight.next() => {
+                let pool = pools.entry(peer).or_default();
+                if fresh {
+                    pool.unproven = false;
+                }
+                let answer = match answer {
+                    Ok((answer, stream)) => {
+                        pool.idle.push(stream);
+                        Ok(answer)
+                    }
+                    Err(error) => {
+                        pool.open -= 1;
+                        Err(error)
+                    }
+                };
+                match answer {
+            Ok(Answer::Chunk(bytes)) => {
                     let len = bytes.len() as u64;
                     match plan.on_chunk(now(), &node, index, bytes) {
                         Ok(()) => {
@@ -295,10 +362,17 @@ pub async fn fetch(
                         }
                     }
                 }
-                Ok(Answer::NotFound) => plan.on_not_found(&node, index),
+                Ok(Answer::NotFound) => {
+                    plan.on_not_found(&node, index);
+                    // the source is dropped: its queued requests go to the others now
+                    for (node, index) in pool.waiting.drain(..) {
+                        plan.on_failure(now(), &node, index);
+                    }
+                }
                 Err(error) => {
                     debug!(peer = %node, index, %error, "chunk request failed");
                     plan.on_failure(now(), &node, index);
+                }
                 }
             },
             _ = tokio::time::sleep_until(wake) => plan.handle_timeout(now()),
