@@ -13,7 +13,7 @@
 //! 3. A joiner, a child process of the release binary, joins it: the sponsor writes the
 //!    snapshot it offers, the joiner fetches it by chunks over loopback, verifies and
 //!    installs it. The joiner's RSS is sampled every 20 ms.
-//! 4. Op-apply latency (a write acknowledged by the restored node) p50/p99, without and
+//! 4. Op-apply latency (1000 writes acknowledged by the restored node) p50/p99, without and
 //!    then with snapshots being exported back to back.
 
 #[path = "../tests/support/mod.rs"]
@@ -223,7 +223,7 @@ async fn run(mib: u64) {
     let _ = child.wait();
 
     // 4. op-apply latency without and with exports
-    let quiet = write_latencies(&handle, 300, "quiet").await;
+    let quiet = write_latencies(&handle, 1000, "quiet").await;
     let exporter = handle.clone();
     let exporting = tokio::spawn(async move {
         let mut made = 0u32;
@@ -234,12 +234,12 @@ async fn run(mib: u64) {
             made += 1;
         }
     });
-    let busy = write_latencies(&handle, 300, "busy").await;
+    let busy = write_latencies(&handle, 1000, "busy").await;
     exporting.abort();
     let (q50, q99) = (percentile(&quiet, 0.5), percentile(&quiet, 0.99));
     let (b50, b99) = (percentile(&busy, 0.5), percentile(&busy, 0.99));
     println!(
-        "op-apply latency (300 sequential writes): no export p50 {:.1} ms p99 {:.1} ms; exporting p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
+        "op-apply latency (1000 sequential writes): no export p50 {:.1} ms p99 {:.1} ms; exporting p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
         q50.as_secs_f64() * 1e3,
         q99.as_secs_f64() * 1e3,
         b50.as_secs_f64() * 1e3,
