@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use libp2p::pnet::PreSharedKey;
 use libp2p::Multiaddr;
 use serde::Deserialize;
 use tidemark::node::demo::{self, DemoConfig};
@@ -41,6 +42,9 @@ enum Command {
     /// Inspect or verify a snapshot file.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Print a new random key for a private network (libp2p's swarm.key format) on stdout;
+    /// give the file to every node with --network-key.
+    NetworkKey,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +88,10 @@ struct NodeArgs {
     /// Final snapshots to keep, the most recent ones [default: 2; an archiver keeps all].
     #[arg(long)]
     keep_snapshots: Option<usize>,
+    /// A private network's key file (from `tidemark network-key`): only nodes holding the
+    /// same key can connect to this one, join it or be joined by it.
+    #[arg(long)]
+    network_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +126,9 @@ fn main() -> ExitCode {
     if let Command::Snapshot(command) = &cli.command {
         return run_snapshot(command);
     }
+    if let Command::NetworkKey = &cli.command {
+        return new_network_key();
+    }
     init_logging(cli.log_format, matches!(cli.command, Command::Demo(_)));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -130,7 +141,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Node(args) => run_node(args).await,
             Command::Demo(args) => run_demo(args).await,
-            Command::Snapshot(_) => unreachable!("handled before the runtime starts"),
+            Command::Snapshot(_) | Command::NetworkKey => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {
@@ -140,6 +153,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn new_network_key() -> ExitCode {
+    let mut bytes = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        eprintln!("tidemark: no randomness for a key: {e}");
+        return ExitCode::FAILURE;
+    }
+    print!("{}", PreSharedKey::new(bytes).to_key_file());
+    ExitCode::SUCCESS
+}
+
+fn read_network_key(path: &std::path::Path) -> Result<PreSharedKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the network key {}: {e}", path.display()))?;
+    text.parse()
+        .map_err(|e| format!("{} is not a network key file: {e}", path.display()))
 }
 
 fn run_snapshot(command: &SnapshotCommand) -> ExitCode {
@@ -240,6 +270,11 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig, String> {
     }
     config.archiver = args.archiver;
     config.restore_from = args.restore_from;
+    config.network_key = args
+        .network_key
+        .as_deref()
+        .map(read_network_key)
+        .transpose()?;
     config.snapshots.keep = match args.keep_snapshots {
         Some(0) => return Err("--keep-snapshots must be at least 1".into()),
         Some(k) => Some(k),

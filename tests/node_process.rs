@@ -254,3 +254,107 @@ async fn a_toml_config_file_sets_the_network_and_json_logs_go_to_stderr() {
         "names the bad key"
     );
 }
+
+/// `tidemark network-key` into a file in `dir`.
+fn new_network_key(dir: &Path, name: &str) -> std::path::PathBuf {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .arg("network-key")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"),
+        "{text}"
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_holding_the_network_key_can_join_a_private_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_network_key(dir.path(), "net.key");
+    let other_key = new_network_key(dir.path(), "other.key");
+    assert_ne!(
+        std::fs::read(&key).unwrap(),
+        std::fs::read(&other_key).unwrap(),
+        "every key is new"
+    );
+    let key = key.to_str().unwrap();
+    let founder = spawn_with(
+        &dir.path().join("a"),
+        &["--network-key", key],
+        Stdio::null(),
+    );
+    let bootstrap = founder.listen.clone();
+    // outsiders start first: one without a key, one with another network's key
+    let keyless = spawn_with(
+        &dir.path().join("c"),
+        &["--bootstrap", &bootstrap],
+        Stdio::null(),
+    );
+    let foreign = spawn_with(
+        &dir.path().join("d"),
+        &[
+            "--bootstrap",
+            &bootstrap,
+            "--network-key",
+            other_key.to_str().unwrap(),
+        ],
+        Stdio::null(),
+    );
+    let insider = spawn_with(
+        &dir.path().join("b"),
+        &["--bootstrap", &bootstrap, "--network-key", key],
+        Stdio::null(),
+    );
+    let (a, b) = (founder.api, insider.api);
+    let written = support::eventually(Duration::from_secs(20), || async move {
+        let body = r#"{"key": "k", "value": "from-b"}"#;
+        http(b, "POST", "/v1/ops", Some(body)).await.status == 201
+    })
+    .await;
+    assert!(written, "the key holder joins and writes");
+    let reached = support::eventually(Duration::from_secs(20), || async move {
+        let status = http(a, "GET", "/v1/status", None).await.json();
+        let stable: u64 = status["snapshot_point"]
+            .as_object()
+            .map(|point| point.values().filter_map(|seq| seq.as_u64()).sum())
+            .unwrap_or(0);
+        status["members"] == 2 && stable == 1
+    })
+    .await;
+    assert!(reached, "{}", http(a, "GET", "/v1/status", None).await.body);
+    // by now the outsiders have had as long as the insider to join
+    for (name, node) in [("keyless", &keyless), ("foreign-key", &foreign)] {
+        let status = http(node.api, "GET", "/v1/status", None).await.json();
+        assert_eq!(status["phase"], "joining", "the {name} node: {status}");
+    }
+    let status = http(a, "GET", "/v1/status", None).await.json();
+    assert_eq!(status["members"], 2, "no outsider registered: {status}");
+    let metrics = http(a, "GET", "/metrics", None).await.body;
+    assert!(
+        metrics.lines().any(|l| l == "tidemark_connected_peers 1"),
+        "only the insider is connected:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("connected"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // a key file that is not one is refused with its name
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "not a key\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["node", "--data-dir"])
+        .arg(dir.path().join("e"))
+        .args(["--network-key", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.key"), "{stderr}");
+}

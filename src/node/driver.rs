@@ -18,12 +18,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -99,7 +103,12 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     let peer_id = key.public().to_peer_id();
     let me = node_id(&peer_id);
     let mut metrics = Metrics::new();
-    let mut swarm = build_swarm(key, &config.network, metrics.registry_mut())?;
+    let mut swarm = build_swarm(
+        key,
+        &config.network,
+        config.network_key,
+        metrics.registry_mut(),
+    )?;
     let keeper = Arc::new(SnapshotKeeper::new(
         snapshots.clone(),
         ScheduleBook::open(&config.data_dir)?,
@@ -289,9 +298,35 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     })
 }
 
+/// TCP, then (in a private network) the pre-shared key's XSalsa20 layer, then noise and
+/// yamux. A peer without the key fails the noise handshake, which it cannot decrypt, so
+/// the connection never opens.
+fn transport(
+    key: &Keypair,
+    network_key: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    let transport = match network_key {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .boxed(),
+        None => tcp
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .boxed(),
+    };
+    Ok(transport)
+}
+
 fn build_swarm(
     key: Keypair,
     network: &str,
+    network_key: Option<PreSharedKey>,
     registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, NodeError> {
     let transport_err = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
@@ -304,11 +339,7 @@ fn build_swarm(
     let protocol_version = format!("/tidemark/{network}/3");
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| transport(key, network_key))
         .map_err(|e| transport_err(&e))?
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {

@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// Found a new network from this snapshot file (after every node of the old one was
     /// lost). Needs an empty data dir and no bootstrap peers.
     pub restore_from: Option<PathBuf>,
+    /// A private network's pre-shared key (libp2p pnet): every connection is encrypted
+    /// with it beneath noise, so only nodes holding it can connect, join or be joined.
+    /// `None`: an open network.
+    pub network_key: Option<libp2p::pnet::PreSharedKey>,
 }
 
 /// How a node makes, keeps and hands over snapshots.
@@ -105,6 +109,7 @@ impl NodeConfig {
             snapshots: SnapshotConfig::default(),
             archiver: false,
             restore_from: None,
+            network_key: None,
         }
     }
 }
