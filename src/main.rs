@@ -92,6 +92,10 @@ struct NodeArgs {
     /// same key can connect to this one, join it or be joined by it.
     #[arg(long)]
     network_key: Option<PathBuf>,
+    /// A file holding a bearer token: every HTTP API call must then carry
+    /// `Authorization: Bearer <token>` (the file's first line).
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +174,16 @@ fn read_network_key(path: &std::path::Path) -> Result<PreSharedKey, String> {
         .map_err(|e| format!("cannot read the network key {}: {e}", path.display()))?;
     text.parse()
         .map_err(|e| format!("{} is not a network key file: {e}", path.display()))
+}
+
+fn read_api_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the API token {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!("{}: the API token is empty", path.display()));
+    }
+    Ok(token.to_string())
 }
 
 fn run_snapshot(command: &SnapshotCommand) -> ExitCode {
@@ -274,6 +288,11 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig, String> {
         .network_key
         .as_deref()
         .map(read_network_key)
+        .transpose()?;
+    config.api_token = args
+        .api_token_file
+        .as_deref()
+        .map(read_api_token)
         .transpose()?;
     config.snapshots.keep = match args.keep_snapshots {
         Some(0) => return Err("--keep-snapshots must be at least 1".into()),

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{cluster, converged, eventually, http, start_node};
+use support::{cluster, converged, eventually, http, http_with, start_node, start_node_with};
 use tidemark::node::views::At;
 use tidemark::node::NodeHandle;
 
@@ -303,4 +303,52 @@ async fn a_node_still_joining_stops_when_asked_to_leave() {
         matches!(stopped, Ok(Ok(()))),
         "leave returns and the node stops"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_with_a_token_refuses_every_call_without_it_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node_with(&dir.path().join("solo"), None, |c| {
+        c.api_token = Some("s3cret-token".into());
+    })
+    .await;
+    let api = node.api_addr().unwrap();
+    let write = Some(r#"{"key": "k", "value": "v"}"#);
+    let refused = [
+        ("GET", "/v1/status", None, &[][..], "Authorization"),
+        ("POST", "/v1/ops", write, &[][..], "Authorization"),
+        ("GET", "/metrics", None, &[][..], "Authorization"),
+        (
+            "POST",
+            "/v1/ops",
+            write,
+            &["Authorization: Bearer s3cret-tokeN"][..],
+            "wrong",
+        ),
+        (
+            "GET",
+            "/v1/status",
+            None,
+            &["Authorization: s3cret-token"][..],
+            "Authorization",
+        ),
+    ];
+    for (method, path, body, headers, reason) in refused {
+        let r = http_with(api, method, path, body, headers).await;
+        assert_eq!(r.status, 401, "{method} {path} {headers:?}: {}", r.body);
+        let error = r.json()["error"].as_str().unwrap_or("").to_string();
+        assert!(error.contains(reason), "{method} {path}: {error}");
+    }
+    let auth = ["Authorization: Bearer s3cret-token"];
+    let status = http_with(api, "GET", "/v1/status", None, &auth).await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(
+        status.json()["applied"][node.handle().peer_id()],
+        serde_json::Value::Null,
+        "the refused writes wrote nothing"
+    );
+    let written = http_with(api, "POST", "/v1/ops", write, &auth).await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    assert_eq!(written.json()["seq"], 1);
+    node.kill().await;
 }

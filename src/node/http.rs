@@ -16,14 +16,18 @@
 //! | `DELETE /v1/snapshots/requests/{id}` | the removed request; 404 if unknown |
 //! | `GET /metrics` | Prometheus text format |
 //!
-//! Every error is a 4xx or 5xx with `{"error": "<reason>"}`.
+//! Every error is a 4xx or 5xx with `{"error": "<reason>"}`. Bodies over
+//! [`MAX_BODY_BYTES`] get 413. With a token ([`NodeConfig::api_token`](super::NodeConfig)),
+//! every call needs `Authorization: Bearer <token>` and gets 401 without it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -69,8 +73,40 @@ impl From<WriteError> for ApiError {
     }
 }
 
-/// The API's routes over a node handle.
-pub fn router(node: NodeHandle) -> Router {
+/// Refuses a request that does not carry the API token (when there is one) with 401.
+async fn require_token(
+    State(token): State<Option<Arc<str>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let reason = match given {
+        None => "this API needs an Authorization: Bearer <token> header",
+        Some(given) if !same_secret(given.as_bytes(), token.as_bytes()) => "wrong API token",
+        Some(_) => return next.run(request).await,
+    };
+    let mut response = ApiError(StatusCode::UNAUTHORIZED, reason.into()).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The API's routes over a node handle; with `token`, every call must carry it.
+pub fn router(node: NodeHandle, token: Option<Arc<str>>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/ops", post(write))
@@ -94,6 +130,7 @@ pub fn router(node: NodeHandle) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(token, require_token))
         .with_state(node)
 }
 
@@ -101,6 +138,7 @@ pub fn router(node: NodeHandle) -> Router {
 pub async fn serve(
     addr: SocketAddr,
     node: NodeHandle,
+    token: Option<Arc<str>>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), NodeError> {
     let api_err = |e: std::io::Error| NodeError::Api {
         addr,
@@ -108,7 +146,7 @@ pub async fn serve(
     };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(api_err)?;
     let bound = listener.local_addr().map_err(api_err)?;
-    let app = router(node);
+    let app = router(node, token);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP API stopped");

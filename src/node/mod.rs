@@ -72,6 +72,9 @@ pub struct NodeConfig {
     /// with it beneath noise, so only nodes holding it can connect, join or be joined.
     /// `None`: an open network.
     pub network_key: Option<libp2p::pnet::PreSharedKey>,
+    /// A bearer token every HTTP API call must carry (`Authorization: Bearer <token>`);
+    /// `None`: the API is open to whoever reaches its address.
+    pub api_token: Option<String>,
 }
 
 /// How a node makes, keeps and hands over snapshots.
@@ -110,6 +113,7 @@ impl NodeConfig {
             archiver: false,
             restore_from: None,
             network_key: None,
+            api_token: None,
         }
     }
 }
@@ -376,7 +380,12 @@ impl Node {
         let handle = started.handle.clone();
         let (api_addr, api) = match config.api {
             Some(addr) => {
-                let (bound, task) = http::serve(addr, handle.clone()).await?;
+                let (bound, task) = http::serve(
+                    addr,
+                    handle.clone(),
+                    config.api_token.as_deref().map(Arc::from),
+                )
+                .await?;
                 (Some(bound), Some(task))
             }
             None => (None, None),
