@@ -36,7 +36,7 @@ enum LogFormat {
 enum Command {
     /// Run a node: found a network, join one through --bootstrap, or resume from --data-dir.
     /// SIGINT or SIGTERM leaves the network gracefully.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Start a local network of real nodes on 127.0.0.1 and show the snapshot point move.
     Demo(DemoArgs),
     /// Inspect or verify a snapshot file.
@@ -143,7 +143,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => run_node(args).await,
+            Command::Node(args) => run_node(*args).await,
             Command::Demo(args) => run_demo(args).await,
             Command::Snapshot(_) | Command::NetworkKey => {
                 unreachable!("handled before the runtime starts")
