@@ -169,6 +169,12 @@ pub struct GossipConfig {
     pub suspicion_timeout: Duration,
     /// How often a node looks for silent members.
     pub failure_check_interval: Duration,
+    /// Ops that may wait for their deps at once, and how far beyond its origin's applied
+    /// seq one may be; the causal buffer refuses others (anti-entropy brings them back
+    /// once their deps are in), so a peer sending ops whose deps never come cannot fill
+    /// memory.
+    #[serde(default = "default_buffer_limits")]
+    pub causal_buffer: crate::ops_log::BufferLimits,
 }
 
 impl GossipConfig {
@@ -178,6 +184,10 @@ impl GossipConfig {
         self.status_interval
             .max(self.status_interval_per_member * members as u32)
     }
+}
+
+fn default_buffer_limits() -> crate::ops_log::BufferLimits {
+    crate::ops_log::BufferLimits::default()
 }
 
 fn default_state_transfer_timeout() -> Duration {
@@ -206,6 +216,7 @@ impl Default for GossipConfig {
             suspect_after: Duration::from_secs(3),
             suspicion_timeout: Duration::from_secs(3),
             failure_check_interval: Duration::from_millis(250),
+            causal_buffer: crate::ops_log::BufferLimits::default(),
         }
     }
 }

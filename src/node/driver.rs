@@ -1109,6 +1109,9 @@ impl Driver {
         m.stale_notices.set(stats.stale_notices as i64);
         m.evictions_issued.set(stats.evictions_issued as i64);
         m.rejoins.set(stats.rejoins as i64);
+        m.ops_refused.set(stats.ops_refused as i64);
+        m.ops_buffered
+            .set(self.replica.ops_log().buffered_len() as i64);
         if self.last_sp.as_ref() != Some(&sp) {
             m.evicted_members.set(
                 map.iter()

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub stale_notices: IntGauge,
     pub evictions_issued: IntGauge,
     pub rejoins: IntGauge,
+    pub ops_refused: IntGauge,
+    pub ops_buffered: IntGauge,
     pub messages_in: Family<KindLabel, Count>,
     pub messages_out: Family<KindLabel, Count>,
     pub bytes_in: Family<KindLabel, Count>,
@@ -59,6 +61,8 @@ impl Metrics {
             stale_notices: Default::default(),
             evictions_issued: Default::default(),
             rejoins: Default::default(),
+            ops_refused: Default::default(),
+            ops_buffered: Default::default(),
             messages_in: Default::default(),
             messages_out: Default::default(),
             bytes_in: Default::default(),
@@ -174,6 +178,17 @@ impl Metrics {
             "rejoins",
             "Times this node rejoined (evicted, stale or restarted)",
             m.rejoins.clone(),
+        );
+        registry.register(
+            "ops_refused",
+            "Received ops refused by the causal buffer's limits (too far ahead of their \
+             origin, or the buffer full)",
+            m.ops_refused.clone(),
+        );
+        registry.register(
+            "ops_buffered",
+            "Received ops waiting for their causal dependencies",
+            m.ops_buffered.clone(),
         );
         registry.register(
             "messages_in",

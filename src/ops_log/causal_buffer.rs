@@ -1,5 +1,11 @@
 //! Holds ops that arrived before their causal dependencies, and hands them out once they can
 //! be applied. Duplicates (already applied or already buffered) are recognised and dropped.
+//!
+//! The buffer is bounded ([`BufferLimits`]): an op too far ahead of what its origin has
+//! applied here, or one that arrives when the buffer is full, is refused. Nothing is lost by
+//! refusing: ops whose deps never arrive are what a peer sending garbage, or a faulty one,
+//! would fill memory with, while a real op comes back through anti-entropy once its deps
+//! are in.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,11 +14,41 @@ use super::Op;
 use crate::node_id::NodeId;
 use crate::version_vector::VersionVector;
 
+/// How much the buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BufferLimits {
+    /// Ops waiting in all.
+    pub max_ops: usize,
+    /// How far beyond its origin's applied seq an op may be (an op with seq `applied + n`
+    /// for `n` above this is refused).
+    pub max_ahead: u64,
+}
+
+impl Default for BufferLimits {
+    fn default() -> Self {
+        Self {
+            max_ops: 65_536,
+            max_ahead: 16_384,
+        }
+    }
+}
+
+/// What [`CausalBuffer::insert`] did with an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    Added,
+    /// Already applied or already waiting.
+    Duplicate,
+    /// Refused by the [`BufferLimits`]: too far ahead, or the buffer is full.
+    Refused,
+}
+
 /// Ops waiting for their deps, by origin then seq.
 #[derive(Debug)]
 pub struct CausalBuffer<P> {
     waiting: BTreeMap<NodeId, BTreeMap<u64, Arc<Op<P>>>>,
     len: usize,
+    limits: BufferLimits,
 }
 
 impl<P> Default for CausalBuffer<P> {
@@ -20,24 +56,42 @@ impl<P> Default for CausalBuffer<P> {
         Self {
             waiting: BTreeMap::new(),
             len: 0,
+            limits: BufferLimits::default(),
         }
     }
 }
 
 impl<P> CausalBuffer<P> {
-    /// Buffers `op` unless it is already applied (per `applied`) or already waiting.
-    /// Returns whether it was added.
-    pub fn insert(&mut self, op: Arc<Op<P>>, applied: &VersionVector) -> bool {
-        if op.seq <= applied.get(&op.origin) {
-            return false;
+    pub fn set_limits(&mut self, limits: BufferLimits) {
+        self.limits = limits;
+    }
+
+    /// Buffers `op` unless it is already applied (per `applied`) or already waiting, or
+    /// the limits refuse it. An op that can be applied at once is never refused.
+    pub fn insert(&mut self, op: Arc<Op<P>>, applied: &VersionVector) -> Insert {
+        let have = applied.get(&op.origin);
+        if op.seq <= have {
+            return Insert::Duplicate;
         }
-        let slot = self.waiting.entry(op.origin.clone()).or_default();
-        if slot.contains_key(&op.seq) {
-            return false;
+        if self
+            .waiting
+            .get(&op.origin)
+            .is_some_and(|slot| slot.contains_key(&op.seq))
+        {
+            return Insert::Duplicate;
         }
-        slot.insert(op.seq, op);
+        let deliverable = op.seq == have + 1 && op.deps.le(applied);
+        if !deliverable
+            && (op.seq - have > self.limits.max_ahead || self.len >= self.limits.max_ops)
+        {
+            return Insert::Refused;
+        }
+        self.waiting
+            .entry(op.origin.clone())
+            .or_default()
+            .insert(op.seq, op);
         self.len += 1;
-        true
+        Insert::Added
     }
 
     /// Removes and returns one op that can be applied on top of `applied`: the next seq of its

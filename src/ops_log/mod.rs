@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use causal_buffer::CausalBuffer;
+pub use causal_buffer::{BufferLimits, CausalBuffer, Insert};
 pub use lww_map::{LwwEntry, LwwMap, LwwOp};
 pub use state_machine::{Digest, OpMeta, StateMachine};
 
@@ -83,6 +83,9 @@ pub enum Received {
     Buffered,
     /// Already applied or already waiting.
     Duplicate,
+    /// Not applicable yet and refused by the causal buffer's limits (it comes back through
+    /// anti-entropy once its deps are in).
+    Refused,
 }
 
 /// A peer asked for ops that this node has already compacted away.
@@ -201,8 +204,10 @@ impl<S: StateMachine> OpsLog<S> {
     /// unblocks), buffers it otherwise, ignores duplicates.
     pub fn receive(&mut self, op: Arc<Op<S::Op>>) -> Result<Received, OpError> {
         op.validate()?;
-        if !self.buffer.insert(op, &self.applied) {
-            return Ok(Received::Duplicate);
+        match self.buffer.insert(op, &self.applied) {
+            Insert::Added => {}
+            Insert::Duplicate => return Ok(Received::Duplicate),
+            Insert::Refused => return Ok(Received::Refused),
         }
         let mut count = 0;
         while let Some(ready) = self.buffer.pop_deliverable(&self.applied) {
@@ -331,6 +336,11 @@ impl<S: StateMachine> OpsLog<S> {
     /// Number of ops waiting for their deps.
     pub fn buffered_len(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Sets the causal buffer's limits.
+    pub fn set_buffer_limits(&mut self, limits: BufferLimits) {
+        self.buffer.set_limits(limits);
     }
 }
 

@@ -174,3 +174,32 @@ proptest! {
         prop_assert_eq!(log.applied(), &model_applied);
     }
 }
+
+#[test]
+fn the_causal_buffer_refuses_ops_too_far_ahead_or_when_full_but_never_an_applicable_one() {
+    let a = id(1);
+    let mut origin = OpsLog::<LwwMap>::new();
+    let ops: Vec<_> = (0..10)
+        .map(|i| origin.create(&a, put(&format!("k{i}"), "v")))
+        .collect();
+    let mut log = OpsLog::<LwwMap>::new();
+    log.set_buffer_limits(BufferLimits {
+        max_ops: 3,
+        max_ahead: 5,
+    });
+    // seq 7 is 7 ahead of applied 0: refused; seq 5 is within reach: buffered
+    assert_eq!(log.receive(ops[6].clone()).unwrap(), Received::Refused);
+    assert_eq!(log.receive(ops[4].clone()).unwrap(), Received::Buffered);
+    assert_eq!(log.receive(ops[3].clone()).unwrap(), Received::Buffered);
+    assert_eq!(log.receive(ops[2].clone()).unwrap(), Received::Buffered);
+    // full (3 waiting): another op that cannot apply yet is refused
+    assert_eq!(log.receive(ops[1].clone()).unwrap(), Received::Refused);
+    assert_eq!(log.buffered_len(), 3);
+    // the op that applies at once is taken even though the buffer is full, and unblocks
+    // nothing further (seq 2 was refused)
+    assert_eq!(log.receive(ops[0].clone()).unwrap(), Received::Applied(1));
+    // seq 2 sent again (as anti-entropy would) applies and releases 3, 4, 5
+    assert_eq!(log.receive(ops[1].clone()).unwrap(), Received::Applied(4));
+    assert_eq!(log.buffered_len(), 0);
+    assert_eq!(log.applied().get(&a), 5);
+}

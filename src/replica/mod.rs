@@ -56,6 +56,8 @@ pub struct ReplicaStats {
     pub ops_applied: u64,
     pub ops_duplicate: u64,
     pub ops_invalid: u64,
+    /// Ops refused by the causal buffer's limits (too far ahead, or the buffer full).
+    pub ops_refused: u64,
     pub records_adopted: u64,
     pub records_pending: u64,
     pub records_outdated: u64,
@@ -215,6 +217,8 @@ impl<S: StateMachine> Replica<S> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let first_ae = now + jitter(&mut rng, config.gossip.anti_entropy_interval);
         let first_failure_check = now + jitter(&mut rng, config.gossip.failure_check_interval);
+        let mut log = log;
+        log.set_buffer_limits(config.gossip.causal_buffer);
         let mut replica = Self {
             id,
             incarnation,
@@ -730,6 +734,7 @@ impl<S: StateMachine> Replica<S> {
             match self.log.receive(op.clone()) {
                 Ok(Received::Applied(_)) | Ok(Received::Buffered) => {}
                 Ok(Received::Duplicate) => self.stats.ops_duplicate += 1,
+                Ok(Received::Refused) => self.stats.ops_refused += 1,
                 Err(_) => self.stats.ops_invalid += 1,
             }
         }
@@ -1234,6 +1239,7 @@ impl<S: StateMachine> Replica<S> {
             Ok((mut log, map)) => {
                 // the suffix applied while installing is part of the handed-over state
                 log.drain_applied();
+                log.set_buffer_limits(self.config.gossip.causal_buffer);
                 self.log = log;
                 self.log_generation += 1;
                 self.map = map;

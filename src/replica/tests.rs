@@ -771,3 +771,44 @@ fn without_keepalives_a_silent_fetching_joiner_would_be_evicted() {
         assert_eq!(entry.record.state, MemberState::Evicted, "at {:?}", r.id());
     }
 }
+
+#[test]
+fn ops_whose_deps_never_come_cannot_fill_a_members_memory_and_real_writes_go_on() {
+    use crate::gossip::{OpsBatch, PublishedOps};
+    use crate::ops_log::{BufferLimits, OpsLog};
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(100));
+    // a peer sends 50,000 ops of an origin whose first op never comes
+    let forger = id(66);
+    let mut forged = OpsLog::<LwwMap>::new();
+    let ops: Vec<_> = (0..50_000)
+        .map(|i| forged.create(&forger, put(&format!("f{i}"), "x")))
+        .skip(1)
+        .collect();
+    let flood = Message::Ops(PublishedOps {
+        ops: OpsBatch(ops),
+        report: None,
+    });
+    let now = net.now;
+    net.nodes[0].handle_message(now, &forger, &flood);
+    net.flush(0);
+    let limits = BufferLimits::default();
+    let waiting = net.nodes[0].ops_log().buffered_len();
+    assert!(waiting <= limits.max_ops, "{waiting} ops waiting");
+    assert_eq!(
+        waiting as u64,
+        limits.max_ahead - 1,
+        "seqs 2..=max_ahead wait"
+    );
+    assert_eq!(
+        net.nodes[0].stats().ops_refused,
+        50_000 - 1 - waiting as u64,
+        "the rest were refused and counted"
+    );
+    net.write(1, put("real", "1"));
+    net.run_for(Duration::from_millis(500));
+    for r in &net.nodes {
+        assert_eq!(r.stable_state().get("real"), Some("1"));
+        assert_eq!(r.applied_state().get("f1"), None, "nothing forged applied");
+    }
+}
