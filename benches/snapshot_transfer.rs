@@ -31,17 +31,6 @@ fn mb_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()
 }
 
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -176,10 +165,10 @@ async fn run(mib: u64) {
         .trim_start_matches("http://")
         .parse()
         .unwrap();
-    let rss_start = rss_kib(pid, "VmRSS:").unwrap_or(0);
+    let rss_start = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let mut peak = rss_start;
     let joined = loop {
-        peak = peak.max(rss_kib(pid, "VmRSS:").unwrap_or(0));
+        peak = peak.max(support::proc_status_kib(pid, "VmRSS:").unwrap_or(0));
         let status = support::http(api, "GET", "/v1/status", None).await;
         if status.status == 200 {
             let s = status.json();
@@ -193,8 +182,8 @@ async fn run(mib: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let rss_end = rss_kib(pid, "VmRSS:").unwrap_or(0);
-    let hwm = rss_kib(pid, "VmHWM:").unwrap_or(peak);
+    let rss_end = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    let hwm = support::proc_status_kib(pid, "VmHWM:").unwrap_or(peak);
     let metrics = support::http(api, "GET", "/metrics", None).await.body;
     let counter = |name: &str| {
         metrics

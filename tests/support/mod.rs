@@ -109,6 +109,18 @@ pub async fn converged(handles: &[NodeHandle], members: usize, ops: u64) -> bool
     true
 }
 
+/// A `/proc/<pid>/status` field in KiB (`"VmRSS:"`, `"VmHWM:"`), if the process lives.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// A response: status code and body.
 pub struct HttpResponse {
     pub status: u16,
