@@ -71,10 +71,12 @@ impl Drop for NodeProcess {
 
 fn spawn(data_dir: &std::path::Path, bootstrap: Option<&str>) -> NodeProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
-    command
-        .args(["node", "--data-dir"])
-        .arg(data_dir)
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]);
+    command.args(["node", "--data-dir"]).arg(data_dir).args([
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api",
+        "127.0.0.1:0",
+    ]);
     if let Some(b) = bootstrap {
         command.args(["--bootstrap", b]);
     }
@@ -153,12 +155,16 @@ async fn run(args: Args) {
     );
 
     let errors = Arc::new(AtomicU64::new(0));
+    let by_status = Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u16, u64>::new(),
+    ));
     let written = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs_f64(args.minutes * 60.0);
     let value = "v".repeat(100);
     let mut writers = Vec::new();
     for (i, api) in apis.iter().copied().enumerate() {
         let (errors, written, value) = (errors.clone(), written.clone(), value.clone());
+        let by_status = by_status.clone();
         let (rate, keys) = (args.rate, args.keys);
         writers.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -171,6 +177,7 @@ async fn run(args: Args) {
                     written.fetch_add(1, Ordering::Relaxed);
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    *by_status.lock().unwrap().entry(r.status).or_default() += 1;
                 }
                 n += 1;
             }
@@ -244,6 +251,10 @@ async fn run(args: Args) {
     let early = mean_of(warm..warm + third.max(1));
     let late = mean_of(series[0].len() - third.max(1)..series[0].len());
     let errors = errors.load(Ordering::Relaxed) + dead;
+    let mut rejoins = 0.0;
+    for api in &apis {
+        rejoins += metric(*api, "tidemark_rejoins").await.unwrap_or(0.0);
+    }
     println!(
         "RSS growth after warm-up (worst node, last sample / sample at {:.0} s): {growth:.3}x",
         times[warm]
@@ -260,8 +271,9 @@ async fn run(args: Args) {
         "snapshot-point lag after warm-up: mean {mean_lag:.1} ops, max {max_lag:.0} ops; first third {early:.1}, last third {late:.1}"
     );
     println!(
-        "ops written: {}, errors: {errors} (writes not answered 201, and node deaths)",
-        written.load(Ordering::Relaxed)
+        "ops written: {}, errors: {errors} (writes not answered 201 by status: {:?}; node deaths: {dead}); rejoins of all nodes: {rejoins}",
+        written.load(Ordering::Relaxed),
+        by_status.lock().unwrap()
     );
     plot(&args.out.join("soak.svg"), &times, &series, args.minutes).unwrap();
     println!("wrote {}", args.out.join("soak.svg").display());

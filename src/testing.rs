@@ -38,6 +38,9 @@ pub struct LoopbackNet<S: StateMachine> {
     /// does once a transfer is done.
     pub offer_states: bool,
     pub offered: Vec<(NodeId, S)>,
+    /// Keep a copy of every message sent or published in `recorded` (for fuzz seeds).
+    pub record: bool,
+    pub recorded: Vec<Arc<Message<S>>>,
 }
 
 impl<S: StateMachine> LoopbackNet<S> {
@@ -69,6 +72,8 @@ impl<S: StateMachine> LoopbackNet<S> {
             crashed: Vec::new(),
             offer_states: false,
             offered: Vec::new(),
+            record: false,
+            recorded: Vec::new(),
         };
         net.wakes = vec![None; net.nodes.len()];
         net.cut_off = vec![false; net.nodes.len()];
@@ -116,6 +121,9 @@ impl<S: StateMachine> LoopbackNet<S> {
     }
 
     fn carry(&mut self, message: &Arc<Message<S>>) -> Arc<Message<S>> {
+        if self.record {
+            self.recorded.push(message.clone());
+        }
         if !self.through_wire {
             return message.clone();
         }

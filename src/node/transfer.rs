@@ -57,10 +57,35 @@ const SERVING_AT_ONCE: usize = 8;
 /// Verified chunks waiting for the installer thread.
 const INSTALL_QUEUE: usize = 4;
 
-#[derive(Serialize, Deserialize)]
-struct ChunkRequest {
-    snapshot_id: String,
-    index: u32,
+/// A chunk request as sent on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    pub snapshot_id: String,
+    pub index: u32,
+}
+
+/// Decodes a chunk request frame (a peer's bytes: any input gives a value or an error).
+pub fn parse_request(frame: &[u8]) -> Result<ChunkRequest, String> {
+    ciborium::from_reader::<ChunkRequest, _>(frame).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Decodes an answer frame (a peer's bytes: any input gives a value or an error).
+pub fn parse_answer(frame: Vec<u8>) -> io::Result<Answer> {
+    match frame.split_first() {
+        Some((&ANSWER_CHUNK, _)) => {
+            let mut chunk = frame;
+            chunk.drain(..1);
+            Ok(Answer::Chunk(chunk))
+        }
+        Some((&ANSWER_NOT_FOUND, _)) => Ok(Answer::NotFound),
+        Some((&ANSWER_ERROR, reason)) => Err(io::Error::other(
+            String::from_utf8_lossy(reason).into_owned(),
+        )),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed chunk answer",
+        )),
+    }
 }
 
 /// Counters of the transfers a node serves and makes.
@@ -123,8 +148,8 @@ async fn answer_requests(
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         };
-        let answer = match ciborium::from_reader::<ChunkRequest, _>(request.as_slice()) {
-            Err(e) => error_answer(&format!("malformed request: {e}")),
+        let answer = match parse_request(&request) {
+            Err(reason) => error_answer(&reason),
             Ok(request) => {
                 let _permit = reading.acquire().await.map_err(io::Error::other)?;
                 let store = store.clone();
@@ -157,7 +182,9 @@ fn error_answer(reason: &str) -> Vec<u8> {
     answer
 }
 
-enum Answer {
+/// A chunk answer: the chunk's bytes, or "not here" (an error answer is an `Err`).
+#[derive(Debug)]
+pub enum Answer {
     Chunk(Vec<u8>),
     NotFound,
 }
@@ -205,26 +232,7 @@ async fn exchange(
     .map_err(io::Error::other)?;
     write_frame_limited(&mut stream, &request, MAX_REQUEST_BYTES).await?;
     stream.flush().await?;
-    let answer = read_frame_limited(&mut stream, MAX_PART_BYTES + 1).await?;
-    let answer = match answer.split_first() {
-        Some((&ANSWER_CHUNK, _)) => {
-            let mut chunk = answer;
-            chunk.drain(..1);
-            Answer::Chunk(chunk)
-        }
-        Some((&ANSWER_NOT_FOUND, _)) => Answer::NotFound,
-        Some((&ANSWER_ERROR, reason)) => {
-            return Err(io::Error::other(
-                String::from_utf8_lossy(reason).into_owned(),
-            ))
-        }
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed chunk answer",
-            ))
-        }
-    };
+    let answer = parse_answer(read_frame_limited(&mut stream, MAX_PART_BYTES + 1).await?)?;
     Ok((answer, stream))
 }
 
