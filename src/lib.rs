@@ -18,6 +18,7 @@ pub mod node;
 pub mod node_id;
 pub mod ops_log;
 pub mod replica;
+mod serde_bounded;
 pub mod snapshot;
 pub mod testing;
 pub mod time;

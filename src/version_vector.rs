@@ -10,9 +10,22 @@ use serde::{Deserialize, Serialize};
 use crate::node_id::NodeId;
 
 /// origin → highest seq of that origin (a downward-closed set of ops).
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct VersionVector(OrdMap<NodeId, u64>);
+
+impl<'de> Deserialize<'de> for VersionVector {
+    /// Grows with the entries received, never with the length the input claims; drops
+    /// zero entries, so a received vector is structurally equal to any other describing
+    /// the same ops.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map: OrdMap<NodeId, u64> = crate::serde_bounded::ord_map(deserializer)?;
+        if map.values().all(|seq| *seq != 0) {
+            return Ok(Self(map));
+        }
+        Ok(Self(map.into_iter().filter(|(_, seq)| *seq != 0).collect()))
+    }
+}
 
 impl VersionVector {
     pub fn new() -> Self {

@@ -27,6 +27,7 @@ pub struct LwwEntry {
 /// node goes on applying ops.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LwwMap {
+    #[serde(deserialize_with = "crate::serde_bounded::ord_map")]
     entries: imbl::OrdMap<String, LwwEntry>,
 }
 
