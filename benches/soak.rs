@@ -19,10 +19,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,51 +55,12 @@ struct Args {
     bench: bool,
 }
 
-/// A `tidemark node` child, killed on drop.
-struct NodeProcess {
-    child: Child,
-    api: SocketAddr,
-    listen: String,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(data_dir: &std::path::Path, bootstrap: Option<&str>) -> NodeProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
-    command.args(["node", "--data-dir"]).arg(data_dir).args([
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--api",
-        "127.0.0.1:0",
-    ]);
-    if let Some(b) = bootstrap {
-        command.args(["--bootstrap", b]);
-    }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tidemark node");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the node prints where it listens");
-    let info: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
-    let api = info["api"]
-        .as_str()
-        .and_then(|a| a.strip_prefix("http://"))
-        .and_then(|a| a.parse().ok())
-        .expect("an API address");
-    NodeProcess {
-        child,
-        api,
-        listen: info["listen_addrs"][0].as_str().unwrap().to_string(),
-    }
+/// A node of the release binary, joining through `bootstrap` if given.
+fn spawn(data_dir: &std::path::Path, bootstrap: Option<&str>) -> support::NodeProcess {
+    let extra: Vec<&str> = bootstrap
+        .map(|b| vec!["--bootstrap", b])
+        .unwrap_or_default();
+    support::spawn_with(data_dir, &extra, Stdio::null())
 }
 
 /// One sample of one node.

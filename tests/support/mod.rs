@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tidemark::node::views::At;
@@ -187,4 +189,48 @@ fn dechunk(mut rest: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A `tidemark node` child, killed on drop.
+pub struct NodeProcess {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub peer_id: String,
+    pub listen: String,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tidemark node --data-dir DIR --listen <loopback:0> --api <loopback:0> EXTRA...`.
+pub fn spawn_with(data_dir: &Path, extra: &[&str], stderr: Stdio) -> NodeProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["node", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn tidemark node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the node prints where it listens");
+    let info: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    let api = info["api"]
+        .as_str()
+        .and_then(|a| a.strip_prefix("http://"))
+        .and_then(|a| a.parse().ok())
+        .expect("an API address");
+    NodeProcess {
+        child,
+        api,
+        peer_id: info["peer_id"].as_str().unwrap().to_string(),
+        listen: info["listen_addrs"][0].as_str().unwrap().to_string(),
+    }
 }
