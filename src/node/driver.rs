@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/3`);
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/4`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -336,7 +336,7 @@ fn build_swarm(
         .message_id_fn(message_id)
         .build()
         .map_err(|e| transport_err(&e))?;
-    let protocol_version = format!("/tidemark/{network}/3");
+    let protocol_version = format!("/tidemark/{network}/4");
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| transport(key, network_key))
@@ -677,11 +677,11 @@ impl Driver {
                         )
                     }
                     At::Applied => {
-                        let state = self.replica.applied_state();
+                        let digest = self.replica.applied_digest();
                         StateView::new(
                             self.replica.applied(),
-                            crate::ops_log::StateMachine::digest(state),
-                            state,
+                            digest,
+                            self.replica.applied_state(),
                             &page,
                         )
                     }

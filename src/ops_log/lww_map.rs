@@ -2,6 +2,8 @@
 //! (Lamport time, origin). Deletes leave tombstones, so a delete beats any older write that
 //! arrives after it.
 
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 
 use super::state_machine::{Digest, OpMeta, StateMachine};
@@ -25,11 +27,112 @@ pub struct LwwEntry {
 /// Key-value map, last writer wins by (Lamport time, origin). A persistent map: a clone
 /// costs O(1) and shares structure, so a snapshot of the state can be exported while the
 /// node goes on applying ops.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The digest is kept incrementally (see [`LwwMap::digest`]): a write marks the one chunk
+/// of keys it lands in, and the next digest rehashes only marked chunks.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(from = "LwwMapRepr", into = "LwwMapRepr")]
 pub struct LwwMap {
+    entries: imbl::OrdMap<String, LwwEntry>,
+    chunks: DigestChunks,
+}
+
+/// The encoded form: the entries alone (the digest chunks are derived from them).
+#[derive(Serialize, Deserialize)]
+struct LwwMapRepr {
     #[serde(deserialize_with = "crate::serde_bounded::ord_map")]
     entries: imbl::OrdMap<String, LwwEntry>,
 }
+
+impl From<LwwMapRepr> for LwwMap {
+    fn from(repr: LwwMapRepr) -> Self {
+        let boundaries = repr
+            .entries
+            .keys()
+            .filter(|k| starts_chunk(k))
+            .cloned()
+            .collect();
+        Self {
+            entries: repr.entries,
+            chunks: DigestChunks {
+                boundaries,
+                clean: imbl::OrdMap::new(),
+            },
+        }
+    }
+}
+
+impl From<LwwMap> for LwwMapRepr {
+    fn from(map: LwwMap) -> Self {
+        Self {
+            entries: map.entries,
+        }
+    }
+}
+
+impl PartialEq for LwwMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for LwwMap {}
+
+impl std::fmt::Debug for LwwMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries.iter()).finish()
+    }
+}
+
+/// Where a digest chunk starts: before the first boundary key (the head), or at one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ChunkStart {
+    Head,
+    At(String),
+}
+
+/// A borrowed [`ChunkStart`]: `None` is the head (it sorts first, as `Head` does).
+type ChunkStartRef<'a> = Option<&'a str>;
+
+impl ChunkStart {
+    fn as_ref(&self) -> ChunkStartRef<'_> {
+        match self {
+            ChunkStart::Head => None,
+            ChunkStart::At(b) => Some(b),
+        }
+    }
+}
+
+/// The digest's partition of the keys into chunks, and the hashes of the chunks no write
+/// has touched since they were last hashed.
+#[derive(Clone, Debug, Default)]
+struct DigestChunks {
+    /// Held keys that start a chunk ([`starts_chunk`]).
+    boundaries: imbl::OrdSet<String>,
+    /// Hash of every chunk unchanged since it was hashed; a write removes its chunk's.
+    clean: imbl::OrdMap<ChunkStart, [u8; 32]>,
+}
+
+/// Whether `key` starts a digest chunk: the top 6 bits of its hash (64-bit FNV-1a, then
+/// the MurmurHash3 finalizer so the last bytes reach the top bits) are zero, one key in 64
+/// on average. Content-defined, so the partition is a function of the key set alone and a
+/// new key splits at most one chunk.
+fn starts_chunk(key: &str) -> bool {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    hash >> 58 == 0
+}
+
+/// Domain tag hashed ahead of the chunk hashes.
+const DIGEST_DOMAIN: &[u8] = b"tidemark lww-map digest v2";
 
 impl LwwMap {
     /// Live entries (no tombstones), sorted by key.
@@ -42,7 +145,7 @@ impl LwwMap {
     /// Live entries whose key is `start` or after it, sorted by key.
     pub fn entries_from<'a>(&'a self, start: &str) -> impl Iterator<Item = (&'a str, &'a str)> {
         self.entries
-            .range::<_, str>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .range::<_, str>((Bound::Included(start), Bound::Unbounded))
             .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
     }
 
@@ -60,13 +163,13 @@ impl LwwMap {
         self.entries.len()
     }
 
-    /// Every entry, tombstones included, sorted by key (the state's canonical form).
     /// The highest Lamport time of any entry (0 for an empty map): a node that starts from
     /// this state must write above it.
     pub fn max_lamport(&self) -> u64 {
         self.entries.values().map(|e| e.lamport).max().unwrap_or(0)
     }
 
+    /// Every entry, tombstones included, sorted by key (the state's canonical form).
     pub fn all_entries(&self) -> impl Iterator<Item = (&String, &LwwEntry)> {
         self.entries.iter()
     }
@@ -79,20 +182,117 @@ impl LwwMap {
                 return Err(format!("key {key:?} does not sort after {last:?}"));
             }
         }
+        self.chunks.touch(&key, true);
         self.entries.insert(key, entry);
         Ok(())
     }
+
+    /// The digest as format version 1 defined it: one BLAKE3 pass over every entry (kept
+    /// to verify snapshot files written by that version).
+    pub fn flat_digest(&self) -> Digest {
+        let mut hasher = blake3::Hasher::new();
+        hash_entries(&mut hasher, self.entries.iter());
+        Digest(*hasher.finalize().as_bytes())
+    }
+
+    /// The chunks in key order, each with its hash when it is clean.
+    fn chunks_with_hashes(&self) -> impl Iterator<Item = (ChunkStartRef<'_>, Option<[u8; 32]>)> {
+        let head = match (self.entries.get_min(), self.chunks.boundaries.get_min()) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some((first, _)), Some(boundary)) => first < boundary,
+        };
+        let starts = head
+            .then_some(None)
+            .into_iter()
+            .chain(self.chunks.boundaries.iter().map(|b| Some(b.as_str())));
+        // `clean` holds a subset of the chunk starts, in the same order: a merge join
+        let mut clean = self.chunks.clean.iter().peekable();
+        starts.map(move |start| {
+            while clean.next_if(|(c, _)| c.as_ref() < start).is_some() {}
+            let hash = clean.next_if(|(c, _)| c.as_ref() == start).map(|(_, h)| *h);
+            (start, hash)
+        })
+    }
+
+    fn chunk_hash(&self, start: ChunkStartRef<'_>) -> [u8; 32] {
+        let (from, next) = match start {
+            None => (Bound::Unbounded, self.chunks.boundaries.get_min()),
+            Some(b) => (
+                Bound::Included(b),
+                self.chunks
+                    .boundaries
+                    .range::<_, str>((Bound::Excluded(b), Bound::Unbounded))
+                    .next(),
+            ),
+        };
+        let to = next.map_or(Bound::Unbounded, |n| Bound::Excluded(n.as_str()));
+        let mut hasher = blake3::Hasher::new();
+        hash_entries(&mut hasher, self.entries.range::<_, str>((from, to)));
+        *hasher.finalize().as_bytes()
+    }
+}
+
+impl DigestChunks {
+    /// Marks the chunk holding `key` as changed; a new key that starts a chunk splits the
+    /// chunk it fell into.
+    fn touch(&mut self, key: &str, new_key: bool) {
+        let holder = self
+            .boundaries
+            .range::<_, str>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .map_or(ChunkStart::Head, |b| ChunkStart::At(b.clone()));
+        self.clean.remove(&holder);
+        if new_key && starts_chunk(key) {
+            self.boundaries.insert(key.to_owned());
+        }
+    }
+}
+
+/// Per entry in key order: key length (u64 LE), key, tag (0 tombstone, 1 value), value
+/// length and value when present, Lamport time (u64 LE), origin length and origin bytes.
+/// Entries are encoded into a buffer and hashed in 64 KiB pieces: BLAKE3 is many times
+/// faster on long inputs than on the short fields one by one (the hash is the same).
+fn hash_entries<'a>(
+    hasher: &mut blake3::Hasher,
+    entries: impl Iterator<Item = (&'a String, &'a LwwEntry)>,
+) {
+    let mut buf = Vec::with_capacity(1 << 16);
+    for (key, entry) in entries {
+        buf.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        buf.extend_from_slice(key.as_bytes());
+        match &entry.value {
+            None => buf.push(0),
+            Some(v) => {
+                buf.push(1);
+                buf.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                buf.extend_from_slice(v.as_bytes());
+            }
+        }
+        buf.extend_from_slice(&entry.lamport.to_le_bytes());
+        let origin = entry.origin.as_bytes();
+        buf.extend_from_slice(&(origin.len() as u64).to_le_bytes());
+        buf.extend_from_slice(origin);
+        if buf.len() >= 1 << 16 {
+            hasher.update(&buf);
+            buf.clear();
+        }
+    }
+    hasher.update(&buf);
 }
 
 impl StateMachine for LwwMap {
     type Op = LwwOp;
 
     fn apply(&mut self, meta: &OpMeta<'_>, op: &LwwOp) {
-        let wins = match self.entries.get(&op.key) {
+        let current = self.entries.get(&op.key);
+        let wins = match current {
             None => true,
             Some(cur) => (meta.lamport, meta.origin) > (cur.lamport, &cur.origin),
         };
         if wins {
+            let new_key = current.is_none();
+            self.chunks.touch(&op.key, new_key);
             self.entries.insert(
                 op.key.clone(),
                 LwwEntry {
@@ -104,30 +304,32 @@ impl StateMachine for LwwMap {
         }
     }
 
-    /// BLAKE3 over, per entry in key order: key length (u64 LE), key, tag (0 tombstone,
-    /// 1 value), value length and value when present, Lamport time (u64 LE), origin length and
-    /// origin bytes.
+    /// BLAKE3 over the domain tag, then over the hash of each chunk in key order. The keys
+    /// are cut into chunks where a key [starts a chunk](starts_chunk) (content-defined, so
+    /// the cut depends on the key set alone); a chunk's hash is BLAKE3 over its entries in
+    /// key order, each encoded as in [`hash_entries`]. Chunks no write touched since the
+    /// last [`refresh_digest`](StateMachine::refresh_digest) reuse their hash, so after a
+    /// batch of writes the digest costs the touched chunks (64 entries each on average)
+    /// plus one 32-byte hash per chunk, not a pass over the state.
     fn digest(&self) -> Digest {
-        let mut hasher = blake3::Hasher::new();
-        for (key, entry) in &self.entries {
-            hasher.update(&(key.len() as u64).to_le_bytes());
-            hasher.update(key.as_bytes());
-            match &entry.value {
-                None => {
-                    hasher.update(&[0]);
-                }
-                Some(v) => {
-                    hasher.update(&[1]);
-                    hasher.update(&(v.len() as u64).to_le_bytes());
-                    hasher.update(v.as_bytes());
-                }
-            }
-            hasher.update(&entry.lamport.to_le_bytes());
-            let origin = entry.origin.as_bytes();
-            hasher.update(&(origin.len() as u64).to_le_bytes());
-            hasher.update(origin);
+        let mut root = blake3::Hasher::new();
+        root.update(DIGEST_DOMAIN);
+        for (start, clean) in self.chunks_with_hashes() {
+            root.update(&clean.unwrap_or_else(|| self.chunk_hash(start)));
         }
-        Digest(*hasher.finalize().as_bytes())
+        Digest(*root.finalize().as_bytes())
+    }
+
+    fn refresh_digest(&mut self) {
+        let stale: Vec<ChunkStart> = self
+            .chunks_with_hashes()
+            .filter(|(_, clean)| clean.is_none())
+            .map(|(start, _)| start.map_or(ChunkStart::Head, |b| ChunkStart::At(b.to_owned())))
+            .collect();
+        for start in stale {
+            let hash = self.chunk_hash(start.as_ref());
+            self.chunks.clean.insert(start, hash);
+        }
     }
 }
 
@@ -186,5 +388,67 @@ mod tests {
         let mut n = LwwMap::default();
         put(&mut n, &a, 1, "k", Some("w"));
         assert_ne!(m.digest(), n.digest());
+    }
+
+    /// The same state rebuilt from its encoding: no cached chunk hashes.
+    fn fresh(map: &LwwMap) -> LwwMap {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(map, &mut bytes).unwrap();
+        ciborium::from_reader(bytes.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn a_write_rehashes_only_the_chunk_it_lands_in() {
+        let a = NodeId::synthetic(1);
+        let mut m = LwwMap::default();
+        for i in 0..10_000 {
+            put(&mut m, &a, i + 1, &format!("key-{i:05}"), Some("v"));
+        }
+        m.refresh_digest();
+        let chunks = m.chunks_with_hashes().count();
+        assert!(
+            (100..300).contains(&chunks),
+            "10,000 keys make {chunks} chunks"
+        );
+        let mut sizes = vec![0usize];
+        for key in m.entries.keys() {
+            if starts_chunk(key) {
+                sizes.push(0);
+            }
+            *sizes.last_mut().unwrap() += 1;
+        }
+        let largest = sizes.iter().max().unwrap();
+        assert!(*largest < 640, "sequential keys make a chunk of {largest}");
+        assert_eq!(m.chunks.clean.len(), chunks);
+        put(&mut m, &a, 20_000, "key-04321", Some("changed"));
+        assert_eq!(m.chunks.clean.len(), chunks - 1, "one chunk marked");
+        assert_eq!(m.digest(), fresh(&m).digest());
+    }
+
+    proptest::proptest! {
+        /// Whatever writes arrive and whenever the cache is refreshed, the digest equals
+        /// the digest of the same entries hashed from scratch, and differs from the digest
+        /// before a write that changed an entry.
+        #[test]
+        fn the_incremental_digest_equals_a_digest_from_scratch(
+            writes in proptest::collection::vec(
+                (0u16..400, proptest::option::of(0u8..4), 1u64..50, proptest::bool::ANY),
+                1..300,
+            ),
+        ) {
+            let origins = [NodeId::synthetic(1), NodeId::synthetic(2)];
+            let mut m = LwwMap::default();
+            for (i, (key, value, lamport, refresh)) in writes.into_iter().enumerate() {
+                let before = m.clone();
+                let value = value.map(|v| format!("value-{v}"));
+                put(&mut m, &origins[i % 2], lamport, &format!("k{key}"), value.as_deref());
+                if refresh {
+                    m.refresh_digest();
+                }
+                let digest = m.digest();
+                proptest::prop_assert_eq!(digest, fresh(&m).digest());
+                proptest::prop_assert_eq!(digest == before.digest(), m == before);
+            }
+        }
     }
 }

@@ -323,9 +323,17 @@ impl<S: StateMachine> OpsLog<S> {
 
     /// Digest of the stable state (computed on first use after a change).
     pub fn stable_digest(&mut self) -> Digest {
-        *self
-            .stable_digest
-            .get_or_insert_with(|| self.stable_state.digest())
+        if let Some(digest) = self.stable_digest {
+            return digest;
+        }
+        self.stable_state.refresh_digest();
+        *self.stable_digest.insert(self.stable_state.digest())
+    }
+
+    /// Digest of the applied state.
+    pub fn applied_digest(&mut self) -> Digest {
+        self.applied_state.refresh_digest();
+        self.applied_state.digest()
     }
 
     /// Number of applied ops kept above the stable cut.

@@ -26,6 +26,10 @@ pub trait StateMachine: Clone + Default + fmt::Debug + Serialize + DeserializeOw
     fn apply(&mut self, meta: &OpMeta<'_>, op: &Self::Op);
 
     fn digest(&self) -> Digest;
+
+    /// Caches what `digest` computed, so the next `digest` after a few writes is cheap.
+    /// `digest` must give the same result with or without it.
+    fn refresh_digest(&mut self) {}
 }
 
 /// A BLAKE3 hash of a canonical state encoding.

@@ -463,6 +463,10 @@ impl<S: StateMachine> Replica<S> {
         self.log.stable_digest()
     }
 
+    pub fn applied_digest(&mut self) -> Digest {
+        self.log.applied_digest()
+    }
+
     pub fn network_map(&self) -> &NetworkMap {
         &self.map
     }

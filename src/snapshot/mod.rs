@@ -28,8 +28,11 @@ use crate::version_vector::VersionVector;
 
 /// The first bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"TMSNAP\0\x01";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes. It reads this one and every earlier one.
+///
+/// - 2: the header's digest is the state machine's chunked digest (`LwwMap::digest`).
+/// - 1: the header's digest is one BLAKE3 pass over the entries (`LwwMap::flat_digest`).
+pub const FORMAT_VERSION: u32 = 2;
 /// Target size of a chunk's encoding; a chunk ends at the first entry that reaches it.
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest header or chunk a reader accepts.
@@ -49,6 +52,13 @@ pub trait ChunkedState: StateMachine {
         &mut self,
         entries: impl IntoIterator<Item = Self::Entry>,
     ) -> Result<(), String>;
+
+    /// The digest as snapshot format `version` defines it (the state machine's own digest
+    /// unless an earlier format defined another).
+    fn digest_for_format(&self, version: u32) -> Digest {
+        let _ = version;
+        self.digest()
+    }
 }
 
 impl ChunkedState for LwwMap {
@@ -66,6 +76,13 @@ impl ChunkedState for LwwMap {
             self.push_in_order(key, entry)?;
         }
         Ok(())
+    }
+
+    fn digest_for_format(&self, version: u32) -> Digest {
+        match version {
+            1 => self.flat_digest(),
+            _ => self.digest(),
+        }
     }
 }
 
@@ -113,7 +130,9 @@ impl SnapshotHeader {
 pub enum SnapshotError {
     #[error("not a tidemark snapshot (bad magic)")]
     BadMagic,
-    #[error("snapshot format version {0} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "snapshot format version {0} is not supported (this build reads 1 to {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u32),
     #[error("{what} of {len} bytes exceeds the {MAX_PART_BYTES}-byte limit")]
     TooLarge { what: &'static str, len: usize },
@@ -263,7 +282,7 @@ pub fn read_header(input: &mut impl Read) -> Result<SnapshotHeader, SnapshotErro
             what: "header",
             reason: e.to_string(),
         })?;
-    if header.version != FORMAT_VERSION || magic[7] != MAGIC[7] {
+    if !(1..=FORMAT_VERSION).contains(&header.version) || magic[7] != MAGIC[7] {
         return Err(SnapshotError::UnsupportedVersion(header.version));
     }
     if let Some(big) = header
@@ -354,7 +373,7 @@ impl<S: ChunkedState> StateBuilder<S> {
     }
 
     /// The state, once every chunk is in and it matches the header.
-    pub fn finish(self) -> Result<S, SnapshotError> {
+    pub fn finish(mut self) -> Result<S, SnapshotError> {
         if self.next_index != self.header.chunks.len() {
             return Err(SnapshotError::Malformed {
                 what: "snapshot",
@@ -371,7 +390,8 @@ impl<S: ChunkedState> StateBuilder<S> {
                 found: self.entries,
             });
         }
-        let found = self.state.digest();
+        self.state.refresh_digest();
+        let found = self.state.digest_for_format(self.header.version);
         if found != self.header.digest {
             return Err(SnapshotError::Digest {
                 expected: self.header.digest,
