@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::{Message, OpsBatch, PublishedOps, Records};
 use crate::network_map::{MemberRecord, MemberState, Sponsorship};
 use crate::node_id::NodeId;
-use crate::ops_log::{Op, StateMachine};
+use crate::ops_log::{Op, Signature, StateMachine};
 use crate::version_vector::VersionVector;
 
 /// Largest message accepted for decoding.
@@ -70,6 +70,9 @@ struct WireOp<P> {
     /// batch (or from nothing, for its first op).
     d: Vec<(u32, u64)>,
     p: P,
+    /// The origin's signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    g: Option<Signature>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -170,6 +173,7 @@ fn wire_ops<'a, P>(ops: &'a [Arc<Op<P>>], table: &mut Interner) -> Vec<WireOp<&'
             l: op.lamport,
             d,
             p: &op.payload,
+            g: op.signature.clone(),
         });
     }
     out
@@ -193,6 +197,7 @@ fn read_ops<P>(ids: &IdTable, wire_ops: Vec<WireOp<P>>) -> Result<Vec<Arc<Op<P>>
             lamport: w.l,
             deps,
             payload: w.p,
+            signature: w.g,
         }));
     }
     Ok(ops)

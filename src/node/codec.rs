@@ -32,6 +32,12 @@ pub async fn read_frame_limited<T: AsyncRead + Unpin>(
     io: &mut T,
     max: usize,
 ) -> io::Result<Vec<u8>> {
+    let len = read_frame_len(io, max).await?;
+    read_frame_body(io, len).await
+}
+
+/// Reads a frame's length, refusing one over `max`; its body follows.
+pub async fn read_frame_len<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -41,6 +47,11 @@ pub async fn read_frame_limited<T: AsyncRead + Unpin>(
             format!("frame of {len} bytes exceeds the {max}-byte limit"),
         ));
     }
+    Ok(len)
+}
+
+/// Reads a frame's body of `len` bytes.
+pub async fn read_frame_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
     Ok(buf)

@@ -1,6 +1,7 @@
 //! Direct messages (`Action::Send`): one long-lived outbound stream per peer, opened on the
 //! first message and reopened after it fails, fed by a bounded queue; and a reader for each
-//! inbound stream, which hands every frame to the driver. Cheaper per message than a
+//! inbound stream, which hands every frame to the driver (within a byte budget shared by
+//! all readers: a reader waits for room before it reads a body). Cheaper per message than a
 //! request–response exchange (no stream setup, no answer, no timer), which matters because
 //! status reports are most of the messages a node sends.
 //!
@@ -8,20 +9,30 @@
 //! its stream fails, or sent while the queue is full, is lost and counted.
 
 use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
 
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::codec::{read_frame, write_frame, DIRECT_PROTOCOL};
+use super::codec::{read_frame_body, read_frame_len, write_frame, DIRECT_PROTOCOL};
+use crate::gossip::MAX_MESSAGE_BYTES;
 
 /// Messages waiting for one peer's stream.
 const QUEUE: usize = 1024;
 /// Frames read from all inbound streams, waiting for the driver.
 const INBOUND_QUEUE: usize = 4096;
+/// Bytes of inbound frames read or being read and not yet handled by the driver, over all
+/// peers: a reader waits for room before it reads a frame's body, so peers that send
+/// faster than the node handles cannot fill its memory.
+const INBOUND_BUDGET_BYTES: usize = 4 * MAX_MESSAGE_BYTES;
+
+/// A frame from a peer, holding its share of the inbound budget until dropped.
+pub type InboundFrame = (PeerId, Vec<u8>, OwnedSemaphorePermit);
 
 /// Why a message was not queued.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +48,7 @@ pub struct Direct {
     /// Counts messages lost when a stream fails.
     dropped: Counter,
     /// Frames received, in arrival order per stream.
-    pub inbound: mpsc::Receiver<(PeerId, Vec<u8>)>,
+    pub inbound: mpsc::Receiver<InboundFrame>,
     tasks: JoinSet<()>,
 }
 
@@ -50,10 +61,11 @@ impl Direct {
             .accept(DIRECT_PROTOCOL)
             .expect("the direct protocol is accepted once per node");
         let to_driver = inbound_tx;
+        let budget = Arc::new(Semaphore::new(INBOUND_BUDGET_BYTES));
         tasks.spawn(async move {
             let mut readers = JoinSet::new();
             while let Some((peer, stream)) = incoming.next().await {
-                readers.spawn(read_stream(peer, stream, to_driver.clone()));
+                readers.spawn(read_stream(peer, stream, to_driver.clone(), budget.clone()));
                 while readers.try_join_next().is_some() {}
             }
         });
@@ -136,11 +148,25 @@ async fn write_stream(
 }
 
 /// Reads frames from one inbound stream until it ends or a frame is invalid.
-async fn read_stream(peer: PeerId, mut stream: Stream, to_driver: mpsc::Sender<(PeerId, Vec<u8>)>) {
+async fn read_stream(
+    peer: PeerId,
+    mut stream: Stream,
+    to_driver: mpsc::Sender<InboundFrame>,
+    budget: Arc<Semaphore>,
+) {
     loop {
-        match read_frame(&mut stream).await {
-            Ok(frame) => {
-                if to_driver.send((peer, frame)).await.is_err() {
+        let frame = async {
+            let len = read_frame_len(&mut stream, MAX_MESSAGE_BYTES).await?;
+            let room = budget
+                .clone()
+                .acquire_many_owned(len.max(1) as u32)
+                .await
+                .map_err(io::Error::other)?;
+            Ok::<_, io::Error>((read_frame_body(&mut stream, len).await?, room))
+        };
+        match frame.await {
+            Ok((frame, room)) => {
+                if to_driver.send((peer, frame, room)).await.is_err() {
                     return;
                 }
             }

@@ -27,7 +27,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport};
+use libp2p::{allow_block_list, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -36,8 +36,10 @@ use tracing::{debug, info, warn};
 use super::address_book::AddressBook;
 use super::direct::Direct;
 use super::keeper::SnapshotKeeper;
-use super::metrics::Metrics;
+use super::metrics::{KindLabel, Metrics, ReasonLabel};
+use super::penalties::{Offence, Penalties, PenaltyLimits};
 use super::schedule::ScheduleBook;
+use super::signing::PeerIdAuthenticator;
 use super::snapshots::SnapshotStore;
 use super::storage::{Batch, Stager, StateWrite, Storage};
 use super::transfer::{self, FetchError};
@@ -69,6 +71,8 @@ const READY_BATCH: usize = 64;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Peers blocked by the penalty box: their connections are closed and refused.
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     gossipsub: gossipsub::Behaviour,
     streams: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
@@ -102,6 +106,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     };
     let peer_id = key.public().to_peer_id();
     let me = node_id(&peer_id);
+    let auth = Arc::new(PeerIdAuthenticator::new(key.clone(), &config.network));
     let mut metrics = Metrics::new();
     let mut swarm = build_swarm(
         key,
@@ -136,6 +141,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         gossip: config.gossip.clone(),
         addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
         journal_applied: true,
+        auth: Some(auth),
     };
     // a per-process random seed (std's hasher keys come from the OS)
     let seed = {
@@ -278,6 +284,8 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         fetched,
         _serving: serving,
         archiver: config.archiver,
+        penalties: Penalties::new(PenaltyLimits::default()),
+        cut_links: BTreeSet::new(),
     };
     driver.stored_generation = state_stored.then(|| driver.replica.log_generation());
     // everything the replica did while starting (a rejoin's request, a founder's record)
@@ -332,6 +340,9 @@ fn build_swarm(
     let transport_err = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
+        // a message is relayed only after this node accepted it (`on_bytes`), so garbage
+        // and forged ops stop at the first honest node and the relays are never blamed
+        .validate_messages()
         .max_transmit_size(4 * 1024 * 1024)
         .message_id_fn(message_id)
         .build()
@@ -349,6 +360,7 @@ fn build_swarm(
             let identify =
                 identify::Behaviour::new(identify::Config::new(protocol_version, key.public()));
             Ok(Behaviour {
+                blocked: Default::default(),
                 gossipsub,
                 streams,
                 identify,
@@ -536,6 +548,19 @@ struct Driver {
     fetched: mpsc::UnboundedReceiver<(String, Result<LwwMap, FetchError>)>,
     _serving: AbortOnDrop,
     archiver: bool,
+    penalties: Penalties<PeerId>,
+    /// Peers whose links the operator cut (`NodeHandle::cut_links`).
+    cut_links: BTreeSet<PeerId>,
+}
+
+/// What gossipsub should do with a received message.
+enum Verdict {
+    /// Valid: relay it.
+    Accept,
+    /// Garbage or forged: drop it, do not relay it.
+    Reject,
+    /// Not usable here (it names a node not known yet): drop it, do not relay it.
+    Ignore,
 }
 
 /// A task that stops when its owner is dropped.
@@ -571,7 +596,7 @@ impl Driver {
                     let now = self.now();
                     self.replica.handle_timeout(now);
                 }
-                Some((peer, frame)) = self.direct.inbound.recv() => {
+                Some((peer, frame, _room)) = self.direct.inbound.recv() => {
                     let now = self.now();
                     self.on_bytes(now, &peer, &frame, false);
                 }
@@ -619,7 +644,7 @@ impl Driver {
         }
         for _ in 0..READY_BATCH {
             match self.direct.inbound.try_recv() {
-                Ok((peer, frame)) => {
+                Ok((peer, frame, _room)) => {
                     let now = self.now();
                     self.on_bytes(now, &peer, &frame, false);
                 }
@@ -695,6 +720,22 @@ impl Driver {
                 ));
             }
             Command::CheckSchedule => self.take_scheduled(),
+            Command::CutLinks(peers, reply) => {
+                let cut: BTreeSet<PeerId> = peers.into_iter().collect();
+                for healed in self.cut_links.difference(&cut) {
+                    if !self.penalties.is_blocked(healed) {
+                        self.swarm.behaviour_mut().blocked.unblock_peer(*healed);
+                    }
+                    // dial it again at the next reconnect tick
+                    self.dial_backoff.remove(healed);
+                }
+                for peer in &cut {
+                    self.swarm.behaviour_mut().blocked.block_peer(*peer);
+                }
+                info!(cut = cut.len(), "links cut");
+                self.cut_links = cut;
+                let _ = reply.send(());
+            }
             Command::NetworkMap(reply) => {
                 let _ = reply.send(NetworkMapView::new(self.replica.network_map(), now));
             }
@@ -729,9 +770,21 @@ impl Driver {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
+                message_id,
                 message,
                 ..
-            })) => self.on_bytes(now, &propagation_source, &message.data, true),
+            })) => {
+                let acceptance = match self.on_bytes(now, &propagation_source, &message.data, true)
+                {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -763,8 +816,12 @@ impl Driver {
     }
 
     /// A message from the network: decoded and handed to the replica, or dropped and
-    /// counted when malformed (or of a kind that does not belong on the topic).
-    fn on_bytes(&mut self, now: Time, from: &PeerId, bytes: &[u8], published: bool) {
+    /// counted when malformed (or of a kind that does not belong on the topic). A sender
+    /// of garbage or of ops its origin did not sign is penalised.
+    fn on_bytes(&mut self, now: Time, from: &PeerId, bytes: &[u8], published: bool) -> Verdict {
+        if self.penalties.is_blocked(from) {
+            return Verdict::Ignore;
+        }
         let decoded = if published {
             let keys = &mut self.keys;
             let replica = &self.replica;
@@ -777,22 +834,58 @@ impl Driver {
             Err(TopicDecodeError::UnknownKey(key)) => {
                 self.metrics.unresolved_batches.inc();
                 debug!(%from, key, "dropped a batch that refers to an unknown node");
-                return;
+                return Verdict::Ignore;
             }
             Err(error) => {
                 self.metrics.malformed_messages.inc();
                 debug!(%from, %error, "dropped a malformed message");
-                return;
+                self.offend(from, Offence::Malformed);
+                return Verdict::Reject;
             }
         };
         if !published && matches!(message, Message::Ops(_)) {
             // ops travel on the topic only
             self.metrics.malformed_messages.inc();
-            return;
+            self.offend(from, Offence::Malformed);
+            return Verdict::Reject;
         }
         self.metrics
             .count_in_with_report(message.kind(), bytes.len(), report_bytes(&message));
+        let stats = self.replica.stats();
+        let (bad_before, refused_before) = (
+            stats.ops_unsigned + stats.ops_bad_signature,
+            stats.ops_refused,
+        );
         self.replica.handle_message(now, &node_id(from), &message);
+        let stats = self.replica.stats();
+        if stats.ops_unsigned + stats.ops_bad_signature > bad_before {
+            debug!(%from, "dropped ops their origin did not sign");
+            self.offend(from, Offence::BadSignature);
+            return Verdict::Reject;
+        }
+        if stats.ops_refused > refused_before {
+            self.offend(from, Offence::Refused);
+        }
+        Verdict::Accept
+    }
+
+    /// Counts an offence against `peer`; one too many blocks it (its connections close and
+    /// it cannot connect again until the block runs out).
+    fn offend(&mut self, peer: &PeerId, offence: Offence) {
+        self.metrics
+            .peer_offences
+            .get_or_create(&KindLabel {
+                kind: offence.label(),
+            })
+            .inc();
+        if self
+            .penalties
+            .offend(peer, offence, Instant::now().into_std())
+        {
+            warn!(%peer, last = offence.label(), "blocking a peer that sent too much garbage");
+            self.metrics.peers_blocked.inc();
+            self.swarm.behaviour_mut().blocked.block_peer(*peer);
+        }
     }
 
     /// After every event: store what must survive a crash, answer the writes that are now
@@ -1053,6 +1146,12 @@ impl Driver {
     /// teaches the swarm the addresses members carry in their records.
     fn reconnect(&mut self) {
         let now = Instant::now();
+        for peer in self.penalties.expired(now.into_std()) {
+            info!(%peer, "block ran out");
+            if !self.cut_links.contains(&peer) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+        }
         let me = *self.swarm.local_peer_id();
         let members: Vec<(PeerId, Vec<String>)> = self
             .replica
@@ -1063,7 +1162,10 @@ impl Driver {
             .filter(|(p, _)| *p != me)
             .collect();
         for (peer, addrs) in members {
-            if self.swarm.is_connected(&peer) {
+            if self.swarm.is_connected(&peer)
+                || self.penalties.is_blocked(&peer)
+                || self.cut_links.contains(&peer)
+            {
                 continue;
             }
             let (next, backoff) = self
@@ -1110,6 +1212,16 @@ impl Driver {
         m.evictions_issued.set(stats.evictions_issued as i64);
         m.rejoins.set(stats.rejoins as i64);
         m.ops_refused.set(stats.ops_refused as i64);
+        for (reason, count) in [
+            ("unsigned", stats.ops_unsigned),
+            ("bad_signature", stats.ops_bad_signature),
+            ("replayed", stats.ops_duplicate),
+            ("invalid", stats.ops_invalid),
+        ] {
+            m.ops_rejected
+                .get_or_create(&ReasonLabel { reason })
+                .set(count as i64);
+        }
         m.ops_buffered
             .set(self.replica.ops_log().buffered_len() as i64);
         if self.last_sp.as_ref() != Some(&sp) {

@@ -14,6 +14,12 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Labels of why ops were rejected.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 type IntGauge = Gauge<i64, std::sync::atomic::AtomicI64>;
 type Count = Counter<u64, AtomicU64>;
 
@@ -37,6 +43,9 @@ pub struct Metrics {
     pub bytes_in: Family<KindLabel, Count>,
     pub bytes_out: Family<KindLabel, Count>,
     pub malformed_messages: Count,
+    pub ops_rejected: Family<ReasonLabel, IntGauge>,
+    pub peer_offences: Family<KindLabel, Count>,
+    pub peers_blocked: Count,
     pub unresolved_batches: Count,
     pub publish_failures: Count,
     pub direct_dropped: Count,
@@ -68,6 +77,9 @@ impl Metrics {
             bytes_in: Default::default(),
             bytes_out: Default::default(),
             malformed_messages: Default::default(),
+            ops_rejected: Default::default(),
+            peer_offences: Default::default(),
+            peers_blocked: Default::default(),
             unresolved_batches: Default::default(),
             publish_failures: Default::default(),
             direct_dropped: Default::default(),
@@ -214,6 +226,26 @@ impl Metrics {
             "malformed_messages",
             "Messages dropped because they could not be decoded",
             m.malformed_messages.clone(),
+        );
+        registry.register(
+            "ops_rejected",
+            "Received ops rejected, by reason: unsigned; bad_signature (forged or mutated: \
+             not signed by their origin over their content); replayed (already applied or \
+             compacted: a replay, or a benign duplicate of overlapping repairs); invalid \
+             (malformed seq, deps or Lamport time)",
+            m.ops_rejected.clone(),
+        );
+        registry.register(
+            "peer_offences",
+            "Offences counted against peers, by kind: malformed messages, messages with \
+             ops not signed by their origin (bad_signature), messages with ops the causal \
+             buffer refused",
+            m.peer_offences.clone(),
+        );
+        registry.register(
+            "peers_blocked",
+            "Times a peer was disconnected and blocked for too many offences",
+            m.peers_blocked.clone(),
         );
         registry.register(
             "unresolved_batches",

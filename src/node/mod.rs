@@ -7,6 +7,8 @@
 //! | `address_book` (private) | the peer addresses any dial by peer id uses |
 //! | [`codec`] | length-prefixed CBOR frames of the direct protocol |
 //! | `direct` (private) | direct messages: one long-lived stream per peer, and readers of inbound streams |
+//! | [`penalties`] | points per peer for garbage, forged ops and floods; the peers to block |
+//! | [`signing`] | signs this node's ops with its libp2p key, checks received ops against their origin's |
 //! | [`storage`] | the redb database: node key, checkpoint, op suffix |
 //! | [`snapshots`] | snapshot files, made off the event loop, listed and served by id (also chunk by chunk) |
 //! | [`schedule`] | the persistent snapshot schedule: which heights to take |
@@ -26,7 +28,9 @@ mod driver;
 pub mod http;
 pub mod keeper;
 pub mod metrics;
+pub mod penalties;
 pub mod schedule;
+pub mod signing;
 pub mod snapshots;
 pub mod storage;
 pub mod transfer;
@@ -137,6 +141,8 @@ pub enum NodeError {
     Bootstrap(Multiaddr),
     #[error("cannot serve the HTTP API on {addr}: {reason}")]
     Api { addr: SocketAddr, reason: String },
+    #[error("not a peer id: {0}")]
+    PeerId(String),
     #[error("the node has stopped")]
     Stopped,
     #[error("snapshot: {0}")]
@@ -184,6 +190,8 @@ pub(crate) enum Command {
     Leave(oneshot::Sender<()>),
     /// Take any scheduled snapshot that is due now.
     CheckSchedule,
+    /// Refuse connections with exactly these peers from now on (closing open ones).
+    CutLinks(Vec<libp2p::PeerId>, oneshot::Sender<()>),
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -235,6 +243,22 @@ impl NodeHandle {
 
     pub async fn network_map(&self) -> Result<NetworkMapView, NodeError> {
         self.ask(Command::NetworkMap).await
+    }
+
+    /// Cuts this node's links to `peers` (a peer id each, base58), and only to them: open
+    /// connections are closed, new ones are refused both ways, and the node does not dial
+    /// them, until a later call leaves them out. The peers' messages relayed by others
+    /// still arrive. An operator's block list, and how tests partition real nodes; an
+    /// empty list heals every cut. Fails on a malformed peer id.
+    pub async fn cut_links(&self, peers: &[&str]) -> Result<(), NodeError> {
+        let peers = peers
+            .iter()
+            .map(|p| {
+                p.parse::<libp2p::PeerId>()
+                    .map_err(|e| NodeError::PeerId(format!("{p:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ask(|reply| Command::CutLinks(peers, reply)).await
     }
 
     /// A receiver that sees every change of the snapshot point.

@@ -69,17 +69,10 @@ impl<P> CausalBuffer<P> {
     /// Buffers `op` unless it is already applied (per `applied`) or already waiting, or
     /// the limits refuse it. An op that can be applied at once is never refused.
     pub fn insert(&mut self, op: Arc<Op<P>>, applied: &VersionVector) -> Insert {
+        if self.holds(&op, applied) {
+            return Insert::Duplicate;
+        }
         let have = applied.get(&op.origin);
-        if op.seq <= have {
-            return Insert::Duplicate;
-        }
-        if self
-            .waiting
-            .get(&op.origin)
-            .is_some_and(|slot| slot.contains_key(&op.seq))
-        {
-            return Insert::Duplicate;
-        }
         let deliverable = op.seq == have + 1 && op.deps.le(applied);
         if !deliverable
             && (op.seq - have > self.limits.max_ahead || self.len >= self.limits.max_ops)
@@ -92,6 +85,15 @@ impl<P> CausalBuffer<P> {
             .insert(op.seq, op);
         self.len += 1;
         Insert::Added
+    }
+
+    /// Whether `op` is already applied (per `applied`) or already waiting here.
+    pub fn holds(&self, op: &Op<P>, applied: &VersionVector) -> bool {
+        op.seq <= applied.get(&op.origin)
+            || self
+                .waiting
+                .get(&op.origin)
+                .is_some_and(|slot| slot.contains_key(&op.seq))
     }
 
     /// Removes and returns one op that can be applied on top of `applied`: the next seq of its

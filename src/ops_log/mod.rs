@@ -11,6 +11,7 @@
 
 mod causal_buffer;
 mod lww_map;
+mod signing;
 mod state_machine;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use causal_buffer::{BufferLimits, CausalBuffer, Insert};
 pub use lww_map::{LwwEntry, LwwMap, LwwOp};
+pub use signing::{OpAuthenticator, Signature, SignatureError};
 pub use state_machine::{Digest, OpMeta, StateMachine};
 
 use crate::node_id::NodeId;
@@ -34,6 +36,10 @@ pub struct Op<P> {
     /// The origin's applied vector when it created the op; `deps[origin] == seq - 1`.
     pub deps: VersionVector,
     pub payload: P,
+    /// The origin's signature over [`Op::signing_bytes`] (absent where ops are not signed,
+    /// as in the simulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 impl<P> Op<P> {
@@ -72,6 +78,8 @@ pub enum OpError {
     GapInOrigin { seq: u64, dep: u64 },
     #[error("op lamport time must be at least 1")]
     ZeroLamport,
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }
 
 /// What happened to a received op.
@@ -187,15 +195,31 @@ impl<S: StateMachine> OpsLog<S> {
     }
 
     /// Creates the next op of `origin` (this node) and applies it locally.
+    /// Creates this node's next op (unsigned) and applies it.
     pub fn create(&mut self, origin: &NodeId, payload: S::Op) -> Arc<Op<S::Op>> {
+        self.create_signed(origin, payload, None)
+    }
+
+    /// Creates this node's next op, signed by `signer` when one is given, and applies it.
+    pub fn create_signed(
+        &mut self,
+        origin: &NodeId,
+        payload: S::Op,
+        signer: Option<&dyn OpAuthenticator>,
+    ) -> Arc<Op<S::Op>> {
         self.lamport += 1;
-        let op = Arc::new(Op {
+        let mut op = Op {
             origin: origin.clone(),
             seq: self.applied.get(origin) + 1,
             lamport: self.lamport,
             deps: self.applied.clone(),
             payload,
-        });
+            signature: None,
+        };
+        if let Some(signer) = signer {
+            op.signature = Some(signer.sign(&op.signing_bytes()));
+        }
+        let op = Arc::new(op);
         self.apply(op.clone());
         op
     }
@@ -203,7 +227,24 @@ impl<S: StateMachine> OpsLog<S> {
     /// Takes an op from a peer: applies it if its deps are met (and then anything it
     /// unblocks), buffers it otherwise, ignores duplicates.
     pub fn receive(&mut self, op: Arc<Op<S::Op>>) -> Result<Received, OpError> {
+        self.receive_verified(op, None)
+    }
+
+    /// [`receive`](Self::receive), and with `auth`, the op must also carry its origin's
+    /// signature. A duplicate is known before its signature is checked, so replays of ops
+    /// already held cost no verification.
+    pub fn receive_verified(
+        &mut self,
+        op: Arc<Op<S::Op>>,
+        auth: Option<&dyn OpAuthenticator>,
+    ) -> Result<Received, OpError> {
         op.validate()?;
+        if self.buffer.holds(&op, &self.applied) {
+            return Ok(Received::Duplicate);
+        }
+        if let Some(auth) = auth {
+            op.check_signature(auth)?;
+        }
         match self.buffer.insert(op, &self.applied) {
             Insert::Added => {}
             Insert::Duplicate => return Ok(Received::Duplicate),

@@ -21,7 +21,10 @@ use crate::gossip::{
 use crate::join_protocol::{self, JoinError, JoinGrant, JoinRequest, JoinResponse};
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
-use crate::ops_log::{Digest, Op, OpsLog, Received, StateMachine};
+use crate::ops_log::{
+    Digest, InstallError, Op, OpAuthenticator, OpError, OpsLog, Received, SignatureError,
+    StateMachine,
+};
 use crate::time::Time;
 use crate::version_vector::VersionVector;
 
@@ -47,6 +50,9 @@ pub struct ReplicaConfig {
     pub addrs: Vec<String>,
     /// Keep every applied op for [`Replica::drain_applied_ops`] (simulator, observers).
     pub journal_applied: bool,
+    /// Signs this node's ops and checks every received op's signature (the node plugs in
+    /// its libp2p key). Without one, ops are neither signed nor checked (the simulator).
+    pub auth: Option<Arc<dyn OpAuthenticator>>,
 }
 
 /// Counters of what the replica has seen.
@@ -58,6 +64,11 @@ pub struct ReplicaStats {
     pub ops_invalid: u64,
     /// Ops refused by the causal buffer's limits (too far ahead, or the buffer full).
     pub ops_refused: u64,
+    /// Ops rejected for carrying no signature (with an authenticator).
+    pub ops_unsigned: u64,
+    /// Ops rejected because their signature is not their origin's over their content:
+    /// forged or mutated.
+    pub ops_bad_signature: u64,
     pub records_adopted: u64,
     pub records_pending: u64,
     pub records_outdated: u64,
@@ -508,7 +519,9 @@ impl<S: StateMachine> Replica<S> {
             Phase::Left => return Err(WriteRefused::Left),
             Phase::Member { leaving_by: None } => {}
         }
-        let op = self.log.create(&self.id, payload);
+        let op = self
+            .log
+            .create_signed(&self.id, payload, self.config.auth.as_deref());
         self.stats.ops_created += 1;
         self.after_apply();
         self.unpublished.push(op.clone());
@@ -735,10 +748,17 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_ops(&mut self, now: Time, from: &NodeId, batch: &OpsBatch<S::Op>) {
         for op in &batch.0 {
-            match self.log.receive(op.clone()) {
+            match self
+                .log
+                .receive_verified(op.clone(), self.config.auth.as_deref())
+            {
                 Ok(Received::Applied(_)) | Ok(Received::Buffered) => {}
                 Ok(Received::Duplicate) => self.stats.ops_duplicate += 1,
                 Ok(Received::Refused) => self.stats.ops_refused += 1,
+                Err(OpError::Signature(SignatureError::Unsigned)) => self.stats.ops_unsigned += 1,
+                Err(OpError::Signature(SignatureError::BadSignature)) => {
+                    self.stats.ops_bad_signature += 1
+                }
                 Err(_) => self.stats.ops_invalid += 1,
             }
         }
@@ -1232,6 +1252,19 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn install_grant(&mut self, now: Time, grant: JoinGrant<S>) -> Result<(), JoinError> {
+        if let Some(auth) = self.config.auth.as_deref() {
+            // the sponsor checked these ops when it received them; a grant is no back door
+            for op in &grant.suffix.0 {
+                if let Err(error) = op.check_signature(auth) {
+                    self.stats.join_refusals += 1;
+                    return Err(JoinError::Install(InstallError::InvalidOp {
+                        origin: op.origin.clone(),
+                        seq: op.seq,
+                        error: error.into(),
+                    }));
+                }
+            }
+        }
         let reports_made = self.keepalive_seq;
         match join_protocol::install(
             grant,

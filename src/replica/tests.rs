@@ -607,6 +607,7 @@ fn a_steady_writer_reports_on_its_batches_and_not_in_status() {
                     deps
                 },
                 payload: put("n1", "v"),
+                signature: None,
             });
             let message = Message::Ops(PublishedOps {
                 ops: OpsBatch(vec![op]),

@@ -54,6 +54,7 @@ mod tests {
                 .map(|&(o, s)| (NodeId::synthetic(o), s))
                 .collect(),
             payload: (),
+            signature: None,
         }
     }
 

@@ -1,0 +1,170 @@
+//! The node's op authenticator: this node signs its ops with its libp2p ed25519 key, and a
+//! received op counts only if it verifies under the public key inside its origin's peer id
+//! (ed25519 peer ids carry the key itself). The signed message is a domain tag naming the
+//! network, then the op's signing bytes, so an op signed in one network does not verify in
+//! another.
+
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::PeerId;
+
+use crate::ops_log::{OpAuthenticator, Signature};
+use crate::NodeId;
+
+/// Signs with this node's key; verifies against the origin's peer id.
+pub struct PeerIdAuthenticator {
+    key: Keypair,
+    domain: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerIdAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerIdAuthenticator")
+            .field("peer_id", &self.key.public().to_peer_id())
+            .finish()
+    }
+}
+
+impl PeerIdAuthenticator {
+    pub fn new(key: Keypair, network: &str) -> Self {
+        let mut domain = b"tidemark op v1\0".to_vec();
+        domain.extend_from_slice(network.as_bytes());
+        domain.push(0);
+        Self { key, domain }
+    }
+
+    fn message(&self, signing_bytes: &[u8]) -> Vec<u8> {
+        let mut message = Vec::with_capacity(self.domain.len() + signing_bytes.len());
+        message.extend_from_slice(&self.domain);
+        message.extend_from_slice(signing_bytes);
+        message
+    }
+}
+
+/// The public key a peer id carries inline (ed25519 ones do; hashed ids of larger keys do
+/// not, and their ops cannot be checked).
+fn inline_public_key(origin: &NodeId) -> Option<PublicKey> {
+    let peer = PeerId::from_bytes(origin.as_bytes()).ok()?;
+    let multihash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // multihash code 0 is the identity hash: the digest is the key's protobuf encoding
+    if multihash.code() != 0 {
+        return None;
+    }
+    PublicKey::try_decode_protobuf(multihash.digest()).ok()
+}
+
+impl OpAuthenticator for PeerIdAuthenticator {
+    fn sign(&self, signing_bytes: &[u8]) -> Signature {
+        Signature(
+            self.key
+                .sign(&self.message(signing_bytes))
+                .expect("ed25519 signing cannot fail"),
+        )
+    }
+
+    fn verify(&self, origin: &NodeId, signing_bytes: &[u8], signature: &Signature) -> bool {
+        inline_public_key(origin)
+            .is_some_and(|key| key.verify(&self.message(signing_bytes), &signature.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ops_log::LwwMap;
+    use crate::ops_log::{LwwOp, Op, OpError, OpsLog, Received, SignatureError};
+
+    fn node(network: &str) -> (NodeId, PeerIdAuthenticator) {
+        let key = Keypair::generate_ed25519();
+        let id = NodeId::from_bytes(&key.public().to_peer_id().to_bytes()).unwrap();
+        (id, PeerIdAuthenticator::new(key, network))
+    }
+
+    fn put(key: &str, value: &str) -> LwwOp {
+        LwwOp {
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+
+    /// An op made and signed by `origin` in `origin_log`.
+    fn signed(
+        origin_log: &mut OpsLog<LwwMap>,
+        origin: &NodeId,
+        auth: &PeerIdAuthenticator,
+    ) -> Arc<Op<LwwOp>> {
+        origin_log.create_signed(origin, put("k", "v"), Some(auth))
+    }
+
+    #[test]
+    fn an_op_signed_by_its_origin_is_applied() {
+        let (a, a_auth) = node("net");
+        let (_, b_auth) = node("net");
+        let op = signed(&mut OpsLog::new(), &a, &a_auth);
+        let mut at_b = OpsLog::<LwwMap>::new();
+        assert_eq!(
+            at_b.receive_verified(op, Some(&b_auth)),
+            Ok(Received::Applied(1))
+        );
+        assert_eq!(at_b.applied_state().get("k"), Some("v"));
+    }
+
+    #[test]
+    fn forged_mutated_unsigned_and_foreign_network_ops_are_rejected() {
+        let (a, a_auth) = node("net");
+        let (m, m_auth) = node("net");
+        let (_, b_auth) = node("net");
+        let (_, other_net) = node("other");
+        let mut at_b = OpsLog::<LwwMap>::new();
+        let bad = Err(OpError::Signature(SignatureError::BadSignature));
+
+        // forged: m signs an op that names a as its origin
+        let mut forged = (*signed(&mut OpsLog::new(), &a, &a_auth)).clone();
+        forged.signature = Some(m_auth.sign(&forged.signing_bytes()));
+        assert_eq!(at_b.receive_verified(Arc::new(forged), Some(&b_auth)), bad);
+
+        // mutated: a's genuine op with another value
+        let mut mutated = (*signed(&mut OpsLog::new(), &a, &a_auth)).clone();
+        mutated.payload = put("k", "evil");
+        assert_eq!(at_b.receive_verified(Arc::new(mutated), Some(&b_auth)), bad);
+
+        // unsigned
+        let mut unsigned = (*signed(&mut OpsLog::new(), &m, &m_auth)).clone();
+        unsigned.signature = None;
+        assert_eq!(
+            at_b.receive_verified(Arc::new(unsigned), Some(&b_auth)),
+            Err(OpError::Signature(SignatureError::Unsigned))
+        );
+
+        // signed in another network
+        let (o, o_auth) = {
+            let key = Keypair::generate_ed25519();
+            let id = NodeId::from_bytes(&key.public().to_peer_id().to_bytes()).unwrap();
+            (id, PeerIdAuthenticator::new(key, "other"))
+        };
+        let foreign = signed(&mut OpsLog::new(), &o, &o_auth);
+        assert!(other_net.verify(
+            &o,
+            &foreign.signing_bytes(),
+            foreign.signature.as_ref().unwrap()
+        ));
+        assert_eq!(at_b.receive_verified(foreign, Some(&b_auth)), bad);
+
+        assert_eq!(at_b.applied().total(), 0, "nothing was applied");
+    }
+
+    #[test]
+    fn a_replayed_op_is_a_duplicate() {
+        let (a, a_auth) = node("net");
+        let (_, b_auth) = node("net");
+        let op = signed(&mut OpsLog::new(), &a, &a_auth);
+        let mut at_b = OpsLog::<LwwMap>::new();
+        at_b.receive_verified(op.clone(), Some(&b_auth)).unwrap();
+        assert_eq!(
+            at_b.receive_verified(op, Some(&b_auth)),
+            Ok(Received::Duplicate)
+        );
+        assert_eq!(at_b.applied().total(), 1);
+    }
+}
