@@ -33,8 +33,10 @@ fn op_signing(c: &mut Criterion) {
         })
         .collect();
     let mut group = c.benchmark_group("receive_1000_ops");
-    let auths: [(&str, Option<&dyn OpAuthenticator>); 2] =
-        [("unchecked", None), ("ed25519_checked", Some(&receiver_auth))];
+    let auths: [(&str, Option<&dyn OpAuthenticator>); 2] = [
+        ("unchecked", None),
+        ("ed25519_checked", Some(&receiver_auth)),
+    ];
     for (name, auth) in auths {
         group.bench_function(name, |b| {
             b.iter_batched(

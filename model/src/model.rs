@@ -255,6 +255,8 @@ impl TidemarkModel {
             gossip: scope.gossip.clone(),
             addrs: Vec::new(),
             journal_applied: true,
+            // synthetic node ids carry no keys: ops are unsigned here
+            auth: None,
         };
         let founders: Vec<NodeId> = ids[..scope.founders].to_vec();
         let setups = ids

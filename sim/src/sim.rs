@@ -378,6 +378,8 @@ impl Sim {
             gossip: self.config.gossip.clone(),
             addrs: Vec::new(),
             journal_applied: true,
+            // synthetic node ids carry no keys: ops are unsigned here
+            auth: None,
         }
     }
 
