@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use tidemark::gossip::encode;
-use tidemark::ops_log::{LwwEntry, LwwMap, LwwOp};
+use tidemark::gossip::{encode, Message, OpsBatch, Records, Repair};
+use tidemark::node::signing::PeerIdAuthenticator;
+use tidemark::ops_log::{LwwEntry, LwwMap, LwwOp, OpsLog};
 use tidemark::snapshot::write_snapshot;
 use tidemark::testing::LoopbackNet;
 use tidemark::{NodeId, VersionVector};
@@ -86,5 +87,25 @@ fn main() {
     net.add_joiner(NodeId::synthetic(9), NodeId::synthetic(0));
     net.run_for(std::time::Duration::from_millis(1500));
     keep(&mut net);
-    println!("wrote {seen} wire messages and the other seeds under corpus/");
+    // a repair with ops signed by their origin, as real nodes send them
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let signer = PeerIdAuthenticator::new(key.clone(), "fuzz");
+    let origin = NodeId::from_bytes(&key.public().to_peer_id().to_bytes()).unwrap();
+    let mut log = OpsLog::<LwwMap>::new();
+    let ops = (0..3)
+        .map(|i| {
+            let payload = LwwOp {
+                key: format!("s{i}"),
+                value: Some("v".into()),
+            };
+            log.create_signed(&origin, payload, Some(&signer))
+        })
+        .collect();
+    let repair = Message::<LwwMap>::Repair(Repair {
+        ops: OpsBatch(ops),
+        records: Records(Vec::new()),
+        more: false,
+    });
+    put("wire_message", "signed_repair", &encode(&repair));
+    println!("wrote {} wire messages and the other seeds under corpus/", seen + 1);
 }

@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{cluster, converged, eventually, http, http_with, start_node, start_node_with};
+use support::{
+    cluster, converged, eventually, http, http_with, start_node, start_node_with, wait_members,
+};
 use tidemark::node::views::At;
 use tidemark::node::NodeHandle;
 
@@ -22,28 +24,12 @@ async fn write_from_each(handles: &[NodeHandle], per_node: usize, tag: &str) {
     }
 }
 
-async fn wait_members(handles: &[NodeHandle], n: usize) {
-    assert!(
-        eventually(SETTLE, || async {
-            for h in handles {
-                match h.status().await {
-                    Ok(s) if s.phase == "member" && s.members == n => {}
-                    _ => return false,
-                }
-            }
-            true
-        })
-        .await,
-        "every node becomes a member of a {n}-node network"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_join_through_a_bootstrap_peer_and_converge_on_ops_from_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(dir.path(), 5).await;
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    wait_members(&handles, 5).await;
+    wait_members(&handles, 5, SETTLE).await;
     write_from_each(&handles, 20, "op").await;
     assert!(
         eventually(SETTLE, || converged(&handles, 5, 100)).await,
@@ -65,7 +51,7 @@ async fn after_a_node_is_killed_the_snapshot_point_moves_on_within_the_default_b
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), 5).await;
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    wait_members(&handles, 5).await;
+    wait_members(&handles, 5, SETTLE).await;
     write_from_each(&handles, 5, "before").await;
     assert!(eventually(SETTLE, || converged(&handles, 5, 25)).await);
     nodes.pop().unwrap().kill().await;
@@ -86,7 +72,7 @@ async fn a_node_restarted_from_its_data_dir_keeps_its_identity_and_catches_up_wi
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), 5).await;
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    wait_members(&handles, 5).await;
+    wait_members(&handles, 5, SETTLE).await;
     write_from_each(&handles, 4, "first").await;
     let victim = nodes.pop().unwrap();
     let peer_id = victim.handle().peer_id().to_string();
@@ -121,11 +107,11 @@ async fn when_the_bootstrap_peer_leaves_the_rest_stay_connected_and_converge() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), 5).await;
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    wait_members(&handles, 5).await;
+    wait_members(&handles, 5, SETTLE).await;
     let bootstrap = nodes.remove(0);
     bootstrap.leave().await.unwrap();
     let rest = &handles[1..];
-    wait_members(rest, 4).await;
+    wait_members(rest, 4, SETTLE).await;
     write_from_each(rest, 10, "after-leave").await;
     assert!(
         eventually(SETTLE, || converged(rest, 4, 40)).await,

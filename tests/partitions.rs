@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{cluster, converged, eventually};
+use support::{cluster, converged, eventually, wait_members};
 use tidemark::node::views::At;
+use tidemark::node::Node;
 use tidemark::node::NodeHandle;
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -61,20 +62,14 @@ impl Writers {
     }
 }
 
-async fn wait_members(handles: &[NodeHandle], n: usize) {
-    assert!(
-        eventually(SETTLE, || async {
-            for h in handles {
-                match h.status().await {
-                    Ok(s) if s.phase == "member" && s.members == n => {}
-                    _ => return false,
-                }
-            }
-            true
-        })
-        .await,
-        "every node becomes a member of a {n}-node network"
-    );
+/// Four nodes, members of one network, every one of them writing.
+async fn writing_cluster(dir: &std::path::Path) -> (Vec<Node>, Vec<NodeHandle>, Writers) {
+    let nodes = cluster(dir, 4).await;
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    wait_members(&handles, 4, SETTLE).await;
+    let writers = Writers::start(&handles);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (nodes, handles, writers)
 }
 
 /// Cuts every link between the two sides.
@@ -126,11 +121,7 @@ async fn assert_converged_without_loss(handles: &[NodeHandle], acked: &BTreeSet<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_even_split_holds_the_snapshot_point_back_and_converges_after_the_heal() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path(), 4).await;
-    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    wait_members(&handles, 4).await;
-    let writers = Writers::start(&handles);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (nodes, handles, writers) = writing_cluster(dir.path()).await;
 
     let (left, right) = handles.split_at(2);
     partition(left, right).await;
@@ -194,11 +185,7 @@ async fn an_even_split_holds_the_snapshot_point_back_and_converges_after_the_hea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_majority_rejoins_after_the_heal_and_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path(), 4).await;
-    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
-    wait_members(&handles, 4).await;
-    let writers = Writers::start(&handles);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (nodes, handles, writers) = writing_cluster(dir.path()).await;
 
     let (majority, alone) = handles.split_at(3);
     partition(majority, alone).await;

@@ -138,11 +138,7 @@ mod tests {
         );
 
         // signed in another network
-        let (o, o_auth) = {
-            let key = Keypair::generate_ed25519();
-            let id = NodeId::from_bytes(&key.public().to_peer_id().to_bytes()).unwrap();
-            (id, PeerIdAuthenticator::new(key, "other"))
-        };
+        let (o, o_auth) = node("other");
         let foreign = signed(&mut OpsLog::new(), &o, &o_auth);
         assert!(other_net.verify(
             &o,

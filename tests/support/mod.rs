@@ -83,6 +83,23 @@ pub async fn cluster(dir: &Path, n: usize) -> Vec<Node> {
     nodes
 }
 
+/// Asserts that every handle becomes a member of an `n`-node network within `within`.
+pub async fn wait_members(handles: &[NodeHandle], n: usize, within: Duration) {
+    assert!(
+        eventually(within, || async {
+            for h in handles {
+                match h.status().await {
+                    Ok(s) if s.phase == "member" && s.members == n => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await,
+        "every node becomes a member of a {n}-node network"
+    );
+}
+
 /// Whether every handle is a member of a network of `members`, with its snapshot point
 /// equal to what it applied, `ops` ops in all, and the same stable digest and state.
 pub async fn converged(handles: &[NodeHandle], members: usize, ops: u64) -> bool {
