@@ -50,7 +50,7 @@ fn op(
         signature: None,
     };
     if let Some(signer) = signer {
-        op.signature = Some(signer.sign(&op.signing_bytes()));
+        op.sign(signer);
     }
     op
 }

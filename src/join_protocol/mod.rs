@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::gossip::{OpsBatch, Records};
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap, Sponsorship};
 use crate::node_id::NodeId;
-use crate::ops_log::{InstallError, OpsLog, StateMachine};
+use crate::ops_log::{InstallError, OpAuthenticator, OpsLog, StateMachine};
 use crate::snapshot::SnapshotHeader;
 use crate::time::Time;
 use crate::version_vector::VersionVector;
@@ -225,6 +225,7 @@ pub fn install<S: StateMachine>(
     addrs: Vec<String>,
     reports_made: u64,
     now: Time,
+    auth: Option<&dyn OpAuthenticator>,
 ) -> Result<(OpsLog<S>, NetworkMap), JoinError> {
     let registration = grant.registration;
     if &registration.id != me {
@@ -240,6 +241,7 @@ pub fn install<S: StateMachine>(
         grant.stable_cut,
         grant.lamport,
         grant.suffix.0,
+        auth,
     )?;
     if !registration.applied.le(log.applied()) {
         return Err(JoinError::BelowCut {

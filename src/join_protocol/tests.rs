@@ -85,7 +85,7 @@ fn obstacle_1_a_joiner_registered_by_its_sponsor_holds_back_every_snapshot_point
     let n2 = &mut n[2];
     let grant = register(&mut n2.log, &mut n2.map, &request, Time::ZERO).unwrap();
     assert_eq!(grant.registration.applied.get(&id(1)), 1, "join cut is [A]");
-    let (log5, map5) = install(grant.clone(), &id(5), vec![], 0, Time::ZERO).unwrap();
+    let (log5, map5) = install(grant.clone(), &id(5), vec![], 0, Time::ZERO, None).unwrap();
     assert_eq!(log5.applied().get(&id(1)), 1);
     assert_eq!(log5.applied_state().get("A"), Some("v"));
     assert!(map5.get(&id(2)).is_some() && map5.counted() == 5);
@@ -140,7 +140,7 @@ fn a_retried_join_is_granted_again_and_a_member_cannot_join_twice() {
     let again = register(&mut sponsor.log, &mut sponsor.map, &request, Time::ZERO).unwrap();
     assert_eq!(first.registration, again.registration);
     assert_eq!(sponsor.own().registrations, 1, "one registration, not two");
-    let (log, _) = install(again, &id(2), vec![], 0, Time::ZERO).unwrap();
+    let (log, _) = install(again, &id(2), vec![], 0, Time::ZERO, None).unwrap();
     assert_eq!(
         log.applied().get(&id(1)),
         2,
@@ -182,7 +182,7 @@ fn a_grant_for_someone_else_is_refused() {
     };
     let grant = register(&mut sponsor.log, &mut sponsor.map, &request, Time::ZERO).unwrap();
     assert!(matches!(
-        install(grant, &id(3), vec![], 0, Time::ZERO),
+        install(grant, &id(3), vec![], 0, Time::ZERO, None),
         Err(JoinError::NotForMe { .. })
     ));
 }

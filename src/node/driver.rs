@@ -722,18 +722,16 @@ impl Driver {
             Command::CheckSchedule => self.take_scheduled(),
             Command::CutLinks(peers, reply) => {
                 let cut: BTreeSet<PeerId> = peers.into_iter().collect();
-                for healed in self.cut_links.difference(&cut) {
-                    if !self.penalties.is_blocked(healed) {
-                        self.swarm.behaviour_mut().blocked.unblock_peer(*healed);
-                    }
-                    // dial it again at the next reconnect tick
-                    self.dial_backoff.remove(healed);
-                }
-                for peer in &cut {
-                    self.swarm.behaviour_mut().blocked.block_peer(*peer);
-                }
+                let healed: Vec<PeerId> = self.cut_links.difference(&cut).copied().collect();
                 info!(cut = cut.len(), "links cut");
-                self.cut_links = cut;
+                self.cut_links = cut.clone();
+                for peer in cut.into_iter().chain(healed.iter().copied()) {
+                    self.sync_block(peer);
+                }
+                for peer in &healed {
+                    // dial it again at the next reconnect tick
+                    self.dial_backoff.remove(peer);
+                }
                 let _ = reply.send(());
             }
             Command::NetworkMap(reply) => {
@@ -884,7 +882,25 @@ impl Driver {
         {
             warn!(%peer, last = offence.label(), "blocking a peer that sent too much garbage");
             self.metrics.peers_blocked.inc();
-            self.swarm.behaviour_mut().blocked.block_peer(*peer);
+            self.sync_block(*peer);
+        }
+    }
+
+    /// Whether links with `peer` are refused now: the penalty box holds it, or the
+    /// operator cut the link.
+    fn refuses(&self, peer: &PeerId) -> bool {
+        self.penalties.is_blocked(peer) || self.cut_links.contains(peer)
+    }
+
+    /// Makes the swarm's block list agree with [`refuses`](Self::refuses) for `peer`
+    /// (blocking closes its connections).
+    fn sync_block(&mut self, peer: PeerId) {
+        let refused = self.refuses(&peer);
+        let blocked = &mut self.swarm.behaviour_mut().blocked;
+        if refused {
+            blocked.block_peer(peer);
+        } else {
+            blocked.unblock_peer(peer);
         }
     }
 
@@ -1148,9 +1164,7 @@ impl Driver {
         let now = Instant::now();
         for peer in self.penalties.expired(now.into_std()) {
             info!(%peer, "block ran out");
-            if !self.cut_links.contains(&peer) {
-                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-            }
+            self.sync_block(peer);
         }
         let me = *self.swarm.local_peer_id();
         let members: Vec<(PeerId, Vec<String>)> = self
@@ -1162,10 +1176,7 @@ impl Driver {
             .filter(|(p, _)| *p != me)
             .collect();
         for (peer, addrs) in members {
-            if self.swarm.is_connected(&peer)
-                || self.penalties.is_blocked(&peer)
-                || self.cut_links.contains(&peer)
-            {
+            if self.swarm.is_connected(&peer) || self.refuses(&peer) {
                 continue;
             }
             let (next, backoff) = self

@@ -73,7 +73,8 @@ mod tests {
 
     use super::*;
     use crate::ops_log::LwwMap;
-    use crate::ops_log::{LwwOp, Op, OpError, OpsLog, Received, SignatureError};
+    use crate::ops_log::{InstallError, LwwOp, Op, OpError, OpsLog, Received, SignatureError};
+    use crate::VersionVector;
 
     fn node(network: &str) -> (NodeId, PeerIdAuthenticator) {
         let key = Keypair::generate_ed25519();
@@ -121,7 +122,7 @@ mod tests {
 
         // forged: m signs an op that names a as its origin
         let mut forged = (*signed(&mut OpsLog::new(), &a, &a_auth)).clone();
-        forged.signature = Some(m_auth.sign(&forged.signing_bytes()));
+        forged.sign(&m_auth);
         assert_eq!(at_b.receive_verified(Arc::new(forged), Some(&b_auth)), bad);
 
         // mutated: a's genuine op with another value
@@ -148,6 +149,41 @@ mod tests {
         assert_eq!(at_b.receive_verified(foreign, Some(&b_auth)), bad);
 
         assert_eq!(at_b.applied().total(), 0, "nothing was applied");
+    }
+
+    #[test]
+    fn a_handed_over_suffix_installs_only_if_every_op_is_signed_by_its_origin() {
+        let (a, a_auth) = node("net");
+        let (_, m_auth) = node("net");
+        let (_, joiner_auth) = node("net");
+        let mut at_a = OpsLog::<LwwMap>::new();
+        let first = signed(&mut at_a, &a, &a_auth);
+        let second = signed(&mut at_a, &a, &a_auth);
+        let install = |suffix: Vec<Arc<Op<LwwOp>>>| {
+            OpsLog::<LwwMap>::install(
+                LwwMap::default(),
+                VersionVector::new(),
+                0,
+                suffix,
+                Some(&joiner_auth),
+            )
+        };
+
+        let installed = install(vec![first.clone(), second.clone()]).unwrap();
+        assert_eq!(installed.applied().total(), 2);
+
+        // a sponsor slips in a forged op in a's name
+        let mut forged = (*second).clone();
+        forged.payload = put("k", "evil");
+        forged.sign(&m_auth);
+        assert_eq!(
+            install(vec![first, Arc::new(forged)]).unwrap_err(),
+            InstallError::InvalidOp {
+                origin: a,
+                seq: 2,
+                error: OpError::Signature(SignatureError::BadSignature),
+            }
+        );
     }
 
     #[test]

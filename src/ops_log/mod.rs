@@ -170,23 +170,20 @@ impl<S: StateMachine> OpsLog<S> {
     }
 
     /// Installs a handed-over state: the stable state at `cut` plus the op suffix above it.
-    /// Every op of the suffix must apply.
+    /// Every op of the suffix must apply and, with `auth`, carry its origin's signature: a
+    /// handed-over suffix is checked like ops from the topic.
     pub fn install(
         state: S,
         cut: VersionVector,
         lamport: u64,
         suffix: impl IntoIterator<Item = Arc<Op<S::Op>>>,
+        auth: Option<&dyn OpAuthenticator>,
     ) -> Result<Self, InstallError> {
         let mut log = Self::from_stable(state, cut, lamport);
         for op in suffix {
-            if let Err(error) = op.validate() {
-                return Err(InstallError::InvalidOp {
-                    origin: op.origin.clone(),
-                    seq: op.seq,
-                    error,
-                });
-            }
-            log.receive(op).expect("validated above");
+            let (origin, seq) = (op.origin.clone(), op.seq);
+            log.receive_verified(op, auth)
+                .map_err(|error| InstallError::InvalidOp { origin, seq, error })?;
         }
         if !log.buffer.is_empty() {
             return Err(InstallError::Incomplete(log.buffer.len()));
@@ -194,7 +191,6 @@ impl<S: StateMachine> OpsLog<S> {
         Ok(log)
     }
 
-    /// Creates the next op of `origin` (this node) and applies it locally.
     /// Creates this node's next op (unsigned) and applies it.
     pub fn create(&mut self, origin: &NodeId, payload: S::Op) -> Arc<Op<S::Op>> {
         self.create_signed(origin, payload, None)
@@ -217,7 +213,7 @@ impl<S: StateMachine> OpsLog<S> {
             signature: None,
         };
         if let Some(signer) = signer {
-            op.signature = Some(signer.sign(&op.signing_bytes()));
+            op.sign(signer);
         }
         let op = Arc::new(op);
         self.apply(op.clone());

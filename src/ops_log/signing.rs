@@ -63,6 +63,11 @@ impl<P: Serialize> Op<P> {
         out
     }
 
+    /// Signs the op as it is with `signer` (its origin's key).
+    pub fn sign(&mut self, signer: &dyn OpAuthenticator) {
+        self.signature = Some(signer.sign(&self.signing_bytes()));
+    }
+
     /// Checks that the op's origin signed it as it is.
     pub fn check_signature(&self, auth: &dyn OpAuthenticator) -> Result<(), SignatureError> {
         let signature = self.signature.as_ref().ok_or(SignatureError::Unsigned)?;

@@ -104,6 +104,7 @@ fn folding_the_stable_cut_compacts_the_log_and_matches_a_fresh_replay() {
         cut.clone(),
         0,
         log.unstable_ops(),
+        None,
     )
     .unwrap();
     assert_eq!(installed.applied(), log.applied());
@@ -122,7 +123,7 @@ fn install_refuses_an_incomplete_suffix() {
     let mut log = OpsLog::<LwwMap>::new();
     log.create(&a, put("k", "1"));
     let second = log.create(&a, put("k", "2"));
-    let err = OpsLog::<LwwMap>::install(LwwMap::default(), VersionVector::new(), 0, [second]);
+    let err = OpsLog::<LwwMap>::install(LwwMap::default(), VersionVector::new(), 0, [second], None);
     assert_eq!(err.unwrap_err(), InstallError::Incomplete(1));
 }
 

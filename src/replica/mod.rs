@@ -22,8 +22,7 @@ use crate::join_protocol::{self, JoinError, JoinGrant, JoinRequest, JoinResponse
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{
-    Digest, InstallError, Op, OpAuthenticator, OpError, OpsLog, Received, SignatureError,
-    StateMachine,
+    Digest, Op, OpAuthenticator, OpError, OpsLog, Received, SignatureError, StateMachine,
 };
 use crate::time::Time;
 use crate::version_vector::VersionVector;
@@ -979,7 +978,14 @@ impl<S: StateMachine> Replica<S> {
             .filter(|op| op.seq > cut.get(&op.origin))
             .collect();
         suffix.sort_by_key(|op| op.lamport);
-        let mut log = OpsLog::install(checkpoint.stable_state, cut, checkpoint.lamport, suffix)?;
+        // this node's own journal: its ops were checked when they arrived
+        let mut log = OpsLog::install(
+            checkpoint.stable_state,
+            cut,
+            checkpoint.lamport,
+            suffix,
+            None,
+        )?;
         log.drain_applied();
         let id = checkpoint.id;
         let mut own = None;
@@ -1252,19 +1258,6 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn install_grant(&mut self, now: Time, grant: JoinGrant<S>) -> Result<(), JoinError> {
-        if let Some(auth) = self.config.auth.as_deref() {
-            // the sponsor checked these ops when it received them; a grant is no back door
-            for op in &grant.suffix.0 {
-                if let Err(error) = op.check_signature(auth) {
-                    self.stats.join_refusals += 1;
-                    return Err(JoinError::Install(InstallError::InvalidOp {
-                        origin: op.origin.clone(),
-                        seq: op.seq,
-                        error: error.into(),
-                    }));
-                }
-            }
-        }
         let reports_made = self.keepalive_seq;
         match join_protocol::install(
             grant,
@@ -1272,6 +1265,8 @@ impl<S: StateMachine> Replica<S> {
             self.config.addrs.clone(),
             reports_made,
             now,
+            // the sponsor checked these ops when it received them; a grant is no back door
+            self.config.auth.as_deref(),
         ) {
             Ok((mut log, map)) => {
                 // the suffix applied while installing is part of the handed-over state
