@@ -180,13 +180,19 @@ impl<S: StateMachine> OpsLog<S> {
         auth: Option<&dyn OpAuthenticator>,
     ) -> Result<Self, InstallError> {
         let mut log = Self::from_stable(state, cut, lamport);
+        let mut refused = 0;
         for op in suffix {
             let (origin, seq) = (op.origin.clone(), op.seq);
-            log.receive_verified(op, auth)
+            let received = log
+                .receive_verified(op, auth)
                 .map_err(|error| InstallError::InvalidOp { origin, seq, error })?;
+            if received == Received::Refused {
+                refused += 1;
+            }
         }
-        if !log.buffer.is_empty() {
-            return Err(InstallError::Incomplete(log.buffer.len()));
+        let unapplied = log.buffer.len() + refused;
+        if unapplied > 0 {
+            return Err(InstallError::Incomplete(unapplied));
         }
         Ok(log)
     }

@@ -127,6 +127,21 @@ fn install_refuses_an_incomplete_suffix() {
     assert_eq!(err.unwrap_err(), InstallError::Incomplete(1));
 }
 
+#[test]
+fn install_counts_a_suffix_op_the_causal_buffer_refuses_as_missing() {
+    // An op further ahead of its origin than the buffer will hold is refused rather than
+    // buffered; the install must still report it instead of succeeding without it.
+    let a = id(1);
+    let mut origin = OpsLog::<LwwMap>::new();
+    let ahead = BufferLimits::default().max_ahead as usize + 2;
+    let far = (0..ahead)
+        .map(|i| origin.create(&a, put(&format!("k{i}"), "v")))
+        .last()
+        .unwrap();
+    let err = OpsLog::<LwwMap>::install(LwwMap::default(), VersionVector::new(), 0, [far], None);
+    assert_eq!(err.unwrap_err(), InstallError::Incomplete(1));
+}
+
 /// Naive model of causal delivery: an op is applicable when its origin's previous op and all
 /// deps are applied. Delivering a set in any order, with duplicates, through the buffer must
 /// apply exactly the ops the model can reach, each once, in an order the model accepts.
