@@ -1,6 +1,6 @@
-//! Snapshot figures for a large state (issue 5): create, transfer and install throughput,
-//! the joiner's memory while it installs, and op-apply latency while a snapshot is
-//! exported.
+//! Snapshot figures for a large state (snapshots as artifacts): create, transfer and
+//! install throughput, the joiner's memory while it installs, and op-apply latency while a
+//! snapshot is exported.
 //!
 //! ```text
 //! cargo bench --bench snapshot_transfer -- [--mib 256]

@@ -1,4 +1,4 @@
-//! Soak (issue 6): N nodes of the release binary under steady writes for a long time,
+//! Soak (hardening): N nodes of the release binary under steady writes for a long time,
 //! recording every node's RSS, snapshot-point lag and errors over time.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! A hostile peer on the node's open port (issue 6): it connects over the real transport
+//! A hostile peer on the node's open port (signed ops): it connects over the real transport
 //! and sends direct messages carrying forged, mutated, unsigned and replayed ops, then a
 //! flood of garbage. The node applies only ops signed by their origin, counts each
 //! rejection in `/metrics`, and disconnects and blocks the flooder.

@@ -1,4 +1,4 @@
-//! Partitions between real nodes (issue 6): in-process nodes on 127.0.0.1 whose links are
+//! Partitions between real nodes (hardening): in-process nodes on 127.0.0.1 whose links are
 //! cut and healed with `NodeHandle::cut_links` (connections closed and refused both ways,
 //! as a firewall would), while every node keeps writing. After the heal, each test checks
 //! that no acknowledged write is lost, that the snapshot points converge and that the

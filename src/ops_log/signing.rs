@@ -1,4 +1,4 @@
-//! Op signatures: an op counts only if its origin signed it (issue 6, docs/SECURITY.md).
+//! Op signatures: an op counts only if its origin signed it (hardening, docs/SECURITY.md).
 //!
 //! Owns the bytes an op's signature covers ([`Op::signing_bytes`]) and the plug through
 //! which the core signs and checks ops without knowing the key scheme
