@@ -32,6 +32,14 @@ impl Time {
     }
 }
 
+/// `base` ± 10%, drawn from `rng`, so that periodic work of many nodes does not
+/// synchronise.
+pub fn jitter(rng: &mut impl rand::Rng, base: Duration) -> Duration {
+    let micros = base.as_micros() as u64;
+    let spread = micros / 10;
+    Duration::from_micros(micros - spread + rng.random_range(0..=2 * spread))
+}
+
 impl Add<Duration> for Time {
     type Output = Time;
     fn add(self, d: Duration) -> Time {

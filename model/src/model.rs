@@ -257,6 +257,7 @@ impl TidemarkModel {
             journal_applied: true,
             // synthetic node ids carry no keys: ops are unsigned here
             auth: None,
+            planted: None,
         };
         let founders: Vec<NodeId> = ids[..scope.founders].to_vec();
         let setups = ids

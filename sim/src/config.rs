@@ -35,8 +35,18 @@ pub struct SimConfig {
     pub mesh_degree: usize,
     /// How long after the last write every snapshot point must have reached every op (L1).
     pub liveness_bound: Duration,
-    /// Interval of the samples behind the progress bar, `--csv` and `--plot`.
+    /// Interval of the samples behind the progress bar, `--csv` and `--plot` (I3's open
+    /// excuses are re-examined at each sample too).
     pub sample_interval: Duration,
+    /// How long I3's one excuse (a member whose registration is void at the deciding node)
+    /// may stand once the two nodes can exchange records.
+    pub excuse_bound: Duration,
+    /// Events one run may take before it is stopped and fails (0: `500_000 × nodes`).
+    pub max_events: u64,
+    /// Wall-clock time one run may take before it is stopped and fails.
+    pub max_wall: Duration,
+    /// A bug planted in every replica, to show that the oracle catches it.
+    pub planted: Option<tidemark::replica::PlantedBug>,
     /// Faults injected during the safety phase.
     pub faults: FaultConfig,
     #[serde(skip)]
@@ -55,6 +65,11 @@ pub struct FaultConfig {
     pub restart: f64,
     /// Share of restarts that come back with a lost disk (a new identity).
     pub lost_disk: f64,
+    /// Share of the other restarts that come back from an old backup of the node's data
+    /// dir (its last backup) instead of its latest durable state.
+    pub old_backup: f64,
+    /// How often every node's data dir is backed up (what an old-backup restart returns to).
+    pub backup_interval: Duration,
     /// Downtime of a node that restarts, drawn uniformly from this range.
     pub downtime: (Duration, Duration),
     /// Partitions per simulated second (one at a time).
@@ -65,6 +80,8 @@ pub struct FaultConfig {
     pub partition_length: (Duration, Duration),
     /// Joins and graceful leaves per simulated second (each half of the events).
     pub churn_rate: f64,
+    /// Whether churn's graceful leaves pick writers too (one writer always stays).
+    pub writers_leave: bool,
 }
 
 impl FaultConfig {
@@ -91,6 +108,16 @@ impl FaultConfig {
         };
         let downtime = span(&mut rng, 0.2, 5.0);
         let partition_length = span(&mut rng, 0.5, 5.0);
+        // Fault kinds added later draw from their own stream, so that the draws above (and
+        // the runs of seeds where the new kinds are off) stay what they were.
+        let mut later = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x01d_bac0);
+        let old_backup = if on(&mut later) {
+            later.random_range(0.2..1.0)
+        } else {
+            0.0
+        };
+        let backup_interval = Duration::from_secs_f64(later.random_range(0.5..8.0));
+        let writers_leave = on(&mut later);
         FaultConfig {
             safety_phase,
             crash_rate: if crash {
@@ -100,6 +127,8 @@ impl FaultConfig {
             },
             restart: rng.random_range(0.0..1.0),
             lost_disk: rng.random_range(0.0..0.6),
+            old_backup,
+            backup_interval,
             downtime,
             partition_rate: if partition {
                 rng.random_range(0.02..0.3)
@@ -113,6 +142,18 @@ impl FaultConfig {
             } else {
                 0.0
             },
+            writers_leave,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The event budget of one run: `max_events`, or `500_000 × nodes` when that is 0.
+    pub fn event_budget(&self) -> u64 {
+        if self.max_events > 0 {
+            self.max_events
+        } else {
+            500_000 * self.nodes.max(1) as u64
         }
     }
 }
@@ -136,6 +177,10 @@ impl Default for SimConfig {
             mesh_degree: 6,
             liveness_bound: Duration::from_secs(30),
             sample_interval: Duration::from_millis(100),
+            excuse_bound: Duration::from_secs(5),
+            max_events: 0,
+            max_wall: Duration::from_secs(300),
+            planted: None,
             faults: FaultConfig::default(),
             gossip: GossipConfig::default(),
         }

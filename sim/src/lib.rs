@@ -3,7 +3,9 @@
 //! RNG, a simulated clock, and a network with latency, loss, duplication and reordering,
 //! and checks the SPEC §3 invariants after every event.
 
+pub mod cli;
 pub mod config;
+pub mod ground_truth;
 pub mod invariants;
 pub mod metrics;
 pub mod network;

@@ -93,6 +93,8 @@ pub struct FaultStats {
     pub restarts: u64,
     /// Restarts with a lost disk (a new identity).
     pub lost_disks: u64,
+    /// Restarts from an old backup of the data dir.
+    pub old_backups: u64,
     pub partitions: u64,
     pub joins: u64,
     pub leaves: u64,

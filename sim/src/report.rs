@@ -26,8 +26,16 @@ pub struct Report {
     pub duplicate: f64,
     pub reorder: f64,
     pub latency_ms: [f64; 2],
+    /// The bug planted in every replica (`--plant`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planted: Option<tidemark::replica::PlantedBug>,
     pub violations: u64,
+    /// Violations of the safety invariants I1–I5 (all but L1 and the budget).
+    pub safety_violations: u64,
+    pub violations_by_invariant: BTreeMap<String, u64>,
     pub violation_samples: Vec<String>,
+    /// The run was stopped for exceeding its event or wall-clock budget.
+    pub budget_exceeded: bool,
     pub converged: bool,
     pub liveness_failure: bool,
     /// From the last write until every member's snapshot point held every op.
@@ -54,6 +62,8 @@ pub struct Report {
     /// Per eviction of a running node: from when it could learn it (the eviction, or the
     /// heal of the partition that hid it) until it noticed and started to rejoin.
     pub stale_to_rejoin_ms: Percentiles,
+    /// Every excuse the oracle granted instead of reporting a violation.
+    pub excuses: crate::invariants::safety::ExcuseCounts,
     pub events: u64,
     pub sim_time_s: f64,
     pub wall_s: f64,
@@ -80,7 +90,19 @@ impl Report {
                 config.latency_min.as_secs_f64() * 1e3,
                 config.latency_max.as_secs_f64() * 1e3,
             ],
+            planted: config.planted,
             violations: r.violations.count,
+            safety_violations: r.violations.safety(),
+            budget_exceeded: r
+                .violations
+                .by_invariant
+                .contains_key(crate::invariants::BUDGET),
+            violations_by_invariant: r
+                .violations
+                .by_invariant
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             violation_samples: r.violations.samples,
             converged: r.converged,
             liveness_failure: r.liveness_failure,
@@ -112,6 +134,7 @@ impl Report {
             faults: r.faults,
             crash_to_drop_ms: r.crash_to_drop.summary(),
             stale_to_rejoin_ms: r.stale_to_rejoin.summary(),
+            excuses: r.excuses,
             events: r.events,
             sim_time_s: r.sim_time_s,
             wall_s: round3(r.wall_s),
@@ -158,8 +181,12 @@ impl Report {
             s.push_str(&format!("  violation: {v}\n"));
         }
         if self.violations > 0 {
+            let plant = self
+                .planted
+                .map(|bug| format!(" --plant {bug}"))
+                .unwrap_or_default();
             s.push_str(&format!(
-                "reproduce with: tidemark-sim --seed {} --nodes {} --ops {} (same other flags)\n",
+                "reproduce with: tidemark-sim --seed {} --nodes {} --ops {}{plant} (same other flags)\n",
                 self.seed, self.nodes, self.ops
             ));
         }

@@ -13,11 +13,15 @@ use rand_chacha::ChaCha8Rng;
 use tidemark::gossip::{encoded_len, published_len, report_len, Message};
 use tidemark::network_map::{MemberRecord, MinTracker, Sponsorship};
 use tidemark::ops_log::{LwwMap, LwwOp};
-use tidemark::replica::{Action, Replica, ReplicaConfig};
+use tidemark::replica::{Action, Checkpoint, Replica, ReplicaConfig};
 use tidemark::{NodeId, Time, VersionVector};
 
 use crate::config::SimConfig;
-use crate::invariants::{agreement, causal_delivery, liveness, monotone, safety, Violations};
+use crate::ground_truth::{ExpectedState, GroundTruth, SimOp};
+use crate::invariants::safety::{ExcuseCounts, Excuses};
+use crate::invariants::{
+    agreement, causal_delivery, liveness, monotone, no_lost_writes, safety, Violations,
+};
 use crate::metrics::{round3, FaultStats, Latencies, RecordMerges, Sample, Traffic};
 use crate::network::{Links, Mesh, SeenCache};
 use crate::report::Report;
@@ -109,7 +113,19 @@ struct SimNode {
     /// I1 shadow: the applied vector rebuilt from the ops the replica reported.
     shadow: VersionVector,
     last_sp: VersionVector,
-    /// I5: every op this node ever applied with its current disk.
+    /// I5: every op this node ever held with its current disk (what its storage owes).
+    ever_applied: VersionVector,
+    /// I4: the state its stable cut must hold according to the ground truth.
+    expected: ExpectedState,
+    /// The last backup of its data dir (with `old_backup` faults).
+    backup: Option<Backup>,
+}
+
+/// A copy of a node's data dir at some time, and what its storage owed then (I5).
+#[derive(Clone)]
+struct Backup {
+    checkpoint: Checkpoint<LwwMap>,
+    ops: Vec<Arc<SimOp>>,
     ever_applied: VersionVector,
 }
 
@@ -127,6 +143,8 @@ impl SimNode {
             shadow: VersionVector::new(),
             last_sp: VersionVector::new(),
             ever_applied: VersionVector::new(),
+            expected: ExpectedState::default(),
+            backup: None,
         }
     }
 }
@@ -170,7 +188,13 @@ pub struct Sim {
     next_mesh_id: u64,
     size_cache: Option<(usize, WireSize)>,
     view: GlobalView,
+    /// Every op created, as created: what applied ops and stable states are checked against.
+    truth: GroundTruth,
     violations: Violations,
+    /// I3's bounded excuses, and every excuse the oracle granted.
+    excuses: Excuses,
+    /// When the last partition healed (I3's excuse runs from then).
+    last_heal: Time,
     agreement: agreement::Agreement,
     /// Sponsorship of every membership (node, incarnation) that became a member: the
     /// registration chains behind I3's "not yet seen" case.
@@ -200,6 +224,8 @@ pub struct Sim {
     /// Per member and crash: from the crash until the member stopped counting the node.
     crash_to_drop: Latencies,
     faults: FaultStats,
+    /// When every running node's data dir was last backed up.
+    last_backup: Time,
     /// Running nodes evicted at their current membership, from when they could know it
     /// (the eviction, or the heal of the partition that hid it); `None` while cut off.
     stale_since: BTreeMap<usize, Option<Time>>,
@@ -236,7 +262,10 @@ impl Sim {
             next_mesh_id: 0,
             size_cache: None,
             view: GlobalView::default(),
+            truth: GroundTruth::default(),
             violations: Violations::default(),
+            excuses: Excuses::new(config.excuse_bound),
+            last_heal: Time::ZERO,
             agreement: agreement::Agreement::default(),
             memberships: BTreeMap::new(),
             created_at: BTreeMap::new(),
@@ -260,6 +289,7 @@ impl Sim {
             crashed_at: BTreeMap::new(),
             crash_to_drop: Latencies::default(),
             faults: FaultStats::default(),
+            last_backup: Time::ZERO,
             stale_since: BTreeMap::new(),
             stale_to_rejoin: Latencies::default(),
             evicted: BTreeMap::new(),
@@ -380,6 +410,7 @@ impl Sim {
             journal_applied: true,
             // synthetic node ids carry no keys: ops are unsigned here
             auth: None,
+            planted: self.config.planted,
         }
     }
 
@@ -400,9 +431,26 @@ impl Sim {
     /// every op (L1) or the liveness bound passes.
     pub fn run(mut self, progress: Progress<'_>) -> Report {
         let started = std::time::Instant::now();
+        let budget = self.config.event_budget();
         while let Some(Reverse(event)) = self.queue.pop() {
             self.now = event.at;
             self.events += 1;
+            if self.events > budget
+                || (self.events % 4096 == 0 && started.elapsed() > self.config.max_wall)
+            {
+                let at = self.ms();
+                self.violations.record(
+                    crate::invariants::BUDGET,
+                    at,
+                    format!(
+                        "stopped after {} events and {:.1} s of wall-clock time (budget {budget} events, {:.0} s)",
+                        self.events,
+                        started.elapsed().as_secs_f64(),
+                        self.config.max_wall.as_secs_f64()
+                    ),
+                );
+                break;
+            }
             match event.kind {
                 EventKind::Deliver {
                     to,
@@ -638,6 +686,28 @@ impl Sim {
     fn observe(&mut self, n: usize) {
         let at = self.ms();
         let now = self.now;
+        if let Ok(watch) = std::env::var("TIDEMARK_SIM_WATCH") {
+            let mut parts = watch.split(',');
+            let slot: usize = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(usize::MAX);
+            let origin: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            if slot == n {
+                let own = &self.nodes[n].replica.network_map().own().record;
+                let o = &self.ids[origin.min(self.ids.len() - 1)];
+                eprintln!(
+                    "  watch {:.3}: node {n} inc {} report {} {:?} applied[{origin}] {} log {} member {}",
+                    at / 1e3,
+                    own.incarnation,
+                    own.report_seq,
+                    own.state,
+                    own.applied.get(o),
+                    self.nodes[n].replica.applied().get(o),
+                    self.nodes[n].replica.is_member()
+                );
+            }
+        }
         for (id, incarnation) in self.nodes[n].replica.drain_evictions() {
             self.on_eviction(n, id, incarnation);
         }
@@ -668,12 +738,14 @@ impl Sim {
         if !is_member || self.nodes[n].departed {
             return;
         }
-        if self.nodes[n].incarnation != incarnation {
-            self.start_membership(n, at);
-            return;
+        let new_membership = self.nodes[n].incarnation != incarnation;
+        if new_membership {
+            self.begin_membership(n, &applied_ops, at);
         }
         let member = self.nodes[n].member;
         for op in &applied_ops {
+            let content = self.truth.check_content(op);
+            self.violations.check(causal_delivery::NAME, at, content);
             let node = &mut self.nodes[n];
             self.violations.check(
                 causal_delivery::NAME,
@@ -697,19 +769,45 @@ impl Sim {
             at,
             causal_delivery::check_vector(&node.shadow, node.replica.applied()),
         );
+        if new_membership {
+            self.enter_good_standing(n, at);
+            return;
+        }
+        let node = &mut self.nodes[n];
         let sp = node.replica.snapshot_point();
         if sp.ptr_eq(&node.last_sp) || *sp == node.last_sp {
             return;
         }
         let sp = sp.clone();
-        self.violations.check(
-            monotone::NAME,
-            at,
-            monotone::check(&node.last_sp, &sp, node.replica.applied()),
-        );
-        let digest = node.replica.stable_digest();
-        let result = self.agreement.check(&sp, node.replica.stable_cut(), digest);
-        self.violations.check(agreement::NAME, at, result);
+        let result = monotone::check(&node.last_sp, &sp, node.replica.applied());
+        if result.is_err() && self.trace {
+            let map = node.replica.network_map();
+            eprintln!(
+                "  I2 at node {n} (inc {}, member {}, leaving {}, left {}):",
+                node.replica.incarnation(),
+                node.member,
+                node.replica.is_leaving(),
+                node.replica.has_left()
+            );
+            for (origin, old, new) in node.last_sp.changes_to(&sp) {
+                if new < old {
+                    for (id, e) in map.iter() {
+                        eprintln!(
+                            "    {:?} (slot {:?}) inc {} {:?} seq {} applied[{origin:?}] = {}",
+                            id,
+                            self.index.get(id),
+                            e.record.incarnation,
+                            e.record.state,
+                            e.record.report_seq,
+                            e.record.applied.get(&origin)
+                        );
+                    }
+                }
+            }
+        }
+        self.violations.check(monotone::NAME, at, result);
+        self.check_stable_state(n, &sp, at);
+        let node = &mut self.nodes[n];
         let changes = node.last_sp.changes_to(&sp);
         node.last_sp = sp;
         if member {
@@ -722,29 +820,74 @@ impl Sim {
     }
 
     /// Node `n` has just installed a membership (founded, joined or rejoined): checks
-    /// start afresh for it (I2 holds per membership), and it is a member in good standing
-    /// unless that membership was already evicted somewhere.
-    fn start_membership(&mut self, n: usize, at: f64) {
+    /// start afresh for it (I2 holds per membership). Its stable state must be the ground
+    /// truth's at its cut (I4). Its I1 shadow starts below the ops it reports with the
+    /// membership (the installed suffix and any republished ops; the stable cut may have
+    /// moved over some of them already), which then come through as applied ops.
+    fn begin_membership(&mut self, n: usize, reported: &[Arc<SimOp>], at: f64) {
         let node = &mut self.nodes[n];
         let incarnation = node.replica.incarnation();
         node.incarnation = incarnation;
-        node.shadow = node.replica.applied().clone();
+        let mut shadow = node.replica.applied().clone();
+        for op in reported {
+            if op.seq <= shadow.get(&op.origin) {
+                shadow.replace(&op.origin, op.seq - 1);
+            }
+        }
+        node.shadow = shadow;
         node.ever_applied.join(&node.shadow);
-        node.last_sp = node.replica.snapshot_point().clone();
+        let cut = node.replica.stable_cut().clone();
+        self.check_stable_state(n, &cut, at);
         let id = self.ids[n].clone();
-        let sponsor = node.replica.network_map().own().record.sponsor.clone();
-        self.memberships.insert((id.clone(), incarnation), sponsor);
+        let sponsor = self.nodes[n]
+            .replica
+            .network_map()
+            .own()
+            .record
+            .sponsor
+            .clone();
+        if self
+            .memberships
+            .insert((id, incarnation), sponsor)
+            .is_some()
+        {
+            self.violations.record(
+                safety::NAME,
+                at,
+                format!("node {n} began membership (incarnation {incarnation}) a second time: one name for two memberships"),
+            );
+        }
         self.release_holder(n);
-        if self.evicted.contains_key(&(id.clone(), incarnation)) {
+    }
+
+    /// After the ops of a new membership were checked: it is a member in good standing
+    /// unless that membership was already evicted somewhere.
+    fn enter_good_standing(&mut self, n: usize, at: f64) {
+        let node = &mut self.nodes[n];
+        node.last_sp = node.replica.snapshot_point().clone();
+        let key = (self.ids[n].clone(), node.incarnation);
+        if self.evicted.contains_key(&key) {
             return;
         }
         self.admit(n, at);
     }
 
+    /// I4 at node `n`, whose snapshot point is now `sp`: its stable state is folded at
+    /// exactly `sp`, equal to every other node's at that cut, and equal to the state the
+    /// ground truth's ops give at that cut.
+    fn check_stable_state(&mut self, n: usize, sp: &VersionVector, at: f64) {
+        let node = &mut self.nodes[n];
+        let digest = node.replica.stable_digest();
+        let result = self.agreement.check(sp, node.replica.stable_cut(), digest);
+        self.violations.check(agreement::NAME, at, result);
+        let expected = node.expected.digest_at(&self.truth, sp);
+        let result =
+            expected.and_then(|expected| agreement::check_ground_truth(sp, digest, expected));
+        self.violations.check(agreement::NAME, at, result);
+    }
+
     /// Node `n` (at its current membership) enters good standing.
     fn admit(&mut self, n: usize, at: f64) {
-        let id = self.ids[n].clone();
-        let incarnation = self.nodes[n].incarnation;
         let node = &mut self.nodes[n];
         node.member = true;
         self.converged_at = None;
@@ -757,7 +900,7 @@ impl Sim {
             if i == n || !self.nodes[i].member || self.nodes[i].last_sp.le(&applied) {
                 continue;
             }
-            if !self.unseen_and_voided(i, &id, incarnation) {
+            if !self.excused(i, n) {
                 let detail = safety::check(&self.nodes[i].last_sp, &applied)
                     .err()
                     .unwrap_or_default();
@@ -773,7 +916,8 @@ impl Sim {
     }
 
     /// I3 for member `n`: `SP(n)` is at or below every member's applied vector, except a
-    /// member `n` has not seen whose registration `n` has voided (see `unseen_and_voided`).
+    /// member `n` has not seen whose registration `n` has voided, for as long as the two
+    /// cannot have exchanged records (see `excused`).
     fn check_safety_of(&mut self, n: usize, at: f64) {
         let sp = &self.nodes[n].last_sp;
         if sp.le(self.view.applied_min.min()) {
@@ -785,7 +929,8 @@ impl Sim {
             if m == n || !other.member || sp.le(&other.shadow) {
                 continue;
             }
-            if !self.unseen_and_voided(n, &self.ids[m], other.incarnation) {
+            if !self.excused(n, m) {
+                let other = &self.nodes[m];
                 if self.trace {
                     let map = self.nodes[n].replica.network_map();
                     eprintln!(
@@ -803,6 +948,57 @@ impl Sim {
                 self.violations
                     .record(safety::NAME, at, format!("node {n} vs node {m}: {detail}"));
             }
+        }
+    }
+
+    /// Whether I3's one excuse covers node `n` deciding past member `m` now: `m`'s
+    /// registration is void at `n` (`unseen_and_voided`), and the two cannot yet have
+    /// exchanged records (a partition separates them, or the excuse is younger than its
+    /// bound, counted from the last heal). Every grant is counted.
+    fn excused(&mut self, n: usize, m: usize) -> bool {
+        let incarnation = self.nodes[m].incarnation;
+        if !self.unseen_and_voided(n, &self.ids[m], incarnation) {
+            return false;
+        }
+        let separated = self.separated(n, m);
+        self.excuses
+            .grant((n, m, incarnation), self.now, separated, self.last_heal)
+    }
+
+    /// Whether the current partition keeps nodes `a` and `b` from exchanging messages both
+    /// ways.
+    fn separated(&self, a: usize, b: usize) -> bool {
+        self.partition.as_ref().is_some_and(|p| {
+            let side = |n: usize| p.side.get(n).copied().unwrap_or(false);
+            side(a) != side(b)
+        })
+    }
+
+    /// Re-examines I3's open excuses: a pair still in breach once its excuse ran out is a
+    /// violation.
+    fn expire_excuses(&mut self) {
+        let mut excuses = std::mem::replace(&mut self.excuses, Excuses::new(Duration::ZERO));
+        let expired = excuses.expire(
+            self.now,
+            self.last_heal,
+            |(n, m, incarnation)| {
+                let (a, b) = (&self.nodes[n], &self.nodes[m]);
+                if !a.member || !b.member || b.incarnation != incarnation {
+                    return None;
+                }
+                safety::check(&a.last_sp, &b.shadow).err()
+            },
+            |(n, m, _)| self.separated(n, m),
+        );
+        self.excuses = excuses;
+        let at = self.ms();
+        for ((n, m, _), breach) in expired {
+            let bound = self.excuses.bound().as_millis();
+            self.violations.record(
+                safety::NAME,
+                at,
+                format!("node {n} vs node {m}, still in breach {bound} ms after the void registration could be seen: {breach}"),
+            );
         }
     }
 
@@ -1036,6 +1232,13 @@ impl Sim {
             let now = self.now;
             match self.nodes[w].replica.write(now, LwwOp { key, value }) {
                 Ok(op) => {
+                    let at = self.ms();
+                    if let Err(reused) = self.truth.record(&op) {
+                        if self.trace {
+                            self.trace_copies(&op.origin, op.seq);
+                        }
+                        self.violations.record(no_lost_writes::NAME, at, reused);
+                    }
                     self.created_at
                         .entry(op.origin.clone())
                         .or_default()
@@ -1055,6 +1258,26 @@ impl Sim {
         } else {
             self.last_write_at = Some(self.now);
         }
+    }
+
+    /// Prints where copies of op (`origin`, `seq`) are (`TIDEMARK_SIM_TRACE`).
+    fn trace_copies(&self, origin: &NodeId, seq: u64) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let r = &node.replica;
+            eprintln!(
+                "  node {i}: departed {} stopped {} crashed {} pending restart {} ever {} applied {} own_seq {} inc {} member {}",
+                node.departed,
+                node.stopped,
+                node.crashed,
+                self.pending_restarts.contains_key(&i),
+                node.ever_applied.get(origin),
+                r.applied().get(origin),
+                r.own_seq(),
+                r.incarnation(),
+                r.is_member()
+            );
+        }
+        let _ = seq;
     }
 
     /// Members in good standing that are not leaving.
@@ -1099,10 +1322,19 @@ impl Sim {
         self.dispatch(node);
     }
 
-    /// A random non-writing member starts a graceful leave (if any is left to go).
+    /// A random member starts a graceful leave (if any is left to go): a non-writing one,
+    /// or with `writers_leave` any but the last writer still writing.
     fn leave(&mut self) {
-        let candidates: Vec<usize> = (self.config.writers..self.nodes.len())
-            .filter(|&i| self.nodes[i].member && !self.nodes[i].replica.is_leaving())
+        let steady = |i: usize| self.nodes[i].member && !self.nodes[i].replica.is_leaving();
+        let writers = self.config.writers.min(self.nodes.len());
+        let first = if self.config.faults.writers_leave {
+            0
+        } else {
+            writers
+        };
+        let writing = (0..writers).filter(|&w| steady(w)).count();
+        let candidates: Vec<usize> = (first..self.nodes.len())
+            .filter(|&i| steady(i) && (i >= writers || writing > 1))
             .collect();
         if candidates.is_empty() {
             return;
@@ -1179,6 +1411,26 @@ impl Sim {
             self.nodes[n] = SimNode::new(replica);
             self.faults.lost_disks += 1;
             self.release_holder(n);
+        } else if self.nodes[n].backup.is_some() && self.draw_old_backup() {
+            // the operator restores the data dir from its last backup and starts the node
+            // as a restored backup: a new identity that republishes what the backup holds
+            let backup = self.nodes[n].backup.take().expect("checked above");
+            self.absorb_stats(n);
+            self.new_slot_id(Some(n));
+            let replica = Replica::resume_from_backup(
+                self.ids[n].clone(),
+                backup.checkpoint,
+                backup.ops,
+                self.replica_config(),
+                self.node_seed(n),
+                now,
+            );
+            let mut node = SimNode::new(replica);
+            // what only the newer, lost state held is gone with it
+            node.ever_applied = backup.ever_applied;
+            self.nodes[n] = node;
+            self.faults.old_backups += 1;
+            self.release_holder(n);
         } else {
             let placeholder =
                 Replica::genesis(self.ids[n].clone(), &[], self.replica_config(), 0, now);
@@ -1192,6 +1444,34 @@ impl Sim {
         }
         self.observe(n);
         self.dispatch(n);
+    }
+
+    /// Whether a durable restart comes back from the node's old backup (draws nothing when
+    /// the fault is off, so runs without it stay what they were).
+    fn draw_old_backup(&mut self) -> bool {
+        let share = self.config.faults.old_backup;
+        share > 0.0 && self.rng.random_bool(share.min(1.0))
+    }
+
+    /// Backs up the data dir of every running node, every `backup_interval` (with
+    /// `old_backup` faults).
+    fn back_up(&mut self) {
+        let faults = &self.config.faults;
+        if faults.old_backup <= 0.0
+            || !self.faults_on
+            || self.now < self.last_backup + faults.backup_interval
+        {
+            return;
+        }
+        self.last_backup = self.now;
+        for node in self.nodes.iter_mut().filter(|n| !n.stopped) {
+            let (checkpoint, ops) = node.replica.durable_image();
+            node.backup = Some(Backup {
+                checkpoint,
+                ops,
+                ever_applied: node.ever_applied.clone(),
+            });
+        }
     }
 
     /// Splits the running nodes in two (a random minority or half against the rest);
@@ -1224,7 +1504,9 @@ impl Sim {
     }
 
     fn heal(&mut self) {
-        self.partition = None;
+        if self.partition.take().is_some() {
+            self.last_heal = self.now;
+        }
         let now = self.now;
         for since in self.stale_since.values_mut() {
             since.get_or_insert(now);
@@ -1254,6 +1536,50 @@ impl Sim {
         }
     }
 
+    /// I5 when the run settles: every owed op (held at some point by storage that still
+    /// exists) is still held by a running node. Counts the acknowledged ops the oracle
+    /// excuses because only lost storage ever held them.
+    fn check_nothing_lost(&mut self) {
+        let mut owed = VersionVector::new();
+        let mut held = VersionVector::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let storage_survives = !node.crashed || self.pending_restarts.contains_key(&i);
+            if storage_survives {
+                owed.join(&node.ever_applied);
+            }
+            if !node.stopped {
+                held.join(node.replica.applied());
+                // and its own ops kept in its journal beyond what it applied
+                let me = node.replica.id();
+                let mut upto = node.replica.applied().get(me);
+                for op in node.replica.own_ops().above(upto) {
+                    if op.seq != upto + 1 {
+                        break;
+                    }
+                    upto = op.seq;
+                }
+                held.raise(me, upto);
+            }
+        }
+        let at = self.ms();
+        let result = no_lost_writes::check_held(&owed, &held);
+        if result.is_err() && self.trace {
+            for (origin, upto) in owed.iter() {
+                if upto > held.get(origin) {
+                    eprintln!(
+                        "  lost ops of {:?} (slot {:?}) up to {upto}",
+                        origin,
+                        self.index.get(origin)
+                    );
+                    self.trace_copies(origin, upto);
+                }
+            }
+        }
+        self.violations.check(no_lost_writes::NAME, at, result);
+        self.excuses.counts.ops_lost_with_storage =
+            no_lost_writes::lost_with_storage(self.truth.acknowledged(), &owed);
+    }
+
     /// Adds the protocol counters of the replica in slot `n` (before it is replaced).
     fn absorb_stats(&mut self, n: usize) {
         let stats = self.nodes[n].replica.stats();
@@ -1265,6 +1591,8 @@ impl Sim {
     }
 
     fn sample(&mut self) {
+        self.expire_excuses();
+        self.back_up();
         if self.now >= self.last_rotate + Duration::from_secs(60) {
             self.last_rotate = self.now;
             for n in &mut self.nodes {
@@ -1369,6 +1697,7 @@ impl Sim {
             }
         }
         let liveness_failure = live.is_err();
+        self.check_nothing_lost();
         let mut merges = RecordMerges::default();
         for i in 0..self.nodes.len() {
             let stats = self.nodes[i].replica.stats().clone();
@@ -1400,6 +1729,7 @@ impl Sim {
                 faults: self.faults,
                 crash_to_drop: self.crash_to_drop,
                 stale_to_rejoin: self.stale_to_rejoin,
+                excuses: self.excuses.counts,
                 sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
                 wall_s,
                 samples: self.samples,
@@ -1424,6 +1754,7 @@ pub struct ReportInputs {
     pub faults: FaultStats,
     pub crash_to_drop: Latencies,
     pub stale_to_rejoin: Latencies,
+    pub excuses: ExcuseCounts,
     pub sim_time_s: f64,
     pub wall_s: f64,
     pub samples: Vec<Sample>,

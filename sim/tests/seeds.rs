@@ -52,8 +52,9 @@ fn a_network_without_loss_converges_soon_after_the_last_write() {
     assert!(after < 1_000.0, "converged {after} ms after the last write");
 }
 
-/// Crashes with durable and lost-disk restarts, partitions (one-way ones too) and churn in
-/// a 15 s safety phase, then a liveness phase: no violation, and every fault kind happened.
+/// Crashes with durable, lost-disk and old-backup restarts, partitions (one-way ones too)
+/// and churn (writers leave too) in a 15 s safety phase, then a liveness phase: no
+/// violation, and every fault kind happened.
 #[test]
 fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
     use tidemark_sim::config::FaultConfig;
@@ -71,11 +72,14 @@ fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
                 crash_rate: 0.3,
                 restart: 0.8,
                 lost_disk: 0.4,
+                old_backup: 0.4,
+                backup_interval: Duration::from_secs(2),
                 downtime: (Duration::from_secs(1), Duration::from_secs(8)),
                 partition_rate: 0.2,
                 one_way: 0.5,
                 partition_length: (Duration::from_secs(2), Duration::from_secs(8)),
                 churn_rate: 0.3,
+                writers_leave: true,
             },
             ..SimConfig::default()
         });
@@ -89,6 +93,7 @@ fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
         seen.crashes += f.crashes;
         seen.restarts += f.restarts;
         seen.lost_disks += f.lost_disks;
+        seen.old_backups += f.old_backups;
         seen.partitions += f.partitions;
         seen.evictions += f.evictions;
         seen.rejoins += f.rejoins;
@@ -99,6 +104,7 @@ fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
         ("crashes", seen.crashes),
         ("durable restarts", seen.restarts),
         ("lost disks", seen.lost_disks),
+        ("restores from old backups", seen.old_backups),
         ("partitions", seen.partitions),
         ("evictions", seen.evictions),
         ("rejoins", seen.rejoins),

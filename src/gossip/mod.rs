@@ -158,9 +158,13 @@ pub struct GossipConfig {
     /// installed before it asks its sponsor again.
     #[serde(default = "default_state_transfer_timeout")]
     pub state_transfer_timeout: Duration,
-    /// Longest a leaving node waits for its own ops to be inside its snapshot point before
-    /// it announces `Left` anyway.
+    /// Longest a leaving node waits for its own ops to be inside its snapshot point; past
+    /// it the leave fails and the node stays a member (it never leaves writes behind).
     pub leave_drain_timeout: Duration,
+    /// How long a node keeps each of its own ops after it became stable here, to republish
+    /// it after a rejoin through nodes that lack it (see `ops_log::OwnOps`).
+    #[serde(default = "default_own_ops_retention")]
+    pub own_ops_retention: Duration,
     /// Failure detection: a member from which no new report (and no message) has arrived
     /// for this long is suspected. Reports flood, so with the 1 s heartbeat this is three
     /// missed heartbeats on every path at once.
@@ -190,6 +194,10 @@ fn default_buffer_limits() -> crate::ops_log::BufferLimits {
     crate::ops_log::BufferLimits::default()
 }
 
+fn default_own_ops_retention() -> Duration {
+    Duration::from_secs(600)
+}
+
 fn default_state_transfer_timeout() -> Duration {
     Duration::from_secs(120)
 }
@@ -213,6 +221,7 @@ impl Default for GossipConfig {
             join_attempts_per_sponsor: 3,
             state_transfer_timeout: default_state_transfer_timeout(),
             leave_drain_timeout: Duration::from_secs(5),
+            own_ops_retention: default_own_ops_retention(),
             suspect_after: Duration::from_secs(3),
             suspicion_timeout: Duration::from_secs(3),
             failure_check_interval: Duration::from_millis(250),

@@ -41,6 +41,9 @@ use crate::snapshot::SnapshotHeader;
 use crate::time::Time;
 use crate::version_vector::VersionVector;
 
+mod joiner;
+pub use joiner::{Ask, JoinProgress, Joiner};
+
 /// A joiner's request to its sponsor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -107,10 +110,14 @@ pub enum JoinResponse<S: StateMachine> {
     Granted(JoinGrant<S>),
     Refused {
         reason: String,
-        /// Members in good standing the joiner may ask instead (a leaving sponsor's
-        /// redirect); empty when the refuser knows none.
+        /// Members in good standing the joiner may ask instead; empty when the refuser
+        /// knows none.
         #[serde(default)]
         suggestions: Vec<NodeId>,
+        /// The incarnation at which the refuser already knows the joiner, when that is
+        /// why it refused: the joiner asks again with a higher one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_incarnation: Option<u64>,
     },
 }
 

@@ -188,6 +188,8 @@ pub struct NetworkMap {
     membership_epoch: u64,
     /// Off while a joiner loads its sponsor's map (see [`NetworkMap::load`]).
     admission_check: bool,
+    /// Off for good when the simulator plants `PlantedBug::NoAdmissionCheck`.
+    admission_planted_off: bool,
     /// (member, incarnation) of every eviction adopted since the last `take_evictions`.
     evictions: Vec<(NodeId, u64)>,
     /// Memberships this map evicted on arrival (admission check), in total.
@@ -210,6 +212,7 @@ impl NetworkMap {
             dirty: BTreeSet::new(),
             membership_epoch: 0,
             admission_check: true,
+            admission_planted_off: false,
             evictions: Vec::new(),
             evicted_on_arrival: 0,
             evidence: BTreeMap::new(),
@@ -230,6 +233,12 @@ impl NetworkMap {
         map.admission_check = true;
         map.evictions.clear();
         map
+    }
+
+    /// Plants a bug of the simulator's oracle tests (only `NoAdmissionCheck` concerns the
+    /// map); `None` removes it.
+    pub fn plant(&mut self, bug: Option<crate::replica::PlantedBug>) {
+        self.admission_planted_off = bug == Some(crate::replica::PlantedBug::NoAdmissionCheck);
     }
 
     /// Merges a record received from anyone. See the module doc for the adoption rule.
@@ -446,7 +455,22 @@ impl NetworkMap {
         }
         let old = self.members.get(&record.id);
         let new_membership = old.is_none_or(|e| e.record.incarnation < record.incarnation);
+        if let Some(old) = old.filter(|_| !new_membership) {
+            // Within one membership a member's applied vector only grows, so two records
+            // of it are two lower bounds and their join is one too. Keeping the join means
+            // a newer record that carries an older bound (a suspicion copied from an
+            // earlier copy of the same report, say) never lowers the snapshot point.
+            if !old.record.applied.le(&record.applied) {
+                let mut applied = record.applied.clone();
+                applied.join(&old.record.applied);
+                record = Arc::new(MemberRecord {
+                    applied,
+                    ..(*record).clone()
+                });
+            }
+        }
         if self.admission_check
+            && !self.admission_planted_off
             && new_membership
             && record.state.counts()
             && !self.tracker.min().le(&record.applied)

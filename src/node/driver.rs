@@ -142,6 +142,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
         journal_applied: true,
         auth: Some(auth),
+        planted: None,
     };
     // a per-process random seed (std's hasher keys come from the OS)
     let seed = {
@@ -953,6 +954,7 @@ impl Driver {
             state,
             // own new ops are acknowledged (and published) only once they are on disk
             durable: identity_changed || !self.acks.is_empty(),
+            own_seq: Some(self.replica.own_seq()),
         };
         if identity_changed || (progressed && due) {
             if identity_changed {

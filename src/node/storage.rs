@@ -3,9 +3,10 @@
 //! | table | key | value (CBOR unless noted) |
 //! |---|---|---|
 //! | `meta` | `"node_key"` | the libp2p keypair (protobuf encoding) |
-//! | `meta` | `"checkpoint_header"` | [`Checkpoint`] without its state: incarnation, phase, stable cut, Lamport time, network map |
+//! | `meta` | `"checkpoint_header"` | [`Checkpoint`] without its state: incarnation, phase, stable cut, Lamport time, network map, own-op counter |
+//! | `meta` | `"own_seq"` | the highest seq this node gave one of its ops (u64), written in the transaction that stores the op |
 //! | `state` | key (UTF-8) | the stable state's [`LwwEntry`] for that key, at the header's stable cut |
-//! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the header's stable cut |
+//! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the header's stable cut, or one of this node's own ops from the header's `own_kept_from` on (its journal) |
 //! | `staged` | key (UTF-8) | a transferred state being written while it is fetched |
 //! | `meta` | `"staged_cut"` | the cut of the state in `staged` |
 //!
@@ -42,6 +43,7 @@ const STAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("staged");
 const NODE_KEY: &str = "node_key";
 const HEADER: &str = "checkpoint_header";
 const STAGED_CUT: &str = "staged_cut";
+const OWN_SEQ: &str = "own_seq";
 /// Where versions before the incremental state kept the whole checkpoint, state included;
 /// migrated when the database is opened.
 const LEGACY_CHECKPOINT: &str = "checkpoint";
@@ -114,6 +116,9 @@ pub struct Batch<'a> {
     /// atomically, and reaches the disk with the next durable write: a crash may lose it,
     /// which a node that resumes with a new incarnation tolerates.
     pub durable: bool,
+    /// This node's own-op counter ([`Checkpoint::own_seq`]), stored in the same
+    /// transaction as the batch's ops, so that no seq it acknowledged is ever given again.
+    pub own_seq: Option<u64>,
 }
 
 impl Batch<'_> {
@@ -196,10 +201,15 @@ impl Storage {
     pub fn load(&self) -> Result<Loaded, StorageError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
+        let own_seq = meta
+            .get(OWN_SEQ)?
+            .map(|v| read_u64(v.value()))
+            .transpose()?;
         let checkpoint = match meta.get(HEADER)? {
             Some(v) => {
-                let header: Checkpoint<()> =
+                let mut header: Checkpoint<()> =
                     ciborium::from_reader(v.value()).map_err(corrupt("checkpoint"))?;
+                header.own_seq = header.own_seq.max(own_seq.unwrap_or(0));
                 let mut state = LwwMap::default();
                 for row in txn.open_table(STATE)?.iter()? {
                     let (key, value) = row?;
@@ -220,12 +230,14 @@ impl Storage {
             .as_ref()
             .map(|c| c.stable_cut.clone())
             .unwrap_or_default();
+        let me = checkpoint.as_ref().map(|c| c.id.clone());
         let table = txn.open_table(OPS)?;
         let mut ops = Vec::new();
         for row in table.iter()? {
             let (_, value) = row?;
             let op: Op<LwwOp> = ciborium::from_reader(value.value()).map_err(corrupt("op"))?;
-            if op.seq > cut.get(&op.origin) {
+            // above the cut, or this node's own (its journal keeps them past the cut)
+            if op.seq > cut.get(&op.origin) || me.as_ref() == Some(&op.origin) {
                 ops.push(Arc::new(op));
             }
         }
@@ -248,6 +260,16 @@ impl Storage {
             for op in &batch.ops {
                 to_cbor(op.as_ref(), &mut buf);
                 ops.insert(op_key(&op.origin, op.seq).as_slice(), buf.as_slice())?;
+            }
+            if let Some(own_seq) = batch.own_seq {
+                let mut meta = txn.open_table(META)?;
+                let stored = meta
+                    .get(OWN_SEQ)?
+                    .map(|v| read_u64(v.value()))
+                    .transpose()?;
+                if stored.is_none_or(|s| s < own_seq) {
+                    meta.insert(OWN_SEQ, own_seq.to_be_bytes().as_slice())?;
+                }
             }
             if let Some(checkpoint) = &batch.checkpoint {
                 let mut meta = txn.open_table(META)?;
@@ -284,7 +306,7 @@ impl Storage {
                 };
                 to_cbor(&header_of(checkpoint), &mut buf);
                 meta.insert(HEADER, buf.as_slice())?;
-                prune(&mut ops, new_cut)?;
+                prune(&mut ops, new_cut, &checkpoint.id, checkpoint.own_kept_from)?;
             }
         }
         txn.commit()?;
@@ -443,6 +465,8 @@ fn header_of<T>(checkpoint: &Checkpoint<T>) -> Checkpoint<()> {
         stable_cut: checkpoint.stable_cut.clone(),
         lamport: checkpoint.lamport,
         records: checkpoint.records.clone(),
+        own_seq: checkpoint.own_seq,
+        own_kept_from: checkpoint.own_kept_from,
     }
 }
 
@@ -455,14 +479,38 @@ fn with_state<S>(header: Checkpoint<()>, state: S) -> Checkpoint<S> {
         stable_cut: header.stable_cut,
         lamport: header.lamport,
         records: header.records,
+        own_seq: header.own_seq,
+        own_kept_from: header.own_kept_from,
     }
 }
 
-/// Deletes the ops at or below `cut`: they are inside the stored stable state.
-fn prune(ops: &mut redb::Table<&[u8], &[u8]>, cut: &VersionVector) -> Result<(), StorageError> {
+fn read_u64(bytes: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        what: "own_seq",
+        reason: format!("{} bytes, not 8", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Deletes the ops at or below `cut`: they are inside the stored stable state. This node's
+/// own ops (`me`) are kept from `own_kept_from` on: they are its journal.
+fn prune(
+    ops: &mut redb::Table<&[u8], &[u8]>,
+    cut: &VersionVector,
+    me: &NodeId,
+    own_kept_from: u64,
+) -> Result<(), StorageError> {
     for (origin, seq) in cut.iter() {
+        let upto = if origin == me {
+            seq.min(own_kept_from.saturating_sub(1))
+        } else {
+            seq
+        };
+        if upto == 0 {
+            continue;
+        }
         let from = op_key(origin, 0);
-        let to = op_key(origin, seq);
+        let to = op_key(origin, upto);
         ops.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
     }
     Ok(())
@@ -483,6 +531,7 @@ mod tests {
     use crate::ops_log::StateMachine;
     use crate::replica::{Replica, ReplicaConfig};
     use crate::Time;
+    use std::time::Duration;
 
     fn put(k: &str) -> LwwOp {
         LwwOp {
@@ -520,6 +569,7 @@ mod tests {
                     checkpoint: None,
                     state: StateWrite::Fold,
                     durable: true,
+                    own_seq: None,
                 })
                 .unwrap();
             assert_eq!(storage.stored_ops().unwrap(), 3);
@@ -530,19 +580,73 @@ mod tests {
         // a lone founder's snapshot point is its applied vector: the checkpoint covers all
         node.handle_timeout(Time::from_millis(10));
         assert_eq!(node.stable_cut().get(&me), 3);
-        storage
-            .write(&Batch {
+        fn checkpoint_at(node: &Replica<LwwMap>) -> Batch<'_> {
+            Batch {
                 ops: Vec::new(),
                 checkpoint: Some(node.checkpoint()),
                 state: StateWrite::Fold,
                 durable: false,
-            })
-            .unwrap();
-        assert_eq!(storage.stored_ops().unwrap(), 0, "stable ops pruned");
+                own_seq: None,
+            }
+        }
+        storage.write(&checkpoint_at(&node)).unwrap();
+        assert_eq!(
+            storage.stored_ops().unwrap(),
+            3,
+            "this node's own stable ops stay in its journal for the retention"
+        );
         let loaded = storage.load().unwrap();
+        assert_eq!(loaded.ops.len(), 3, "and are read back with the checkpoint");
         let checkpoint = loaded.checkpoint.unwrap();
         assert_eq!(checkpoint.stable_cut.get(&me), 3);
         assert_eq!(checkpoint.stable_state.get("a2"), Some("v"));
+        let retention = node.config().gossip.own_ops_retention;
+        node.handle_timeout(Time::from_millis(10) + retention);
+        storage.write(&checkpoint_at(&node)).unwrap();
+        assert_eq!(storage.stored_ops().unwrap(), 0, "stable ops pruned");
+    }
+
+    #[test]
+    fn the_own_op_counter_is_stored_with_the_ops_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = founder();
+        let storage = Storage::open(dir.path()).unwrap();
+        let checkpoint = Batch {
+            ops: Vec::new(),
+            checkpoint: Some(node.checkpoint()),
+            state: StateWrite::Fold,
+            durable: true,
+            own_seq: Some(node.own_seq()),
+        };
+        storage.write(&checkpoint).unwrap();
+        for k in 0..4 {
+            node.write(Time::ZERO, put(&format!("a{k}"))).unwrap();
+        }
+        let ops = node.drain_applied_ops();
+        // the ops and the counter, without a new checkpoint (as after a write)
+        let own_seq = Some(node.own_seq());
+        storage
+            .write(&Batch {
+                ops,
+                checkpoint: None,
+                state: StateWrite::Fold,
+                durable: true,
+                own_seq,
+            })
+            .unwrap();
+        // a later batch carrying a lower counter (never sent, but checked) changes nothing
+        storage
+            .write(&Batch {
+                ops: Vec::new(),
+                checkpoint: Some(founder().checkpoint()),
+                state: StateWrite::Whole,
+                durable: true,
+                own_seq: Some(1),
+            })
+            .unwrap();
+        drop(storage);
+        let loaded = Storage::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded.checkpoint.unwrap().own_seq, 4);
     }
 
     #[test]
@@ -566,6 +670,9 @@ mod tests {
             journal_applied: true,
             ..ReplicaConfig::default()
         };
+        let mut config = config;
+        // no own-op journal past the stable cut: these tests count the ops storage prunes
+        config.gossip.own_ops_retention = Duration::ZERO;
         Replica::genesis(me.clone(), std::slice::from_ref(&me), config, 1, Time::ZERO)
     }
 
@@ -594,6 +701,7 @@ mod tests {
                 checkpoint: Some(node.checkpoint()),
                 state,
                 durable: false,
+                own_seq: None,
             })
             .unwrap()
     }
@@ -673,6 +781,7 @@ mod tests {
                 checkpoint: Some(node.checkpoint()),
                 state: StateWrite::Fold,
                 durable: false,
+                own_seq: None,
             })
             .unwrap();
         assert_eq!(

@@ -130,6 +130,11 @@ impl<P> CausalBuffer<P> {
         found
     }
 
+    /// Every op waiting, by origin then seq.
+    pub fn ops(&self) -> impl Iterator<Item = &Arc<Op<P>>> {
+        self.waiting.values().flat_map(|ops| ops.values())
+    }
+
     /// Number of ops waiting.
     pub fn len(&self) -> usize {
         self.len

@@ -11,6 +11,7 @@
 
 mod causal_buffer;
 mod lww_map;
+mod own_ops;
 mod signing;
 mod state_machine;
 
@@ -21,10 +22,12 @@ use serde::{Deserialize, Serialize};
 
 pub use causal_buffer::{BufferLimits, CausalBuffer, Insert};
 pub use lww_map::{LwwEntry, LwwMap, LwwOp};
+pub use own_ops::OwnOps;
 pub use signing::{OpAuthenticator, Signature, SignatureError};
 pub use state_machine::{Digest, OpMeta, StateMachine};
 
 use crate::node_id::NodeId;
+use crate::replica::PlantedBug;
 use crate::version_vector::VersionVector;
 
 /// One operation: the `seq`-th op of `origin`, created after the ops in `deps`.
@@ -140,6 +143,8 @@ pub struct OpsLog<S: StateMachine> {
     unstable_len: usize,
     buffer: CausalBuffer<S::Op>,
     newly_applied: Vec<Arc<Op<S::Op>>>,
+    /// A bug the simulator planted (see `replica::PlantedBug`); `None` in a node.
+    planted: Option<PlantedBug>,
 }
 
 impl<S: StateMachine> Default for OpsLog<S> {
@@ -166,6 +171,7 @@ impl<S: StateMachine> OpsLog<S> {
             unstable_len: 0,
             buffer: CausalBuffer::default(),
             newly_applied: Vec::new(),
+            planted: None,
         }
     }
 
@@ -247,6 +253,12 @@ impl<S: StateMachine> OpsLog<S> {
         if let Some(auth) = auth {
             op.check_signature(auth)?;
         }
+        if self.planted == Some(PlantedBug::SkipCausalOrder)
+            && op.seq == self.applied.get(&op.origin) + 1
+        {
+            self.apply(op);
+            return Ok(Received::Applied(1));
+        }
         match self.buffer.insert(op, &self.applied) {
             Insert::Added => {}
             Insert::Duplicate => return Ok(Received::Duplicate),
@@ -266,7 +278,9 @@ impl<S: StateMachine> OpsLog<S> {
 
     fn apply(&mut self, op: Arc<Op<S::Op>>) {
         debug_assert_eq!(op.seq, self.applied.get(&op.origin) + 1);
-        debug_assert!(op.deps.le(&self.applied));
+        debug_assert!(
+            op.deps.le(&self.applied) || self.planted == Some(PlantedBug::SkipCausalOrder)
+        );
         self.lamport = self.lamport.max(op.lamport);
         self.applied_state.apply(&op.meta(), &op.payload);
         self.applied.set(op.origin.clone(), op.seq);
@@ -296,8 +310,11 @@ impl<S: StateMachine> OpsLog<S> {
         self.unstable_len -= leaving.len();
         // Lamport order extends causal order, so folding in it respects every dependency.
         leaving.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+        let forget = self.planted == Some(PlantedBug::FoldForgetsAnOp);
         for op in &leaving {
-            self.stable_state.apply(&op.meta(), &op.payload);
+            if !(forget && op.seq == 5) {
+                self.stable_state.apply(&op.meta(), &op.payload);
+            }
             self.stable_cut.raise(&op.origin, op.seq);
         }
         self.stable_digest = None;
@@ -337,6 +354,11 @@ impl<S: StateMachine> OpsLog<S> {
     /// The unstable suffix (every applied op above the stable cut), in causal order.
     pub fn unstable_ops(&self) -> Vec<Arc<Op<S::Op>>> {
         self.missing_for(&self.stable_cut, usize::MAX).ops
+    }
+
+    /// Ops waiting in the causal buffer for their deps, by origin then seq.
+    pub fn buffered_ops(&self) -> Vec<Arc<Op<S::Op>>> {
+        self.buffer.ops().cloned().collect()
     }
 
     /// Ops applied since the last call, in application order.
@@ -387,6 +409,11 @@ impl<S: StateMachine> OpsLog<S> {
     /// Number of ops waiting for their deps.
     pub fn buffered_len(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Plants a bug (the simulator's oracle tests); `None` removes it.
+    pub fn plant(&mut self, bug: Option<PlantedBug>) {
+        self.planted = bug;
     }
 
     /// Sets the causal buffer's limits.

@@ -18,13 +18,15 @@ use serde::{Deserialize, Serialize};
 use crate::gossip::{
     AntiEntropyDigest, GossipConfig, Message, OpsBatch, PublishedOps, Records, Repair,
 };
-use crate::join_protocol::{self, JoinError, JoinGrant, JoinRequest, JoinResponse};
+use crate::join_protocol::{
+    self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
+};
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{
-    Digest, Op, OpAuthenticator, OpError, OpsLog, Received, SignatureError, StateMachine,
+    Digest, Op, OpAuthenticator, OpError, OpsLog, OwnOps, Received, SignatureError, StateMachine,
 };
-use crate::time::Time;
+use crate::time::{jitter, Time};
 use crate::version_vector::VersionVector;
 
 /// What the replica asks its driver to do.
@@ -52,6 +54,8 @@ pub struct ReplicaConfig {
     /// Signs this node's ops and checks every received op's signature (the node plugs in
     /// its libp2p key). Without one, ops are neither signed nor checked (the simulator).
     pub auth: Option<Arc<dyn OpAuthenticator>>,
+    /// A bug planted by the simulator to show that its oracle catches it; `None` in a node.
+    pub planted: Option<PlantedBug>,
 }
 
 /// Counters of what the replica has seen.
@@ -88,6 +92,15 @@ pub struct ReplicaStats {
     pub state_transfers_abandoned: u64,
     /// Keepalive reports sent while a grant's state was being fetched.
     pub keepalives_sent: u64,
+    /// Join requests this node refused to sponsor because it was cut off from most of the
+    /// network, or had joined too recently to know who is alive.
+    pub sponsorships_declined: u64,
+    /// Graceful leaves that gave up because this node's own ops did not become stable in
+    /// time (the node stayed a member).
+    pub leaves_failed: u64,
+    /// Times the network showed an op of this node above the highest its data dir stored
+    /// (the data dir was rolled back; see [`WriteRefused::DataDirBehind`]).
+    pub own_seq_rollbacks: u64,
 }
 
 /// Why a local write (or a leave) was refused.
@@ -99,6 +112,28 @@ pub enum WriteRefused {
     Leaving,
     #[error("this node has left the network")]
     Left,
+    /// Some of this node's own ops (up to `highest`) are not applied here: after a rejoin
+    /// through nodes that lack them, or a restore from an old data dir. The next op would
+    /// depend on them, and reusing their seqs would give one id to two ops.
+    #[error(
+        "this node's own ops {applied}..{highest} are not back yet; it writes again once they are"
+    )]
+    OwnOpsMissing { applied: u64, highest: u64 },
+    /// The network holds an op of this node that its data dir never stored: the data dir
+    /// is older than the node's last state (restored from a backup). Writing on could give
+    /// one id to two ops, so the node writes no more under this identity.
+    #[error("this node's data dir stored its ops up to seq {stored}, but the network has its op {seen}: the data dir is older than this node's last state; restart it with --restored-backup to rejoin under a new identity")]
+    DataDirBehind { stored: u64, seen: u64 },
+}
+
+/// Why a graceful leave gave up (the node stays a member and keeps its writes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("leave timed out: {unstable} of the ops this node held when it began to leave ({unstable_own} of them its own) are not yet under its snapshot point, so some member may lack them; it stays a member")]
+pub struct LeaveFailed {
+    /// Ops held at the start of the leave that are not stable yet.
+    pub unstable: u64,
+    /// How many of them are this node's own.
+    pub unstable_own: u64,
 }
 
 /// Where a node stood when its checkpoint was taken.
@@ -127,6 +162,13 @@ pub struct Checkpoint<T> {
     pub lamport: u64,
     /// Every record of the network map, this node's own included.
     pub records: Vec<Arc<MemberRecord>>,
+    /// The highest seq this node gave one of its ops (its next op gets the one after).
+    #[serde(default)]
+    pub own_seq: u64,
+    /// The lowest seq of this node's ops that storage keeps, stable or not (its own-op
+    /// journal); ops of other origins are kept above the stable cut only.
+    #[serde(default)]
+    pub own_kept_from: u64,
 }
 
 /// Why a checkpoint could not be resumed.
@@ -140,17 +182,8 @@ pub enum ResumeError {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    Joining {
-        /// Bootstrap peers to ask, in order; the joiner moves to the next one only when
-        /// the current one refuses (a refusal registers nothing, while a silent sponsor
-        /// may have registered it, so it is asked again).
-        sponsors: Vec<NodeId>,
-        current: usize,
-        retry_at: Time,
-        backoff: Duration,
-        /// Requests to the current sponsor left unanswered.
-        unanswered: u32,
-    },
+    /// Asking sponsors for a grant (see [`Joiner`]).
+    Joining(Joiner),
     Member {
         /// Set by `leave`: no more writes; announce `Left` once this node's own ops are
         /// inside its snapshot point (so every member has them), or at this deadline.
@@ -168,6 +201,8 @@ pub struct Replica<S: StateMachine> {
     config: ReplicaConfig,
     phase: Phase,
     log: OpsLog<S>,
+    /// This node's own-op counter and journal (durable; survives grants and rejoins).
+    own: OwnOps<S::Op>,
     map: NetworkMap,
     rng: ChaCha8Rng,
     outbox: VecDeque<Action<S>>,
@@ -189,6 +224,19 @@ pub struct Replica<S: StateMachine> {
     next_failure_check: Time,
     /// Whether the last failure check heard from at most half of the members.
     isolated: bool,
+    /// When this node's current membership was installed from a grant (`None` for a
+    /// founder): it sponsors no one for `suspect_after` after that.
+    joined_at: Option<Time>,
+    /// A graceful leave that gave up since the last [`Replica::take_leave_failure`].
+    leave_failure: Option<LeaveFailed>,
+    /// The snapshot point [`PlantedBug::CountsOneMemberTooFew`] computes instead.
+    planted_sp: Option<VersionVector>,
+    /// While leaving: every op this node held when the leave began. It leaves once all of
+    /// them are under its snapshot point, so that leaving drops no op only it held.
+    leave_cut: VersionVector,
+    /// Set when the network showed an op of this node its storage never had: (highest seq
+    /// stored, highest seen). No more writes under this identity.
+    rolled_back: Option<(u64, u64)>,
     /// Applied ops of the previous incarnation, kept while rejoining: after the new grant
     /// is installed, the ones it lacks are applied and republished (I5).
     retired_ops: Vec<Arc<Op<S::Op>>>,
@@ -221,6 +269,7 @@ impl<S: StateMachine> Replica<S> {
         phase: Phase,
         map: NetworkMap,
         log: OpsLog<S>,
+        own: OwnOps<S::Op>,
         seed: u64,
         now: Time,
     ) -> Self {
@@ -229,12 +278,16 @@ impl<S: StateMachine> Replica<S> {
         let first_failure_check = now + jitter(&mut rng, config.gossip.failure_check_interval);
         let mut log = log;
         log.set_buffer_limits(config.gossip.causal_buffer);
+        log.plant(config.planted);
+        let mut map = map;
+        map.plant(config.planted);
         let mut replica = Self {
             id,
             incarnation,
             config,
             phase,
             log,
+            own,
             map,
             rng,
             outbox: VecDeque::new(),
@@ -254,6 +307,11 @@ impl<S: StateMachine> Replica<S> {
             wake_announced: None,
             next_failure_check: first_failure_check,
             isolated: false,
+            joined_at: None,
+            leave_failure: None,
+            leave_cut: VersionVector::new(),
+            planted_sp: None,
+            rolled_back: None,
             retired_ops: Vec::new(),
             retired_records: Vec::new(),
             told_evicted: BTreeMap::new(),
@@ -328,6 +386,7 @@ impl<S: StateMachine> Replica<S> {
             map.merge(record.clone(), now);
         }
         map.take_dirty();
+        let own_ops = OwnOps::new(log.applied().get(&id));
         Self::with_parts(
             id,
             1,
@@ -335,6 +394,7 @@ impl<S: StateMachine> Replica<S> {
             Phase::Member { leaving_by: None },
             map,
             log,
+            own_ops,
             seed,
             now,
         )
@@ -364,20 +424,12 @@ impl<S: StateMachine> Replica<S> {
         seed: u64,
         now: Time,
     ) -> Self {
-        assert!(!sponsors.is_empty(), "a joiner needs a bootstrap peer");
         let placeholder = MemberRecord {
             incarnation,
             ..MemberRecord::founder(id.clone())
         };
         let map = NetworkMap::new(placeholder, now);
-        let first = sponsors[0].clone();
-        let phase = Phase::Joining {
-            sponsors,
-            current: 0,
-            retry_at: now + config.gossip.join_retry,
-            backoff: config.gossip.join_retry,
-            unanswered: 0,
-        };
+        let phase = Phase::Joining(Joiner::new(sponsors, now));
         let mut replica = Self::with_parts(
             id,
             incarnation,
@@ -385,12 +437,32 @@ impl<S: StateMachine> Replica<S> {
             phase,
             map,
             OpsLog::new(),
+            OwnOps::new(0),
             seed,
             now,
         );
-        replica.send_join_request(first);
+        replica.ask_sponsor(now);
         replica.finish(now);
         replica
+    }
+
+    /// The joiner's next request is due: asks its current sponsor (with a new incarnation
+    /// if the joiner says so).
+    fn ask_sponsor(&mut self, now: Time) {
+        let Phase::Joining(joiner) = &mut self.phase else {
+            return;
+        };
+        let map = &self.map;
+        let me = &self.id;
+        let ask = joiner.ask(now, &self.config.gossip, &mut self.rng, || {
+            known_nodes(map, me)
+        });
+        if ask.new_incarnation {
+            // the silent sponsor may have registered the old one: a registration that
+            // never reports is evicted like any silent member
+            self.incarnation += 1;
+        }
+        self.send_join_request(ask.sponsor);
     }
 
     fn send_join_request(&mut self, sponsor: NodeId) {
@@ -450,7 +522,9 @@ impl<S: StateMachine> Replica<S> {
     /// The snapshot point as the network map decides it (while joining: the empty cut).
     pub fn snapshot_point(&self) -> &VersionVector {
         if self.is_member() {
-            self.map.snapshot_point()
+            self.planted_sp
+                .as_ref()
+                .unwrap_or(self.map.snapshot_point())
         } else {
             self.log.stable_cut()
         }
@@ -489,6 +563,31 @@ impl<S: StateMachine> Replica<S> {
         &self.stats
     }
 
+    /// How the current join is going (while joining).
+    pub fn join_progress(&self) -> Option<&JoinProgress> {
+        match &self.phase {
+            Phase::Joining(joiner) => Some(joiner.progress()),
+            _ => None,
+        }
+    }
+
+    /// The highest seq this node gave one of its ops (durable: see [`Checkpoint::own_seq`]).
+    pub fn own_seq(&self) -> u64 {
+        self.own.highest()
+    }
+
+    /// This node's own-op journal: its ops kept past the stable cut, for republishing.
+    pub fn own_ops(&self) -> &OwnOps<S::Op> {
+        &self.own
+    }
+
+    /// Why the last graceful leave gave up, if one did since the last call: the node
+    /// stayed a member because its own ops were not stable everywhere by
+    /// `leave_drain_timeout`.
+    pub fn take_leave_failure(&mut self) -> Option<LeaveFailed> {
+        self.leave_failure.take()
+    }
+
     /// Ops applied since the last call (only with `journal_applied`).
     pub fn drain_applied_ops(&mut self) -> Vec<Arc<Op<S::Op>>> {
         std::mem::take(&mut self.journal)
@@ -511,16 +610,29 @@ impl<S: StateMachine> Replica<S> {
     /// publishing.
     pub fn write(&mut self, now: Time, payload: S::Op) -> Result<Arc<Op<S::Op>>, WriteRefused> {
         match self.phase {
-            Phase::Joining { .. } => return Err(WriteRefused::Joining),
+            Phase::Joining(_) => return Err(WriteRefused::Joining),
             Phase::Member {
                 leaving_by: Some(_),
             } => return Err(WriteRefused::Leaving),
             Phase::Left => return Err(WriteRefused::Left),
             Phase::Member { leaving_by: None } => {}
         }
+        let reuse_seqs = self.config.planted == Some(PlantedBug::SeqReusedAfterRejoin);
+        if let Some((stored, seen)) = self.rolled_back.filter(|_| !reuse_seqs) {
+            return Err(WriteRefused::DataDirBehind { stored, seen });
+        }
+        let applied = self.log.applied().get(&self.id);
+        if applied < self.own.highest() && !reuse_seqs {
+            return Err(WriteRefused::OwnOpsMissing {
+                applied,
+                highest: self.own.highest(),
+            });
+        }
         let op = self
             .log
             .create_signed(&self.id, payload, self.config.auth.as_deref());
+        debug_assert!(reuse_seqs || op.seq == self.own.highest() + 1);
+        self.own.keep(op.clone());
         self.stats.ops_created += 1;
         self.after_apply();
         self.unpublished.push(op.clone());
@@ -532,13 +644,15 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Graceful leave (SPEC §5): stop writing and registering joiners, publish what is
-    /// pending, wait until this node's own ops are inside its snapshot point — so every
-    /// member has them — and every joiner it registered has reported by itself (or until
-    /// `leave_drain_timeout`), then announce a `Left` record; every member drops this node
-    /// from its snapshot point as soon as that record arrives.
+    /// pending, wait until every op this node holds — its own above all — is inside its
+    /// snapshot point, so every member has it, and every joiner it registered has reported
+    /// by itself, then announce a `Left` record; every member drops this node from its
+    /// snapshot point as soon as that record arrives. If its ops are not stable within
+    /// `leave_drain_timeout`, the leave gives up ([`Replica::take_leave_failure`]) and the
+    /// node stays a member: leaving then could lose writes.
     pub fn leave(&mut self, now: Time) -> Result<(), WriteRefused> {
         match self.phase {
-            Phase::Joining { .. } => return Err(WriteRefused::Joining),
+            Phase::Joining(_) => return Err(WriteRefused::Joining),
             Phase::Left => return Err(WriteRefused::Left),
             Phase::Member {
                 leaving_by: Some(_),
@@ -548,6 +662,15 @@ impl<S: StateMachine> Replica<S> {
         self.phase = Phase::Member {
             leaving_by: Some(now + self.config.gossip.leave_drain_timeout),
         };
+        self.leave_cut = self.log.applied().clone();
+        self.leave_cut.raise(&self.id, self.own.highest());
+        if self.config.planted == Some(PlantedBug::LeaveWithoutHandover) {
+            self.unpublished.clear();
+            self.publish_at = None;
+            self.announce_left(now);
+            self.finish(now);
+            return Ok(());
+        }
         if !self.unpublished.is_empty() {
             self.publish_at = Some(now);
         }
@@ -562,13 +685,13 @@ impl<S: StateMachine> Replica<S> {
             self.tell_if_evicted(now, from, message);
         }
         match (&self.phase, message) {
-            (Phase::Joining { .. }, Message::JoinResponse(response)) => {
+            (Phase::Joining(_), Message::JoinResponse(response)) => {
                 self.on_join_response(now, from, response)
             }
-            (Phase::Joining { .. }, Message::JoinRequest(_)) => {
+            (Phase::Joining(_), Message::JoinRequest(_)) => {
                 self.refuse_join(from, "this node has not joined the network yet")
             }
-            (Phase::Joining { .. }, _) => {}
+            (Phase::Joining(_), _) => {}
             (Phase::Left, Message::JoinRequest(request)) => {
                 self.on_join_request(now, from, request)
             }
@@ -619,18 +742,22 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn refuse_join(&mut self, to: &NodeId, reason: &str) {
+        let suggestions = self.suggest_sponsors();
         self.send(
             to.clone(),
             Message::JoinResponse(Box::new(JoinResponse::Refused {
                 reason: reason.into(),
-                suggestions: Vec::new(),
+                suggestions,
+                member_incarnation: None,
             })),
         );
     }
 
-    /// Up to three random members in good standing, for a joiner this node turns away.
+    /// Up to three random members in good standing (as far as this node knows), for a
+    /// joiner it turns away.
     fn suggest_sponsors(&mut self) -> Vec<NodeId> {
         let mut peers = self.map.counted_peers();
+        peers.retain(|p| p != &self.id);
         let mut picked = Vec::new();
         while picked.len() < 3 && !peers.is_empty() {
             picked.push(peers.swap_remove(self.rng.random_range(0..peers.len())));
@@ -641,59 +768,20 @@ impl<S: StateMachine> Replica<S> {
     /// The wake-up time requested by the last `ScheduleWake` has come (or passed).
     pub fn handle_timeout(&mut self, now: Time) {
         self.wake_announced = None;
-        if let Phase::Joining {
-            sponsors,
-            current,
-            retry_at,
-            backoff,
-            unanswered,
-        } = &mut self.phase
-        {
-            if *retry_at <= now && self.awaited_grant.take().is_some() {
+        if let Phase::Joining(joiner) = &mut self.phase {
+            let due = joiner.retry_at() <= now;
+            if due && self.awaited_grant.take().is_some() {
                 // the offered state did not arrive in time: ask the sponsor again
                 self.stats.state_transfers_abandoned += 1;
-                *unanswered = 0;
+                joiner.retry_now(now);
             }
-            if *retry_at > now && self.awaited_grant.is_some() && self.next_keepalive <= now {
+            if !due && self.awaited_grant.is_some() && self.next_keepalive <= now {
                 self.send_keepalive(now);
                 self.finish(now);
                 return;
             }
-            if *retry_at <= now {
-                *unanswered += 1;
-                if *unanswered >= self.config.gossip.join_attempts_per_sponsor && sponsors.len() > 1
-                {
-                    // The sponsor may be down. It may also have registered this node, so
-                    // the next sponsor is asked with a new incarnation: a registration of
-                    // the old one that never reports is evicted like any silent member.
-                    *current = (*current + 1) % sponsors.len();
-                    *unanswered = 0;
-                    *backoff = self.config.gossip.join_retry;
-                    self.incarnation += 1;
-                    if *current == 0 {
-                        // a whole round unanswered: add nodes this one knew (a rejoining
-                        // node still holds its previous map), so that it never waits on
-                        // the same dead peers forever
-                        let mut known: Vec<NodeId> = self
-                            .map
-                            .iter()
-                            .map(|(id, _)| id.clone())
-                            .filter(|id| *id != self.id && !sponsors.contains(id))
-                            .collect();
-                        for _ in 0..3 {
-                            if known.is_empty() {
-                                break;
-                            }
-                            let pick = known.swap_remove(self.rng.random_range(0..known.len()));
-                            sponsors.push(pick);
-                        }
-                    }
-                } else {
-                    *backoff = (*backoff * 2).min(self.config.gossip.join_retry_max);
-                }
-                *retry_at = now + *backoff;
-                let sponsor = sponsors[*current].clone();
-                self.send_join_request(sponsor);
+            if due {
+                self.ask_sponsor(now);
             }
             self.finish(now);
             return;
@@ -751,6 +839,7 @@ impl<S: StateMachine> Replica<S> {
                 .log
                 .receive_verified(op.clone(), self.config.auth.as_deref())
             {
+                Ok(Received::Buffered) if op.origin == self.id => self.note_own_seq(op.seq),
                 Ok(Received::Applied(_)) | Ok(Received::Buffered) => {}
                 Ok(Received::Duplicate) => self.stats.ops_duplicate += 1,
                 Ok(Received::Refused) => self.stats.ops_refused += 1,
@@ -775,6 +864,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_record(&mut self, now: Time, record: &Arc<MemberRecord>) -> MergeOutcome {
+        // a member that applied an op of this node proves the op exists
+        self.note_own_seq(record.applied.get(&self.id));
         let outcome = self.map.merge(record.clone(), now);
         match outcome {
             MergeOutcome::Adopted => self.stats.records_adopted += 1,
@@ -783,6 +874,19 @@ impl<S: StateMachine> Replica<S> {
             MergeOutcome::AboutSelf => self.on_record_about_self(now, record),
         }
         outcome
+    }
+
+    /// Some op of this node with seq `seq` exists. Every op a node creates is stored before
+    /// it leaves the node, so one above the highest this node's storage holds proves that
+    /// its data dir lost acknowledged ops (it was restored from an older copy): the seq is
+    /// taken, and the node writes no more under this identity.
+    fn note_own_seq(&mut self, seq: u64) {
+        let stored = self.own.highest();
+        if self.own.learn(seq) {
+            self.stats.own_seq_rollbacks += 1;
+            let stored = self.rolled_back.map_or(stored, |(s, _)| s);
+            self.rolled_back = Some((stored, seq));
+        }
     }
 
     /// A writer's report that came with its published ops. Every member receives the
@@ -876,7 +980,7 @@ impl<S: StateMachine> Replica<S> {
                 self.stats.suspicions_raised += 1;
             }
         }
-        if !self.isolated {
+        if !self.isolated && self.config.planted != Some(PlantedBug::NeverEvict) {
             for id in overdue {
                 if self.map.evict(&id, now) {
                     self.stats.evictions_issued += 1;
@@ -904,12 +1008,7 @@ impl<S: StateMachine> Replica<S> {
     fn begin_rejoin(&mut self, now: Time) {
         let mut candidates = self.map.counted_peers();
         if candidates.is_empty() {
-            candidates = self
-                .map
-                .iter()
-                .map(|(id, _)| id.clone())
-                .filter(|id| *id != self.id)
-                .collect();
+            candidates = known_nodes(&self.map, &self.id);
         }
         let mut sponsors = Vec::new();
         while sponsors.len() < 3 && !candidates.is_empty() {
@@ -920,30 +1019,27 @@ impl<S: StateMachine> Replica<S> {
             self.phase = Phase::Left;
             return;
         }
-        self.retired_ops = self.log.unstable_ops();
+        // every op this node holds above its stable cut, applied or waiting for deps
+        let mut retired = self.log.unstable_ops();
+        retired.extend(self.log.buffered_ops());
+        self.retired_ops = retired;
         self.retired_records = self.map.records();
         self.unpublished.clear();
         self.publish_at = None;
         self.gap_pull = None;
         self.own_changed = false;
         self.incarnation += 1;
+        self.joined_at = None;
         self.stats.rejoins += 1;
-        let first = sponsors[0].clone();
-        self.phase = Phase::Joining {
-            sponsors,
-            current: 0,
-            retry_at: now + self.config.gossip.join_retry,
-            backoff: self.config.gossip.join_retry,
-            unanswered: 0,
-        };
-        self.send_join_request(first);
+        self.phase = Phase::Joining(Joiner::new(sponsors, now));
+        self.ask_sponsor(now);
     }
 
     /// This node's durable state, apart from the op suffix (see [`Checkpoint`]).
     pub fn checkpoint(&self) -> Checkpoint<&S> {
         let phase = match &self.phase {
-            Phase::Joining { sponsors, .. } => DurablePhase::Joining {
-                sponsors: sponsors.clone(),
+            Phase::Joining(joiner) => DurablePhase::Joining {
+                sponsors: joiner.sponsors().to_vec(),
             },
             Phase::Member { .. } => DurablePhase::Member,
             Phase::Left => DurablePhase::Left,
@@ -956,7 +1052,103 @@ impl<S: StateMachine> Replica<S> {
             stable_cut: self.log.stable_cut().clone(),
             lamport: self.log.lamport(),
             records: self.map.records(),
+            own_seq: self.own.highest(),
+            own_kept_from: self.own.kept_from(),
         }
+    }
+
+    /// Everything a data dir holds for this node, owned: the checkpoint and the ops stored
+    /// beside it (the applied suffix above the stable cut, and this node's own ops kept
+    /// below it). [`Replica::resume`] takes it
+    /// back; a simulator keeps it as a backup to restore a node from an old data dir.
+    pub fn durable_image(&self) -> (Checkpoint<S>, Vec<Arc<Op<S::Op>>>) {
+        let c = self.checkpoint();
+        let checkpoint = Checkpoint {
+            id: c.id,
+            incarnation: c.incarnation,
+            phase: c.phase,
+            stable_state: c.stable_state.clone(),
+            stable_cut: c.stable_cut,
+            lamport: c.lamport,
+            records: c.records,
+            own_seq: c.own_seq,
+            own_kept_from: c.own_kept_from,
+        };
+        let mut ops = self.log.unstable_ops();
+        let cut = self.log.stable_cut().get(&self.id);
+        ops.extend(self.own.kept().filter(|op| op.seq <= cut).cloned());
+        (checkpoint, ops)
+    }
+
+    /// A node started from a data dir restored from a backup, under a new identity `id`.
+    ///
+    /// A backup may be older than the node's last state: ops of the old identity that the
+    /// backup never saw may exist in the network, so giving out the old identity's next
+    /// seqs could name two ops with one id. The node therefore joins as a new member
+    /// (incarnation 1), through the members the backup's map counted, and once its grant
+    /// is installed it republishes every op the backup holds that the network lacks — the
+    /// old identity's too (they carry its signatures). The old identity, silent, is
+    /// evicted like any crashed member.
+    pub fn resume_from_backup(
+        id: NodeId,
+        checkpoint: Checkpoint<S>,
+        ops: Vec<Arc<Op<S::Op>>>,
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Self {
+        let old_id = checkpoint.id;
+        let cut = checkpoint.stable_cut;
+        let mut held: Vec<_> = ops
+            .into_iter()
+            .filter(|op| op.seq > cut.get(&op.origin) || op.origin == old_id)
+            .collect();
+        held.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+        let others = |counted_only: bool| -> Vec<NodeId> {
+            checkpoint
+                .records
+                .iter()
+                .filter(|r| r.id != old_id && r.id != id && (!counted_only || r.state.counts()))
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        let mut sponsors = others(true);
+        if sponsors.is_empty() {
+            sponsors = others(false);
+        }
+        // the backup's records (the old identity's included) are merged after the grant,
+        // like a rejoining node's previous map
+        let placeholder = MemberRecord::founder(id.clone());
+        let mut map = NetworkMap::new(placeholder, now);
+        for record in &checkpoint.records {
+            if record.id != id {
+                map.merge(record.clone(), now);
+            }
+        }
+        map.take_dirty();
+        map.take_evictions();
+        let phase = if sponsors.is_empty() {
+            // a backup of a lone node: nobody to join through
+            Phase::Left
+        } else {
+            Phase::Joining(Joiner::new(sponsors, now))
+        };
+        let mut replica = Self::with_parts(
+            id,
+            1,
+            config,
+            phase,
+            map,
+            OpsLog::new(),
+            OwnOps::new(0),
+            seed,
+            now,
+        );
+        replica.retired_ops = held;
+        replica.retired_records = checkpoint.records;
+        replica.ask_sponsor(now);
+        replica.finish(now);
+        replica
     }
 
     /// A node back from its checkpoint and the ops it had applied above the stable cut (in
@@ -973,10 +1165,28 @@ impl<S: StateMachine> Replica<S> {
         now: Time,
     ) -> Result<Self, ResumeError> {
         let cut = checkpoint.stable_cut;
+        let id = checkpoint.id;
+        // this node's own ops are its journal, stable or not; the others count above the cut
+        let mut own_ops = OwnOps::new(checkpoint.own_seq.max(cut.get(&id)));
+        let mut kept_stable = Vec::new();
         let mut suffix: Vec<_> = suffix
             .into_iter()
-            .filter(|op| op.seq > cut.get(&op.origin))
+            .filter(|op| {
+                let above = op.seq > cut.get(&op.origin);
+                if op.origin == id && !above {
+                    kept_stable.push(op.clone());
+                }
+                above
+            })
             .collect();
+        kept_stable.sort_by_key(|op| op.seq);
+        for op in kept_stable {
+            // its retention starts again: when it became stable was not stored
+            own_ops.keep_stable(op, now);
+        }
+        for op in suffix.iter().filter(|op| op.origin == id) {
+            own_ops.keep(op.clone());
+        }
         suffix.sort_by_key(|op| op.lamport);
         // this node's own journal: its ops were checked when they arrived
         let mut log = OpsLog::install(
@@ -987,7 +1197,6 @@ impl<S: StateMachine> Replica<S> {
             None,
         )?;
         log.drain_applied();
-        let id = checkpoint.id;
         let mut own = None;
         let mut others = Vec::new();
         for record in checkpoint.records {
@@ -1003,16 +1212,9 @@ impl<S: StateMachine> Replica<S> {
         map.take_dirty();
         map.take_evictions();
         let (phase, rejoin) = match checkpoint.phase {
-            DurablePhase::Joining { sponsors } if !sponsors.is_empty() => (
-                Phase::Joining {
-                    sponsors,
-                    current: 0,
-                    retry_at: now,
-                    backoff: config.gossip.join_retry,
-                    unanswered: 0,
-                },
-                false,
-            ),
+            DurablePhase::Joining { sponsors } if !sponsors.is_empty() => {
+                (Phase::Joining(Joiner::new(sponsors, now)), false)
+            }
             DurablePhase::Joining { .. } => (Phase::Left, false),
             DurablePhase::Member | DurablePhase::Left => (Phase::Member { leaving_by: None }, true),
         };
@@ -1023,6 +1225,7 @@ impl<S: StateMachine> Replica<S> {
             phase,
             map,
             log,
+            own_ops,
             seed,
             now,
         );
@@ -1050,19 +1253,13 @@ impl<S: StateMachine> Replica<S> {
         self.in_peers.clear();
         self.peers_epoch = None;
         self.status_allowed_at = now;
+        self.awaited_grant = None;
         match &mut self.phase {
             Phase::Member { .. } => self.begin_rejoin(now),
-            Phase::Joining {
-                sponsors,
-                current,
-                retry_at,
-                backoff,
-                ..
-            } => {
-                *backoff = self.config.gossip.join_retry;
-                *retry_at = now + *backoff;
-                let sponsor = sponsors[*current].clone();
-                self.send_join_request(sponsor);
+            Phase::Joining(joiner) => {
+                // the sponsor may have registered this incarnation: ask it again
+                joiner.retry_now(now);
+                self.ask_sponsor(now);
             }
             Phase::Left => {}
         }
@@ -1105,64 +1302,99 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_join_request(&mut self, now: Time, from: &NodeId, request: &JoinRequest) {
         let retry = join_protocol::is_pending_registration(&self.map, request);
-        let response = if &request.joiner != from {
-            JoinResponse::Refused {
-                reason: "a join request must come from the joiner itself".into(),
-                suggestions: Vec::new(),
-            }
-        } else if !retry && !matches!(self.phase, Phase::Member { leaving_by: None }) {
-            // a leaving node registers no one new (a retry of its own registration is
-            // granted again: the joiner must reach at least that cut); it redirects
-            JoinResponse::Refused {
-                reason: "this node is leaving the network".into(),
-                suggestions: self.suggest_sponsors(),
-            }
+        let refusal = if &request.joiner != from {
+            Some("a join request must come from the joiner itself")
+        } else if retry {
+            // a retry of a registration this node made is granted again, even while it
+            // leaves or is cut off: the joiner must reach at least that cut
+            None
+        } else if !matches!(self.phase, Phase::Member { leaving_by: None }) {
+            Some("this node is leaving the network")
+        } else if let Some(reason) = self.cannot_sponsor_now(now) {
+            self.stats.sponsorships_declined += 1;
+            Some(reason)
         } else {
-            match join_protocol::register(&mut self.log, &mut self.map, request, now) {
+            None
+        };
+        let response = match refusal {
+            Some(reason) => JoinResponse::Refused {
+                reason: reason.into(),
+                suggestions: if &request.joiner == from {
+                    self.suggest_sponsors()
+                } else {
+                    Vec::new()
+                },
+                member_incarnation: None,
+            },
+            None => match join_protocol::register(&mut self.log, &mut self.map, request, now) {
                 Ok(grant) => {
                     self.stats.joins_sponsored += 1;
                     self.own_changed = true;
                     JoinResponse::Granted(grant)
                 }
                 Err(e) => JoinResponse::Refused {
+                    member_incarnation: match &e {
+                        JoinError::AlreadyMember { incarnation, .. } => Some(*incarnation),
+                        _ => None,
+                    },
                     reason: e.to_string(),
                     suggestions: Vec::new(),
                 },
-            }
+            },
         };
         self.send(from.clone(), Message::JoinResponse(Box::new(response)));
     }
 
+    /// Why this member cannot register a joiner now, if it cannot: it is cut off from most
+    /// of the members it counts (a minority must not grow its view), or it joined less than
+    /// `suspect_after` ago and cannot know yet which members are alive.
+    fn cannot_sponsor_now(&self, now: Time) -> Option<&'static str> {
+        if self.isolated {
+            return Some("this node hears from too few members to sponsor a join; ask another");
+        }
+        if self
+            .joined_at
+            .is_some_and(|at| now < at + self.config.gossip.suspect_after)
+        {
+            return Some(
+                "this node joined too recently to know which members are alive; ask another",
+            );
+        }
+        None
+    }
+
     fn on_join_response(&mut self, now: Time, from: &NodeId, response: &JoinResponse<S>) {
-        let Phase::Joining {
-            sponsors,
-            current,
-            retry_at,
-            unanswered,
-            ..
-        } = &mut self.phase
-        else {
+        let Phase::Joining(joiner) = &mut self.phase else {
             return;
         };
-        if &sponsors[*current] != from {
+        if joiner.current() != from {
             return;
         }
         let grant = match response {
             JoinResponse::Granted(grant) => grant.clone(),
-            JoinResponse::Refused { suggestions, .. } => {
-                // nothing was registered: ask the next bootstrap peer now, including any
-                // the refuser suggested
+            JoinResponse::Refused {
+                reason,
+                suggestions,
+                member_incarnation,
+            } => {
+                // nothing was registered: the next sponsor is asked after a backoff
                 self.stats.join_refusals += 1;
-                for s in suggestions {
-                    if !sponsors.contains(s) && *s != self.id {
-                        sponsors.push(s.clone());
-                    }
+                let map = &self.map;
+                let me = &self.id;
+                let raise = joiner.refused(
+                    now,
+                    reason,
+                    suggestions,
+                    *member_incarnation,
+                    self.incarnation,
+                    me,
+                    &self.config.gossip,
+                    &mut self.rng,
+                    || known_nodes(map, me),
+                );
+                if let Some(incarnation) = raise {
+                    self.incarnation = incarnation;
                 }
-                *current = (*current + 1) % sponsors.len();
-                *retry_at = now + self.config.gossip.join_retry;
-                *unanswered = 0;
-                let next = sponsors[*current].clone();
-                self.send_join_request(next);
                 return;
             }
         };
@@ -1170,8 +1402,7 @@ impl<S: StateMachine> Replica<S> {
             // the driver fetches the offered snapshot; until it is installed (or the
             // transfer is given up) the sponsor is not asked again
             if self.awaited_grant.is_none() {
-                *retry_at = now + self.config.gossip.state_transfer_timeout;
-                *unanswered = 0;
+                joiner.hold(now + self.config.gossip.state_transfer_timeout);
                 self.awaited_grant = Some((from.clone(), grant));
                 self.next_keepalive = now + self.config.gossip.heartbeat_interval;
             }
@@ -1250,8 +1481,8 @@ impl<S: StateMachine> Replica<S> {
     pub fn abandon_transfer(&mut self, now: Time) {
         if self.awaited_grant.take().is_some() {
             self.stats.state_transfers_abandoned += 1;
-            if let Phase::Joining { retry_at, .. } = &mut self.phase {
-                *retry_at = now;
+            if let Phase::Joining(joiner) = &mut self.phase {
+                joiner.retry_now(now);
             }
         }
         self.finish(now);
@@ -1259,6 +1490,15 @@ impl<S: StateMachine> Replica<S> {
 
     fn install_grant(&mut self, now: Time, grant: JoinGrant<S>) -> Result<(), JoinError> {
         let reports_made = self.keepalive_seq;
+        // what the sponsor's records say this node had applied of its own ops: ops of this
+        // node up to there exist, and their seqs are taken
+        let own_seen = grant
+            .members
+            .0
+            .iter()
+            .map(|r| r.applied.get(&self.id))
+            .max()
+            .unwrap_or(0);
         match join_protocol::install(
             grant,
             &self.id,
@@ -1269,18 +1509,28 @@ impl<S: StateMachine> Replica<S> {
             self.config.auth.as_deref(),
         ) {
             Ok((mut log, map)) => {
-                // the suffix applied while installing is part of the handed-over state
-                log.drain_applied();
+                // the suffix applied while installing is part of the handed-over state;
+                // observers see it applied on top of the stable state (after any ops of
+                // the previous membership they have not drained yet)
+                let suffix = log.drain_applied();
+                if self.config.journal_applied {
+                    self.journal.extend(suffix);
+                }
                 log.set_buffer_limits(self.config.gossip.causal_buffer);
+                log.plant(self.config.planted);
                 self.log = log;
                 self.log_generation += 1;
                 self.map = map;
+                self.map.plant(self.config.planted);
                 self.phase = Phase::Member { leaving_by: None };
                 self.own_changed = true;
                 self.last_report = now;
                 self.next_anti_entropy =
                     now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
                 self.next_failure_check = now + self.config.gossip.suspect_after;
+                self.joined_at = Some(now);
+                self.note_own_seq(own_seen.max(self.log.applied().get(&self.id)));
+                self.own.unstable_above(self.log.stable_cut().get(&self.id));
                 self.republish_retired(now);
                 Ok(())
             }
@@ -1291,24 +1541,36 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// After a rejoin: merges the previous incarnation's records, then applies its ops
-    /// that the grant lacks and publishes them again, so ops created (or received) while
-    /// cut off are not lost (I5).
+    /// After a rejoin: merges the previous incarnation's records, then applies the ops it
+    /// held that the grant lacks — its unstable suffix, the ops waiting in its causal
+    /// buffer, and this node's own ops from its journal — and publishes again the ones
+    /// that apply, so that ops created (or received) while cut off are not lost (I5).
     fn republish_retired(&mut self, now: Time) {
         let records = std::mem::take(&mut self.retired_records);
         self.on_records(now, &records);
-        let retired = std::mem::take(&mut self.retired_ops);
+        if self.config.planted == Some(PlantedBug::SeqReusedAfterRejoin) {
+            self.retired_ops.clear();
+            return;
+        }
         let before = self.log.applied().clone();
-        for op in &retired {
-            if op.seq > self.log.applied().get(&op.origin) {
-                // an op whose deps the grant lacks waits in the causal buffer
-                let _ = self.log.receive(op.clone());
+        let own = self.own.above(before.get(&self.id)).cloned();
+        let mut lacking: BTreeMap<(NodeId, u64), Arc<Op<S::Op>>> = BTreeMap::new();
+        for op in std::mem::take(&mut self.retired_ops).into_iter().chain(own) {
+            if op.seq > before.get(&op.origin) {
+                lacking.entry((op.origin.clone(), op.seq)).or_insert(op);
             }
         }
+        let mut lacking: Vec<_> = lacking.into_values().collect();
+        // Lamport order extends causal order; an op whose deps the grant lacks waits in
+        // the causal buffer (and an own op stays in the journal for the next rejoin)
+        lacking.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+        for op in &lacking {
+            let _ = self.log.receive(op.clone());
+        }
         let applied = self.log.applied();
-        let republish: Vec<_> = retired
+        let republish: Vec<_> = lacking
             .into_iter()
-            .filter(|op| op.seq > before.get(&op.origin) && op.seq <= applied.get(&op.origin))
+            .filter(|op| op.seq <= applied.get(&op.origin))
             .collect();
         if republish.is_empty() {
             return;
@@ -1330,6 +1592,11 @@ impl<S: StateMachine> Replica<S> {
         self.stats.ops_applied += applied.len() as u64;
         let mut changes: Vec<(NodeId, u64)> = Vec::new();
         for op in &applied {
+            if op.origin == self.id {
+                // created here, or one of this node's ops come back from the network
+                self.note_own_seq(op.seq);
+                self.own.keep(op.clone());
+            }
             match changes.iter_mut().find(|(o, _)| *o == op.origin) {
                 Some(entry) => entry.1 = entry.1.max(op.seq),
                 None => changes.push((op.origin.clone(), op.seq)),
@@ -1468,21 +1735,50 @@ impl<S: StateMachine> Replica<S> {
         if self.config.journal_applied {
             self.eviction_journal.extend(evictions);
         }
-        if self.is_member() && self.map.snapshot_point() != self.log.stable_cut() {
-            let sp = self.map.snapshot_point().clone();
-            self.log.advance_stable(&sp);
+        if self.is_member() {
+            if self.config.planted == Some(PlantedBug::CountsOneMemberTooFew) {
+                self.planted_sp = Some(self.sp_without_one_member());
+            }
+            if self.snapshot_point() != self.log.stable_cut() {
+                let sp = self.snapshot_point().clone();
+                self.log.advance_stable(&sp);
+            }
+            let stable = self.log.stable_cut().get(&self.id);
+            let retention = self.config.gossip.own_ops_retention;
+            self.own.stable_upto(stable, now, retention);
         }
         if let Phase::Member {
             leaving_by: Some(deadline),
         } = self.phase
         {
-            // drained: every member has this node's ops, and every joiner it registered has
-            // reported by itself
-            let drained = self.unpublished.is_empty()
-                && self.map.snapshot_point().get(&self.id) >= self.log.applied().get(&self.id)
-                && !join_protocol::has_unconfirmed_registrations(&self.map);
-            if drained || now >= deadline {
+            // The ops it holds are safe to leave behind once they are under its snapshot
+            // point: every member it counts has applied them, and so has every member it
+            // has not heard of yet (their join cuts lie above that point, I3).
+            let sp = self.map.snapshot_point();
+            let handed_over = self.unpublished.is_empty() && self.leave_cut.le(sp);
+            // every joiner it registered has reported by itself (its `Left` record would
+            // count them anyway, so this is not waited for past the deadline)
+            let drained = handed_over && !join_protocol::has_unconfirmed_registrations(&self.map);
+            if drained || (handed_over && now >= deadline) {
                 self.announce_left(now);
+            } else if now >= deadline {
+                // leaving now could lose writes: give up the leave and stay a member
+                let unstable_own = self
+                    .leave_cut
+                    .get(&self.id)
+                    .saturating_sub(sp.get(&self.id));
+                let unstable = self
+                    .leave_cut
+                    .iter()
+                    .map(|(origin, seq)| seq.saturating_sub(sp.get(origin)))
+                    .sum();
+                self.phase = Phase::Member { leaving_by: None };
+                self.leave_cut = VersionVector::new();
+                self.stats.leaves_failed += 1;
+                self.leave_failure = Some(LeaveFailed {
+                    unstable,
+                    unstable_own,
+                });
             }
         }
         let next = self.next_deadline();
@@ -1493,6 +1789,31 @@ impl<S: StateMachine> Replica<S> {
                 self.outbox.push_back(Action::ScheduleWake { at });
             }
         }
+    }
+
+    /// [`PlantedBug::CountsOneMemberTooFew`]: the minimum over the counted members but the
+    /// first other one in id order, kept monotone so that only I3 can see the bug.
+    fn sp_without_one_member(&self) -> VersionVector {
+        let mut skipped = false;
+        let mut min: Option<VersionVector> = None;
+        for (id, entry) in self.map.iter() {
+            if !entry.record.state.counts() {
+                continue;
+            }
+            if !skipped && *id != self.id {
+                skipped = true;
+                continue;
+            }
+            min = Some(match min {
+                None => entry.record.applied.clone(),
+                Some(m) => m.meet(&entry.record.applied),
+            });
+        }
+        let mut sp = min.unwrap_or_default().meet(self.log.applied());
+        if let Some(before) = &self.planted_sp {
+            sp.join(before);
+        }
+        sp
     }
 
     fn announce_left(&mut self, now: Time) {
@@ -1507,9 +1828,9 @@ impl<S: StateMachine> Replica<S> {
 
     fn next_deadline(&self) -> Option<Time> {
         match &self.phase {
-            Phase::Joining { retry_at, .. } => match self.awaited_grant {
-                Some(_) => Some((*retry_at).min(self.next_keepalive)),
-                None => Some(*retry_at),
+            Phase::Joining(joiner) => match self.awaited_grant {
+                Some(_) => Some(joiner.retry_at().min(self.next_keepalive)),
+                None => Some(joiner.retry_at()),
             },
             Phase::Left => self.status_due(),
             Phase::Member { leaving_by } => [
@@ -1530,12 +1851,17 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
-/// `base` ± 10%, so periodic work of many nodes does not synchronise.
-fn jitter(rng: &mut ChaCha8Rng, base: Duration) -> Duration {
-    let micros = base.as_micros() as u64;
-    let spread = micros / 10;
-    Duration::from_micros(micros - spread + rng.random_range(0..=2 * spread))
+/// Every node `map` holds a record of, but `me`, in id order: who a joiner that still holds
+/// its previous map can ask.
+fn known_nodes(map: &NetworkMap, me: &NodeId) -> Vec<NodeId> {
+    map.iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| id != me)
+        .collect()
 }
+
+mod planted;
+pub use planted::PlantedBug;
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,11 @@
 //! I4 agreement: two nodes at the same cut have the same digest.
 //!
-//! Every time a node's snapshot point changes, the node's stable state must be folded at
-//! exactly that cut, and its digest is compared with the first digest any node reported for
-//! the same cut.
+//! Every time a node's snapshot point changes, and whenever it installs a stable state
+//! handed over by a sponsor, the node's stable state must be folded at exactly that cut, and
+//! its digest is compared with the first digest any node reported for the same cut and
+//! with the digest of the state the ground truth's ops give at that cut. The second
+//! comparison sees what the first cannot: a fault every node shares, such as a stable state
+//! that lost an op, or an op id that names different ops in different places.
 
 use std::collections::HashMap;
 
@@ -48,6 +51,21 @@ impl Agreement {
     }
 }
 
+/// The stable state at `cut` must be the one the ops created inside `cut` give.
+pub fn check_ground_truth(
+    cut: &VersionVector,
+    digest: Digest,
+    expected: Digest,
+) -> Result<(), String> {
+    if digest == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "stable state at {cut:?} has digest {digest:?}, but the ops created inside that cut give {expected:?}"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +81,7 @@ mod tests {
         assert!(a.check(&cut, &cut, Digest([2; 32])).is_err());
         assert!(a.check(&cut, &other, Digest([1; 32])).is_err());
         assert_eq!(a.cuts(), 1);
+        assert!(check_ground_truth(&cut, Digest([1; 32]), Digest([1; 32])).is_ok());
+        assert!(check_ground_truth(&cut, Digest([1; 32]), Digest([2; 32])).is_err());
     }
 }

@@ -1,9 +1,14 @@
-//! I1 causal, exactly once: an op is applied only after all ops in its deps, and at most once.
+//! I1 causal, exactly once: an op is applied only after all ops in its deps, and at most once,
+//! and with the content its origin created it with.
 //!
 //! The engine keeps a shadow of each replica's applied vector built only from the ops the
 //! replica reports applying; each reported op must be the next of its origin and have its
 //! deps inside the shadow, and after every event the replica's own vector must equal the
-//! shadow (so nothing was applied unreported, skipped, or applied twice).
+//! shadow (so nothing was applied unreported, skipped, or applied twice). A replica that
+//! installs a sponsor's state starts its shadow at the installed stable cut, and the ops of
+//! the handed-over suffix are reported like any others. Every reported op is compared with
+//! the ground truth (`GroundTruth::check_content`): same lamport time, deps and payload as
+//! the op first created under its id.
 
 use tidemark::ops_log::Op;
 use tidemark::VersionVector;

@@ -1,0 +1,342 @@
+//! The joiner's side of the handshake: whom to ask, when to ask again, when to ask with a
+//! new incarnation, and how the list of possible sponsors widens.
+//!
+//! Rules:
+//! - **Silence.** A request the current sponsor leaves unanswered is sent again after a
+//!   backoff that doubles up to `join_retry_max`. The sponsor may have registered the
+//!   joiner and died; after `join_attempts_per_sponsor` unanswered requests the joiner moves
+//!   on **with a new incarnation**, since a registration of the old one that never reports
+//!   is evicted like any silent member. This holds for a list of one sponsor too.
+//! - **Refusal.** Nothing was registered, so the incarnation stays — unless the refusal
+//!   says the sponsor already knows this node at an incarnation at least as high (a node
+//!   restored from an old data dir): then the joiner takes the next incarnation above it.
+//!   The next sponsor is asked after a backoff (from `join_retry`, doubling with every
+//!   refusal up to `join_retry_max`, with jitter), so that nodes which refuse each other
+//!   (two rejoining nodes that know only each other) do not flood each other with requests.
+//! - **Widening.** The sponsors a refusal suggests join the list. Each time a whole round
+//!   of the list passed without a grant, every node the joiner has learned of (a rejoining
+//!   node still holds its previous map) joins the list too, so a joiner whose bootstrap
+//!   peers are all gone tries every member it knows. One that knows none keeps asking its
+//!   list, with backoff, and says so in its [`JoinProgress`].
+//!
+//! Pure state machine: time is passed in, randomness comes from the caller's seeded RNG.
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::gossip::GossipConfig;
+use crate::node_id::NodeId;
+use crate::time::{jitter, Time};
+
+/// How a join is going, for status pages and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JoinProgress {
+    /// When this join (or rejoin) started.
+    pub since: Time,
+    /// Join requests sent.
+    pub requests: u64,
+    /// Requests that went unanswered.
+    pub unanswered: u64,
+    /// Refusals received.
+    pub refusals: u64,
+    /// The last refusal's reason.
+    pub last_refusal: Option<String>,
+    /// Whole rounds of the sponsor list that passed without a grant.
+    pub rounds: u64,
+    /// Possible sponsors known (the bootstrap list, widened).
+    pub sponsors: usize,
+}
+
+/// What the joiner asks its driver to do when it asks a sponsor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub sponsor: NodeId,
+    /// Ask with a new incarnation (the last one may be registered by a silent sponsor).
+    pub new_incarnation: bool,
+}
+
+/// The joiner's handshake state (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Joiner {
+    sponsors: Vec<NodeId>,
+    current: usize,
+    retry_at: Time,
+    backoff: Duration,
+    /// Whether a request to the current sponsor is out and unanswered.
+    awaiting: bool,
+    unanswered: u32,
+    progress: JoinProgress,
+}
+
+impl Joiner {
+    /// Starts joining through `sponsors`, in order; the first is asked at once.
+    ///
+    /// # Panics
+    /// If `sponsors` is empty.
+    pub fn new(sponsors: Vec<NodeId>, now: Time) -> Self {
+        assert!(!sponsors.is_empty(), "a joiner needs a bootstrap peer");
+        let progress = JoinProgress {
+            since: now,
+            sponsors: sponsors.len(),
+            ..JoinProgress::default()
+        };
+        Self {
+            sponsors,
+            current: 0,
+            retry_at: now,
+            backoff: Duration::ZERO,
+            awaiting: false,
+            unanswered: 0,
+            progress,
+        }
+    }
+
+    /// The bootstrap list, widened so far.
+    pub fn sponsors(&self) -> &[NodeId] {
+        &self.sponsors
+    }
+
+    /// The sponsor asked now (the only one whose answer counts).
+    pub fn current(&self) -> &NodeId {
+        &self.sponsors[self.current]
+    }
+
+    /// When the next request is due.
+    pub fn retry_at(&self) -> Time {
+        self.retry_at
+    }
+
+    pub fn progress(&self) -> &JoinProgress {
+        &self.progress
+    }
+
+    /// The next request is due (`retry_at` passed): whom to ask, and whether with a new
+    /// incarnation. `known` lists the nodes the joiner has learned of, for widening.
+    pub fn ask(
+        &mut self,
+        now: Time,
+        config: &GossipConfig,
+        rng: &mut impl Rng,
+        known: impl FnOnce() -> Vec<NodeId>,
+    ) -> Ask {
+        let mut new_incarnation = false;
+        if self.awaiting {
+            self.progress.unanswered += 1;
+            self.unanswered += 1;
+            if self.unanswered >= config.join_attempts_per_sponsor {
+                self.advance(known);
+                self.backoff = config.join_retry;
+                new_incarnation = true;
+            } else {
+                self.backoff = (self.backoff * 2).clamp(config.join_retry, config.join_retry_max);
+            }
+        } else if self.backoff.is_zero() {
+            self.backoff = config.join_retry;
+        }
+        self.awaiting = true;
+        self.progress.requests += 1;
+        self.retry_at = now + jitter(rng, self.backoff);
+        Ask {
+            sponsor: self.current().clone(),
+            new_incarnation,
+        }
+    }
+
+    /// The current sponsor refused: nothing was registered. `member_incarnation` is the
+    /// incarnation at which the sponsor already knows this node, if that is why it refused.
+    /// Returns the incarnation to ask with from now on, if it must rise above `incarnation`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refused(
+        &mut self,
+        now: Time,
+        reason: &str,
+        suggestions: &[NodeId],
+        member_incarnation: Option<u64>,
+        incarnation: u64,
+        me: &NodeId,
+        config: &GossipConfig,
+        rng: &mut impl Rng,
+        known: impl FnOnce() -> Vec<NodeId>,
+    ) -> Option<u64> {
+        self.progress.refusals += 1;
+        self.progress.last_refusal = Some(reason.to_owned());
+        self.awaiting = false;
+        self.unanswered = 0;
+        for s in suggestions {
+            if s != me && !self.sponsors.contains(s) {
+                self.sponsors.push(s.clone());
+            }
+        }
+        self.advance(known);
+        // wait before the next request, and twice as long after the next refusal
+        let wait = self.backoff.clamp(config.join_retry, config.join_retry_max);
+        self.retry_at = now + jitter(rng, wait);
+        self.backoff = (wait * 2).min(config.join_retry_max);
+        member_incarnation
+            .filter(|known| *known >= incarnation)
+            .map(|known| known + 1)
+    }
+
+    /// A state offered in a grant is being fetched: no request is due before `until`.
+    pub fn hold(&mut self, until: Time) {
+        self.retry_at = until;
+        self.awaiting = false;
+        self.unanswered = 0;
+    }
+
+    /// Asks the current sponsor again at `now` (a fetch failed or was given up).
+    pub fn retry_now(&mut self, now: Time) {
+        self.retry_at = now;
+        self.awaiting = false;
+    }
+
+    /// Moves to the next sponsor; after a whole round, adds every node learned of.
+    fn advance(&mut self, known: impl FnOnce() -> Vec<NodeId>) {
+        self.unanswered = 0;
+        self.current += 1;
+        if self.current == self.sponsors.len() {
+            self.current = 0;
+            self.progress.rounds += 1;
+            for id in known() {
+                if !self.sponsors.contains(&id) {
+                    self.sponsors.push(id);
+                }
+            }
+        }
+        self.progress.sponsors = self.sponsors.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn id(i: u64) -> NodeId {
+        NodeId::synthetic(i)
+    }
+
+    fn config() -> GossipConfig {
+        GossipConfig::default()
+    }
+
+    #[test]
+    fn a_silent_single_sponsor_is_asked_again_with_a_new_incarnation() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut joiner = Joiner::new(vec![id(1)], Time::ZERO);
+        let first = joiner.ask(Time::ZERO, &config, &mut rng, Vec::new);
+        assert_eq!(first.sponsor, id(1));
+        assert!(!first.new_incarnation);
+        let mut asks = Vec::new();
+        for _ in 0..config.join_attempts_per_sponsor {
+            let now = joiner.retry_at();
+            asks.push(joiner.ask(now, &config, &mut rng, Vec::new));
+        }
+        assert!(asks.iter().all(|a| a.sponsor == id(1)));
+        assert_eq!(
+            asks.iter().filter(|a| a.new_incarnation).count(),
+            1,
+            "after {} unanswered requests: {asks:?}",
+            config.join_attempts_per_sponsor
+        );
+        assert!(asks.last().unwrap().new_incarnation);
+        assert_eq!(joiner.progress().unanswered, 3);
+    }
+
+    #[test]
+    fn refusals_back_off_exponentially_with_jitter_up_to_the_maximum() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let me = id(9);
+        let mut joiner = Joiner::new(vec![id(1), id(2)], Time::ZERO);
+        let mut now = Time::ZERO;
+        let mut gaps = Vec::new();
+        for _ in 0..8 {
+            joiner.ask(now, &config, &mut rng, Vec::new);
+            joiner.refused(now, "no", &[], None, 1, &me, &config, &mut rng, Vec::new);
+            gaps.push(joiner.retry_at().since(now));
+            now = joiner.retry_at();
+        }
+        let max = config.join_retry_max + config.join_retry_max / 10;
+        assert!(
+            gaps[0] <= config.join_retry + config.join_retry / 10,
+            "{gaps:?}"
+        );
+        assert!(gaps.windows(2).take(2).all(|w| w[1] > w[0]), "{gaps:?}");
+        assert!(gaps.iter().all(|g| *g <= max), "{gaps:?}");
+        assert!(gaps[7] >= config.join_retry_max - config.join_retry_max / 10);
+        assert_eq!(joiner.progress().refusals, 8);
+        assert_eq!(joiner.progress().last_refusal.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn a_whole_round_without_a_grant_adds_every_node_learned_of_and_suggestions_join_at_once() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let me = id(9);
+        let mut joiner = Joiner::new(vec![id(1)], Time::ZERO);
+        joiner.ask(Time::ZERO, &config, &mut rng, Vec::new);
+        joiner.refused(
+            Time::ZERO,
+            "leaving",
+            &[id(2), me.clone(), id(1)],
+            None,
+            1,
+            &me,
+            &config,
+            &mut rng,
+            || vec![id(3), id(4), id(2)],
+        );
+        assert_eq!(
+            joiner.sponsors(),
+            &[id(1), id(2)],
+            "the suggestion, not myself"
+        );
+        assert_eq!(joiner.current(), &id(2));
+        let now = joiner.retry_at();
+        joiner.ask(now, &config, &mut rng, Vec::new);
+        joiner.refused(now, "no", &[], None, 1, &me, &config, &mut rng, || {
+            vec![id(3), id(4), id(2)]
+        });
+        assert_eq!(joiner.sponsors(), &[id(1), id(2), id(3), id(4)]);
+        assert_eq!(joiner.progress().rounds, 1);
+        assert_eq!(joiner.progress().sponsors, 4);
+    }
+
+    #[test]
+    fn a_sponsor_that_knows_a_higher_incarnation_makes_the_joiner_take_the_next_one() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let me = id(9);
+        let mut joiner = Joiner::new(vec![id(1)], Time::ZERO);
+        joiner.ask(Time::ZERO, &config, &mut rng, Vec::new);
+        let raise = joiner.refused(
+            Time::ZERO,
+            "already a member",
+            &[],
+            Some(7),
+            3,
+            &me,
+            &config,
+            &mut rng,
+            Vec::new,
+        );
+        assert_eq!(raise, Some(8));
+        let stays = joiner.refused(
+            Time::ZERO,
+            "x",
+            &[],
+            Some(2),
+            3,
+            &me,
+            &config,
+            &mut rng,
+            Vec::new,
+        );
+        assert_eq!(stays, None, "a lower incarnation is no reason to change");
+    }
+}
