@@ -355,3 +355,29 @@ fn a_registration_superseded_by_a_newer_incarnation_still_counts_as_known() {
     assert_eq!(c.pending_len(), 0, "0's record waits for nothing");
     assert!(c.is_counted(&id(0)));
 }
+
+#[test]
+fn a_newer_record_with_an_older_bound_never_lowers_what_a_member_is_known_to_have_applied() {
+    // Two copies of member 2's report 3 left different nodes with different bounds (its
+    // own entry grows between reports); a suspicion copied from the lower one supersedes
+    // the higher one here. Seed 7239's snapshot point fell this way.
+    let mut map = NetworkMap::new(record(1, 1, &[(9, 6)]), Time::ZERO);
+    map.merge(Arc::new(record(2, 3, &[(9, 6)])), Time::ZERO);
+    assert_eq!(map.snapshot_point(), &vv(&[(9, 6)]));
+    let suspicion = MemberRecord {
+        state: MemberState::Suspect,
+        ..record(2, 3, &[(9, 5)])
+    };
+    assert_eq!(
+        map.merge(Arc::new(suspicion), Time::ZERO),
+        MergeOutcome::Adopted
+    );
+    let held = &map.get(&id(2)).unwrap().record;
+    assert_eq!(held.state, MemberState::Suspect, "the suspicion is adopted");
+    assert_eq!(held.applied, vv(&[(9, 6)]), "with the higher bound kept");
+    assert_eq!(
+        map.snapshot_point(),
+        &vv(&[(9, 6)]),
+        "the snapshot point holds"
+    );
+}

@@ -808,3 +808,244 @@ fn ops_whose_deps_never_come_cannot_fill_a_members_memory_and_real_writes_go_on(
         assert_eq!(r.applied_state().get("f1"), None, "nothing forged applied");
     }
 }
+
+#[test]
+fn an_isolated_member_sponsors_no_one() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(5);
+    net.run_for(Duration::from_millis(100));
+    net.cut_off[4] = true;
+    net.run_for(eviction_bound());
+    assert!(net.nodes[4].is_isolated());
+    // a joiner that can reach only the cut-off node
+    let j = net.add_joiner_via(id(9), vec![id(4)]);
+    net.cut_off[j] = true;
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        !net.nodes[j].is_member(),
+        "a minority must not grow its view"
+    );
+    assert!(net.nodes[4].stats().sponsorships_declined >= 1);
+    let progress = net.nodes[j].join_progress().expect("still joining");
+    assert!(progress.refusals >= 1);
+    assert!(
+        progress
+            .last_refusal
+            .as_deref()
+            .is_some_and(|r| r.contains("hears from too few members")),
+        "{progress:?}"
+    );
+    assert_eq!(
+        net.nodes[4]
+            .network_map()
+            .get(&id(9))
+            .map(|e| e.record.state),
+        None,
+        "nothing registered"
+    );
+}
+
+#[test]
+fn a_node_that_just_joined_sponsors_no_one_and_sends_the_joiner_to_members() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    let a = net.add_joiner(id(7), id(0));
+    net.run_for(Duration::from_millis(50));
+    assert!(net.nodes[a].is_member());
+    let b = net.add_joiner(id(8), id(7));
+    net.run_for(Duration::from_secs(1));
+    assert!(net.nodes[a].stats().sponsorships_declined >= 1);
+    assert!(net.nodes[b].stats().join_refusals >= 1);
+    assert!(
+        net.nodes[b].is_member(),
+        "redirected to a member that can sponsor"
+    );
+    let sponsor = net.nodes[b].network_map().own().record.sponsor.clone();
+    assert_ne!(sponsor.map(|s| s.sponsor), Some(id(7)));
+    // once it has been a member for `suspect_after`, it sponsors
+    net.run_for(ReplicaConfig::default().gossip.suspect_after);
+    let c = net.add_joiner(id(9), id(7));
+    net.run_for(Duration::from_millis(100));
+    assert!(net.nodes[c].is_member());
+    assert_eq!(
+        net.nodes[c]
+            .network_map()
+            .own()
+            .record
+            .sponsor
+            .clone()
+            .map(|s| s.sponsor),
+        Some(id(7))
+    );
+}
+
+#[test]
+fn a_leave_that_cannot_hand_over_its_ops_fails_and_the_node_stays_a_member() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(100));
+    net.cut_off[2] = true;
+    net.write(2, put("only-here", "2"));
+    net.nodes[2].leave(net.now).unwrap();
+    net.flush(2);
+    let timeout = ReplicaConfig::default().gossip.leave_drain_timeout;
+    net.run_for(timeout + Duration::from_millis(500));
+    let failure = net.nodes[2]
+        .take_leave_failure()
+        .expect("the leave gave up");
+    assert_eq!(failure.unstable_own, 1, "{failure}");
+    assert!(net.nodes[2].is_member() && !net.nodes[2].is_leaving());
+    assert!(!net.nodes[2].has_left());
+    net.write(2, put("still", "writes"));
+    // after the heal it hands everything over, and a new leave goes through
+    net.cut_off[2] = false;
+    net.run_for(eviction_bound() + Duration::from_secs(3));
+    net.nodes[2].leave(net.now).unwrap();
+    net.flush(2);
+    net.run_for(Duration::from_secs(2));
+    assert!(net.nodes[2].has_left() || !net.nodes[2].is_member());
+    for r in &net.nodes[..2] {
+        assert_eq!(
+            r.applied_state().get("only-here"),
+            Some("2"),
+            "no write lost"
+        );
+        assert_eq!(r.applied_state().get("still"), Some("writes"));
+    }
+}
+
+/// A lone founder `x` that wrote `keys`, all stable; its data dir, with a record of
+/// founder 0 added so that it rejoins through node 0 of another network.
+fn lone_writer_disk(
+    keys: &[&str],
+    gossip: crate::gossip::GossipConfig,
+) -> (Checkpoint<LwwMap>, Vec<Arc<Op<LwwOp>>>) {
+    let config = ReplicaConfig {
+        gossip,
+        ..ReplicaConfig::default()
+    };
+    let mut x = Replica::<LwwMap>::genesis(id(7), &[id(7)], config, 7, Time::ZERO);
+    for k in keys {
+        x.write(Time::ZERO, put(k, "x")).unwrap();
+    }
+    x.handle_timeout(Time::from_millis(10));
+    assert_eq!(x.stable_cut().get(&id(7)), keys.len() as u64, "stable");
+    let (mut checkpoint, ops) = x.durable_image();
+    checkpoint
+        .records
+        .push(Arc::new(MemberRecord::founder(id(0))));
+    (checkpoint, ops)
+}
+
+#[test]
+fn own_ops_that_only_a_vanished_group_made_stable_are_republished_after_a_rejoin() {
+    // x's ops are stable in x's own view, and the network it rejoins through never had
+    // them (what a split brain leaves behind): its journal still holds them
+    let (checkpoint, ops) = lone_writer_disk(&["a", "b", "c"], Default::default());
+    assert_eq!(
+        ops.len(),
+        3,
+        "the data dir keeps the journal past the stable cut"
+    );
+    let mut net = LoopbackNet::<LwwMap>::genesis(1);
+    let x = Replica::resume(checkpoint, ops, ReplicaConfig::default(), 1, net.now).unwrap();
+    let x = net.add_node(x);
+    net.run_for(Duration::from_secs(2));
+    assert!(net.nodes[x].is_member());
+    assert_eq!(net.nodes[x].stats().ops_republished, 3);
+    for r in &net.nodes {
+        assert_eq!(r.applied_state().get("c"), Some("x"), "no write lost");
+    }
+    net.write(x, put("d", "x"));
+    assert_eq!(
+        net.nodes[x].applied().get(&id(7)),
+        4,
+        "seqs go on, never reused"
+    );
+}
+
+#[test]
+fn past_the_journal_retention_a_lost_own_op_stops_writes_instead_of_reusing_its_id() {
+    let gossip = crate::gossip::GossipConfig {
+        own_ops_retention: Duration::ZERO,
+        ..Default::default()
+    };
+    let (checkpoint, ops) = lone_writer_disk(&["a", "b"], gossip);
+    assert!(ops.is_empty(), "nothing kept past the stable cut");
+    let mut net = LoopbackNet::<LwwMap>::genesis(1);
+    let x = Replica::resume(checkpoint, ops, ReplicaConfig::default(), 1, net.now).unwrap();
+    let x = net.add_node(x);
+    net.run_for(Duration::from_secs(2));
+    assert!(net.nodes[x].is_member());
+    assert_eq!(net.nodes[x].own_seq(), 2);
+    assert_eq!(
+        net.nodes[x].write(net.now, put("c", "x")).unwrap_err(),
+        WriteRefused::OwnOpsMissing {
+            applied: 0,
+            highest: 2
+        }
+    );
+}
+
+#[test]
+fn a_data_dir_older_than_the_network_stops_writes_under_its_identity() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.write(2, put("a", "1"));
+    net.run_for(Duration::from_millis(200));
+    let (backup, backup_ops) = net.nodes[2].durable_image();
+    net.write(2, put("b", "2"));
+    net.write(2, put("c", "3"));
+    net.run_for(Duration::from_millis(200));
+    net.crashed[2] = true;
+    net.run_for(Duration::from_millis(100));
+    // the data dir is put back to the backup: it knows only op 1 of its own
+    let resumed =
+        Replica::resume(backup, backup_ops, ReplicaConfig::default(), 5, net.now).unwrap();
+    assert_eq!(resumed.own_seq(), 1);
+    net.crashed[2] = false;
+    net.nodes[2] = resumed;
+    net.flush(2);
+    net.run_for(Duration::from_secs(2));
+    let node = &mut net.nodes[2];
+    assert!(node.is_member());
+    assert_eq!(node.stats().own_seq_rollbacks, 1);
+    assert_eq!(
+        node.write(net.now, put("d", "4")).unwrap_err(),
+        WriteRefused::DataDirBehind { stored: 1, seen: 3 },
+        "its next seq could name an op that exists"
+    );
+}
+
+#[test]
+fn a_node_restored_from_a_backup_rejoins_under_a_new_identity_and_republishes_its_ops() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(100));
+    net.drop_publishes = true;
+    net.write(2, put("only-on-2", "2")); // never published: only node 2's disk has it
+    net.drop_publishes = false;
+    let (backup, backup_ops) = net.nodes[2].durable_image();
+    net.crashed[2] = true;
+    let restored = Replica::resume_from_backup(
+        id(9),
+        backup,
+        backup_ops,
+        ReplicaConfig::default(),
+        9,
+        net.now,
+    );
+    let n = net.add_node(restored);
+    net.run_for(eviction_bound() + Duration::from_secs(2));
+    assert!(net.nodes[n].is_member());
+    assert_eq!(net.nodes[n].incarnation(), 1, "a new member");
+    for i in [0, 1, n] {
+        assert_eq!(net.nodes[i].applied_state().get("only-on-2"), Some("2"));
+    }
+    net.write(n, put("fresh", "9"));
+    assert_eq!(
+        net.nodes[n].applied().get(&id(9)),
+        1,
+        "its own seqs start at 1"
+    );
+    assert_eq!(
+        net.nodes[n].applied().get(&id(2)),
+        1,
+        "the old identity's op kept"
+    );
+}
