@@ -26,6 +26,8 @@ struct BatchSummary {
     safety_failed_seeds: Vec<u64>,
     /// Seeds that failed L1 liveness only.
     liveness_failed_seeds: Vec<u64>,
+    /// The same seeds by the cause read off their end state.
+    liveness_causes: BTreeMap<&'static str, Vec<u64>>,
     /// Seeds stopped for exceeding their event or wall-clock budget.
     budget_failed_seeds: Vec<u64>,
     /// Every excuse the oracle granted, summed (the longest: the worst run's).
@@ -160,6 +162,15 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
         liveness_failed_seeds: seeds_where(&|r| {
             r.liveness_failure && r.safety_violations == 0 && !r.budget_exceeded
         }),
+        liveness_causes: {
+            let mut causes: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
+            for r in &results {
+                if let Some(cause) = r.liveness_cause {
+                    causes.entry(cause.name()).or_default().push(r.seed);
+                }
+            }
+            causes
+        },
         budget_failed_seeds: seeds_where(&|r| r.budget_exceeded),
         excuses,
         crash_to_drop_max_ms: results

@@ -38,6 +38,9 @@ pub struct Report {
     pub budget_exceeded: bool,
     pub converged: bool,
     pub liveness_failure: bool,
+    /// Why L1 failed, read off the end state (absent when it held).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_cause: Option<crate::invariants::liveness::Cause>,
     /// From the last write until every member's snapshot point held every op.
     pub convergence_ms: Option<f64>,
     /// From an op's creation until every member has applied it.
@@ -106,6 +109,7 @@ impl Report {
             violation_samples: r.violations.samples,
             converged: r.converged,
             liveness_failure: r.liveness_failure,
+            liveness_cause: r.liveness_cause,
             convergence_ms: r.convergence_ms,
             sp_lag_ratio: if dissemination.p50 > 0.0 {
                 round3(sp_lag.p50 / dissemination.p50)
@@ -177,6 +181,9 @@ impl Report {
             self.sim_time_s,
             self.wall_s,
         );
+        if let Some(cause) = self.liveness_cause {
+            s.push_str(&format!("  liveness failed: {}\n", cause.name()));
+        }
         for v in &self.violation_samples {
             s.push_str(&format!("  violation: {v}\n"));
         }

@@ -110,6 +110,9 @@ struct SimNode {
     crashed: bool,
     wake: Option<Time>,
     seen: SeenCache,
+    /// Rounds of its sponsor list a joiner had gone through when its addresses were last
+    /// dialled.
+    dialled_rounds: u64,
     /// I1 shadow: the applied vector rebuilt from the ops the replica reported.
     shadow: VersionVector,
     last_sp: VersionVector,
@@ -140,6 +143,7 @@ impl SimNode {
             crashed: false,
             wake: None,
             seen: SeenCache::default(),
+            dialled_rounds: 0,
             shadow: VersionVector::new(),
             last_sp: VersionVector::new(),
             ever_applied: VersionVector::new(),
@@ -181,6 +185,9 @@ pub struct Sim {
     /// its slot with a new identity).
     ids: Vec<NodeId>,
     index: BTreeMap<NodeId, usize>,
+    /// The slot (address) of every identity ever, current or not: a node that came back
+    /// with a new identity keeps its address.
+    addresses: BTreeMap<NodeId, usize>,
     next_id: u64,
     nodes: Vec<SimNode>,
     links: Links,
@@ -255,6 +262,7 @@ impl Sim {
             seq: 0,
             ids: Vec::new(),
             index: BTreeMap::new(),
+            addresses: BTreeMap::new(),
             next_id: 0,
             nodes: Vec::new(),
             links,
@@ -369,7 +377,8 @@ impl Sim {
                 self.ids.len() - 1
             }
         };
-        self.index.insert(id, slot);
+        self.index.insert(id.clone(), slot);
+        self.addresses.insert(id, slot);
         slot
     }
 
@@ -491,8 +500,13 @@ impl Sim {
                     self.push(next, EventKind::Sample);
                 }
             }
-            if self.converged_at.is_none() && self.quiet() && self.converged() {
-                self.converged_at = Some(self.now);
+            if self.quiet() {
+                // converged since when (a republished op or a new member can undo it)
+                match (self.converged_at, self.converged()) {
+                    (None, true) => self.converged_at = Some(self.now),
+                    (Some(_), false) => self.converged_at = None,
+                    _ => {}
+                }
             }
         }
         self.finish(started.elapsed().as_secs_f64())
@@ -682,8 +696,40 @@ impl Sim {
         self.size_cache = None;
     }
 
+    /// A joiner that went through a whole round of its sponsors without a grant: the driver
+    /// dials the addresses of every node it knows, as a node dials bootstrap addresses
+    /// without a peer id, and hands it the identities it finds there now.
+    fn dial_known_addresses(&mut self, n: usize) {
+        let Some(rounds) = self.nodes[n].replica.join_progress().map(|p| p.rounds) else {
+            return;
+        };
+        if rounds <= self.nodes[n].dialled_rounds {
+            return;
+        }
+        self.nodes[n].dialled_rounds = rounds;
+        let replica = &self.nodes[n].replica;
+        let mut known: BTreeSet<NodeId> = replica
+            .join_sponsors()
+            .unwrap_or_default()
+            .iter()
+            .cloned()
+            .collect();
+        known.extend(replica.network_map().iter().map(|(id, _)| id.clone()));
+        let found: Vec<NodeId> = known
+            .iter()
+            .filter_map(|id| self.addresses.get(id))
+            .filter(|&&slot| slot < self.nodes.len() && !self.nodes[slot].stopped)
+            .map(|&slot| self.ids[slot].clone())
+            .filter(|id| !known.contains(id))
+            .collect();
+        if !found.is_empty() {
+            self.nodes[n].replica.add_bootstrap_peers(found);
+        }
+    }
+
     /// Reads what changed at node `n` and checks the invariants.
     fn observe(&mut self, n: usize) {
+        self.dial_known_addresses(n);
         let at = self.ms();
         let now = self.now;
         if let Ok(watch) = std::env::var("TIDEMARK_SIM_WATCH") {
@@ -1417,14 +1463,22 @@ impl Sim {
             let backup = self.nodes[n].backup.take().expect("checked above");
             self.absorb_stats(n);
             self.new_slot_id(Some(n));
-            let replica = Replica::resume_from_backup(
+            let replica = match Replica::resume_from_backup(
                 self.ids[n].clone(),
                 backup.checkpoint,
                 backup.ops,
                 self.replica_config(),
                 self.node_seed(n),
                 now,
-            );
+            ) {
+                Ok(replica) => replica,
+                Err(e) => {
+                    let at = self.ms();
+                    let detail = format!("node {n} cannot start from its backup: {e}");
+                    self.violations.record(no_lost_writes::NAME, at, detail);
+                    return;
+                }
+            };
             let mut node = SimNode::new(replica);
             // what only the newer, lost state held is gone with it
             node.ever_applied = backup.ever_applied;
@@ -1517,7 +1571,12 @@ impl Sim {
     fn churn(&mut self) {
         let rate = self.config.faults.churn_rate;
         self.reschedule_fault(rate, EventKind::Churn);
-        let members = self.nodes.iter().filter(|n| n.member).count();
+        // members that stay: ones already leaving do not count towards the half kept
+        let members = self
+            .nodes
+            .iter()
+            .filter(|n| n.member && !n.replica.is_leaving())
+            .count();
         if self.rng.random_bool(0.5) || members <= self.config.nodes / 2 {
             self.join();
         } else {
@@ -1536,6 +1595,79 @@ impl Sim {
         }
     }
 
+    /// Why L1 failed, as far as the end state tells (see `liveness::Cause`).
+    fn liveness_cause(&self) -> liveness::Cause {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.nodes[i].stopped)
+            .collect();
+        let members: Vec<usize> = running
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].replica.is_member())
+            .collect();
+        if members.is_empty() {
+            return liveness::Cause::NoMemberLeft;
+        }
+        // two running members that each count a set the other does not: groups that
+        // evicted each other
+        let counts =
+            |a: usize, b: usize| self.nodes[a].replica.network_map().is_counted(&self.ids[b]);
+        let split = members.iter().any(|&a| {
+            members
+                .iter()
+                .any(|&b| a != b && !counts(a, b) && !counts(b, a))
+        });
+        if split {
+            return liveness::Cause::SplitBrain;
+        }
+        // a member that counts more memberships that are gone (their node stopped, or runs
+        // another incarnation now) than it can outvote
+        let majority_lost = members.iter().any(|&a| {
+            let map = self.nodes[a].replica.network_map();
+            let gone = map
+                .iter()
+                .filter(|(id, e)| **id != self.ids[a] && e.record.state.counts())
+                .filter(|(id, e)| {
+                    self.index.get(*id).is_none_or(|&i| {
+                        let n = &self.nodes[i];
+                        n.stopped
+                            || !n.replica.is_member()
+                            || n.replica.incarnation() != e.record.incarnation
+                    })
+                })
+                .count();
+            2 * gone >= map.counted()
+        });
+        if majority_lost {
+            return liveness::Cause::MajorityLost;
+        }
+        let joiners: Vec<usize> = running
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].replica.join_progress().is_some())
+            .collect();
+        if joiners.is_empty() {
+            return liveness::Cause::Other;
+        }
+        // a joiner none of whose possible sponsors is, at its address, a running member
+        let cut_off = joiners.iter().any(|&j| {
+            let replica = &self.nodes[j].replica;
+            let known = replica
+                .join_sponsors()
+                .unwrap_or_default()
+                .iter()
+                .chain(replica.network_map().iter().map(|(id, _)| id));
+            !known
+                .filter_map(|id| self.addresses.get(id))
+                .any(|&slot| members.contains(&slot))
+        });
+        if cut_off {
+            liveness::Cause::NoSponsorReachable
+        } else {
+            liveness::Cause::JoinerStuck
+        }
+    }
+
     /// I5 when the run settles: every owed op (held at some point by storage that still
     /// exists) is still held by a running node. Counts the acknowledged ops the oracle
     /// excuses because only lost storage ever held them.
@@ -1547,7 +1679,8 @@ impl Sim {
             if storage_survives {
                 owed.join(&node.ever_applied);
             }
-            if !node.stopped {
+            // a running node holds its ops, and so does the data dir of one that left
+            if !node.stopped || node.departed {
                 held.join(node.replica.applied());
                 // and its own ops kept in its journal beyond what it applied
                 let me = node.replica.id();
@@ -1697,6 +1830,27 @@ impl Sim {
             }
         }
         let liveness_failure = live.is_err();
+        let liveness_cause = liveness_failure.then(|| self.liveness_cause());
+        if liveness_failure && self.trace {
+            for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| !n.stopped) {
+                let r = &n.replica;
+                let counted: Vec<_> = r
+                    .network_map()
+                    .counted_peers()
+                    .iter()
+                    .map(|p| self.index.get(p).copied())
+                    .collect();
+                eprintln!(
+                    "  end: node {i} member {} joining {} inc {} isolated {} counted {:?} join {:?}",
+                    n.member,
+                    r.join_progress().is_some(),
+                    r.incarnation(),
+                    r.is_isolated(),
+                    counted,
+                    r.join_progress()
+                );
+            }
+        }
         self.check_nothing_lost();
         let mut merges = RecordMerges::default();
         for i in 0..self.nodes.len() {
@@ -1714,6 +1868,7 @@ impl Sim {
             ReportInputs {
                 violations: self.violations,
                 liveness_failure,
+                liveness_cause,
                 converged: !liveness_failure,
                 convergence_ms: match (calm, self.converged_at) {
                     (Some(l), Some(c)) => Some(round3(c.since(l).as_micros() as f64 / 1_000.0)),
@@ -1742,6 +1897,7 @@ impl Sim {
 pub struct ReportInputs {
     pub violations: Violations,
     pub liveness_failure: bool,
+    pub liveness_cause: Option<liveness::Cause>,
     pub converged: bool,
     pub convergence_ms: Option<f64>,
     pub dissemination: Latencies,

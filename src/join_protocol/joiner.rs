@@ -17,7 +17,9 @@
 //!   of the list passed without a grant, every node the joiner has learned of (a rejoining
 //!   node still holds its previous map) joins the list too, so a joiner whose bootstrap
 //!   peers are all gone tries every member it knows. One that knows none keeps asking its
-//!   list, with backoff, and says so in its [`JoinProgress`].
+//!   list, with backoff, and says so in its [`JoinProgress`]. Its driver may add the
+//!   peers it finds at the addresses of the nodes the joiner knows ([`Joiner::add_sponsors`]):
+//!   a node that came back with a new identity keeps its address.
 //!
 //! Pure state machine: time is passed in, randomness comes from the caller's seeded RNG.
 
@@ -177,6 +179,17 @@ impl Joiner {
         member_incarnation
             .filter(|known| *known >= incarnation)
             .map(|known| known + 1)
+    }
+
+    /// Adds possible sponsors the driver found (the peers now at the addresses of nodes
+    /// the joiner knows, when those nodes came back under new identities).
+    pub fn add_sponsors(&mut self, ids: impl IntoIterator<Item = NodeId>, me: &NodeId) {
+        for id in ids {
+            if &id != me && !self.sponsors.contains(&id) {
+                self.sponsors.push(id);
+            }
+        }
+        self.progress.sponsors = self.sponsors.len();
     }
 
     /// A state offered in a grant is being fetched: no request is due before `until`.

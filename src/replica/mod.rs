@@ -571,6 +571,23 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// While joining: the possible sponsors it asks in turn (the bootstrap list, widened).
+    pub fn join_sponsors(&self) -> Option<&[NodeId]> {
+        match &self.phase {
+            Phase::Joining(joiner) => Some(joiner.sponsors()),
+            _ => None,
+        }
+    }
+
+    /// While joining: adds possible sponsors, such as the peers a driver found at the
+    /// addresses of nodes this one knows (a node that came back under a new identity keeps
+    /// its address). Does nothing once joined.
+    pub fn add_bootstrap_peers(&mut self, ids: impl IntoIterator<Item = NodeId>) {
+        if let Phase::Joining(joiner) = &mut self.phase {
+            joiner.add_sponsors(ids, &self.id);
+        }
+    }
+
     /// The highest seq this node gave one of its ops (durable: see [`Checkpoint::own_seq`]).
     pub fn own_seq(&self) -> u64 {
         self.own.highest()
@@ -1096,14 +1113,23 @@ impl<S: StateMachine> Replica<S> {
         config: ReplicaConfig,
         seed: u64,
         now: Time,
-    ) -> Self {
+    ) -> Result<Self, ResumeError> {
         let old_id = checkpoint.id;
         let cut = checkpoint.stable_cut;
-        let mut held: Vec<_> = ops
+        let (mut suffix, old_own_stable): (Vec<_>, Vec<_>) = ops
             .into_iter()
             .filter(|op| op.seq > cut.get(&op.origin) || op.origin == old_id)
-            .collect();
-        held.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+            .partition(|op| op.seq > cut.get(&op.origin));
+        suffix.sort_by_key(|op| op.lamport);
+        // the backup's log, held while joining as a rejoining node holds its old one
+        let mut log = OpsLog::install(
+            checkpoint.stable_state,
+            cut,
+            checkpoint.lamport,
+            suffix,
+            None,
+        )?;
+        log.drain_applied();
         let others = |counted_only: bool| -> Vec<NodeId> {
             checkpoint
                 .records
@@ -1133,22 +1159,15 @@ impl<S: StateMachine> Replica<S> {
         } else {
             Phase::Joining(Joiner::new(sponsors, now))
         };
-        let mut replica = Self::with_parts(
-            id,
-            1,
-            config,
-            phase,
-            map,
-            OpsLog::new(),
-            OwnOps::new(0),
-            seed,
-            now,
-        );
-        replica.retired_ops = held;
+        let mut retired = log.unstable_ops();
+        retired.extend(old_own_stable);
+        let mut replica =
+            Self::with_parts(id, 1, config, phase, map, log, OwnOps::new(0), seed, now);
+        replica.retired_ops = retired;
         replica.retired_records = checkpoint.records;
         replica.ask_sponsor(now);
         replica.finish(now);
-        replica
+        Ok(replica)
     }
 
     /// A node back from its checkpoint and the ops it had applied above the stable cut (in
@@ -1310,7 +1329,7 @@ impl<S: StateMachine> Replica<S> {
             None
         } else if !matches!(self.phase, Phase::Member { leaving_by: None }) {
             Some("this node is leaving the network")
-        } else if let Some(reason) = self.cannot_sponsor_now(now) {
+        } else if let Some(reason) = self.cannot_sponsor_now(now, &request.joiner) {
             self.stats.sponsorships_declined += 1;
             Some(reason)
         } else {
@@ -1345,10 +1364,16 @@ impl<S: StateMachine> Replica<S> {
         self.send(from.clone(), Message::JoinResponse(Box::new(response)));
     }
 
-    /// Why this member cannot register a joiner now, if it cannot: it is cut off from most
+    /// Why this member cannot register `joiner` now, if it cannot: it is cut off from most
     /// of the members it counts (a minority must not grow its view), or it joined less than
-    /// `suspect_after` ago and cannot know yet which members are alive.
-    fn cannot_sponsor_now(&self, now: Time) -> Option<&'static str> {
+    /// `suspect_after` ago and cannot know yet which members are alive. A member it counts
+    /// that rejoins with a new incarnation is always registered: that replaces a silent
+    /// member by a live one and grows no view (refusing it could leave a two-member view
+    /// waiting forever for the old incarnation).
+    fn cannot_sponsor_now(&self, now: Time, joiner: &NodeId) -> Option<&'static str> {
+        if self.map.is_counted(joiner) {
+            return None;
+        }
         if self.isolated {
             return Some("this node hears from too few members to sponsor a join; ask another");
         }

@@ -1029,7 +1029,8 @@ fn a_node_restored_from_a_backup_rejoins_under_a_new_identity_and_republishes_it
         ReplicaConfig::default(),
         9,
         net.now,
-    );
+    )
+    .unwrap();
     let n = net.add_node(restored);
     net.run_for(eviction_bound() + Duration::from_secs(2));
     assert!(net.nodes[n].is_member());

@@ -8,9 +8,46 @@
 //! cut off were republished), and the run must have reached that state within the
 //! configured bound. Ops only a crashed node with a lost disk ever had are gone with it.
 
+use serde::Serialize;
 use tidemark::VersionVector;
 
 pub const NAME: &str = "L1 liveness";
+
+/// Why a run failed L1, read off its end state: what a reader of a sweep needs to tell a
+/// known limit of the protocol from a new bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// No running node is a member: every member crashed or left, and whoever is left is
+    /// joining with no one to join through.
+    NoMemberLeft,
+    /// Two running members do not count each other: groups that evicted each other.
+    SplitBrain,
+    /// A member counts at least as many members that no longer run as it can outvote: it
+    /// cannot evict them, and its snapshot point waits for them.
+    MajorityLost,
+    /// A node is still joining and none of the nodes it knows (its bootstrap peers, the
+    /// nodes it learned of) is a running member at its address: it cannot reach the
+    /// network.
+    NoSponsorReachable,
+    /// Members run and count each other, but a node is still joining.
+    JoinerStuck,
+    /// None of the above.
+    Other,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::NoMemberLeft => "no_member_left",
+            Cause::SplitBrain => "split_brain",
+            Cause::MajorityLost => "majority_lost",
+            Cause::NoSponsorReachable => "no_sponsor_reachable",
+            Cause::JoinerStuck => "joiner_stuck",
+            Cause::Other => "other",
+        }
+    }
+}
 
 /// `members` yields (node label, applied, snapshot point) of every member in good standing.
 pub fn check<'a>(

@@ -10,9 +10,9 @@
 //! - **content**: every application is compared with the op created under its id (I1's
 //!   file does it on application, I4's on every stable state).
 //! - **nothing acknowledged is lost**: when the run settles, every acknowledged op that
-//!   some surviving storage ever held must still be held by a running node
-//!   ([`check_held`]). An op that is held somewhere but has not reached every member is
-//!   not lost (it may still spread); that is L1's failure, not this one.
+//!   some surviving storage ever held must still be held by a running node or by the data
+//!   dir of a node that left ([`check_held`]). An op that is held somewhere but has not
+//!   reached every member is not lost (it may still spread); that is L1's failure.
 //!
 //! *Owed* ops: an op is owed once a node held it in storage that still exists at the end
 //! of the run: a running node, a node that left gracefully, or a crashed node due to
