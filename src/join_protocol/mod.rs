@@ -1,4 +1,4 @@
-//! The join handshake (SPEC §4, seed obstacle 1): a joiner asks a sponsor directly, never
+//! The join handshake (SPEC §4, the join race): a joiner asks a sponsor directly, never
 //! through gossip, so the sponsor knows exactly what state the joiner starts from.
 //!
 //! ## Mechanism

@@ -57,7 +57,7 @@ impl Node {
     }
 }
 
-/// The seed's obstacle 1: N5 joins via N2 while N2 holds only [A]. N1 must never decide
+/// The join race (SPEC §4): N5 joins via N2 while N2 holds only [A]. N1 must never decide
 /// [A,B] without counting N5, even when N2's later reports reach N1 before anything else
 /// about N5 does.
 #[test]

@@ -10,7 +10,7 @@
 //! incarnation and is therefore final for it. Records are immutable and shared (`Arc`), so
 //! relaying one costs a pointer copy.
 //!
-//! Join safety (SPEC §4, seed obstacle 1): a member's record states how many joiners it has
+//! Join safety (SPEC §4, the join race): a member's record states how many joiners it has
 //! registered in its incarnation (`registrations`). A record is adopted only once every one
 //! of those registrations is known here; until then it waits in `pending`. So this map never
 //! holds a sponsor's applied vector newer than a registration without also counting the

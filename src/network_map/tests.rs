@@ -20,7 +20,7 @@ fn record(member: u64, report_seq: u64, applied: &[(u64, u64)]) -> MemberRecord 
 
 #[test]
 fn snapshot_point_is_the_pointwise_minimum_of_members() {
-    // The seed's example seen from N1, single origin O: N1 [A,B], N2 [A,B,D→3], N3 [A,B,C→3].
+    // Seen from N1, single origin O: N1 [A,B], N2 [A,B,D→3], N3 [A,B,C→3].
     let mut map = NetworkMap::new(record(1, 1, &[(9, 2)]), Time::ZERO);
     assert_eq!(map.snapshot_point(), &vv(&[(9, 2)]));
     map.merge(Arc::new(record(2, 1, &[(9, 3)])), Time::ZERO);
