@@ -10,7 +10,7 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::Multiaddr;
 use serde::Deserialize;
 use tidemark::node::demo::{self, DemoConfig};
-use tidemark::node::{Node, NodeConfig};
+use tidemark::node::{Node, NodeConfig, NodeError};
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +35,9 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: found a network, join one through --bootstrap, or resume from --data-dir.
-    /// SIGINT or SIGTERM leaves the network gracefully.
+    /// SIGINT or SIGTERM leaves the network gracefully; if the leave fails (this node's
+    /// ops are not known to be on every member in time), the node stops as a member,
+    /// says why on stderr and exits 1.
     Node(Box<NodeArgs>),
     /// Start a local network of real nodes on 127.0.0.1 and show the snapshot point move.
     Demo(DemoArgs),
@@ -96,6 +98,15 @@ struct NodeArgs {
     /// `Authorization: Bearer <token>` (the file's first line).
     #[arg(long)]
     api_token_file: Option<PathBuf>,
+    /// The --data-dir was restored from a backup, which may be older than the node's last
+    /// state: take a new node key (a new peer id, replacing the stored one), join the
+    /// network as a new member through the members the backup knows, and republish every
+    /// op the backup holds that the network lacks; the old identity is evicted like a
+    /// crashed member. Give it once, on the first start after the restore. Without it, a
+    /// node started from an old copy refuses writes once it sees that the network has
+    /// newer ops of it.
+    #[arg(long, conflicts_with = "restore_from")]
+    restored_backup: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -284,6 +295,7 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig, String> {
     }
     config.archiver = args.archiver;
     config.restore_from = args.restore_from;
+    config.restored_backup = args.restored_backup;
     config.network_key = args
         .network_key
         .as_deref()
@@ -322,7 +334,16 @@ async fn run_node(args: NodeArgs) -> Result<ExitCode, String> {
     }
     tracing::info!("signal received: leaving the network");
     match tokio::time::timeout(Duration::from_secs(15), handle.leave()).await {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(NodeError::LeaveFailed(failure))) => {
+            // stop all the same (an operator asked for it), but do not call it a leave
+            eprintln!("tidemark: the node did not leave the network: {failure}");
+            eprintln!(
+                "tidemark: it stopped as a member: the others count it until they evict it, and it rejoins when started again with this data dir"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Err(e)) => Err(format!("could not leave the network: {e}")),
         Err(_) => Err("did not finish leaving within 15 s".into()),
     }
 }

@@ -1,6 +1,7 @@
 //! Real nodes (libp2p over TCP on 127.0.0.1, OS-assigned ports) in this process: joining
 //! through a bootstrap peer, convergence, a crash, a restart from the data dir, the
-//! bootstrap peer leaving, and the HTTP API's answers to bad input.
+//! bootstrap peer leaving, the HTTP API's answers to bad input, and a join's progress in
+//! the status.
 
 mod support;
 
@@ -289,6 +290,80 @@ async fn a_node_still_joining_stops_when_asked_to_leave() {
         matches!(stopped, Ok(Ok(()))),
         "leave returns and the node stops"
     );
+}
+
+/// A node joining through a peer that is itself still joining (and so refuses every
+/// request) shows its join going nowhere in `GET /v1/status`: requests, refusals and the
+/// last refusal's reason; the peer, whose own bootstrap peer exists nowhere, shows its
+/// requests unanswered and the rounds that passed without a grant. A member shows no
+/// `join` object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_that_goes_nowhere_shows_its_progress_in_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = start_node_with(&dir.path().join("stuck"), None, |c| {
+        // a bootstrap peer that exists nowhere: this node stays joining
+        c.bootstrap = vec![
+            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWPgBH5m8Z79bKAnaDZENa3mpHC4JhZPX54n9Sx3gdwxJj"
+                .parse()
+                .unwrap(),
+        ];
+    })
+    .await;
+    let refused = start_node(&dir.path().join("refused"), Some(&stuck)).await;
+    let status = |node: &tidemark::node::Node| {
+        let api = node.api_addr().unwrap();
+        async move { http(api, "GET", "/v1/status", None).await.json() }
+    };
+    // polls a node's status until `wanted` holds of it; returns the last one seen
+    let status_until = |node, wanted: fn(&serde_json::Value) -> bool| async move {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let seen = status(node).await;
+            if wanted(&seen) || tokio::time::Instant::now() >= deadline {
+                return (wanted(&seen), seen);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (refusals_seen, last) = status_until(&refused, |s| {
+        let join = &s["join"];
+        s["phase"] == "joining"
+            && join["requests"].as_u64() >= Some(1)
+            && join["refusals"].as_u64() >= Some(1)
+            && join["rounds"].as_u64() >= Some(1)
+            && join["sponsors"] == 1
+            && join["last_refusal"]
+                .as_str()
+                .is_some_and(|r| r.contains("not joined"))
+    })
+    .await;
+    assert!(
+        refusals_seen,
+        "the refused joiner's status shows its requests and refusals: {last}"
+    );
+    let (unanswered_seen, last) = status_until(&stuck, |s| {
+        let join = &s["join"];
+        s["phase"] == "joining"
+            && join["unanswered"].as_u64() >= Some(3)
+            && join["rounds"].as_u64() >= Some(1)
+            && join["refusals"] == 0
+            && join["last_refusal"].is_null()
+    })
+    .await;
+    assert!(
+        unanswered_seen,
+        "the stuck joiner's status shows its unanswered requests: {last}"
+    );
+    let member = start_node(&dir.path().join("member"), None).await;
+    let founded = status(&member).await;
+    assert_eq!(founded["phase"], "member");
+    assert!(
+        founded.get("join").is_none(),
+        "a member has no join object: {founded}"
+    );
+    for node in [stuck, refused, member] {
+        node.kill().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

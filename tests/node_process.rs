@@ -1,6 +1,7 @@
 //! The built `tidemark` binary as a child process: `kill -9` while writes are in flight
 //! loses no acknowledged op and corrupts nothing (alone, and as one member of three under
-//! write load), and SIGTERM leaves gracefully.
+//! write load), SIGTERM leaves gracefully, and a SIGTERM whose leave fails stops the node
+//! with exit code 1 and the reason on stderr.
 
 mod support;
 
@@ -116,6 +117,58 @@ async fn sigterm_leaves_gracefully_and_exits_zero() {
     .await;
     assert!(exited, "the node exits after leaving");
     assert!(node.child.wait().unwrap().success());
+}
+
+/// A member of two whose peer died writes an op that cannot become stable; SIGTERM then
+/// cannot leave without losing it: the node says so on stderr, stops anyway, and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_whose_leave_fails_says_why_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut founder = spawn_node(&dir.path().join("a"));
+    let log = dir.path().join("b-stderr.log");
+    let mut node = spawn_with(
+        &dir.path().join("b"),
+        &["--bootstrap", &founder.listen],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let api = node.api;
+    let joined = support::eventually(Duration::from_secs(20), || async move {
+        let status = http(api, "GET", "/v1/status", None).await.json();
+        status["phase"] == "member" && status["members"] == 2
+    })
+    .await;
+    assert!(joined, "the second node joins");
+    founder.child.kill().unwrap();
+    founder.child.wait().unwrap();
+    let r = http(
+        api,
+        "POST",
+        "/v1/ops",
+        Some(r#"{"key": "a", "value": "1"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let pid = node.child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let exited = support::eventually(Duration::from_secs(30), || {
+        let done = matches!(node.child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited, "the node stops even though its leave failed");
+    let status = node.child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "exit code 1; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("did not leave the network") && stderr.contains("stopped as a member"),
+        "the reason on stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("left the network"),
+        "no claim that it left:\n{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

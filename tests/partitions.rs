@@ -2,7 +2,8 @@
 //! cut and healed with `NodeHandle::cut_links` (connections closed and refused both ways,
 //! as a firewall would), while every node keeps writing. After the heal, each test checks
 //! that no acknowledged write is lost, that the snapshot points converge and that the
-//! digests (and states) are equal.
+//! digests (and states) are equal. A node cut off from the others cannot leave: its leave
+//! fails and it stays a member.
 
 mod support;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use support::{cluster, converged, eventually, wait_members};
 use tidemark::node::views::At;
 use tidemark::node::Node;
-use tidemark::node::NodeHandle;
+use tidemark::node::{NodeError, NodeHandle};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -239,5 +240,51 @@ async fn a_node_cut_off_from_the_majority_rejoins_after_the_heal_and_loses_no_ac
     assert_converged_without_loss(&handles, &acked).await;
     for node in nodes {
         node.leave().await.unwrap();
+    }
+}
+
+/// A member cut off from the other two writes an op only it holds, then tries to leave: the
+/// op cannot become stable, so the leave gives up (leaving would lose it) with an error that
+/// says why, and the node stays a member that goes on writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_that_would_lose_an_op_fails_and_the_node_stays_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 3).await;
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    wait_members(&handles, 3, SETTLE).await;
+    let (others, alone) = handles.split_at(2);
+    let alone = &alone[0];
+    partition(others, std::slice::from_ref(alone)).await;
+    alone.put("only-here", Some("v")).await.unwrap();
+
+    let started = tokio::time::Instant::now();
+    let left = tokio::time::timeout(Duration::from_secs(30), alone.leave())
+        .await
+        .expect("the leave is answered within 30 s");
+    let failure = match left {
+        Err(NodeError::LeaveFailed(failure)) => failure,
+        other => panic!("the leave fails, got {other:?}"),
+    };
+    assert!(
+        failure.unstable_own >= 1,
+        "its own op is not stable: {failure:?}"
+    );
+    assert!(
+        failure.to_string().contains("stays a member"),
+        "the error says what became of the node: {failure}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it gave up only at the drain timeout (5 s), after {:?}",
+        started.elapsed()
+    );
+    let status = alone.status().await.unwrap();
+    assert_eq!(status.phase, "member", "it stays a member: {status:?}");
+    alone
+        .put("after-the-failed-leave", Some("v"))
+        .await
+        .expect("a member that is not leaving writes");
+    for node in nodes {
+        node.kill().await;
     }
 }

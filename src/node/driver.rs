@@ -44,7 +44,7 @@ use super::snapshots::SnapshotStore;
 use super::storage::{Batch, Stager, StateWrite, Storage};
 use super::transfer::{self, FetchError};
 use super::views::{
-    vector_json, At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
+    vector_json, At, JoinView, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
 };
 use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
 use crate::gossip::{
@@ -54,7 +54,7 @@ use crate::gossip::{
 use crate::join_protocol::{HandedOverState, JoinGrant, JoinResponse, StateOffer};
 use crate::network_map::MemberState;
 use crate::ops_log::LwwMap;
-use crate::replica::{Action, Replica, ReplicaConfig};
+use crate::replica::{Action, LeaveFailed, Replica, ReplicaConfig};
 use crate::{NodeId, Time, VersionVector};
 
 type NodeMessage = Message<LwwMap>;
@@ -91,16 +91,68 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         SnapshotStore::open(&config.data_dir)
             .map_err(|e| NodeError::Snapshot(crate::snapshot::SnapshotError::Io(e)))?,
     );
-    let key = match storage.node_key()? {
-        Some(bytes) => {
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Key(e.to_string()))?
+    let loaded = storage.load()?;
+    if config.restored_backup {
+        if config.restore_from.is_some() {
+            return Err(NodeError::Restore(
+                "--restored-backup resumes a data dir restored from a backup, --restore-from founds a network from a snapshot file: give one of them".into(),
+            ));
         }
+        match &loaded.checkpoint {
+            None => {
+                return Err(NodeError::Restore(format!(
+                    "--restored-backup needs a data dir that holds a node's state, and {} holds none: copy the backup there first (or start without the flag)",
+                    config.data_dir.display()
+                )))
+            }
+            Some(c) if c.records.iter().all(|r| r.id == c.id) => {
+                return Err(NodeError::Restore(
+                    "the backup knows no other node to join through (it is a lone founder's, or a node's that never joined), so no other node can hold ops of it the backup lacks; start it without --restored-backup to resume it as it was".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let stored_key = storage
+        .node_key()?
+        .map(|bytes| {
+            Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Key(e.to_string()))
+        })
+        .transpose()?;
+    let key = match stored_key {
+        Some(old) if config.restored_backup => {
+            // the backup may be older than this identity's last state: its next seqs may
+            // already name ops the network has, so the node takes a new identity
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| NodeError::Key(e.to_string()))?;
+            storage.replace_node_key(&bytes)?;
+            let old_peer_id = old.public().to_peer_id();
+            let new_peer_id = key.public().to_peer_id();
+            warn!(
+                %old_peer_id,
+                %new_peer_id,
+                "the data dir was restored from a backup: this node takes a new identity (peer id {new_peer_id}, was {old_peer_id}) and joins as a new member; the old identity is evicted like a crashed member"
+            );
+            key
+        }
+        Some(key) => key,
         None => {
             let key = Keypair::generate_ed25519();
             let bytes = key
                 .to_protobuf_encoding()
                 .map_err(|e| NodeError::Key(e.to_string()))?;
-            storage.set_node_key(&bytes)?;
+            if config.restored_backup {
+                // a checkpoint without a key: the new identity is a new key all the same
+                storage.replace_node_key(&bytes)?;
+                warn!(
+                    new_peer_id = %key.public().to_peer_id(),
+                    "the data dir was restored from a backup without a node key: this node takes a new identity and joins as a new member"
+                );
+            } else {
+                storage.set_node_key(&bytes)?;
+            }
             key
         }
     };
@@ -151,9 +203,9 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             .build_hasher()
             .finish()
     };
-    let loaded = storage.load()?;
-    // the stored state is the resumed replica's (its first log generation); a new or
-    // restored node has none yet
+    // the stored state is the resumed replica's (its first log generation; a node resumed
+    // from a backup holds the backup's log while it joins); a new or restored node has
+    // none yet
     let state_stored = loaded.checkpoint.is_some();
     if loaded.checkpoint.is_some() && config.restore_from.is_some() {
         return Err(NodeError::Restore(
@@ -161,6 +213,31 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         ));
     }
     let replica = match loaded.checkpoint {
+        Some(checkpoint) if config.restored_backup => {
+            for record in &checkpoint.records {
+                add_addresses(&mut swarm, &record.id, &record.addrs);
+            }
+            info!(
+                backup_of = %checkpoint.id,
+                incarnation = checkpoint.incarnation,
+                ops = loaded.ops.len(),
+                "joining as a new member with the state of the backup"
+            );
+            let replica = Replica::resume_from_backup(
+                me.clone(),
+                checkpoint,
+                loaded.ops,
+                replica_config,
+                seed,
+                Time::ZERO,
+            )?;
+            if replica.has_left() {
+                return Err(NodeError::Restore(
+                    "the backup knows no other node to join through".into(),
+                ));
+            }
+            replica
+        }
         Some(checkpoint) => {
             if checkpoint.id != me {
                 return Err(NodeError::ForeignState(checkpoint.id.to_base58()));
@@ -267,6 +344,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         network: config.network.clone(),
         acks: Vec::new(),
         leave_waiters: Vec::new(),
+        join_log: None,
         stored: StoredMark::default(),
         stored_generation: None,
         staged_generation: None,
@@ -498,6 +576,16 @@ fn add_addresses(swarm: &mut Swarm<Behaviour>, node: &NodeId, addrs: &[String]) 
     }
 }
 
+/// The join progress last logged ([`Driver::log_join_progress`]).
+struct JoinLog {
+    /// When the join it describes started (a rejoin starts a new one).
+    since: Time,
+    rounds: u64,
+    /// Refusals counted when the last round ended: none since means no one answered.
+    answers_at_round: u64,
+    warned_silent: bool,
+}
+
 /// What the last stored checkpoint covered, to decide when the next one is due.
 #[derive(Default, PartialEq)]
 struct StoredMark {
@@ -527,8 +615,10 @@ struct Driver {
     network: String,
     /// Writes applied in memory, answered once stored.
     acks: Vec<(oneshot::Sender<Result<OpIdView, WriteError>>, OpIdView)>,
-    /// Callers of `leave`, answered when the node stops.
-    leave_waiters: Vec<oneshot::Sender<()>>,
+    /// Callers of `leave`, answered when the node stops, or when the leave gives up.
+    leave_waiters: Vec<oneshot::Sender<Result<(), LeaveFailed>>>,
+    /// What the join progress looked like when last logged (while joining).
+    join_log: Option<JoinLog>,
     stored: StoredMark,
     last_checkpoint: Option<Instant>,
     /// Members not connected: when to dial next, and the current backoff.
@@ -617,7 +707,7 @@ impl Driver {
                     self.farewell().await?;
                 }
                 for waiter in self.leave_waiters.drain(..) {
-                    let _ = waiter.send(());
+                    let _ = waiter.send(Ok(()));
                 }
                 info!("left the network");
                 return Ok(());
@@ -751,6 +841,11 @@ impl Driver {
 
     fn status(&mut self) -> StatusView {
         let phase = phase_name(&self.replica);
+        let now = self.now();
+        let join = self
+            .replica
+            .join_progress()
+            .map(|progress| JoinView::new(progress, now));
         StatusView {
             peer_id: self.swarm.local_peer_id().to_base58(),
             network: self.network.clone(),
@@ -761,6 +856,7 @@ impl Driver {
             applied: vector_json(self.replica.applied()),
             snapshot_point: vector_json(self.replica.snapshot_point()),
             digest: self.replica.stable_digest().to_hex(),
+            join,
         }
     }
 
@@ -922,8 +1018,61 @@ impl Driver {
         if self.fetching.is_some() || self.replica.awaited_grant().is_some() {
             self.fetch_awaited_state();
         }
+        if let Some(failure) = self.replica.take_leave_failure() {
+            warn!(
+                unstable = failure.unstable,
+                unstable_own = failure.unstable_own,
+                "{failure}"
+            );
+            for waiter in self.leave_waiters.drain(..) {
+                let _ = waiter.send(Err(failure.clone()));
+            }
+        }
+        self.log_join_progress();
         self.update_gauges();
         Ok(())
+    }
+
+    /// While joining: an info line each time a whole round of the sponsor list passed
+    /// without a grant, and a warning (once per join) when a whole round passed without
+    /// any answer at all, so that an operator sees a join that goes nowhere.
+    fn log_join_progress(&mut self) {
+        let Some(progress) = self.replica.join_progress() else {
+            self.join_log = None;
+            return;
+        };
+        let log = match &mut self.join_log {
+            Some(log) if log.since == progress.since => log,
+            other => other.insert(JoinLog {
+                since: progress.since,
+                rounds: progress.rounds,
+                answers_at_round: progress.refusals,
+                warned_silent: false,
+            }),
+        };
+        if progress.rounds <= log.rounds {
+            return;
+        }
+        let last_refusal = progress.last_refusal.as_deref().unwrap_or("none");
+        info!(
+            rounds = progress.rounds,
+            requests = progress.requests,
+            unanswered = progress.unanswered,
+            refusals = progress.refusals,
+            sponsors = progress.sponsors,
+            last_refusal,
+            "a whole round of possible sponsors passed without a grant; asking again"
+        );
+        if progress.refusals == log.answers_at_round && !log.warned_silent {
+            warn!(
+                sponsors = progress.sponsors,
+                requests = progress.requests,
+                "no possible sponsor answered a join request for a whole round: check that the bootstrap peers run and that their addresses are right"
+            );
+            log.warned_silent = true;
+        }
+        log.rounds = progress.rounds;
+        log.answers_at_round = progress.refusals;
     }
 
     fn store(&mut self) -> Result<(), NodeError> {

@@ -16,6 +16,11 @@
 //! | `DELETE /v1/snapshots/requests/{id}` | the removed request; 404 if unknown |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! A refused write gets 503 when it may succeed later (the node is joining, or its own ops
+//! are not back yet after a rejoin), 409 when it will not (the node is leaving or left, or
+//! its data dir is older than what the network has of it: restored from a backup, it must
+//! be restarted with `--restored-backup`), 403 on an archiver.
+//!
 //! Every error is a 4xx or 5xx with `{"error": "<reason>"}`. Bodies over
 //! [`MAX_BODY_BYTES`] get 413. With a token ([`NodeConfig::api_token`](super::NodeConfig)),
 //! every call needs `Authorization: Bearer <token>` and gets 401 without it.
@@ -61,11 +66,20 @@ impl From<NodeError> for ApiError {
     }
 }
 
+/// The status of a refused write: 503 when waiting helps (the node is joining, or its own
+/// ops are not back yet after a rejoin: it writes again once they are), 409 when the node
+/// will not write again by itself (it is leaving or left, or its data dir is older than
+/// what the network has of it: writes stay refused under this identity until the node is
+/// restarted with `--restored-backup`), 403 for an archiver.
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         let status = match &e {
-            WriteError::Refused(WriteRefused::Joining) => StatusCode::SERVICE_UNAVAILABLE,
-            WriteError::Refused(_) => StatusCode::CONFLICT,
+            WriteError::Refused(WriteRefused::Joining | WriteRefused::OwnOpsMissing { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            WriteError::Refused(
+                WriteRefused::Leaving | WriteRefused::Left | WriteRefused::DataDirBehind { .. },
+            ) => StatusCode::CONFLICT,
             WriteError::Archiver => StatusCode::FORBIDDEN,
             WriteError::NotDurable(_) | WriteError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -367,4 +381,51 @@ async fn metrics(State(node): State<NodeHandle>) -> impl IntoResponse {
         )],
         node.metrics().encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: WriteRefused) -> ApiError {
+        ApiError::from(WriteError::Refused(reason))
+    }
+
+    #[test]
+    fn a_write_refused_until_the_own_ops_are_back_is_503_and_says_so() {
+        let ApiError(status, message) = refused(WriteRefused::OwnOpsMissing {
+            applied: 3,
+            highest: 7,
+        });
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(message.contains("3..7"), "{message}");
+        assert!(message.contains("writes again"), "{message}");
+    }
+
+    #[test]
+    fn a_write_refused_because_the_data_dir_is_behind_is_409_and_names_the_way_out() {
+        let ApiError(status, message) = refused(WriteRefused::DataDirBehind { stored: 4, seen: 9 });
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(message.contains("--restored-backup"), "{message}");
+        assert!(message.contains('4') && message.contains('9'), "{message}");
+    }
+
+    #[test]
+    fn the_other_refusals_keep_their_status() {
+        let status = |e: WriteError| ApiError::from(e).0;
+        assert_eq!(
+            status(WriteError::Refused(WriteRefused::Joining)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(WriteError::Refused(WriteRefused::Leaving)),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(WriteError::Refused(WriteRefused::Left)),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(status(WriteError::Archiver), StatusCode::FORBIDDEN);
+        assert_eq!(status(WriteError::Stopped), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 
 use crate::gossip::GossipConfig;
 use crate::ops_log::LwwOp;
-use crate::replica::WriteRefused;
+use crate::replica::{LeaveFailed, WriteRefused};
 use crate::VersionVector;
 pub use metrics::Metrics;
 use views::{At, NetworkMapView, OpIdView, Page, SnapshotPointView, StateView, StatusView};
@@ -79,6 +79,13 @@ pub struct NodeConfig {
     /// A bearer token every HTTP API call must carry (`Authorization: Bearer <token>`);
     /// `None`: the API is open to whoever reaches its address.
     pub api_token: Option<String>,
+    /// The data dir was restored from a backup, which may be older than this node's last
+    /// state: start under a new node key (a new peer id), replacing the stored one, and
+    /// join as a new member, republishing every op the backup holds that the network
+    /// lacks ([`Replica::resume_from_backup`](crate::replica::Replica::resume_from_backup)).
+    /// Needs a data dir that holds a node's state. Give it once, on the first start after
+    /// the restore: every start with it takes yet another identity.
+    pub restored_backup: bool,
 }
 
 /// How a node makes, keeps and hands over snapshots.
@@ -118,6 +125,7 @@ impl NodeConfig {
             restore_from: None,
             network_key: None,
             api_token: None,
+            restored_backup: false,
         }
     }
 }
@@ -151,6 +159,11 @@ pub enum NodeError {
     Restore(String),
     #[error("snapshot schedule: {0}")]
     Schedule(#[from] schedule::ScheduleError),
+    /// A graceful leave gave up: some ops this node held are not known to be on every
+    /// member yet. The node stays a member (and keeps running, unless it was
+    /// [`Node::leave`] that asked).
+    #[error(transparent)]
+    LeaveFailed(#[from] LeaveFailed),
 }
 
 impl From<storage::StorageError> for NodeError {
@@ -186,8 +199,9 @@ pub(crate) enum Command {
     NetworkMap(oneshot::Sender<NetworkMapView>),
     /// The stable state and its cut (a persistent map: the clone is O(1)).
     StableState(oneshot::Sender<(crate::ops_log::LwwMap, VersionVector)>),
-    /// Leave gracefully, then stop; answered once the node has stopped.
-    Leave(oneshot::Sender<()>),
+    /// Leave gracefully, then stop; answered once the node has stopped, or with why the
+    /// leave gave up (the node then runs on as a member).
+    Leave(oneshot::Sender<Result<(), LeaveFailed>>),
     /// Take any scheduled snapshot that is due now.
     CheckSchedule,
     /// Refuse connections with exactly these peers from now on (closing open ones).
@@ -370,9 +384,13 @@ impl NodeHandle {
         &self.metrics
     }
 
-    /// Leaves the network gracefully (SPEC §5) and stops the node.
+    /// Leaves the network gracefully (SPEC §5) and stops the node. If the ops this node
+    /// held when it began to leave are not under its snapshot point within
+    /// `leave_drain_timeout` (so some member may lack them), the leave gives up with
+    /// [`NodeError::LeaveFailed`] and the node runs on as a member.
     pub async fn leave(&self) -> Result<(), NodeError> {
-        self.ask(Command::Leave).await
+        self.ask(Command::Leave).await??;
+        Ok(())
     }
 
     async fn ask<T>(
@@ -438,9 +456,15 @@ impl Node {
         self.api_addr
     }
 
-    /// Leaves gracefully, then waits for the node to stop.
+    /// Leaves gracefully, then waits for the node to stop. If the leave gives up
+    /// ([`NodeError::LeaveFailed`]), the node is stopped as [`Node::kill`] stops it and the
+    /// error is returned: the node stopped as a member, which the others count until they
+    /// evict it, and it rejoins when restarted from its data dir.
     pub async fn leave(self) -> Result<(), NodeError> {
-        let _ = self.handle.leave().await;
+        if let Err(NodeError::LeaveFailed(failure)) = self.handle.leave().await {
+            self.kill().await;
+            return Err(NodeError::LeaveFailed(failure));
+        }
         if let Some(api) = &self.api {
             api.abort();
         }

@@ -196,6 +196,21 @@ impl Storage {
         Ok(())
     }
 
+    /// Replaces the node key with `key`, a new identity for a data dir restored from a
+    /// backup, and forgets the own-op counter (`own_seq`), which counted the old identity's
+    /// ops: the new one starts at seq 1. One transaction; the stored checkpoint and ops are
+    /// left as they are (the old identity's, until the first checkpoint of the new one).
+    pub fn replace_node_key(&self, key: &[u8]) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(NODE_KEY, key)?;
+            meta.remove(OWN_SEQ)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The last checkpoint (its state read from the `state` table) and the ops stored
     /// above its stable cut.
     pub fn load(&self) -> Result<Loaded, StorageError> {

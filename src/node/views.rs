@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::join_protocol::JoinProgress;
 use crate::network_map::NetworkMap;
 use crate::ops_log::{Digest, LwwMap};
 use crate::VersionVector;
@@ -29,6 +30,42 @@ pub struct StatusView {
     pub snapshot_point: BTreeMap<String, u64>,
     /// Digest of the stable state (the state at the snapshot point).
     pub digest: String,
+    /// How the join is going, while the phase is `joining` (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinView>,
+}
+
+/// The `join` object of `GET /v1/status`: how a join (or rejoin) is going.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinView {
+    /// Join requests sent.
+    pub requests: u64,
+    /// Requests that went unanswered.
+    pub unanswered: u64,
+    /// Refusals received.
+    pub refusals: u64,
+    /// The last refusal's reason.
+    pub last_refusal: Option<String>,
+    /// Whole rounds of the list of possible sponsors that passed without a grant.
+    pub rounds: u64,
+    /// Possible sponsors known: the bootstrap peers, and those refusals suggested.
+    pub sponsors: usize,
+    /// Milliseconds since this join (or rejoin) started.
+    pub since_ms_ago: u64,
+}
+
+impl JoinView {
+    pub fn new(progress: &JoinProgress, now: crate::Time) -> Self {
+        Self {
+            requests: progress.requests,
+            unanswered: progress.unanswered,
+            refusals: progress.refusals,
+            last_refusal: progress.last_refusal.clone(),
+            rounds: progress.rounds,
+            sponsors: progress.sponsors,
+            since_ms_ago: now.since(progress.since).as_millis() as u64,
+        }
+    }
 }
 
 /// `POST /v1/ops` answer: the id of the op that was created.
