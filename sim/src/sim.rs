@@ -445,7 +445,7 @@ impl Sim {
             self.now = event.at;
             self.events += 1;
             if self.events > budget
-                || (self.events % 4096 == 0 && started.elapsed() > self.config.max_wall)
+                || (self.events.is_multiple_of(4096) && started.elapsed() > self.config.max_wall)
             {
                 let at = self.ms();
                 self.violations.record(

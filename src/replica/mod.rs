@@ -171,6 +171,10 @@ pub struct Checkpoint<T> {
     pub own_kept_from: u64,
 }
 
+/// What a data dir holds: the checkpoint, and the ops stored beside it (see
+/// [`Replica::durable_image`]).
+pub type DurableImage<S> = (Checkpoint<S>, Vec<Arc<Op<<S as StateMachine>::Op>>>);
+
 /// Why a checkpoint could not be resumed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResumeError {
@@ -1078,7 +1082,7 @@ impl<S: StateMachine> Replica<S> {
     /// beside it (the applied suffix above the stable cut, and this node's own ops kept
     /// below it). [`Replica::resume`] takes it
     /// back; a simulator keeps it as a backup to restore a node from an old data dir.
-    pub fn durable_image(&self) -> (Checkpoint<S>, Vec<Arc<Op<S::Op>>>) {
+    pub fn durable_image(&self) -> DurableImage<S> {
         let c = self.checkpoint();
         let checkpoint = Checkpoint {
             id: c.id,
