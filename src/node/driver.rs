@@ -1373,6 +1373,10 @@ impl Driver {
         m.stale_notices.set(stats.stale_notices as i64);
         m.evictions_issued.set(stats.evictions_issued as i64);
         m.rejoins.set(stats.rejoins as i64);
+        m.sponsorships_declined
+            .set(stats.sponsorships_declined as i64);
+        m.leaves_failed.set(stats.leaves_failed as i64);
+        m.own_seq_rollbacks.set(stats.own_seq_rollbacks as i64);
         m.ops_refused.set(stats.ops_refused as i64);
         for (reason, count) in [
             ("unsigned", stats.ops_unsigned),

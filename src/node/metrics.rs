@@ -36,6 +36,9 @@ pub struct Metrics {
     pub stale_notices: IntGauge,
     pub evictions_issued: IntGauge,
     pub rejoins: IntGauge,
+    pub sponsorships_declined: IntGauge,
+    pub leaves_failed: IntGauge,
+    pub own_seq_rollbacks: IntGauge,
     pub ops_refused: IntGauge,
     pub ops_buffered: IntGauge,
     pub messages_in: Family<KindLabel, Count>,
@@ -70,6 +73,9 @@ impl Metrics {
             stale_notices: Default::default(),
             evictions_issued: Default::default(),
             rejoins: Default::default(),
+            sponsorships_declined: Default::default(),
+            leaves_failed: Default::default(),
+            own_seq_rollbacks: Default::default(),
             ops_refused: Default::default(),
             ops_buffered: Default::default(),
             messages_in: Default::default(),
@@ -190,6 +196,24 @@ impl Metrics {
             "rejoins",
             "Times this node rejoined (evicted, stale or restarted)",
             m.rejoins.clone(),
+        );
+        registry.register(
+            "sponsorships_declined",
+            "Join requests this node declined to sponsor: it heard from too few members, or \
+             had joined too recently to know who is alive",
+            m.sponsorships_declined.clone(),
+        );
+        registry.register(
+            "leaves_failed",
+            "Graceful leaves that gave up because this node's ops did not become stable in \
+             time (it stayed a member)",
+            m.leaves_failed.clone(),
+        );
+        registry.register(
+            "own_seq_rollbacks",
+            "Times the network held an op of this node above the highest its data dir \
+             stored (a data dir restored from an older copy)",
+            m.own_seq_rollbacks.clone(),
         );
         registry.register(
             "ops_refused",
