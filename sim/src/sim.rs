@@ -481,6 +481,7 @@ impl Sim {
                 EventKind::Join => self.join(),
                 EventKind::Leave => self.leave(),
                 EventKind::Stop { node } => {
+                    self.check_handed_over(node);
                     self.nodes[node].stopped = true;
                     self.release_holder(node);
                 }
@@ -1388,6 +1389,12 @@ impl Sim {
         let n = candidates[self.rng.random_range(0..candidates.len())];
         let now = self.now;
         if self.nodes[n].replica.leave(now).is_ok() {
+            if self.trace {
+                eprintln!(
+                    "{:.3} s: node {n} starts to leave",
+                    self.now.as_millis_f64() / 1e3
+                );
+            }
             self.faults.leaves += 1;
             self.observe(n);
             self.dispatch(n);
@@ -1595,6 +1602,64 @@ impl Sim {
         }
     }
 
+    /// Whether node slot `i`'s storage still exists: it runs, left, or crashed and will
+    /// restart.
+    fn storage_survives(&self, i: usize) -> bool {
+        !self.nodes[i].crashed || self.pending_restarts.contains_key(&i)
+    }
+
+    /// Every op a running node holds: its applied vector, and its own ops kept in its
+    /// journal beyond it.
+    fn held_by(node: &SimNode) -> VersionVector {
+        let mut held = node.replica.applied().clone();
+        let me = node.replica.id();
+        let mut upto = held.get(me);
+        for op in node.replica.own_ops().above(upto) {
+            if op.seq != upto + 1 {
+                break;
+            }
+            upto = op.seq;
+        }
+        held.raise(me, upto);
+        held
+    }
+
+    /// I5 when a node that left stops: it must have handed over every op it held that
+    /// surviving storage ever held (a leave that strands a write loses it for good).
+    fn check_handed_over(&mut self, leaver: usize) {
+        if !self.nodes[leaver].departed {
+            return;
+        }
+        let mut others = VersionVector::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i == leaver || node.departed {
+                continue;
+            }
+            if !node.stopped {
+                others.join(&Self::held_by(node));
+            } else if self.storage_survives(i) {
+                others.join(&node.ever_applied);
+            }
+        }
+        let mine = Self::held_by(&self.nodes[leaver]);
+        let stranded: Vec<String> = mine
+            .iter()
+            .filter(|(origin, seq)| *seq > others.get(origin))
+            .map(|(origin, seq)| format!("{origin:?} seq {}..={seq}", others.get(origin) + 1))
+            .collect();
+        if !stranded.is_empty() {
+            let at = self.ms();
+            self.violations.record(
+                no_lost_writes::NAME,
+                at,
+                format!(
+                    "node {leaver} left holding ops no other node holds: {}",
+                    stranded.join(", ")
+                ),
+            );
+        }
+    }
+
     /// Why L1 failed, as far as the end state tells (see `liveness::Cause`).
     fn liveness_cause(&self) -> liveness::Cause {
         let running: Vec<usize> = (0..self.nodes.len())
@@ -1675,23 +1740,13 @@ impl Sim {
         let mut owed = VersionVector::new();
         let mut held = VersionVector::new();
         for (i, node) in self.nodes.iter().enumerate() {
-            let storage_survives = !node.crashed || self.pending_restarts.contains_key(&i);
-            if storage_survives {
+            // a node that left is gone for the network: its leave handed over what it held
+            // (`check_handed_over`), and its data dir owes nothing more
+            if self.storage_survives(i) && !node.departed {
                 owed.join(&node.ever_applied);
             }
-            // a running node holds its ops, and so does the data dir of one that left
-            if !node.stopped || node.departed {
-                held.join(node.replica.applied());
-                // and its own ops kept in its journal beyond what it applied
-                let me = node.replica.id();
-                let mut upto = node.replica.applied().get(me);
-                for op in node.replica.own_ops().above(upto) {
-                    if op.seq != upto + 1 {
-                        break;
-                    }
-                    upto = op.seq;
-                }
-                held.raise(me, upto);
+            if !node.stopped {
+                held.join(&Self::held_by(node));
             }
         }
         let at = self.ms();

@@ -967,7 +967,8 @@ impl<S: StateMachine> Replica<S> {
 
     /// Failure detection (SWIM-like, with reports as heartbeats): suspect members silent
     /// for `suspect_after`; evict suspects that stayed silent and unrefuted for
-    /// `suspicion_timeout`, but only while this node hears from a majority of the members
+    /// `suspicion_timeout`, but never while leaving, and only while this node hears from a
+    /// majority of the members
     /// (Lifeguard's local health: a node cut off from most of the network must not evict
     /// the network, and a minority cannot split off and decide on its own).
     fn detect_failures(&mut self, now: Time) {
@@ -1001,7 +1002,12 @@ impl<S: StateMachine> Replica<S> {
                 self.stats.suspicions_raised += 1;
             }
         }
-        if !self.isolated && self.config.planted != Some(PlantedBug::NeverEvict) {
+        // a leaving node evicts no one: it is on its way out, and evicting the members that
+        // hold back its snapshot point would let it leave a network with no member in it
+        if !self.isolated
+            && !self.is_leaving()
+            && self.config.planted != Some(PlantedBug::NeverEvict)
+        {
             for id in overdue {
                 if self.map.evict(&id, now) {
                     self.stats.evictions_issued += 1;
@@ -1014,12 +1020,13 @@ impl<S: StateMachine> Replica<S> {
     /// below another member's snapshot point). A leaving node just stops; any other
     /// rejoins through the handshake with a new incarnation.
     fn lose_membership(&mut self, now: Time) {
-        match self.phase {
-            Phase::Member {
-                leaving_by: Some(_),
-            } => self.phase = Phase::Left,
-            Phase::Member { leaving_by: None } => self.begin_rejoin(now),
-            _ => {}
+        if self.is_leaving() {
+            // leaving now would strand what only this node holds: the leave fails, and
+            // the node rejoins like any other to hand its ops over (it may leave again)
+            self.fail_leave();
+        }
+        if matches!(self.phase, Phase::Member { leaving_by: None }) {
+            self.begin_rejoin(now);
         }
     }
 
@@ -1792,22 +1799,7 @@ impl<S: StateMachine> Replica<S> {
                 self.announce_left(now);
             } else if now >= deadline {
                 // leaving now could lose writes: give up the leave and stay a member
-                let unstable_own = self
-                    .leave_cut
-                    .get(&self.id)
-                    .saturating_sub(sp.get(&self.id));
-                let unstable = self
-                    .leave_cut
-                    .iter()
-                    .map(|(origin, seq)| seq.saturating_sub(sp.get(origin)))
-                    .sum();
-                self.phase = Phase::Member { leaving_by: None };
-                self.leave_cut = VersionVector::new();
-                self.stats.leaves_failed += 1;
-                self.leave_failure = Some(LeaveFailed {
-                    unstable,
-                    unstable_own,
-                });
+                self.fail_leave();
             }
         }
         let next = self.next_deadline();
@@ -1818,6 +1810,27 @@ impl<S: StateMachine> Replica<S> {
                 self.outbox.push_back(Action::ScheduleWake { at });
             }
         }
+    }
+
+    /// Gives up a leave (see [`LeaveFailed`]): the node stays a member.
+    fn fail_leave(&mut self) {
+        let sp = self.map.snapshot_point();
+        let unstable_own = self
+            .leave_cut
+            .get(&self.id)
+            .saturating_sub(sp.get(&self.id));
+        let unstable = self
+            .leave_cut
+            .iter()
+            .map(|(origin, seq)| seq.saturating_sub(sp.get(origin)))
+            .sum();
+        self.phase = Phase::Member { leaving_by: None };
+        self.leave_cut = VersionVector::new();
+        self.stats.leaves_failed += 1;
+        self.leave_failure = Some(LeaveFailed {
+            unstable,
+            unstable_own,
+        });
     }
 
     /// [`PlantedBug::CountsOneMemberTooFew`]: the minimum over the counted members but the

@@ -1050,3 +1050,66 @@ fn a_node_restored_from_a_backup_rejoins_under_a_new_identity_and_republishes_it
         "the old identity's op kept"
     );
 }
+
+#[test]
+fn a_leaving_node_that_learns_it_was_evicted_rejoins_to_hand_over_instead_of_going() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(5);
+    net.run_for(Duration::from_millis(100));
+    net.cut_off[4] = true;
+    net.write(4, put("stranded", "4")); // only node 4 has it
+    net.nodes[4].leave(net.now).unwrap();
+    net.flush(4);
+    net.run_for(eviction_bound() + Duration::from_secs(1));
+    assert_eq!(
+        net.nodes[0].network_map().get(&id(4)).unwrap().record.state,
+        MemberState::Evicted
+    );
+    assert!(
+        net.nodes[4].take_leave_failure().is_some(),
+        "its ops are not stable"
+    );
+    net.nodes[4].leave(net.now).unwrap();
+    net.flush(4);
+    net.cut_off[4] = false;
+    net.run_for(Duration::from_secs(3));
+    // it learned of its eviction while leaving: going now would lose the write
+    assert!(net.nodes[4].take_leave_failure().is_some());
+    assert_eq!(net.nodes[4].stats().rejoins, 1);
+    for r in &net.nodes {
+        assert_eq!(
+            r.applied_state().get("stranded"),
+            Some("4"),
+            "no write lost"
+        );
+    }
+}
+
+#[test]
+fn leaving_nodes_evict_no_one_so_they_cannot_leave_an_empty_network_behind() {
+    // nodes 1 and 2 leave while node 0 is cut off: evicting it would let both leave and
+    // strand node 0, and their writes with it, in a network with no member left
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(100));
+    net.cut_off[0] = true;
+    net.run_for(Duration::from_secs(2));
+    for i in [1, 2] {
+        net.write(i, put(&format!("k{i}"), "v"));
+        net.nodes[i].leave(net.now).unwrap();
+        net.flush(i);
+    }
+    let timeout = ReplicaConfig::default().gossip.leave_drain_timeout;
+    net.run_for(timeout - Duration::from_millis(100));
+    for i in [1, 2] {
+        assert!(net.nodes[i].is_leaving(), "its ops wait for node 0");
+        assert_eq!(
+            net.nodes[i].stats().evictions_issued,
+            0,
+            "it is on its way out"
+        );
+    }
+    assert_eq!(
+        net.nodes[1].network_map().get(&id(0)).unwrap().record.state,
+        MemberState::Suspect,
+        "overdue for eviction by now, but suspected only"
+    );
+}

@@ -10,14 +10,17 @@
 //! - **content**: every application is compared with the op created under its id (I1's
 //!   file does it on application, I4's on every stable state).
 //! - **nothing acknowledged is lost**: when the run settles, every acknowledged op that
-//!   some surviving storage ever held must still be held by a running node or by the data
-//!   dir of a node that left ([`check_held`]). An op that is held somewhere but has not
-//!   reached every member is not lost (it may still spread); that is L1's failure.
+//!   some surviving storage ever held must still be held by a running node
+//!   ([`check_held`]). An op that is held somewhere but has not reached every member is
+//!   not lost (it may still spread); that is L1's failure.
+//! - **a leave hands everything over**: a node that left is gone for the network, so when
+//!   it stops, no op it holds may be missing from every other running node and surviving
+//!   storage (the engine's `check_handed_over`); after that its data dir owes nothing.
 //!
 //! *Owed* ops: an op is owed once a node held it in storage that still exists at the end
-//! of the run: a running node, a node that left gracefully, or a crashed node due to
-//! restart (each with the ops of its current disk: a lost disk or a restore from an old
-//! backup takes away what that disk alone held). Acknowledged ops that no surviving storage
+//! of the run: a running node, or a crashed node due to restart (each with the ops of its
+//! current disk: a lost disk or a restore from an old backup takes away what that disk
+//! alone held). Acknowledged ops that no surviving storage
 //! ever held are gone with the disks that had them; the oracle excuses them and counts them
 //! in the report (`excuses.ops_lost_with_storage`).
 
