@@ -1127,20 +1127,12 @@ impl<S: StateMachine> Replica<S> {
     ) -> Result<Self, ResumeError> {
         let old_id = checkpoint.id;
         let cut = checkpoint.stable_cut;
-        let (mut suffix, old_own_stable): (Vec<_>, Vec<_>) = ops
+        let (suffix, old_own_stable): (Vec<_>, Vec<_>) = ops
             .into_iter()
             .filter(|op| op.seq > cut.get(&op.origin) || op.origin == old_id)
             .partition(|op| op.seq > cut.get(&op.origin));
-        suffix.sort_by_key(|op| op.lamport);
         // the backup's log, held while joining as a rejoining node holds its old one
-        let mut log = OpsLog::install(
-            checkpoint.stable_state,
-            cut,
-            checkpoint.lamport,
-            suffix,
-            None,
-        )?;
-        log.drain_applied();
+        let log = stored_log(checkpoint.stable_state, cut, checkpoint.lamport, suffix)?;
         let others = |counted_only: bool| -> Vec<NodeId> {
             checkpoint
                 .records
@@ -1199,7 +1191,7 @@ impl<S: StateMachine> Replica<S> {
         // this node's own ops are its journal, stable or not; the others count above the cut
         let mut own_ops = OwnOps::new(checkpoint.own_seq.max(cut.get(&id)));
         let mut kept_stable = Vec::new();
-        let mut suffix: Vec<_> = suffix
+        let suffix: Vec<_> = suffix
             .into_iter()
             .filter(|op| {
                 let above = op.seq > cut.get(&op.origin);
@@ -1217,16 +1209,7 @@ impl<S: StateMachine> Replica<S> {
         for op in suffix.iter().filter(|op| op.origin == id) {
             own_ops.keep(op.clone());
         }
-        suffix.sort_by_key(|op| op.lamport);
-        // this node's own journal: its ops were checked when they arrived
-        let mut log = OpsLog::install(
-            checkpoint.stable_state,
-            cut,
-            checkpoint.lamport,
-            suffix,
-            None,
-        )?;
-        log.drain_applied();
+        let log = stored_log(checkpoint.stable_state, cut, checkpoint.lamport, suffix)?;
         let mut own = None;
         let mut others = Vec::new();
         for record in checkpoint.records {
@@ -1891,6 +1874,21 @@ impl<S: StateMachine> Replica<S> {
             .min(),
         }
     }
+}
+
+/// The ops log a data dir holds: its stable state at `cut`, and the ops stored above the cut
+/// applied on it in Lamport order. They are this node's own journal: their signatures were
+/// checked when they arrived.
+fn stored_log<S: StateMachine>(
+    state: S,
+    cut: VersionVector,
+    lamport: u64,
+    mut above: Vec<Arc<Op<S::Op>>>,
+) -> Result<OpsLog<S>, crate::ops_log::InstallError> {
+    above.sort_by_key(|op| op.lamport);
+    let mut log = OpsLog::install(state, cut, lamport, above, None)?;
+    log.drain_applied();
+    Ok(log)
 }
 
 /// Every node `map` holds a record of, but `me`, in id order: who a joiner that still holds
