@@ -1,7 +1,7 @@
 //! Real nodes (libp2p over TCP on 127.0.0.1, OS-assigned ports) in this process: joining
 //! through a bootstrap peer, convergence, a crash, a restart from the data dir, the
-//! bootstrap peer leaving, the HTTP API's answers to bad input, and a join's progress in
-//! the status.
+//! bootstrap peer leaving, the HTTP API's answers to bad input, a join's progress in
+//! the status, and a joiner finding a bootstrap peer that came back under a new identity.
 
 mod support;
 
@@ -412,4 +412,77 @@ async fn an_api_with_a_token_refuses_every_call_without_it_and_writes_nothing() 
     assert_eq!(written.status, 201, "{}", written.body);
     assert_eq!(written.json()["seq"], 1);
     node.kill().await;
+}
+
+/// A founder that came back under a new identity (a new data dir) at its old address: a
+/// joiner whose bootstrap address still names the old peer id gets no answer for a whole
+/// round, dials the address without the peer id, finds the new founder there, and joins
+/// its network through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_finds_a_bootstrap_peer_that_came_back_under_a_new_identity_at_its_address() {
+    use tidemark::node::{Node, NodeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let old = start_node(&dir.path().join("a"), None).await;
+    let old_addr = old.listen_addrs()[0].clone();
+    let old_peer = old.handle().peer_id().to_string();
+    let plain: String = old_addr
+        .to_string()
+        .split("/p2p/")
+        .next()
+        .unwrap()
+        .to_string();
+    old.kill().await;
+    // the same address, a fresh data dir: a new identity (the port may take a moment to
+    // be free again)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let founder = loop {
+        let mut config = NodeConfig::local(dir.path().join("a2"));
+        config.listen = vec![plain.parse().unwrap()];
+        match Node::start(config).await {
+            Ok(node) => break node,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                eprintln!("{plain} not free yet: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("cannot listen on {plain} again: {error}"),
+        }
+    };
+    assert_ne!(founder.handle().peer_id(), old_peer, "a new identity");
+    let joiner = start_node_with(&dir.path().join("j"), None, |c| {
+        c.bootstrap = vec![old_addr.clone()];
+    })
+    .await;
+    let (founder_h, joiner_h) = (founder.handle(), joiner.handle());
+    let rounds_seen = std::cell::Cell::new(0);
+    let joined = eventually(Duration::from_secs(60), || {
+        let (founder_h, joiner_h) = (founder_h.clone(), joiner_h.clone());
+        let rounds_seen = &rounds_seen;
+        async move {
+            let (Ok(j), Ok(f)) = (joiner_h.status().await, founder_h.status().await) else {
+                return false;
+            };
+            if let Some(join) = &j.join {
+                rounds_seen.set(rounds_seen.get().max(join.rounds));
+            }
+            j.phase == "member" && j.members == 2 && f.members == 2
+        }
+    })
+    .await;
+    let last = joiner_h.status().await.ok();
+    assert!(
+        joined,
+        "the joiner becomes a member of the new founder's network: {last:?}"
+    );
+    assert!(
+        rounds_seen.get() >= 1,
+        "a whole round without a grant passed first ({} seen)",
+        rounds_seen.get()
+    );
+    joiner_h
+        .put("after", Some("join"))
+        .await
+        .expect("the joiner, a member, accepts writes");
+    for node in [joiner, founder] {
+        node.kill().await;
+    }
 }

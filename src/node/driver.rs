@@ -11,6 +11,10 @@
 //! - `Action::ScheduleWake` → the loop's single timer.
 //! - Members' addresses from the map are dialled again with backoff when disconnected, so
 //!   the network stays connected after its bootstrap peer leaves.
+//! - A joiner that went through a whole round of its possible sponsors without a grant
+//!   dials the bootstrap addresses and the addresses of the nodes it knows without a peer
+//!   id, and asks the peers it finds there too: a node that came back under a new identity
+//!   (a lost data dir) keeps its address.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{allow_block_list, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -352,6 +356,12 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         dial_backoff: BTreeMap::new(),
         last_sp: None,
         stop_now: false,
+        bootstrap_addrs: config
+            .bootstrap
+            .iter()
+            .map(|addr| without_peer_id(addr.clone()))
+            .collect(),
+        address_dials: BTreeSet::new(),
         keys: KeyIndex::default(),
         keeper: keeper.clone(),
         snapshot_config: config.snapshots.clone(),
@@ -556,6 +566,17 @@ async fn resolve_bootstrap(
     }
 }
 
+/// `addr` without a trailing `/p2p/<peer id>`, with the peer id if there was one.
+fn without_peer_id(mut addr: Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => {
+            addr.pop();
+            (addr, Some(peer))
+        }
+        _ => (addr, None),
+    }
+}
+
 pub(super) fn node_id(peer: &PeerId) -> NodeId {
     NodeId::from_bytes(&peer.to_bytes()).expect("a peer id is a valid node id")
 }
@@ -626,6 +647,11 @@ struct Driver {
     last_sp: Option<VersionVector>,
     /// A leave came while still joining: stop without a farewell.
     stop_now: bool,
+    /// The `--bootstrap` addresses without their `/p2p` part (with the peer id it named),
+    /// dialled after each round of a join without a grant.
+    bootstrap_addrs: Vec<(Multiaddr, Option<PeerId>)>,
+    /// Dials of known addresses without a peer id, not yet established or failed.
+    address_dials: BTreeSet<ConnectionId>,
     keys: KeyIndex,
     keeper: Arc<SnapshotKeeper>,
     snapshot_config: super::SnapshotConfig,
@@ -889,11 +915,22 @@ impl Driver {
                     self.swarm.add_peer_address(peer_id, addr);
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 self.dial_backoff.remove(&peer_id);
+                if self.address_dials.remove(&connection_id) {
+                    self.found_at(peer_id, endpoint.get_remote_address());
+                }
                 self.metrics
                     .connected_peers
                     .set(self.swarm.connected_peers().count() as i64);
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+                self.address_dials.remove(&connection_id);
             }
             SwarmEvent::ConnectionClosed { .. } => {
                 self.metrics
@@ -1028,18 +1065,85 @@ impl Driver {
                 let _ = waiter.send(Err(failure.clone()));
             }
         }
-        self.log_join_progress();
+        if self.log_join_progress() {
+            self.dial_known_addresses();
+        }
         self.update_gauges();
         Ok(())
     }
 
+    /// After a whole round without a grant: dials, without a peer id, the bootstrap
+    /// addresses and the addresses the records of this joiner's map carry, skipping those
+    /// of peers connected now (they still answer there). A node
+    /// that came back under a new identity keeps its address; the connection to whoever
+    /// answers there makes it a possible sponsor ([`found_at`](Self::found_at)).
+    fn dial_known_addresses(&mut self) {
+        if self.replica.join_sponsors().is_none() {
+            return;
+        }
+        let me = *self.swarm.local_peer_id();
+        // possible sponsors without a record in the map are reached at the bootstrap
+        // addresses
+        let recorded: Vec<(Multiaddr, Option<PeerId>)> = self
+            .replica
+            .network_map()
+            .iter()
+            .filter_map(|(id, e)| Some((peer_id(id)?, &e.record.addrs)))
+            .flat_map(|(peer, addrs)| {
+                addrs
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                    .map(move |a| (without_peer_id(a).0, Some(peer)))
+            })
+            .collect();
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for (addr, peer) in self.bootstrap_addrs.iter().cloned().chain(recorded) {
+            let answers = peer.is_some_and(|p| p == me || self.swarm.is_connected(&p));
+            let own = self.listen_addrs.contains(&addr.to_string());
+            if !answers && !own && !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        debug!(
+            addresses = addrs.len(),
+            "dialling the known addresses for nodes under new identities"
+        );
+        for addr in addrs {
+            let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+            let connection = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.address_dials.insert(connection);
+                }
+                Err(error) => debug!(%addr, %error, "cannot dial a known address"),
+            }
+        }
+    }
+
+    /// A connection [`dial_known_addresses`](Self::dial_known_addresses) dialled is
+    /// established: while joining, a peer that is not yet a possible sponsor becomes one.
+    fn found_at(&mut self, peer: PeerId, address: &Multiaddr) {
+        let id = node_id(&peer);
+        let Some(sponsors) = self.replica.join_sponsors() else {
+            return;
+        };
+        if sponsors.contains(&id) || peer == *self.swarm.local_peer_id() || self.refuses(&peer) {
+            return;
+        }
+        info!(%peer, %address, "found a new possible sponsor at a known address");
+        self.swarm
+            .add_peer_address(peer, without_peer_id(address.clone()).0);
+        self.replica.add_bootstrap_peers([id]);
+    }
+
     /// While joining: an info line each time a whole round of the sponsor list passed
     /// without a grant, and a warning (once per join) when a whole round passed without
-    /// any answer at all, so that an operator sees a join that goes nowhere.
-    fn log_join_progress(&mut self) {
+    /// any answer at all, so that an operator sees a join that goes nowhere. Returns whether
+    /// a new round passed since the last call.
+    fn log_join_progress(&mut self) -> bool {
         let Some(progress) = self.replica.join_progress() else {
             self.join_log = None;
-            return;
+            return false;
         };
         let log = match &mut self.join_log {
             Some(log) if log.since == progress.since => log,
@@ -1051,7 +1155,7 @@ impl Driver {
             }),
         };
         if progress.rounds <= log.rounds {
-            return;
+            return false;
         }
         let last_refusal = progress.last_refusal.as_deref().unwrap_or("none");
         info!(
@@ -1073,6 +1177,7 @@ impl Driver {
         }
         log.rounds = progress.rounds;
         log.answers_at_round = progress.refusals;
+        true
     }
 
     fn store(&mut self) -> Result<(), NodeError> {
