@@ -1562,8 +1562,8 @@ impl<S: StateMachine> Replica<S> {
 
     /// After a rejoin: merges the previous incarnation's records, then applies the ops it
     /// held that the grant lacks — its unstable suffix, the ops waiting in its causal
-    /// buffer, and this node's own ops from its journal — and publishes again the ones
-    /// that apply, so that ops created (or received) while cut off are not lost (I5).
+    /// buffer, and this node's own ops from its journal — and publishes them all again, so
+    /// that ops created (or received) while cut off are not lost (I5).
     fn republish_retired(&mut self, now: Time) {
         let records = std::mem::take(&mut self.retired_records);
         self.on_records(now, &records);
@@ -1586,17 +1586,15 @@ impl<S: StateMachine> Replica<S> {
         for op in &lacking {
             let _ = self.log.receive(op.clone());
         }
-        let applied = self.log.applied();
-        let republish: Vec<_> = lacking
-            .into_iter()
-            .filter(|op| op.seq <= applied.get(&op.origin))
-            .collect();
-        if republish.is_empty() {
+        self.after_apply();
+        if lacking.is_empty() {
             return;
         }
-        self.stats.ops_republished += republish.len() as u64;
-        self.after_apply();
-        self.unpublished.extend(republish);
+        // All of them are published again, those that wait here for deps too: anti-entropy
+        // serves only applied ops, so ops that wait in buffers on ops that wait in other
+        // buffers would otherwise come loose one round trip at a time.
+        self.stats.ops_republished += lacking.len() as u64;
+        self.unpublished.extend(lacking);
         self.publish_at = Some(now);
     }
 
