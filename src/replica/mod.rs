@@ -603,8 +603,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Why the last graceful leave gave up, if one did since the last call: the node
-    /// stayed a member because its own ops were not stable everywhere by
-    /// `leave_drain_timeout`.
+    /// stayed a member because the ops it held were not stable everywhere by
+    /// `leave_drain_timeout`, or it learned it was evicted while leaving (it then rejoins
+    /// to hand them over).
     pub fn take_leave_failure(&mut self) -> Option<LeaveFailed> {
         self.leave_failure.take()
     }
