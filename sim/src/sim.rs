@@ -246,6 +246,9 @@ pub struct Sim {
     members_union: Option<VersionVector>,
     /// Print evictions and I3 details on stderr (`TIDEMARK_SIM_TRACE` set).
     trace: bool,
+    /// `TIDEMARK_SIM_WATCH=SLOT,ORIGIN`: after every event at node slot SLOT, print its own
+    /// record and what it has applied of the ops of the node in slot ORIGIN.
+    watch: Option<(usize, usize)>,
 }
 
 impl Sim {
@@ -303,6 +306,10 @@ impl Sim {
             evicted: BTreeMap::new(),
             members_union: None,
             trace: std::env::var_os("TIDEMARK_SIM_TRACE").is_some(),
+            watch: std::env::var("TIDEMARK_SIM_WATCH").ok().and_then(|w| {
+                let (slot, origin) = w.split_once(',')?;
+                Some((slot.trim().parse().ok()?, origin.trim().parse().ok()?))
+            }),
             config,
         };
         sim.config.writers = writers;
@@ -733,27 +740,19 @@ impl Sim {
         self.dial_known_addresses(n);
         let at = self.ms();
         let now = self.now;
-        if let Ok(watch) = std::env::var("TIDEMARK_SIM_WATCH") {
-            let mut parts = watch.split(',');
-            let slot: usize = parts
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(usize::MAX);
-            let origin: usize = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-            if slot == n {
-                let own = &self.nodes[n].replica.network_map().own().record;
-                let o = &self.ids[origin.min(self.ids.len() - 1)];
-                eprintln!(
-                    "  watch {:.3}: node {n} inc {} report {} {:?} applied[{origin}] {} log {} member {}",
-                    at / 1e3,
-                    own.incarnation,
-                    own.report_seq,
-                    own.state,
-                    own.applied.get(o),
-                    self.nodes[n].replica.applied().get(o),
-                    self.nodes[n].replica.is_member()
-                );
-            }
+        if let Some((slot, origin)) = self.watch.filter(|(slot, _)| *slot == n) {
+            let own = &self.nodes[n].replica.network_map().own().record;
+            let o = &self.ids[origin.min(self.ids.len() - 1)];
+            eprintln!(
+                "  watch {:.3}: node {slot} inc {} report {} {:?} applied[{origin}] {} log {} member {}",
+                at / 1e3,
+                own.incarnation,
+                own.report_seq,
+                own.state,
+                own.applied.get(o),
+                self.nodes[n].replica.applied().get(o),
+                self.nodes[n].replica.is_member()
+            );
         }
         for (id, incarnation) in self.nodes[n].replica.drain_evictions() {
             self.on_eviction(n, id, incarnation);
@@ -1887,6 +1886,28 @@ impl Sim {
         let liveness_failure = live.is_err();
         let liveness_cause = liveness_failure.then(|| self.liveness_cause());
         if liveness_failure && self.trace {
+            for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.member) {
+                let applied = n.replica.applied();
+                for (origin, seq) in union.iter() {
+                    if applied.get(origin) < seq {
+                        let buffered: Vec<u64> = n
+                            .replica
+                            .ops_log()
+                            .buffered_ops()
+                            .iter()
+                            .filter(|op| op.origin == *origin)
+                            .map(|op| op.seq)
+                            .collect();
+                        eprintln!(
+                            "  end: node {i} lacks {:?} (slot {:?}) {}..={seq}, buffered {buffered:?}, stable cut {}",
+                            origin,
+                            self.index.get(origin),
+                            applied.get(origin) + 1,
+                            n.replica.stable_cut().get(origin)
+                        );
+                    }
+                }
+            }
             for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| !n.stopped) {
                 let r = &n.replica;
                 let counted: Vec<_> = r
