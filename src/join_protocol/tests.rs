@@ -61,7 +61,7 @@ impl Node {
 /// [A,B] without counting N5, even when N2's later reports reach N1 before anything else
 /// about N5 does.
 #[test]
-fn obstacle_1_a_joiner_registered_by_its_sponsor_holds_back_every_snapshot_point() {
+fn a_joiner_registered_by_its_sponsor_holds_back_every_snapshot_point() {
     let members = [1, 2, 3, 4];
     let mut n: Vec<Node> = (0..=4).map(|i| Node::founder(i.max(1), &members)).collect();
     // op A by N1, op B by N1 (one origin, as in the seed)
