@@ -34,8 +34,12 @@ struct BatchSummary {
     excuses: ExcuseCounts,
     /// Worst run: from a crash until a member stopped counting the crashed node.
     crash_to_drop_max_ms: f64,
+    /// The seed of that run (absent when no member dropped a crashed node).
+    crash_to_drop_max_seed: Option<u64>,
     /// Worst run: from when an evicted node could know it until it started to rejoin.
     stale_to_rejoin_max_ms: f64,
+    /// The seed of that run (absent when no evicted node rejoined).
+    stale_to_rejoin_max_seed: Option<u64>,
     /// Fault counts summed over the runs.
     evictions: u64,
     evictions_of_running: u64,
@@ -137,6 +141,19 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
     let seeds_where = |pick: &dyn Fn(&Report) -> bool| -> Vec<u64> {
         results.iter().filter(|r| pick(r)).map(|r| r.seed).collect()
     };
+    // the largest of a per-run figure, and the run it came from (none if every run had 0)
+    let worst = |figure: &dyn Fn(&Report) -> f64| -> (f64, Option<u64>) {
+        results
+            .iter()
+            .filter(|r| figure(r) > 0.0)
+            .fold((0.0, None), |(max, seed), r| {
+                if figure(r) > max {
+                    (figure(r), Some(r.seed))
+                } else {
+                    (max, seed)
+                }
+            })
+    };
     let failed = seeds_where(&|r| r.violations > 0);
     let mut by_invariant = BTreeMap::new();
     let mut excuses = ExcuseCounts::default();
@@ -173,14 +190,10 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
         },
         budget_failed_seeds: seeds_where(&|r| r.budget_exceeded),
         excuses,
-        crash_to_drop_max_ms: results
-            .iter()
-            .map(|r| r.crash_to_drop_ms.max)
-            .fold(0.0, f64::max),
-        stale_to_rejoin_max_ms: results
-            .iter()
-            .map(|r| r.stale_to_rejoin_ms.max)
-            .fold(0.0, f64::max),
+        crash_to_drop_max_ms: worst(&|r| r.crash_to_drop_ms.max).0,
+        crash_to_drop_max_seed: worst(&|r| r.crash_to_drop_ms.max).1,
+        stale_to_rejoin_max_ms: worst(&|r| r.stale_to_rejoin_ms.max).0,
+        stale_to_rejoin_max_seed: worst(&|r| r.stale_to_rejoin_ms.max).1,
         evictions: results.iter().map(|r| r.faults.evictions).sum(),
         evictions_of_running: results.iter().map(|r| r.faults.evictions_of_running).sum(),
         rejoins: results.iter().map(|r| r.faults.rejoins).sum(),

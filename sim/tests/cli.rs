@@ -142,6 +142,36 @@ fn a_batch_of_seeds_reports_one_summary() {
     assert_eq!(v["liveness_failures"], 0);
 }
 
+/// A batch names the run behind each worst-case latency, and that seed alone gives it again.
+#[test]
+fn a_batch_names_the_seed_of_its_worst_latencies() {
+    let flags = ["--faults", "all", "--nodes", "10", "--ops", "100"];
+    let mut args = flags.to_vec();
+    args.extend(["--seeds", "1..6", "--json"]);
+    let out = sim(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (figure, per_run) in [
+        ("crash_to_drop", "crash_to_drop_ms"),
+        ("stale_to_rejoin", "stale_to_rejoin_ms"),
+    ] {
+        let max = batch[format!("{figure}_max_ms")].as_f64().unwrap();
+        assert!(max > 0.0, "{figure}: the batch exercises it");
+        let seed = batch[format!("{figure}_max_seed")]
+            .as_u64()
+            .expect("a seed");
+        let seed = seed.to_string();
+        let mut args = flags.to_vec();
+        args.extend(["--seed", &seed, "--json"]);
+        let single: serde_json::Value = serde_json::from_slice(&sim(&args).stdout).unwrap();
+        assert_eq!(single[per_run]["max"].as_f64(), Some(max), "{figure}");
+    }
+}
+
 #[test]
 fn bad_arguments_are_refused_with_a_reason() {
     let out = sim(&["--loss", "1.5"]);
