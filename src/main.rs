@@ -95,7 +95,8 @@ struct NodeArgs {
     #[arg(long)]
     network_key: Option<PathBuf>,
     /// A file holding a bearer token: every HTTP API call must then carry
-    /// `Authorization: Bearer <token>` (the file's first line).
+    /// `Authorization: Bearer <token>` (the file's first line), except the probes /healthz
+    /// and /readyz.
     #[arg(long)]
     api_token_file: Option<PathBuf>,
     /// The --data-dir was restored from a backup, which may be older than the node's last

@@ -25,7 +25,7 @@ async fn the_schedule_takes_due_heights_survives_a_restart_and_retention_keeps_t
     assert_eq!(post(r#"{"spacing": 0}"#).await.status, 400);
     assert_eq!(
         post(r#"{"every": 3}"#).await.status,
-        422,
+        400,
         "unknown fields are refused"
     );
 

@@ -48,7 +48,8 @@ use super::snapshots::SnapshotStore;
 use super::storage::{Batch, Stager, StateWrite, Storage};
 use super::transfer::{self, FetchError};
 use super::views::{
-    vector_json, At, JoinView, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
+    vector_json, At, JoinView, NetworkMapView, OpIdView, ReadyView, SnapshotPointView, StateView,
+    StatusView,
 };
 use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
 use crate::gossip::{
@@ -806,6 +807,15 @@ impl Driver {
             },
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Ready(reply) => {
+                let phase = phase_name(&self.replica);
+                let isolated = self.replica.is_isolated();
+                let _ = reply.send(ReadyView {
+                    ready: phase == "member" && !isolated,
+                    phase: phase.into(),
+                    isolated,
+                });
             }
             Command::State { at, page, reply } => {
                 let view = match at {

@@ -75,12 +75,55 @@ pub struct OpIdView {
     pub seq: u64,
 }
 
-/// `POST /v1/ops` body.
+/// Longest key a client may write or read, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Longest value a client may write, in bytes of UTF-8.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// `POST /v1/ops` body. Both fields are required: `value` is a string, or `null` to delete
+/// the key (a body without `value` is refused, so a forgotten field never deletes).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WriteBody {
     pub key: String,
+    #[serde(deserialize_with = "required_nullable")]
     pub value: Option<String>,
+}
+
+/// An `Option` whose field must be present (`null` is `None`): serde's derive fills in a
+/// missing field only for plain `Option` fields, not for one with `deserialize_with`.
+fn required_nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+/// Why a key cannot be written or read: empty, or longer than [`MAX_KEY_BYTES`].
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the key has {} bytes; at most {MAX_KEY_BYTES} are allowed",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+impl WriteBody {
+    /// Why this write breaks the input rules (SPEC §7.2): an empty key, a key over
+    /// [`MAX_KEY_BYTES`] or a value over [`MAX_VALUE_BYTES`].
+    pub fn check(&self) -> Result<(), String> {
+        check_key(&self.key)?;
+        match &self.value {
+            Some(value) if value.len() > MAX_VALUE_BYTES => Err(format!(
+                "the value has {} bytes; at most {MAX_VALUE_BYTES} are allowed",
+                value.len()
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Which state `GET /v1/state` reads.
@@ -108,6 +151,42 @@ pub struct StateView {
     pub entries: Vec<EntryView>,
     /// With a page limit: the key the next page starts at, or `None` after the last page.
     pub next_key: Option<String>,
+}
+
+/// `GET /v1/state/{key}`: one live key, read at the cut `at`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyView {
+    pub key: String,
+    pub value: String,
+    pub at: BTreeMap<String, u64>,
+    pub digest: String,
+}
+
+/// `GET /readyz`: whether this node is a member that hears from a majority of the members.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadyView {
+    pub ready: bool,
+    /// `joining`, `member`, `leaving` or `left`.
+    pub phase: String,
+    /// The last failure check heard from at most half of the members in good standing.
+    pub isolated: bool,
+}
+
+impl ReadyView {
+    /// Why the node is not ready, if it is not.
+    pub fn reason(&self) -> Option<String> {
+        if self.phase != "member" {
+            Some(format!("the node is not a member: it is {}", self.phase))
+        } else if self.isolated {
+            Some(
+                "the node is isolated: it hears from at most half of the members in good \
+                 standing"
+                    .into(),
+            )
+        } else {
+            None
+        }
+    }
 }
 
 /// A page of the state: entries from `start_key` (inclusive), at most `limit` of them.
