@@ -88,6 +88,7 @@ struct NodeArgs {
     #[arg(long, conflicts_with = "bootstrap")]
     restore_from: Option<PathBuf>,
     /// Final snapshots to keep, the most recent ones [default: 2; an archiver keeps all].
+    /// Snapshots a schedule request took are kept, and not counted, until it is deleted.
     #[arg(long)]
     keep_snapshots: Option<usize>,
     /// A private network's key file (from `tidemark network-key`): only nodes holding the

@@ -13,8 +13,8 @@
 //! | `GET /v1/snapshots/{id}` | the snapshot file (`tidemark snapshot verify` checks it) |
 //! | `POST /v1/snapshots/schedule` `{"start_height"?, "end_height"?, "spacing"?, "description"?, "of"?}` | 201 and the stored request with its `request_id`; 409 for a duplicate, 400 for an invalid range |
 //! | `GET /v1/snapshots/requests[?start_id=N][&limit=N]` | `{"requests": [..], "next_id": n\|null}` |
-//! | `GET /v1/snapshots/requests/{id}` | the request and its snapshots, each `pending` or `final` |
-//! | `DELETE /v1/snapshots/requests/{id}` | the removed request; 404 if unknown |
+//! | `GET /v1/snapshots/requests/{id}` | the request, `active` or `done` (kept until deleted), and its snapshots, each `pending` or `final` |
+//! | `DELETE /v1/snapshots/requests/{id}` | the removed request (its snapshots go back to retention); 404 if unknown |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the node runs, 503 once it stopped (no token needed) |
 //! | `GET /readyz` | 200 for a member that is not isolated, else 503 with why (no token needed) |

@@ -97,7 +97,8 @@ pub struct SnapshotConfig {
     /// A joiner gets the stable state inside its grant up to this many entries; above it,
     /// the state is offered as a snapshot fetched by chunks.
     pub inline_state_max_entries: usize,
-    /// Final snapshots kept (the most recent ones); `None` keeps every one.
+    /// Final snapshots kept (the most recent ones); `None` keeps every one. Snapshots a
+    /// schedule request took are kept, and not counted, until the request is deleted.
     pub keep: Option<usize>,
     /// How chunks are fetched when this node joins through a snapshot.
     pub transfer: crate::snapshot::transfer::TransferConfig,
@@ -371,7 +372,8 @@ impl NodeHandle {
             .map_err(|_| NodeError::Stopped)
     }
 
-    /// Removes schedule request `id`; its snapshots stay.
+    /// Removes schedule request `id`, done or not; its snapshots stay, but retention no
+    /// longer spares them (it runs at once).
     pub async fn unschedule(
         &self,
         id: u64,
@@ -380,6 +382,7 @@ impl NodeHandle {
         let sp = self.snapshot_point_json();
         tokio::task::spawn_blocking(move || {
             let removed = keeper.book().remove(id)?;
+            keeper.prune(&sp);
             Ok(keeper.views(vec![removed], &sp).remove(0))
         })
         .await
