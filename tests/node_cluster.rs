@@ -630,3 +630,110 @@ async fn probes_need_no_token_and_a_node_still_joining_is_live_but_not_ready() {
     assert!(!handle.is_running());
     stuck.kill().await;
 }
+
+/// `GET /metrics` follows the conventions: running totals are counters whose samples end
+/// in `_total` (rejoins, stale notices, evictions issued, refused and rejected ops among
+/// them), byte totals end in `_bytes_total`, no gauge looks like a total; and it carries
+/// `tidemark_build_info` and the process's CPU seconds, resident memory and open fds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_naming_conventions_and_carry_build_and_process_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // two nodes, so that messages and bytes by kind are counted
+    let nodes = cluster(dir.path(), 2).await;
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    wait_members(&handles, 2, SETTLE).await;
+    let api = nodes[0].api_addr().unwrap();
+    let r = http(
+        api,
+        "POST",
+        "/v1/ops",
+        Some(r#"{"key": "k", "value": "v"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert!(
+        eventually(SETTLE, || async {
+            let text = http(api, "GET", "/metrics", None).await.body;
+            text.contains("tidemark_sent_bytes_total{kind=\"ops\"}")
+        })
+        .await,
+        "the op's batch is counted"
+    );
+    let text = http(api, "GET", "/metrics", None).await.body;
+    let types: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let type_of = |name: &str| types.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+    for total in [
+        "stale_notices",
+        "evictions_issued",
+        "rejoins",
+        "sponsorships_declined",
+        "leaves_failed",
+        "own_seq_rollbacks",
+        "ops_refused",
+        "ops_rejected",
+        "messages_in",
+        "messages_out",
+        "snapshots_taken",
+    ] {
+        let name = format!("tidemark_{total}");
+        assert_eq!(type_of(&name), Some("counter"), "{name}:\n{text}");
+    }
+    for bytes in [
+        "tidemark_received_bytes",
+        "tidemark_sent_bytes",
+        "tidemark_transfer_fetched_bytes",
+        "tidemark_libp2p_bandwidth_bytes",
+    ] {
+        assert_eq!(type_of(bytes), Some("counter"), "{bytes}:\n{text}");
+    }
+    let samples: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    for (name, kind) in &types {
+        match *kind {
+            "counter" => {
+                assert!(
+                    !samples.contains(name),
+                    "counter {name} has a sample without _total:\n{text}"
+                );
+                if name.contains("bytes") {
+                    assert!(
+                        name.ends_with("_bytes"),
+                        "{name}_total ends in _bytes_total"
+                    );
+                }
+            }
+            _ => assert!(!name.ends_with("_total"), "gauge {name} looks like a total"),
+        }
+    }
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.ends_with("_bytes_in") || s.ends_with("_bytes_out")),
+        "{text}"
+    );
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    let build = format!(
+        "tidemark_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&build), 1.0);
+    assert_eq!(type_of("tidemark_build_info"), Some("gauge"));
+    assert_eq!(type_of("process_cpu_seconds"), Some("counter"));
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1024.0 * 1024.0);
+    assert!(value("process_open_fds") >= 3.0);
+    for node in nodes {
+        node.kill().await;
+    }
+}
