@@ -29,9 +29,9 @@
 //! field), an empty key, a key over [`MAX_KEY_BYTES`](super::views::MAX_KEY_BYTES), a
 //! value over [`MAX_VALUE_BYTES`](super::views::MAX_VALUE_BYTES), a bad query parameter or
 //! a request id that is not a number. Bodies over [`MAX_BODY_BYTES`] get 413, bodies not
-//! sent as `application/json` 415. With a token ([`NodeConfig::api_token`](super::NodeConfig)),
-//! every call but `/healthz` and `/readyz` needs `Authorization: Bearer <token>` and gets
-//! 401 without it.
+//! sent as `application/json` 415. With a token
+//! ([`NodeConfig::api_token`](super::NodeConfig)), every call but `/healthz` and `/readyz`
+//! needs `Authorization: Bearer <token>` and gets 401 without it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
