@@ -184,6 +184,7 @@ async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
         ("POST", "/v1/ops", Some(r#"{"key": "k"}"#), 400),
         ("POST", "/v1/ops", Some(r#"{"key": 5, "value": "v"}"#), 400),
         ("POST", "/v1/ops", Some(r#"{"key": "k", "value": 5}"#), 400),
+        ("POST", "/v1/ops", Some(r#"["k", "v"]"#), 400),
         (
             "POST",
             "/v1/ops",

@@ -81,14 +81,32 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// Longest value a client may write, in bytes of UTF-8.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
-/// `POST /v1/ops` body. Both fields are required: `value` is a string, or `null` to delete
-/// the key (a body without `value` is refused, so a forgotten field never deletes).
+/// `POST /v1/ops` body: a JSON object with both fields. `value` is a string, or `null` to
+/// delete the key (a body without `value` is refused, so a forgotten field never deletes).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct WriteBody {
     pub key: String,
-    #[serde(deserialize_with = "required_nullable")]
     pub value: Option<String>,
+}
+
+/// The fields of a [`WriteBody`], decoded from an object only (serde's derive would take
+/// an array of two strings as well).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteFields {
+    key: String,
+    #[serde(deserialize_with = "required_nullable")]
+    value: Option<String>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for WriteBody {
+    type Error = serde_json::Error;
+
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let WriteFields { key, value } = serde_json::from_value(object.into())?;
+        Ok(WriteBody { key, value })
+    }
 }
 
 /// An `Option` whose field must be present (`null` is `None`): serde's derive fills in a
@@ -266,4 +284,53 @@ pub struct SnapshotPointView {
     pub ops: u64,
     pub digest: String,
     pub incarnation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<WriteBody, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_write_body_is_an_object_with_both_fields_and_only_null_deletes() {
+        let body = |key: &str, value: Option<&str>| WriteBody {
+            key: key.into(),
+            value: value.map(Into::into),
+        };
+        assert_eq!(
+            decode(r#"{"key": "k", "value": "v"}"#),
+            Ok(body("k", Some("v")))
+        );
+        assert_eq!(
+            decode(r#"{"key": "k", "value": null}"#),
+            Ok(body("k", None))
+        );
+        let missing = decode(r#"{"key": "k"}"#).unwrap_err();
+        assert!(missing.contains("missing field `value`"), "{missing}");
+        let unknown = decode(r#"{"key": "k", "value": "v", "ttl": 3}"#).unwrap_err();
+        assert!(unknown.contains("ttl"), "{unknown}");
+        assert!(decode(r#"["k", "v"]"#).is_err());
+        assert!(decode(r#""k""#).is_err());
+    }
+
+    #[test]
+    fn the_key_and_value_limits_are_inclusive() {
+        let body = |key: usize, value: usize| WriteBody {
+            key: "k".repeat(key),
+            value: Some("v".repeat(value)),
+        };
+        assert!(body(MAX_KEY_BYTES, MAX_VALUE_BYTES).check().is_ok());
+        assert!(body(0, 1).check().unwrap_err().contains("empty"));
+        assert!(body(MAX_KEY_BYTES + 1, 1).check().is_err());
+        assert!(body(1, MAX_VALUE_BYTES + 1).check().is_err());
+        // a multi-byte character counts its bytes
+        let wide = WriteBody {
+            key: "é".repeat(MAX_KEY_BYTES / 2 + 1),
+            value: None,
+        };
+        assert!(wide.check().is_err());
+    }
 }
