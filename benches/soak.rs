@@ -214,7 +214,7 @@ async fn run(args: Args) {
     let errors = errors.load(Ordering::Relaxed) + dead;
     let mut rejoins = 0.0;
     for api in &apis {
-        rejoins += metric(*api, "tidemark_rejoins").await.unwrap_or(0.0);
+        rejoins += metric(*api, "tidemark_rejoins_total").await.unwrap_or(0.0);
     }
     println!(
         "RSS growth after warm-up (worst node, last sample / sample at {:.0} s): {growth:.3}x",

@@ -88,6 +88,7 @@ struct NodeArgs {
     #[arg(long, conflicts_with = "bootstrap")]
     restore_from: Option<PathBuf>,
     /// Final snapshots to keep, the most recent ones [default: 2; an archiver keeps all].
+    /// Snapshots a schedule request took are kept, and not counted, until it is deleted.
     #[arg(long)]
     keep_snapshots: Option<usize>,
     /// A private network's key file (from `tidemark network-key`): only nodes holding the
@@ -95,7 +96,8 @@ struct NodeArgs {
     #[arg(long)]
     network_key: Option<PathBuf>,
     /// A file holding a bearer token: every HTTP API call must then carry
-    /// `Authorization: Bearer <token>` (the file's first line).
+    /// `Authorization: Bearer <token>` (the file's first line), except the probes /healthz
+    /// and /readyz.
     #[arg(long)]
     api_token_file: Option<PathBuf>,
     /// The --data-dir was restored from a backup, which may be older than the node's last

@@ -141,9 +141,9 @@ async fn ops_not_signed_by_their_origin_are_rejected_and_a_flooder_is_blocked() 
 
     let counts = |body: &str| {
         [
-            "ops_rejected{reason=\"bad_signature\"}",
-            "ops_rejected{reason=\"unsigned\"}",
-            "ops_rejected{reason=\"replayed\"}",
+            "ops_rejected_total{reason=\"bad_signature\"}",
+            "ops_rejected_total{reason=\"unsigned\"}",
+            "ops_rejected_total{reason=\"replayed\"}",
         ]
         .map(|name| metric(body, name))
     };

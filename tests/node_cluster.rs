@@ -1,7 +1,8 @@
 //! Real nodes (libp2p over TCP on 127.0.0.1, OS-assigned ports) in this process: joining
 //! through a bootstrap peer, convergence, a crash, a restart from the data dir, the
-//! bootstrap peer leaving, the HTTP API's answers to bad input, a join's progress in
-//! the status, and a joiner finding a bootstrap peer that came back under a new identity.
+//! bootstrap peer leaving, the HTTP API's answers to bad input (all 400), one-key reads,
+//! the health and readiness probes, a join's progress in the status, and a joiner finding
+//! a bootstrap peer that came back under a new identity.
 
 mod support;
 
@@ -171,20 +172,40 @@ async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(&dir.path().join("solo"), None).await;
     let api = node.api_addr().unwrap();
+    let key_too_long = format!(r#"{{"key": "{}", "value": "v"}}"#, "k".repeat(1025));
+    let value_too_long = format!(r#"{{"key": "k", "value": "{}"}}"#, "x".repeat(65_537));
+    let read_too_long = format!("/v1/state/{}", "k".repeat(1025));
+    let schedule = "/v1/snapshots/schedule";
     let bad = [
+        // every validation error is a 400: body syntax and shape, the key and value
+        // rules, query parameters and ids
         ("POST", "/v1/ops", Some("{not json"), 400),
-        ("POST", "/v1/ops", Some(r#"{"value": "v"}"#), 422),
-        ("POST", "/v1/ops", Some(r#"{"key": 5, "value": "v"}"#), 422),
+        ("POST", "/v1/ops", Some(r#"{"value": "v"}"#), 400),
+        ("POST", "/v1/ops", Some(r#"{"key": "k"}"#), 400),
+        ("POST", "/v1/ops", Some(r#"{"key": 5, "value": "v"}"#), 400),
+        ("POST", "/v1/ops", Some(r#"{"key": "k", "value": 5}"#), 400),
+        ("POST", "/v1/ops", Some(r#"["k", "v"]"#), 400),
         (
             "POST",
             "/v1/ops",
             Some(r#"{"key": "k", "value": "v", "extra": 1}"#),
-            422,
+            400,
         ),
+        ("POST", "/v1/ops", Some(r#"{"key": "", "value": "v"}"#), 400),
+        ("POST", "/v1/ops", Some(key_too_long.as_str()), 400),
+        ("POST", "/v1/ops", Some(value_too_long.as_str()), 400),
+        ("POST", schedule, Some(r#"{"every": 3}"#), 400),
+        ("POST", schedule, Some(r#"{"start_height": "ten"}"#), 400),
         ("GET", "/v1/state?at=yesterday", None, 400),
         ("GET", "/v1/state?limit=0", None, 400),
         ("GET", "/v1/state?limit=10001", None, 400),
         ("GET", "/v1/state?limit=ten", None, 400),
+        ("GET", "/v1/state/k?at=yesterday", None, 400),
+        ("GET", "/v1/state/k?limit=1", None, 400),
+        ("GET", "/v1/state/", None, 400),
+        ("GET", read_too_long.as_str(), None, 400),
+        ("GET", "/v1/snapshots/requests?limit=-1", None, 400),
+        ("GET", "/v1/snapshots/requests/one", None, 400),
         ("GET", "/v1/nope", None, 404),
         ("DELETE", "/v1/status", None, 405),
     ];
@@ -198,7 +219,16 @@ async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
             r.body
         );
     }
-    let huge = format!(r#"{{"key": "k", "value": "{}"}}"#, "x".repeat(100_000));
+    // the limits are inclusive: a key of 1 KiB and a value of 64 KiB are written
+    let longest = format!(
+        r#"{{"key": "{}", "value": "{}"}}"#,
+        "k".repeat(1024),
+        "x".repeat(65_536)
+    );
+    let r = http(api, "POST", "/v1/ops", Some(&longest)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // a body over 1 MiB is refused before it is read
+    let huge = format!(r#"{{"key": "k", "value": "{}"}}"#, "x".repeat(1_100_000));
     assert_eq!(http(api, "POST", "/v1/ops", Some(&huge)).await.status, 413);
     // nothing was lost or written by the bad calls; a good one still works
     let ok = http(
@@ -209,7 +239,13 @@ async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
     )
     .await;
     assert_eq!(ok.status, 201, "{}", ok.body);
-    assert_eq!(ok.json()["seq"], 1);
+    assert_eq!(ok.json()["seq"], 2);
+    // a body without `value` deletes nothing: only an explicit null does
+    let forgot = http(api, "POST", "/v1/ops", Some(r#"{"key": "k"}"#)).await;
+    assert_eq!(forgot.status, 400);
+    assert!(forgot.body.contains("value"), "{}", forgot.body);
+    let read = http(api, "GET", "/v1/state/k?at=applied", None).await;
+    assert_eq!(read.json()["value"], "v", "{}", read.body);
     let del = http(
         api,
         "POST",
@@ -220,17 +256,19 @@ async fn the_http_api_answers_bad_input_with_a_4xx_and_a_reason() {
     assert_eq!(del.status, 201);
     let state = http(api, "GET", "/v1/state?at=applied", None).await;
     assert_eq!(state.status, 200);
-    assert_eq!(
-        state.json()["entries"].as_array().unwrap().len(),
-        0,
-        "null deletes"
-    );
+    let keys: Vec<_> = state.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().len())
+        .collect();
+    assert_eq!(keys, [1024], "null deletes");
     let status = http(api, "GET", "/v1/status", None).await.json();
-    assert_eq!(status["applied"][node.handle().peer_id()], 2);
+    assert_eq!(status["applied"][node.handle().peer_id()], 3);
     assert_eq!(status["members"], 1);
     let metrics = http(api, "GET", "/metrics", None).await;
     assert!(
-        metrics.body.contains("tidemark_applied_ops 2"),
+        metrics.body.contains("tidemark_applied_ops 3"),
         "{}",
         metrics.body
     );
@@ -483,6 +521,220 @@ async fn a_joiner_finds_a_bootstrap_peer_that_came_back_under_a_new_identity_at_
         .await
         .expect("the joiner, a member, accepts writes");
     for node in [joiner, founder] {
+        node.kill().await;
+    }
+}
+
+/// `GET /v1/state/{key}` reads one key at the snapshot point (default) or as applied: its
+/// value and the cut it was read at; 404 with that cut once it is deleted or if it never
+/// was; keys with slashes and spaces are read percent-encoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_is_read_at_the_snapshot_point_or_as_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(&dir.path().join("solo"), None).await;
+    let api = node.api_addr().unwrap();
+    let me = node.handle().peer_id().to_string();
+    for (key, value) in [("a", "1"), ("b", "2"), ("dir/a b", "3")] {
+        let body = serde_json::json!({ "key": key, "value": value }).to_string();
+        let r = http(api, "POST", "/v1/ops", Some(&body)).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let applied = http(api, "GET", "/v1/state/a?at=applied", None).await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    let applied = applied.json();
+    assert_eq!(
+        (&applied["key"], &applied["value"]),
+        (&"a".into(), &"1".into())
+    );
+    assert_eq!(
+        applied["at"][&me], 3,
+        "read at the applied vector: {applied}"
+    );
+    // a lone founder's snapshot point follows what it applied
+    assert!(
+        eventually(SETTLE, || async {
+            let r = http(api, "GET", "/v1/state/dir%2Fa%20b", None).await;
+            r.status == 200 && r.json()["value"] == "3" && r.json()["at"][&me] == 3
+        })
+        .await,
+        "{}",
+        http(api, "GET", "/v1/state/dir%2Fa%20b", None).await.body
+    );
+    let same = http(api, "GET", "/v1/state/dir/a%20b?at=snapshot", None).await;
+    assert_eq!(same.json()["value"], "3", "{}", same.body);
+    // a key that sorts between two live keys, or after every key, is not there
+    for path in ["/v1/state/aa", "/v1/state/zz?at=applied"] {
+        let r = http(api, "GET", path, None).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        let r = r.json();
+        assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+        assert_eq!(r["at"][&me], 3, "{r}");
+    }
+    let del = http(
+        api,
+        "POST",
+        "/v1/ops",
+        Some(r#"{"key": "a", "value": null}"#),
+    )
+    .await;
+    assert_eq!(del.status, 201);
+    let gone = http(api, "GET", "/v1/state/a?at=applied", None).await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert_eq!(gone.json()["at"][&me], 4);
+    node.kill().await;
+}
+
+/// `/healthz` and `/readyz` answer probes that carry no token: a founder is live and
+/// ready; a node whose join goes nowhere is live but not ready, and says why. Every other
+/// call still needs the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_need_no_token_and_a_node_still_joining_is_live_but_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = |c: &mut tidemark::node::NodeConfig| c.api_token = Some("s3cret".into());
+    let founder = start_node_with(&dir.path().join("founder"), None, token).await;
+    let stuck = start_node_with(&dir.path().join("stuck"), None, |c| {
+        token(c);
+        // a bootstrap peer that exists nowhere: this node stays joining
+        c.bootstrap = vec![
+            "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWPgBH5m8Z79bKAnaDZENa3mpHC4JhZPX54n9Sx3gdwxJj"
+                .parse()
+                .unwrap(),
+        ];
+    })
+    .await;
+    let (f, s) = (founder.api_addr().unwrap(), stuck.api_addr().unwrap());
+    for api in [f, s] {
+        let live = http(api, "GET", "/healthz", None).await;
+        assert_eq!(live.status, 200, "{}", live.body);
+        assert_eq!(http(api, "GET", "/v1/status", None).await.status, 401);
+    }
+    let ready = http(f, "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let ready = ready.json();
+    assert_eq!(
+        (&ready["ready"], &ready["phase"], &ready["isolated"]),
+        (&true.into(), &"member".into(), &false.into())
+    );
+    let joining = http(s, "GET", "/readyz", None).await;
+    assert_eq!(joining.status, 503, "{}", joining.body);
+    let joining = joining.json();
+    assert_eq!(joining["phase"], "joining");
+    assert!(
+        joining["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("joining")),
+        "{joining}"
+    );
+    // once the node has stopped, it is no longer live
+    let handle = founder.handle();
+    founder.kill().await;
+    assert!(!handle.is_running());
+    stuck.kill().await;
+}
+
+/// `GET /metrics` follows the conventions: running totals are counters whose samples end
+/// in `_total` (rejoins, stale notices, evictions issued, refused and rejected ops among
+/// them), byte totals end in `_bytes_total`, no gauge looks like a total; and it carries
+/// `tidemark_build_info` and the process's CPU seconds, resident memory and open fds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_naming_conventions_and_carry_build_and_process_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // two nodes, so that messages and bytes by kind are counted
+    let nodes = cluster(dir.path(), 2).await;
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    wait_members(&handles, 2, SETTLE).await;
+    let api = nodes[0].api_addr().unwrap();
+    let r = http(
+        api,
+        "POST",
+        "/v1/ops",
+        Some(r#"{"key": "k", "value": "v"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert!(
+        eventually(SETTLE, || async {
+            let text = http(api, "GET", "/metrics", None).await.body;
+            text.contains("tidemark_sent_bytes_total{kind=\"ops\"}")
+        })
+        .await,
+        "the op's batch is counted"
+    );
+    let text = http(api, "GET", "/metrics", None).await.body;
+    let types: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let type_of = |name: &str| types.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+    for total in [
+        "stale_notices",
+        "evictions_issued",
+        "rejoins",
+        "sponsorships_declined",
+        "leaves_failed",
+        "own_seq_rollbacks",
+        "ops_refused",
+        "ops_rejected",
+        "messages_in",
+        "messages_out",
+        "snapshots_taken",
+    ] {
+        let name = format!("tidemark_{total}");
+        assert_eq!(type_of(&name), Some("counter"), "{name}:\n{text}");
+    }
+    for bytes in [
+        "tidemark_received_bytes",
+        "tidemark_sent_bytes",
+        "tidemark_transfer_fetched_bytes",
+        "tidemark_libp2p_bandwidth_bytes",
+    ] {
+        assert_eq!(type_of(bytes), Some("counter"), "{bytes}:\n{text}");
+    }
+    let samples: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    for (name, kind) in &types {
+        match *kind {
+            "counter" => {
+                assert!(
+                    !samples.contains(name),
+                    "counter {name} has a sample without _total:\n{text}"
+                );
+                if name.contains("bytes") {
+                    assert!(
+                        name.ends_with("_bytes"),
+                        "{name}_total ends in _bytes_total"
+                    );
+                }
+            }
+            _ => assert!(!name.ends_with("_total"), "gauge {name} looks like a total"),
+        }
+    }
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.ends_with("_bytes_in") || s.ends_with("_bytes_out")),
+        "{text}"
+    );
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    let build = format!(
+        "tidemark_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&build), 1.0);
+    assert_eq!(type_of("tidemark_build_info"), Some("gauge"));
+    assert_eq!(type_of("process_cpu_seconds"), Some("counter"));
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1024.0 * 1024.0);
+    assert!(value("process_open_fds") >= 3.0);
+    for node in nodes {
         node.kill().await;
     }
 }

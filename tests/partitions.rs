@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{cluster, converged, eventually, wait_members};
+use support::{cluster, converged, eventually, http, wait_members};
 use tidemark::node::views::At;
 use tidemark::node::Node;
 use tidemark::node::{NodeError, NodeHandle};
@@ -284,6 +284,55 @@ async fn a_leave_that_would_lose_an_op_fails_and_the_node_stays_a_member() {
         .put("after-the-failed-leave", Some("v"))
         .await
         .expect("a member that is not leaving writes");
+    for node in nodes {
+        node.kill().await;
+    }
+}
+
+/// `GET /readyz` of a node cut off from both others turns 503 and says it is isolated
+/// (it hears from no one), while the majority stays ready; after the heal the node is
+/// ready again (it rejoined, evicted meanwhile, or was kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_majority_is_not_ready_until_the_heal() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 3).await;
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    wait_members(&handles, 3, SETTLE).await;
+    let apis: Vec<_> = nodes.iter().map(|n| n.api_addr().unwrap()).collect();
+    let ready = |api| async move { http(api, "GET", "/readyz", None).await };
+    for api in &apis {
+        assert!(
+            eventually(SETTLE, || async { ready(*api).await.status == 200 }).await,
+            "every member is ready: {}",
+            ready(*api).await.body
+        );
+    }
+    let (majority, cut_off) = handles.split_at(2);
+    partition(majority, cut_off).await;
+    assert!(
+        eventually(SETTLE, || async {
+            let r = ready(apis[2]).await;
+            r.status == 503 && r.json()["isolated"] == true
+        })
+        .await,
+        "the cut-off node is not ready: {}",
+        ready(apis[2]).await.body
+    );
+    let r = ready(apis[2]).await.json();
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("isolated")),
+        "{r}"
+    );
+    for api in &apis[..2] {
+        let r = ready(*api).await;
+        assert_eq!(r.status, 200, "the majority stays ready: {}", r.body);
+    }
+    heal(&handles).await;
+    assert!(
+        eventually(SETTLE, || async { ready(apis[2]).await.status == 200 }).await,
+        "ready again after the heal: {}",
+        ready(apis[2]).await.body
+    );
     for node in nodes {
         node.kill().await;
     }

@@ -1,6 +1,8 @@
 //! The snapshot schedule over HTTP (SPEC §6, Antelope parity): requests are validated,
-//! duplicates refused, due heights taken as the snapshot point reaches them, requests and
-//! their id counter survive a restart, and retention keeps the most recent final ones.
+//! duplicates refused, due heights taken as the snapshot point reaches them, a finished
+//! request stays readable as `done` until deleted, requests and their id counter survive a
+//! restart, and retention keeps every snapshot a request took while the request exists,
+//! and the most recent final ones of the rest.
 
 mod support;
 
@@ -9,7 +11,7 @@ use std::time::Duration;
 use support::{eventually, http, start_node_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_schedule_takes_due_heights_survives_a_restart_and_retention_keeps_the_newest() {
+async fn the_schedule_takes_due_heights_keeps_done_requests_and_their_snapshots_until_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("node");
     let node = start_node_with(&data, None, |_| {}).await;
@@ -25,7 +27,7 @@ async fn the_schedule_takes_due_heights_survives_a_restart_and_retention_keeps_t
     assert_eq!(post(r#"{"spacing": 0}"#).await.status, 400);
     assert_eq!(
         post(r#"{"every": 3}"#).await.status,
-        422,
+        400,
         "unknown fields are refused"
     );
 
@@ -96,41 +98,58 @@ async fn the_schedule_takes_due_heights_survives_a_restart_and_retention_keeps_t
         );
     }
     assert_eq!(request["next_height"], 50);
-    // the one-off request took its snapshot and removed itself
+    assert_eq!(request["status"], "active");
+    // the one-off request took its snapshot and is done, but stays readable
     assert!(
         eventually(Duration::from_secs(10), || async {
-            http(api, "GET", "/v1/snapshots/requests/2", None)
-                .await
-                .status
-                == 404
+            let r = http(api, "GET", "/v1/snapshots/requests/2", None).await;
+            r.status == 200 && r.json()["status"] == "done"
         })
+        .await,
+        "{}",
+        http(api, "GET", "/v1/snapshots/requests/2", None)
+            .await
+            .body
+    );
+    let once = http(api, "GET", "/v1/snapshots/requests/2", None)
         .await
-    );
-    // retention: two final snapshots kept, the most recent
+        .json();
+    assert!(once["next_height"].is_null());
+    let once_taken = once["snapshots"].as_array().unwrap().clone();
+    assert_eq!(once_taken.len(), 1, "{once}");
+    // retention (keep 2) prunes none of the snapshots a request took while it exists
     let listed = http(api, "GET", "/v1/snapshots", None).await.json();
-    let listed = listed["snapshots"].as_array().unwrap();
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    let newest = taken.last().unwrap()["snapshot_id"].clone();
-    assert!(listed.iter().any(|s| s["id"] == newest));
-    assert!(
-        taken.iter().any(|t| t["available"] == false),
-        "older snapshots were removed by retention: {taken:?}"
-    );
+    let listed: Vec<_> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
+    assert!(taken.len() >= 3, "{taken:?}");
+    for t in taken.iter().chain(&once_taken) {
+        assert_eq!(t["available"], true, "{t}");
+        assert!(listed.contains(&t["snapshot_id"]), "{t} in {listed:?}");
+    }
 
-    // a restart keeps the requests and the id counter
+    // a restart keeps the requests, done ones too, and the id counter
     node.kill().await;
     let node = start_node_with(&data, None, |_| {}).await;
     let api = node.api_addr().unwrap();
     let page = http(api, "GET", "/v1/snapshots/requests", None)
         .await
         .json();
-    let ids: Vec<u64> = page["requests"]
+    let ids: Vec<(u64, &str)> = page["requests"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["request_id"].as_u64().unwrap())
+        .map(|r| {
+            (
+                r["request_id"].as_u64().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(ids, vec![1, 3]);
+    assert_eq!(ids, vec![(1, "active"), (2, "done"), (3, "active")]);
     let again = http(api, "GET", "/v1/snapshots/requests/1", None)
         .await
         .json();
@@ -147,6 +166,46 @@ async fn the_schedule_takes_due_heights_survives_a_restart_and_retention_keeps_t
         4,
         "ids are not reused after a restart"
     );
+    // deleting a request hands its snapshots back to retention: the two newest final
+    // ones not held by a request stay
+    let removed = http(api, "DELETE", "/v1/snapshots/requests/1", None).await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    assert_eq!(
+        http(api, "GET", "/v1/snapshots/requests/1", None)
+            .await
+            .status,
+        404
+    );
+    let listed = http(api, "GET", "/v1/snapshots", None).await.json();
+    let listed: Vec<_> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
+    let ids = |taken: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        taken.iter().map(|t| t["snapshot_id"].clone()).collect()
+    };
+    let still: Vec<_> = ids(taken)
+        .into_iter()
+        .filter(|id| listed.contains(id))
+        .collect();
+    assert_eq!(
+        still,
+        ids(&taken[taken.len() - 2..]),
+        "only the two newest stay: {listed:?}"
+    );
+    assert!(
+        listed.contains(&once_taken[0]["snapshot_id"]),
+        "the done request's snapshot is still held: {listed:?}"
+    );
+    let gone = removed.json();
+    assert_eq!(gone["status"], "active");
+    assert_eq!(gone["snapshots"][0]["available"], false, "{gone}");
+    // a done request is deleted like any other
+    let removed = http(api, "DELETE", "/v1/snapshots/requests/2", None).await;
+    assert_eq!(removed.status, 200);
+    assert_eq!(removed.json()["status"], "done");
     let removed = http(api, "DELETE", "/v1/snapshots/requests/3", None).await;
     assert_eq!(removed.status, 200);
     assert_eq!(removed.json()["request_id"], 3);

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use super::address_book::AddressBook;
 use super::direct::Direct;
 use super::keeper::SnapshotKeeper;
-use super::metrics::{KindLabel, Metrics, ReasonLabel};
+use super::metrics::{count_up_to, KindLabel, Metrics, ReasonLabel};
 use super::penalties::{Offence, Penalties, PenaltyLimits};
 use super::schedule::ScheduleBook;
 use super::signing::PeerIdAuthenticator;
@@ -48,7 +48,8 @@ use super::snapshots::SnapshotStore;
 use super::storage::{Batch, Stager, StateWrite, Storage};
 use super::transfer::{self, FetchError};
 use super::views::{
-    vector_json, At, JoinView, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView,
+    vector_json, At, JoinView, NetworkMapView, OpIdView, ReadyView, SnapshotPointView, StateView,
+    StatusView,
 };
 use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
 use crate::gossip::{
@@ -807,6 +808,15 @@ impl Driver {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::Ready(reply) => {
+                let phase = phase_name(&self.replica);
+                let isolated = self.replica.is_isolated();
+                let _ = reply.send(ReadyView {
+                    ready: phase == "member" && !isolated,
+                    phase: phase.into(),
+                    isolated,
+                });
+            }
             Command::State { at, page, reply } => {
                 let view = match at {
                     At::Snapshot => {
@@ -1475,23 +1485,28 @@ impl Driver {
         m.members.set(map.counted() as i64);
         m.incarnation.set(self.replica.incarnation() as i64);
         let stats = self.replica.stats();
-        m.stale_notices.set(stats.stale_notices as i64);
-        m.evictions_issued.set(stats.evictions_issued as i64);
-        m.rejoins.set(stats.rejoins as i64);
-        m.sponsorships_declined
-            .set(stats.sponsorships_declined as i64);
-        m.leaves_failed.set(stats.leaves_failed as i64);
-        m.own_seq_rollbacks.set(stats.own_seq_rollbacks as i64);
-        m.ops_refused.set(stats.ops_refused as i64);
+        // the replica keeps these running totals; the counters follow them up
+        for (counter, total) in [
+            (&m.stale_notices, stats.stale_notices),
+            (&m.evictions_issued, stats.evictions_issued),
+            (&m.rejoins, stats.rejoins),
+            (&m.sponsorships_declined, stats.sponsorships_declined),
+            (&m.leaves_failed, stats.leaves_failed),
+            (&m.own_seq_rollbacks, stats.own_seq_rollbacks),
+            (&m.ops_refused, stats.ops_refused),
+        ] {
+            count_up_to(counter, total);
+        }
         for (reason, count) in [
             ("unsigned", stats.ops_unsigned),
             ("bad_signature", stats.ops_bad_signature),
             ("replayed", stats.ops_duplicate),
             ("invalid", stats.ops_invalid),
         ] {
-            m.ops_rejected
-                .get_or_create(&ReasonLabel { reason })
-                .set(count as i64);
+            count_up_to(
+                &m.ops_rejected.get_or_create(&ReasonLabel { reason }),
+                count,
+            );
         }
         m.ops_buffered
             .set(self.replica.ops_log().buffered_len() as i64);

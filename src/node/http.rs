@@ -5,6 +5,7 @@
 //! | `GET /v1/status` | [`StatusView`](super::views::StatusView) |
 //! | `POST /v1/ops` `{"key", "value"}` | `201 {"origin", "seq"}` once the op is stored durably; `value: null` deletes |
 //! | `GET /v1/state?at=snapshot\|applied[&start_key=K][&limit=N]` | [`StateView`](super::views::StateView), entries sorted by key; with a limit, one page and the `next_key` |
+//! | `GET /v1/state/{key}?at=snapshot\|applied` | [`KeyView`](super::views::KeyView); 404 (with the `at` read) if the key is not live there |
 //! | `GET /v1/network-map` | [`NetworkMapView`](super::views::NetworkMapView) |
 //! | `GET /v1/snapshot-point/watch` | server-sent events, one `snapshot-point` event per change ([`SnapshotPointView`](super::views::SnapshotPointView)) |
 //! | `POST /v1/snapshots` | 201 and the [`SnapshotInfo`](super::snapshots::SnapshotInfo) of a new snapshot file of the stable state |
@@ -12,25 +13,32 @@
 //! | `GET /v1/snapshots/{id}` | the snapshot file (`tidemark snapshot verify` checks it) |
 //! | `POST /v1/snapshots/schedule` `{"start_height"?, "end_height"?, "spacing"?, "description"?, "of"?}` | 201 and the stored request with its `request_id`; 409 for a duplicate, 400 for an invalid range |
 //! | `GET /v1/snapshots/requests[?start_id=N][&limit=N]` | `{"requests": [..], "next_id": n\|null}` |
-//! | `GET /v1/snapshots/requests/{id}` | the request and its snapshots, each `pending` or `final` |
-//! | `DELETE /v1/snapshots/requests/{id}` | the removed request; 404 if unknown |
+//! | `GET /v1/snapshots/requests/{id}` | the request, `active` or `done` (kept until deleted), and its snapshots, each `pending` or `final` |
+//! | `DELETE /v1/snapshots/requests/{id}` | the removed request (its snapshots go back to retention); 404 if unknown |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 while the node runs, 503 once it stopped (no token needed) |
+//! | `GET /readyz` | 200 for a member that is not isolated, else 503 with why (no token needed) |
 //!
 //! A refused write gets 503 when it may succeed later (the node is joining, or its own ops
 //! are not back yet after a rejoin), 409 when it will not (the node is leaving or left, or
 //! its data dir is older than what the network has of it: restored from a backup, it must
 //! be restarted with `--restored-backup`), 403 on an archiver.
 //!
-//! Every error is a 4xx or 5xx with `{"error": "<reason>"}`. Bodies over
-//! [`MAX_BODY_BYTES`] get 413. With a token ([`NodeConfig::api_token`](super::NodeConfig)),
-//! every call needs `Authorization: Bearer <token>` and gets 401 without it.
+//! Every error is a 4xx or 5xx with `{"error": "<reason>"}`. Every validation error is 400:
+//! a body that is not JSON or not of the call's shape (a missing, mistyped or unknown
+//! field), an empty key, a key over [`MAX_KEY_BYTES`](super::views::MAX_KEY_BYTES), a
+//! value over [`MAX_VALUE_BYTES`](super::views::MAX_VALUE_BYTES), a bad query parameter or
+//! a request id that is not a number. Bodies over [`MAX_BODY_BYTES`] get 413, bodies not
+//! sent as `application/json` 415. With a token
+//! ([`NodeConfig::api_token`](super::NodeConfig)), every call but `/healthz` and `/readyz`
+//! needs `Authorization: Bearer <token>` and gets 401 without it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -43,12 +51,25 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt as _;
 
 use super::schedule::{ScheduleError, ScheduleRequest};
-use super::views::{At, Page, WriteBody};
+use super::views::{check_key, At, KeyView, Page, WriteBody};
 use super::{NodeError, NodeHandle, WriteError};
 use crate::replica::WriteRefused;
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request body accepted: room for the longest key and value even when JSON
+/// escapes every character of them.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The 400 for a body that is not JSON, or not of the call's shape; other rejections (too
+/// large: 413, not `application/json`: 415) keep their status.
+fn bad_body(e: JsonRejection) -> ApiError {
+    let status = match &e {
+        JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        other => other.status(),
+    };
+    ApiError(status, e.body_text())
+}
 
 /// An API error: a status and a reason, sent as `{"error": reason}`.
 #[derive(Debug)]
@@ -96,6 +117,10 @@ async fn require_token(
     let Some(token) = token else {
         return next.run(request).await;
     };
+    // probes run without credentials, and tell nothing but whether the node is up
+    if matches!(request.uri().path(), "/healthz" | "/readyz") {
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -125,6 +150,8 @@ pub fn router(node: NodeHandle, token: Option<Arc<str>>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/ops", post(write))
         .route("/v1/state", get(state))
+        .route("/v1/state/", get(empty_key))
+        .route("/v1/state/{*key}", get(read_key))
         .route("/v1/network-map", get(network_map))
         .route("/v1/snapshot-point/watch", get(watch))
         .route("/v1/snapshots", get(list_snapshots).post(create_snapshot))
@@ -136,6 +163,8 @@ pub fn router(node: NodeHandle, token: Option<Arc<str>>) -> Router {
             get(snapshot_request).delete(unschedule),
         )
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError(
@@ -177,7 +206,9 @@ async fn write(
     State(node): State<NodeHandle>,
     body: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let Json(body) = body.map_err(bad_body)?;
+    body.check()
+        .map_err(|reason| ApiError(StatusCode::BAD_REQUEST, reason))?;
     let id = node.put(&body.key, body.value.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(id)))
 }
@@ -224,6 +255,85 @@ async fn state(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyQuery {
+    at: Option<At>,
+}
+
+async fn empty_key() -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, "the key is empty".into())
+}
+
+/// One key at the snapshot point (default) or in the applied state: 200 with its value, or
+/// 404 with the cut that was read if the key is not live there.
+async fn read_key(
+    State(node): State<NodeHandle>,
+    key: Result<Path<String>, PathRejection>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(key) = key.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{}; use ?at=snapshot or ?at=applied", e.body_text()),
+        )
+    })?;
+    check_key(&key).map_err(|reason| ApiError(StatusCode::BAD_REQUEST, reason))?;
+    let at = query.at.unwrap_or(At::Snapshot);
+    // the page of one entry that starts at the key holds it, if it is live
+    let page = Page {
+        start_key: Some(key.clone()),
+        limit: Some(1),
+    };
+    let view = node.state_page(at, page).await?;
+    match view.entries.into_iter().next() {
+        Some(entry) if entry.key == key => Ok(Json(KeyView {
+            key,
+            value: entry.value,
+            at: view.at,
+            digest: view.digest,
+        })
+        .into_response()),
+        _ => {
+            let state = match at {
+                At::Snapshot => "the stable state",
+                At::Applied => "the applied state",
+            };
+            Ok((
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({
+                    "error": format!("no key {key:?} in {state}"),
+                    "at": view.at,
+                })),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Liveness: 200 while the node's event loop runs.
+async fn healthz(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
+    if node.is_running() {
+        Ok(Json(serde_json::json!({ "status": "ok" })))
+    } else {
+        Err(NodeError::Stopped.into())
+    }
+}
+
+/// Readiness: 200 for a member that is not isolated; 503 with the reason otherwise.
+async fn readyz(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
+    let ready = node.readiness().await?;
+    Ok(match ready.reason() {
+        None => Json(ready).into_response(),
+        Some(reason) => {
+            let mut body = serde_json::to_value(&ready).unwrap_or_default();
+            body["error"] = reason.into();
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    })
+}
+
 async fn create_snapshot(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
     let info = node.create_snapshot().await.map_err(snapshot_error)?;
     Ok((StatusCode::CREATED, Json(info)))
@@ -245,7 +355,7 @@ async fn schedule_snapshots(
     State(node): State<NodeHandle>,
     body: Result<Json<ScheduleRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let Json(request) = body.map_err(bad_body)?;
     let added = node.schedule_snapshots(request).await?;
     Ok((StatusCode::CREATED, Json(added)))
 }

@@ -7,7 +7,9 @@
 //!   stable state are final when written, snapshots of the applied state are pending until
 //!   the snapshot point passes them.
 //! - Retention keeps the most recent `keep` final snapshots (by height, then time) and
-//!   never removes a pending one or one a transfer is reading.
+//!   never removes a pending one, one a transfer is reading, or one a schedule request in
+//!   the book took (done requests included): those are kept, and not counted among the
+//!   `keep`, until their request is deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,6 +41,9 @@ pub fn covers(sp: &PointJson, cut: &PointJson) -> bool {
 pub struct RequestView {
     #[serde(flatten)]
     pub request: Schedule,
+    /// `active` while a scheduled height is left, `done` once every one was taken (the
+    /// request then stays, with its snapshots, until it is deleted).
+    pub status: &'static str,
     /// The request's snapshots with their status, replacing the stored list.
     pub snapshots: Vec<TakenView>,
 }
@@ -207,19 +212,26 @@ impl SnapshotKeeper {
                         }
                     })
                     .collect();
-                RequestView { request, snapshots }
+                let status = if request.is_done() { "done" } else { "active" };
+                RequestView {
+                    request,
+                    status,
+                    snapshots,
+                }
             })
             .collect()
     }
 
     /// Removes final snapshots beyond the most recent `keep`, sparing any a transfer is
-    /// reading.
+    /// reading; snapshots a schedule request in the book took are neither removed nor
+    /// counted.
     pub fn prune(&self, sp: &PointJson) {
         let Some(keep) = self.keep else { return };
+        let held = self.book().held_snapshots();
         let Ok(list) = self.store.list() else { return };
         let mut finals: Vec<&SnapshotInfo> = list
             .iter()
-            .filter(|info| covers(sp, &info.snapshot_point))
+            .filter(|info| !held.contains(&info.id) && covers(sp, &info.snapshot_point))
             .collect();
         finals.sort_by_key(|info| (info.height, info.created_unix_ms));
         let excess = finals.len().saturating_sub(keep);

@@ -1,12 +1,20 @@
 //! The node's Prometheus metrics (`GET /metrics`), in the OpenMetrics text format.
+//!
+//! Conventions: every metric of the node is under the prefix `tidemark_`; a running total
+//! is a counter, exposed with the suffix `_total`, and a total of bytes ends in
+//! `_bytes_total`; a gauge is a value now. `tidemark_build_info{version}` is 1. The process
+//! metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+//! `process_open_fds`) keep the names every Prometheus client gives them, without the
+//! prefix; they are read from `/proc/self` at each scrape, on Linux only.
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::{Registry, Unit};
 
 /// Labels of per-message-kind counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,8 +28,23 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// The label of `tidemark_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: &'static str,
+}
+
 type IntGauge = Gauge<i64, std::sync::atomic::AtomicI64>;
 type Count = Counter<u64, AtomicU64>;
+
+/// Raises `counter` to `total`, a running total kept elsewhere (the replica's stats); never
+/// lowers it.
+pub fn count_up_to(counter: &Count, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
 
 /// Every metric the node exports.
 pub struct Metrics {
@@ -33,20 +56,20 @@ pub struct Metrics {
     pub evicted_members: IntGauge,
     pub incarnation: IntGauge,
     pub connected_peers: IntGauge,
-    pub stale_notices: IntGauge,
-    pub evictions_issued: IntGauge,
-    pub rejoins: IntGauge,
-    pub sponsorships_declined: IntGauge,
-    pub leaves_failed: IntGauge,
-    pub own_seq_rollbacks: IntGauge,
-    pub ops_refused: IntGauge,
+    pub stale_notices: Count,
+    pub evictions_issued: Count,
+    pub rejoins: Count,
+    pub sponsorships_declined: Count,
+    pub leaves_failed: Count,
+    pub own_seq_rollbacks: Count,
+    pub ops_refused: Count,
     pub ops_buffered: IntGauge,
     pub messages_in: Family<KindLabel, Count>,
     pub messages_out: Family<KindLabel, Count>,
     pub bytes_in: Family<KindLabel, Count>,
     pub bytes_out: Family<KindLabel, Count>,
     pub malformed_messages: Count,
-    pub ops_rejected: Family<ReasonLabel, IntGauge>,
+    pub ops_rejected: Family<ReasonLabel, Count>,
     pub peer_offences: Family<KindLabel, Count>,
     pub peers_blocked: Count,
     pub unresolved_batches: Count,
@@ -57,12 +80,13 @@ pub struct Metrics {
     pub snapshots_pruned: Count,
     pub state_entries_folded: Count,
     pub state_entries_written_whole: Count,
+    pub build_info: Family<BuildLabel, IntGauge>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let mut m = Metrics {
-            registry: Registry::with_prefix("tidemark"),
+            registry: Registry::default(),
             applied_ops: Default::default(),
             snapshot_point_ops: Default::default(),
             snapshot_point_lag_ops: Default::default(),
@@ -94,7 +118,20 @@ impl Metrics {
             snapshots_pruned: Default::default(),
             state_entries_folded: Default::default(),
             state_entries_written_whole: Default::default(),
+            build_info: Default::default(),
         };
+        m.build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        m.registry.register_collector(Box::new(ProcessCollector));
+        let registry = m.registry.sub_registry_with_prefix("tidemark");
+        registry.register(
+            "build_info",
+            "The build of this node: always 1, labelled with its version",
+            m.build_info.clone(),
+        );
         let t = &m.transfer;
         for (name, help, counter) in [
             (
@@ -118,11 +155,6 @@ impl Metrics {
                 &t.bad_chunks,
             ),
             (
-                "transfer_bytes_fetched",
-                "Bytes of verified snapshot chunks fetched",
-                &t.bytes_fetched,
-            ),
-            (
                 "snapshots_taken",
                 "Snapshot files this node wrote (on request or on schedule)",
                 &m.snapshots_taken,
@@ -144,9 +176,14 @@ impl Metrics {
                 &m.state_entries_written_whole,
             ),
         ] {
-            m.registry.register(name, help, counter.clone());
+            registry.register(name, help, counter.clone());
         }
-        let registry = &mut m.registry;
+        registry.register_with_unit(
+            "transfer_fetched",
+            "Bytes of verified snapshot chunks fetched",
+            Unit::Bytes,
+            t.bytes_fetched.clone(),
+        );
         registry.register(
             "applied_ops",
             "Ops applied by this node",
@@ -236,14 +273,16 @@ impl Metrics {
             "Messages sent or published, by kind",
             m.messages_out.clone(),
         );
-        registry.register(
-            "bytes_in",
+        registry.register_with_unit(
+            "received",
             "Encoded message bytes received, by kind",
+            Unit::Bytes,
             m.bytes_in.clone(),
         );
-        registry.register(
-            "bytes_out",
+        registry.register_with_unit(
+            "sent",
             "Encoded message bytes sent (a publish counts once), by kind",
+            Unit::Bytes,
             m.bytes_out.clone(),
         );
         registry.register(
@@ -314,9 +353,10 @@ impl Metrics {
         );
     }
 
-    /// The registry, for metrics of other crates (libp2p's bandwidth) to register into.
+    /// A registry under the prefix `tidemark`, for metrics of other crates (libp2p's
+    /// bandwidth) to register into.
     pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
+        self.registry.sub_registry_with_prefix("tidemark")
     }
 
     /// Bytes received and sent, summed over `kinds` (for benches and the demo).
@@ -371,5 +411,124 @@ fn count(
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The process metrics, read from `/proc/self` at each scrape (Linux; elsewhere, or when a
+/// file cannot be read, the metric is left out).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        if let Some(seconds) = stat.as_deref().and_then(cpu_seconds) {
+            let counter = ConstCounter::new(seconds);
+            counter.encode(encoder.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent in seconds",
+                Some(&Unit::Seconds),
+                counter.metric_type(),
+            )?)?;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok();
+        if let Some(bytes) = status.as_deref().and_then(resident_bytes) {
+            let gauge = ConstGauge::new(bytes);
+            gauge.encode(encoder.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size in bytes",
+                Some(&Unit::Bytes),
+                gauge.metric_type(),
+            )?)?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let gauge = ConstGauge::new(fds.count() as i64);
+            gauge.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// User plus system CPU seconds from the text of `/proc/self/stat`.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // the command name, in parentheses, may hold spaces: count fields after its end
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace();
+    // fields 3.. of proc(5); utime and stime are fields 14 and 15
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks_per_second())
+}
+
+/// The kernel's clock ticks per second (`USER_HZ`), the unit of `/proc/self/stat` times.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// `VmRSS` of the text of `/proc/self/status`, in bytes.
+fn resident_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0";
+        let ticks = clock_ticks_per_second();
+        assert_eq!(cpu_seconds(stat), Some(300.0 / ticks));
+        assert_eq!(cpu_seconds("garbage"), None);
+        assert_eq!(cpu_seconds("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn resident_bytes_come_from_vmrss_in_kib() {
+        let status = "Name:\ttidemark\nVmHWM:\t  9000 kB\nVmRSS:\t  8192 kB\n";
+        assert_eq!(resident_bytes(status), Some(8192 * 1024));
+        assert_eq!(resident_bytes("Name: x\n"), None);
+    }
+
+    #[test]
+    fn every_running_total_is_a_counter_and_byte_totals_end_in_bytes_total() {
+        let m = Metrics::new();
+        count_up_to(&m.rejoins, 3);
+        count_up_to(&m.rejoins, 2);
+        m.count_in("ops", 10);
+        m.ops_rejected
+            .get_or_create(&ReasonLabel { reason: "unsigned" })
+            .inc();
+        let text = m.encode();
+        for line in [
+            "# TYPE tidemark_rejoins counter",
+            "tidemark_rejoins_total 3",
+            "tidemark_ops_rejected_total{reason=\"unsigned\"} 1",
+            "tidemark_received_bytes_total{kind=\"ops\"} 10",
+            "tidemark_messages_in_total{kind=\"ops\"} 1",
+            "tidemark_transfer_fetched_bytes_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let build = format!(
+            "tidemark_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == build), "{build} in\n{text}");
     }
 }

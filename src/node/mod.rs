@@ -49,7 +49,9 @@ use crate::ops_log::LwwOp;
 use crate::replica::{LeaveFailed, WriteRefused};
 use crate::VersionVector;
 pub use metrics::Metrics;
-use views::{At, NetworkMapView, OpIdView, Page, SnapshotPointView, StateView, StatusView};
+use views::{
+    At, NetworkMapView, OpIdView, Page, ReadyView, SnapshotPointView, StateView, StatusView,
+};
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -76,8 +78,9 @@ pub struct NodeConfig {
     /// with it beneath noise, so only nodes holding it can connect, join or be joined.
     /// `None`: an open network.
     pub network_key: Option<libp2p::pnet::PreSharedKey>,
-    /// A bearer token every HTTP API call must carry (`Authorization: Bearer <token>`);
-    /// `None`: the API is open to whoever reaches its address.
+    /// A bearer token every HTTP API call but the probes (`/healthz`, `/readyz`) must
+    /// carry (`Authorization: Bearer <token>`); `None`: the API is open to whoever reaches
+    /// its address.
     pub api_token: Option<String>,
     /// The data dir was restored from a backup, which may be older than this node's last
     /// state: start under a new node key (a new peer id), replacing the stored one, and
@@ -94,7 +97,8 @@ pub struct SnapshotConfig {
     /// A joiner gets the stable state inside its grant up to this many entries; above it,
     /// the state is offered as a snapshot fetched by chunks.
     pub inline_state_max_entries: usize,
-    /// Final snapshots kept (the most recent ones); `None` keeps every one.
+    /// Final snapshots kept (the most recent ones); `None` keeps every one. Snapshots a
+    /// schedule request took are kept, and not counted, until the request is deleted.
     pub keep: Option<usize>,
     /// How chunks are fetched when this node joins through a snapshot.
     pub transfer: crate::snapshot::transfer::TransferConfig,
@@ -191,6 +195,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<OpIdView, WriteError>>,
     },
     Status(oneshot::Sender<StatusView>),
+    /// Whether the node is a member that is not isolated (`GET /readyz`).
+    Ready(oneshot::Sender<ReadyView>),
     State {
         at: At,
         page: Page,
@@ -242,6 +248,18 @@ impl NodeHandle {
 
     pub async fn status(&self) -> Result<StatusView, NodeError> {
         self.ask(Command::Status).await
+    }
+
+    /// Whether the node is ready to serve: a member (not joining, leaving or left) that is
+    /// not isolated (its last failure check heard from more than half of the members).
+    pub async fn readiness(&self) -> Result<ReadyView, NodeError> {
+        self.ask(Command::Ready).await
+    }
+
+    /// Whether the node's event loop still runs (it stops after a leave, or on a fatal
+    /// error).
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
     }
 
     /// The state at the snapshot point or everything applied, sorted by key.
@@ -354,7 +372,8 @@ impl NodeHandle {
             .map_err(|_| NodeError::Stopped)
     }
 
-    /// Removes schedule request `id`; its snapshots stay.
+    /// Removes schedule request `id`, done or not; its snapshots stay, but retention no
+    /// longer spares them (it runs at once).
     pub async fn unschedule(
         &self,
         id: u64,
@@ -363,6 +382,7 @@ impl NodeHandle {
         let sp = self.snapshot_point_json();
         tokio::task::spawn_blocking(move || {
             let removed = keeper.book().remove(id)?;
+            keeper.prune(&sp);
             Ok(keeper.views(vec![removed], &sp).remove(0))
         })
         .await

@@ -8,12 +8,14 @@
 //! it; when the snapshot point jumps over several scheduled heights at once, one snapshot
 //! serves them all, and the next due height is the first scheduled height above it.
 //!
-//! A request removes itself when the snapshot that consumes its last scheduled height is
-//! recorded. A request can never be left behind with its end passed and nothing due: while
-//! it has a scheduled height left, any height at or past that height makes it due, so the
-//! next snapshot point consumes it (a request whose heights are all in the past when it is
-//! added gets one snapshot at once, then is gone). If taking that snapshot fails, the
-//! request simply stays due for the next snapshot point.
+//! A request is *done* once the snapshot that consumes its last scheduled height is
+//! recorded: it stays in the book, readable with its snapshots, until it is deleted
+//! ([`ScheduleBook::remove`]); while it is there, retention keeps its snapshots. A request
+//! can never be left behind with its end passed and nothing due: while it has a scheduled
+//! height left, any height at or past that height makes it due, so the next snapshot point
+//! consumes it (a request whose heights are all in the past when it is added gets one
+//! snapshot at once, then is done). If taking that snapshot fails, the request simply stays
+//! due for the next snapshot point.
 //!
 //! This book only decides and remembers; the driver takes the snapshots and says so with
 //! [`ScheduleBook::record`].
@@ -89,6 +91,11 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// Whether every scheduled height was taken: the request stays until deleted.
+    pub fn is_done(&self) -> bool {
+        self.next_height.is_none()
+    }
+
     /// The first scheduled height above `height`, if any is left.
     fn next_above(&self, height: u64) -> Option<u64> {
         let next = match self.spacing {
@@ -275,7 +282,13 @@ impl ScheduleBook {
             next_height: Some(start),
             snapshots: Vec::new(),
         };
-        if let Some(existing) = self.stored.requests.values().find(|r| r.same_as(&schedule)) {
+        // a done request schedules nothing any more: the same heights may be asked again
+        if let Some(existing) = self
+            .stored
+            .requests
+            .values()
+            .find(|r| !r.is_done() && r.same_as(&schedule))
+        {
             return Err(ScheduleError::Duplicate {
                 existing: existing.request_id,
             });
@@ -304,8 +317,18 @@ impl ScheduleBook {
         (page, from.next().map(|r| r.request_id))
     }
 
-    /// Removes request `id` and returns it (its snapshot files stay); stored before
-    /// returning. Its id is never given again.
+    /// The ids of every snapshot a request in the book took (done requests included):
+    /// retention keeps them while their request is there.
+    pub fn held_snapshots(&self) -> std::collections::BTreeSet<String> {
+        self.stored
+            .requests
+            .values()
+            .flat_map(|r| r.snapshots.iter().map(|t| t.snapshot_id.clone()))
+            .collect()
+    }
+
+    /// Removes request `id`, done or not, and returns it (its snapshot files stay, now
+    /// subject to retention); stored before returning. Its id is never given again.
     pub fn remove(&mut self, id: u64) -> Result<Schedule, ScheduleError> {
         let removed = self
             .stored
@@ -333,8 +356,8 @@ impl ScheduleBook {
 
     /// Records that request `id` took `taken`: every scheduled height up to `taken.height`
     /// (and up to `taken.scheduled_height`) is consumed and `next_height` becomes the first
-    /// scheduled height above them; a request with none left is removed. Returns whether it
-    /// was removed. Stored before returning.
+    /// scheduled height above them; a request with none left is done (and stays until
+    /// deleted). Returns whether it is done now. Stored before returning.
     ///
     /// Records nothing (and returns `false`) for an unknown id (the request was removed
     /// while its snapshot was being written) or a snapshot that consumes no scheduled
@@ -350,10 +373,7 @@ impl ScheduleBook {
         let before = request.clone();
         request.next_height = request.next_above(reached);
         request.snapshots.push(taken);
-        let done = request.next_height.is_none();
-        if done {
-            self.stored.requests.remove(&id);
-        }
+        let done = request.is_done();
         if let Err(e) = self.save() {
             self.stored.requests.insert(id, before);
             return Err(e);
@@ -417,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_take_the_next_height_once_and_the_request_then_removes_itself() {
+    fn defaults_take_the_next_height_once_and_the_request_is_then_done() {
         let dir = tempfile::tempdir().unwrap();
         let mut book = ScheduleBook::open(dir.path()).unwrap();
         let added = book.add(req(None, None, None), 41).unwrap();
@@ -434,8 +454,18 @@ mod tests {
             book.record(added.request_id, taken("s", 42, 45)).unwrap(),
             "one snapshot only: done"
         );
+        let done = book.get(added.request_id).expect("a done request stays");
+        assert!(done.is_done());
+        assert_eq!(done.snapshots, vec![taken("s", 42, 45)]);
+        assert_eq!(book.held_snapshots(), ["s".to_string()].into());
+        assert!(book.due(u64::MAX).is_empty(), "a done request is never due");
+        // the same heights may be asked again: a done request is no duplicate
+        let again = book.add(req(Some(42), None, None), 45).unwrap();
+        assert!(again.request_id > added.request_id);
+        // deleting the done request releases its snapshot
+        book.remove(added.request_id).unwrap();
         assert!(book.get(added.request_id).is_none());
-        assert!(book.due(u64::MAX).is_empty());
+        assert!(book.held_snapshots().is_empty());
     }
 
     #[test]
@@ -479,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn a_jump_past_the_end_takes_one_snapshot_and_removes_the_request() {
+    fn a_jump_past_the_end_takes_one_snapshot_and_the_request_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let mut book = ScheduleBook::open(dir.path()).unwrap();
         let id = book
@@ -491,7 +521,8 @@ mod tests {
         // 15, 20 and 25 (the last) all jumped over: one snapshot serves the last one
         assert_eq!(book.due(1000), vec![(id, SnapshotOf::Stable, 25)]);
         assert_eq!(take_due(&mut book, 1000, "b"), vec![(id, true)]);
-        assert!(book.get(id).is_none());
+        assert!(book.get(id).unwrap().is_done());
+        assert!(book.due(u64::MAX).is_empty());
     }
 
     #[test]
@@ -504,7 +535,7 @@ mod tests {
             .request_id;
         assert_eq!(book.due(100), vec![(id, SnapshotOf::Stable, 20)]);
         assert_eq!(take_due(&mut book, 100, "late"), vec![(id, true)]);
-        assert!(book.get(id).is_none());
+        assert!(book.get(id).unwrap().is_done());
     }
 
     #[test]
@@ -712,7 +743,10 @@ mod tests {
         let again = book.get(kept).unwrap();
         assert_eq!(again.snapshots, vec![taken("snap", 10, 12)]);
         assert_eq!(again.next_height, Some(20));
-        assert!(book.get(once).is_none(), "a done request stays gone");
+        let once = book.get(once).expect("a done request survives a reopen");
+        assert!(once.is_done());
+        assert_eq!(once.snapshots, vec![taken("snap", 11, 12)]);
+        let once = once.request_id;
         assert!(book.get(removed).is_none(), "a deleted request stays gone");
         let next = book.add(req(Some(7), None, None), 0).unwrap().request_id;
         assert!(

@@ -75,12 +75,73 @@ pub struct OpIdView {
     pub seq: u64,
 }
 
-/// `POST /v1/ops` body.
+/// Longest key a client may write or read, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Longest value a client may write, in bytes of UTF-8.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// `POST /v1/ops` body: a JSON object with both fields. `value` is a string, or `null` to
+/// delete the key (a body without `value` is refused, so a forgotten field never deletes).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct WriteBody {
     pub key: String,
     pub value: Option<String>,
+}
+
+/// The fields of a [`WriteBody`], decoded from an object only (serde's derive would take
+/// an array of two strings as well).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteFields {
+    key: String,
+    #[serde(deserialize_with = "required_nullable")]
+    value: Option<String>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for WriteBody {
+    type Error = serde_json::Error;
+
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let WriteFields { key, value } = serde_json::from_value(object.into())?;
+        Ok(WriteBody { key, value })
+    }
+}
+
+/// An `Option` whose field must be present (`null` is `None`): serde's derive fills in a
+/// missing field only for plain `Option` fields, not for one with `deserialize_with`.
+fn required_nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+/// Why a key cannot be written or read: empty, or longer than [`MAX_KEY_BYTES`].
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the key has {} bytes; at most {MAX_KEY_BYTES} are allowed",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+impl WriteBody {
+    /// Why this write breaks the input rules (SPEC §7.2): an empty key, a key over
+    /// [`MAX_KEY_BYTES`] or a value over [`MAX_VALUE_BYTES`].
+    pub fn check(&self) -> Result<(), String> {
+        check_key(&self.key)?;
+        match &self.value {
+            Some(value) if value.len() > MAX_VALUE_BYTES => Err(format!(
+                "the value has {} bytes; at most {MAX_VALUE_BYTES} are allowed",
+                value.len()
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Which state `GET /v1/state` reads.
@@ -108,6 +169,42 @@ pub struct StateView {
     pub entries: Vec<EntryView>,
     /// With a page limit: the key the next page starts at, or `None` after the last page.
     pub next_key: Option<String>,
+}
+
+/// `GET /v1/state/{key}`: one live key, read at the cut `at`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyView {
+    pub key: String,
+    pub value: String,
+    pub at: BTreeMap<String, u64>,
+    pub digest: String,
+}
+
+/// `GET /readyz`: whether this node is a member that hears from a majority of the members.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadyView {
+    pub ready: bool,
+    /// `joining`, `member`, `leaving` or `left`.
+    pub phase: String,
+    /// The last failure check heard from at most half of the members in good standing.
+    pub isolated: bool,
+}
+
+impl ReadyView {
+    /// Why the node is not ready, if it is not.
+    pub fn reason(&self) -> Option<String> {
+        if self.phase != "member" {
+            Some(format!("the node is not a member: it is {}", self.phase))
+        } else if self.isolated {
+            Some(
+                "the node is isolated: it hears from at most half of the members in good \
+                 standing"
+                    .into(),
+            )
+        } else {
+            None
+        }
+    }
 }
 
 /// A page of the state: entries from `start_key` (inclusive), at most `limit` of them.
@@ -187,4 +284,53 @@ pub struct SnapshotPointView {
     pub ops: u64,
     pub digest: String,
     pub incarnation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<WriteBody, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_write_body_is_an_object_with_both_fields_and_only_null_deletes() {
+        let body = |key: &str, value: Option<&str>| WriteBody {
+            key: key.into(),
+            value: value.map(Into::into),
+        };
+        assert_eq!(
+            decode(r#"{"key": "k", "value": "v"}"#),
+            Ok(body("k", Some("v")))
+        );
+        assert_eq!(
+            decode(r#"{"key": "k", "value": null}"#),
+            Ok(body("k", None))
+        );
+        let missing = decode(r#"{"key": "k"}"#).unwrap_err();
+        assert!(missing.contains("missing field `value`"), "{missing}");
+        let unknown = decode(r#"{"key": "k", "value": "v", "ttl": 3}"#).unwrap_err();
+        assert!(unknown.contains("ttl"), "{unknown}");
+        assert!(decode(r#"["k", "v"]"#).is_err());
+        assert!(decode(r#""k""#).is_err());
+    }
+
+    #[test]
+    fn the_key_and_value_limits_are_inclusive() {
+        let body = |key: usize, value: usize| WriteBody {
+            key: "k".repeat(key),
+            value: Some("v".repeat(value)),
+        };
+        assert!(body(MAX_KEY_BYTES, MAX_VALUE_BYTES).check().is_ok());
+        assert!(body(0, 1).check().unwrap_err().contains("empty"));
+        assert!(body(MAX_KEY_BYTES + 1, 1).check().is_err());
+        assert!(body(1, MAX_VALUE_BYTES + 1).check().is_err());
+        // a multi-byte character counts its bytes
+        let wide = WriteBody {
+            key: "é".repeat(MAX_KEY_BYTES / 2 + 1),
+            value: None,
+        };
+        assert!(wide.check().is_err());
+    }
 }
