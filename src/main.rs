@@ -1,4 +1,8 @@
-//! The `tidemark` binary: `tidemark node` runs one node, `tidemark demo` a local network.
+//! The `tidemark` binary: `tidemark node` runs one node, `tidemark demo` a local network,
+//! `tidemark status`, `get`, `put` and the other client commands talk to a running node
+//! over its HTTP API ([`client_commands`]).
+
+mod client_commands;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +11,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use client_commands::{AtArg, Call, ClientArgs};
 use libp2p::pnet::PreSharedKey;
 use libp2p::Multiaddr;
 use tidemark::node::demo::{self, DemoConfig};
@@ -41,9 +46,50 @@ enum Command {
     Node(Box<NodeArgs>),
     /// Start a local network of real nodes on 127.0.0.1 and show the snapshot point move.
     Demo(DemoArgs),
-    /// Inspect or verify a snapshot file.
+    /// Inspect or verify a snapshot file; create, list or download a running node's
+    /// snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Show a running node's status: phase, members, applied ops, snapshot point, digest.
+    Status(ClientArgs),
+    /// List the members in a running node's network map, with their state and applied ops.
+    Members(ClientArgs),
+    /// Print the value of KEY in a running node's stable state (or its applied state, with
+    /// --at applied); exits 1 if the key has no value there.
+    Get {
+        /// The key to read.
+        key: String,
+        /// Which state to read.
+        #[arg(long, value_enum, default_value_t = AtArg::Snapshot)]
+        at: AtArg,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write VALUE under KEY through a running node; returns once the node stored the op.
+    Put {
+        /// The key to write.
+        key: String,
+        /// The value to write.
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete KEY through a running node; returns once the node stored the op.
+    Del {
+        /// The key to delete.
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a running node's snapshot point: one line now, then one per change, until
+    /// the node stops (exit 1) or --count lines were printed.
+    Watch {
+        /// Stop after this many snapshot points.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a new random key for a private network (libp2p's swarm.key format) on stdout;
     /// give the file to every node with --network-key.
     NetworkKey,
@@ -62,6 +108,20 @@ enum SnapshotCommand {
     Verify {
         /// The snapshot file to check.
         file: PathBuf,
+    },
+    /// Ask a running node for a new snapshot of its stable state.
+    Create(ClientArgs),
+    /// List a running node's snapshots by height.
+    List(ClientArgs),
+    /// Download one of a running node's snapshot files.
+    Download {
+        /// The snapshot's id (from `tidemark snapshot list`).
+        id: String,
+        /// Where to write it [default: ID.tmsnap; - for stdout].
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -280,13 +340,37 @@ fn parse_cli() -> Cli {
 
 fn main() -> ExitCode {
     let cli = parse_cli();
-    if let Command::Snapshot(command) = &cli.command {
-        return run_snapshot(command);
-    }
-    if let Command::NetworkKey = &cli.command {
-        return new_network_key();
-    }
-    init_logging(cli.log_format, matches!(cli.command, Command::Demo(_)));
+    let (client, call) = match cli.command {
+        Command::Snapshot(SnapshotCommand::Inspect { file }) => return run_snapshot(&file, false),
+        Command::Snapshot(SnapshotCommand::Verify { file }) => return run_snapshot(&file, true),
+        Command::NetworkKey => return new_network_key(),
+        Command::Status(client) => (client, Call::Status),
+        Command::Members(client) => (client, Call::Members),
+        Command::Get { key, at, client } => (client, Call::Get { key, at }),
+        Command::Put { key, value, client } => (
+            client,
+            Call::Put {
+                key,
+                value: Some(value),
+            },
+        ),
+        Command::Del { key, client } => (client, Call::Put { key, value: None }),
+        Command::Watch { count, client } => (client, Call::Watch { count }),
+        Command::Snapshot(SnapshotCommand::Create(client)) => (client, Call::SnapshotCreate),
+        Command::Snapshot(SnapshotCommand::List(client)) => (client, Call::SnapshotList),
+        Command::Snapshot(SnapshotCommand::Download { id, output, client }) => {
+            (client, Call::SnapshotDownload { id, output })
+        }
+        command @ (Command::Node(_) | Command::Demo(_)) => {
+            return run_server(command, cli.log_format)
+        }
+    };
+    client_commands::run(&client, call)
+}
+
+/// Runs `node` or `demo` on a multi-threaded runtime, with logs on stderr.
+fn run_server(command: Command, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format, matches!(command, Command::Demo(_)));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -295,12 +379,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Node(args) => run_node(*args).await,
             Command::Demo(args) => run_demo(args).await,
-            Command::Snapshot(_) | Command::NetworkKey => {
-                unreachable!("handled before the runtime starts")
-            }
+            _ => Err("not a command that runs a node".into()),
         }
     });
     match result {
@@ -339,19 +421,18 @@ fn read_api_token(path: &std::path::Path) -> Result<String, String> {
     Ok(token.to_string())
 }
 
-fn run_snapshot(command: &SnapshotCommand) -> ExitCode {
+/// `tidemark snapshot inspect FILE`, or `verify FILE`.
+fn run_snapshot(file: &Path, verify: bool) -> ExitCode {
     use tidemark::ops_log::LwwMap;
     use tidemark::snapshot::{read_header, read_snapshot};
-    let (SnapshotCommand::Inspect { file } | SnapshotCommand::Verify { file }) = command;
-    let open = || -> std::io::Result<std::io::BufReader<std::fs::File>> {
-        Ok(std::io::BufReader::new(std::fs::File::open(file)?))
-    };
-    let result = open()
+    let result = std::fs::File::open(file)
+        .map(std::io::BufReader::new)
         .map_err(tidemark::snapshot::SnapshotError::from)
-        .and_then(|mut input| match command {
-            SnapshotCommand::Inspect { .. } => read_header(&mut input),
-            SnapshotCommand::Verify { .. } => {
+        .and_then(|mut input| {
+            if verify {
                 read_snapshot::<LwwMap>(&mut input).map(|(header, _)| header)
+            } else {
+                read_header(&mut input)
             }
         });
     let header = match result {
@@ -371,15 +452,16 @@ fn run_snapshot(command: &SnapshotCommand) -> ExitCode {
         "chunks": header.chunks.len(),
         "body_bytes": header.body_len(),
     });
-    match command {
-        SnapshotCommand::Inspect { .. } => println!("{view}"),
-        SnapshotCommand::Verify { .. } => println!(
+    if verify {
+        println!(
             "ok: {} chunks and the state's digest {} verified (height {}, {} entries)",
             header.chunks.len(),
             header.digest.to_hex(),
             header.height,
             header.entries
-        ),
+        );
+    } else {
+        println!("{view}");
     }
     ExitCode::SUCCESS
 }
