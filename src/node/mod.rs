@@ -17,10 +17,12 @@
 //! | [`http`] | the axum HTTP API (SPEC §7, plus the snapshot-point watch and `/metrics`) |
 //! | [`views`] | JSON shapes of the API |
 //! | [`demo`] | `tidemark demo`: a local network of real nodes on loopback |
+//! | [`client`] | a client of the HTTP API, for the `tidemark status`, `get`, `put`, ... commands |
 //!
 //! The library API is [`Node::start`] and the [`NodeHandle`] it hands out.
 
 mod address_book;
+pub mod client;
 pub mod codec;
 pub mod demo;
 mod direct;

@@ -225,13 +225,21 @@ impl Drop for NodeProcess {
 
 /// `tidemark node --data-dir DIR --listen <loopback:0> --api <loopback:0> EXTRA...`.
 pub fn spawn_with(data_dir: &Path, extra: &[&str], stderr: Stdio) -> NodeProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    command
         .args(["node", "--data-dir"])
         .arg(data_dir)
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
         .args(extra)
+        .stderr(stderr);
+    spawn_command(command)
+}
+
+/// Runs `command` (a `tidemark node ...` made by the caller, with its own arguments and
+/// environment) and reads the line the node prints on start.
+pub fn spawn_command(mut command: Command) -> NodeProcess {
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(stderr)
         .spawn()
         .expect("spawn tidemark node");
     let mut line = String::new();
