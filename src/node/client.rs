@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::views::{At, NetworkMapView, OpIdView, SnapshotPointView, StateView, StatusView};
+use super::views::{At, KeyView, NetworkMapView, OpIdView, SnapshotPointView, StatusView};
 
 /// What went wrong talking to a node.
 #[derive(Debug, thiserror::Error)]
@@ -136,16 +136,13 @@ impl Client {
             At::Snapshot => "snapshot",
             At::Applied => "applied",
         };
-        let path = format!(
-            "/v1/state?at={at}&start_key={}&limit=1",
-            percent_encode(key)
-        );
-        let page: StateView = self.get_json(&path).await?;
-        Ok(page
-            .entries
-            .into_iter()
-            .find(|e| e.key == key)
-            .map(|e| e.value))
+        let path = format!("/v1/state/{}?at={at}", percent_encode(key));
+        match self.get_json::<KeyView>(&path).await {
+            Ok(entry) => Ok(Some(entry.value)),
+            // 404: the key is not live in that state
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes `value` under `key` (`None` deletes it); the op's id once the node stored it.
