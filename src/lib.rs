@@ -17,6 +17,7 @@ pub mod network_map;
 pub mod node;
 pub mod node_id;
 pub mod ops_log;
+pub mod outbox;
 pub mod replica;
 mod serde_bounded;
 pub mod snapshot;

@@ -22,6 +22,7 @@
 //!
 //! This module is part of the sans-IO core: it holds data and rules, no I/O.
 
+pub mod dissemination;
 mod wire;
 
 use std::sync::Arc;

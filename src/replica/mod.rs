@@ -7,17 +7,15 @@
 //! `ScheduleWake` replaces the previous one; at that time call `handle_timeout`). The
 //! replica reads no clock and does no I/O; its randomness comes from a seed.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::{
-    AntiEntropyDigest, GossipConfig, Message, OpsBatch, PublishedOps, Records, Repair,
-};
+use crate::gossip::dissemination::{self, Dissemination};
+use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
@@ -26,21 +24,22 @@ use crate::node_id::NodeId;
 use crate::ops_log::{
     Digest, Op, OpAuthenticator, OpError, OpsLog, OwnOps, Received, SignatureError, StateMachine,
 };
+pub use crate::outbox::Action;
+use crate::outbox::Outbox;
 use crate::time::{jitter, Time};
 use crate::version_vector::VersionVector;
 
-/// What the replica asks its driver to do.
-#[derive(Debug, Clone)]
-pub enum Action<S: StateMachine> {
-    /// Send directly to one peer (request–response in the libp2p node).
-    Send {
-        to: NodeId,
-        message: Arc<Message<S>>,
-    },
-    /// Publish on the network's topic (gossipsub in the libp2p node).
-    Publish { message: Arc<Message<S>> },
-    /// Call `handle_timeout` at `at`; replaces any earlier request.
-    ScheduleWake { at: Time },
+/// Lends dissemination what it needs of the replica for one event (disjoint field borrows).
+macro_rules! dissemination_ctx {
+    ($replica:ident) => {
+        dissemination::Context {
+            gossip: &$replica.config.gossip,
+            map: &mut $replica.map,
+            applied: $replica.log.applied(),
+            rng: &mut $replica.rng,
+            outbox: &mut $replica.outbox,
+        }
+    };
 }
 
 /// Settings of a replica.
@@ -209,21 +208,10 @@ pub struct Replica<S: StateMachine> {
     own: OwnOps<S::Op>,
     map: NetworkMap,
     rng: ChaCha8Rng,
-    outbox: VecDeque<Action<S>>,
+    outbox: Outbox<S>,
     journal: Vec<Arc<Op<S::Op>>>,
-    unpublished: Vec<Arc<Op<S::Op>>>,
-    publish_at: Option<Time>,
-    own_changed: bool,
-    last_report: Time,
-    /// When the last report rode on a published batch.
-    last_batch_report: Option<Time>,
-    status_allowed_at: Time,
-    next_anti_entropy: Time,
-    gap_pull: Option<(Time, NodeId, Duration)>,
-    out_peers: BTreeSet<NodeId>,
-    in_peers: BTreeSet<NodeId>,
-    peers_epoch: Option<u64>,
-    peers_cache: Vec<NodeId>,
+    /// Publishing, reporting, relaying and pulling: the gossip timing rules.
+    dissemination: Dissemination<S::Op>,
     wake_announced: Option<Time>,
     next_failure_check: Time,
     /// Whether the last failure check heard from at most half of the members.
@@ -294,20 +282,9 @@ impl<S: StateMachine> Replica<S> {
             own,
             map,
             rng,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             journal: Vec::new(),
-            unpublished: Vec::new(),
-            publish_at: None,
-            own_changed: false,
-            last_report: now,
-            last_batch_report: None,
-            status_allowed_at: now,
-            next_anti_entropy: first_ae,
-            gap_pull: None,
-            out_peers: BTreeSet::new(),
-            in_peers: BTreeSet::new(),
-            peers_epoch: None,
-            peers_cache: Vec::new(),
+            dissemination: Dissemination::new(now, first_ae),
             wake_announced: None,
             next_failure_check: first_failure_check,
             isolated: false,
@@ -623,7 +600,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// The next action for the driver.
     pub fn poll_action(&mut self) -> Option<Action<S>> {
-        self.outbox.pop_front()
+        self.outbox.pop()
     }
 
     // ---- events --------------------------------------------------------------------
@@ -657,10 +634,8 @@ impl<S: StateMachine> Replica<S> {
         self.own.keep(op.clone());
         self.stats.ops_created += 1;
         self.after_apply();
-        self.unpublished.push(op.clone());
-        if self.publish_at.is_none() {
-            self.publish_at = Some(now + self.config.gossip.op_batch_delay);
-        }
+        self.dissemination
+            .queue_own(op.clone(), now, &self.config.gossip);
         self.finish(now);
         Ok(op)
     }
@@ -687,15 +662,12 @@ impl<S: StateMachine> Replica<S> {
         self.leave_cut = self.log.applied().clone();
         self.leave_cut.raise(&self.id, self.own.highest());
         if self.config.planted == Some(PlantedBug::LeaveWithoutHandover) {
-            self.unpublished.clear();
-            self.publish_at = None;
+            self.dissemination.drop_unpublished();
             self.announce_left(now);
             self.finish(now);
             return Ok(());
         }
-        if !self.unpublished.is_empty() {
-            self.publish_at = Some(now);
-        }
+        self.dissemination.publish_soon(now);
         self.finish(now);
         Ok(())
     }
@@ -726,14 +698,8 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             (Phase::Member { .. }, Message::Status(records)) => {
-                let gossip = &self.config.gossip;
-                let room = gossip.max_status_peers.saturating_sub(gossip.status_fanout);
-                if self.map.is_counted(from)
-                    && !self.out_peers.contains(from)
-                    && self.in_peers.len() < room
-                {
-                    self.in_peers.insert(from.clone());
-                }
+                self.dissemination
+                    .on_status_from(from, &self.map, &self.config.gossip);
                 self.on_records(now, &records.0);
             }
             (Phase::Member { .. }, Message::Digest(digest)) => self.on_digest(from, digest),
@@ -809,47 +775,22 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if self.has_left() {
-            if self.status_due().is_some_and(|t| t <= now) {
-                self.flush_status(now);
-            }
+            self.dissemination
+                .on_timeout_left(now, dissemination_ctx!(self));
             self.finish(now);
             return;
         }
-        if self.publish_at.is_some_and(|t| t <= now) {
-            self.publish_ops(now);
-        }
-        if now >= self.last_report + self.config.gossip.heartbeat_interval {
-            self.own_changed = true;
-        }
-        if self.status_due().is_some_and(|t| t <= now) {
-            self.flush_status(now);
-        }
+        let is_member = self.is_member();
+        self.dissemination
+            .on_timeout_reports(now, dissemination_ctx!(self), is_member);
         if self.next_failure_check <= now {
             self.next_failure_check =
                 now + jitter(&mut self.rng, self.config.gossip.failure_check_interval);
             self.detect_failures(now);
         }
-        if self.next_anti_entropy <= now {
-            self.next_anti_entropy =
-                now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
-            if let Some(peer) = self.random_peer() {
-                let digest = self.digest(true);
-                self.send(peer, digest);
-            }
-        }
-        if let Some((at, peer, backoff)) = self.gap_pull.clone() {
-            if at <= now {
-                self.gap_pull = None;
-                if self.log.buffered_len() > 0 {
-                    let digest = self.digest(false);
-                    self.send(peer, digest);
-                    let backoff = (backoff * 2).min(self.config.gossip.anti_entropy_interval);
-                    if let Some(next) = self.random_peer() {
-                        self.gap_pull = Some((now + backoff, next, backoff));
-                    }
-                }
-            }
-        }
+        let buffered = self.log.buffered_len() > 0;
+        self.dissemination
+            .on_timeout_pulls(now, dissemination_ctx!(self), buffered);
         self.finish(now);
     }
 
@@ -873,9 +814,9 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.after_apply();
-        if self.log.buffered_len() > 0 && self.gap_pull.is_none() {
-            let delay = self.config.gossip.gap_pull_delay;
-            self.gap_pull = Some((now + delay, from.clone(), delay));
+        if self.log.buffered_len() > 0 {
+            self.dissemination
+                .on_ops_waiting(now, from, &self.config.gossip);
         }
     }
 
@@ -928,11 +869,11 @@ impl<S: StateMachine> Replica<S> {
         }
         match record.state {
             MemberState::Suspect
-                if record.report_seq >= self.map.own().record.report_seq && !self.own_changed =>
+                if record.report_seq >= self.map.own().record.report_seq
+                    && !self.dissemination.own_report_pending() =>
             {
                 self.stats.refutations += 1;
-                self.own_changed = true;
-                self.status_allowed_at = self.status_allowed_at.min(now);
+                self.dissemination.refute(now);
             }
             MemberState::Evicted => self.lose_membership(now),
             _ => {}
@@ -1053,10 +994,7 @@ impl<S: StateMachine> Replica<S> {
         retired.extend(self.log.buffered_ops());
         self.retired_ops = retired;
         self.retired_records = self.map.records();
-        self.unpublished.clear();
-        self.publish_at = None;
-        self.gap_pull = None;
-        self.own_changed = false;
+        self.dissemination.reset_for_rejoin();
         self.incarnation += 1;
         self.joined_at = None;
         self.stats.rejoins += 1;
@@ -1249,7 +1187,7 @@ impl<S: StateMachine> Replica<S> {
             replica
                 .map
                 .report_own(applied, now, |own| own.state = MemberState::Alive);
-            replica.own_changed = true;
+            replica.dissemination.own_record_changed();
             replica.finish(now);
             return Ok(replica);
         }
@@ -1263,10 +1201,7 @@ impl<S: StateMachine> Replica<S> {
     pub fn restart(mut self, now: Time) -> Self {
         self.outbox.clear();
         self.wake_announced = None;
-        self.out_peers.clear();
-        self.in_peers.clear();
-        self.peers_epoch = None;
-        self.status_allowed_at = now;
+        self.dissemination.restart(now);
         self.awaited_grant = None;
         match &mut self.phase {
             Phase::Member { .. } => self.begin_rejoin(now),
@@ -1343,7 +1278,7 @@ impl<S: StateMachine> Replica<S> {
             None => match join_protocol::register(&mut self.log, &mut self.map, request, now) {
                 Ok(grant) => {
                     self.stats.joins_sponsored += 1;
-                    self.own_changed = true;
+                    self.dissemination.own_record_changed();
                     JoinResponse::Granted(grant)
                 }
                 Err(e) => JoinResponse::Refused {
@@ -1489,10 +1424,7 @@ impl<S: StateMachine> Replica<S> {
         }
         let message = Arc::new(Message::Status(Records(vec![report])));
         for peer in to {
-            self.outbox.push_back(Action::Send {
-                to: peer,
-                message: message.clone(),
-            });
+            self.outbox.send_shared(peer, message.clone());
         }
         self.stats.keepalives_sent += 1;
     }
@@ -1543,10 +1475,8 @@ impl<S: StateMachine> Replica<S> {
                 self.map = map;
                 self.map.plant(self.config.planted);
                 self.phase = Phase::Member { leaving_by: None };
-                self.own_changed = true;
-                self.last_report = now;
-                self.next_anti_entropy =
-                    now + jitter(&mut self.rng, self.config.gossip.anti_entropy_interval);
+                self.dissemination
+                    .on_joined(now, &self.config.gossip, &mut self.rng);
                 self.next_failure_check = now + self.config.gossip.suspect_after;
                 self.joined_at = Some(now);
                 self.note_own_seq(own_seen.max(self.log.applied().get(&self.id)));
@@ -1595,8 +1525,7 @@ impl<S: StateMachine> Replica<S> {
         // serves only applied ops, so ops that wait in buffers on ops that wait in other
         // buffers would otherwise come loose one round trip at a time.
         self.stats.ops_republished += lacking.len() as u64;
-        self.unpublished.extend(lacking);
-        self.publish_at = Some(now);
+        self.dissemination.republish(lacking, now);
     }
 
     // ---- gossip rules --------------------------------------------------------------
@@ -1621,129 +1550,18 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.map.apply_delta(&self.id, &changes);
-        self.own_changed = true;
+        self.dissemination.own_record_changed();
         if self.config.journal_applied {
             self.journal.extend(applied);
         }
     }
 
-    fn publish_ops(&mut self, now: Time) {
-        let take = self.unpublished.len().min(self.config.gossip.max_batch_ops);
-        let batch: Vec<_> = self.unpublished.drain(..take).collect();
-        self.publish_at = if self.unpublished.is_empty() {
-            None
-        } else {
-            Some(now)
-        };
-        if !batch.is_empty() {
-            let report = self.is_member().then(|| self.report_with_batch(now));
-            self.outbox.push_back(Action::Publish {
-                message: Arc::new(Message::Ops(PublishedOps {
-                    ops: OpsBatch(batch),
-                    report,
-                })),
-            });
-        }
-    }
-
-    /// Re-issues this node's record to ride on the batch it is publishing. Every member
-    /// receives the batch, so the record is not sent again in status.
-    fn report_with_batch(&mut self, now: Time) -> Arc<MemberRecord> {
-        self.map.report_own(self.log.applied().clone(), now, |_| {});
-        self.map.forget_dirty(&self.id);
-        self.own_changed = false;
-        self.last_report = now;
-        self.last_batch_report = Some(now);
-        self.map.own().record.clone()
-    }
-
-    /// When the own record is to go out in a status report: once it changed and status
-    /// may be sent, but not while a batch is waiting to be published (the batch carries
-    /// it, sooner and to everyone), and, after a batch carried the last report, not before
-    /// `batch_report_hold` has passed without another batch (a writer's reports ride on
-    /// its batches).
-    fn own_report_at(&self) -> Option<Time> {
-        if !self.own_changed || self.publish_at.is_some() {
-            return None;
-        }
-        let held = self
-            .last_batch_report
-            .filter(|at| *at >= self.last_report)
-            .map(|at| at + self.config.gossip.batch_report_hold);
-        Some(held.map_or(self.status_allowed_at, |h| h.max(self.status_allowed_at)))
-    }
-
-    fn status_due(&self) -> Option<Time> {
-        let relay = self.map.has_dirty().then_some(self.status_allowed_at);
-        match (self.own_report_at(), relay) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn flush_status(&mut self, now: Time) {
-        if self.own_report_at().is_some_and(|at| at <= now) {
-            self.map.report_own(self.log.applied().clone(), now, |_| {});
-            self.own_changed = false;
-            self.last_report = now;
-        }
-        let records = self.map.take_dirty();
-        self.status_allowed_at = now + self.config.gossip.status_interval_for(self.map.counted());
-        if records.is_empty() {
-            return;
-        }
-        let message = Arc::new(Message::Status(Records(records)));
-        for peer in self.status_peers() {
-            self.outbox.push_back(Action::Send {
-                to: peer,
-                message: message.clone(),
-            });
-        }
-    }
-
-    fn refresh_peers(&mut self) {
-        let epoch = self.map.membership_epoch();
-        if self.peers_epoch == Some(epoch) {
-            return;
-        }
-        self.peers_epoch = Some(epoch);
-        self.peers_cache = self.map.counted_peers();
-        let map = &self.map;
-        self.out_peers.retain(|p| map.is_counted(p));
-        self.in_peers.retain(|p| map.is_counted(p));
-        let want = self.config.gossip.status_fanout.min(self.peers_cache.len());
-        while self.out_peers.len() < want {
-            let pick = self.peers_cache[self.rng.random_range(0..self.peers_cache.len())].clone();
-            self.out_peers.insert(pick);
-        }
-    }
-
-    fn status_peers(&mut self) -> Vec<NodeId> {
-        self.refresh_peers();
-        self.out_peers.union(&self.in_peers).cloned().collect()
-    }
-
-    fn random_peer(&mut self) -> Option<NodeId> {
-        self.refresh_peers();
-        if self.peers_cache.is_empty() {
-            return None;
-        }
-        Some(self.peers_cache[self.rng.random_range(0..self.peers_cache.len())].clone())
-    }
-
     fn digest(&self, initiator: bool) -> Message<S> {
-        Message::Digest(AntiEntropyDigest {
-            applied: self.log.applied().clone(),
-            members: self.map.versions(),
-            initiator,
-        })
+        dissemination::digest(self.log.applied(), &self.map, initiator)
     }
 
     fn send(&mut self, to: NodeId, message: Message<S>) {
-        self.outbox.push_back(Action::Send {
-            to,
-            message: Arc::new(message),
-        });
+        self.outbox.send(to, message);
     }
 
     /// After every event: fold what became stable, announce a pending leave when it is
@@ -1773,7 +1591,7 @@ impl<S: StateMachine> Replica<S> {
             // point: every member it counts has applied them, and so has every member it
             // has not heard of yet (their join cuts lie above that point, I3).
             let sp = self.map.snapshot_point();
-            let handed_over = self.unpublished.is_empty() && self.leave_cut.le(sp);
+            let handed_over = !self.dissemination.has_unpublished() && self.leave_cut.le(sp);
             // every joiner it registered has reported by itself (its `Left` record would
             // count them anyway, so this is not waited for past the deadline)
             let drained = handed_over && !join_protocol::has_unconfirmed_registrations(&self.map);
@@ -1789,7 +1607,7 @@ impl<S: StateMachine> Replica<S> {
             let at = at.max(now);
             if self.wake_announced != Some(at) {
                 self.wake_announced = Some(at);
-                self.outbox.push_back(Action::ScheduleWake { at });
+                self.outbox.schedule_wake(at);
             }
         }
     }
@@ -1844,10 +1662,9 @@ impl<S: StateMachine> Replica<S> {
         self.map.report_own(self.log.applied().clone(), now, |own| {
             own.state = MemberState::Left
         });
-        self.own_changed = false;
         self.phase = Phase::Left;
-        self.status_allowed_at = now;
-        self.flush_status(now);
+        self.dissemination
+            .announce_left(now, dissemination_ctx!(self));
     }
 
     fn next_deadline(&self) -> Option<Time> {
@@ -1856,16 +1673,13 @@ impl<S: StateMachine> Replica<S> {
                 Some(_) => Some(joiner.retry_at().min(self.next_keepalive)),
                 None => Some(joiner.retry_at()),
             },
-            Phase::Left => self.status_due(),
+            Phase::Left => self
+                .dissemination
+                .status_due(&self.map, &self.config.gossip),
             Phase::Member { leaving_by } => [
-                self.publish_at,
-                self.status_due(),
-                // once the own record is due, `status_due` covers it
-                (!self.own_changed)
-                    .then(|| self.last_report + self.config.gossip.heartbeat_interval),
-                Some(self.next_anti_entropy),
+                self.dissemination
+                    .next_deadline(&self.map, &self.config.gossip),
                 Some(self.next_failure_check),
-                self.gap_pull.as_ref().map(|g| g.0),
                 *leaving_by,
             ]
             .into_iter()
