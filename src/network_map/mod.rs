@@ -26,6 +26,7 @@
 //! Pure state machine: no I/O, no clocks (time is passed in), iteration in key order only.
 
 mod min_tracker;
+pub mod monitor;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

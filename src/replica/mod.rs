@@ -19,6 +19,7 @@ use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records,
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
+use crate::network_map::monitor::Monitor;
 use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{
@@ -213,9 +214,8 @@ pub struct Replica<S: StateMachine> {
     /// Publishing, reporting, relaying and pulling: the gossip timing rules.
     dissemination: Dissemination<S::Op>,
     wake_announced: Option<Time>,
-    next_failure_check: Time,
-    /// Whether the last failure check heard from at most half of the members.
-    isolated: bool,
+    /// Failure detection: suspicion, eviction, local health.
+    monitor: Monitor,
     /// When this node's current membership was installed from a grant (`None` for a
     /// founder): it sponsors no one for `suspect_after` after that.
     joined_at: Option<Time>,
@@ -235,8 +235,6 @@ pub struct Replica<S: StateMachine> {
     /// The previous incarnation's records, merged into the new map after a rejoin so that
     /// what it knew (evictions above all) is not forgotten.
     retired_records: Vec<Arc<MemberRecord>>,
-    /// When each evicted node that kept talking was last sent its eviction.
-    told_evicted: BTreeMap<NodeId, Time>,
     /// Evictions adopted by the map, kept for observers when `journal_applied` is on.
     eviction_journal: Vec<(NodeId, u64)>,
     /// A grant whose state is being fetched by the driver (joining only), and its sponsor.
@@ -286,8 +284,7 @@ impl<S: StateMachine> Replica<S> {
             journal: Vec::new(),
             dissemination: Dissemination::new(now, first_ae),
             wake_announced: None,
-            next_failure_check: first_failure_check,
-            isolated: false,
+            monitor: Monitor::new(first_failure_check),
             joined_at: None,
             leave_failure: None,
             leave_cut: VersionVector::new(),
@@ -295,7 +292,6 @@ impl<S: StateMachine> Replica<S> {
             rolled_back: None,
             retired_ops: Vec::new(),
             retired_records: Vec::new(),
-            told_evicted: BTreeMap::new(),
             eviction_journal: Vec::new(),
             awaited_grant: None,
             next_keepalive: now,
@@ -493,7 +489,7 @@ impl<S: StateMachine> Replica<S> {
     /// standing: this node is then probably the one cut off, so it evicts no one, and it
     /// cannot vouch that it is still a member itself.
     pub fn is_isolated(&self) -> bool {
-        self.isolated
+        self.monitor.is_isolated()
     }
 
     pub fn applied(&self) -> &VersionVector {
@@ -783,11 +779,18 @@ impl<S: StateMachine> Replica<S> {
         let is_member = self.is_member();
         self.dissemination
             .on_timeout_reports(now, dissemination_ctx!(self), is_member);
-        if self.next_failure_check <= now {
-            self.next_failure_check =
-                now + jitter(&mut self.rng, self.config.gossip.failure_check_interval);
-            self.detect_failures(now);
-        }
+        // a leaving node evicts no one: it is on its way out, and evicting the members that
+        // hold back its snapshot point would let it leave a network with no member in it
+        let may_evict = !self.is_leaving() && self.config.planted != Some(PlantedBug::NeverEvict);
+        let checked = self.monitor.on_timeout(
+            now,
+            &mut self.map,
+            &self.config.gossip,
+            &mut self.rng,
+            may_evict,
+        );
+        self.stats.suspicions_raised += checked.suspected;
+        self.stats.evictions_issued += checked.evicted;
         let buffered = self.log.buffered_len() > 0;
         self.dissemination
             .on_timeout_pulls(now, dissemination_ctx!(self), buffered);
@@ -887,75 +890,8 @@ impl<S: StateMachine> Replica<S> {
         if matches!(message, Message::JoinRequest(_) | Message::JoinResponse(_)) {
             return;
         }
-        let Some(entry) = self.map.get(from) else {
-            return;
-        };
-        if entry.record.state != MemberState::Evicted {
-            return;
-        }
-        let every = self.config.gossip.anti_entropy_interval;
-        if self
-            .told_evicted
-            .get(from)
-            .is_some_and(|t| now < *t + every)
-        {
-            return;
-        }
-        let record = entry.record.clone();
-        self.told_evicted.retain(|_, t| now < *t + every);
-        self.told_evicted.insert(from.clone(), now);
-        self.send(from.clone(), Message::Status(Records(vec![record])));
-    }
-
-    /// Failure detection (SWIM-like, with reports as heartbeats): suspect members silent
-    /// for `suspect_after`; evict suspects that stayed silent and unrefuted for
-    /// `suspicion_timeout`, but never while leaving, and only while this node hears from a
-    /// majority of the members
-    /// (Lifeguard's local health: a node cut off from most of the network must not evict
-    /// the network, and a minority cannot split off and decide on its own).
-    fn detect_failures(&mut self, now: Time) {
-        let gossip = &self.config.gossip;
-        let mut fresh = 1; // this node
-        let mut silent_alive = Vec::new();
-        let mut overdue = Vec::new();
-        for (id, entry) in self.map.iter() {
-            if *id == self.id || !entry.record.state.counts() {
-                continue;
-            }
-            let silent = now.since(entry.last_heard) > gossip.suspect_after;
-            if !silent {
-                fresh += 1;
-                continue;
-            }
-            match (entry.record.state, entry.suspect_since) {
-                (MemberState::Alive, _) => silent_alive.push(id.clone()),
-                (MemberState::Suspect, Some(since))
-                    if now.since(since) >= gossip.suspicion_timeout =>
-                {
-                    overdue.push(id.clone())
-                }
-                _ => {}
-            }
-        }
-        let counted = self.map.counted();
-        self.isolated = 2 * fresh <= counted;
-        for id in silent_alive {
-            if self.map.suspect(&id, now) {
-                self.stats.suspicions_raised += 1;
-            }
-        }
-        // a leaving node evicts no one: it is on its way out, and evicting the members that
-        // hold back its snapshot point would let it leave a network with no member in it
-        if !self.isolated
-            && !self.is_leaving()
-            && self.config.planted != Some(PlantedBug::NeverEvict)
-        {
-            for id in overdue {
-                if self.map.evict(&id, now) {
-                    self.stats.evictions_issued += 1;
-                }
-            }
-        }
+        self.monitor
+            .tell_if_evicted(now, from, &self.map, &self.config.gossip, &mut self.outbox);
     }
 
     /// This node learned that it is no longer a member in good standing (evicted, or
@@ -1304,7 +1240,7 @@ impl<S: StateMachine> Replica<S> {
         if self.map.is_counted(joiner) {
             return None;
         }
-        if self.isolated {
+        if self.monitor.is_isolated() {
             return Some("this node hears from too few members to sponsor a join; ask another");
         }
         if self
@@ -1477,7 +1413,8 @@ impl<S: StateMachine> Replica<S> {
                 self.phase = Phase::Member { leaving_by: None };
                 self.dissemination
                     .on_joined(now, &self.config.gossip, &mut self.rng);
-                self.next_failure_check = now + self.config.gossip.suspect_after;
+                self.monitor
+                    .hold_until(now + self.config.gossip.suspect_after);
                 self.joined_at = Some(now);
                 self.note_own_seq(own_seen.max(self.log.applied().get(&self.id)));
                 self.own.unstable_above(self.log.stable_cut().get(&self.id));
@@ -1679,7 +1616,7 @@ impl<S: StateMachine> Replica<S> {
             Phase::Member { leaving_by } => [
                 self.dissemination
                     .next_deadline(&self.map, &self.config.gossip),
-                Some(self.next_failure_check),
+                Some(self.monitor.next_check()),
                 *leaving_by,
             ]
             .into_iter()

@@ -1,0 +1,164 @@
+//! Failure detection (SWIM-like, with reports as heartbeats, and Lifeguard's local
+//! health): which members this node suspects and evicts, whether it is cut off from most
+//! of the network, and telling an evicted node that still talks that it was evicted.
+//!
+//! The [`Monitor`] owns its timer, the isolation flag and whom it told of their eviction;
+//! the records themselves live in the [`NetworkMap`], which the replica lends it. Part of
+//! the sans-IO core: time comes in as a value.
+
+use std::collections::BTreeMap;
+
+use rand_chacha::ChaCha8Rng;
+
+use super::{MemberState, NetworkMap};
+use crate::gossip::{GossipConfig, Message, Records};
+use crate::node_id::NodeId;
+use crate::ops_log::StateMachine;
+use crate::outbox::Outbox;
+use crate::time::{jitter, Time};
+
+/// One member's failure detector (see module doc).
+#[derive(Debug)]
+pub struct Monitor {
+    /// When the next failure check runs (every `failure_check_interval`, jittered).
+    next_check: Time,
+    /// Whether the last check heard from at most half of the members.
+    isolated: bool,
+    /// When each evicted node that kept talking was last sent its eviction.
+    told_evicted: BTreeMap<NodeId, Time>,
+}
+
+/// What one failure check did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// Members newly suspected.
+    pub suspected: u64,
+    /// Members evicted.
+    pub evicted: u64,
+}
+
+impl Monitor {
+    /// A detector whose first check is at `first_check`.
+    pub fn new(first_check: Time) -> Self {
+        Self {
+            next_check: first_check,
+            isolated: false,
+            told_evicted: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the last check heard from at most half of the members in good standing:
+    /// this node is then probably the one cut off, so it evicts no one.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated
+    }
+
+    /// When the next check is due.
+    pub fn next_check(&self) -> Time {
+        self.next_check
+    }
+
+    /// No check before `at` (a node that just joined has heard from no one yet).
+    pub fn hold_until(&mut self, at: Time) {
+        self.next_check = at;
+    }
+
+    /// Runs the check if it is due: suspect members silent for `suspect_after`; evict
+    /// suspects that stayed silent and unrefuted for `suspicion_timeout`, but only while
+    /// this node hears from a strict majority of the members it counts (Lifeguard's local
+    /// health: a node cut off from most of the network must not evict the network, and a
+    /// minority cannot split off and decide on its own), and only if `may_evict` (a
+    /// leaving node evicts no one).
+    pub fn on_timeout(
+        &mut self,
+        now: Time,
+        map: &mut NetworkMap,
+        gossip: &GossipConfig,
+        rng: &mut ChaCha8Rng,
+        may_evict: bool,
+    ) -> CheckOutcome {
+        if self.next_check > now {
+            return CheckOutcome::default();
+        }
+        self.next_check = now + jitter(rng, gossip.failure_check_interval);
+        self.check(now, map, gossip, may_evict)
+    }
+
+    fn check(
+        &mut self,
+        now: Time,
+        map: &mut NetworkMap,
+        gossip: &GossipConfig,
+        may_evict: bool,
+    ) -> CheckOutcome {
+        let me = map.own().record.id.clone();
+        let mut fresh = 1; // this node
+        let mut silent_alive = Vec::new();
+        let mut overdue = Vec::new();
+        for (id, entry) in map.iter() {
+            if *id == me || !entry.record.state.counts() {
+                continue;
+            }
+            let silent = now.since(entry.last_heard) > gossip.suspect_after;
+            if !silent {
+                fresh += 1;
+                continue;
+            }
+            match (entry.record.state, entry.suspect_since) {
+                (MemberState::Alive, _) => silent_alive.push(id.clone()),
+                (MemberState::Suspect, Some(since))
+                    if now.since(since) >= gossip.suspicion_timeout =>
+                {
+                    overdue.push(id.clone())
+                }
+                _ => {}
+            }
+        }
+        self.isolated = 2 * fresh <= map.counted();
+        let mut outcome = CheckOutcome::default();
+        for id in silent_alive {
+            if map.suspect(&id, now) {
+                outcome.suspected += 1;
+            }
+        }
+        if !self.isolated && may_evict {
+            for id in overdue {
+                if map.evict(&id, now) {
+                    outcome.evicted += 1;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// A node `map` holds as evicted is still gossiping (it has not heard yet): send it
+    /// its eviction record directly, at most once per anti-entropy interval, so that an
+    /// evicted node learns it within one round trip of reaching any member that knows.
+    pub fn tell_if_evicted<S: StateMachine>(
+        &mut self,
+        now: Time,
+        from: &NodeId,
+        map: &NetworkMap,
+        gossip: &GossipConfig,
+        outbox: &mut Outbox<S>,
+    ) {
+        let Some(entry) = map.get(from) else {
+            return;
+        };
+        if entry.record.state != MemberState::Evicted {
+            return;
+        }
+        let every = gossip.anti_entropy_interval;
+        if self
+            .told_evicted
+            .get(from)
+            .is_some_and(|t| now < *t + every)
+        {
+            return;
+        }
+        let record = entry.record.clone();
+        self.told_evicted.retain(|_, t| now < *t + every);
+        self.told_evicted.insert(from.clone(), now);
+        outbox.send(from.clone(), Message::Status(Records(vec![record])));
+    }
+}
