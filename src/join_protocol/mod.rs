@@ -42,6 +42,7 @@ use crate::time::Time;
 use crate::version_vector::VersionVector;
 
 mod joiner;
+pub mod sponsor;
 pub use joiner::{Ask, JoinProgress, Joiner};
 
 /// A joiner's request to its sponsor.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gossip::dissemination::{self, Dissemination};
 use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
+use crate::join_protocol::sponsor::{self, Sponsor, SponsorContext, SponsorOutcome};
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
@@ -216,9 +217,8 @@ pub struct Replica<S: StateMachine> {
     wake_announced: Option<Time>,
     /// Failure detection: suspicion, eviction, local health.
     monitor: Monitor,
-    /// When this node's current membership was installed from a grant (`None` for a
-    /// founder): it sponsors no one for `suspect_after` after that.
-    joined_at: Option<Time>,
+    /// The sponsor side of the join handshake.
+    sponsor: Sponsor,
     /// A graceful leave that gave up since the last [`Replica::take_leave_failure`].
     leave_failure: Option<LeaveFailed>,
     /// The snapshot point [`PlantedBug::CountsOneMemberTooFew`] computes instead.
@@ -285,7 +285,7 @@ impl<S: StateMachine> Replica<S> {
             dissemination: Dissemination::new(now, first_ae),
             wake_announced: None,
             monitor: Monitor::new(first_failure_check),
-            joined_at: None,
+            sponsor: Sponsor::default(),
             leave_failure: None,
             leave_cut: VersionVector::new(),
             planted_sp: None,
@@ -726,27 +726,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn refuse_join(&mut self, to: &NodeId, reason: &str) {
-        let suggestions = self.suggest_sponsors();
-        self.send(
-            to.clone(),
-            Message::JoinResponse(Box::new(JoinResponse::Refused {
-                reason: reason.into(),
-                suggestions,
-                member_incarnation: None,
-            })),
-        );
-    }
-
-    /// Up to three random members in good standing (as far as this node knows), for a
-    /// joiner it turns away.
-    fn suggest_sponsors(&mut self) -> Vec<NodeId> {
-        let mut peers = self.map.counted_peers();
-        peers.retain(|p| p != &self.id);
-        let mut picked = Vec::new();
-        while picked.len() < 3 && !peers.is_empty() {
-            picked.push(peers.swap_remove(self.rng.random_range(0..peers.len())));
-        }
-        picked
+        let response = sponsor::refusal(reason, &self.map, &mut self.rng);
+        self.send(to.clone(), Message::JoinResponse(Box::new(response)));
     }
 
     /// The wake-up time requested by the last `ScheduleWake` has come (or passed).
@@ -932,7 +913,7 @@ impl<S: StateMachine> Replica<S> {
         self.retired_records = self.map.records();
         self.dissemination.reset_for_rejoin();
         self.incarnation += 1;
-        self.joined_at = None;
+        self.sponsor.on_membership_lost();
         self.stats.rejoins += 1;
         self.phase = Phase::Joining(Joiner::new(sponsors, now));
         self.ask_sponsor(now);
@@ -1186,72 +1167,24 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_join_request(&mut self, now: Time, from: &NodeId, request: &JoinRequest) {
-        let retry = join_protocol::is_pending_registration(&self.map, request);
-        let refusal = if &request.joiner != from {
-            Some("a join request must come from the joiner itself")
-        } else if retry {
-            // a retry of a registration this node made is granted again, even while it
-            // leaves or is cut off: the joiner must reach at least that cut
-            None
-        } else if !matches!(self.phase, Phase::Member { leaving_by: None }) {
-            Some("this node is leaving the network")
-        } else if let Some(reason) = self.cannot_sponsor_now(now, &request.joiner) {
-            self.stats.sponsorships_declined += 1;
-            Some(reason)
-        } else {
-            None
+        let ctx = SponsorContext {
+            gossip: &self.config.gossip,
+            log: &mut self.log,
+            map: &mut self.map,
+            rng: &mut self.rng,
+            accepting: matches!(self.phase, Phase::Member { leaving_by: None }),
+            isolated: self.monitor.is_isolated(),
         };
-        let response = match refusal {
-            Some(reason) => JoinResponse::Refused {
-                reason: reason.into(),
-                suggestions: if &request.joiner == from {
-                    self.suggest_sponsors()
-                } else {
-                    Vec::new()
-                },
-                member_incarnation: None,
-            },
-            None => match join_protocol::register(&mut self.log, &mut self.map, request, now) {
-                Ok(grant) => {
-                    self.stats.joins_sponsored += 1;
-                    self.dissemination.own_record_changed();
-                    JoinResponse::Granted(grant)
-                }
-                Err(e) => JoinResponse::Refused {
-                    member_incarnation: match &e {
-                        JoinError::AlreadyMember { incarnation, .. } => Some(*incarnation),
-                        _ => None,
-                    },
-                    reason: e.to_string(),
-                    suggestions: Vec::new(),
-                },
-            },
-        };
+        let (response, outcome) = self.sponsor.answer(now, from, request, ctx);
+        match outcome {
+            SponsorOutcome::Granted => {
+                self.stats.joins_sponsored += 1;
+                self.dissemination.own_record_changed();
+            }
+            SponsorOutcome::Declined => self.stats.sponsorships_declined += 1,
+            SponsorOutcome::Refused => {}
+        }
         self.send(from.clone(), Message::JoinResponse(Box::new(response)));
-    }
-
-    /// Why this member cannot register `joiner` now, if it cannot: it is cut off from most
-    /// of the members it counts (a minority must not grow its view), or it joined less than
-    /// `suspect_after` ago and cannot know yet which members are alive. A member it counts
-    /// that rejoins with a new incarnation is always registered: that replaces a silent
-    /// member by a live one and grows no view (refusing it could leave a two-member view
-    /// waiting forever for the old incarnation).
-    fn cannot_sponsor_now(&self, now: Time, joiner: &NodeId) -> Option<&'static str> {
-        if self.map.is_counted(joiner) {
-            return None;
-        }
-        if self.monitor.is_isolated() {
-            return Some("this node hears from too few members to sponsor a join; ask another");
-        }
-        if self
-            .joined_at
-            .is_some_and(|at| now < at + self.config.gossip.suspect_after)
-        {
-            return Some(
-                "this node joined too recently to know which members are alive; ask another",
-            );
-        }
-        None
     }
 
     fn on_join_response(&mut self, now: Time, from: &NodeId, response: &JoinResponse<S>) {
@@ -1415,7 +1348,7 @@ impl<S: StateMachine> Replica<S> {
                     .on_joined(now, &self.config.gossip, &mut self.rng);
                 self.monitor
                     .hold_until(now + self.config.gossip.suspect_after);
-                self.joined_at = Some(now);
+                self.sponsor.on_joined(now);
                 self.note_own_seq(own_seen.max(self.log.applied().get(&self.id)));
                 self.own.unstable_above(self.log.stable_cut().get(&self.id));
                 self.republish_retired(now);
