@@ -127,16 +127,6 @@ pub enum WriteRefused {
     DataDirBehind { stored: u64, seen: u64 },
 }
 
-/// Why a graceful leave gave up (the node stays a member and keeps its writes).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("leave timed out: {unstable} of the ops this node held when it began to leave ({unstable_own} of them its own) are not yet under its snapshot point, so some member may lack them; it stays a member")]
-pub struct LeaveFailed {
-    /// Ops held at the start of the leave that are not stable yet.
-    pub unstable: u64,
-    /// How many of them are this node's own.
-    pub unstable_own: u64,
-}
-
 /// Where a node stood when its checkpoint was taken.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DurablePhase {
@@ -190,9 +180,9 @@ enum Phase {
     /// Asking sponsors for a grant (see [`Joiner`]).
     Joining(Joiner),
     Member {
-        /// Set by `leave`: no more writes; announce `Left` once this node's own ops are
-        /// inside its snapshot point (so every member has them), or at this deadline.
-        leaving_by: Option<Time>,
+        /// Set by `leave`: no more writes; `Left` is announced once the ops this node held
+        /// are under its snapshot point (see [`Leave`]).
+        leaving: Option<Leave>,
     },
     /// Announced `Left`; still answers digests so its last record spreads.
     Left,
@@ -223,9 +213,6 @@ pub struct Replica<S: StateMachine> {
     leave_failure: Option<LeaveFailed>,
     /// The snapshot point [`PlantedBug::CountsOneMemberTooFew`] computes instead.
     planted_sp: Option<VersionVector>,
-    /// While leaving: every op this node held when the leave began. It leaves once all of
-    /// them are under its snapshot point, so that leaving drops no op only it held.
-    leave_cut: VersionVector,
     /// Set when the network showed an op of this node its storage never had: (highest seq
     /// stored, highest seen). No more writes under this identity.
     rolled_back: Option<(u64, u64)>,
@@ -287,7 +274,6 @@ impl<S: StateMachine> Replica<S> {
             monitor: Monitor::new(first_failure_check),
             sponsor: Sponsor::default(),
             leave_failure: None,
-            leave_cut: VersionVector::new(),
             planted_sp: None,
             rolled_back: None,
             retired_ops: Vec::new(),
@@ -368,7 +354,7 @@ impl<S: StateMachine> Replica<S> {
             id,
             1,
             config,
-            Phase::Member { leaving_by: None },
+            Phase::Member { leaving: None },
             map,
             log,
             own_ops,
@@ -472,12 +458,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// Whether `leave` was called and `Left` is not yet announced.
     pub fn is_leaving(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Member {
-                leaving_by: Some(_)
-            }
-        )
+        matches!(self.phase, Phase::Member { leaving: Some(_) })
     }
 
     /// Whether the node has announced that it left.
@@ -606,11 +587,9 @@ impl<S: StateMachine> Replica<S> {
     pub fn write(&mut self, now: Time, payload: S::Op) -> Result<Arc<Op<S::Op>>, WriteRefused> {
         match self.phase {
             Phase::Joining(_) => return Err(WriteRefused::Joining),
-            Phase::Member {
-                leaving_by: Some(_),
-            } => return Err(WriteRefused::Leaving),
+            Phase::Member { leaving: Some(_) } => return Err(WriteRefused::Leaving),
             Phase::Left => return Err(WriteRefused::Left),
-            Phase::Member { leaving_by: None } => {}
+            Phase::Member { leaving: None } => {}
         }
         let reuse_seqs = self.config.planted == Some(PlantedBug::SeqReusedAfterRejoin);
         if let Some((stored, seen)) = self.rolled_back.filter(|_| !reuse_seqs) {
@@ -647,16 +626,19 @@ impl<S: StateMachine> Replica<S> {
         match self.phase {
             Phase::Joining(_) => return Err(WriteRefused::Joining),
             Phase::Left => return Err(WriteRefused::Left),
-            Phase::Member {
-                leaving_by: Some(_),
-            } => return Ok(()),
-            Phase::Member { leaving_by: None } => {}
+            Phase::Member { leaving: Some(_) } => return Ok(()),
+            Phase::Member { leaving: None } => {}
         }
+        let leave = Leave::begin(
+            now,
+            &self.id,
+            self.log.applied(),
+            self.own.highest(),
+            self.config.gossip.leave_drain_timeout,
+        );
         self.phase = Phase::Member {
-            leaving_by: Some(now + self.config.gossip.leave_drain_timeout),
+            leaving: Some(leave),
         };
-        self.leave_cut = self.log.applied().clone();
-        self.leave_cut.raise(&self.id, self.own.highest());
         if self.config.planted == Some(PlantedBug::LeaveWithoutHandover) {
             self.dissemination.drop_unpublished();
             self.announce_left(now);
@@ -884,7 +866,7 @@ impl<S: StateMachine> Replica<S> {
             // the node rejoins like any other to hand its ops over (it may leave again)
             self.fail_leave();
         }
-        if matches!(self.phase, Phase::Member { leaving_by: None }) {
+        if matches!(self.phase, Phase::Member { leaving: None }) {
             self.begin_rejoin(now);
         }
     }
@@ -1085,7 +1067,7 @@ impl<S: StateMachine> Replica<S> {
                 (Phase::Joining(Joiner::new(sponsors, now)), false)
             }
             DurablePhase::Joining { .. } => (Phase::Left, false),
-            DurablePhase::Member | DurablePhase::Left => (Phase::Member { leaving_by: None }, true),
+            DurablePhase::Member | DurablePhase::Left => (Phase::Member { leaving: None }, true),
         };
         let mut replica = Self::with_parts(
             id,
@@ -1172,7 +1154,7 @@ impl<S: StateMachine> Replica<S> {
             log: &mut self.log,
             map: &mut self.map,
             rng: &mut self.rng,
-            accepting: matches!(self.phase, Phase::Member { leaving_by: None }),
+            accepting: matches!(self.phase, Phase::Member { leaving: None }),
             isolated: self.monitor.is_isolated(),
         };
         let (response, outcome) = self.sponsor.answer(now, from, request, ctx);
@@ -1343,7 +1325,7 @@ impl<S: StateMachine> Replica<S> {
                 self.log_generation += 1;
                 self.map = map;
                 self.map.plant(self.config.planted);
-                self.phase = Phase::Member { leaving_by: None };
+                self.phase = Phase::Member { leaving: None };
                 self.dissemination
                     .on_joined(now, &self.config.gossip, &mut self.rng);
                 self.monitor
@@ -1454,22 +1436,19 @@ impl<S: StateMachine> Replica<S> {
             self.own.stable_upto(stable, now, retention);
         }
         if let Phase::Member {
-            leaving_by: Some(deadline),
-        } = self.phase
+            leaving: Some(leave),
+        } = &self.phase
         {
-            // The ops it holds are safe to leave behind once they are under its snapshot
-            // point: every member it counts has applied them, and so has every member it
-            // has not heard of yet (their join cuts lie above that point, I3).
-            let sp = self.map.snapshot_point();
-            let handed_over = !self.dissemination.has_unpublished() && self.leave_cut.le(sp);
-            // every joiner it registered has reported by itself (its `Left` record would
-            // count them anyway, so this is not waited for past the deadline)
-            let drained = handed_over && !join_protocol::has_unconfirmed_registrations(&self.map);
-            if drained || (handed_over && now >= deadline) {
-                self.announce_left(now);
-            } else if now >= deadline {
-                // leaving now could lose writes: give up the leave and stay a member
-                self.fail_leave();
+            let step = leave.step(
+                now,
+                self.map.snapshot_point(),
+                self.dissemination.has_unpublished(),
+                join_protocol::has_unconfirmed_registrations(&self.map),
+            );
+            match step {
+                LeaveStep::Announce => self.announce_left(now),
+                LeaveStep::GiveUp => self.fail_leave(),
+                LeaveStep::Wait => {}
             }
         }
         let next = self.next_deadline();
@@ -1484,23 +1463,16 @@ impl<S: StateMachine> Replica<S> {
 
     /// Gives up a leave (see [`LeaveFailed`]): the node stays a member.
     fn fail_leave(&mut self) {
-        let sp = self.map.snapshot_point();
-        let unstable_own = self
-            .leave_cut
-            .get(&self.id)
-            .saturating_sub(sp.get(&self.id));
-        let unstable = self
-            .leave_cut
-            .iter()
-            .map(|(origin, seq)| seq.saturating_sub(sp.get(origin)))
-            .sum();
-        self.phase = Phase::Member { leaving_by: None };
-        self.leave_cut = VersionVector::new();
+        let Phase::Member {
+            leaving: Some(leave),
+        } = &self.phase
+        else {
+            return;
+        };
+        let failure = leave.failure(&self.id, self.map.snapshot_point());
+        self.phase = Phase::Member { leaving: None };
         self.stats.leaves_failed += 1;
-        self.leave_failure = Some(LeaveFailed {
-            unstable,
-            unstable_own,
-        });
+        self.leave_failure = Some(failure);
     }
 
     /// [`PlantedBug::CountsOneMemberTooFew`]: the minimum over the counted members but the
@@ -1546,11 +1518,11 @@ impl<S: StateMachine> Replica<S> {
             Phase::Left => self
                 .dissemination
                 .status_due(&self.map, &self.config.gossip),
-            Phase::Member { leaving_by } => [
+            Phase::Member { leaving } => [
                 self.dissemination
                     .next_deadline(&self.map, &self.config.gossip),
                 Some(self.monitor.next_check()),
-                *leaving_by,
+                leaving.as_ref().map(Leave::deadline),
             ]
             .into_iter()
             .flatten()
@@ -1583,6 +1555,9 @@ fn known_nodes(map: &NetworkMap, me: &NodeId) -> Vec<NodeId> {
         .collect()
 }
 
+mod leave;
+pub use leave::LeaveFailed;
+use leave::{Leave, LeaveStep};
 mod planted;
 pub use planted::PlantedBug;
 
