@@ -73,7 +73,8 @@ struct NodeArgs {
     /// Address of the HTTP API [default: 127.0.0.1:0].
     #[arg(long)]
     api: Option<SocketAddr>,
-    /// A peer to join through (repeatable); with a /p2p/<peer id> suffix, or without.
+    /// A peer to join through (repeatable); with a /p2p/<peer id> suffix, or without;
+    /// /dns4/<host>/tcp/<port> (and /dns6, /dns) names are resolved when dialled.
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
     /// Network name (the gossip topic is tidemark/<network>/ops) [default: tidemark].
