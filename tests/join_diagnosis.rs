@@ -409,3 +409,41 @@ async fn members_leaving_and_evicted_are_logged_at_info_level() {
     let status = a.status().await;
     assert_eq!(status["isolated"], false, "a majority: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_address_times_out_and_a_wrong_peer_id_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // a socket that accepts connections (the kernel does) and never says a word
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = format!("/ip4/127.0.0.1/tcp/{}", silent.local_addr().unwrap().port());
+    let a = start(&dir.path().join("a"), &["--bootstrap", &silent_addr]);
+    let (api, silent_ref) = (a.api, &silent_addr);
+    let said = eventually(Duration::from_secs(60), || async move {
+        let status = http(api, "GET", "/v1/status", None).await.json();
+        dial_failure(&status, silent_ref).is_some_and(|r| r.starts_with("timeout"))
+    })
+    .await;
+    assert!(said, "{}", a.status().await);
+    assert!(
+        a.log().lines().any(|l| l.contains("dial failed")
+            && l.contains(&silent_addr)
+            && l.contains("timeout")),
+        "{}",
+        a.log()
+    );
+
+    // a live node's address with another node's peer id
+    let founder = start(&dir.path().join("founder"), &[]);
+    let other = start(&dir.path().join("other"), &[]);
+    let wrong = format!("{}/p2p/{}", without_p2p(&founder.listen), other.peer_id);
+    drop(other);
+    let b = start(&dir.path().join("b"), &["--bootstrap", &wrong]);
+    let founder_id = founder.peer_id.clone();
+    let named = eventually(Duration::from_secs(60), || async {
+        b.log().lines().any(|l| {
+            l.contains("dial failed") && l.contains("wrong peer id") && l.contains(&founder_id)
+        })
+    })
+    .await;
+    assert!(named, "{}", b.log());
+}

@@ -74,11 +74,12 @@ impl fmt::Display for Reason {
 impl Reason {
     /// The failures of a dial, one per address tried (a dial by peer id with no address
     /// tried yields one entry without an address). `None` for a dial that was not made at
-    /// all (its condition was false: the peer is connected or being dialled).
+    /// all (its condition was false: the peer is connected or being dialled) or that was
+    /// aborted (the peer connected otherwise).
     pub fn of_dial(error: &DialError, keyed: bool) -> Option<Vec<(Option<Multiaddr>, Reason)>> {
         Some(match error {
-            DialError::DialPeerConditionFalse(_) => return None,
-            DialError::Aborted => vec![(None, Reason::Other("aborted".into()))],
+            // not made, or given up because the peer connected otherwise
+            DialError::DialPeerConditionFalse(_) | DialError::Aborted => return None,
             DialError::NoAddresses => vec![(None, Reason::Other("no address known".into()))],
             DialError::LocalPeerId { address } => vec![(Some(address.clone()), Reason::Itself)],
             DialError::WrongPeerId { obtained, address } => vec![(

@@ -1358,11 +1358,11 @@ impl Driver {
                 (None, Some(peer)) => format!("/p2p/{peer}"),
                 (None, None) => "(no address)".to_string(),
             };
-            let peer = peer.map(|p| p.to_base58()).unwrap_or_default();
-            if joining {
-                warn!(%addr, %peer, %reason, "dial failed");
-            } else {
-                info!(%addr, %peer, %reason, "dial failed");
+            match (joining, peer) {
+                (true, Some(peer)) => warn!(%addr, %peer, %reason, "dial failed"),
+                (true, None) => warn!(%addr, %reason, "dial failed"),
+                (false, Some(peer)) => info!(%addr, %peer, %reason, "dial failed"),
+                (false, None) => info!(%addr, %reason, "dial failed"),
             }
             if self.dial_failures.len() >= DIAL_FAILURES_KEPT
                 && !self.dial_failures.contains_key(&addr)
