@@ -153,7 +153,8 @@ struct NodeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     api: Option<SocketAddr>,
     /// A peer to join through (repeatable, or comma-separated); with a /p2p/<peer id>
-    /// suffix, or without.
+    /// suffix, or without; /dns4/<host>/tcp/<port> (and /dns6, /dns) names are resolved
+    /// when dialled.
     #[arg(long, value_name = "MULTIADDR", value_delimiter = ',')]
     bootstrap: Vec<Multiaddr>,
     /// Network name (the gossip topic is tidemark/<network>/ops) [default: tidemark].

@@ -73,12 +73,11 @@ pub struct Joiner {
 }
 
 impl Joiner {
-    /// Starts joining through `sponsors`, in order; the first is asked at once.
-    ///
-    /// # Panics
-    /// If `sponsors` is empty.
+    /// Starts joining through `sponsors`, in order; the first is asked at once. An empty
+    /// list is allowed (a driver that has to learn its bootstrap peers' ids by dialling
+    /// their addresses first): nothing is asked until [`add_sponsors`](Self::add_sponsors)
+    /// brings one, and a round passes every `join_retry_max` meanwhile.
     pub fn new(sponsors: Vec<NodeId>, now: Time) -> Self {
-        assert!(!sponsors.is_empty(), "a joiner needs a bootstrap peer");
         let progress = JoinProgress {
             since: now,
             sponsors: sponsors.len(),
@@ -100,9 +99,10 @@ impl Joiner {
         &self.sponsors
     }
 
-    /// The sponsor asked now (the only one whose answer counts).
-    pub fn current(&self) -> &NodeId {
-        &self.sponsors[self.current]
+    /// The sponsor asked now (the only one whose answer counts); none while the list is
+    /// empty.
+    pub fn current(&self) -> Option<&NodeId> {
+        self.sponsors.get(self.current)
     }
 
     /// When the next request is due.
@@ -115,20 +115,35 @@ impl Joiner {
     }
 
     /// The next request is due (`retry_at` passed): whom to ask, and whether with a new
-    /// incarnation. `known` lists the nodes the joiner has learned of, for widening.
+    /// incarnation. `known` lists the nodes the joiner has learned of, for widening. With
+    /// no possible sponsor (and none learned of) there is no one to ask: a round passes,
+    /// and the next is due after `join_retry_max`.
     pub fn ask(
         &mut self,
         now: Time,
         config: &GossipConfig,
         rng: &mut impl Rng,
         known: impl FnOnce() -> Vec<NodeId>,
-    ) -> Ask {
+    ) -> Option<Ask> {
+        let mut known = Some(known);
+        let mut known = move || known.take().map(|f| f()).unwrap_or_default();
+        if self.sponsors.is_empty() {
+            self.current = 0;
+            self.progress.rounds += 1;
+            self.sponsors = known();
+            self.progress.sponsors = self.sponsors.len();
+            if self.sponsors.is_empty() {
+                self.awaiting = false;
+                self.retry_at = now + jitter(rng, config.join_retry_max);
+                return None;
+            }
+        }
         let mut new_incarnation = false;
         if self.awaiting {
             self.progress.unanswered += 1;
             self.unanswered += 1;
             if self.unanswered >= config.join_attempts_per_sponsor {
-                self.advance(known);
+                self.advance(&mut known);
                 self.backoff = config.join_retry;
                 new_incarnation = true;
             } else {
@@ -140,10 +155,10 @@ impl Joiner {
         self.awaiting = true;
         self.progress.requests += 1;
         self.retry_at = now + jitter(rng, self.backoff);
-        Ask {
-            sponsor: self.current().clone(),
+        Some(Ask {
+            sponsor: self.sponsors[self.current].clone(),
             new_incarnation,
-        }
+        })
     }
 
     /// The current sponsor refused: nothing was registered. `member_incarnation` is the
@@ -182,12 +197,20 @@ impl Joiner {
     }
 
     /// Adds possible sponsors the driver found (the peers now at the addresses of nodes
-    /// the joiner knows, when those nodes came back under new identities).
+    /// the joiner knows, when those nodes came back under new identities, or at bootstrap
+    /// addresses given without a peer id). A joiner that had no one to ask asks the first
+    /// of them at its next wake-up.
     pub fn add_sponsors(&mut self, ids: impl IntoIterator<Item = NodeId>, me: &NodeId) {
+        let had_none = self.sponsors.is_empty();
         for id in ids {
             if &id != me && !self.sponsors.contains(&id) {
                 self.sponsors.push(id);
             }
+        }
+        if had_none && !self.sponsors.is_empty() {
+            self.current = 0;
+            self.awaiting = false;
+            self.retry_at = Time::ZERO;
         }
         self.progress.sponsors = self.sponsors.len();
     }
@@ -241,13 +264,13 @@ mod tests {
         let config = config();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut joiner = Joiner::new(vec![id(1)], Time::ZERO);
-        let first = joiner.ask(Time::ZERO, &config, &mut rng, Vec::new);
+        let first = joiner.ask(Time::ZERO, &config, &mut rng, Vec::new).unwrap();
         assert_eq!(first.sponsor, id(1));
         assert!(!first.new_incarnation);
         let mut asks = Vec::new();
         for _ in 0..config.join_attempts_per_sponsor {
             let now = joiner.retry_at();
-            asks.push(joiner.ask(now, &config, &mut rng, Vec::new));
+            asks.push(joiner.ask(now, &config, &mut rng, Vec::new).unwrap());
         }
         assert!(asks.iter().all(|a| a.sponsor == id(1)));
         assert_eq!(
@@ -309,7 +332,7 @@ mod tests {
             &[id(1), id(2)],
             "the suggestion, not myself"
         );
-        assert_eq!(joiner.current(), &id(2));
+        assert_eq!(joiner.current(), Some(&id(2)));
         let now = joiner.retry_at();
         joiner.ask(now, &config, &mut rng, Vec::new);
         joiner.refused(now, "no", &[], None, 1, &me, &config, &mut rng, || {
@@ -318,6 +341,31 @@ mod tests {
         assert_eq!(joiner.sponsors(), &[id(1), id(2), id(3), id(4)]);
         assert_eq!(joiner.progress().rounds, 1);
         assert_eq!(joiner.progress().sponsors, 4);
+    }
+
+    #[test]
+    fn a_joiner_without_sponsors_asks_no_one_until_one_is_added_then_asks_it_at_once() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let me = id(9);
+        let mut joiner = Joiner::new(Vec::new(), Time::ZERO);
+        assert_eq!(joiner.ask(Time::ZERO, &config, &mut rng, Vec::new), None);
+        assert_eq!(joiner.current(), None);
+        let next = joiner.retry_at();
+        assert!(next > Time::ZERO, "the next round is not due at once");
+        assert_eq!(joiner.ask(next, &config, &mut rng, Vec::new), None);
+        assert_eq!(joiner.progress().rounds, 2, "each empty round is counted");
+        assert_eq!(joiner.progress().requests, 0);
+        joiner.add_sponsors([id(1)], &me);
+        assert_eq!(
+            joiner.retry_at(),
+            Time::ZERO,
+            "the found sponsor is asked at once"
+        );
+        let ask = joiner.ask(next, &config, &mut rng, Vec::new).unwrap();
+        assert_eq!(ask.sponsor, id(1));
+        assert!(!ask.new_incarnation);
+        assert_eq!(joiner.progress().sponsors, 1);
     }
 
     #[test]

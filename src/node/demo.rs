@@ -4,9 +4,10 @@
 //! own data dir in a temporary directory), all joining through the first one. Every node
 //! writes ops at a steady rate. A table shows each node's applied ops, snapshot point and
 //! lag. Partway through, one node is killed (a crash: nothing announced) and the table shows
-//! the others' snapshot points stall until failure detection evicts it, then move on. At the
-//! end writes stop, the network settles, and a summary says whether every node reached the
-//! same snapshot point with the same digest.
+//! the others' snapshot points stall until failure detection evicts it (a line says when),
+//! then move on. At the end writes stop, the network settles, and a summary says whether
+//! every node reached the same snapshot point with the same digest, and how many ops the
+//! killed node acknowledged but never published (those no other node could apply).
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -52,6 +53,11 @@ pub struct DemoSummary {
     /// applied, with the same digest.
     pub converged: bool,
     pub crashed: Option<String>,
+    /// Seconds into the demo when a survivor was first seen to have evicted the killed node.
+    pub evicted_at: Option<f64>,
+    /// Ops the killed node acknowledged that no survivor applied: it stored them and was
+    /// killed before it could publish them.
+    pub unpublished: u64,
 }
 
 struct Slot {
@@ -109,6 +115,7 @@ pub async fn run(config: DemoConfig) -> Result<DemoSummary, super::NodeError> {
     let mut next_draw = start;
     let mut drawn_lines = 0usize;
     let mut events: Vec<String> = Vec::new();
+    let mut evicted_at: Option<f64> = None;
     while start.elapsed() < config.duration {
         let now = Instant::now();
         if now >= next_write {
@@ -135,6 +142,7 @@ pub async fn run(config: DemoConfig) -> Result<DemoSummary, super::NodeError> {
             ));
             crashed = Some(victim);
         }
+        note_eviction(&slots, crashed, start, &mut evicted_at, &mut events).await;
         if now >= next_draw {
             next_draw += if live {
                 Duration::from_millis(500)
@@ -152,6 +160,7 @@ pub async fn run(config: DemoConfig) -> Result<DemoSummary, super::NodeError> {
     ));
     let settle_until = Instant::now() + config.settle;
     let converged = loop {
+        note_eviction(&slots, crashed, start, &mut evicted_at, &mut events).await;
         let done = settled(&slots, crashed).await;
         if done || Instant::now() >= settle_until {
             break done;
@@ -160,6 +169,7 @@ pub async fn run(config: DemoConfig) -> Result<DemoSummary, super::NodeError> {
         draw(&table, &events, live, &mut drawn_lines);
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    note_eviction(&slots, crashed, start, &mut evicted_at, &mut events).await;
     let table = table(&slots, crashed, start).await;
     draw(&table, &events, live, &mut drawn_lines);
     let mut summary = DemoSummary {
@@ -167,12 +177,23 @@ pub async fn run(config: DemoConfig) -> Result<DemoSummary, super::NodeError> {
         ops_written: slots.iter().map(|s| s.written).sum(),
         converged,
         crashed: crashed.map(|i| slots[i].label.clone()),
+        evicted_at,
+        unpublished: 0,
     };
+    let mut victim_applied = 0;
     for (i, slot) in slots.iter().enumerate() {
         if crashed == Some(i) {
             continue;
         }
         if let Ok(status) = slot.handle.status().await {
+            if let Some(victim) = crashed {
+                let seq = status
+                    .applied
+                    .get(slots[victim].handle.peer_id())
+                    .copied()
+                    .unwrap_or(0);
+                victim_applied = victim_applied.max(seq);
+            }
             summary.nodes.push((
                 slot.label.clone(),
                 status.snapshot_point.values().sum(),
@@ -180,6 +201,9 @@ pub async fn run(config: DemoConfig) -> Result<DemoSummary, super::NodeError> {
                 status.digest,
             ));
         }
+    }
+    if let Some(victim) = crashed {
+        summary.unpublished = slots[victim].written.saturating_sub(victim_applied);
     }
     print_summary(&summary);
     for slot in slots.iter_mut() {
@@ -252,6 +276,42 @@ fn draw(table: &[String], events: &[String], live: bool, drawn: &mut usize) {
     let _ = stdout.flush();
 }
 
+/// Once a survivor's map shows the killed node evicted: a line in the events, once.
+async fn note_eviction(
+    slots: &[Slot],
+    crashed: Option<usize>,
+    start: Instant,
+    evicted_at: &mut Option<f64>,
+    events: &mut Vec<String>,
+) {
+    let Some(victim) = crashed else { return };
+    if evicted_at.is_some() {
+        return;
+    }
+    let victim_id = slots[victim].handle.peer_id();
+    for (i, slot) in slots.iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let Ok(map) = slot.handle.network_map().await else {
+            continue;
+        };
+        let evicted = map
+            .members
+            .iter()
+            .any(|m| m.peer_id == victim_id && m.state == "evicted");
+        if evicted {
+            let t = start.elapsed().as_secs_f64();
+            *evicted_at = Some(t);
+            events.push(format!(
+                "{t:>5.1} s  {} evicted by failure detection: the snapshot points move on without it",
+                slots[victim].label
+            ));
+            return;
+        }
+    }
+}
+
 /// Every running node is a member, its snapshot point equals what it applied, and all agree.
 async fn settled(slots: &[Slot], crashed: Option<usize>) -> bool {
     let mut seen: Option<(std::collections::BTreeMap<String, u64>, String)> = None;
@@ -283,6 +343,16 @@ fn print_summary(summary: &DemoSummary) {
     println!("summary: {} ops written", summary.ops_written);
     if let Some(c) = &summary.crashed {
         println!("  killed halfway: {c}");
+        match summary.evicted_at {
+            Some(t) => println!("  evicted at {t:.1} s by failure detection"),
+            None => println!("  not evicted before the end"),
+        }
+        if summary.unpublished > 0 {
+            println!(
+                "  {} op(s) written and applied nowhere: {c} acknowledged them (stored on its disk) and was killed before it could publish them; they reach the others if it restarts with its data dir",
+                summary.unpublished
+            );
+        }
     }
     for (label, sp, applied, digest) in &summary.nodes {
         println!(

@@ -30,14 +30,17 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{allow_block_list, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport};
+use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    allow_block_list, dns, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport,
+};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::address_book::AddressBook;
+use super::dial_failure::Reason;
 use super::direct::Direct;
 use super::keeper::SnapshotKeeper;
 use super::metrics::{count_up_to, KindLabel, Metrics, ReasonLabel};
@@ -48,15 +51,15 @@ use super::snapshots::SnapshotStore;
 use super::storage::{Batch, Stager, StateWrite, Storage};
 use super::transfer::{self, FetchError};
 use super::views::{
-    vector_json, At, JoinView, NetworkMapView, OpIdView, ReadyView, SnapshotPointView, StateView,
-    StatusView,
+    vector_json, At, DialFailureView, JoinView, NetworkMapView, OpIdView, ReadyView,
+    SnapshotPointView, StateView, StatusView, ViewView,
 };
 use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
 use crate::gossip::{
     decode, decode_published, encode, encode_published, published_op_range, report_len, Message,
     TopicDecodeError,
 };
-use crate::join_protocol::{HandedOverState, JoinGrant, JoinResponse, StateOffer};
+use crate::join_protocol::{HandedOverState, JoinGrant, JoinProgress, JoinResponse, StateOffer};
 use crate::network_map::MemberState;
 use crate::ops_log::LwwMap;
 use crate::replica::{Action, LeaveFailed, Replica, ReplicaConfig};
@@ -73,6 +76,10 @@ const RECONNECT_TICK: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Most waiting events and commands handled together before storing and acting.
 const READY_BATCH: usize = 64;
+/// Longest a connection attempt (DNS, TCP and the handshakes) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Addresses whose last dial failure is kept for the join status.
+const DIAL_FAILURES_KEPT: usize = 16;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -184,6 +191,9 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         .gossipsub
         .subscribe(&topic)
         .map_err(|e| NodeError::Transport(e.to_string()))?;
+    for addr in &config.listen {
+        probe_listen_addr(addr)?;
+    }
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
@@ -301,9 +311,10 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             )
         }
         None => {
-            let sponsors = resolve_bootstrap(&mut swarm, &config.bootstrap).await?;
+            let sponsors = named_bootstrap_peers(&mut swarm, &config.bootstrap)?;
             info!(
-                bootstrap = sponsors.len(),
+                bootstrap = config.bootstrap.len(),
+                with_peer_id = sponsors.len(),
                 "joining through the bootstrap peers"
             );
             Replica::joiner_via(me.clone(), 1, sponsors, replica_config, seed, Time::ZERO)
@@ -376,10 +387,22 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         archiver: config.archiver,
         penalties: Penalties::new(PenaltyLimits::default()),
         cut_links: BTreeSet::new(),
+        keyed: config.network_key.is_some(),
+        dial_failures: BTreeMap::new(),
+        members_seen: BTreeMap::new(),
+        was_isolated: false,
     };
     driver.stored_generation = state_stored.then(|| driver.replica.log_generation());
     // everything the replica did while starting (a rejoin's request, a founder's record)
     driver.after_event()?;
+    if driver
+        .replica
+        .join_sponsors()
+        .is_some_and(|sponsors| sponsors.is_empty())
+    {
+        // no bootstrap address named its peer: learn who answers there
+        driver.dial_known_addresses();
+    }
     let handle = NodeHandle {
         commands: commands_tx,
         snapshot_point: sp_rx,
@@ -396,14 +419,27 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     })
 }
 
-/// TCP, then (in a private network) the pre-shared key's XSalsa20 layer, then noise and
-/// yamux. A peer without the key fails the noise handshake, which it cannot decrypt, so
-/// the connection never opens.
+/// TCP behind DNS resolution (`/dns`, `/dns4`, `/dns6` addresses are resolved when
+/// dialled), then (in a private network) the pre-shared key's XSalsa20 layer, then noise
+/// and yamux, all within [`DIAL_TIMEOUT`]. A peer without the key fails the noise
+/// handshake, which it cannot decrypt, so the connection never opens.
 fn transport(
     key: &Keypair,
     network_key: Option<PreSharedKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp = || tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp = match dns::tokio::Transport::system(tcp()) {
+        Ok(resolving) => resolving,
+        Err(error) => {
+            // no usable /etc/resolv.conf: names resolve from the hosts file only
+            warn!(%error, "cannot read the system's DNS configuration; names in addresses resolve from the hosts file only");
+            dns::tokio::Transport::custom(
+                tcp(),
+                dns::ResolverConfig::default(),
+                dns::ResolverOpts::default(),
+            )
+        }
+    };
     let noise = noise::Config::new(key)?;
     let transport = match network_key {
         Some(psk) => tcp
@@ -411,14 +447,61 @@ fn transport(
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise)
             .multiplex(yamux::Config::default())
+            .timeout(DIAL_TIMEOUT)
             .boxed(),
         None => tcp
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise)
             .multiplex(yamux::Config::default())
+            .timeout(DIAL_TIMEOUT)
             .boxed(),
     };
     Ok(transport)
+}
+
+/// Fails when a TCP port this node is asked to listen on is already taken.
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on its listening sockets, so its own bind succeeds
+/// beside another process's listener of the same user, and the kernel then splits the
+/// incoming connections between the two. A plain socket without `SO_REUSEPORT` cannot
+/// bind an address some socket listens on (Linux refuses it even with `SO_REUSEADDR`), so
+/// binding one first tells whether the port is free. The probe is closed just before
+/// libp2p binds. In that window another process could take the port: one without
+/// `SO_REUSEPORT` then makes libp2p's own bind fail (also an error at start); only a
+/// second `SO_REUSEPORT` listener (another node) whose own probe ran before this node's
+/// bind, i.e. two nodes started on one port within the same instant, still slips through.
+/// Port 0 (any free port) needs no probe.
+fn probe_listen_addr(addr: &Multiaddr) -> Result<(), NodeError> {
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(NodeError::Listen {
+            addr: addr.clone(),
+            reason: "the address is in use: another process listens on that port".into(),
+        }),
+        Err(e) => Err(NodeError::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 fn build_swarm(
@@ -529,42 +612,27 @@ async fn wait_for_listen_addrs(
     Ok(addrs)
 }
 
-/// Peer ids of the bootstrap peers: taken from a `/p2p/` suffix, or learned by dialling
-/// the address. Waits (dialling again every 2 s) until at least one is known.
-async fn resolve_bootstrap(
+/// Peer ids of the bootstrap peers whose addresses end in `/p2p/<peer id>` (their
+/// addresses are taught to the swarm). The peers at the other addresses are learned by
+/// dialling them once the node runs ([`Driver::dial_known_addresses`]), so a node starts,
+/// prints its line and serves its API the same way with or without the `/p2p` part.
+fn named_bootstrap_peers(
     swarm: &mut Swarm<Behaviour>,
     bootstrap: &[Multiaddr],
 ) -> Result<Vec<NodeId>, NodeError> {
     let mut sponsors = Vec::new();
-    let mut unnamed = Vec::new();
     for addr in bootstrap {
         let mut plain = addr.clone();
         match plain.pop() {
-            Some(Protocol::P2p(peer)) => {
+            Some(Protocol::P2p(peer)) if plain.iter().next().is_some() => {
                 swarm.add_peer_address(peer, plain);
                 sponsors.push(node_id(&peer));
             }
-            Some(_) => unnamed.push(addr.clone()),
-            None => return Err(NodeError::Bootstrap(addr.clone())),
+            Some(Protocol::P2p(_)) | None => return Err(NodeError::Bootstrap(addr.clone())),
+            Some(_) => {}
         }
     }
-    if !sponsors.is_empty() {
-        return Ok(sponsors);
-    }
-    loop {
-        for addr in &unnamed {
-            if let Err(e) = swarm.dial(addr.clone()) {
-                warn!(%addr, error = %e, "cannot dial bootstrap peer");
-            }
-        }
-        let retry = Instant::now() + Duration::from_secs(2);
-        while let Ok(event) = tokio::time::timeout_at(retry, swarm.select_next_some()).await {
-            if let SwarmEvent::ConnectionEstablished { peer_id, .. } = event {
-                return Ok(vec![node_id(&peer_id)]);
-            }
-        }
-        warn!("no bootstrap peer reachable yet; trying again");
-    }
+    Ok(sponsors)
 }
 
 /// `addr` without a trailing `/p2p/<peer id>`, with the peer id if there was one.
@@ -669,6 +737,14 @@ struct Driver {
     penalties: Penalties<PeerId>,
     /// Peers whose links the operator cut (`NodeHandle::cut_links`).
     cut_links: BTreeSet<PeerId>,
+    /// Whether this node runs a private network (a network key).
+    keyed: bool,
+    /// The last failed dial per address (without `/p2p`): the reason and when.
+    dial_failures: BTreeMap<String, (String, Instant)>,
+    /// Every member's state and incarnation as last logged ([`Driver::log_membership`]).
+    members_seen: BTreeMap<NodeId, (MemberState, u64)>,
+    /// Whether this node was isolated when last logged.
+    was_isolated: bool,
 }
 
 /// What gossipsub should do with a received message.
@@ -878,10 +954,19 @@ impl Driver {
     fn status(&mut self) -> StatusView {
         let phase = phase_name(&self.replica);
         let now = self.now();
-        let join = self
-            .replica
-            .join_progress()
-            .map(|progress| JoinView::new(progress, now));
+        let join = self.replica.join_progress().map(|progress| {
+            let mut view = JoinView::new(progress, now);
+            view.waiting = self.join_waiting(progress);
+            view.dial_failures = self.dial_failure_views();
+            view
+        });
+        let map = self.replica.network_map();
+        let suspected = map
+            .iter()
+            .filter(|(_, e)| e.record.state == MemberState::Suspect)
+            .map(|(id, _)| id.to_base58())
+            .collect();
+        let view = ViewView::new(map);
         StatusView {
             peer_id: self.swarm.local_peer_id().to_base58(),
             network: self.network.clone(),
@@ -892,7 +977,127 @@ impl Driver {
             applied: vector_json(self.replica.applied()),
             snapshot_point: vector_json(self.replica.snapshot_point()),
             digest: self.replica.stable_digest().to_hex(),
+            isolated: self.replica.is_member() && self.replica.is_isolated(),
+            suspected,
+            view,
             join,
+        }
+    }
+
+    /// The failed dials kept for the join status, the latest first.
+    fn dial_failure_views(&self) -> Vec<DialFailureView> {
+        let mut failures: Vec<DialFailureView> = self
+            .dial_failures
+            .iter()
+            .map(|(addr, (reason, at))| DialFailureView {
+                addr: addr.clone(),
+                reason: reason.clone(),
+                ms_ago: at.elapsed().as_millis() as u64,
+            })
+            .collect();
+        failures.sort_by_key(|f| f.ms_ago);
+        failures
+    }
+
+    /// Why the node is still joining, in a sentence (`join.waiting` of the status).
+    fn join_waiting(&self, progress: &JoinProgress) -> String {
+        if self.replica.awaited_grant().is_some() {
+            return "granted: fetching the offered state".into();
+        }
+        let last_failure = self
+            .dial_failure_views()
+            .into_iter()
+            .next()
+            .map(|f| format!("; last failed dial: {}: {}", f.addr, f.reason))
+            .unwrap_or_default();
+        let sponsors = self.replica.join_sponsors().unwrap_or_default();
+        if sponsors.is_empty() {
+            return format!(
+                "no bootstrap peer reached yet: dialling the bootstrap addresses to learn who answers there{last_failure}"
+            );
+        }
+        let connected = sponsors
+            .iter()
+            .filter_map(peer_id)
+            .any(|p| self.swarm.is_connected(&p));
+        if !connected {
+            return format!("no possible sponsor connected{last_failure}");
+        }
+        match &progress.last_refusal {
+            Some(refusal) => format!(
+                "refused ({} so far; the last: {refusal}); asking the next possible sponsor",
+                progress.refusals
+            ),
+            None if progress.unanswered > 0 => format!(
+                "{} of {} join requests went unanswered",
+                progress.unanswered, progress.requests
+            ),
+            None => "waiting for the sponsor's answer".into(),
+        }
+    }
+
+    /// Logs, at info level, every change of a member's standing this node learns of:
+    /// joined, rejoined, suspected, no longer suspected, left (evicted is logged from the
+    /// replica's eviction journal in [`store`](Self::store)); and a warning when
+    /// this node finds itself isolated (hearing from at most half of the members).
+    fn log_membership(&mut self) {
+        if !self.replica.is_member() {
+            self.members_seen.clear();
+            return;
+        }
+        let me = self.replica.id().clone();
+        let first = self.members_seen.is_empty();
+        let mut seen = BTreeMap::new();
+        for (id, entry) in self.replica.network_map().iter() {
+            let now = (entry.record.state, entry.record.incarnation);
+            seen.insert(id.clone(), now);
+            if first || *id == me {
+                continue;
+            }
+            let member = id.to_base58();
+            let incarnation = now.1;
+            match (self.members_seen.get(id).copied(), now.0) {
+                (None, state) if state.counts() => {
+                    info!(%member, incarnation, "member joined")
+                }
+                (Some((before, inc)), state)
+                    if state.counts() && (!before.counts() || inc < incarnation) =>
+                {
+                    info!(%member, incarnation, "member rejoined")
+                }
+                (Some((MemberState::Alive, _)), MemberState::Suspect) => {
+                    info!(%member, incarnation, "member suspected")
+                }
+                (Some((MemberState::Suspect, _)), MemberState::Alive) => {
+                    info!(%member, incarnation, "member no longer suspected")
+                }
+                (before, MemberState::Left) if before.is_none_or(|b| b.0 != MemberState::Left) => {
+                    info!(%member, incarnation, "member left")
+                }
+                // evictions: from the replica's journal, which misses none (`store`)
+                _ => {}
+            }
+        }
+        if first {
+            let members = self.replica.network_map().counted();
+            info!(
+                members,
+                epoch = self.replica.network_map().membership_epoch(),
+                "member of a view of {members} members"
+            );
+        }
+        self.members_seen = seen;
+        let isolated = self.replica.is_isolated();
+        if isolated != self.was_isolated {
+            if isolated {
+                warn!(
+                    members = self.replica.network_map().counted(),
+                    "this node hears from at most half of the members: it is cut off or in a minority, evicts no one, and its snapshot point waits for the silent members"
+                );
+            } else {
+                info!("this node hears from a majority of the members again");
+            }
+            self.was_isolated = isolated;
         }
     }
 
@@ -932,6 +1137,10 @@ impl Driver {
                 ..
             } => {
                 self.dial_backoff.remove(&peer_id);
+                if endpoint.is_dialer() {
+                    let addr = without_peer_id(endpoint.get_remote_address().clone()).0;
+                    self.dial_failures.remove(&addr.to_string());
+                }
                 if self.address_dials.remove(&connection_id) {
                     self.found_at(peer_id, endpoint.get_remote_address());
                 }
@@ -939,8 +1148,21 @@ impl Driver {
                     .connected_peers
                     .set(self.swarm.connected_peers().count() as i64);
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
                 self.address_dials.remove(&connection_id);
+                self.on_dial_failure(peer_id, &error);
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                let reason = Reason::of_incoming(&error, self.keyed);
+                info!(from = %send_back_addr, %reason, "an incoming connection failed");
             }
             SwarmEvent::ConnectionClosed { .. } => {
                 self.metrics
@@ -1078,6 +1300,7 @@ impl Driver {
         if self.log_join_progress() {
             self.dial_known_addresses();
         }
+        self.log_membership();
         self.update_gauges();
         Ok(())
     }
@@ -1130,6 +1353,44 @@ impl Driver {
         }
     }
 
+    /// Logs a failed dial, address by address, with the reason (a warning while joining,
+    /// when it may be what keeps the join from going anywhere), and keeps the last reason
+    /// per address for the join status.
+    fn on_dial_failure(&mut self, peer: Option<PeerId>, error: &DialError) {
+        let Some(failures) = Reason::of_dial(error, self.keyed) else {
+            return;
+        };
+        let joining = self.replica.join_progress().is_some();
+        for (addr, reason) in failures {
+            let addr = match (addr, peer) {
+                (Some(addr), _) => without_peer_id(addr).0.to_string(),
+                (None, Some(peer)) => format!("/p2p/{peer}"),
+                (None, None) => "(no address)".to_string(),
+            };
+            match (joining, peer) {
+                (true, Some(peer)) => warn!(%addr, %peer, %reason, "dial failed"),
+                (true, None) => warn!(%addr, %reason, "dial failed"),
+                (false, Some(peer)) => info!(%addr, %peer, %reason, "dial failed"),
+                (false, None) => info!(%addr, %reason, "dial failed"),
+            }
+            if self.dial_failures.len() >= DIAL_FAILURES_KEPT
+                && !self.dial_failures.contains_key(&addr)
+            {
+                // forget the oldest
+                if let Some(oldest) = self
+                    .dial_failures
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(a, _)| a.clone())
+                {
+                    self.dial_failures.remove(&oldest);
+                }
+            }
+            self.dial_failures
+                .insert(addr, (reason.to_string(), Instant::now()));
+        }
+    }
+
     /// A connection [`dial_known_addresses`](Self::dial_known_addresses) dialled is
     /// established: while joining, a peer that is not yet a possible sponsor becomes one.
     fn found_at(&mut self, peer: PeerId, address: &Multiaddr) {
@@ -1141,9 +1402,15 @@ impl Driver {
             return;
         }
         info!(%peer, %address, "found a new possible sponsor at a known address");
+        let had_none = sponsors.is_empty();
         self.swarm
             .add_peer_address(peer, without_peer_id(address.clone()).0);
         self.replica.add_bootstrap_peers([id]);
+        if had_none {
+            // the joiner had no one to ask: its request to this one is due now
+            let now = self.now();
+            self.replica.handle_timeout(now);
+        }
     }
 
     /// While joining: an info line each time a whole round of the sponsor list passed

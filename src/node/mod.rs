@@ -6,6 +6,7 @@
 //! | `driver` (private) | the swarm (gossipsub, direct streams, identify over tcp + noise + yamux) and the event loop that feeds the [`Replica`](crate::replica::Replica) and carries out its actions |
 //! | `address_book` (private) | the peer addresses any dial by peer id uses |
 //! | [`codec`] | length-prefixed CBOR frames of the direct protocol |
+//! | `dial_failure` (private) | why a connection attempt failed, in words an operator can act on |
 //! | `direct` (private) | direct messages: one long-lived stream per peer, and readers of inbound streams |
 //! | [`penalties`] | points per peer for garbage, forged ops and floods; the peers to block |
 //! | [`signing`] | signs this node's ops with its libp2p key, checks received ops against their origin's |
@@ -25,6 +26,7 @@ mod address_book;
 pub mod client;
 pub mod codec;
 pub mod demo;
+mod dial_failure;
 mod direct;
 mod driver;
 pub mod http;

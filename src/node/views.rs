@@ -30,9 +30,58 @@ pub struct StatusView {
     pub snapshot_point: BTreeMap<String, u64>,
     /// Digest of the stable state (the state at the snapshot point).
     pub digest: String,
+    /// Whether this member heard, at its last failure check, from at most half of the
+    /// members it counts (itself included): it is cut off or in a minority. It then evicts
+    /// no one, so its snapshot point cannot pass the silent members' ops, and its writes
+    /// reach only the members it still hears from.
+    #[serde(default)]
+    pub isolated: bool,
+    /// Peer ids of the members this node suspects (silent for too long; evicted once the
+    /// suspicion runs out, unless this node is isolated).
+    #[serde(default)]
+    pub suspected: Vec<String>,
+    /// The membership view this node is in.
+    #[serde(default)]
+    pub view: ViewView,
     /// How the join is going, while the phase is `joining` (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinView>,
+}
+
+/// The `view` object of `GET /v1/status`: the members this node counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ViewView {
+    /// This node's count of membership changes (a member entering or leaving good
+    /// standing); local to the node, not agreed on by the network.
+    pub epoch: u64,
+    /// Peer ids of the members in good standing (alive or suspected), itself included.
+    pub members: Vec<String>,
+}
+
+impl ViewView {
+    pub fn new(map: &NetworkMap) -> Self {
+        Self {
+            epoch: map.membership_epoch(),
+            members: map
+                .iter()
+                .filter(|(_, e)| e.record.state.counts())
+                .map(|(id, _)| id.to_base58())
+                .collect(),
+        }
+    }
+}
+
+/// One address whose last dial failed (in the `join` object of `GET /v1/status`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DialFailureView {
+    /// The address dialled, without its `/p2p` part (or `/p2p/<peer id>` alone for a dial
+    /// by peer id with no address to try).
+    pub addr: String,
+    /// Why it failed: refused, timeout, unreachable, wrong peer id, handshake failed
+    /// (network key mismatch), unsupported transport, name resolution failed, ...
+    pub reason: String,
+    /// Milliseconds since it failed.
+    pub ms_ago: u64,
 }
 
 /// The `join` object of `GET /v1/status`: how a join (or rejoin) is going.
@@ -52,6 +101,12 @@ pub struct JoinView {
     pub sponsors: usize,
     /// Milliseconds since this join (or rejoin) started.
     pub since_ms_ago: u64,
+    /// Why the node is still joining, in a sentence.
+    #[serde(default)]
+    pub waiting: String,
+    /// The last failed dial of each address that failed and has not connected since.
+    #[serde(default)]
+    pub dial_failures: Vec<DialFailureView>,
 }
 
 impl JoinView {
@@ -64,6 +119,8 @@ impl JoinView {
             rounds: progress.rounds,
             sponsors: progress.sponsors,
             since_ms_ago: now.since(progress.since).as_millis() as u64,
+            waiting: String::new(),
+            dial_failures: Vec::new(),
         }
     }
 }

@@ -375,10 +375,9 @@ impl<S: StateMachine> Replica<S> {
         Self::joiner_via(id, incarnation, vec![sponsor], config, seed, now)
     }
 
-    /// A node that joins through the first of `sponsors` that does not refuse it.
-    ///
-    /// # Panics
-    /// If `sponsors` is empty.
+    /// A node that joins through the first of `sponsors` that does not refuse it. With no
+    /// sponsors it asks no one until [`add_bootstrap_peers`](Self::add_bootstrap_peers)
+    /// brings some (a driver learning its bootstrap peers' ids by dialling their addresses).
     pub fn joiner_via(
         id: NodeId,
         incarnation: u64,
@@ -417,9 +416,11 @@ impl<S: StateMachine> Replica<S> {
         };
         let map = &self.map;
         let me = &self.id;
-        let ask = joiner.ask(now, &self.config.gossip, &mut self.rng, || {
+        let Some(ask) = joiner.ask(now, &self.config.gossip, &mut self.rng, || {
             known_nodes(map, me)
-        });
+        }) else {
+            return;
+        };
         if ask.new_incarnation {
             // the silent sponsor may have registered the old one: a registration that
             // never reports is evicted like any silent member
@@ -1173,7 +1174,7 @@ impl<S: StateMachine> Replica<S> {
         let Phase::Joining(joiner) = &mut self.phase else {
             return;
         };
-        if joiner.current() != from {
+        if joiner.current() != Some(from) {
             return;
         }
         let grant = match response {

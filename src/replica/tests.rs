@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::gossip::PublishedOps;
 use crate::ops_log::{LwwMap, LwwOp};
 use crate::testing::LoopbackNet;
 
