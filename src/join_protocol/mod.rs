@@ -41,6 +41,7 @@ use crate::snapshot::SnapshotHeader;
 use crate::time::Time;
 use crate::version_vector::VersionVector;
 
+pub mod awaited;
 mod joiner;
 pub mod sponsor;
 pub use joiner::{Ask, JoinProgress, Joiner};

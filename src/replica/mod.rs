@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gossip::dissemination::{self, Dissemination};
 use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
+use crate::join_protocol::awaited::AwaitedGrant;
 use crate::join_protocol::sponsor::{self, Sponsor, SponsorContext, SponsorOutcome};
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
@@ -224,12 +225,8 @@ pub struct Replica<S: StateMachine> {
     retired_records: Vec<Arc<MemberRecord>>,
     /// Evictions adopted by the map, kept for observers when `journal_applied` is on.
     eviction_journal: Vec<(NodeId, u64)>,
-    /// A grant whose state is being fetched by the driver (joining only), and its sponsor.
-    awaited_grant: Option<(NodeId, JoinGrant<S>)>,
-    /// While a grant's state is fetched: when the next keepalive report is due, and the
-    /// `report_seq` of the last one sent (see [`Replica::send_keepalive`]).
-    next_keepalive: Time,
-    keepalive_seq: u64,
+    /// A grant whose state the driver fetches (joining only), and its keepalive.
+    awaited: AwaitedGrant<S>,
     /// How many times a grant replaced this replica's ops log. Within one generation each
     /// stable state is the one before with the newly stable ops folded in, which lets a
     /// store keep the stable state incrementally.
@@ -279,9 +276,7 @@ impl<S: StateMachine> Replica<S> {
             retired_ops: Vec::new(),
             retired_records: Vec::new(),
             eviction_journal: Vec::new(),
-            awaited_grant: None,
-            next_keepalive: now,
-            keepalive_seq: 0,
+            awaited: AwaitedGrant::new(now),
             log_generation: 0,
             stats: ReplicaStats::default(),
         };
@@ -718,12 +713,12 @@ impl<S: StateMachine> Replica<S> {
         self.wake_announced = None;
         if let Phase::Joining(joiner) = &mut self.phase {
             let due = joiner.retry_at() <= now;
-            if due && self.awaited_grant.take().is_some() {
+            if due && self.awaited.take().is_some() {
                 // the offered state did not arrive in time: ask the sponsor again
                 self.stats.state_transfers_abandoned += 1;
                 joiner.retry_now(now);
             }
-            if !due && self.awaited_grant.is_some() && self.next_keepalive <= now {
+            if !due && self.awaited.keepalive_due().is_some_and(|t| t <= now) {
                 self.send_keepalive(now);
                 self.finish(now);
                 return;
@@ -1102,7 +1097,7 @@ impl<S: StateMachine> Replica<S> {
         self.outbox.clear();
         self.wake_announced = None;
         self.dissemination.restart(now);
-        self.awaited_grant = None;
+        self.awaited.clear();
         match &mut self.phase {
             Phase::Member { .. } => self.begin_rejoin(now),
             Phase::Joining(joiner) => {
@@ -1208,14 +1203,14 @@ impl<S: StateMachine> Replica<S> {
         if grant.offer().is_some() {
             // the driver fetches the offered snapshot; until it is installed (or the
             // transfer is given up) the sponsor is not asked again
-            if self.awaited_grant.is_none() {
+            if !self.awaited.is_held() {
                 joiner.hold(now + self.config.gossip.state_transfer_timeout);
-                self.awaited_grant = Some((from.clone(), grant));
-                self.next_keepalive = now + self.config.gossip.heartbeat_interval;
+                self.awaited
+                    .hold(from.clone(), grant, now, &self.config.gossip);
             }
             return;
         }
-        self.awaited_grant = None;
+        self.awaited.clear();
         let _ = self.install_grant(now, grant);
     }
 
@@ -1228,14 +1223,13 @@ impl<S: StateMachine> Replica<S> {
 
     /// The grant whose offered snapshot is being fetched, and the sponsor that granted it.
     pub fn awaited_grant(&self) -> Option<(&NodeId, &JoinGrant<S>)> {
-        let (sponsor, grant) = self.awaited_grant.as_ref()?;
-        Some((sponsor, grant))
+        self.awaited.get()
     }
 
     /// The driver fetched and verified the awaited grant's state: install it. Fails when no
     /// grant awaits a state (it was given up meanwhile) or the grant does not install.
     pub fn install_transferred(&mut self, now: Time, state: S) -> Result<(), JoinError> {
-        let Some((_, grant)) = self.awaited_grant.take() else {
+        let Some((_, grant)) = self.awaited.take() else {
             return Err(JoinError::StateNotHere);
         };
         let installed = self.install_grant(now, grant.with_state(state));
@@ -1243,47 +1237,24 @@ impl<S: StateMachine> Replica<S> {
         installed
     }
 
-    /// While the awaited grant's state is fetched, the joiner is registered but cannot
-    /// report as members do (it has no state to report on), and a fetch of a large state
-    /// outlasts `suspect_after` and `suspicion_timeout`. So it reports its registration
-    /// again every `heartbeat_interval`, with a raised `report_seq` and the registration's
-    /// `applied` (the join cut, which the state it installs reaches), to the sponsor and
-    /// up to two other members; they adopt it as a fresh report (which also refutes a
-    /// suspicion) and relay it. Its first report as a member comes after these.
+    /// A keepalive report of the held registration (see [`AwaitedGrant::send_keepalive`]).
     fn send_keepalive(&mut self, now: Time) {
-        self.next_keepalive = now + self.config.gossip.heartbeat_interval;
-        let Some((sponsor, grant)) = &self.awaited_grant else {
-            return;
-        };
-        let registration = &grant.registration;
-        self.keepalive_seq = self.keepalive_seq.max(registration.report_seq) + 1;
-        let report = Arc::new(MemberRecord {
-            state: MemberState::Alive,
-            report_seq: self.keepalive_seq,
-            addrs: self.config.addrs.clone(),
-            ..(**registration).clone()
-        });
-        let mut others: Vec<NodeId> = grant
-            .members
-            .0
-            .iter()
-            .filter(|r| r.state.counts() && r.id != *sponsor && r.id != self.id)
-            .map(|r| r.id.clone())
-            .collect();
-        let mut to = vec![sponsor.clone()];
-        while to.len() < 3 && !others.is_empty() {
-            to.push(others.swap_remove(self.rng.random_range(0..others.len())));
+        let sent = self.awaited.send_keepalive(
+            now,
+            &self.id,
+            &self.config.addrs,
+            &self.config.gossip,
+            &mut self.rng,
+            &mut self.outbox,
+        );
+        if sent {
+            self.stats.keepalives_sent += 1;
         }
-        let message = Arc::new(Message::Status(Records(vec![report])));
-        for peer in to {
-            self.outbox.send_shared(peer, message.clone());
-        }
-        self.stats.keepalives_sent += 1;
     }
 
     /// The driver could not fetch the awaited state: ask the sponsor again now.
     pub fn abandon_transfer(&mut self, now: Time) {
-        if self.awaited_grant.take().is_some() {
+        if self.awaited.take().is_some() {
             self.stats.state_transfers_abandoned += 1;
             if let Phase::Joining(joiner) = &mut self.phase {
                 joiner.retry_now(now);
@@ -1293,7 +1264,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn install_grant(&mut self, now: Time, grant: JoinGrant<S>) -> Result<(), JoinError> {
-        let reports_made = self.keepalive_seq;
+        let reports_made = self.awaited.reports_made();
         // what the sponsor's records say this node had applied of its own ops: ops of this
         // node up to there exist, and their seqs are taken
         let own_seen = grant
@@ -1512,8 +1483,8 @@ impl<S: StateMachine> Replica<S> {
 
     fn next_deadline(&self) -> Option<Time> {
         match &self.phase {
-            Phase::Joining(joiner) => match self.awaited_grant {
-                Some(_) => Some(joiner.retry_at().min(self.next_keepalive)),
+            Phase::Joining(joiner) => match self.awaited.keepalive_due() {
+                Some(keepalive) => Some(joiner.retry_at().min(keepalive)),
                 None => Some(joiner.retry_at()),
             },
             Phase::Left => self

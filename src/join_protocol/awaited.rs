@@ -1,0 +1,138 @@
+//! A grant whose stable state arrives separately: the sponsor offered a snapshot instead
+//! of putting a large state in the grant, and the driver fetches it by chunks. Until the
+//! state is installed (or the fetch is given up) the joiner holds the grant, asks its
+//! sponsor nothing more, and keeps its registration alive with keepalive reports.
+//!
+//! [`AwaitedGrant`] owns the held grant, the keepalive timer and the `report_seq` of the
+//! reports made so far; the replica lends it the outbox and its generator. Part of the
+//! sans-IO core.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::JoinGrant;
+use crate::gossip::{GossipConfig, Message, Records};
+use crate::network_map::{MemberRecord, MemberState};
+use crate::node_id::NodeId;
+use crate::ops_log::StateMachine;
+use crate::outbox::Outbox;
+use crate::time::Time;
+
+/// The joiner's held grant and its keepalive (see module doc).
+#[derive(Debug)]
+pub struct AwaitedGrant<S: StateMachine> {
+    /// The grant whose state is being fetched, and its sponsor.
+    held: Option<(NodeId, JoinGrant<S>)>,
+    /// When the next keepalive report is due.
+    next_keepalive: Time,
+    /// The `report_seq` of the last report made this way (it survives the grant: the
+    /// installed record must come after it).
+    reports_made: u64,
+}
+
+impl<S: StateMachine> AwaitedGrant<S> {
+    pub fn new(now: Time) -> Self {
+        Self {
+            held: None,
+            next_keepalive: now,
+            reports_made: 0,
+        }
+    }
+
+    /// Holds `grant` from `sponsor` while its state is fetched; false if one is held
+    /// already (a second offer is ignored).
+    pub fn hold(
+        &mut self,
+        sponsor: NodeId,
+        grant: JoinGrant<S>,
+        now: Time,
+        gossip: &GossipConfig,
+    ) -> bool {
+        if self.held.is_some() {
+            return false;
+        }
+        self.held = Some((sponsor, grant));
+        self.next_keepalive = now + gossip.heartbeat_interval;
+        true
+    }
+
+    /// The held grant and its sponsor.
+    pub fn get(&self) -> Option<(&NodeId, &JoinGrant<S>)> {
+        let (sponsor, grant) = self.held.as_ref()?;
+        Some((sponsor, grant))
+    }
+
+    /// Whether a grant is held.
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Takes the held grant (to install it, or to give it up).
+    pub fn take(&mut self) -> Option<(NodeId, JoinGrant<S>)> {
+        self.held.take()
+    }
+
+    /// Drops the held grant (a restart: the fetch is gone with the process).
+    pub fn clear(&mut self) {
+        self.held = None;
+    }
+
+    /// The `report_seq` of the last keepalive report.
+    pub fn reports_made(&self) -> u64 {
+        self.reports_made
+    }
+
+    /// When the next keepalive is due, while a grant is held.
+    pub fn keepalive_due(&self) -> Option<Time> {
+        self.held.as_ref().map(|_| self.next_keepalive)
+    }
+
+    /// While the held grant's state is fetched, the joiner is registered but cannot report
+    /// as members do (it has no state to report on), and a fetch of a large state
+    /// outlasts `suspect_after` and `suspicion_timeout`. So it reports its registration
+    /// again every `heartbeat_interval`, with a raised `report_seq` and the registration's
+    /// `applied` (the join cut, which the state it installs reaches), to the sponsor and
+    /// up to two other members; they adopt it as a fresh report (which also refutes a
+    /// suspicion) and relay it. Its first report as a member comes after these. Returns
+    /// whether a keepalive went out.
+    pub fn send_keepalive(
+        &mut self,
+        now: Time,
+        me: &NodeId,
+        addrs: &[String],
+        gossip: &GossipConfig,
+        rng: &mut ChaCha8Rng,
+        outbox: &mut Outbox<S>,
+    ) -> bool {
+        self.next_keepalive = now + gossip.heartbeat_interval;
+        let Some((sponsor, grant)) = &self.held else {
+            return false;
+        };
+        let registration = &grant.registration;
+        self.reports_made = self.reports_made.max(registration.report_seq) + 1;
+        let report = Arc::new(MemberRecord {
+            state: MemberState::Alive,
+            report_seq: self.reports_made,
+            addrs: addrs.to_vec(),
+            ..(**registration).clone()
+        });
+        let mut others: Vec<NodeId> = grant
+            .members
+            .0
+            .iter()
+            .filter(|r| r.state.counts() && r.id != *sponsor && r.id != *me)
+            .map(|r| r.id.clone())
+            .collect();
+        let mut to = vec![sponsor.clone()];
+        while to.len() < 3 && !others.is_empty() {
+            to.push(others.swap_remove(rng.random_range(0..others.len())));
+        }
+        let message = Arc::new(Message::Status(Records(vec![report])));
+        for peer in to {
+            outbox.send_shared(peer, message.clone());
+        }
+        true
+    }
+}
