@@ -7,7 +7,6 @@
 //! `ScheduleWake` replaces the previous one; at that time call `handle_timeout`). The
 //! replica reads no clock and does no I/O; its randomness comes from a seed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -218,11 +217,8 @@ pub struct Replica<S: StateMachine> {
     /// stored, highest seen). No more writes under this identity.
     rolled_back: Option<(u64, u64)>,
     /// Applied ops of the previous incarnation, kept while rejoining: after the new grant
-    /// is installed, the ones it lacks are applied and republished (I5).
-    retired_ops: Vec<Arc<Op<S::Op>>>,
-    /// The previous incarnation's records, merged into the new map after a rejoin so that
-    /// what it knew (evictions above all) is not forgotten.
-    retired_records: Vec<Arc<MemberRecord>>,
+    /// The ops and records of the previous membership, kept for the next grant.
+    handover: Handover<S::Op>,
     /// Evictions adopted by the map, kept for observers when `journal_applied` is on.
     eviction_journal: Vec<(NodeId, u64)>,
     /// A grant whose state the driver fetches (joining only), and its keepalive.
@@ -273,8 +269,7 @@ impl<S: StateMachine> Replica<S> {
             leave_failure: None,
             planted_sp: None,
             rolled_back: None,
-            retired_ops: Vec::new(),
-            retired_records: Vec::new(),
+            handover: Handover::default(),
             eviction_journal: Vec::new(),
             awaited: AwaitedGrant::new(now),
             log_generation: 0,
@@ -887,8 +882,7 @@ impl<S: StateMachine> Replica<S> {
         // every op this node holds above its stable cut, applied or waiting for deps
         let mut retired = self.log.unstable_ops();
         retired.extend(self.log.buffered_ops());
-        self.retired_ops = retired;
-        self.retired_records = self.map.records();
+        self.handover.keep(retired, self.map.records());
         self.dissemination.reset_for_rejoin();
         self.incarnation += 1;
         self.sponsor.on_membership_lost();
@@ -1000,8 +994,7 @@ impl<S: StateMachine> Replica<S> {
         retired.extend(old_own_stable);
         let mut replica =
             Self::with_parts(id, 1, config, phase, map, log, OwnOps::new(0), seed, now);
-        replica.retired_ops = retired;
-        replica.retired_records = checkpoint.records;
+        replica.handover.keep(retired, checkpoint.records);
         replica.ask_sponsor(now);
         replica.finish(now);
         Ok(replica)
@@ -1320,24 +1313,17 @@ impl<S: StateMachine> Replica<S> {
     /// buffer, and this node's own ops from its journal — and publishes them all again, so
     /// that ops created (or received) while cut off are not lost (I5).
     fn republish_retired(&mut self, now: Time) {
-        let records = std::mem::take(&mut self.retired_records);
+        let records = self.handover.take_records();
         self.on_records(now, &records);
         if self.config.planted == Some(PlantedBug::SeqReusedAfterRejoin) {
-            self.retired_ops.clear();
+            self.handover.drop_ops();
             return;
         }
         let before = self.log.applied().clone();
         let own = self.own.above(before.get(&self.id)).cloned();
-        let mut lacking: BTreeMap<(NodeId, u64), Arc<Op<S::Op>>> = BTreeMap::new();
-        for op in std::mem::take(&mut self.retired_ops).into_iter().chain(own) {
-            if op.seq > before.get(&op.origin) {
-                lacking.entry((op.origin.clone(), op.seq)).or_insert(op);
-            }
-        }
-        let mut lacking: Vec<_> = lacking.into_values().collect();
-        // Lamport order extends causal order; an op whose deps the grant lacks waits in
-        // the causal buffer (and an own op stays in the journal for the next rejoin)
-        lacking.sort_by(|a, b| (a.lamport, &a.origin, a.seq).cmp(&(b.lamport, &b.origin, b.seq)));
+        // an op whose deps the grant lacks waits in the causal buffer (and an own op stays
+        // in the journal for the next rejoin)
+        let lacking = self.handover.lacking(&before, own);
         for op in &lacking {
             let _ = self.log.receive(op.clone());
         }
@@ -1527,6 +1513,8 @@ fn known_nodes(map: &NetworkMap, me: &NodeId) -> Vec<NodeId> {
         .collect()
 }
 
+mod handover;
+use handover::Handover;
 mod leave;
 pub use leave::LeaveFailed;
 use leave::{Leave, LeaveStep};
