@@ -35,6 +35,9 @@ pub struct OwnOps<P> {
     kept: BTreeMap<u64, (Arc<Op<P>>, Option<Time>)>,
     /// Kept ops up to this seq have their stable time set (so marking is incremental).
     marked_upto: u64,
+    /// Set when an op of this node above the highest stored was seen: (highest stored,
+    /// highest seen). The data dir was rolled back; no more writes under this identity.
+    rolled_back: Option<(u64, u64)>,
 }
 
 impl<P> Default for OwnOps<P> {
@@ -50,6 +53,7 @@ impl<P> OwnOps<P> {
             highest,
             kept: BTreeMap::new(),
             marked_upto: 0,
+            rolled_back: None,
         }
     }
 
@@ -66,6 +70,27 @@ impl<P> OwnOps<P> {
         } else {
             false
         }
+    }
+
+    /// Notes that an op of this node with seq `seq` exists somewhere. Every op a node
+    /// creates is stored before it leaves the node, so one above the highest this node's
+    /// storage holds proves that its data dir lost acknowledged ops (it was restored from
+    /// an older copy): the seq is taken, and the node must write no more under this
+    /// identity. True when this call found such a rollback.
+    pub fn note_exists(&mut self, seq: u64) -> bool {
+        let stored = self.highest;
+        if !self.learn(seq) {
+            return false;
+        }
+        let stored = self.rolled_back.map_or(stored, |(s, _)| s);
+        self.rolled_back = Some((stored, seq));
+        true
+    }
+
+    /// (highest seq stored, highest seen) once the network showed an op of this node its
+    /// storage never had (see [`OwnOps::note_exists`]).
+    pub fn rolled_back(&self) -> Option<(u64, u64)> {
+        self.rolled_back
     }
 
     /// Keeps an op of this node (created here, or received back from the network). An op

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::gossip::dissemination::{self, Dissemination};
 use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
@@ -127,54 +126,6 @@ pub enum WriteRefused {
     DataDirBehind { stored: u64, seen: u64 },
 }
 
-/// Where a node stood when its checkpoint was taken.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DurablePhase {
-    /// Still joining, through these bootstrap peers.
-    Joining {
-        sponsors: Vec<NodeId>,
-    },
-    Member,
-    Left,
-}
-
-/// What a node keeps on disk to come back after a crash or a stop (see
-/// [`Replica::resume`]): everything but the op suffix above the stable cut, which the driver
-/// stores op by op as the replica applies them ([`ReplicaConfig::journal_applied`]).
-///
-/// `T` is the stable state: `&S` when taken ([`Replica::checkpoint`]), `S` when read back.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Checkpoint<T> {
-    pub id: NodeId,
-    pub incarnation: u64,
-    pub phase: DurablePhase,
-    pub stable_state: T,
-    pub stable_cut: VersionVector,
-    pub lamport: u64,
-    /// Every record of the network map, this node's own included.
-    pub records: Vec<Arc<MemberRecord>>,
-    /// The highest seq this node gave one of its ops (its next op gets the one after).
-    #[serde(default)]
-    pub own_seq: u64,
-    /// The lowest seq of this node's ops that storage keeps, stable or not (its own-op
-    /// journal); ops of other origins are kept above the stable cut only.
-    #[serde(default)]
-    pub own_kept_from: u64,
-}
-
-/// What a data dir holds: the checkpoint, and the ops stored beside it (see
-/// [`Replica::durable_image`]).
-pub type DurableImage<S> = (Checkpoint<S>, Vec<Arc<Op<<S as StateMachine>::Op>>>);
-
-/// Why a checkpoint could not be resumed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResumeError {
-    #[error("the checkpoint has no record of its own node")]
-    NoOwnRecord,
-    #[error("the stored ops do not apply on the stored stable state: {0}")]
-    Ops(#[from] crate::ops_log::InstallError),
-}
-
 #[derive(Debug, Clone)]
 enum Phase {
     /// Asking sponsors for a grant (see [`Joiner`]).
@@ -213,9 +164,6 @@ pub struct Replica<S: StateMachine> {
     leave_failure: Option<LeaveFailed>,
     /// The snapshot point [`PlantedBug::CountsOneMemberTooFew`] computes instead.
     planted_sp: Option<VersionVector>,
-    /// Set when the network showed an op of this node its storage never had: (highest seq
-    /// stored, highest seen). No more writes under this identity.
-    rolled_back: Option<(u64, u64)>,
     /// Applied ops of the previous incarnation, kept while rejoining: after the new grant
     /// The ops and records of the previous membership, kept for the next grant.
     handover: Handover<S::Op>,
@@ -268,7 +216,6 @@ impl<S: StateMachine> Replica<S> {
             sponsor: Sponsor::default(),
             leave_failure: None,
             planted_sp: None,
-            rolled_back: None,
             handover: Handover::default(),
             eviction_journal: Vec::new(),
             awaited: AwaitedGrant::new(now),
@@ -583,7 +530,7 @@ impl<S: StateMachine> Replica<S> {
             Phase::Member { leaving: None } => {}
         }
         let reuse_seqs = self.config.planted == Some(PlantedBug::SeqReusedAfterRejoin);
-        if let Some((stored, seen)) = self.rolled_back.filter(|_| !reuse_seqs) {
+        if let Some((stored, seen)) = self.own.rolled_back().filter(|_| !reuse_seqs) {
             return Err(WriteRefused::DataDirBehind { stored, seen });
         }
         let applied = self.log.applied().get(&self.id);
@@ -796,16 +743,11 @@ impl<S: StateMachine> Replica<S> {
         outcome
     }
 
-    /// Some op of this node with seq `seq` exists. Every op a node creates is stored before
-    /// it leaves the node, so one above the highest this node's storage holds proves that
-    /// its data dir lost acknowledged ops (it was restored from an older copy): the seq is
-    /// taken, and the node writes no more under this identity.
+    /// Some op of this node with seq `seq` exists: one above the highest its storage holds
+    /// proves a rolled-back data dir (see [`OwnOps::note_exists`]).
     fn note_own_seq(&mut self, seq: u64) {
-        let stored = self.own.highest();
-        if self.own.learn(seq) {
+        if self.own.note_exists(seq) {
             self.stats.own_seq_rollbacks += 1;
-            let stored = self.rolled_back.map_or(stored, |(s, _)| s);
-            self.rolled_back = Some((stored, seq));
         }
     }
 
@@ -889,219 +831,6 @@ impl<S: StateMachine> Replica<S> {
         self.stats.rejoins += 1;
         self.phase = Phase::Joining(Joiner::new(sponsors, now));
         self.ask_sponsor(now);
-    }
-
-    /// This node's durable state, apart from the op suffix (see [`Checkpoint`]).
-    pub fn checkpoint(&self) -> Checkpoint<&S> {
-        let phase = match &self.phase {
-            Phase::Joining(joiner) => DurablePhase::Joining {
-                sponsors: joiner.sponsors().to_vec(),
-            },
-            Phase::Member { .. } => DurablePhase::Member,
-            Phase::Left => DurablePhase::Left,
-        };
-        Checkpoint {
-            id: self.id.clone(),
-            incarnation: self.incarnation,
-            phase,
-            stable_state: self.log.stable_state(),
-            stable_cut: self.log.stable_cut().clone(),
-            lamport: self.log.lamport(),
-            records: self.map.records(),
-            own_seq: self.own.highest(),
-            own_kept_from: self.own.kept_from(),
-        }
-    }
-
-    /// Everything a data dir holds for this node, owned: the checkpoint and the ops stored
-    /// beside it (the applied suffix above the stable cut, and this node's own ops kept
-    /// below it). [`Replica::resume`] takes it
-    /// back; a simulator keeps it as a backup to restore a node from an old data dir.
-    pub fn durable_image(&self) -> DurableImage<S> {
-        let c = self.checkpoint();
-        let checkpoint = Checkpoint {
-            id: c.id,
-            incarnation: c.incarnation,
-            phase: c.phase,
-            stable_state: c.stable_state.clone(),
-            stable_cut: c.stable_cut,
-            lamport: c.lamport,
-            records: c.records,
-            own_seq: c.own_seq,
-            own_kept_from: c.own_kept_from,
-        };
-        let mut ops = self.log.unstable_ops();
-        let cut = self.log.stable_cut().get(&self.id);
-        ops.extend(self.own.kept().filter(|op| op.seq <= cut).cloned());
-        (checkpoint, ops)
-    }
-
-    /// A node started from a data dir restored from a backup, under a new identity `id`.
-    ///
-    /// A backup may be older than the node's last state: ops of the old identity that the
-    /// backup never saw may exist in the network, so giving out the old identity's next
-    /// seqs could name two ops with one id. The node therefore joins as a new member
-    /// (incarnation 1), through the members the backup's map counted, and once its grant
-    /// is installed it republishes every op the backup holds that the network lacks — the
-    /// old identity's too (they carry its signatures). The old identity, silent, is
-    /// evicted like any crashed member.
-    pub fn resume_from_backup(
-        id: NodeId,
-        checkpoint: Checkpoint<S>,
-        ops: Vec<Arc<Op<S::Op>>>,
-        config: ReplicaConfig,
-        seed: u64,
-        now: Time,
-    ) -> Result<Self, ResumeError> {
-        let old_id = checkpoint.id;
-        let cut = checkpoint.stable_cut;
-        let (suffix, old_own_stable): (Vec<_>, Vec<_>) = ops
-            .into_iter()
-            .filter(|op| op.seq > cut.get(&op.origin) || op.origin == old_id)
-            .partition(|op| op.seq > cut.get(&op.origin));
-        // the backup's log, held while joining as a rejoining node holds its old one
-        let log = stored_log(checkpoint.stable_state, cut, checkpoint.lamport, suffix)?;
-        let others = |counted_only: bool| -> Vec<NodeId> {
-            checkpoint
-                .records
-                .iter()
-                .filter(|r| r.id != old_id && r.id != id && (!counted_only || r.state.counts()))
-                .map(|r| r.id.clone())
-                .collect()
-        };
-        let mut sponsors = others(true);
-        if sponsors.is_empty() {
-            sponsors = others(false);
-        }
-        // the backup's records (the old identity's included) are merged after the grant,
-        // like a rejoining node's previous map
-        let placeholder = MemberRecord::founder(id.clone());
-        let mut map = NetworkMap::new(placeholder, now);
-        for record in &checkpoint.records {
-            if record.id != id {
-                map.merge(record.clone(), now);
-            }
-        }
-        map.take_dirty();
-        map.take_evictions();
-        let phase = if sponsors.is_empty() {
-            // a backup of a lone node: nobody to join through
-            Phase::Left
-        } else {
-            Phase::Joining(Joiner::new(sponsors, now))
-        };
-        let mut retired = log.unstable_ops();
-        retired.extend(old_own_stable);
-        let mut replica =
-            Self::with_parts(id, 1, config, phase, map, log, OwnOps::new(0), seed, now);
-        replica.handover.keep(retired, checkpoint.records);
-        replica.ask_sponsor(now);
-        replica.finish(now);
-        Ok(replica)
-    }
-
-    /// A node back from its checkpoint and the ops it had applied above the stable cut (in
-    /// any order; ops at or below the cut are skipped). It comes back as
-    /// [`Replica::restart`] does — a member rejoins through the handshake with a new
-    /// incarnation, republishing what the network lacks — except that a node that had
-    /// left rejoins too (an operator restarting it wants it back), and a member that knows
-    /// no other member resumes as it was: it is the whole network.
-    pub fn resume(
-        checkpoint: Checkpoint<S>,
-        suffix: Vec<Arc<Op<S::Op>>>,
-        config: ReplicaConfig,
-        seed: u64,
-        now: Time,
-    ) -> Result<Self, ResumeError> {
-        let cut = checkpoint.stable_cut;
-        let id = checkpoint.id;
-        // this node's own ops are its journal, stable or not; the others count above the cut
-        let mut own_ops = OwnOps::new(checkpoint.own_seq.max(cut.get(&id)));
-        let mut kept_stable = Vec::new();
-        let suffix: Vec<_> = suffix
-            .into_iter()
-            .filter(|op| {
-                let above = op.seq > cut.get(&op.origin);
-                if op.origin == id && !above {
-                    kept_stable.push(op.clone());
-                }
-                above
-            })
-            .collect();
-        kept_stable.sort_by_key(|op| op.seq);
-        for op in kept_stable {
-            // its retention starts again: when it became stable was not stored
-            own_ops.keep_stable(op, now);
-        }
-        for op in suffix.iter().filter(|op| op.origin == id) {
-            own_ops.keep(op.clone());
-        }
-        let log = stored_log(checkpoint.stable_state, cut, checkpoint.lamport, suffix)?;
-        let mut own = None;
-        let mut others = Vec::new();
-        for record in checkpoint.records {
-            if record.id == id {
-                own = Some(record);
-            } else {
-                others.push(record);
-            }
-        }
-        let mut own = (*own.ok_or(ResumeError::NoOwnRecord)?).clone();
-        own.addrs = config.addrs.clone();
-        let mut map = NetworkMap::load(own, others, now);
-        map.take_dirty();
-        map.take_evictions();
-        let (phase, rejoin) = match checkpoint.phase {
-            DurablePhase::Joining { sponsors } if !sponsors.is_empty() => {
-                (Phase::Joining(Joiner::new(sponsors, now)), false)
-            }
-            DurablePhase::Joining { .. } => (Phase::Left, false),
-            DurablePhase::Member | DurablePhase::Left => (Phase::Member { leaving: None }, true),
-        };
-        let mut replica = Self::with_parts(
-            id,
-            checkpoint.incarnation,
-            config,
-            phase,
-            map,
-            log,
-            own_ops,
-            seed,
-            now,
-        );
-        if rejoin && replica.map.counted_peers().is_empty() {
-            // the only member: nobody can have moved on without it
-            let applied = replica.log.applied().clone();
-            replica
-                .map
-                .report_own(applied, now, |own| own.state = MemberState::Alive);
-            replica.dissemination.own_record_changed();
-            replica.finish(now);
-            return Ok(replica);
-        }
-        Ok(replica.restart(now))
-    }
-
-    /// The same node after a crash, restarted from its durable state (its ops log and
-    /// network map): volatile state is dropped and it rejoins through the handshake with
-    /// a new incarnation, republishing the ops the network lacks. A node that was still
-    /// joining asks its bootstrap peer again; one that had left stays gone.
-    pub fn restart(mut self, now: Time) -> Self {
-        self.outbox.clear();
-        self.wake_announced = None;
-        self.dissemination.restart(now);
-        self.awaited.clear();
-        match &mut self.phase {
-            Phase::Member { .. } => self.begin_rejoin(now),
-            Phase::Joining(joiner) => {
-                // the sponsor may have registered this incarnation: ask it again
-                joiner.retry_now(now);
-                self.ask_sponsor(now);
-            }
-            Phase::Left => {}
-        }
-        self.finish(now);
-        self
     }
 
     fn on_digest(&mut self, from: &NodeId, digest: &AntiEntropyDigest) {
@@ -1489,21 +1218,6 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
-/// The ops log a data dir holds: its stable state at `cut`, and the ops stored above the cut
-/// applied on it in Lamport order. They are this node's own journal: their signatures were
-/// checked when they arrived.
-fn stored_log<S: StateMachine>(
-    state: S,
-    cut: VersionVector,
-    lamport: u64,
-    mut above: Vec<Arc<Op<S::Op>>>,
-) -> Result<OpsLog<S>, crate::ops_log::InstallError> {
-    above.sort_by_key(|op| op.lamport);
-    let mut log = OpsLog::install(state, cut, lamport, above, None)?;
-    log.drain_applied();
-    Ok(log)
-}
-
 /// Every node `map` holds a record of, but `me`, in id order: who a joiner that still holds
 /// its previous map can ask.
 fn known_nodes(map: &NetworkMap, me: &NodeId) -> Vec<NodeId> {
@@ -1513,6 +1227,8 @@ fn known_nodes(map: &NetworkMap, me: &NodeId) -> Vec<NodeId> {
         .collect()
 }
 
+mod durability;
+pub use durability::{Checkpoint, DurableImage, DurablePhase, ResumeError};
 mod handover;
 use handover::Handover;
 mod leave;
