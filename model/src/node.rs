@@ -193,6 +193,7 @@ impl Setup {
 fn drain(replica: &mut Replica<LwwMap>) {
     while replica.poll_action().is_some() {}
     replica.drain_applied_ops();
+    replica.drain_member_changes();
 }
 
 /// Feeds one input to the replica. Writes and leaves are only offered when the replica
@@ -274,6 +275,8 @@ impl Outcome {
             })
             .collect();
         let applied = replica.drain_applied_ops();
+        // a journal for observers, not state: kept empty so it never splits states
+        replica.drain_member_changes();
         let obs = Arc::new(Observation::of(replica, watched));
         Outcome {
             obs,

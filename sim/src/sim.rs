@@ -754,6 +754,8 @@ impl Sim {
                 self.nodes[n].replica.is_member()
             );
         }
+        // the oracle follows evictions through their own journal
+        self.nodes[n].replica.drain_member_changes();
         for (id, incarnation) in self.nodes[n].replica.drain_evictions() {
             self.on_eviction(n, id, incarnation);
         }

@@ -99,6 +99,65 @@ pub struct MemberRecord {
     pub addrs: Vec<String>,
 }
 
+/// A change of another member's standing that a map adopted (see
+/// [`NetworkMap::take_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberChange {
+    pub id: NodeId,
+    /// The membership the change is about.
+    pub incarnation: u64,
+    pub change: Standing,
+}
+
+/// What changed of a member's standing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A membership this map did not know, in good standing.
+    Joined,
+    /// A new membership of a node this map knew under an earlier one.
+    Rejoined,
+    /// Suspected of having failed.
+    Suspected,
+    /// A suspicion refuted by the member's next report.
+    Refuted,
+    /// The member left gracefully.
+    Left,
+    /// The membership was evicted.
+    Evicted,
+}
+
+impl Standing {
+    /// The change from `before` (the incarnation and state held, if any) to `record`.
+    fn change(before: Option<(u64, MemberState)>, record: &MemberRecord) -> Option<Self> {
+        use MemberState::*;
+        let same = before.filter(|(incarnation, _)| *incarnation == record.incarnation);
+        match (before, same.map(|(_, state)| state), record.state) {
+            (_, Some(Alive), Suspect) => Some(Standing::Suspected),
+            (_, Some(Suspect), Alive) => Some(Standing::Refuted),
+            (_, Some(Left), Left) | (_, Some(Evicted), Evicted) => None,
+            (_, Some(_), Left) => Some(Standing::Left),
+            (_, Some(_), Evicted) => Some(Standing::Evicted),
+            (_, Some(_), _) => None,
+            // a membership this map sees for the first time
+            (_, None, Left) => Some(Standing::Left),
+            (_, None, Evicted) => Some(Standing::Evicted),
+            (None, None, _) => Some(Standing::Joined),
+            (Some(_), None, _) => Some(Standing::Rejoined),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Joined => "joined",
+            Standing::Rejoined => "rejoined",
+            Standing::Suspected => "suspected",
+            Standing::Refuted => "no longer suspected",
+            Standing::Left => "left",
+            Standing::Evicted => "evicted",
+        }
+    }
+}
+
 impl MemberRecord {
     /// A founding member's first record.
     pub fn founder(id: NodeId) -> Self {
@@ -193,6 +252,8 @@ pub struct NetworkMap {
     admission_planted_off: bool,
     /// (member, incarnation) of every eviction adopted since the last `take_evictions`.
     evictions: Vec<(NodeId, u64)>,
+    /// Changes of other members' standing adopted since the last `take_changes`.
+    changes: Vec<MemberChange>,
     /// Memberships this map evicted on arrival (admission check), in total.
     evicted_on_arrival: u64,
     /// Registration records superseded by a newer incarnation of their joiner, by sponsor
@@ -215,6 +276,7 @@ impl NetworkMap {
             admission_check: true,
             admission_planted_off: false,
             evictions: Vec::new(),
+            changes: Vec::new(),
             evicted_on_arrival: 0,
             evidence: BTreeMap::new(),
         };
@@ -233,6 +295,7 @@ impl NetworkMap {
         }
         map.admission_check = true;
         map.evictions.clear();
+        map.changes.clear();
         map
     }
 
@@ -378,6 +441,12 @@ impl NetworkMap {
         std::mem::take(&mut self.evictions)
     }
 
+    /// Every change of another member's standing this map adopted since the last call, in
+    /// order (a loaded map starts with none: what it loaded is its starting view).
+    pub fn take_changes(&mut self) -> Vec<MemberChange> {
+        std::mem::take(&mut self.changes)
+    }
+
     /// Memberships this map evicted on arrival because they were below its snapshot point.
     pub fn evicted_on_arrival(&self) -> u64 {
         self.evicted_on_arrival
@@ -500,6 +569,16 @@ impl NetworkMap {
         };
         if record.state == MemberState::Evicted && record.id != self.me {
             self.evictions.push((record.id.clone(), record.incarnation));
+        }
+        if record.id != self.me {
+            let before = old.map(|e| (e.record.incarnation, e.record.state));
+            if let Some(change) = Standing::change(before, &record) {
+                self.changes.push(MemberChange {
+                    id: record.id.clone(),
+                    incarnation: record.incarnation,
+                    change,
+                });
+            }
         }
         let old = self.members.insert(
             record.id.clone(),

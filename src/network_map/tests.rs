@@ -381,3 +381,57 @@ fn a_newer_record_with_an_older_bound_never_lowers_what_a_member_is_known_to_hav
         "the snapshot point holds"
     );
 }
+
+/// What a map tells its node about other members: each change of standing once, in order,
+/// nothing about the node itself, and nothing for a view it loaded.
+#[test]
+fn a_map_reports_each_change_of_another_members_standing_once() {
+    let change = |member: u64, incarnation: u64, change: Standing| MemberChange {
+        id: id(member),
+        incarnation,
+        change,
+    };
+    let mut map = NetworkMap::new(record(1, 1, &[]), Time::ZERO);
+    assert_eq!(map.take_changes(), vec![], "nothing about itself");
+    map.merge(Arc::new(record(2, 1, &[])), Time::ZERO);
+    map.merge(Arc::new(record(3, 1, &[])), Time::ZERO);
+    map.merge(Arc::new(record(2, 2, &[])), Time::ZERO); // a newer report: no change
+    assert!(map.suspect(&id(2), Time::ZERO));
+    map.merge(Arc::new(record(2, 3, &[])), Time::ZERO); // the refutation
+    assert!(map.suspect(&id(3), Time::ZERO));
+    assert!(map.evict(&id(3), Time::ZERO));
+    map.merge(
+        Arc::new(MemberRecord {
+            state: MemberState::Left,
+            ..record(2, 4, &[])
+        }),
+        Time::ZERO,
+    );
+    map.merge(
+        Arc::new(MemberRecord {
+            incarnation: 2,
+            ..record(3, 1, &[])
+        }),
+        Time::ZERO,
+    );
+    assert_eq!(
+        map.take_changes(),
+        vec![
+            change(2, 1, Standing::Joined),
+            change(3, 1, Standing::Joined),
+            change(2, 1, Standing::Suspected),
+            change(2, 1, Standing::Refuted),
+            change(3, 1, Standing::Suspected),
+            change(3, 1, Standing::Evicted),
+            change(2, 1, Standing::Left),
+            change(3, 2, Standing::Rejoined),
+        ]
+    );
+    assert_eq!(map.take_changes(), vec![], "each once");
+    let loaded = NetworkMap::load(record(5, 1, &[]), map.records(), Time::ZERO);
+    assert_eq!(
+        { loaded }.take_changes(),
+        vec![],
+        "a loaded view is where the node starts, not news"
+    );
+}

@@ -389,7 +389,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         cut_links: BTreeSet::new(),
         keyed: config.network_key.is_some(),
         dial_failures: BTreeMap::new(),
-        members_seen: BTreeMap::new(),
+        was_member: false,
         was_isolated: false,
     };
     driver.stored_generation = state_stored.then(|| driver.replica.log_generation());
@@ -741,8 +741,8 @@ struct Driver {
     keyed: bool,
     /// The last failed dial per address (without `/p2p`): the reason and when.
     dial_failures: BTreeMap<String, (String, Instant)>,
-    /// Every member's state and incarnation as last logged ([`Driver::log_membership`]).
-    members_seen: BTreeMap<NodeId, (MemberState, u64)>,
+    /// Whether this node was a member when last logged ([`Driver::log_membership`]).
+    was_member: bool,
     /// Whether this node was isolated when last logged.
     was_isolated: bool,
 }
@@ -1036,57 +1036,30 @@ impl Driver {
         }
     }
 
-    /// Logs, at info level, every change of a member's standing this node learns of:
-    /// joined, rejoined, suspected, no longer suspected, left (evicted is logged from the
-    /// replica's eviction journal in [`store`](Self::store)); and a warning when
-    /// this node finds itself isolated (hearing from at most half of the members).
+    /// Logs, at info level, the view this node joined and every change of another
+    /// member's standing its core adopted (joined, rejoined, suspected, no longer
+    /// suspected, left, evicted: `Replica::drain_member_changes`); and a warning when this
+    /// node finds itself isolated (hearing from at most half of the members).
     fn log_membership(&mut self) {
-        if !self.replica.is_member() {
-            self.members_seen.clear();
-            return;
-        }
-        let me = self.replica.id().clone();
-        let first = self.members_seen.is_empty();
-        let mut seen = BTreeMap::new();
-        for (id, entry) in self.replica.network_map().iter() {
-            let now = (entry.record.state, entry.record.incarnation);
-            seen.insert(id.clone(), now);
-            if first || *id == me {
-                continue;
-            }
-            let member = id.to_base58();
-            let incarnation = now.1;
-            match (self.members_seen.get(id).copied(), now.0) {
-                (None, state) if state.counts() => {
-                    info!(%member, incarnation, "member joined")
-                }
-                (Some((before, inc)), state)
-                    if state.counts() && (!before.counts() || inc < incarnation) =>
-                {
-                    info!(%member, incarnation, "member rejoined")
-                }
-                (Some((MemberState::Alive, _)), MemberState::Suspect) => {
-                    info!(%member, incarnation, "member suspected")
-                }
-                (Some((MemberState::Suspect, _)), MemberState::Alive) => {
-                    info!(%member, incarnation, "member no longer suspected")
-                }
-                (before, MemberState::Left) if before.is_none_or(|b| b.0 != MemberState::Left) => {
-                    info!(%member, incarnation, "member left")
-                }
-                // evictions: from the replica's journal, which misses none (`store`)
-                _ => {}
-            }
-        }
-        if first {
-            let members = self.replica.network_map().counted();
+        let member = self.replica.is_member();
+        if member && !self.was_member {
+            let map = self.replica.network_map();
+            let members = map.counted();
             info!(
                 members,
-                epoch = self.replica.network_map().membership_epoch(),
+                epoch = map.membership_epoch(),
                 "member of a view of {members} members"
             );
         }
-        self.members_seen = seen;
+        self.was_member = member;
+        for change in self.replica.drain_member_changes() {
+            info!(
+                member = %change.id,
+                incarnation = change.incarnation,
+                "member {}",
+                change.change.as_str()
+            );
+        }
         let isolated = self.replica.is_isolated();
         if isolated != self.was_isolated {
             if isolated {
@@ -1459,9 +1432,8 @@ impl Driver {
 
     fn store(&mut self) -> Result<(), NodeError> {
         let ops = self.replica.drain_applied_ops();
-        for (id, incarnation) in self.replica.drain_evictions() {
-            info!(member = %id, incarnation, "member evicted");
-        }
+        // evictions are logged with the other changes of standing (`log_membership`)
+        self.replica.drain_evictions();
         let phase = phase_name(&self.replica);
         let map = self.replica.network_map();
         let identity_changed =

@@ -20,7 +20,7 @@ use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
 use crate::network_map::monitor::Monitor;
-use crate::network_map::{MemberRecord, MemberState, MergeOutcome, NetworkMap};
+use crate::network_map::{MemberChange, MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{
     Digest, Op, OpAuthenticator, OpError, OpsLog, OwnOps, Received, SignatureError, StateMachine,
@@ -164,11 +164,13 @@ pub struct Replica<S: StateMachine> {
     leave_failure: Option<LeaveFailed>,
     /// The snapshot point [`PlantedBug::CountsOneMemberTooFew`] computes instead.
     planted_sp: Option<VersionVector>,
-    /// Applied ops of the previous incarnation, kept while rejoining: after the new grant
     /// The ops and records of the previous membership, kept for the next grant.
     handover: Handover<S::Op>,
     /// Evictions adopted by the map, kept for observers when `journal_applied` is on.
     eviction_journal: Vec<(NodeId, u64)>,
+    /// Changes of other members' standing adopted by the map, kept for observers when
+    /// `journal_applied` is on.
+    member_changes: Vec<MemberChange>,
     /// A grant whose state the driver fetches (joining only), and its keepalive.
     awaited: AwaitedGrant<S>,
     /// How many times a grant replaced this replica's ops log. Within one generation each
@@ -218,6 +220,7 @@ impl<S: StateMachine> Replica<S> {
             planted_sp: None,
             handover: Handover::default(),
             eviction_journal: Vec::new(),
+            member_changes: Vec::new(),
             awaited: AwaitedGrant::new(now),
             log_generation: 0,
             stats: ReplicaStats::default(),
@@ -511,6 +514,14 @@ impl<S: StateMachine> Replica<S> {
     /// call (only with `journal_applied`).
     pub fn drain_evictions(&mut self) -> Vec<(NodeId, u64)> {
         std::mem::take(&mut self.eviction_journal)
+    }
+
+    /// Every change of another member's standing (joined, rejoined, suspected, no longer
+    /// suspected, left, evicted) this node's map adopted since the last call, in order
+    /// (only with `journal_applied`). The members a grant handed over are not changes:
+    /// they are the view this node joined.
+    pub fn drain_member_changes(&mut self) -> Vec<MemberChange> {
+        std::mem::take(&mut self.member_changes)
     }
 
     /// The next action for the driver.
@@ -1107,8 +1118,10 @@ impl<S: StateMachine> Replica<S> {
     /// time, then ask for the next wake-up.
     fn finish(&mut self, now: Time) {
         let evictions = self.map.take_evictions();
+        let changes = self.map.take_changes();
         if self.config.journal_applied {
             self.eviction_journal.extend(evictions);
+            self.member_changes.extend(changes);
         }
         if self.is_member() {
             if self.config.planted == Some(PlantedBug::CountsOneMemberTooFew) {
