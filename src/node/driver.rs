@@ -9,6 +9,9 @@
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
+//! - A write is answered once it is durable; one with a write concern (`applied:K`,
+//!   `stable`) waits in a list checked after every turn against the network map and the
+//!   snapshot point.
 //! - Members' addresses from the map are dialled again with backoff when disconnected, so
 //!   the network stays connected after its bootstrap peer leaves.
 //! - A joiner that went through a whole round of its possible sponsors without a grant
