@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{cluster, eventually, http, wait_members};
+use support::{eventually, http, start_node_with, wait_members};
 use tidemark::node::views::At;
 use tidemark::node::{NodeHandle, WriteConcern, WriteError};
 
@@ -32,7 +32,21 @@ async fn seen(h: &NodeHandle, origin: &str) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_answered_when_its_concern_holds_or_with_504_naming_the_kept_op() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path(), 3).await;
+    // no member is evicted while cut off, so `stable` waits for it (and times out)
+    let slow_detection = |c: &mut tidemark::node::NodeConfig| {
+        c.gossip.suspect_after = Duration::from_secs(600);
+        c.gossip.suspicion_timeout = Duration::from_secs(600);
+    };
+    let mut nodes = vec![start_node_with(&dir.path().join("n0"), None, slow_detection).await];
+    for i in 1..3 {
+        let node = start_node_with(
+            &dir.path().join(format!("n{i}")),
+            Some(&nodes[0]),
+            slow_detection,
+        )
+        .await;
+        nodes.push(node);
+    }
     let handles: Vec<NodeHandle> = nodes.iter().map(|n| n.handle()).collect();
     wait_members(&handles, 3, Duration::from_secs(60)).await;
     let api = nodes[0].api_addr().unwrap();
