@@ -1,12 +1,13 @@
 //! An application embedding two tidemark nodes in-process: it writes through one, and waits
-//! on the other's snapshot-point watch until the write is final everywhere.
+//! on the other's snapshot-point watch until the write is final everywhere; then it writes
+//! with a write concern, so that the write itself answers once the op is final.
 //!
 //! `cargo run --example embedded`
 
 use std::time::Duration;
 
 use tidemark::node::views::At;
-use tidemark::node::{Node, NodeConfig};
+use tidemark::node::{Node, NodeConfig, WriteConcern};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,6 +47,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let state = a.handle().state(At::Snapshot).await?;
     println!("stable state: {:?}", state.entries);
+
+    // or let the write wait: answered once the op is under b's snapshot point
+    let op = hb
+        .put_with(
+            "farewell",
+            Some("bye"),
+            WriteConcern::Stable,
+            Duration::from_secs(30),
+        )
+        .await?;
+    println!("op {} of {} is final", op.seq, op.origin);
 
     b.leave().await?;
     a.leave().await?;

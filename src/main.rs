@@ -190,6 +190,12 @@ struct NodeArgs {
     /// newer ops of it.
     #[arg(long, conflicts_with = "restore_from")]
     restored_backup: bool,
+    /// A file listing the peer ids that may write, one per line (`#` starts a comment):
+    /// ops of any other origin are refused and counted, and this node's own writes get 403
+    /// if it is not listed. Give every member the same file. Without it every member may
+    /// write; ops from nodes that are not and never were members are refused either way.
+    #[arg(long)]
+    writers: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -509,6 +515,12 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig, String> {
         .as_deref()
         .map(read_api_token)
         .transpose()?;
+    config.writers = args
+        .writers
+        .as_deref()
+        .map(tidemark::node::read_writers_file)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     config.snapshots.keep = match args.keep_snapshots {
         Some(0) => return Err("--keep-snapshots must be at least 1".into()),
         Some(k) => Some(k),

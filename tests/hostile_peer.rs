@@ -1,7 +1,8 @@
 //! A hostile peer on the node's open port (signed ops): it connects over the real transport
-//! and sends direct messages carrying forged, mutated, unsigned and replayed ops, then a
-//! flood of garbage. The node applies only ops signed by their origin, counts each
-//! rejection in `/metrics`, and disconnects and blocks the flooder.
+//! and sends direct messages carrying forged, mutated and unsigned ops, ops signed in its
+//! own name (it is not a member), then a flood of garbage. The node applies none of them,
+//! counts each rejection in `/metrics` by reason, and disconnects and blocks the flooder.
+//! A non-member's ops signed in its own name never enter any member's snapshot point.
 
 mod support;
 
@@ -137,34 +138,29 @@ async fn ops_not_signed_by_their_origin_are_rejected_and_a_flooder_is_blocked() 
     send(repair(vec![mutated])).await.unwrap();
     send(repair(vec![unsigned])).await.unwrap();
     send(repair(vec![strangers])).await.unwrap();
-    send(repair(vec![genuine])).await.unwrap(); // replayed
+    send(repair(vec![genuine])).await.unwrap(); // again: still not a member
 
     let counts = |body: &str| {
         [
             "ops_rejected_total{reason=\"bad_signature\"}",
             "ops_rejected_total{reason=\"unsigned\"}",
-            "ops_rejected_total{reason=\"replayed\"}",
+            "ops_rejected_total{reason=\"not_member\"}",
         ]
         .map(|name| metric(body, name))
     };
     assert!(
         eventually(Duration::from_secs(10), || async {
-            counts(&http(api, "GET", "/metrics", None).await.body) == [Some(3), Some(1), Some(1)]
+            counts(&http(api, "GET", "/metrics", None).await.body) == [Some(3), Some(1), Some(2)]
         })
         .await,
-        "3 forged or mutated, 1 unsigned, 1 replayed: {:?}",
+        "3 forged or mutated, 1 unsigned, 2 signed by a non-member: {:?}",
         counts(&http(api, "GET", "/metrics", None).await.body)
     );
     let state = node.handle().state(At::Applied).await.unwrap();
-    let entries: Vec<_> = state
-        .entries
-        .iter()
-        .map(|e| (e.key.as_str(), e.value.as_str()))
-        .collect();
-    assert_eq!(
-        entries,
-        [("mine", "genuine")],
-        "only the genuine op is applied"
+    assert!(
+        state.entries.is_empty(),
+        "nothing is applied: {:?}",
+        state.entries
     );
 
     // a flood of garbage: the node disconnects the sender and refuses it afterwards
@@ -197,4 +193,91 @@ async fn ops_not_signed_by_their_origin_are_rejected_and_a_flooder_is_blocked() 
     );
     driver.abort();
     node.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_writing_in_its_own_name_never_enters_the_snapshot_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_node(&dir.path().join("a"), None).await;
+    let b = start_node(&dir.path().join("b"), Some(&a)).await;
+    let (ha, hb) = (a.handle(), b.handle());
+    support::wait_members(&[ha.clone(), hb.clone()], 2, Duration::from_secs(30)).await;
+    let node_addr = a.listen_addrs()[0].clone();
+    let node_peer: PeerId = ha.peer_id().parse().unwrap();
+
+    // a third-party peer connected to member a, writing ops signed in its own name
+    let key = Keypair::generate_ed25519();
+    let outsider = node_id(&key.public().to_peer_id());
+    let signer = PeerIdAuthenticator::new(key.clone(), "tidemark");
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let mut control = swarm.behaviour().new_control();
+    swarm.dial(node_addr).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let mut stream = control
+        .open_stream(node_peer, DIRECT_PROTOCOL)
+        .await
+        .unwrap();
+    let ops: Vec<_> = (1..=3)
+        .map(|seq| {
+            op(
+                &outsider,
+                seq,
+                put(&format!("intruder{seq}"), "x"),
+                Some(&signer),
+            )
+        })
+        .collect();
+    for op in ops {
+        write_frame(&mut stream, &repair(vec![op])).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let api = a.api_addr().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let body = http(api, "GET", "/metrics", None).await.body;
+            metric(&body, "ops_rejected_total{reason=\"not_member\"}") == Some(3)
+        })
+        .await,
+        "the outsider's 3 ops are refused as not a member's"
+    );
+
+    // a member's write after them becomes stable everywhere; the outsider's never do
+    let mine = hb.put("member", Some("1")).await.unwrap();
+    let outsider_text = outsider.to_base58();
+    for h in [&ha, &hb] {
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                let status = h.status().await.unwrap();
+                status.snapshot_point.get(&mine.origin) == Some(&mine.seq)
+            })
+            .await,
+            "the member's write becomes stable"
+        );
+        let status = h.status().await.unwrap();
+        assert_eq!(status.applied.get(&outsider_text), None, "{status:?}");
+        assert_eq!(
+            status.snapshot_point.get(&outsider_text),
+            None,
+            "{status:?}"
+        );
+        let state = h.state(At::Snapshot).await.unwrap();
+        let keys: Vec<_> = state.entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["member"], "no op of the outsider is stable");
+    }
+    driver.abort();
 }

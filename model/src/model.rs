@@ -258,6 +258,7 @@ impl TidemarkModel {
             // synthetic node ids carry no keys: ops are unsigned here
             auth: None,
             planted: None,
+            writers: None,
         };
         let founders: Vec<NodeId> = ids[..scope.founders].to_vec();
         let setups = ids

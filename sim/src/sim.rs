@@ -427,6 +427,7 @@ impl Sim {
             // synthetic node ids carry no keys: ops are unsigned here
             auth: None,
             planted: self.config.planted,
+            writers: None,
         }
     }
 

@@ -9,6 +9,9 @@
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
+//! - A write is answered once it is durable; one with a write concern (`applied:K`,
+//!   `stable`) waits in a list checked after every turn against the network map and the
+//!   snapshot point.
 //! - Members' addresses from the map are dialled again with backoff when disconnected, so
 //!   the network stays connected after its bootstrap peer leaves.
 //! - A joiner that went through a whole round of its possible sponsors without a grant
@@ -54,7 +57,7 @@ use super::views::{
     vector_json, At, DialFailureView, JoinView, NetworkMapView, OpIdView, ReadyView,
     SnapshotPointView, StateView, StatusView, ViewView,
 };
-use super::{Command, NodeConfig, NodeError, NodeHandle, WriteError};
+use super::{Command, NodeConfig, NodeError, NodeHandle, WriteConcern, WriteError};
 use crate::gossip::{
     decode, decode_published, encode, encode_published, published_op_range, report_len, Message,
     TopicDecodeError,
@@ -210,6 +213,10 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         journal_applied: true,
         auth: Some(auth),
         planted: None,
+        writers: config
+            .writers
+            .as_ref()
+            .map(|peers| Arc::new(peers.iter().map(node_id).collect())),
     };
     // a per-process random seed (std's hasher keys come from the OS)
     let seed = {
@@ -359,6 +366,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
         network: config.network.clone(),
         acks: Vec::new(),
+        waiters: Vec::new(),
         leave_waiters: Vec::new(),
         join_log: None,
         stored: StoredMark::default(),
@@ -676,6 +684,14 @@ struct JoinLog {
     warned_silent: bool,
 }
 
+/// A write waiting for its concern (`applied:K` or `stable`) to hold.
+struct Waiter {
+    origin: NodeId,
+    seq: u64,
+    concern: WriteConcern,
+    reached: oneshot::Sender<()>,
+}
+
 /// What the last stored checkpoint covered, to decide when the next one is due.
 #[derive(Default, PartialEq)]
 struct StoredMark {
@@ -705,6 +721,8 @@ struct Driver {
     network: String,
     /// Writes applied in memory, answered once stored.
     acks: Vec<(oneshot::Sender<Result<OpIdView, WriteError>>, OpIdView)>,
+    /// Writes waiting for their write concern, checked after every event.
+    waiters: Vec<Waiter>,
     /// Callers of `leave`, answered when the node stops, or when the leave gives up.
     leave_waiters: Vec<oneshot::Sender<Result<(), LeaveFailed>>>,
     /// What the join progress looked like when last logged (while joining).
@@ -869,18 +887,43 @@ impl Driver {
             Command::Write { reply, .. } if self.archiver => {
                 let _ = reply.send(Err(WriteError::Archiver));
             }
-            Command::Write { op, reply } => match self.replica.write(now, op) {
-                Ok(op) => self.acks.push((
-                    reply,
-                    OpIdView {
-                        origin: op.origin.to_base58(),
-                        seq: op.seq,
-                    },
-                )),
-                Err(refused) => {
-                    let _ = reply.send(Err(refused.into()));
+            Command::Write {
+                op,
+                concern,
+                reply,
+                reached,
+            } => {
+                let members = self.replica.network_map().counted();
+                if let WriteConcern::Applied(wanted) = concern {
+                    if wanted > members && self.replica.is_member() {
+                        let _ = reply.send(Err(WriteError::TooFewMembers { wanted, members }));
+                        return;
+                    }
                 }
-            },
+                match self.replica.write(now, op) {
+                    Ok(op) => {
+                        if let Some(reached) = reached {
+                            // checked once the op is stored and acknowledged
+                            self.waiters.push(Waiter {
+                                origin: op.origin.clone(),
+                                seq: op.seq,
+                                concern,
+                                reached,
+                            });
+                        }
+                        self.acks.push((
+                            reply,
+                            OpIdView {
+                                origin: op.origin.to_base58(),
+                                seq: op.seq,
+                            },
+                        ))
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Err(refused.into()));
+                    }
+                }
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -1189,12 +1232,14 @@ impl Driver {
         self.metrics
             .count_in_with_report(message.kind(), bytes.len(), report_bytes(&message));
         let stats = self.replica.stats();
-        let (bad_before, refused_before) = (
+        let (bad_before, refused_before, unadmitted_before) = (
             stats.ops_unsigned + stats.ops_bad_signature,
             stats.ops_refused,
+            stats.ops_not_member + stats.ops_not_writer,
         );
         self.replica.handle_message(now, &node_id(from), &message);
         let stats = self.replica.stats();
+        let unadmitted = stats.ops_not_member + stats.ops_not_writer > unadmitted_before;
         if stats.ops_unsigned + stats.ops_bad_signature > bad_before {
             debug!(%from, "dropped ops their origin did not sign");
             self.offend(from, Offence::BadSignature);
@@ -1202,6 +1247,12 @@ impl Driver {
         }
         if stats.ops_refused > refused_before {
             self.offend(from, Offence::Refused);
+        }
+        if unadmitted {
+            // not relayed; no offence: an honest member relays a joiner's ops before this
+            // node has heard of the joiner
+            debug!(%from, "dropped ops of an origin that may not write here");
+            return Verdict::Ignore;
         }
         Verdict::Accept
     }
@@ -1250,6 +1301,7 @@ impl Driver {
         for (reply, id) in self.acks.drain(..) {
             let _ = reply.send(Ok(id));
         }
+        self.answer_waiters();
         while let Some(action) = self.replica.poll_action() {
             match action {
                 Action::Send { to, message } => self.send(&to, &message),
@@ -1276,6 +1328,45 @@ impl Driver {
         self.log_membership();
         self.update_gauges();
         Ok(())
+    }
+
+    /// Answers the writes whose concern holds now: `applied:K` once K members in good
+    /// standing (this node by its applied vector, the others by their records in its map)
+    /// have applied the op, `stable` once the snapshot point covers it. Writes whose caller
+    /// gave up (timed out) are dropped.
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let me = self.replica.id().clone();
+        let applied_here = self.replica.applied();
+        let map = self.replica.network_map();
+        let sp = self.replica.snapshot_point();
+        for waiter in std::mem::take(&mut self.waiters) {
+            if waiter.reached.is_closed() {
+                continue;
+            }
+            let covers = |vector: &VersionVector| vector.get(&waiter.origin) >= waiter.seq;
+            let reached = match waiter.concern {
+                WriteConcern::Stored => true,
+                WriteConcern::Applied(wanted) => {
+                    let here = usize::from(map.is_counted(&me) && covers(applied_here));
+                    let others = map
+                        .iter()
+                        .filter(|(id, e)| {
+                            **id != me && e.record.state.counts() && covers(&e.record.applied)
+                        })
+                        .count();
+                    here + others >= wanted
+                }
+                WriteConcern::Stable => covers(sp),
+            };
+            if reached {
+                let _ = waiter.reached.send(());
+            } else {
+                self.waiters.push(waiter);
+            }
+        }
     }
 
     /// After a whole round without a grant: dials, without a peer id, the bootstrap
@@ -1741,6 +1832,8 @@ impl Driver {
             ("bad_signature", stats.ops_bad_signature),
             ("replayed", stats.ops_duplicate),
             ("invalid", stats.ops_invalid),
+            ("not_member", stats.ops_not_member),
+            ("not_writer", stats.ops_not_writer),
         ] {
             count_up_to(
                 &m.ops_rejected.get_or_create(&ReasonLabel { reason }),

@@ -3,7 +3,7 @@
 //! | call | answer |
 //! |---|---|
 //! | `GET /v1/status` | [`StatusView`](super::views::StatusView) |
-//! | `POST /v1/ops` `{"key", "value"}` | `201 {"origin", "seq"}` once the op is stored durably; `value: null` deletes |
+//! | `POST /v1/ops?wait=stored\|applied:K\|stable[&timeout_ms=N]` `{"key", "value"}` | `201 {"origin", "seq"}` once the op is stored durably (`stored`, the default), applied by K members in good standing (`applied:K`), or under the snapshot point (`stable`); `value: null` deletes. 504 `{"error", "origin", "seq"}` when the wait times out (default 10 s, at most 60 s): the op is kept |
 //! | `GET /v1/state?at=snapshot\|applied[&start_key=K][&limit=N]` | [`StateView`](super::views::StateView), entries sorted by key; with a limit, one page and the `next_key` |
 //! | `GET /v1/state/{key}?at=snapshot\|applied` | [`KeyView`](super::views::KeyView); 404 (with the `at` read) if the key is not live there |
 //! | `GET /v1/network-map` | [`NetworkMapView`](super::views::NetworkMapView) |
@@ -22,7 +22,9 @@
 //! A refused write gets 503 when it may succeed later (the node is joining, or its own ops
 //! are not back yet after a rejoin), 409 when it will not (the node is leaving or left, or
 //! its data dir is older than what the network has of it: restored from a backup, it must
-//! be restarted with `--restored-backup`), 403 on an archiver.
+//! be restarted with `--restored-backup`), 403 on an archiver or a node not on the writers
+//! list, 400 for `applied:K` with K above the members in good standing (nothing is
+//! written).
 //!
 //! Every error is a 4xx or 5xx with `{"error": "<reason>"}`. Every validation error is 400:
 //! a body that is not JSON or not of the call's shape (a missing, mistyped or unknown
@@ -36,6 +38,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -52,7 +55,9 @@ use tokio_stream::StreamExt as _;
 
 use super::schedule::{ScheduleError, ScheduleRequest};
 use super::views::{check_key, At, KeyView, Page, WriteBody};
-use super::{NodeError, NodeHandle, WriteError};
+use super::{
+    NodeError, NodeHandle, WriteConcern, WriteError, DEFAULT_WRITE_TIMEOUT, MAX_WRITE_TIMEOUT,
+};
 use crate::replica::WriteRefused;
 
 /// Largest request body accepted: room for the longest key and value even when JSON
@@ -101,8 +106,12 @@ impl From<WriteError> for ApiError {
             WriteError::Refused(
                 WriteRefused::Leaving | WriteRefused::Left | WriteRefused::DataDirBehind { .. },
             ) => StatusCode::CONFLICT,
-            WriteError::Archiver => StatusCode::FORBIDDEN,
+            WriteError::Archiver | WriteError::Refused(WriteRefused::NotWriter) => {
+                StatusCode::FORBIDDEN
+            }
             WriteError::NotDurable(_) | WriteError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::TooFewMembers { .. } => StatusCode::BAD_REQUEST,
+            WriteError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         };
         ApiError(status, e.to_string())
     }
@@ -202,15 +211,70 @@ async fn status(State(node): State<NodeHandle>) -> Result<impl IntoResponse, Api
     Ok(Json(node.status().await?))
 }
 
+/// `POST /v1/ops?wait=stored|applied:K|stable[&timeout_ms=N]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteQuery {
+    wait: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
 async fn write(
     State(node): State<NodeHandle>,
+    query: Result<Query<WriteQuery>, QueryRejection>,
     body: Result<Json<WriteBody>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}; use ?wait=stored, applied:K or stable, and optionally timeout_ms=N",
+                e.body_text()
+            ),
+        )
+    })?;
+    let concern = match &query.wait {
+        Some(wait) => wait
+            .parse::<WriteConcern>()
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?,
+        None => WriteConcern::Stored,
+    };
+    let max_ms = MAX_WRITE_TIMEOUT.as_millis() as u64;
+    let timeout = match query.timeout_ms {
+        Some(ms) if ms == 0 || ms > max_ms => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("timeout_ms must be between 1 and {max_ms}, not {ms}"),
+            ))
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => DEFAULT_WRITE_TIMEOUT,
+    };
     let Json(body) = body.map_err(bad_body)?;
     body.check()
         .map_err(|reason| ApiError(StatusCode::BAD_REQUEST, reason))?;
-    let id = node.put(&body.key, body.value.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(id)))
+    match node
+        .put_with(&body.key, body.value.as_deref(), concern, timeout)
+        .await
+    {
+        Ok(id) => Ok((StatusCode::CREATED, Json(id)).into_response()),
+        Err(WriteError::Timeout {
+            origin,
+            seq,
+            concern,
+        }) => {
+            // the op is stored and kept: say which it is, so the caller can follow it
+            let error = WriteError::Timeout {
+                origin: origin.clone(),
+                seq,
+                concern,
+            }
+            .to_string();
+            let body = serde_json::json!({ "error": error, "origin": origin, "seq": seq });
+            Ok((StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -295,7 +295,9 @@ impl Metrics {
             "Received ops rejected, by reason: unsigned; bad_signature (forged or mutated: \
              not signed by their origin over their content); replayed (already applied or \
              compacted: a replay, or a benign duplicate of overlapping repairs); invalid \
-             (malformed seq, deps or Lamport time)",
+             (malformed seq, deps or Lamport time); not_member (their origin is not and \
+             never was a member as this node knows it); not_writer (their origin is not on \
+             the writers list)",
             m.ops_rejected.clone(),
         );
         registry.register(

@@ -40,9 +40,13 @@ pub mod storage;
 pub mod transfer;
 pub mod views;
 
+use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::Multiaddr;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -93,6 +97,104 @@ pub struct NodeConfig {
     /// Needs a data dir that holds a node's state. Give it once, on the first start after
     /// the restore: every start with it takes yet another identity.
     pub restored_backup: bool,
+    /// The only peers whose ops this node accepts, itself included (`--writers FILE`, read
+    /// with [`read_writers_file`]); `None`: every member may write. Give every member the
+    /// same list: a member that accepts an op others refuse holds back their snapshot
+    /// point once its own ops depend on it. Ops are accepted only from nodes that are, or
+    /// were, members of the network in any case.
+    pub writers: Option<BTreeSet<libp2p::PeerId>>,
+}
+
+/// Why a writers file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum WritersFileError {
+    #[error("cannot read the writers file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a peer id: {text:?}")]
+    PeerId {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+}
+
+/// Reads a writers file: one peer id (base58) per line; blank lines and everything after a
+/// `#` are ignored. An empty list is allowed (no node may write).
+pub fn read_writers_file(path: &Path) -> Result<BTreeSet<libp2p::PeerId>, WritersFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WritersFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut writers = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let peer = entry.parse().map_err(|_| WritersFileError::PeerId {
+            path: path.to_path_buf(),
+            line: i + 1,
+            text: entry.to_string(),
+        })?;
+        writers.insert(peer);
+    }
+    Ok(writers)
+}
+
+/// When a write is answered: the op is always stored durably first; the concern says what
+/// else must hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteConcern {
+    /// Stored durably on this node (and applied here): the default.
+    #[default]
+    Stored,
+    /// Applied by this many members in good standing, this node included, as this node's
+    /// network map shows (a lower bound of what each has applied). At least 1, and at
+    /// most the members in good standing when the write is made.
+    Applied(usize),
+    /// Under this node's snapshot point: every member has applied it, so it is final and
+    /// lost only if every member is lost.
+    Stable,
+}
+
+/// Longest a write waits for its concern when no timeout is given.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest timeout the HTTP API accepts for a write (`timeout_ms`).
+pub const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl fmt::Display for WriteConcern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteConcern::Stored => f.write_str("stored"),
+            WriteConcern::Applied(k) => write!(f, "applied:{k}"),
+            WriteConcern::Stable => f.write_str("stable"),
+        }
+    }
+}
+
+/// Why a write concern did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("wait must be stored, applied:K (K at least 1) or stable, not {0:?}")]
+pub struct BadWriteConcern(pub String);
+
+impl FromStr for WriteConcern {
+    type Err = BadWriteConcern;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "stored" => Ok(WriteConcern::Stored),
+            "stable" => Ok(WriteConcern::Stable),
+            _ => text
+                .strip_prefix("applied:")
+                .and_then(|k| k.parse::<usize>().ok())
+                .filter(|k| *k >= 1)
+                .map(WriteConcern::Applied)
+                .ok_or_else(|| BadWriteConcern(text.to_string())),
+        }
+    }
 }
 
 /// How a node makes, keeps and hands over snapshots.
@@ -134,6 +236,7 @@ impl NodeConfig {
             network_key: None,
             api_token: None,
             restored_backup: false,
+            writers: None,
         }
     }
 }
@@ -191,12 +294,28 @@ pub enum WriteError {
     Archiver,
     #[error("the node has stopped")]
     Stopped,
+    /// `applied:K` asked for more members than are in good standing now: nothing was
+    /// written.
+    #[error("wait=applied:{wanted} asks for more members than the {members} in good standing; nothing was written")]
+    TooFewMembers { wanted: usize, members: usize },
+    /// The op is stored durably (and kept: it spreads as usual), but its write concern
+    /// was not reached in time.
+    #[error("the op {origin}/{seq} is stored and kept, but was not {concern} within the timeout")]
+    Timeout {
+        origin: String,
+        seq: u64,
+        concern: WriteConcern,
+    },
 }
 
 pub(crate) enum Command {
+    /// Write an op; `reply` answers once it is stored durably, `reached` (for a concern
+    /// other than `Stored`) once the concern holds.
     Write {
         op: LwwOp,
+        concern: WriteConcern,
         reply: oneshot::Sender<Result<OpIdView, WriteError>>,
+        reached: Option<oneshot::Sender<()>>,
     },
     Status(oneshot::Sender<StatusView>),
     /// Whether the node is a member that is not isolated (`GET /readyz`).
@@ -238,16 +357,57 @@ impl NodeHandle {
     /// Writes `key = value` (`None` deletes) as a new op of this node. Returns once the op
     /// is applied and stored durably.
     pub async fn put(&self, key: &str, value: Option<&str>) -> Result<OpIdView, WriteError> {
+        self.put_with(key, value, WriteConcern::Stored, DEFAULT_WRITE_TIMEOUT)
+            .await
+    }
+
+    /// Like [`put`](Self::put), answering once `concern` holds too. When it does not hold
+    /// within `timeout` (counted from this call), the answer is
+    /// [`WriteError::Timeout`] with the op's id: the op is stored and kept, and spreads as
+    /// usual. `Applied(k)` with `k` above the members in good standing is refused at once
+    /// with [`WriteError::TooFewMembers`], and nothing is written.
+    pub async fn put_with(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        concern: WriteConcern,
+        timeout: Duration,
+    ) -> Result<OpIdView, WriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let (reply, answer) = oneshot::channel();
+        let (reached, on_reached) = match concern {
+            WriteConcern::Stored => (None, None),
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
         let op = LwwOp {
             key: key.into(),
             value: value.map(Into::into),
         };
         self.commands
-            .send(Command::Write { op, reply })
+            .send(Command::Write {
+                op,
+                concern,
+                reply,
+                reached,
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
-        answer.await.map_err(|_| WriteError::Stopped)?
+        let id = answer.await.map_err(|_| WriteError::Stopped)??;
+        let Some(on_reached) = on_reached else {
+            return Ok(id);
+        };
+        match tokio::time::timeout_at(deadline, on_reached).await {
+            Ok(Ok(())) => Ok(id),
+            Ok(Err(_)) => Err(WriteError::Stopped),
+            Err(_) => Err(WriteError::Timeout {
+                origin: id.origin,
+                seq: id.seq,
+                concern,
+            }),
+        }
     }
 
     pub async fn status(&self) -> Result<StatusView, NodeError> {

@@ -83,6 +83,20 @@ pub enum OpError {
     ZeroLamport,
     #[error(transparent)]
     Signature(#[from] SignatureError),
+    #[error(transparent)]
+    Writer(#[from] WriterRefused),
+}
+
+/// Why a well-formed, correctly signed op was refused for its origin: who may write is
+/// decided by the replica (see [`OpsLog::receive_admitted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriterRefused {
+    /// The origin is not, and never was, a member of the network as this node knows it.
+    #[error("its origin is not a member of this network, and never was")]
+    NotMember,
+    /// The origin is not on this node's writers list.
+    #[error("its origin is not on this node's writers list")]
+    NotWriter,
 }
 
 /// What happened to a received op.
@@ -246,6 +260,19 @@ impl<S: StateMachine> OpsLog<S> {
         op: Arc<Op<S::Op>>,
         auth: Option<&dyn OpAuthenticator>,
     ) -> Result<Received, OpError> {
+        self.receive_admitted(op, auth, |_| Ok(()))
+    }
+
+    /// [`receive_verified`](Self::receive_verified), and the op's origin must pass `admit`
+    /// (checked after its signature, so a forged op counts as forged): a refused op is
+    /// neither applied nor kept, and comes back through anti-entropy if it is admitted
+    /// later.
+    pub fn receive_admitted(
+        &mut self,
+        op: Arc<Op<S::Op>>,
+        auth: Option<&dyn OpAuthenticator>,
+        admit: impl FnOnce(&NodeId) -> Result<(), WriterRefused>,
+    ) -> Result<Received, OpError> {
         op.validate()?;
         if self.buffer.holds(&op, &self.applied) {
             return Ok(Received::Duplicate);
@@ -253,6 +280,7 @@ impl<S: StateMachine> OpsLog<S> {
         if let Some(auth) = auth {
             op.check_signature(auth)?;
         }
+        admit(&op.origin)?;
         if self.planted == Some(PlantedBug::SkipCausalOrder)
             && op.seq == self.applied.get(&op.origin) + 1
         {

@@ -7,6 +7,7 @@
 //! `ScheduleWake` replaces the previous one; at that time call `handle_timeout`). The
 //! replica reads no clock and does no I/O; its randomness comes from a seed.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -24,6 +25,7 @@ use crate::network_map::{MemberChange, MemberRecord, MemberState, MergeOutcome, 
 use crate::node_id::NodeId;
 use crate::ops_log::{
     Digest, Op, OpAuthenticator, OpError, OpsLog, OwnOps, Received, SignatureError, StateMachine,
+    WriterRefused,
 };
 pub use crate::outbox::Action;
 use crate::outbox::Outbox;
@@ -56,6 +58,10 @@ pub struct ReplicaConfig {
     pub auth: Option<Arc<dyn OpAuthenticator>>,
     /// A bug planted by the simulator to show that its oracle catches it; `None` in a node.
     pub planted: Option<PlantedBug>,
+    /// The only origins whose ops are accepted, this node's own writes included; `None`:
+    /// every member may write. Every op must also come from a node that is, or was, a
+    /// member of the network (see [`Replica::handle_message`]).
+    pub writers: Option<Arc<BTreeSet<NodeId>>>,
 }
 
 /// Counters of what the replica has seen.
@@ -72,6 +78,11 @@ pub struct ReplicaStats {
     /// Ops rejected because their signature is not their origin's over their content:
     /// forged or mutated.
     pub ops_bad_signature: u64,
+    /// Ops rejected because their origin is not, and never was, a member as this node
+    /// knows it (they come back through anti-entropy once it learns of the member).
+    pub ops_not_member: u64,
+    /// Ops rejected because their origin is not on the writers list.
+    pub ops_not_writer: u64,
     pub records_adopted: u64,
     pub records_pending: u64,
     pub records_outdated: u64,
@@ -112,6 +123,9 @@ pub enum WriteRefused {
     Leaving,
     #[error("this node has left the network")]
     Left,
+    /// A writers list is set and this node is not on it.
+    #[error("this node is not on the writers list, so the network would refuse its ops")]
+    NotWriter,
     /// Some of this node's own ops (up to `highest`) are not applied here: after a rejoin
     /// through nodes that lack them, or a restore from an old data dir. The next op would
     /// depend on them, and reusing their seqs would give one id to two ops.
@@ -540,6 +554,9 @@ impl<S: StateMachine> Replica<S> {
             Phase::Left => return Err(WriteRefused::Left),
             Phase::Member { leaving: None } => {}
         }
+        if !self.may_write(&self.id) {
+            return Err(WriteRefused::NotWriter);
+        }
         let reuse_seqs = self.config.planted == Some(PlantedBug::SeqReusedAfterRejoin);
         if let Some((stored, seen)) = self.own.rolled_back().filter(|_| !reuse_seqs) {
             return Err(WriteRefused::DataDirBehind { stored, seen });
@@ -619,7 +636,8 @@ impl<S: StateMachine> Replica<S> {
             (Phase::Left, Message::Digest(digest)) => self.on_digest(from, digest),
             (Phase::Left, _) => {}
             (Phase::Member { .. }, Message::Ops(published)) => {
-                self.on_ops(now, from, &published.ops);
+                let publisher = published.report.as_ref().map(|r| &r.id);
+                self.on_ops(now, from, &published.ops, publisher);
                 if let Some(report) = &published.report {
                     self.on_published_report(now, report);
                 }
@@ -632,7 +650,7 @@ impl<S: StateMachine> Replica<S> {
             (Phase::Member { .. }, Message::Digest(digest)) => self.on_digest(from, digest),
             (Phase::Member { .. }, Message::Repair(repair)) => {
                 self.on_records(now, &repair.records.0);
-                self.on_ops(now, from, &repair.ops);
+                self.on_ops(now, from, &repair.ops, None);
                 if repair.more {
                     let digest = self.digest(false);
                     self.send(from.clone(), digest);
@@ -711,11 +729,45 @@ impl<S: StateMachine> Replica<S> {
 
     // ---- handlers ------------------------------------------------------------------
 
-    fn on_ops(&mut self, now: Time, from: &NodeId, batch: &OpsBatch<S::Op>) {
+    /// Whether `origin` may write at all: it is on the writers list, if there is one.
+    fn may_write(&self, origin: &NodeId) -> bool {
+        self.config
+            .writers
+            .as_ref()
+            .is_none_or(|writers| writers.contains(origin))
+    }
+
+    /// Whether this node accepts ops of `origin`: it may write, and it is or was a member
+    /// of the network. The map never forgets a member (left and evicted ones included),
+    /// so the right to have written is never lost; a member whose record waits for
+    /// registrations, or the publisher of the batch (its report rides with the ops and is
+    /// merged next), is known too. Ops of a member this node has not heard of yet are
+    /// refused now and pulled again by anti-entropy, whose answer carries the record.
+    fn admit(&self, origin: &NodeId, publisher: Option<&NodeId>) -> Result<(), WriterRefused> {
+        if !self.may_write(origin) {
+            return Err(WriterRefused::NotWriter);
+        }
+        let known = self.map.get(origin).is_some()
+            || self.map.pending_record(origin).is_some()
+            || publisher == Some(origin);
+        if !known {
+            return Err(WriterRefused::NotMember);
+        }
+        Ok(())
+    }
+
+    fn on_ops(
+        &mut self,
+        now: Time,
+        from: &NodeId,
+        batch: &OpsBatch<S::Op>,
+        publisher: Option<&NodeId>,
+    ) {
         for op in &batch.0 {
+            let admitted = self.admit(&op.origin, publisher);
             match self
                 .log
-                .receive_verified(op.clone(), self.config.auth.as_deref())
+                .receive_admitted(op.clone(), self.config.auth.as_deref(), |_| admitted)
             {
                 Ok(Received::Buffered) if op.origin == self.id => self.note_own_seq(op.seq),
                 Ok(Received::Applied(_)) | Ok(Received::Buffered) => {}
@@ -725,6 +777,8 @@ impl<S: StateMachine> Replica<S> {
                 Err(OpError::Signature(SignatureError::BadSignature)) => {
                     self.stats.ops_bad_signature += 1
                 }
+                Err(OpError::Writer(WriterRefused::NotMember)) => self.stats.ops_not_member += 1,
+                Err(OpError::Writer(WriterRefused::NotWriter)) => self.stats.ops_not_writer += 1,
                 Err(_) => self.stats.ops_invalid += 1,
             }
         }

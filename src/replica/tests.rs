@@ -773,10 +773,10 @@ fn without_keepalives_a_silent_fetching_joiner_would_be_evicted() {
 fn ops_whose_deps_never_come_cannot_fill_a_members_memory_and_real_writes_go_on() {
     use crate::gossip::{OpsBatch, PublishedOps};
     use crate::ops_log::{BufferLimits, OpsLog};
-    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
     net.run_for(Duration::from_millis(100));
-    // a peer sends 50,000 ops of an origin whose first op never comes
-    let forger = id(66);
+    // a member sends 50,000 ops of its own whose first op never comes
+    let forger = id(3);
     let mut forged = OpsLog::<LwwMap>::new();
     let ops: Vec<_> = (0..50_000)
         .map(|i| forged.create(&forger, put(&format!("f{i}"), "x")))
@@ -1112,5 +1112,100 @@ fn leaving_nodes_evict_no_one_so_they_cannot_leave_an_empty_network_behind() {
         net.nodes[1].network_map().get(&id(0)).unwrap().record.state,
         MemberState::Suspect,
         "overdue for eviction by now, but suspected only"
+    );
+}
+
+fn repair_of(ops: Vec<Arc<Op<LwwOp>>>) -> Message<LwwMap> {
+    use crate::gossip::{OpsBatch, Records, Repair};
+    Message::Repair(Repair {
+        ops: OpsBatch(ops),
+        records: Records(Vec::new()),
+        more: false,
+    })
+}
+
+#[test]
+fn ops_of_a_node_that_never_was_a_member_are_refused_and_counted() {
+    use crate::gossip::{OpsBatch, PublishedOps};
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(100));
+    // an outsider writes in its own name, and a member relays its op
+    let outsider = id(77);
+    let mut outside = crate::ops_log::OpsLog::<LwwMap>::new();
+    let op = outside.create(&outsider, put("intruder", "1"));
+    let now = net.now;
+    net.nodes[0].handle_message(now, &outsider, &repair_of(vec![op.clone()]));
+    let relayed = Message::Ops(PublishedOps {
+        ops: OpsBatch(vec![op]),
+        report: None,
+    });
+    net.nodes[1].handle_message(now, &id(0), &relayed);
+    net.flush(0);
+    net.flush(1);
+    net.run_for(Duration::from_millis(500));
+    for r in &net.nodes[..2] {
+        assert_eq!(r.stats().ops_not_member, 1);
+    }
+    for r in &net.nodes {
+        assert_eq!(
+            r.applied().get(&outsider),
+            0,
+            "the outsider's op is not applied"
+        );
+        assert_eq!(r.snapshot_point().get(&outsider), 0);
+    }
+}
+
+#[test]
+fn a_member_that_left_keeps_the_right_to_have_written() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.drop_publishes = true;
+    let now = net.now;
+    // node 2 writes; its op reaches no one before it leaves
+    let op = net.nodes[2].write(now, put("late", "1")).unwrap();
+    net.crashed[2] = true;
+    let left = Arc::new(MemberRecord {
+        state: MemberState::Left,
+        report_seq: 1_000,
+        applied: op.deps.clone(),
+        ..MemberRecord::founder(id(2))
+    });
+    net.nodes[0].handle_message(
+        now,
+        &id(1),
+        &Message::Status(crate::gossip::Records(vec![left])),
+    );
+    assert_eq!(
+        net.nodes[0].network_map().get(&id(2)).unwrap().record.state,
+        MemberState::Left
+    );
+    net.nodes[0].handle_message(now, &id(1), &repair_of(vec![op]));
+    assert_eq!(net.nodes[0].stats().ops_not_member, 0);
+    assert_eq!(net.nodes[0].applied_state().get("late"), Some("1"));
+}
+
+#[test]
+fn with_a_writers_list_only_listed_origins_write() {
+    let ids = [id(0), id(1)];
+    let listed = ReplicaConfig {
+        writers: Some(Arc::new(BTreeSet::from([id(0)]))),
+        ..ReplicaConfig::default()
+    };
+    let mut a = Replica::<LwwMap>::genesis(id(0), &ids, listed.clone(), 1, Time::ZERO);
+    let mut unlisted = Replica::<LwwMap>::genesis(id(1), &ids, listed, 2, Time::ZERO);
+    assert_eq!(
+        unlisted.write(Time::ZERO, put("k", "v")).unwrap_err(),
+        WriteRefused::NotWriter,
+        "a node not on the list does not write"
+    );
+    // a member without the list writes anyway: the listed node refuses its op
+    let mut b = Replica::<LwwMap>::genesis(id(1), &ids, ReplicaConfig::default(), 3, Time::ZERO);
+    let op = b.write(Time::ZERO, put("k", "v")).unwrap();
+    a.handle_message(Time::ZERO, &id(1), &repair_of(vec![op]));
+    assert_eq!(a.stats().ops_not_writer, 1);
+    assert_eq!(a.applied().get(&id(1)), 0);
+    assert!(
+        a.write(Time::ZERO, put("mine", "1")).is_ok(),
+        "a listed node writes"
     );
 }
