@@ -46,19 +46,16 @@ pub struct LoopbackNet<S: StateMachine> {
 impl<S: StateMachine> LoopbackNet<S> {
     /// A network founded by `n` members with synthetic ids 0..n.
     pub fn genesis(n: u64) -> Self {
+        Self::genesis_with(n, ReplicaConfig::default())
+    }
+
+    /// Like [`LoopbackNet::genesis`], every replica with `config`.
+    pub fn genesis_with(n: u64, config: ReplicaConfig) -> Self {
         let ids: Vec<NodeId> = (0..n).map(NodeId::synthetic).collect();
         let nodes = ids
             .iter()
             .enumerate()
-            .map(|(i, me)| {
-                Replica::genesis(
-                    me.clone(),
-                    &ids,
-                    ReplicaConfig::default(),
-                    i as u64,
-                    Time::ZERO,
-                )
-            })
+            .map(|(i, me)| Replica::genesis(me.clone(), &ids, config.clone(), i as u64, Time::ZERO))
             .collect();
         let mut net = LoopbackNet {
             nodes,

@@ -194,6 +194,7 @@ fn drain(replica: &mut Replica<LwwMap>) {
     while replica.poll_action().is_some() {}
     replica.drain_applied_ops();
     replica.drain_member_changes();
+    replica.drain_rejected_ops();
 }
 
 /// Feeds one input to the replica. Writes and leaves are only offered when the replica
@@ -277,6 +278,7 @@ impl Outcome {
         let applied = replica.drain_applied_ops();
         // a journal for observers, not state: kept empty so it never splits states
         replica.drain_member_changes();
+        replica.drain_rejected_ops();
         let obs = Arc::new(Observation::of(replica, watched));
         Outcome {
             obs,

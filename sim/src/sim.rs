@@ -755,8 +755,9 @@ impl Sim {
                 self.nodes[n].replica.is_member()
             );
         }
-        // the oracle follows evictions through their own journal
+        // journals for drivers: the oracle reads the map and the eviction journal instead
         self.nodes[n].replica.drain_member_changes();
+        self.nodes[n].replica.drain_rejected_ops();
         for (id, incarnation) in self.nodes[n].replica.drain_evictions() {
             self.on_eviction(n, id, incarnation);
         }

@@ -65,7 +65,7 @@ use crate::gossip::{
 use crate::join_protocol::{HandedOverState, JoinGrant, JoinProgress, JoinResponse, StateOffer};
 use crate::network_map::MemberState;
 use crate::ops_log::LwwMap;
-use crate::replica::{Action, LeaveFailed, Replica, ReplicaConfig};
+use crate::replica::{Action, LeaveFailed, RejectReason, RejectedOp, Replica, ReplicaConfig};
 use crate::{NodeId, Time, VersionVector};
 
 type NodeMessage = Message<LwwMap>;
@@ -1231,24 +1231,20 @@ impl Driver {
         }
         self.metrics
             .count_in_with_report(message.kind(), bytes.len(), report_bytes(&message));
-        let stats = self.replica.stats();
-        let (bad_before, refused_before, unadmitted_before) = (
-            stats.ops_unsigned + stats.ops_bad_signature,
-            stats.ops_refused,
-            stats.ops_not_member + stats.ops_not_writer,
-        );
+        // whatever earlier events rejected is counted now, so what follows is this batch's
+        self.take_rejected_ops();
         self.replica.handle_message(now, &node_id(from), &message);
-        let stats = self.replica.stats();
-        let unadmitted = stats.ops_not_member + stats.ops_not_writer > unadmitted_before;
-        if stats.ops_unsigned + stats.ops_bad_signature > bad_before {
+        let rejected = self.take_rejected_ops();
+        let any = |reasons: &[RejectReason]| rejected.iter().any(|r| reasons.contains(&r.reason));
+        if any(&[RejectReason::Unsigned, RejectReason::BadSignature]) {
             debug!(%from, "dropped ops their origin did not sign");
             self.offend(from, Offence::BadSignature);
             return Verdict::Reject;
         }
-        if stats.ops_refused > refused_before {
+        if any(&[RejectReason::Refused]) {
             self.offend(from, Offence::Refused);
         }
-        if unadmitted {
+        if any(&[RejectReason::NotMember, RejectReason::NotWriter]) {
             // not relayed; no offence: an honest member relays a joiner's ops before this
             // node has heard of the joiner
             debug!(%from, "dropped ops of an origin that may not write here");
@@ -1796,6 +1792,24 @@ impl Driver {
         }
     }
 
+    /// The ops the core rejected since the last call, counted in the metrics by reason.
+    fn take_rejected_ops(&mut self) -> Vec<RejectedOp> {
+        let rejected = self.replica.drain_rejected_ops();
+        for op in &rejected {
+            match op.reason {
+                RejectReason::Refused => self.metrics.ops_refused.inc(),
+                reason => self
+                    .metrics
+                    .ops_rejected
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.as_str(),
+                    })
+                    .inc(),
+            };
+        }
+        rejected
+    }
+
     fn update_gauges(&mut self) {
         let applied = self.replica.applied().total();
         self.applied_tx.send_if_modified(|seen| {
@@ -1805,6 +1819,7 @@ impl Driver {
             }
             changed
         });
+        self.take_rejected_ops();
         let sp = self.replica.snapshot_point().clone();
         let map = self.replica.network_map();
         let m = &self.metrics;
@@ -1823,22 +1838,8 @@ impl Driver {
             (&m.sponsorships_declined, stats.sponsorships_declined),
             (&m.leaves_failed, stats.leaves_failed),
             (&m.own_seq_rollbacks, stats.own_seq_rollbacks),
-            (&m.ops_refused, stats.ops_refused),
         ] {
             count_up_to(counter, total);
-        }
-        for (reason, count) in [
-            ("unsigned", stats.ops_unsigned),
-            ("bad_signature", stats.ops_bad_signature),
-            ("replayed", stats.ops_duplicate),
-            ("invalid", stats.ops_invalid),
-            ("not_member", stats.ops_not_member),
-            ("not_writer", stats.ops_not_writer),
-        ] {
-            count_up_to(
-                &m.ops_rejected.get_or_create(&ReasonLabel { reason }),
-                count,
-            );
         }
         m.ops_buffered
             .set(self.replica.ops_log().buffered_len() as i64);

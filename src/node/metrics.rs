@@ -300,6 +300,14 @@ impl Metrics {
              the writers list)",
             m.ops_rejected.clone(),
         );
+        // every reason is exported from the start, at 0 (`Refused` is `ops_refused`)
+        for reason in crate::replica::RejectReason::ALL {
+            if reason != crate::replica::RejectReason::Refused {
+                let _ = m.ops_rejected.get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                });
+            }
+        }
         registry.register(
             "peer_offences",
             "Offences counted against peers, by kind: malformed messages, messages with \

@@ -114,6 +114,62 @@ pub struct ReplicaStats {
     pub own_seq_rollbacks: u64,
 }
 
+/// A received op this node did not take (see [`Replica::drain_rejected_ops`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedOp {
+    pub origin: NodeId,
+    pub seq: u64,
+    /// The peer it came from (the propagation source on the topic).
+    pub from: NodeId,
+    pub reason: RejectReason,
+}
+
+/// Why a received op was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Already applied, waiting, or compacted: a replay, or a benign duplicate of
+    /// overlapping repairs.
+    Duplicate,
+    /// Not applicable yet and refused by the causal buffer's limits.
+    Refused,
+    /// It carries no signature.
+    Unsigned,
+    /// Its signature is not its origin's over its content: forged or mutated.
+    BadSignature,
+    /// Its origin is not, and never was, a member of the network.
+    NotMember,
+    /// Its origin is not on this node's writers list.
+    NotWriter,
+    /// Malformed (a zero seq or Lamport time, a gap in its origin's deps).
+    Invalid,
+}
+
+impl RejectReason {
+    /// Every reason.
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::Duplicate,
+        RejectReason::Refused,
+        RejectReason::Unsigned,
+        RejectReason::BadSignature,
+        RejectReason::NotMember,
+        RejectReason::NotWriter,
+        RejectReason::Invalid,
+    ];
+
+    /// The reason as the node's metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Duplicate => "replayed",
+            RejectReason::Refused => "refused",
+            RejectReason::Unsigned => "unsigned",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::NotMember => "not_member",
+            RejectReason::NotWriter => "not_writer",
+            RejectReason::Invalid => "invalid",
+        }
+    }
+}
+
 /// Why a local write (or a leave) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteRefused {
@@ -185,6 +241,8 @@ pub struct Replica<S: StateMachine> {
     /// Changes of other members' standing adopted by the map, kept for observers when
     /// `journal_applied` is on.
     member_changes: Vec<MemberChange>,
+    /// Ops received and not taken, kept for the driver when `journal_applied` is on.
+    rejected_ops: Vec<RejectedOp>,
     /// A grant whose state the driver fetches (joining only), and its keepalive.
     awaited: AwaitedGrant<S>,
     /// How many times a grant replaced this replica's ops log. Within one generation each
@@ -235,6 +293,7 @@ impl<S: StateMachine> Replica<S> {
             handover: Handover::default(),
             eviction_journal: Vec::new(),
             member_changes: Vec::new(),
+            rejected_ops: Vec::new(),
             awaited: AwaitedGrant::new(now),
             log_generation: 0,
             stats: ReplicaStats::default(),
@@ -538,6 +597,12 @@ impl<S: StateMachine> Replica<S> {
         std::mem::take(&mut self.member_changes)
     }
 
+    /// Every received op this node did not take since the last call, with the peer it
+    /// came from and why, in order (only with `journal_applied`).
+    pub fn drain_rejected_ops(&mut self) -> Vec<RejectedOp> {
+        std::mem::take(&mut self.rejected_ops)
+    }
+
     /// The next action for the driver.
     pub fn poll_action(&mut self) -> Option<Action<S>> {
         self.outbox.pop()
@@ -765,27 +830,51 @@ impl<S: StateMachine> Replica<S> {
     ) {
         for op in &batch.0 {
             let admitted = self.admit(&op.origin, publisher);
-            match self
-                .log
-                .receive_admitted(op.clone(), self.config.auth.as_deref(), |_| admitted)
-            {
-                Ok(Received::Buffered) if op.origin == self.id => self.note_own_seq(op.seq),
-                Ok(Received::Applied(_)) | Ok(Received::Buffered) => {}
-                Ok(Received::Duplicate) => self.stats.ops_duplicate += 1,
-                Ok(Received::Refused) => self.stats.ops_refused += 1,
-                Err(OpError::Signature(SignatureError::Unsigned)) => self.stats.ops_unsigned += 1,
-                Err(OpError::Signature(SignatureError::BadSignature)) => {
-                    self.stats.ops_bad_signature += 1
+            let received =
+                self.log
+                    .receive_admitted(op.clone(), self.config.auth.as_deref(), |_| admitted);
+            let reason = match received {
+                Ok(Received::Buffered) if op.origin == self.id => {
+                    self.note_own_seq(op.seq);
+                    continue;
                 }
-                Err(OpError::Writer(WriterRefused::NotMember)) => self.stats.ops_not_member += 1,
-                Err(OpError::Writer(WriterRefused::NotWriter)) => self.stats.ops_not_writer += 1,
-                Err(_) => self.stats.ops_invalid += 1,
-            }
+                Ok(Received::Applied(_)) | Ok(Received::Buffered) => continue,
+                Ok(Received::Duplicate) => RejectReason::Duplicate,
+                Ok(Received::Refused) => RejectReason::Refused,
+                Err(OpError::Signature(SignatureError::Unsigned)) => RejectReason::Unsigned,
+                Err(OpError::Signature(SignatureError::BadSignature)) => RejectReason::BadSignature,
+                Err(OpError::Writer(WriterRefused::NotMember)) => RejectReason::NotMember,
+                Err(OpError::Writer(WriterRefused::NotWriter)) => RejectReason::NotWriter,
+                Err(_) => RejectReason::Invalid,
+            };
+            self.reject(op, from, reason);
         }
         self.after_apply();
         if self.log.buffered_len() > 0 {
             self.dissemination
                 .on_ops_waiting(now, from, &self.config.gossip);
+        }
+    }
+
+    /// Counts an op not taken, and journals it for the driver (with `journal_applied`).
+    fn reject(&mut self, op: &Op<S::Op>, from: &NodeId, reason: RejectReason) {
+        let stats = &mut self.stats;
+        *match reason {
+            RejectReason::Duplicate => &mut stats.ops_duplicate,
+            RejectReason::Refused => &mut stats.ops_refused,
+            RejectReason::Unsigned => &mut stats.ops_unsigned,
+            RejectReason::BadSignature => &mut stats.ops_bad_signature,
+            RejectReason::NotMember => &mut stats.ops_not_member,
+            RejectReason::NotWriter => &mut stats.ops_not_writer,
+            RejectReason::Invalid => &mut stats.ops_invalid,
+        } += 1;
+        if self.config.journal_applied {
+            self.rejected_ops.push(RejectedOp {
+                origin: op.origin.clone(),
+                seq: op.seq,
+                from: from.clone(),
+                reason,
+            });
         }
     }
 

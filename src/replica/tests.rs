@@ -1127,7 +1127,13 @@ fn repair_of(ops: Vec<Arc<Op<LwwOp>>>) -> Message<LwwMap> {
 #[test]
 fn ops_of_a_node_that_never_was_a_member_are_refused_and_counted() {
     use crate::gossip::{OpsBatch, PublishedOps};
-    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    let mut net = LoopbackNet::<LwwMap>::genesis_with(
+        3,
+        ReplicaConfig {
+            journal_applied: true,
+            ..ReplicaConfig::default()
+        },
+    );
     net.run_for(Duration::from_millis(100));
     // an outsider writes in its own name, and a member relays its op
     let outsider = id(77);
@@ -1145,6 +1151,25 @@ fn ops_of_a_node_that_never_was_a_member_are_refused_and_counted() {
     net.run_for(Duration::from_millis(500));
     for r in &net.nodes[..2] {
         assert_eq!(r.stats().ops_not_member, 1);
+    }
+    // the core says which op it turned down, who brought it and why
+    let rejected = |n: usize, net: &mut LoopbackNet<LwwMap>| {
+        net.nodes[n]
+            .drain_rejected_ops()
+            .into_iter()
+            .filter(|r| r.origin == outsider)
+            .collect::<Vec<_>>()
+    };
+    for (n, brought_by) in [(0, outsider.clone()), (1, id(0))] {
+        assert_eq!(
+            rejected(n, &mut net),
+            vec![RejectedOp {
+                origin: outsider.clone(),
+                seq: 1,
+                from: brought_by,
+                reason: RejectReason::NotMember,
+            }]
+        );
     }
     for r in &net.nodes {
         assert_eq!(
