@@ -17,6 +17,10 @@ use crate::gossip::MAX_MESSAGE_BYTES;
 /// The protocol id of direct messages.
 pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/tidemark/direct/4");
 
+/// The wire protocol's version (docs/PROTOCOL.md §8): the number at the end of
+/// [`DIRECT_PROTOCOL`] and of the identify string `/tidemark/<network>/<version>`.
+pub const PROTOCOL_VERSION: u32 = 4;
+
 /// Reads one frame; an error ends the stream (a short read, or a length over the limit).
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<u8>> {
     read_frame_limited(io, MAX_MESSAGE_BYTES).await
@@ -75,6 +79,14 @@ pub async fn write_frame_limited<T: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use futures::io::Cursor;
+
+    #[test]
+    fn the_direct_protocol_carries_the_protocol_version() {
+        assert_eq!(
+            DIRECT_PROTOCOL.as_ref(),
+            format!("/tidemark/direct/{PROTOCOL_VERSION}")
+        );
+    }
 
     #[test]
     fn frames_round_trip_in_sequence_and_an_oversized_one_is_refused_before_reading() {

@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::address_book::AddressBook;
+use super::codec;
 use super::dial_failure::Reason;
 use super::direct::Direct;
 use super::keeper::SnapshotKeeper;
@@ -528,7 +529,7 @@ fn build_swarm(
         .message_id_fn(message_id)
         .build()
         .map_err(|e| transport_err(&e))?;
-    let protocol_version = format!("/tidemark/{network}/4");
+    let protocol_version = format!("/tidemark/{network}/{}", codec::PROTOCOL_VERSION);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| transport(key, network_key))
