@@ -35,7 +35,7 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    allow_block_list, dns, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport,
+    allow_block_list, dns, identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm, Transport,
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -77,7 +77,15 @@ const FAREWELL: Duration = Duration::from_millis(500);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// How often disconnected members are dialled again (backoff doubles up to the max).
 const RECONNECT_TICK: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Short, so that a member cut off for long is dialled again soon after its link is back:
+/// the heal must not wait on a long backoff (docs/MEMBERSHIP.md, "Heal").
+const RECONNECT_MAX: Duration = Duration::from_secs(4);
+/// Every connection is pinged this often; one whose ping goes unanswered for
+/// `PING_TIMEOUT` is closed (and its peer dialled again), so that a link that went silent —
+/// a partition drops packets without a reset, and TCP would wait for its retransmission
+/// timer, tens of seconds — does not hold up the heal.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most waiting events and commands handled together before storing and acting.
 const READY_BATCH: usize = 64;
 /// Longest a connection attempt (DNS, TCP and the handshakes) may take.
@@ -92,6 +100,8 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     streams: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
+    /// Finds connections that went silent (see `PING_TIMEOUT`).
+    ping: ping::Behaviour,
     addresses: AddressBook,
 }
 
@@ -541,11 +551,17 @@ fn build_swarm(
             let streams = libp2p_stream::Behaviour::new();
             let identify =
                 identify::Behaviour::new(identify::Config::new(protocol_version, key.public()));
+            let ping = ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            );
             Ok(Behaviour {
                 blocked: Default::default(),
                 gossipsub,
                 streams,
                 identify,
+                ping,
                 addresses: AddressBook::default(),
             })
         })
@@ -1137,6 +1153,15 @@ impl Driver {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            // a peer without ping keeps its connection; a silent one loses it
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(failure),
+            })) if !matches!(failure, ping::Failure::Unsupported) => {
+                info!(%peer, %failure, "a connection went silent: closing it to dial again");
+                self.swarm.close_connection(connection);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
