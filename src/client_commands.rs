@@ -334,7 +334,7 @@ fn snapshots_text(snapshots: &[SnapshotView]) -> String {
                 s.entries.to_string(),
                 s.bytes.to_string(),
                 utc(s.created_unix_ms),
-                s.status.clone(),
+                s.status.to_string(),
             ]
         })
         .collect();

@@ -13,7 +13,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::views::{At, KeyView, NetworkMapView, OpIdView, SnapshotPointView, StatusView};
@@ -49,19 +49,7 @@ pub enum ClientError {
 }
 
 /// A snapshot as `POST /v1/snapshots` and `GET /v1/snapshots` describe it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SnapshotView {
-    pub id: String,
-    pub height: u64,
-    pub snapshot_point: std::collections::BTreeMap<String, u64>,
-    pub digest: String,
-    pub created_unix_ms: u64,
-    pub entries: u64,
-    pub chunks: usize,
-    pub bytes: u64,
-    /// `pending` or `final`.
-    pub status: String,
-}
+pub use super::snapshots::SnapshotInfo as SnapshotView;
 
 #[derive(Deserialize)]
 struct SnapshotList {

@@ -173,7 +173,7 @@ impl SnapshotKeeper {
     pub fn list(&self, sp: &PointJson) -> Result<Vec<SnapshotInfo>, SnapshotError> {
         let mut list = self.store.list()?;
         for info in &mut list {
-            info.status = status(covers(sp, &info.snapshot_point));
+            info.status = status(covers(sp, &info.snapshot_point)).into();
         }
         Ok(list)
     }

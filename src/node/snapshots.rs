@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::views::vector_json;
 use crate::ops_log::LwwMap;
@@ -32,8 +32,8 @@ const SUFFIX: &str = ".tmsnap";
 /// transfer snapshot is kept unused.
 pub const TRANSFER_LINGER: Duration = Duration::from_secs(60);
 
-/// One snapshot file, as the API shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+/// One snapshot file, as the API shows it (and the client reads it back).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotInfo {
     pub id: String,
     pub height: u64,
@@ -44,7 +44,7 @@ pub struct SnapshotInfo {
     pub chunks: usize,
     pub bytes: u64,
     /// `final`: a snapshot of the stable state is final when written.
-    pub status: &'static str,
+    pub status: std::borrow::Cow<'static, str>,
 }
 
 impl SnapshotInfo {
@@ -58,7 +58,7 @@ impl SnapshotInfo {
             entries: header.entries,
             chunks: header.chunks.len(),
             bytes,
-            status: "final",
+            status: "final".into(),
         }
     }
 }
