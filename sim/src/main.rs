@@ -45,6 +45,8 @@ struct BatchSummary {
     evictions_of_running: u64,
     rejoins: u64,
     ops_republished: u64,
+    /// Stale notices taken (a member told it was below a snapshot point, which rejoined).
+    stale_notices: u64,
     wall_s: f64,
 }
 
@@ -198,6 +200,7 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
         evictions_of_running: results.iter().map(|r| r.faults.evictions_of_running).sum(),
         rejoins: results.iter().map(|r| r.faults.rejoins).sum(),
         ops_republished: results.iter().map(|r| r.faults.ops_republished).sum(),
+        stale_notices: results.iter().map(|r| r.faults.stale_notices).sum(),
         wall_s: (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
     };
     if args.json {

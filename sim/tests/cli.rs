@@ -170,6 +170,17 @@ fn a_batch_names_the_seed_of_its_worst_latencies() {
         let single: serde_json::Value = serde_json::from_slice(&sim(&args).stdout).unwrap();
         assert_eq!(single[per_run]["max"].as_f64(), Some(max), "{figure}");
     }
+    // the stale rule shows in a sweep: how many notices made members rejoin
+    let mut notices = 0;
+    for seed in 1..=6 {
+        let seed = seed.to_string();
+        let mut args = flags.to_vec();
+        args.extend(["--seed", &seed, "--json"]);
+        let single: serde_json::Value = serde_json::from_slice(&sim(&args).stdout).unwrap();
+        notices += single["faults"]["stale_notices"].as_u64().unwrap();
+    }
+    assert!(notices > 0, "these seeds send members stale notices");
+    assert_eq!(batch["stale_notices"].as_u64(), Some(notices));
 }
 
 #[test]

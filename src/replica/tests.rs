@@ -1234,3 +1234,105 @@ fn with_a_writers_list_only_listed_origins_write() {
         "a listed node writes"
     );
 }
+
+/// The stale rule (SPEC §5): a node serves ops only to a peer at or above its snapshot
+/// point; a peer below it is told it is stale and gets no ops (those are compacted).
+#[test]
+fn a_digest_from_below_the_snapshot_point_is_answered_stale_without_ops() {
+    let a = id(1);
+    // a founder restored at a cut: its snapshot point starts there (the state's content
+    // does not matter to the rule)
+    let cut = VersionVector::from_iter([(a.clone(), 3)]);
+    let mut founder = Replica::restored(
+        a.clone(),
+        LwwMap::default(),
+        cut.clone(),
+        3,
+        ReplicaConfig::default(),
+        1,
+        Time::ZERO,
+    );
+    while founder.poll_action().is_some() {}
+    let digest = |applied: VersionVector| {
+        Message::Digest(AntiEntropyDigest {
+            applied,
+            members: Vec::new(),
+            initiator: false,
+        })
+    };
+    let answers = |r: &mut Replica<LwwMap>| {
+        let mut out = Vec::new();
+        while let Some(action) = r.poll_action() {
+            if let Action::Send { message, .. } = action {
+                out.push(message);
+            }
+        }
+        out
+    };
+    // below the snapshot point: Stale with it, and no op
+    founder.handle_message(Time::ZERO, &id(2), &digest(VersionVector::new()));
+    let sent = answers(&mut founder);
+    assert!(
+        sent.iter()
+            .any(|m| matches!(&**m, Message::Stale { snapshot_point } if *snapshot_point == cut)),
+        "told it is stale: {sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .all(|m| !matches!(&**m, Message::Repair(r) if !r.ops.is_empty())),
+        "no ops below the snapshot point"
+    );
+    // at the snapshot point: no Stale
+    founder.handle_message(Time::ZERO, &id(2), &digest(cut.clone()));
+    let sent = answers(&mut founder);
+    assert!(
+        sent.iter().all(|m| !matches!(&**m, Message::Stale { .. })),
+        "a peer at the snapshot point is not stale: {sent:?}"
+    );
+}
+
+/// A member told it is stale checks the notice against its applied vector now: below the
+/// sender's snapshot point it has lost good standing and rejoins with a new incarnation;
+/// a notice its own progress overtook is ignored.
+#[test]
+fn a_stale_notice_makes_a_member_below_it_rejoin_and_an_overtaken_one_is_ignored() {
+    let ids = [id(1), id(2)];
+    let mut member = Replica::<LwwMap>::genesis(
+        ids[1].clone(),
+        &ids,
+        ReplicaConfig::default(),
+        2,
+        Time::ZERO,
+    );
+    let op = member.write(Time::ZERO, put("mine", "1")).unwrap();
+    let now = Time::ZERO + Duration::from_millis(10);
+    // overtaken: the sender's snapshot point is within what this member applied
+    let overtaken = VersionVector::from_iter([(ids[1].clone(), op.seq)]);
+    member.handle_message(
+        now,
+        &ids[0],
+        &Message::Stale {
+            snapshot_point: overtaken,
+        },
+    );
+    assert!(member.is_member(), "an overtaken notice is ignored");
+    assert_eq!(member.stats().stale_notices, 0);
+    assert_eq!(member.incarnation(), 1);
+    // below: the sender decided past this member
+    let ahead = VersionVector::from_iter([(ids[0].clone(), 5)]);
+    member.handle_message(
+        now,
+        &ids[0],
+        &Message::Stale {
+            snapshot_point: ahead,
+        },
+    );
+    assert_eq!(member.stats().stale_notices, 1);
+    assert!(!member.is_member(), "it lost good standing");
+    assert_eq!(member.incarnation(), 2, "it rejoins with a new incarnation");
+    assert_eq!(
+        member.join_sponsors(),
+        Some(&ids[..1]),
+        "through the member it knows"
+    );
+}
