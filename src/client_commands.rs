@@ -64,6 +64,7 @@ pub enum Call {
     SnapshotCreate,
     SnapshotList,
     SnapshotDownload { id: String, output: Option<PathBuf> },
+    ForceNewView,
 }
 
 /// Runs `call` against the node `args` names; prints the answer on stdout, an error on
@@ -102,6 +103,23 @@ async fn call_node(args: &ClientArgs, call: Call) -> Result<ExitCode, String> {
         Call::Status => {
             let status = client.status().await.map_err(failed)?;
             print_out(json, &status, || status_text(&status));
+        }
+        Call::ForceNewView => {
+            let forced = client.force_new_view().await.map_err(failed)?;
+            print_out(json, &forced, || {
+                let mut text = format!(
+                    "forced a new view: {} evicted, {} members now\n",
+                    forced.evicted.len(),
+                    forced.members
+                );
+                for e in &forced.evicted {
+                    text.push_str(&format!(
+                        "evicted {} (incarnation {})\n",
+                        e.peer_id, e.incarnation
+                    ));
+                }
+                text
+            });
         }
         Call::Members => {
             let map = client.network_map().await.map_err(failed)?;

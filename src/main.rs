@@ -90,6 +90,18 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The way out of a majority loss: make a running node evict every member it has not
+    /// heard from lately, without a majority, so that the survivors form the next view and
+    /// their snapshot point moves again. Only when the silent members are gone for good: if
+    /// they are alive behind a partition, both sides then decide on their own, and one
+    /// side's stable writes are lost when they meet.
+    ForceNewView {
+        /// Say that the silent members are gone for good (required).
+        #[arg(long)]
+        the_silent_members_are_gone: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a new random key for a private network (libp2p's swarm.key format) on stdout;
     /// give the file to every node with --network-key.
     NetworkKey,
@@ -365,6 +377,16 @@ fn main() -> ExitCode {
         ),
         Command::Del { key, client } => (client, Call::Put { key, value: None }),
         Command::Watch { count, client } => (client, Call::Watch { count }),
+        Command::ForceNewView {
+            the_silent_members_are_gone,
+            client,
+        } => {
+            if !the_silent_members_are_gone {
+                eprintln!("tidemark: force-new-view evicts every member the node does not hear from, without a majority; if they are alive behind a partition, both sides decide on their own and one side's stable writes are lost when they meet. Give --the-silent-members-are-gone only if they are gone for good.");
+                return ExitCode::from(2);
+            }
+            (client, Call::ForceNewView)
+        }
         Command::Snapshot(SnapshotCommand::Create(client)) => (client, Call::SnapshotCreate),
         Command::Snapshot(SnapshotCommand::List(client)) => (client, Call::SnapshotList),
         Command::Snapshot(SnapshotCommand::Download { id, output, client }) => {

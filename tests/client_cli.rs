@@ -1,6 +1,6 @@
 //! The client commands of the built binary against running nodes (child processes):
-//! `tidemark put | get | del | status | members | watch | snapshot create|list|download`, in
-//! text and with `--json`, with an API token, and with a wrong `--api`.
+//! `tidemark put | get | del | status | members | watch | snapshot create|list|download |
+//! force-new-view`, in text and with `--json`, with an API token, and with a wrong `--api`.
 
 mod support;
 
@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{spawn_with, NodeProcess};
+use support::{http, spawn_with, NodeProcess};
 
 /// `tidemark ARGS...` with `--api` pointing at `node`.
 fn cli(node: &NodeProcess, args: &[&str]) -> Output {
@@ -351,4 +351,91 @@ fn a_wrong_api_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--api <URL>"), "{}", stderr(&out));
+}
+
+/// Two of three members die for good: the survivor cannot outvote them, so its snapshot
+/// point waits for them. `tidemark force-new-view` (confirmed) makes it evict them, and its
+/// write becomes stable; without the confirmation, the CLI and the API refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_forces_a_new_view_after_a_majority_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let survivor = spawn_with(&dir.path().join("a"), &[], Stdio::null());
+    let b = spawn_with(
+        &dir.path().join("b"),
+        &["--bootstrap", &survivor.listen],
+        Stdio::null(),
+    );
+    let c = spawn_with(
+        &dir.path().join("c"),
+        &["--bootstrap", &survivor.listen],
+        Stdio::null(),
+    );
+    let apis = [survivor.api, b.api, c.api];
+    let joined = support::eventually(Duration::from_secs(90), || async move {
+        for api in apis {
+            let status = http(api, "GET", "/v1/status", None).await.json();
+            if status["phase"] != "member" || status["members"] != 3 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(joined, "three members");
+    drop(b);
+    drop(c);
+    let api = survivor.api;
+    let isolated = support::eventually(Duration::from_secs(60), || async move {
+        http(api, "GET", "/v1/status", None).await.json()["isolated"] == true
+    })
+    .await;
+    assert!(isolated, "the survivor knows it hears from too few members");
+    let written = http(
+        api,
+        "POST",
+        "/v1/ops",
+        Some(r#"{"key": "after", "value": "1"}"#),
+    )
+    .await;
+    assert_eq!(written.status, 201, "{}", written.body);
+    // the write is not stable: the lost members hold the snapshot point back
+    let r = http(api, "GET", "/v1/state/after?at=snapshot", None).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    let refused = cli(&survivor, &["force-new-view"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--the-silent-members-are-gone"));
+    let r = http(api, "POST", "/v1/admin/force-new-view", Some("{}")).await;
+    assert_eq!(
+        r.status, 400,
+        "the API wants the confirmation too: {}",
+        r.body
+    );
+    assert_eq!(
+        http(api, "GET", "/v1/status", None).await.json()["members"],
+        3,
+        "nothing was evicted without it"
+    );
+
+    let forced: serde_json::Value = serde_json::from_str(&stdout(&cli(
+        &survivor,
+        &["force-new-view", "--the-silent-members-are-gone", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(
+        forced["evicted"].as_array().map(Vec::len),
+        Some(2),
+        "{forced}"
+    );
+    assert_eq!(forced["members"], 1, "{forced}");
+    let stable = support::eventually(Duration::from_secs(20), || async move {
+        http(api, "GET", "/v1/state/after?at=snapshot", None)
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(stable, "the survivor's write is stable in the new view");
+    let status = http(api, "GET", "/v1/status", None).await.json();
+    assert_eq!(status["isolated"], false, "{status}");
 }

@@ -131,6 +131,25 @@ impl Monitor {
         outcome
     }
 
+    /// Whether this node is isolated, judged again now (after its view changed).
+    pub fn reassess(&mut self, now: Time, map: &NetworkMap, gossip: &GossipConfig) {
+        let silent = Self::silent_members(now, map, gossip).len();
+        let counted = map.counted();
+        let fresh = counted - silent.min(counted);
+        self.isolated = 2 * fresh <= counted;
+    }
+
+    /// The members in good standing, but this node, that it has not heard from for
+    /// `suspect_after`, in id order.
+    pub fn silent_members(now: Time, map: &NetworkMap, gossip: &GossipConfig) -> Vec<NodeId> {
+        let me = &map.own().record.id;
+        map.iter()
+            .filter(|(id, e)| *id != me && e.record.state.counts())
+            .filter(|(_, e)| now.since(e.last_heard) > gossip.suspect_after)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// A node `map` holds as evicted is still gossiping (it has not heard yet): send it
     /// its eviction record directly, at most once per anti-entropy interval, so that an
     /// evicted node learns it within one round trip of reaching any member that knows.

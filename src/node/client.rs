@@ -142,6 +142,20 @@ impl Client {
         self.json(response).await
     }
 
+    /// `POST /v1/admin/force-new-view`, confirmed: the operator's way out of a majority
+    /// loss (see `NodeHandle::force_new_view`).
+    pub async fn force_new_view(&self) -> Result<super::ForcedView, ClientError> {
+        let body = serde_json::json!({ "confirm": super::http::FORCE_NEW_VIEW_CONFIRMATION });
+        let response = self
+            .call(
+                Method::POST,
+                "/v1/admin/force-new-view",
+                Some(body.to_string()),
+            )
+            .await?;
+        self.json(response).await
+    }
+
     /// `POST /v1/snapshots`: a new snapshot of the stable state.
     pub async fn create_snapshot(&self) -> Result<SnapshotView, ClientError> {
         let response = self.call(Method::POST, "/v1/snapshots", None).await?;

@@ -58,7 +58,9 @@ use super::views::{
     vector_json, At, DialFailureView, JoinView, NetworkMapView, OpIdView, ReadyView,
     SnapshotPointView, StateView, StatusView, ViewView,
 };
-use super::{Command, NodeConfig, NodeError, NodeHandle, WriteConcern, WriteError};
+use super::{
+    Command, EvictedView, ForcedView, NodeConfig, NodeError, NodeHandle, WriteConcern, WriteError,
+};
 use crate::gossip::{
     decode, decode_published, encode, encode_published, published_op_range, report_len, Message,
     TopicDecodeError,
@@ -999,6 +1001,30 @@ impl Driver {
             }
             Command::NetworkMap(reply) => {
                 let _ = reply.send(NetworkMapView::new(self.replica.network_map(), now));
+            }
+            Command::ForceNewView(reply) => {
+                let forced = self.replica.force_new_view(now).map(|evicted| {
+                    for (id, incarnation) in &evicted {
+                        warn!(member = %id, incarnation, "forced out of the view by the operator");
+                    }
+                    let members = self.replica.network_map().counted();
+                    warn!(
+                        evicted = evicted.len(),
+                        members,
+                        "the operator forced a new view of the members this node hears from: if the evicted ones are alive behind a partition, both sides now decide on their own"
+                    );
+                    ForcedView {
+                        evicted: evicted
+                            .into_iter()
+                            .map(|(id, incarnation)| EvictedView {
+                                peer_id: id.to_base58(),
+                                incarnation,
+                            })
+                            .collect(),
+                        members,
+                    }
+                });
+                let _ = reply.send(forced);
             }
             Command::Leave(reply) => {
                 if self.replica.is_member() {

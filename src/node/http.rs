@@ -16,6 +16,7 @@
 //! | `GET /v1/snapshots/requests/{id}` | the request, `active` or `done` (kept until deleted), and its snapshots, each `pending` or `final` |
 //! | `DELETE /v1/snapshots/requests/{id}` | the removed request (its snapshots go back to retention); 404 if unknown |
 //! | `GET /metrics` | Prometheus text format |
+//! | `POST /v1/admin/force-new-view` `{"confirm": "the silent members are gone"}` | the operator's way out of a majority loss: evicts every member this node has not heard from lately, without a majority; `{"evicted": [{"peer_id", "incarnation"}], "members"}`; 400 without the confirmation, 409 when not a member |
 //! | `GET /healthz` | 200 while the node runs, 503 once it stopped (no token needed) |
 //! | `GET /readyz` | 200 for a member that is not isolated, else 503 with why (no token needed) |
 //!
@@ -171,6 +172,7 @@ pub fn router(node: NodeHandle, token: Option<Arc<str>>) -> Router {
             "/v1/snapshots/requests/{id}",
             get(snapshot_request).delete(unschedule),
         )
+        .route("/v1/admin/force-new-view", post(force_new_view))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -396,6 +398,38 @@ async fn readyz(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     })
+}
+
+/// `POST /v1/admin/force-new-view` `{"confirm": "the silent members are gone"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceNewViewBody {
+    confirm: String,
+}
+
+/// What the body of `POST /v1/admin/force-new-view` must confirm.
+pub const FORCE_NEW_VIEW_CONFIRMATION: &str = "the silent members are gone";
+
+async fn force_new_view(
+    State(node): State<NodeHandle>,
+    body: Result<Json<ForceNewViewBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let confirmed = body
+        .ok()
+        .is_some_and(|Json(b)| b.confirm == FORCE_NEW_VIEW_CONFIRMATION);
+    if !confirmed {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "forcing a new view evicts every member this node does not hear from, without a majority: if they are alive behind a partition, both sides decide on their own and one side's stable writes are lost when they meet; send {{\"confirm\": \"{FORCE_NEW_VIEW_CONFIRMATION}\"}} only if they are gone for good"
+            ),
+        ));
+    }
+    match node.force_new_view().await {
+        Ok(forced) => Ok(Json(forced)),
+        Err(e @ NodeError::NotMember(_)) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn create_snapshot(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {

@@ -264,6 +264,9 @@ pub enum NodeError {
     PeerId(String),
     #[error("the node has stopped")]
     Stopped,
+    /// A call only a member can make (it is joining, or has left).
+    #[error("not a member: {0}")]
+    NotMember(String),
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("cannot restore: {0}")]
@@ -308,6 +311,22 @@ pub enum WriteError {
     },
 }
 
+/// What forcing a new view did (see [`NodeHandle::force_new_view`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ForcedView {
+    /// The memberships evicted: peer id and incarnation.
+    pub evicted: Vec<EvictedView>,
+    /// The members in good standing now, this node included.
+    pub members: usize,
+}
+
+/// One membership evicted by a forced view.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct EvictedView {
+    pub peer_id: String,
+    pub incarnation: u64,
+}
+
 pub(crate) enum Command {
     /// Write an op; `reply` answers once it is stored durably, `reached` (for a concern
     /// other than `Stored`) once the concern holds.
@@ -331,6 +350,8 @@ pub(crate) enum Command {
     /// Leave gracefully, then stop; answered once the node has stopped, or with why the
     /// leave gave up (the node then runs on as a member).
     Leave(oneshot::Sender<Result<(), LeaveFailed>>),
+    /// The operator's way out of a majority loss (`Replica::force_new_view`).
+    ForceNewView(oneshot::Sender<Result<ForcedView, crate::replica::WriteRefused>>),
     /// Take any scheduled snapshot that is due now.
     CheckSchedule,
     /// Refuse connections with exactly these peers from now on (closing open ones).
@@ -418,6 +439,18 @@ impl NodeHandle {
     /// not isolated (its last failure check heard from more than half of the members).
     pub async fn readiness(&self) -> Result<ReadyView, NodeError> {
         self.ask(Command::Ready).await
+    }
+
+    /// The operator's way out of a majority loss: evicts every member in good standing
+    /// this node has not heard from for `suspect_after`, without a majority, so that the
+    /// survivors form the next view and their snapshot point moves again. Only for when
+    /// the silent members are gone for good: if they are alive behind a partition, both
+    /// sides decide on their own and the side evicted later loses its stable writes
+    /// (`Replica::force_new_view`).
+    pub async fn force_new_view(&self) -> Result<ForcedView, NodeError> {
+        self.ask(Command::ForceNewView)
+            .await?
+            .map_err(|e| NodeError::NotMember(e.to_string()))
     }
 
     /// Whether the node's event loop still runs (it stops after a leave, or on a fatal

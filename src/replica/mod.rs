@@ -681,6 +681,35 @@ impl<S: StateMachine> Replica<S> {
         Ok(())
     }
 
+    /// The operator's way out of a majority loss: evicts, at once and without a majority,
+    /// every member in good standing this node has not heard from for `suspect_after`,
+    /// so that the survivors form the next view and their snapshot point moves again.
+    /// Returns the evicted memberships.
+    ///
+    /// Only for when the silent members are known to be gone for good (their machines
+    /// lost, say), like etcd's `--force-new-cluster`: if they are alive behind a partition,
+    /// both sides now decide on their own, and when they meet again the side that is
+    /// evicted loses its stable writes (split brain). The protocol never does this by
+    /// itself: without it, a minority waits for the majority.
+    pub fn force_new_view(&mut self, now: Time) -> Result<Vec<(NodeId, u64)>, WriteRefused> {
+        match self.phase {
+            Phase::Joining(_) => return Err(WriteRefused::Joining),
+            Phase::Left => return Err(WriteRefused::Left),
+            Phase::Member { .. } => {}
+        }
+        let mut evicted = Vec::new();
+        for id in Monitor::silent_members(now, &self.map, &self.config.gossip) {
+            let incarnation = self.map.get(&id).map(|e| e.record.incarnation);
+            if self.map.evict(&id, now) {
+                self.stats.evictions_issued += 1;
+                evicted.extend(incarnation.map(|i| (id, i)));
+            }
+        }
+        self.monitor.reassess(now, &self.map, &self.config.gossip);
+        self.finish(now);
+        Ok(evicted)
+    }
+
     /// A message from `from`.
     pub fn handle_message(&mut self, now: Time, from: &NodeId, message: &Message<S>) {
         if self.is_member() {

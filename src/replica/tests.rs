@@ -1336,3 +1336,61 @@ fn a_stale_notice_makes_a_member_below_it_rejoin_and_an_overtaken_one_is_ignored
         "through the member it knows"
     );
 }
+
+/// A survivor of a majority loss waits for the silent members forever (it cannot outvote
+/// them), until the operator forces a new view: then it evicts them, and its writes become
+/// stable. Without the operator it never does so by itself.
+#[test]
+fn a_survivor_of_a_majority_loss_moves_on_only_when_the_operator_forces_a_new_view() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(200));
+    net.crashed[1] = true;
+    net.crashed[2] = true;
+    net.run_for(Duration::from_secs(20));
+    let now = net.now;
+    let op = net.nodes[0].write(now, put("after", "1")).unwrap();
+    net.flush(0);
+    net.run_for(Duration::from_secs(20));
+    let survivor = &net.nodes[0];
+    assert!(survivor.is_isolated(), "it hears from one member of three");
+    assert!(
+        survivor.snapshot_point().get(&op.origin) < op.seq,
+        "its write waits for the lost members"
+    );
+    assert_eq!(survivor.stats().evictions_issued, 0, "never by itself");
+    assert_eq!(survivor.network_map().counted(), 3);
+
+    let now = net.now;
+    let evicted = net.nodes[0].force_new_view(now).unwrap();
+    assert_eq!(
+        evicted.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        vec![id(1), id(2)]
+    );
+    net.run_for(Duration::from_millis(100));
+    let survivor = &net.nodes[0];
+    assert_eq!(
+        survivor.network_map().counted(),
+        1,
+        "a view of the survivor"
+    );
+    assert!(
+        survivor.snapshot_point().get(&op.origin) >= op.seq,
+        "its write is stable now"
+    );
+    assert_eq!(survivor.stable_state().get("after"), Some("1"));
+}
+
+/// Forcing a new view evicts only the members this node does not hear from: a live
+/// member stays.
+#[test]
+fn forcing_a_new_view_spares_the_members_that_are_heard() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(200));
+    net.crashed[2] = true;
+    net.run_for(Duration::from_secs(5));
+    let now = net.now;
+    let evicted = net.nodes[0].force_new_view(now).unwrap();
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(evicted[0].0, id(2));
+    assert!(net.nodes[0].network_map().is_counted(&id(1)));
+}
