@@ -109,6 +109,12 @@ pub struct Args {
     /// may stand once the two nodes can exchange records, in ms.
     #[arg(long, default_value_t = 5_000)]
     pub excuse_bound_ms: u64,
+    /// The operator's way out of a majority loss, used explicitly: this long after faults
+    /// stop, every running member that is still isolated forces a new view
+    /// (`Replica::force_new_view`), evicting the members it does not hear from. Off by
+    /// default: the protocol never does it by itself.
+    #[arg(long, value_name = "MS")]
+    pub operator_forces_view_after_ms: Option<u64>,
     /// Plant a bug in every replica, to see the oracle catch it: skip-causal-order,
     /// no-admission-check, counts-one-member-too-few, fold-forgets-an-op,
     /// seq-reused-after-rejoin, leave-without-handover, never-evict.
@@ -277,6 +283,9 @@ impl Args {
             mesh_degree: self.mesh_degree,
             liveness_bound: Duration::from_secs(self.liveness_bound_s),
             excuse_bound: Duration::from_millis(self.excuse_bound_ms),
+            operator_forces_view_after: self
+                .operator_forces_view_after_ms
+                .map(Duration::from_millis),
             max_events: self.max_events.unwrap_or(0),
             max_wall: Duration::from_secs_f64(self.max_wall_s.max(0.0)),
             planted: self.plant,

@@ -41,6 +41,9 @@ pub struct SimConfig {
     /// How long I3's one excuse (a member whose registration is void at the deciding node)
     /// may stand once the two nodes can exchange records.
     pub excuse_bound: Duration,
+    /// When set: this long after faults stop, every running member still isolated forces
+    /// a new view, as an operator would after a majority loss.
+    pub operator_forces_view_after: Option<Duration>,
     /// Events one run may take before it is stopped and fails (0: `500_000 × nodes`).
     pub max_events: u64,
     /// Wall-clock time one run may take before it is stopped and fails.
@@ -178,6 +181,7 @@ impl Default for SimConfig {
             liveness_bound: Duration::from_secs(30),
             sample_interval: Duration::from_millis(100),
             excuse_bound: Duration::from_secs(5),
+            operator_forces_view_after: None,
             max_events: 0,
             max_wall: Duration::from_secs(300),
             planted: None,

@@ -107,6 +107,8 @@ pub struct FaultStats {
     pub rejoins: u64,
     pub ops_republished: u64,
     pub stale_notices: u64,
+    /// New views forced by the operator (`--operator-forces-view-after-ms`).
+    pub forced_views: u64,
     /// Writes attempted while no writer could write (down, rejoining).
     pub writes_refused: u64,
 }

@@ -69,6 +69,8 @@ enum EventKind {
     Churn,
     /// End of the safety phase: faults stop.
     FaultsOff,
+    /// Every running member still isolated forces a new view (an operator's act).
+    OperatorForcesView,
 }
 
 #[derive(Debug)]
@@ -499,6 +501,7 @@ impl Sim {
                 EventKind::Heal => self.heal(),
                 EventKind::Churn => self.churn(),
                 EventKind::FaultsOff => self.faults_off(),
+                EventKind::OperatorForcesView => self.operator_forces_view(),
                 EventKind::Sample => {
                     self.sample();
                     progress(self.ms(), self.written, self.view.sp_min.min().total());
@@ -1602,6 +1605,52 @@ impl Sim {
         let due: Vec<usize> = self.pending_restarts.keys().copied().collect();
         for n in due {
             self.restart(n);
+        }
+        if let Some(after) = self.config.operator_forces_view_after {
+            let at = self.now + after;
+            self.push(at, EventKind::OperatorForcesView);
+        }
+    }
+
+    /// The operator's way out of a majority loss, applied as a careful operator would: to
+    /// every running member that is still isolated, and only when every member it does not
+    /// hear from is really gone (no running node has that identity); a member cut off from
+    /// live ones is left alone.
+    fn operator_forces_view(&mut self) {
+        let now = self.now;
+        let running: std::collections::BTreeSet<tidemark::NodeId> = self
+            .nodes
+            .iter()
+            .filter(|node| !node.stopped && !node.crashed)
+            .map(|node| node.replica.id().clone())
+            .collect();
+        for n in 0..self.nodes.len() {
+            let node = &self.nodes[n];
+            if node.stopped || node.crashed || !node.replica.is_member() {
+                continue;
+            }
+            if !node.replica.is_isolated() {
+                continue;
+            }
+            let silent = tidemark::network_map::monitor::Monitor::silent_members(
+                now,
+                node.replica.network_map(),
+                &node.replica.config().gossip,
+            );
+            if silent.iter().any(|id| running.contains(id)) {
+                continue;
+            }
+            if let Ok(evicted) = self.nodes[n].replica.force_new_view(now) {
+                self.faults.forced_views += 1;
+                if self.trace {
+                    eprintln!(
+                        "{:.3} s: node {n} forces a new view, evicting {evicted:?}",
+                        now.as_millis_f64() / 1e3
+                    );
+                }
+                self.observe(n);
+                self.dispatch(n);
+            }
         }
     }
 
