@@ -1,11 +1,20 @@
-//! A replica: the sans-IO composition of the ops log, the network map, the join protocol and
-//! the gossip rules.
+//! A replica: the sans-IO composer of the protocol's state machines — the ops log and the
+//! own-op journal (`ops_log`), the network map and failure detection (`network_map`,
+//! `Monitor`), the joiner and sponsor sides of the handshake (`join_protocol`: `Joiner`,
+//! `AwaitedGrant`, `Sponsor`), dissemination (`gossip::Dissemination`), and, here, a
+//! graceful leave (`Leave`), what a rejoin carries over (`Handover`) and durability
+//! (`durability.rs`). Each owns its fields; the replica routes every event to them in a
+//! fixed order, lends them what they need of each other, and keeps the phase (joining,
+//! member, leaving, left) that decides which of them act.
 //!
 //! Drivers feed it events — [`Replica::handle_message`], [`Replica::handle_timeout`],
-//! [`Replica::write`] — each with the current time, then drain [`Replica::poll_action`]:
-//! send a message to a peer, publish one on the topic, or schedule the next wake-up (a new
-//! `ScheduleWake` replaces the previous one; at that time call `handle_timeout`). The
-//! replica reads no clock and does no I/O; its randomness comes from a seed.
+//! [`Replica::write`], [`Replica::leave`] — each with the current time, then drain
+//! [`Replica::poll_action`]: send a message to a peer, publish one on the topic, or
+//! schedule the next wake-up (a new `ScheduleWake` replaces the previous one; at that time
+//! call `handle_timeout`). Outcomes leave as events: [`Replica::drain_applied_ops`],
+//! [`Replica::drain_member_changes`], [`Replica::drain_rejected_ops`],
+//! [`Replica::drain_evictions`], [`Replica::take_leave_failure`]. The replica reads no clock
+//! and does no I/O; its randomness comes from a seed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
