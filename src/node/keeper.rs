@@ -65,6 +65,11 @@ pub struct SnapshotKeeper {
     book: Mutex<ScheduleBook>,
     /// Requests whose snapshot is being written.
     taking: Mutex<BTreeSet<u64>>,
+    /// Held while scheduled snapshots are written and recorded, and while retention runs:
+    /// a snapshot written for a request but not yet recorded as its own would otherwise
+    /// look unheld to a retention pass running meanwhile, which would then count it among
+    /// the kept ones and remove an older one it should keep.
+    retention: Mutex<()>,
     /// Final snapshots kept; `None` keeps all.
     keep: Option<usize>,
     taken: Counter,
@@ -83,6 +88,7 @@ impl SnapshotKeeper {
             store,
             book: Mutex::new(book),
             taking: Mutex::default(),
+            retention: Mutex::default(),
             keep,
             taken,
             pruned,
@@ -112,6 +118,7 @@ impl SnapshotKeeper {
         applied: Cut,
         sp: &PointJson,
     ) {
+        let retention = self.retention.lock().expect("retention lock");
         let mut made: BTreeMap<SnapshotOf, Option<SnapshotInfo>> = BTreeMap::new();
         for (request, of, scheduled_height) in &claimed {
             let info = made
@@ -152,7 +159,7 @@ impl SnapshotKeeper {
                 taking.remove(request);
             }
         }
-        self.prune(sp);
+        self.prune_locked(sp, &retention);
     }
 
     /// Writes a snapshot of `state` at `cut` now, then applies retention. Call from a
@@ -163,9 +170,10 @@ impl SnapshotKeeper {
         cut: &VersionVector,
         sp: &PointJson,
     ) -> Result<SnapshotInfo, SnapshotError> {
+        let retention = self.retention.lock().expect("retention lock");
         let info = self.store.create(state, cut)?;
         self.taken.inc();
-        self.prune(sp);
+        self.prune_locked(sp, &retention);
         Ok(info)
     }
 
@@ -226,6 +234,12 @@ impl SnapshotKeeper {
     /// reading; snapshots a schedule request in the book took are neither removed nor
     /// counted.
     pub fn prune(&self, sp: &PointJson) {
+        let retention = self.retention.lock().expect("retention lock");
+        self.prune_locked(sp, &retention);
+    }
+
+    /// [`SnapshotKeeper::prune`], with the retention lock held by the caller.
+    fn prune_locked(&self, sp: &PointJson, _held: &MutexGuard<'_, ()>) {
         let Some(keep) = self.keep else { return };
         let held = self.book().held_snapshots();
         let Ok(list) = self.store.list() else { return };
