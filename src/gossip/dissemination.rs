@@ -152,24 +152,20 @@ impl<P> Dissemination<P> {
     pub fn on_timeout_reports<S: StateMachine<Op = P>>(
         &mut self,
         now: Time,
-        ctx: Context<'_, S>,
+        mut ctx: Context<'_, S>,
         is_member: bool,
     ) {
-        let Context {
-            gossip,
-            map,
-            applied,
-            rng,
-            outbox,
-        } = ctx;
         if self.publish_at.is_some_and(|t| t <= now) {
-            self.publish_ops(now, map, applied, is_member, gossip, outbox);
+            self.publish_ops(now, &mut ctx, is_member);
         }
-        if now >= self.last_report + gossip.heartbeat_interval {
+        if now >= self.last_report + ctx.gossip.heartbeat_interval {
             self.own_changed = true;
         }
-        if self.status_due(map, gossip).is_some_and(|t| t <= now) {
-            self.flush_status(now, map, applied, gossip, rng, outbox);
+        if self
+            .status_due(ctx.map, ctx.gossip)
+            .is_some_and(|t| t <= now)
+        {
+            self.flush_status(now, &mut ctx);
         }
     }
 
@@ -209,20 +205,20 @@ impl<P> Dissemination<P> {
     }
 
     /// A node that left: its last records go out when status is due.
-    pub fn on_timeout_left<S: StateMachine<Op = P>>(&mut self, now: Time, ctx: Context<'_, S>) {
+    pub fn on_timeout_left<S: StateMachine<Op = P>>(&mut self, now: Time, mut ctx: Context<'_, S>) {
         if self
             .status_due(ctx.map, ctx.gossip)
             .is_some_and(|t| t <= now)
         {
-            self.flush_status(now, ctx.map, ctx.applied, ctx.gossip, ctx.rng, ctx.outbox);
+            self.flush_status(now, &mut ctx);
         }
     }
 
     /// This node's `Left` record was just issued (in `map`): send it at once.
-    pub fn announce_left<S: StateMachine<Op = P>>(&mut self, now: Time, ctx: Context<'_, S>) {
+    pub fn announce_left<S: StateMachine<Op = P>>(&mut self, now: Time, mut ctx: Context<'_, S>) {
         self.own_changed = false;
         self.status_allowed_at = now;
-        self.flush_status(now, ctx.map, ctx.applied, ctx.gossip, ctx.rng, ctx.outbox);
+        self.flush_status(now, &mut ctx);
     }
 
     /// The node lost its membership and asks to join again: nothing of the old one goes
@@ -277,13 +273,10 @@ impl<P> Dissemination<P> {
     fn publish_ops<S: StateMachine<Op = P>>(
         &mut self,
         now: Time,
-        map: &mut NetworkMap,
-        applied: &VersionVector,
+        ctx: &mut Context<'_, S>,
         is_member: bool,
-        gossip: &GossipConfig,
-        outbox: &mut Outbox<S>,
     ) {
-        let take = self.unpublished.len().min(gossip.max_batch_ops);
+        let take = self.unpublished.len().min(ctx.gossip.max_batch_ops);
         let batch: Vec<_> = self.unpublished.drain(..take).collect();
         self.publish_at = if self.unpublished.is_empty() {
             None
@@ -291,8 +284,8 @@ impl<P> Dissemination<P> {
             Some(now)
         };
         if !batch.is_empty() {
-            let report = is_member.then(|| self.report_with_batch(now, map, applied));
-            outbox.publish(Message::Ops(PublishedOps {
+            let report = is_member.then(|| self.report_with_batch(now, ctx.map, ctx.applied));
+            ctx.outbox.publish(Message::Ops(PublishedOps {
                 ops: OpsBatch(batch),
                 report,
             }));
@@ -332,15 +325,15 @@ impl<P> Dissemination<P> {
         Some(held.map_or(self.status_allowed_at, |h| h.max(self.status_allowed_at)))
     }
 
-    fn flush_status<S: StateMachine<Op = P>>(
-        &mut self,
-        now: Time,
-        map: &mut NetworkMap,
-        applied: &VersionVector,
-        gossip: &GossipConfig,
-        rng: &mut ChaCha8Rng,
-        outbox: &mut Outbox<S>,
-    ) {
+    fn flush_status<S: StateMachine<Op = P>>(&mut self, now: Time, ctx: &mut Context<'_, S>) {
+        let Context {
+            gossip,
+            map,
+            applied,
+            rng,
+            outbox,
+        } = ctx;
+        let (gossip, applied) = (*gossip, *applied);
         if self.own_report_at(gossip).is_some_and(|at| at <= now) {
             map.report_own(applied.clone(), now, |_| {});
             self.own_changed = false;
