@@ -371,16 +371,7 @@ async fn an_operator_forces_a_new_view_after_a_majority_loss() {
         Stdio::null(),
     );
     let apis = [survivor.api, b.api, c.api];
-    let joined = support::eventually(Duration::from_secs(90), || async move {
-        for api in apis {
-            let status = http(api, "GET", "/v1/status", None).await.json();
-            if status["phase"] != "member" || status["members"] != 3 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let joined = support::all_members(&apis, 3, Duration::from_secs(90)).await;
     assert!(joined, "three members");
     drop(b);
     drop(c);

@@ -270,16 +270,7 @@ async fn a_dns4_bootstrap_address_joins_with_and_without_p2p() {
     let b = start(&dir.path().join("b"), &["--bootstrap", &named]);
     let c = start(&dir.path().join("c"), &["--bootstrap", &plain]);
     let apis = [founder.api, b.api, c.api];
-    let joined = eventually(Duration::from_secs(90), || async move {
-        for api in apis {
-            let status = http(api, "GET", "/v1/status", None).await.json();
-            if status["phase"] != "member" || status["members"] != 3 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let joined = support::all_members(&apis, 3, Duration::from_secs(90)).await;
     assert!(
         joined,
         "b: {}\nc: {}\n{}",
@@ -296,16 +287,7 @@ async fn a_survivor_of_a_lost_majority_says_it_is_isolated_and_names_the_suspect
     let b = start(&dir.path().join("b"), &["--bootstrap", &survivor.listen]);
     let c = start(&dir.path().join("c"), &["--bootstrap", &survivor.listen]);
     let apis = [survivor.api, b.api, c.api];
-    let joined = eventually(Duration::from_secs(90), || async move {
-        for api in apis {
-            let status = http(api, "GET", "/v1/status", None).await.json();
-            if status["phase"] != "member" || status["members"] != 3 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let joined = support::all_members(&apis, 3, Duration::from_secs(90)).await;
     assert!(joined, "three members");
     let status = survivor.status().await;
     assert_eq!(status["isolated"], false, "{status}");
@@ -361,16 +343,7 @@ async fn members_leaving_and_evicted_are_logged_at_info_level() {
     let c = start(&dir.path().join("c"), &["--bootstrap", &a.listen]);
     let mut d = start(&dir.path().join("d"), &["--bootstrap", &a.listen]);
     let apis = [a.api, b.api, c.api, d.api];
-    let joined = eventually(Duration::from_secs(120), || async move {
-        for api in apis {
-            let status = http(api, "GET", "/v1/status", None).await.json();
-            if status["phase"] != "member" || status["members"] != 4 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let joined = support::all_members(&apis, 4, Duration::from_secs(120)).await;
     assert!(joined, "four members");
     // d leaves gracefully
     let pid = d.child.id().to_string();

@@ -153,6 +153,21 @@ impl HttpResponse {
 }
 
 /// One HTTP/1.1 request with `Connection: close`.
+/// Whether, within `within`, every node behind `apis` reports itself a member of a view of
+/// `members` members (`GET /v1/status`).
+pub async fn all_members(apis: &[SocketAddr], members: u64, within: Duration) -> bool {
+    eventually(within, || async {
+        for api in apis {
+            let status = http(*api, "GET", "/v1/status", None).await.json();
+            if status["phase"] != "member" || status["members"] != members {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+}
+
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
     http_with(addr, method, path, body, &[]).await
 }
