@@ -189,7 +189,7 @@ async fn write(api: SocketAddr, key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_split_twice_heals_to_one_view_with_every_acknowledged_write() {
     assert!(
-        unsafe_geteuid_is_root(),
+        running_as_root(),
         "this test builds network namespaces and needs root"
     );
     let lab = Lab::new();
@@ -301,7 +301,7 @@ async fn a_network_split_twice_heals_to_one_view_with_every_acknowledged_write()
     drop(nodes);
 }
 
-fn unsafe_geteuid_is_root() -> bool {
+fn running_as_root() -> bool {
     // the uid of the process, from /proc (no libc call needed)
     std::fs::read_to_string("/proc/self/status")
         .ok()
