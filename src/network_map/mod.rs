@@ -27,6 +27,7 @@
 
 mod min_tracker;
 pub mod monitor;
+pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,0 +1,527 @@
+//! Agreed membership views: which memberships vote, and how the network changes that set
+//! without ever letting two groups decide on their own.
+//!
+//! A [`View`] is an epoch number and a set of memberships (node id, incarnation). The next
+//! view is decided by a quorum — a strict majority — of the current one, with one instance
+//! of single-decree Paxos per epoch ([`ViewAgreement`]). Two quorums of the same view
+//! intersect, and an acceptor answers only for the view it has installed, so for every epoch
+//! at most one next view is ever decided: one history of views. A minority side of a
+//! partition cannot gather a quorum, so it never changes its view; it waits, which is safe.
+//!
+//! Any voter may propose (a ballot is a round and the proposer's id, so ballots are totally
+//! ordered); which voter proposes first, and what it proposes, is the replica's policy.
+//! A proposer that learns of an accepted value proposes that value, as Paxos requires, and
+//! proposes its own change for the following epoch once that one is decided.
+//!
+//! Only the membership named in the view votes: a node that came back with a new
+//! incarnation has forgotten what it promised, so it waits until a view admits its new
+//! incarnation. Acceptor state therefore needs no disk.
+//!
+//! Pure state machine: no I/O, time passed in, iteration in key order only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node_id::NodeId;
+use crate::time::Time;
+
+/// A membership view: the memberships (id → incarnation) that vote on the next one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub epoch: u64,
+    pub members: BTreeMap<NodeId, u64>,
+}
+
+impl View {
+    /// The founders' view: epoch 1, every founder at incarnation 1.
+    pub fn founding(founders: impl IntoIterator<Item = NodeId>) -> Self {
+        Self {
+            epoch: 1,
+            members: founders.into_iter().map(|id| (id, 1)).collect(),
+        }
+    }
+
+    /// Votes a decision needs: a strict majority of the members.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// Whether `id` at `incarnation` is a member of this view.
+    pub fn has(&self, id: &NodeId, incarnation: u64) -> bool {
+        self.members.get(id) == Some(&incarnation)
+    }
+}
+
+/// A member removed by a view change without having left: an eviction. It carries the
+/// number of registrations of that membership the proposer knew, so that every node that
+/// installs the view counts the same joiners of it (see `NetworkMap::evict_decided`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Eviction {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub registrations: u64,
+}
+
+/// A view and the evictions that made it from the view before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    pub next: View,
+    pub evicted: Vec<Eviction>,
+}
+
+/// A Paxos ballot: ordered by round, then by proposer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Ballot {
+    pub round: u64,
+    pub proposer: NodeId,
+}
+
+/// What nodes send each other to agree on the next view. `epoch` is always the epoch being
+/// decided (the sender's installed epoch plus one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ViewMessage {
+    /// Phase 1a: promise to ignore lower ballots for `epoch`.
+    Prepare { epoch: u64, ballot: Ballot },
+    /// Phase 1b: the promise, with the acceptor's accepted value for `epoch`, if any.
+    Promise {
+        epoch: u64,
+        ballot: Ballot,
+        accepted: Option<(Ballot, ViewChange)>,
+    },
+    /// Phase 2a: accept `change` for `epoch`.
+    Accept {
+        epoch: u64,
+        ballot: Ballot,
+        change: ViewChange,
+    },
+    /// Phase 2b.
+    Accepted { epoch: u64, ballot: Ballot },
+    /// The acceptor has promised a higher ballot.
+    Outvoted { epoch: u64, promised: Ballot },
+    /// A decided view: to every member after a decision, and to a node that is behind.
+    Decided(ViewChange),
+}
+
+impl ViewMessage {
+    /// The epoch the message is about.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            ViewMessage::Prepare { epoch, .. }
+            | ViewMessage::Promise { epoch, .. }
+            | ViewMessage::Accept { epoch, .. }
+            | ViewMessage::Accepted { epoch, .. }
+            | ViewMessage::Outvoted { epoch, .. } => *epoch,
+            ViewMessage::Decided(change) => change.next.epoch,
+        }
+    }
+}
+
+/// A proposal this node is driving.
+#[derive(Clone, Debug)]
+struct Proposal {
+    ballot: Ballot,
+    /// What this node wants decided (used unless an acceptor reports an accepted value).
+    wanted: ViewChange,
+    phase: ProposalPhase,
+    /// When to give up on this ballot and try a higher one.
+    deadline: Time,
+}
+
+#[derive(Clone, Debug)]
+enum ProposalPhase {
+    Preparing {
+        promises: BTreeMap<NodeId, Option<(Ballot, ViewChange)>>,
+    },
+    Accepting {
+        change: ViewChange,
+        accepted: BTreeSet<NodeId>,
+    },
+}
+
+/// One node's part in agreeing views: its installed view, its acceptor state for the next
+/// epoch, and the proposal it drives, if any.
+#[derive(Clone, Debug)]
+pub struct ViewAgreement {
+    me: NodeId,
+    incarnation: u64,
+    view: View,
+    /// The change that made `view` (none for a founding view): sent to nodes that are behind.
+    last_change: Option<ViewChange>,
+    promised: Option<Ballot>,
+    accepted: Option<(Ballot, ViewChange)>,
+    proposal: Option<Proposal>,
+    /// The highest round seen, so that the next ballot beats it.
+    highest_round: u64,
+    /// Views installed since the last `take_installed`, oldest first.
+    installed: Vec<ViewChange>,
+    /// Planted bug of the simulator's oracle tests: a decision counts one vote too few.
+    short_quorum: bool,
+}
+
+impl ViewAgreement {
+    /// `me` at `incarnation`, having installed `view`.
+    pub fn new(me: NodeId, incarnation: u64, view: View) -> Self {
+        Self {
+            me,
+            incarnation,
+            view,
+            last_change: None,
+            promised: None,
+            accepted: None,
+            proposal: None,
+            highest_round: 0,
+            installed: Vec::new(),
+            short_quorum: false,
+        }
+    }
+
+    /// Plants the bug where a decision needs one vote fewer than a majority.
+    pub fn plant_short_quorum(&mut self, on: bool) {
+        self.short_quorum = on;
+    }
+
+    /// The installed view.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The change that made the installed view, if it was not a founding one.
+    pub fn last_change(&self) -> Option<&ViewChange> {
+        self.last_change.as_ref()
+    }
+
+    /// Whether this membership votes in the installed view.
+    pub fn is_voter(&self) -> bool {
+        self.view.has(&self.me, self.incarnation)
+    }
+
+    /// Whether a proposal of this node is under way.
+    pub fn is_proposing(&self) -> bool {
+        self.proposal.is_some()
+    }
+
+    /// This node now runs `incarnation` (a rejoin or restart): it forgets every promise,
+    /// which its earlier incarnation made.
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        if incarnation != self.incarnation {
+            self.incarnation = incarnation;
+            self.promised = None;
+            self.accepted = None;
+            self.proposal = None;
+        }
+    }
+
+    /// Views installed since the last call, oldest first.
+    pub fn take_installed(&mut self) -> Vec<ViewChange> {
+        std::mem::take(&mut self.installed)
+    }
+
+    /// When the proposal under way times out.
+    pub fn deadline(&self) -> Option<Time> {
+        self.proposal.as_ref().map(|p| p.deadline)
+    }
+
+    fn quorum(&self) -> usize {
+        let q = self.view.quorum();
+        if self.short_quorum {
+            q.saturating_sub(1).max(1)
+        } else {
+            q
+        }
+    }
+
+    /// Starts proposing `wanted` as the next view, giving the ballot until `now + patience`
+    /// before a higher one is tried (callers jitter it, so that two proposers do not keep
+    /// outbidding each other). Ignored unless this node votes and `wanted` is for the next
+    /// epoch.
+    pub fn propose(
+        &mut self,
+        now: Time,
+        patience: Duration,
+        wanted: ViewChange,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        if !self.is_voter() || wanted.next.epoch != self.view.epoch + 1 {
+            return;
+        }
+        self.start_ballot(now, patience, wanted, out);
+    }
+
+    fn start_ballot(
+        &mut self,
+        now: Time,
+        patience: Duration,
+        wanted: ViewChange,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        let round = self.highest_round + 1;
+        self.highest_round = round;
+        let ballot = Ballot {
+            round,
+            proposer: self.me.clone(),
+        };
+        let epoch = self.view.epoch + 1;
+        self.proposal = Some(Proposal {
+            ballot: ballot.clone(),
+            wanted,
+            phase: ProposalPhase::Preparing {
+                promises: BTreeMap::new(),
+            },
+            deadline: now + patience,
+        });
+        let prepare = ViewMessage::Prepare { epoch, ballot };
+        self.to_voters(prepare, out);
+    }
+
+    /// Sends `message` to every voter of the installed view; this node's own copy is
+    /// handled at once.
+    fn to_voters(&mut self, message: ViewMessage, out: &mut Vec<(NodeId, ViewMessage)>) {
+        let voters: Vec<NodeId> = self.view.members.keys().cloned().collect();
+        for id in voters {
+            if id == self.me {
+                let me = self.me.clone();
+                self.on_message(Time::ZERO, &me, &message, out);
+            } else {
+                out.push((id, message.clone()));
+            }
+        }
+    }
+
+    /// The proposal's ballot timed out: try again with a higher one, keeping what it
+    /// wanted, with `patience` for the new ballot.
+    pub fn on_timeout(
+        &mut self,
+        now: Time,
+        patience: Duration,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        let Some(p) = &self.proposal else {
+            return;
+        };
+        if p.deadline > now {
+            return;
+        }
+        let wanted = p.wanted.clone();
+        self.proposal = None;
+        if self.is_voter() {
+            self.start_ballot(now, patience, wanted, out);
+        }
+    }
+
+    /// Gives up the proposal under way (it no longer applies).
+    pub fn withdraw(&mut self) {
+        self.proposal = None;
+    }
+
+    /// Installs a view decided elsewhere (a grant, a `Decided` message). Views at or
+    /// below the installed epoch are ignored.
+    pub fn install(&mut self, change: ViewChange) -> bool {
+        if change.next.epoch <= self.view.epoch {
+            return false;
+        }
+        self.view = change.next.clone();
+        self.last_change = Some(change.clone());
+        self.promised = None;
+        self.accepted = None;
+        self.proposal = None;
+        self.installed.push(change);
+        true
+    }
+
+    /// A message from `from`.
+    pub fn on_message(
+        &mut self,
+        now: Time,
+        from: &NodeId,
+        message: &ViewMessage,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        if let ViewMessage::Decided(change) = message {
+            self.install(change.clone());
+            return;
+        }
+        let epoch = message.epoch();
+        let next = self.view.epoch + 1;
+        if epoch <= self.view.epoch {
+            // the sender is behind: tell it what was decided
+            if let Some(change) = &self.last_change {
+                if matches!(
+                    message,
+                    ViewMessage::Prepare { .. } | ViewMessage::Accept { .. }
+                ) {
+                    out.push((from.clone(), ViewMessage::Decided(change.clone())));
+                }
+            }
+            return;
+        }
+        if epoch > next {
+            // this node is behind; the sender will tell it the view when it answers
+            return;
+        }
+        match message {
+            ViewMessage::Prepare { ballot, .. } => self.on_prepare(from, ballot, out),
+            ViewMessage::Accept { ballot, change, .. } => self.on_accept(from, ballot, change, out),
+            ViewMessage::Promise {
+                ballot, accepted, ..
+            } => self.on_promise(now, from, ballot, accepted, out),
+            ViewMessage::Accepted { ballot, .. } => self.on_accepted(from, ballot, out),
+            ViewMessage::Outvoted { promised, .. } => self.on_outvoted(promised),
+            ViewMessage::Decided(_) => {}
+        }
+    }
+
+    fn note_round(&mut self, ballot: &Ballot) {
+        self.highest_round = self.highest_round.max(ballot.round);
+    }
+
+    fn on_prepare(&mut self, from: &NodeId, ballot: &Ballot, out: &mut Vec<(NodeId, ViewMessage)>) {
+        self.note_round(ballot);
+        if !self.is_voter() {
+            return;
+        }
+        let epoch = self.view.epoch + 1;
+        let reply = match &self.promised {
+            Some(p) if p > ballot => ViewMessage::Outvoted {
+                epoch,
+                promised: p.clone(),
+            },
+            _ => {
+                self.promised = Some(ballot.clone());
+                ViewMessage::Promise {
+                    epoch,
+                    ballot: ballot.clone(),
+                    accepted: self.accepted.clone(),
+                }
+            }
+        };
+        self.reply(from, reply, out);
+    }
+
+    fn on_accept(
+        &mut self,
+        from: &NodeId,
+        ballot: &Ballot,
+        change: &ViewChange,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        self.note_round(ballot);
+        if !self.is_voter() || change.next.epoch != self.view.epoch + 1 {
+            return;
+        }
+        let epoch = self.view.epoch + 1;
+        let reply = match &self.promised {
+            Some(p) if p > ballot => ViewMessage::Outvoted {
+                epoch,
+                promised: p.clone(),
+            },
+            _ => {
+                self.promised = Some(ballot.clone());
+                self.accepted = Some((ballot.clone(), change.clone()));
+                ViewMessage::Accepted {
+                    epoch,
+                    ballot: ballot.clone(),
+                }
+            }
+        };
+        self.reply(from, reply, out);
+    }
+
+    /// Sends an acceptor's reply; to itself, handled at once.
+    fn reply(&mut self, to: &NodeId, reply: ViewMessage, out: &mut Vec<(NodeId, ViewMessage)>) {
+        if *to == self.me {
+            let me = self.me.clone();
+            self.on_message(Time::ZERO, &me, &reply, out);
+        } else {
+            out.push((to.clone(), reply));
+        }
+    }
+
+    fn on_promise(
+        &mut self,
+        _now: Time,
+        from: &NodeId,
+        ballot: &Ballot,
+        accepted: &Option<(Ballot, ViewChange)>,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        if !self.view.members.contains_key(from) {
+            return;
+        }
+        let quorum = self.quorum();
+        let Some(p) = &mut self.proposal else {
+            return;
+        };
+        if p.ballot != *ballot {
+            return;
+        }
+        let ProposalPhase::Preparing { promises } = &mut p.phase else {
+            return;
+        };
+        promises.insert(from.clone(), accepted.clone());
+        if promises.len() < quorum {
+            return;
+        }
+        // Paxos: propose the value accepted at the highest ballot, if any, else our own
+        let change = promises
+            .values()
+            .flatten()
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| p.wanted.clone());
+        p.phase = ProposalPhase::Accepting {
+            change: change.clone(),
+            accepted: BTreeSet::new(),
+        };
+        let accept = ViewMessage::Accept {
+            epoch: self.view.epoch + 1,
+            ballot: ballot.clone(),
+            change,
+        };
+        self.to_voters(accept, out);
+    }
+
+    fn on_accepted(
+        &mut self,
+        from: &NodeId,
+        ballot: &Ballot,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        if !self.view.members.contains_key(from) {
+            return;
+        }
+        let quorum = self.quorum();
+        let Some(p) = &mut self.proposal else {
+            return;
+        };
+        if p.ballot != *ballot {
+            return;
+        }
+        let ProposalPhase::Accepting { change, accepted } = &mut p.phase else {
+            return;
+        };
+        accepted.insert(from.clone());
+        if accepted.len() < quorum {
+            return;
+        }
+        let change = change.clone();
+        // tell the old view and the new one (the admitted members learn they vote)
+        let mut told: BTreeSet<NodeId> = self.view.members.keys().cloned().collect();
+        told.extend(change.next.members.keys().cloned());
+        told.remove(&self.me);
+        for id in told {
+            out.push((id, ViewMessage::Decided(change.clone())));
+        }
+        self.install(change);
+    }
+
+    fn on_outvoted(&mut self, promised: &Ballot) {
+        self.note_round(promised);
+        // a higher ballot is under way: let it run, and try again only if it stalls (the
+        // proposal's deadline stays as it was)
+    }
+}
+
+#[cfg(test)]
+mod tests;
