@@ -272,12 +272,12 @@ impl ViewAgreement {
             deadline: now + patience,
         });
         let prepare = ViewMessage::Prepare { epoch, ballot };
-        self.to_voters(prepare, out);
+        self.send_to_voters(prepare, out);
     }
 
     /// Sends `message` to every voter of the installed view; this node's own copy is
     /// handled at once.
-    fn to_voters(&mut self, message: ViewMessage, out: &mut Vec<(NodeId, ViewMessage)>) {
+    fn send_to_voters(&mut self, message: ViewMessage, out: &mut Vec<(NodeId, ViewMessage)>) {
         let voters: Vec<NodeId> = self.view.members.keys().cloned().collect();
         for id in voters {
             if id == self.me {
@@ -479,7 +479,7 @@ impl ViewAgreement {
             ballot: ballot.clone(),
             change,
         };
-        self.to_voters(accept, out);
+        self.send_to_voters(accept, out);
     }
 
     fn on_accepted(
