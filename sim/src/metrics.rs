@@ -109,6 +109,11 @@ pub struct FaultStats {
     pub stale_notices: u64,
     /// New views forced by the operator (`--operator-forces-view-after-ms`).
     pub forced_views: u64,
+    /// Membership views decided (distinct epochs installed anywhere).
+    pub views_decided: u64,
+    /// Conflicts between a forced view and another view of the same epoch (I6 excuses
+    /// these: the operator's way out founds a view without a quorum on purpose).
+    pub forced_view_conflicts: u64,
     /// Writes attempted while no writer could write (down, rejoining).
     pub writes_refused: u64,
 }

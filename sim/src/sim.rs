@@ -20,7 +20,8 @@ use crate::config::SimConfig;
 use crate::ground_truth::{ExpectedState, GroundTruth, SimOp};
 use crate::invariants::safety::{ExcuseCounts, Excuses};
 use crate::invariants::{
-    agreement, causal_delivery, liveness, monotone, no_lost_writes, safety, Violations,
+    agreement, causal_delivery, liveness, monotone, no_lost_writes, safety, single_history,
+    Violations,
 };
 use crate::metrics::{round3, FaultStats, Latencies, RecordMerges, Sample, Traffic};
 use crate::network::{Links, Mesh, SeenCache};
@@ -248,6 +249,8 @@ pub struct Sim {
     members_union: Option<VersionVector>,
     /// Print evictions and I3 details on stderr (`TIDEMARK_SIM_TRACE` set).
     trace: bool,
+    /// Every view installed anywhere, by epoch (I6).
+    view_history: single_history::ViewHistory,
     /// `TIDEMARK_SIM_WATCH=SLOT,ORIGIN`: after every event at node slot SLOT, print its own
     /// record and what it has applied of the ops of the node in slot ORIGIN.
     watch: Option<(usize, usize)>,
@@ -308,6 +311,7 @@ impl Sim {
             evicted: BTreeMap::new(),
             members_union: None,
             trace: std::env::var_os("TIDEMARK_SIM_TRACE").is_some(),
+            view_history: Default::default(),
             watch: std::env::var("TIDEMARK_SIM_WATCH").ok().and_then(|w| {
                 let (slot, origin) = w.split_once(',')?;
                 Some((slot.trim().parse().ok()?, origin.trim().parse().ok()?))
@@ -761,6 +765,37 @@ impl Sim {
         // journals for drivers: the oracle reads the map and the eviction journal instead
         self.nodes[n].replica.drain_member_changes();
         self.nodes[n].replica.drain_rejected_ops();
+        for installed in self.nodes[n].replica.drain_installed_views() {
+            let view = &installed.change.next;
+            if self.trace {
+                let name = |id: &NodeId| {
+                    self.index
+                        .get(id)
+                        .map_or_else(|| format!("{id:?}"), |i| i.to_string())
+                };
+                let members: Vec<String> = view
+                    .members
+                    .iter()
+                    .map(|(id, inc)| format!("{}@{inc}", name(id)))
+                    .collect();
+                let evicted: Vec<String> = installed
+                    .change
+                    .evicted
+                    .iter()
+                    .map(|e| format!("{}@{}", name(&e.id), e.incarnation))
+                    .collect();
+                eprintln!(
+                    "view {:.3}: node {n} installs e{} [{}] evicting [{}]{}",
+                    at / 1e3,
+                    view.epoch,
+                    members.join(" "),
+                    evicted.join(" "),
+                    if installed.forced { " (forced)" } else { "" }
+                );
+            }
+            let result = self.view_history.installed(n, view, installed.forced);
+            self.violations.check(single_history::NAME, at, result);
+        }
         for (id, incarnation) in self.nodes[n].replica.drain_evictions() {
             self.on_eviction(n, id, incarnation);
         }
@@ -1629,7 +1664,7 @@ impl Sim {
             if node.stopped || node.crashed || !node.replica.is_member() {
                 continue;
             }
-            if !node.replica.is_isolated() {
+            if !node.replica.is_isolated() && node.replica.hears_view_quorum(now) {
                 continue;
             }
             let silent = tidemark::network_map::monitor::Monitor::silent_members(
@@ -1755,7 +1790,26 @@ impl Sim {
                 .count();
             2 * gone >= map.counted()
         });
-        if majority_lost {
+        // or whose view has lost the quorum of its seats: a seat is gone when no running
+        // node runs the membership it names (stopped, restarted and not yet admitted
+        // again, or back under a new identity)
+        let seats_lost = members.iter().any(|&a| {
+            let view = self.nodes[a].replica.view();
+            let gone = view
+                .members
+                .iter()
+                .filter(|(id, incarnation)| {
+                    self.index.get(*id).is_none_or(|&i| {
+                        let n = &self.nodes[i];
+                        n.stopped
+                            || n.replica.id() != *id
+                            || n.replica.incarnation() != **incarnation
+                    })
+                })
+                .count();
+            view.members.len() - gone < view.quorum()
+        });
+        if majority_lost || seats_lost {
             return liveness::Cause::MajorityLost;
         }
         let joiners: Vec<usize> = running
@@ -1936,8 +1990,49 @@ impl Sim {
                 ));
             }
         }
+        self.faults.views_decided = self.view_history.epochs() as u64;
+        self.faults.forced_view_conflicts = self.view_history.forced_conflicts;
         let liveness_failure = live.is_err();
         let liveness_cause = liveness_failure.then(|| self.liveness_cause());
+        if liveness_failure && self.trace {
+            for (i, n) in self.nodes.iter().enumerate() {
+                let r = &n.replica;
+                let view = r.view();
+                let members: Vec<String> = view
+                    .members
+                    .iter()
+                    .map(|(id, inc)| {
+                        format!(
+                            "{}@{inc}",
+                            self.index.get(id).copied().unwrap_or(usize::MAX)
+                        )
+                    })
+                    .collect();
+                let counted: Vec<String> = r
+                    .network_map()
+                    .iter()
+                    .filter(|(_, e)| e.record.state.counts())
+                    .map(|(id, e)| {
+                        format!(
+                            "{}@{}",
+                            self.index.get(id).copied().unwrap_or(usize::MAX),
+                            e.record.incarnation
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "end: node {i} stopped={} member={} inc={} isolated={} view e{} [{}] counted [{}] join={:?}",
+                    n.stopped,
+                    r.is_member(),
+                    r.incarnation(),
+                    r.is_isolated(),
+                    view.epoch,
+                    members.join(" "),
+                    counted.join(" "),
+                    r.join_progress().map(|p| format!("{p:?}")),
+                );
+            }
+        }
         if liveness_failure && self.trace {
             for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.member) {
                 let applied = n.replica.applied();

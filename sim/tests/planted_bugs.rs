@@ -6,7 +6,7 @@
 use clap::Parser;
 use tidemark_sim::cli::Args;
 use tidemark_sim::invariants::{
-    agreement, causal_delivery, liveness, monotone, no_lost_writes, safety,
+    agreement, causal_delivery, liveness, monotone, no_lost_writes, safety, single_history,
 };
 use tidemark_sim::Report;
 
@@ -114,4 +114,16 @@ fn i5_catches_a_leave_that_drops_writes() {
 #[test]
 fn l1_catches_a_snapshot_point_held_back_by_a_crashed_member() {
     caught("never-evict", FAULTS, liveness::NAME, 1..=20);
+}
+
+#[test]
+fn i6_catches_a_view_change_decided_without_a_quorum() {
+    // an even network split in halves: with a quorum one vote short, each half decides
+    // its own next view
+    caught(
+        "short-quorum",
+        "--faults partition --partition-rate 0.3 --nodes 4 --ops 300",
+        single_history::NAME,
+        1..=60,
+    );
 }

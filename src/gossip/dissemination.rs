@@ -181,20 +181,21 @@ impl<P> Dissemination<P> {
             gossip,
             map,
             applied,
+            view_epoch,
             rng,
             outbox,
         } = ctx;
         if self.next_anti_entropy <= now {
             self.next_anti_entropy = now + jitter(rng, gossip.anti_entropy_interval);
             if let Some(peer) = self.random_peer(map, gossip, rng) {
-                outbox.send(peer, digest(applied, map, true));
+                outbox.send(peer, digest(applied, map, view_epoch, true));
             }
         }
         if let Some((at, peer, backoff)) = self.gap_pull.clone() {
             if at <= now {
                 self.gap_pull = None;
                 if buffered {
-                    outbox.send(peer, digest(applied, map, false));
+                    outbox.send(peer, digest(applied, map, view_epoch, false));
                     let backoff = (backoff * 2).min(gossip.anti_entropy_interval);
                     if let Some(next) = self.random_peer(map, gossip, rng) {
                         self.gap_pull = Some((now + backoff, next, backoff));
@@ -332,6 +333,7 @@ impl<P> Dissemination<P> {
             applied,
             rng,
             outbox,
+            ..
         } = ctx;
         let (gossip, applied) = (*gossip, *applied);
         if self.own_report_at(gossip).is_some_and(|at| at <= now) {
@@ -398,6 +400,8 @@ pub struct Context<'a, S: StateMachine> {
     pub map: &'a mut NetworkMap,
     /// This node's applied vector.
     pub applied: &'a VersionVector,
+    /// The epoch of this node's installed view (sent in digests).
+    pub view_epoch: u64,
     pub rng: &'a mut ChaCha8Rng,
     pub outbox: &'a mut Outbox<S>,
 }
@@ -407,11 +411,13 @@ pub struct Context<'a, S: StateMachine> {
 pub fn digest<S: StateMachine>(
     applied: &VersionVector,
     map: &NetworkMap,
+    view_epoch: u64,
     initiator: bool,
 ) -> Message<S> {
     Message::Digest(AntiEntropyDigest {
         applied: applied.clone(),
         members: map.versions(),
         initiator,
+        view_epoch,
     })
 }

@@ -36,6 +36,7 @@ pub use wire::{
 };
 
 use crate::join_protocol::{JoinRequest, JoinResponse};
+use crate::network_map::view::ViewMessage;
 use crate::network_map::{MemberRecord, RecordVersion};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, StateMachine};
@@ -77,6 +78,9 @@ pub struct AntiEntropyDigest {
     pub members: Vec<(NodeId, RecordVersion)>,
     /// Whether the receiver should answer with its own digest when it is behind.
     pub initiator: bool,
+    /// The epoch of the sender's installed view: a receiver with a newer one sends it.
+    #[serde(default)]
+    pub view_epoch: u64,
 }
 
 /// The answer to a digest.
@@ -97,9 +101,13 @@ pub enum Message<S: StateMachine> {
     Status(Records),
     Digest(AntiEntropyDigest),
     Repair(Repair<S>),
-    Stale { snapshot_point: VersionVector },
+    Stale {
+        snapshot_point: VersionVector,
+    },
     JoinRequest(JoinRequest),
     JoinResponse(Box<JoinResponse<S>>),
+    /// Agreeing the next membership view (`network_map::view`).
+    View(ViewMessage),
 }
 
 impl<S: StateMachine> Message<S> {
@@ -113,6 +121,7 @@ impl<S: StateMachine> Message<S> {
             Message::Stale { .. } => "stale",
             Message::JoinRequest(_) => "join_request",
             Message::JoinResponse(_) => "join_response",
+            Message::View(_) => "view",
         }
     }
 }
@@ -174,6 +183,11 @@ pub struct GossipConfig {
     pub suspicion_timeout: Duration,
     /// How often a node looks for silent members.
     pub failure_check_interval: Duration,
+    /// How long a proposer gives one ballot of a view change before it tries a higher one,
+    /// and how long each voter waits after the one before it in id order before it
+    /// proposes a change itself (`network_map::view_policy`).
+    #[serde(default = "default_view_ballot_patience")]
+    pub view_ballot_patience: Duration,
     /// Ops that may wait for their deps at once, and how far beyond its origin's applied
     /// seq one may be; the causal buffer refuses others (anti-entropy brings them back
     /// once their deps are in), so a peer sending ops whose deps never come cannot fill
@@ -199,6 +213,10 @@ fn default_own_ops_retention() -> Duration {
     Duration::from_secs(600)
 }
 
+fn default_view_ballot_patience() -> Duration {
+    Duration::from_secs(1)
+}
+
 fn default_state_transfer_timeout() -> Duration {
     Duration::from_secs(120)
 }
@@ -221,6 +239,7 @@ impl Default for GossipConfig {
             join_retry_max: Duration::from_secs(2),
             join_attempts_per_sponsor: 3,
             state_transfer_timeout: default_state_transfer_timeout(),
+            view_ballot_patience: default_view_ballot_patience(),
             leave_drain_timeout: Duration::from_secs(5),
             own_ops_retention: default_own_ops_retention(),
             suspect_after: Duration::from_secs(3),

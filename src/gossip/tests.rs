@@ -82,6 +82,25 @@ fn every_message_round_trips() {
             applied: ops.last().unwrap().deps.clone(),
             members: vec![(id(1), (1, 7, 0))],
             initiator: true,
+            view_epoch: 3,
+        }),
+        Message::View(crate::network_map::view::ViewMessage::Accept {
+            epoch: 4,
+            ballot: crate::network_map::view::Ballot {
+                round: 2,
+                proposer: id(1),
+            },
+            change: crate::network_map::view::ViewChange {
+                next: crate::network_map::view::View {
+                    epoch: 4,
+                    members: [(id(1), 1), (id(2), 3)].into(),
+                },
+                evicted: vec![crate::network_map::view::Eviction {
+                    id: id(5),
+                    incarnation: 2,
+                    registrations: 1,
+                }],
+            },
         }),
         Message::Repair(Repair {
             ops: OpsBatch(ops[3..].to_vec()),

@@ -68,6 +68,9 @@ pub struct JoinGrant<S: StateMachine> {
     pub suffix: OpsBatch<S::Op>,
     /// Every record of the sponsor's network map.
     pub members: Records,
+    /// The sponsor's installed membership view.
+    #[serde(default)]
+    pub view: crate::network_map::view::View,
 }
 
 /// The stable state a grant hands over.
@@ -224,6 +227,7 @@ pub fn register<S: StateMachine>(
         lamport: log.lamport(),
         suffix: OpsBatch(log.unstable_ops()),
         members: Records(map.records()),
+        view: Default::default(),
     })
 }
 

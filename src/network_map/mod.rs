@@ -28,6 +28,7 @@
 mod min_tracker;
 pub mod monitor;
 pub mod view;
+pub mod view_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -432,6 +433,34 @@ impl NetworkMap {
                 self.adopt(Arc::new(record), now);
                 self.release_pending(now);
                 true
+            }
+            _ => false,
+        }
+    }
+
+    /// Evicts a membership that an agreed view removed (see [`view::Eviction`]). The
+    /// record accounts for at least the registrations the proposer knew; it waits, like
+    /// any record, until they are known here. False if this map does not hold that
+    /// membership in good standing (it may hold a newer one, or not know it yet: the
+    /// eviction then reaches it as a record).
+    pub fn evict_decided(&mut self, eviction: &view::Eviction, now: Time) -> bool {
+        match self.members.get(&eviction.id) {
+            Some(e)
+                if eviction.id != self.me
+                    && e.record.incarnation == eviction.incarnation
+                    && e.record.state.counts() =>
+            {
+                let known = self.known_registrations(&eviction.id, eviction.incarnation);
+                let record = MemberRecord {
+                    state: MemberState::Evicted,
+                    registrations: e
+                        .record
+                        .registrations
+                        .max(known)
+                        .max(eviction.registrations),
+                    ..(*e.record).clone()
+                };
+                self.merge(Arc::new(record), now) != MergeOutcome::Outdated
             }
             _ => false,
         }

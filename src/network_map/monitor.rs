@@ -29,12 +29,15 @@ pub struct Monitor {
 }
 
 /// What one failure check did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CheckOutcome {
+    /// Whether the check was due and ran.
+    pub ran: bool,
     /// Members newly suspected.
     pub suspected: u64,
-    /// Members evicted.
-    pub evicted: u64,
+    /// Suspects silent and unrefuted past the suspicion timeout, in id order: the members
+    /// this node asks the next view to evict. Empty while it is isolated.
+    pub overdue: Vec<NodeId>,
 }
 
 impl Monitor {
@@ -63,12 +66,12 @@ impl Monitor {
         self.next_check = at;
     }
 
-    /// Runs the check if it is due: suspect members silent for `suspect_after`; evict
-    /// suspects that stayed silent and unrefuted for `suspicion_timeout`, but only while
-    /// this node hears from a strict majority of the members it counts (Lifeguard's local
-    /// health: a node cut off from most of the network must not evict the network, and a
-    /// minority cannot split off and decide on its own), and only if `may_evict` (a
-    /// leaving node evicts no one).
+    /// Runs the check if it is due: suspect members silent for `suspect_after`; name the
+    /// suspects that stayed silent and unrefuted for `suspicion_timeout` as overdue, but
+    /// only while this node hears from a strict majority of the members it counts
+    /// (Lifeguard's local health: a node cut off from most of the network must not ask to
+    /// evict the network), and only if `may_evict` (a leaving node evicts no one). The
+    /// eviction itself is a view change, which a quorum of the view decides.
     pub fn on_timeout(
         &mut self,
         now: Time,
@@ -115,18 +118,17 @@ impl Monitor {
             }
         }
         self.isolated = 2 * fresh <= map.counted();
-        let mut outcome = CheckOutcome::default();
+        let mut outcome = CheckOutcome {
+            ran: true,
+            ..CheckOutcome::default()
+        };
         for id in silent_alive {
             if map.suspect(&id, now) {
                 outcome.suspected += 1;
             }
         }
         if !self.isolated && may_evict {
-            for id in overdue {
-                if map.evict(&id, now) {
-                    outcome.evicted += 1;
-                }
-            }
+            outcome.overdue = overdue;
         }
         outcome
     }

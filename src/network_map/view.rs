@@ -13,9 +13,13 @@
 //! A proposer that learns of an accepted value proposes that value, as Paxos requires, and
 //! proposes its own change for the following epoch once that one is decided.
 //!
-//! Only the membership named in the view votes: a node that came back with a new
-//! incarnation has forgotten what it promised, so it waits until a view admits its new
-//! incarnation. Acceptor state therefore needs no disk.
+//! A seat in the view belongs to a node id. A node that rejoins with a new incarnation
+//! while it runs keeps its seat and its promises. A node that restarts has forgotten its
+//! promises (acceptor state is not stored), so it does not vote again until a view
+//! decided after its restart names its new incarnation ([`ViewAgreement::forget_votes`]):
+//! every epoch it may have voted on before is then decided, and it votes only on later
+//! ones. A node that lost its disk comes back under a new id, without a seat; the view
+//! evicts its old id like any silent member.
 //!
 //! Pure state machine: no I/O, time passed in, iteration in key order only.
 
@@ -140,6 +144,17 @@ enum ProposalPhase {
     },
 }
 
+/// A view this node installed, with the view it replaced.
+#[derive(Clone, Debug)]
+pub struct Installed {
+    pub before: View,
+    pub change: ViewChange,
+    /// Whether this node's own proposal decided it (rather than hearing of it).
+    pub decided_here: bool,
+    /// Whether it was forced by the operator, without a quorum.
+    pub forced: bool,
+}
+
 /// One node's part in agreeing views: its installed view, its acceptor state for the next
 /// epoch, and the proposal it drives, if any.
 #[derive(Clone, Debug)]
@@ -155,9 +170,11 @@ pub struct ViewAgreement {
     /// The highest round seen, so that the next ballot beats it.
     highest_round: u64,
     /// Views installed since the last `take_installed`, oldest first.
-    installed: Vec<ViewChange>,
+    installed: Vec<Installed>,
     /// Planted bug of the simulator's oracle tests: a decision counts one vote too few.
     short_quorum: bool,
+    /// Restarted without its promises: no vote until a view names this incarnation.
+    forgot_votes: bool,
 }
 
 impl ViewAgreement {
@@ -174,7 +191,17 @@ impl ViewAgreement {
             highest_round: 0,
             installed: Vec::new(),
             short_quorum: false,
+            forgot_votes: false,
         }
+    }
+
+    /// This node restarted and lost its acceptor state: it gives up voting until a view
+    /// decided after the restart names its (new) incarnation.
+    pub fn forget_votes(&mut self) {
+        self.forgot_votes = true;
+        self.promised = None;
+        self.accepted = None;
+        self.proposal = None;
     }
 
     /// Plants the bug where a decision needs one vote fewer than a majority.
@@ -187,14 +214,21 @@ impl ViewAgreement {
         &self.view
     }
 
-    /// The change that made the installed view, if it was not a founding one.
-    pub fn last_change(&self) -> Option<&ViewChange> {
-        self.last_change.as_ref()
+    /// The installed view as a change a node that is behind can install: the change that
+    /// made it, or the view alone if it was founded or handed over.
+    pub fn current_as_change(&self) -> ViewChange {
+        match &self.last_change {
+            Some(change) if change.next == self.view => change.clone(),
+            _ => ViewChange {
+                next: self.view.clone(),
+                evicted: Vec::new(),
+            },
+        }
     }
 
-    /// Whether this membership votes in the installed view.
+    /// Whether this node holds a seat in the installed view and may vote with it.
     pub fn is_voter(&self) -> bool {
-        self.view.has(&self.me, self.incarnation)
+        !self.forgot_votes && self.view.members.contains_key(&self.me)
     }
 
     /// Whether a proposal of this node is under way.
@@ -202,19 +236,14 @@ impl ViewAgreement {
         self.proposal.is_some()
     }
 
-    /// This node now runs `incarnation` (a rejoin or restart): it forgets every promise,
-    /// which its earlier incarnation made.
+    /// This node now runs `incarnation` (a rejoin or restart). Its promises stand: they
+    /// are its seat's, not its membership's.
     pub fn set_incarnation(&mut self, incarnation: u64) {
-        if incarnation != self.incarnation {
-            self.incarnation = incarnation;
-            self.promised = None;
-            self.accepted = None;
-            self.proposal = None;
-        }
+        self.incarnation = incarnation;
     }
 
     /// Views installed since the last call, oldest first.
-    pub fn take_installed(&mut self) -> Vec<ViewChange> {
+    pub fn take_installed(&mut self) -> Vec<Installed> {
         std::mem::take(&mut self.installed)
     }
 
@@ -318,16 +347,58 @@ impl ViewAgreement {
     /// Installs a view decided elsewhere (a grant, a `Decided` message). Views at or
     /// below the installed epoch are ignored.
     pub fn install(&mut self, change: ViewChange) -> bool {
+        self.install_as(change, false, false)
+    }
+
+    fn install_as(&mut self, change: ViewChange, decided_here: bool, forced: bool) -> bool {
         if change.next.epoch <= self.view.epoch {
             return false;
         }
-        self.view = change.next.clone();
+        if self.forgot_votes && change.next.has(&self.me, self.incarnation) {
+            // decided after the restart (this incarnation did not exist before it)
+            self.forgot_votes = false;
+        }
+        let before = std::mem::replace(&mut self.view, change.next.clone());
         self.last_change = Some(change.clone());
         self.promised = None;
         self.accepted = None;
         self.proposal = None;
-        self.installed.push(change);
+        self.installed.push(Installed {
+            before,
+            change,
+            decided_here,
+            forced,
+        });
         true
+    }
+
+    /// The operator's way out of a lost majority: installs the next view with
+    /// `members` without any quorum, and tells every member of the old and new views.
+    /// Safe only if the members left out are gone for good (see `Replica::force_new_view`).
+    pub fn force(
+        &mut self,
+        members: BTreeMap<NodeId, u64>,
+        evicted: Vec<Eviction>,
+        out: &mut Vec<(NodeId, ViewMessage)>,
+    ) {
+        let change = ViewChange {
+            next: View {
+                epoch: self.view.epoch + 1,
+                members,
+            },
+            evicted,
+        };
+        self.tell_decided(&change, out);
+        self.install_as(change, true, true);
+    }
+
+    fn tell_decided(&self, change: &ViewChange, out: &mut Vec<(NodeId, ViewMessage)>) {
+        let mut told: BTreeSet<NodeId> = self.view.members.keys().cloned().collect();
+        told.extend(change.next.members.keys().cloned());
+        told.remove(&self.me);
+        for id in told {
+            out.push((id, ViewMessage::Decided(change.clone())));
+        }
     }
 
     /// A message from `from`.
@@ -346,13 +417,11 @@ impl ViewAgreement {
         let next = self.view.epoch + 1;
         if epoch <= self.view.epoch {
             // the sender is behind: tell it what was decided
-            if let Some(change) = &self.last_change {
-                if matches!(
-                    message,
-                    ViewMessage::Prepare { .. } | ViewMessage::Accept { .. }
-                ) {
-                    out.push((from.clone(), ViewMessage::Decided(change.clone())));
-                }
+            if matches!(
+                message,
+                ViewMessage::Prepare { .. } | ViewMessage::Accept { .. }
+            ) {
+                out.push((from.clone(), ViewMessage::Decided(self.current_as_change())));
             }
             return;
         }
@@ -507,13 +576,8 @@ impl ViewAgreement {
         }
         let change = change.clone();
         // tell the old view and the new one (the admitted members learn they vote)
-        let mut told: BTreeSet<NodeId> = self.view.members.keys().cloned().collect();
-        told.extend(change.next.members.keys().cloned());
-        told.remove(&self.me);
-        for id in told {
-            out.push((id, ViewMessage::Decided(change.clone())));
-        }
-        self.install(change);
+        self.tell_decided(&change, out);
+        self.install_as(change, true, false);
     }
 
     fn on_outvoted(&mut self, promised: &Ballot) {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Phase, Replica, ReplicaConfig};
 use crate::join_protocol::Joiner;
+use crate::network_map::view::View;
 use crate::network_map::{MemberRecord, MemberState, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, OpsLog, OwnOps, StateMachine};
@@ -250,6 +251,8 @@ impl<S: StateMachine> Replica<S> {
                 .map
                 .report_own(applied, now, |own| own.state = MemberState::Alive);
             replica.dissemination.own_record_changed();
+            let members = [(replica.id.clone(), replica.incarnation)].into();
+            replica.found_view(View { epoch: 1, members });
             replica.finish(now);
             return Ok(replica);
         }
@@ -262,6 +265,8 @@ impl<S: StateMachine> Replica<S> {
     /// joining asks its bootstrap peer again; one that had left stays gone.
     pub fn restart(mut self, now: Time) -> Self {
         self.outbox.clear();
+        // its promises on views were volatile
+        self.views.forget_votes();
         self.wake_announced = None;
         self.dissemination.restart(now);
         self.awaited.clear();

@@ -33,12 +33,25 @@ pub(super) enum LeaveStep {
 
 /// Why a graceful leave gave up (the node stays a member and keeps its writes).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("leave timed out: {unstable} of the ops this node held when it began to leave ({unstable_own} of them its own) are not yet under its snapshot point, so some member may lack them; it stays a member")]
+#[error("{}", self.describe())]
 pub struct LeaveFailed {
     /// Ops held at the start of the leave that are not stable yet.
     pub unstable: u64,
     /// How many of them are this node's own.
     pub unstable_own: u64,
+    /// Its ops were handed over, but no view without this node was decided in time: it
+    /// holds a seat in the view, and leaving without giving it up would leave the view one
+    /// vote short for good.
+    pub seat_not_given_up: bool,
+}
+
+impl LeaveFailed {
+    fn describe(&self) -> String {
+        if self.unstable == 0 && self.seat_not_given_up {
+            return "leave timed out: no view without this node was decided in time (a quorum of the view must agree to it), so it keeps its seat and stays a member".into();
+        }
+        format!("leave timed out: {} of the ops this node held when it began to leave ({} of them its own) are not yet under its snapshot point, so some member may lack them; it stays a member", self.unstable, self.unstable_own)
+    }
 }
 
 impl Leave {
@@ -99,6 +112,7 @@ impl Leave {
                 .map(|(origin, seq)| seq.saturating_sub(snapshot_point.get(origin)))
                 .sum(),
             unstable_own: self.cut.get(me).saturating_sub(snapshot_point.get(me)),
+            seat_not_given_up: false,
         }
     }
 }

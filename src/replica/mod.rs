@@ -30,6 +30,8 @@ use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
 use crate::network_map::monitor::Monitor;
+use crate::network_map::view::{Eviction, Installed, View, ViewAgreement, ViewMessage};
+use crate::network_map::view_policy::{self, Observations, ProposerTurn};
 use crate::network_map::{MemberChange, MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{
@@ -48,6 +50,7 @@ macro_rules! dissemination_ctx {
             gossip: &$replica.config.gossip,
             map: &mut $replica.map,
             applied: $replica.log.applied(),
+            view_epoch: $replica.views.view().epoch,
             rng: &mut $replica.rng,
             outbox: &mut $replica.outbox,
         }
@@ -100,7 +103,7 @@ pub struct ReplicaStats {
     pub joins_sponsored: u64,
     /// Suspicions this node raised (failure detection).
     pub suspicions_raised: u64,
-    /// Evictions this node issued after an unrefuted suspicion.
+    /// Evictions decided by this node's view proposals (or forced by its operator).
     pub evictions_issued: u64,
     /// Suspicions of this node that it refuted with a new report.
     pub refutations: u64,
@@ -115,6 +118,10 @@ pub struct ReplicaStats {
     /// Join requests this node refused to sponsor because it was cut off from most of the
     /// network, or had joined too recently to know who is alive.
     pub sponsorships_declined: u64,
+    /// View changes this node's proposals decided.
+    pub views_decided: u64,
+    /// Views this node installed (decided here or elsewhere).
+    pub views_installed: u64,
     /// Graceful leaves that gave up because this node's own ops did not become stable in
     /// time (the node stayed a member).
     pub leaves_failed: u64,
@@ -237,6 +244,14 @@ pub struct Replica<S: StateMachine> {
     wake_announced: Option<Time>,
     /// Failure detection: suspicion, eviction, local health.
     monitor: Monitor,
+    /// The agreed membership view and this node's part in changing it.
+    views: ViewAgreement,
+    /// When it is this node's turn to propose a view change.
+    turn: ProposerTurn,
+    /// A leave whose ops are handed over, waiting for a view without this node.
+    leave_ready: bool,
+    /// Views installed, for observers (journaled like applied ops).
+    view_journal: Vec<Installed>,
     /// The sponsor side of the join handshake.
     sponsor: Sponsor,
     /// A graceful leave that gave up since the last [`Replica::take_leave_failure`].
@@ -282,6 +297,8 @@ impl<S: StateMachine> Replica<S> {
         log.plant(config.planted);
         let mut map = map;
         map.plant(config.planted);
+        let short_quorum = config.planted == Some(PlantedBug::ShortQuorum);
+        let view_owner = id.clone();
         let mut replica = Self {
             id,
             incarnation,
@@ -296,6 +313,10 @@ impl<S: StateMachine> Replica<S> {
             dissemination: Dissemination::new(now, first_ae),
             wake_announced: None,
             monitor: Monitor::new(first_failure_check),
+            views: ViewAgreement::new(NodeId::clone(&view_owner), incarnation, View::default()),
+            turn: ProposerTurn::default(),
+            leave_ready: false,
+            view_journal: Vec::new(),
             sponsor: Sponsor::default(),
             leave_failure: None,
             planted_sp: None,
@@ -307,6 +328,7 @@ impl<S: StateMachine> Replica<S> {
             log_generation: 0,
             stats: ReplicaStats::default(),
         };
+        replica.views.plant_short_quorum(short_quorum);
         replica.finish(now);
         replica
     }
@@ -372,7 +394,13 @@ impl<S: StateMachine> Replica<S> {
         }
         map.take_dirty();
         let own_ops = OwnOps::new(log.applied().get(&id));
-        Self::with_parts(
+        let view = View::founding(
+            founders
+                .iter()
+                .map(|r| r.id.clone())
+                .chain(std::iter::once(id.clone())),
+        );
+        let mut replica = Self::with_parts(
             id,
             1,
             config,
@@ -382,7 +410,48 @@ impl<S: StateMachine> Replica<S> {
             own_ops,
             seed,
             now,
-        )
+        );
+        replica.found_view(view);
+        replica
+    }
+
+    /// Starts from `view` as this node's installed view (a founder's, or a lone member's).
+    fn found_view(&mut self, view: View) {
+        self.views = ViewAgreement::new(self.id.clone(), self.incarnation, view);
+        self.views
+            .plant_short_quorum(self.config.planted == Some(PlantedBug::ShortQuorum));
+    }
+
+    /// The agreed view this node has installed.
+    pub fn view(&self) -> &View {
+        self.views.view()
+    }
+
+    /// Whether this node hears from a quorum of its view's seats (itself included, if it
+    /// votes) within `suspect_after`: if not, no view change can be decided where it is —
+    /// the view lost its majority, or this node is on a minority side.
+    pub fn hears_view_quorum(&self, now: Time) -> bool {
+        let view = self.views.view();
+        let suspect_after = self.config.gossip.suspect_after;
+        let heard = view
+            .members
+            .iter()
+            .filter(|(id, _)| {
+                if **id == self.id {
+                    return self.views.is_voter();
+                }
+                self.map
+                    .get(id)
+                    .is_some_and(|e| now.since(e.last_heard) <= suspect_after)
+            })
+            .count();
+        heard >= view.quorum()
+    }
+
+    /// Views this node installed since the last call, oldest first (journaled only with
+    /// `journal_applied`).
+    pub fn drain_installed_views(&mut self) -> Vec<Installed> {
+        std::mem::take(&mut self.view_journal)
     }
 
     /// A node that joins through `sponsor`; it sends its join request at once.
@@ -714,6 +783,25 @@ impl<S: StateMachine> Replica<S> {
                 evicted.extend(incarnation.map(|i| (id, i)));
             }
         }
+        // the next view: this node and the members it still counts, without a quorum
+        let mut members: std::collections::BTreeMap<NodeId, u64> = self
+            .map
+            .iter()
+            .filter(|(_, e)| e.record.state.counts())
+            .map(|(id, e)| (id.clone(), e.record.incarnation))
+            .collect();
+        members.insert(self.id.clone(), self.incarnation);
+        let evictions = evicted
+            .iter()
+            .map(|(id, incarnation)| Eviction {
+                id: id.clone(),
+                incarnation: *incarnation,
+                registrations: self.map.get(id).map_or(0, |e| e.record.registrations),
+            })
+            .collect();
+        let mut out = Vec::new();
+        self.views.force(members, evictions, &mut out);
+        self.send_view_messages(out);
         self.monitor.reassess(now, &self.map, &self.config.gossip);
         self.finish(now);
         Ok(evicted)
@@ -724,6 +812,12 @@ impl<S: StateMachine> Replica<S> {
         if self.is_member() {
             self.map.heard_from(from, now);
             self.tell_if_evicted(now, from, message);
+        }
+        if let Message::View(message) = message {
+            // a seat votes whatever its node's phase (a rejoining node keeps its seat)
+            let mut out = Vec::new();
+            self.views.on_message(now, from, message, &mut out);
+            self.send_view_messages(out);
         }
         match (&self.phase, message) {
             (Phase::Joining(_), Message::JoinResponse(response)) => {
@@ -773,6 +867,7 @@ impl<S: StateMachine> Replica<S> {
                 self.on_join_request(now, from, request)
             }
             (Phase::Member { .. }, Message::JoinResponse(_)) => {}
+            (Phase::Member { .. }, Message::View(_)) => {}
         }
         self.finish(now);
     }
@@ -823,11 +918,110 @@ impl<S: StateMachine> Replica<S> {
             may_evict,
         );
         self.stats.suspicions_raised += checked.suspected;
-        self.stats.evictions_issued += checked.evicted;
+        if checked.ran {
+            self.propose_view_change(now, &checked.overdue);
+        }
+        let patience = jitter(&mut self.rng, self.config.gossip.view_ballot_patience);
+        let mut out = Vec::new();
+        self.views.on_timeout(now, patience, &mut out);
+        self.send_view_messages(out);
         let buffered = self.log.buffered_len() > 0;
         self.dissemination
             .on_timeout_pulls(now, dissemination_ctx!(self), buffered);
         self.finish(now);
+    }
+
+    // ---- membership views -------------------------------------------------------------
+
+    /// Puts to the view the change this node's map and failure detector call for, when it
+    /// is this node's turn (see `view_policy`). `overdue`: suspects to evict.
+    fn propose_view_change(&mut self, now: Time, overdue: &[NodeId]) {
+        if !self.is_member() || !self.views.is_voter() || self.views.is_proposing() {
+            return;
+        }
+        let gossip = &self.config.gossip;
+        let seen = Observations {
+            map: &self.map,
+            overdue,
+            leaving: self.leave_ready,
+            now,
+            suspect_after: gossip.suspect_after,
+        };
+        let view = self.views.view();
+        let wanted = view_policy::wanted_change(view, &seen);
+        let rank = view_policy::rank(view, &self.map, now, gossip.suspect_after);
+        let own_leave = self.leave_ready;
+        let patience = gossip.view_ballot_patience;
+        if !self
+            .turn
+            .due(now, wanted.is_some(), rank, own_leave, patience)
+        {
+            return;
+        }
+        let Some(wanted) = wanted else {
+            return;
+        };
+        let patience = jitter(&mut self.rng, patience);
+        let mut out = Vec::new();
+        self.views.propose(now, patience, wanted, &mut out);
+        self.send_view_messages(out);
+    }
+
+    fn send_view_messages(&mut self, out: Vec<(NodeId, ViewMessage)>) {
+        for (to, message) in out {
+            self.send(to, Message::View(message));
+        }
+    }
+
+    /// Acts on the views installed during this event: evicts what they evicted, and, if
+    /// a view no longer holds this membership, leaves (a leave waiting for it) or rejoins.
+    fn on_views_installed(&mut self, now: Time) {
+        for installed in self.views.take_installed() {
+            self.turn.on_installed();
+            self.stats.views_installed += 1;
+            let Installed {
+                before,
+                change,
+                decided_here,
+                ..
+            } = &installed;
+            if *decided_here {
+                self.stats.views_decided += 1;
+                self.stats.evictions_issued += change.evicted.len() as u64;
+            }
+            for eviction in &change.evicted {
+                self.map.evict_decided(eviction, now);
+            }
+            if change.next.epoch > before.epoch + 1 && before.epoch > 0 {
+                // epochs this node missed: evict the members they removed, as far as this
+                // map knows them (their eviction records bring the rest)
+                for (id, incarnation) in &before.members {
+                    let removed = !change.next.members.contains_key(id);
+                    let held = self.map.get(id).is_some_and(|e| {
+                        e.record.incarnation == *incarnation && e.record.state.counts()
+                    });
+                    if removed && held && *id != self.id {
+                        self.map.evict(id, now);
+                    }
+                }
+            }
+            let me = (&self.id, self.incarnation);
+            let evicted_me = change
+                .evicted
+                .iter()
+                .any(|e| e.id == *me.0 && e.incarnation == me.1);
+            let dropped_me = before.has(me.0, me.1) && !change.next.has(me.0, me.1);
+            if self.is_member() && (evicted_me || dropped_me) {
+                if self.leave_ready && !evicted_me {
+                    self.announce_left(now);
+                } else {
+                    self.lose_membership(now);
+                }
+            }
+            if self.config.journal_applied {
+                self.view_journal.push(installed);
+            }
+        }
     }
 
     // ---- handlers ------------------------------------------------------------------
@@ -1019,6 +1213,8 @@ impl<S: StateMachine> Replica<S> {
         self.handover.keep(retired, self.map.records());
         self.dissemination.reset_for_rejoin();
         self.incarnation += 1;
+        self.views.set_incarnation(self.incarnation);
+        self.leave_ready = false;
         self.sponsor.on_membership_lost();
         self.stats.rejoins += 1;
         self.phase = Phase::Joining(Joiner::new(sponsors, now));
@@ -1056,6 +1252,11 @@ impl<S: StateMachine> Replica<S> {
             let mine = self.digest(false);
             self.send(from.clone(), mine);
         }
+        if self.is_member() && digest.view_epoch < self.views.view().epoch {
+            // the peer missed a view change: send it the installed view
+            let current = ViewMessage::Decided(self.views.current_as_change());
+            self.send(from.clone(), Message::View(current));
+        }
     }
 
     fn on_join_request(&mut self, now: Time, from: &NodeId, request: &JoinRequest) {
@@ -1067,7 +1268,10 @@ impl<S: StateMachine> Replica<S> {
             accepting: matches!(self.phase, Phase::Member { leaving: None }),
             isolated: self.monitor.is_isolated(),
         };
-        let (response, outcome) = self.sponsor.answer(now, from, request, ctx);
+        let (mut response, outcome) = self.sponsor.answer(now, from, request, ctx);
+        if let JoinResponse::Granted(grant) = &mut response {
+            grant.view = self.views.view().clone();
+        }
         match outcome {
             SponsorOutcome::Granted => {
                 self.stats.joins_sponsored += 1;
@@ -1181,6 +1385,7 @@ impl<S: StateMachine> Replica<S> {
         let reports_made = self.awaited.reports_made();
         // what the sponsor's records say this node had applied of its own ops: ops of this
         // node up to there exist, and their seqs are taken
+        let view = grant.view.clone();
         let own_seen = grant
             .members
             .0
@@ -1212,6 +1417,11 @@ impl<S: StateMachine> Replica<S> {
                 self.map = map;
                 self.map.plant(self.config.planted);
                 self.phase = Phase::Member { leaving: None };
+                self.views.set_incarnation(self.incarnation);
+                self.views.install(crate::network_map::view::ViewChange {
+                    next: view,
+                    evicted: Vec::new(),
+                });
                 self.dissemination
                     .on_joined(now, &self.config.gossip, &mut self.rng);
                 self.monitor
@@ -1288,7 +1498,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn digest(&self, initiator: bool) -> Message<S> {
-        dissemination::digest(self.log.applied(), &self.map, initiator)
+        dissemination::digest(
+            self.log.applied(),
+            &self.map,
+            self.views.view().epoch,
+            initiator,
+        )
     }
 
     fn send(&mut self, to: NodeId, message: Message<S>) {
@@ -1298,6 +1513,7 @@ impl<S: StateMachine> Replica<S> {
     /// After every event: fold what became stable, announce a pending leave when it is
     /// time, then ask for the next wake-up.
     fn finish(&mut self, now: Time) {
+        self.on_views_installed(now);
         let evictions = self.map.take_evictions();
         let changes = self.map.take_changes();
         if self.config.journal_applied {
@@ -1326,7 +1542,22 @@ impl<S: StateMachine> Replica<S> {
                 self.dissemination.has_unpublished(),
                 join_protocol::has_unconfirmed_registrations(&self.map),
             );
+            let deadline = leave.deadline();
             match step {
+                // a voter leaves through a view without it; without one by the deadline it
+                // keeps its seat, and the leave fails
+                LeaveStep::Announce if self.views.is_voter() && now < deadline => {
+                    if !self.leave_ready {
+                        self.leave_ready = true;
+                        self.propose_view_change(now, &[]);
+                    }
+                }
+                LeaveStep::Announce if self.views.is_voter() => {
+                    self.fail_leave();
+                    if let Some(failure) = &mut self.leave_failure {
+                        failure.seat_not_given_up = true;
+                    }
+                }
                 LeaveStep::Announce => self.announce_left(now),
                 LeaveStep::GiveUp => self.fail_leave(),
                 LeaveStep::Wait => {}
@@ -1352,6 +1583,7 @@ impl<S: StateMachine> Replica<S> {
         };
         let failure = leave.failure(&self.id, self.map.snapshot_point());
         self.phase = Phase::Member { leaving: None };
+        self.leave_ready = false;
         self.stats.leaves_failed += 1;
         self.leave_failure = Some(failure);
     }
@@ -1403,6 +1635,7 @@ impl<S: StateMachine> Replica<S> {
                 self.dissemination
                     .next_deadline(&self.map, &self.config.gossip),
                 Some(self.monitor.next_check()),
+                self.views.deadline(),
                 leaving.as_ref().map(Leave::deadline),
             ]
             .into_iter()

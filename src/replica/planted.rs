@@ -36,10 +36,13 @@ pub enum PlantedBug {
     /// L1: no member is ever evicted: a crashed member holds the snapshot point back for
     /// good.
     NeverEvict,
+    /// I6: a view change is decided with one vote fewer than a majority of the view, so
+    /// both halves of an even split can each decide their own next view.
+    ShortQuorum,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 7] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::SkipCausalOrder,
         PlantedBug::NoAdmissionCheck,
         PlantedBug::CountsOneMemberTooFew,
@@ -47,6 +50,7 @@ impl PlantedBug {
         PlantedBug::SeqReusedAfterRejoin,
         PlantedBug::LeaveWithoutHandover,
         PlantedBug::NeverEvict,
+        PlantedBug::ShortQuorum,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl PlantedBug {
             PlantedBug::SeqReusedAfterRejoin => "seq-reused-after-rejoin",
             PlantedBug::LeaveWithoutHandover => "leave-without-handover",
             PlantedBug::NeverEvict => "never-evict",
+            PlantedBug::ShortQuorum => "short-quorum",
         }
     }
 }

@@ -1258,6 +1258,7 @@ fn a_digest_from_below_the_snapshot_point_is_answered_stale_without_ops() {
             applied,
             members: Vec::new(),
             initiator: false,
+            view_epoch: 1,
         })
     };
     let answers = |r: &mut Replica<LwwMap>| {

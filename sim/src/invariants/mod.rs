@@ -11,6 +11,7 @@ pub mod liveness;
 pub mod monotone;
 pub mod no_lost_writes;
 pub mod safety;
+pub mod single_history;
 
 /// Not an invariant: a run that exceeds its event or wall-clock budget fails under this name
 /// (a protocol that floods or loops must not hang a batch of seeds).

@@ -82,11 +82,12 @@ impl Net {
 
     fn note_installed(&mut self) {
         for (nid, node) in &mut self.nodes {
-            for change in node.take_installed() {
+            for installed in node.take_installed() {
+                let view = installed.change.next;
                 self.history
-                    .entry(change.next.epoch)
+                    .entry(view.epoch)
                     .or_default()
-                    .push((nid.clone(), change.next));
+                    .push((nid.clone(), view));
             }
         }
     }
@@ -229,12 +230,48 @@ fn a_decision_that_counts_one_vote_too_few_forks_the_history() {
 }
 
 #[test]
-fn a_new_incarnation_does_not_vote_for_the_old_one() {
+fn a_voter_back_with_a_new_incarnation_keeps_its_seat_and_its_promises() {
     let mut net = Net::new(3, 4, false);
-    // nodes 2 and 3 restarted: their new incarnations are not the view's members
+    // node 2 accepts a change, then restarts: its promise must stand
+    let first = without(&founders(3), &[3]);
+    net.propose(1, first.clone());
+    net.run(2_000, 0.0, Some(&[vec![1, 2]]));
+    assert_eq!(net.nodes[&id(2)].view(), &first.next);
     net.nodes.get_mut(&id(2)).unwrap().set_incarnation(2);
-    net.nodes.get_mut(&id(3)).unwrap().set_incarnation(2);
+    let second = without(&first.next, &[]);
+    let mut second = second;
+    second.next.members.insert(id(2), 2);
+    net.propose(1, second.clone());
+    net.run(2_000, 0.0, Some(&[vec![1, 2]]));
+    assert_eq!(
+        net.nodes[&id(2)].view(),
+        &second.next,
+        "its seat still votes"
+    );
+    assert_eq!(net.forked(), None);
+}
+
+#[test]
+fn a_restarted_voter_votes_again_only_once_a_later_view_names_it() {
+    let mut net = Net::new(3, 5, false);
+    for i in [2, 3] {
+        let node = net.nodes.get_mut(&id(i)).unwrap();
+        node.forget_votes();
+        node.set_incarnation(2);
+    }
     net.propose(1, without(&founders(3), &[]));
     net.run(2_000, 0.0, None);
     assert_eq!(net.epoch_of(1), 1, "one vote of three decided nothing");
+    // nodes 1 and 3 re-admit node 2's new incarnation: node 2 votes again
+    let mut net = Net::new(3, 6, false);
+    let node = net.nodes.get_mut(&id(2)).unwrap();
+    node.forget_votes();
+    node.set_incarnation(2);
+    assert!(!net.nodes[&id(2)].is_voter());
+    let mut readmit = without(&founders(3), &[]);
+    readmit.next.members.insert(id(2), 2);
+    net.propose(1, readmit.clone());
+    net.run(2_000, 0.0, None);
+    assert_eq!(net.nodes[&id(2)].view(), &readmit.next);
+    assert!(net.nodes[&id(2)].is_voter());
 }

@@ -1,0 +1,173 @@
+//! What view a member asks for: the change its network map and failure detector call for,
+//! and when it is this member's turn to propose it. The agreement itself
+//! ([`super::view::ViewAgreement`]) decides; this module only says what to put to it.
+//!
+//! Pure functions and a small timer; iteration in id order only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::view::{Eviction, View, ViewChange};
+use super::{MemberState, NetworkMap};
+use crate::node_id::NodeId;
+use crate::time::Time;
+
+/// What a proposer knows that shapes the next view.
+pub struct Observations<'a> {
+    pub map: &'a NetworkMap,
+    /// Members this node's failure detector wants evicted (suspected and silent past the
+    /// suspicion timeout). Empty while the node is isolated, or leaving.
+    pub overdue: &'a [NodeId],
+    /// This node is leaving and its ops are stable: it asks to be removed.
+    pub leaving: bool,
+    pub now: Time,
+    pub suspect_after: Duration,
+}
+
+/// The next view `view` should give way to, from what this node observes, or `None` when
+/// the installed view is what it would ask for.
+///
+/// - A member of a newer incarnation replaces its old one, once it has reported.
+/// - A member that left, or that the map already holds as evicted, is removed.
+/// - An overdue suspect is removed and evicted, with the registrations the map knows.
+/// - A member the map counts that the view lacks (a joiner that has reported and was
+///   heard from recently) is added; one that is overdue is evicted instead.
+pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
+    let me = &seen.map.own().record.id;
+    let mut next: BTreeMap<NodeId, u64> = BTreeMap::new();
+    let mut evicted = Vec::new();
+    for (id, incarnation) in &view.members {
+        if id == me {
+            if !seen.leaving {
+                next.insert(id.clone(), *incarnation);
+            }
+            continue;
+        }
+        let Some(entry) = seen.map.get(id) else {
+            next.insert(id.clone(), *incarnation);
+            continue;
+        };
+        let record = &entry.record;
+        if record.incarnation < *incarnation {
+            // this map is behind: keep what the view says
+            next.insert(id.clone(), *incarnation);
+        } else if record.incarnation > *incarnation {
+            if record.state.counts() && record.report_seq >= 1 {
+                next.insert(id.clone(), record.incarnation);
+            } else if record.state.counts() {
+                // registered, not reported yet: the old incarnation stays until then
+                next.insert(id.clone(), *incarnation);
+            }
+        } else {
+            match record.state {
+                MemberState::Left => {}
+                MemberState::Evicted => evicted.push(Eviction {
+                    id: id.clone(),
+                    incarnation: *incarnation,
+                    registrations: record.registrations,
+                }),
+                MemberState::Alive | MemberState::Suspect => {
+                    if seen.overdue.contains(id) {
+                        let known = seen.map.known_registrations(id, *incarnation);
+                        evicted.push(Eviction {
+                            id: id.clone(),
+                            incarnation: *incarnation,
+                            registrations: record.registrations.max(known),
+                        });
+                    } else {
+                        next.insert(id.clone(), *incarnation);
+                    }
+                }
+            }
+        }
+    }
+    for id in seen.overdue {
+        // a registered joiner that never reported, or went silent before the view admitted
+        // it: it holds the snapshot point back like a member, and is evicted like one
+        if view.members.contains_key(id) || id == me {
+            continue;
+        }
+        if let Some(entry) = seen.map.get(id) {
+            let record = &entry.record;
+            if record.state.counts() {
+                let known = seen.map.known_registrations(id, record.incarnation);
+                evicted.push(Eviction {
+                    id: id.clone(),
+                    incarnation: record.incarnation,
+                    registrations: record.registrations.max(known),
+                });
+            }
+        }
+    }
+    for (id, entry) in seen.map.iter() {
+        let record = &entry.record;
+        let joined = record.state == MemberState::Alive && record.report_seq >= 1;
+        let heard = seen.now.since(entry.last_heard) <= seen.suspect_after;
+        if id != me && joined && heard && !view.members.contains_key(id) {
+            next.insert(id.clone(), record.incarnation);
+        }
+    }
+    if next == view.members
+        && evicted
+            .iter()
+            .all(|e| !seen.map.get(&e.id).is_some_and(|m| m.record.state.counts()))
+    {
+        return None;
+    }
+    Some(ViewChange {
+        next: View {
+            epoch: view.epoch + 1,
+            members: next,
+        },
+        evicted,
+    })
+}
+
+/// When this member proposes: the voters it hears from take turns in id order, each
+/// `patience` after the one before, so that one proposer usually runs alone; a member
+/// asking for its own removal (a leave) goes at once.
+#[derive(Debug, Default, Clone)]
+pub struct ProposerTurn {
+    /// Since when this node has wanted a change it has not seen decided.
+    wanting_since: Option<Time>,
+}
+
+impl ProposerTurn {
+    /// Whether to propose now, given whether a change is wanted, this node's rank among
+    /// the voters it hears from (0 = lowest id), and whether the change is its own leave.
+    pub fn due(
+        &mut self,
+        now: Time,
+        wanted: bool,
+        rank: usize,
+        own_leave: bool,
+        patience: Duration,
+    ) -> bool {
+        if !wanted {
+            self.wanting_since = None;
+            return false;
+        }
+        let since = *self.wanting_since.get_or_insert(now);
+        own_leave || now.since(since) >= patience * rank as u32
+    }
+
+    /// A view was installed: whatever was wanted starts waiting again.
+    pub fn on_installed(&mut self) {
+        self.wanting_since = None;
+    }
+}
+
+/// This node's rank among the voters of `view` it has heard from within `suspect_after`
+/// (itself included), in id order.
+pub fn rank(view: &View, map: &NetworkMap, now: Time, suspect_after: Duration) -> usize {
+    let me = &map.own().record.id;
+    view.members
+        .keys()
+        .take_while(|id| *id != me)
+        .filter(|id| {
+            map.get(id).is_some_and(|e| {
+                e.record.state.counts() && now.since(e.last_heard) <= suspect_after
+            })
+        })
+        .count()
+}
