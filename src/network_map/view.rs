@@ -311,7 +311,7 @@ impl ViewAgreement {
         for id in voters {
             if id == self.me {
                 let me = self.me.clone();
-                self.on_message(Time::ZERO, &me, &message, out);
+                self.on_message(&me, &message, out);
             } else {
                 out.push((id, message.clone()));
             }
@@ -404,7 +404,6 @@ impl ViewAgreement {
     /// A message from `from`.
     pub fn on_message(
         &mut self,
-        now: Time,
         from: &NodeId,
         message: &ViewMessage,
         out: &mut Vec<(NodeId, ViewMessage)>,
@@ -434,7 +433,7 @@ impl ViewAgreement {
             ViewMessage::Accept { ballot, change, .. } => self.on_accept(from, ballot, change, out),
             ViewMessage::Promise {
                 ballot, accepted, ..
-            } => self.on_promise(now, from, ballot, accepted, out),
+            } => self.on_promise(from, ballot, accepted, out),
             ViewMessage::Accepted { ballot, .. } => self.on_accepted(from, ballot, out),
             ViewMessage::Outvoted { promised, .. } => self.on_outvoted(promised),
             ViewMessage::Decided(_) => {}
@@ -501,30 +500,32 @@ impl ViewAgreement {
     fn reply(&mut self, to: &NodeId, reply: ViewMessage, out: &mut Vec<(NodeId, ViewMessage)>) {
         if *to == self.me {
             let me = self.me.clone();
-            self.on_message(Time::ZERO, &me, &reply, out);
+            self.on_message(&me, &reply, out);
         } else {
             out.push((to.clone(), reply));
         }
     }
 
+    /// The proposal an answer under `ballot` is for, if `from` holds a seat (answers of
+    /// anyone else do not count towards a quorum).
+    fn answered(&mut self, from: &NodeId, ballot: &Ballot) -> Option<&mut Proposal> {
+        if !self.view.members.contains_key(from) {
+            return None;
+        }
+        self.proposal.as_mut().filter(|p| p.ballot == *ballot)
+    }
+
     fn on_promise(
         &mut self,
-        _now: Time,
         from: &NodeId,
         ballot: &Ballot,
         accepted: &Option<(Ballot, ViewChange)>,
         out: &mut Vec<(NodeId, ViewMessage)>,
     ) {
-        if !self.view.members.contains_key(from) {
-            return;
-        }
         let quorum = self.quorum();
-        let Some(p) = &mut self.proposal else {
+        let Some(p) = self.answered(from, ballot) else {
             return;
         };
-        if p.ballot != *ballot {
-            return;
-        }
         let ProposalPhase::Preparing { promises } = &mut p.phase else {
             return;
         };
@@ -557,16 +558,10 @@ impl ViewAgreement {
         ballot: &Ballot,
         out: &mut Vec<(NodeId, ViewMessage)>,
     ) {
-        if !self.view.members.contains_key(from) {
-            return;
-        }
         let quorum = self.quorum();
-        let Some(p) = &mut self.proposal else {
+        let Some(p) = self.answered(from, ballot) else {
             return;
         };
-        if p.ballot != *ballot {
-            return;
-        }
         let ProposalPhase::Accepting { change, accepted } = &mut p.phase else {
             return;
         };

@@ -816,7 +816,7 @@ impl<S: StateMachine> Replica<S> {
         if let Message::View(message) = message {
             // a seat votes whatever its node's phase (a rejoining node keeps its seat)
             let mut out = Vec::new();
-            self.views.on_message(now, from, message, &mut out);
+            self.views.on_message(from, message, &mut out);
             self.send_view_messages(out);
         }
         match (&self.phase, message) {

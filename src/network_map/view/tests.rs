@@ -126,7 +126,7 @@ impl Net {
             }
             let mut out = Vec::new();
             if let Some(node) = self.nodes.get_mut(&to) {
-                node.on_message(self.now, &from, &m, &mut out);
+                node.on_message(&from, &m, &mut out);
             }
             self.enqueue(to, out);
             self.note_installed();
