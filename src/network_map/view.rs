@@ -444,18 +444,24 @@ impl ViewAgreement {
         self.highest_round = self.highest_round.max(ballot.round);
     }
 
+    /// The refusal an acceptor owes `ballot` when it promised a higher one.
+    fn outvoted(&self, ballot: &Ballot) -> Option<ViewMessage> {
+        let promised = self.promised.as_ref().filter(|p| *p > ballot)?;
+        Some(ViewMessage::Outvoted {
+            epoch: self.view.epoch + 1,
+            promised: promised.clone(),
+        })
+    }
+
     fn on_prepare(&mut self, from: &NodeId, ballot: &Ballot, out: &mut Vec<(NodeId, ViewMessage)>) {
         self.note_round(ballot);
         if !self.is_voter() {
             return;
         }
         let epoch = self.view.epoch + 1;
-        let reply = match &self.promised {
-            Some(p) if p > ballot => ViewMessage::Outvoted {
-                epoch,
-                promised: p.clone(),
-            },
-            _ => {
+        let reply = match self.outvoted(ballot) {
+            Some(refusal) => refusal,
+            None => {
                 self.promised = Some(ballot.clone());
                 ViewMessage::Promise {
                     epoch,
@@ -479,12 +485,9 @@ impl ViewAgreement {
             return;
         }
         let epoch = self.view.epoch + 1;
-        let reply = match &self.promised {
-            Some(p) if p > ballot => ViewMessage::Outvoted {
-                epoch,
-                promised: p.clone(),
-            },
-            _ => {
+        let reply = match self.outvoted(ballot) {
+            Some(refusal) => refusal,
+            None => {
                 self.promised = Some(ballot.clone());
                 self.accepted = Some((ballot.clone(), change.clone()));
                 ViewMessage::Accepted {
