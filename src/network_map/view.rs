@@ -13,13 +13,12 @@
 //! A proposer that learns of an accepted value proposes that value, as Paxos requires, and
 //! proposes its own change for the following epoch once that one is decided.
 //!
-//! A seat in the view belongs to a node id. A node that rejoins with a new incarnation
-//! while it runs keeps its seat and its promises. A node that restarts has forgotten its
-//! promises (acceptor state is not stored), so it does not vote again until a view
-//! decided after its restart names its new incarnation ([`ViewAgreement::forget_votes`]):
-//! every epoch it may have voted on before is then decided, and it votes only on later
-//! ones. A node that lost its disk comes back under a new id, without a seat; the view
-//! evicts its old id like any silent member.
+//! A seat in the view belongs to a node id, and a node keeps its seat across rejoins and
+//! restarts because it keeps its acceptor state ([`Votes`]): the driver stores it, in one
+//! synced transaction, whenever [`ViewAgreement::vote_generation`] moves and before any
+//! message of that event leaves, and a restarted node resumes with it. A node that lost its
+//! disk comes back under a new id, without a seat; the view evicts its old id like any
+//! silent member.
 //!
 //! Pure state machine: no I/O, time passed in, iteration in key order only.
 
@@ -122,6 +121,15 @@ impl ViewMessage {
     }
 }
 
+/// What an acceptor must not forget across a restart: the view it installed, the highest
+/// ballot it promised, and the value it accepted for the next epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Votes {
+    pub view: View,
+    pub promised: Option<Ballot>,
+    pub accepted: Option<(Ballot, ViewChange)>,
+}
+
 /// A proposal this node is driving.
 #[derive(Clone, Debug)]
 struct Proposal {
@@ -173,8 +181,8 @@ pub struct ViewAgreement {
     installed: Vec<Installed>,
     /// Planted bug of the simulator's oracle tests: a decision counts one vote too few.
     short_quorum: bool,
-    /// Restarted without its promises: no vote until a view names this incarnation.
-    forgot_votes: bool,
+    /// Raised whenever the acceptor state ([`Votes`]) changes.
+    generation: u64,
 }
 
 impl ViewAgreement {
@@ -191,17 +199,32 @@ impl ViewAgreement {
             highest_round: 0,
             installed: Vec::new(),
             short_quorum: false,
-            forgot_votes: false,
+            generation: 0,
         }
     }
 
-    /// This node restarted and lost its acceptor state: it gives up voting until a view
-    /// decided after the restart names its (new) incarnation.
-    pub fn forget_votes(&mut self) {
-        self.forgot_votes = true;
-        self.promised = None;
-        self.accepted = None;
-        self.proposal = None;
+    /// `me` at `incarnation`, resuming with the acceptor state it stored.
+    pub fn resume(me: NodeId, incarnation: u64, votes: Votes) -> Self {
+        let mut agreement = Self::new(me, incarnation, votes.view);
+        agreement.promised = votes.promised;
+        agreement.accepted = votes.accepted;
+        agreement
+    }
+
+    /// The acceptor state to store (see [`ViewAgreement::vote_generation`]).
+    pub fn votes(&self) -> Votes {
+        Votes {
+            view: self.view.clone(),
+            promised: self.promised.clone(),
+            accepted: self.accepted.clone(),
+        }
+    }
+
+    /// Raised whenever [`ViewAgreement::votes`] changes: a driver stores the votes, synced,
+    /// before it sends anything an event produced once this moved, because a promise or an
+    /// acceptance forgotten in a crash could let two views be decided for one epoch.
+    pub fn vote_generation(&self) -> u64 {
+        self.generation
     }
 
     /// Plants the bug where a decision needs one vote fewer than a majority.
@@ -226,9 +249,9 @@ impl ViewAgreement {
         }
     }
 
-    /// Whether this node holds a seat in the installed view and may vote with it.
+    /// Whether this node holds a seat in the installed view.
     pub fn is_voter(&self) -> bool {
-        !self.forgot_votes && self.view.members.contains_key(&self.me)
+        self.view.members.contains_key(&self.me)
     }
 
     /// Whether a proposal of this node is under way.
@@ -354,10 +377,7 @@ impl ViewAgreement {
         if change.next.epoch <= self.view.epoch {
             return false;
         }
-        if self.forgot_votes && change.next.has(&self.me, self.incarnation) {
-            // decided after the restart (this incarnation did not exist before it)
-            self.forgot_votes = false;
-        }
+        self.generation += 1;
         let before = std::mem::replace(&mut self.view, change.next.clone());
         self.last_change = Some(change.clone());
         self.promised = None;
@@ -463,6 +483,7 @@ impl ViewAgreement {
             Some(refusal) => refusal,
             None => {
                 self.promised = Some(ballot.clone());
+                self.generation += 1;
                 ViewMessage::Promise {
                     epoch,
                     ballot: ballot.clone(),
@@ -490,6 +511,7 @@ impl ViewAgreement {
             None => {
                 self.promised = Some(ballot.clone());
                 self.accepted = Some((ballot.clone(), change.clone()));
+                self.generation += 1;
                 ViewMessage::Accepted {
                     epoch,
                     ballot: ballot.clone(),

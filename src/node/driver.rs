@@ -386,6 +386,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         stored_generation: None,
         staged_generation: None,
         last_checkpoint: None,
+        stored_votes: None,
         dial_backoff: BTreeMap::new(),
         last_sp: None,
         stop_now: false,
@@ -748,6 +749,8 @@ struct Driver {
     join_log: Option<JoinLog>,
     stored: StoredMark,
     last_checkpoint: Option<Instant>,
+    /// The vote generation (`Replica::vote_generation`) last stored.
+    stored_votes: Option<u64>,
     /// Members not connected: when to dial next, and the current backoff.
     dial_backoff: BTreeMap<PeerId, (Instant, Duration)>,
     last_sp: Option<VersionVector>,
@@ -1590,13 +1593,17 @@ impl Driver {
         } else {
             StateWrite::Whole
         };
+        // promises on views are stored before any answer leaves (`Replica::vote_generation`)
+        let vote_generation = self.replica.vote_generation();
+        let votes = (self.stored_votes != Some(vote_generation)).then(|| self.replica.votes());
         let mut batch = Batch {
             ops,
             checkpoint: None,
             state,
             // own new ops are acknowledged (and published) only once they are on disk
-            durable: identity_changed || !self.acks.is_empty(),
+            durable: identity_changed || !self.acks.is_empty() || votes.is_some(),
             own_seq: Some(self.replica.own_seq()),
+            votes,
         };
         if identity_changed || (progressed && due) {
             if identity_changed {
@@ -1609,6 +1616,7 @@ impl Driver {
             return Ok(());
         }
         let wrote_checkpoint = batch.checkpoint.is_some();
+        let wrote_votes = batch.votes.is_some();
         let written = match self.storage.write(&batch) {
             Ok(written) => written,
             Err(e) => {
@@ -1619,6 +1627,9 @@ impl Driver {
             }
         };
         drop(batch);
+        if wrote_votes {
+            self.stored_votes = Some(vote_generation);
+        }
         if wrote_checkpoint {
             if written.whole {
                 debug!(entries = written.entries, "stored the whole stable state");

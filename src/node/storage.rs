@@ -5,6 +5,7 @@
 //! | `meta` | `"node_key"` | the libp2p keypair (protobuf encoding) |
 //! | `meta` | `"checkpoint_header"` | [`Checkpoint`] without its state: incarnation, phase, stable cut, Lamport time, network map, own-op counter |
 //! | `meta` | `"own_seq"` | the highest seq this node gave one of its ops (u64), written in the transaction that stores the op |
+//! | `meta` | `"votes"` | this node's acceptor state in the agreement on views ([`Votes`]), written, synced, whenever it changes and before the node answers |
 //! | `state` | key (UTF-8) | the stable state's [`LwwEntry`] for that key, at the header's stable cut |
 //! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the header's stable cut, or one of this node's own ops from the header's `own_kept_from` on (its journal) |
 //! | `staged` | key (UTF-8) | a transferred state being written while it is fetched |
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tracing::warn;
 
+use crate::network_map::view::Votes;
 use crate::ops_log::{LwwEntry, LwwMap, LwwOp, Op};
 use crate::replica::Checkpoint;
 use crate::snapshot::ChunkedState;
@@ -44,6 +46,7 @@ const NODE_KEY: &str = "node_key";
 const HEADER: &str = "checkpoint_header";
 const STAGED_CUT: &str = "staged_cut";
 const OWN_SEQ: &str = "own_seq";
+const VOTES: &str = "votes";
 /// Where versions before the incremental state kept the whole checkpoint, state included;
 /// migrated when the database is opened.
 const LEGACY_CHECKPOINT: &str = "checkpoint";
@@ -119,11 +122,13 @@ pub struct Batch<'a> {
     /// This node's own-op counter ([`Checkpoint::own_seq`]), stored in the same
     /// transaction as the batch's ops, so that no seq it acknowledged is ever given again.
     pub own_seq: Option<u64>,
+    /// This node's acceptor state, when it changed: the batch is then durable.
+    pub votes: Option<Votes>,
 }
 
 impl Batch<'_> {
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.checkpoint.is_none()
+        self.ops.is_empty() && self.checkpoint.is_none() && self.votes.is_none()
     }
 }
 
@@ -198,7 +203,8 @@ impl Storage {
 
     /// Replaces the node key with `key`, a new identity for a data dir restored from a
     /// backup, and forgets the own-op counter (`own_seq`), which counted the old identity's
-    /// ops: the new one starts at seq 1. One transaction; the stored checkpoint and ops are
+    /// ops: the new one starts at seq 1, and the old identity's votes (the new one has no
+    /// seat). One transaction; the stored checkpoint and ops are
     /// left as they are (the old identity's, until the first checkpoint of the new one).
     pub fn replace_node_key(&self, key: &[u8]) -> Result<(), StorageError> {
         let txn = self.db.begin_write()?;
@@ -206,6 +212,7 @@ impl Storage {
             let mut meta = txn.open_table(META)?;
             meta.insert(NODE_KEY, key)?;
             meta.remove(OWN_SEQ)?;
+            meta.remove(VOTES)?;
         }
         txn.commit()?;
         Ok(())
@@ -225,6 +232,11 @@ impl Storage {
                 let mut header: Checkpoint<()> =
                     ciborium::from_reader(v.value()).map_err(corrupt("checkpoint"))?;
                 header.own_seq = header.own_seq.max(own_seq.unwrap_or(0));
+                // the votes stored on their own are the newest
+                if let Some(v) = meta.get(VOTES)? {
+                    header.votes =
+                        Some(ciborium::from_reader(v.value()).map_err(corrupt("votes"))?);
+                }
                 let mut state = LwwMap::default();
                 for row in txn.open_table(STATE)?.iter()? {
                     let (key, value) = row?;
@@ -275,6 +287,10 @@ impl Storage {
             for op in &batch.ops {
                 to_cbor(op.as_ref(), &mut buf);
                 ops.insert(op_key(&op.origin, op.seq).as_slice(), buf.as_slice())?;
+            }
+            if let Some(votes) = &batch.votes {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(VOTES, to_vec(votes).as_slice())?;
             }
             if let Some(own_seq) = batch.own_seq {
                 let mut meta = txn.open_table(META)?;
@@ -482,6 +498,7 @@ fn header_of<T>(checkpoint: &Checkpoint<T>) -> Checkpoint<()> {
         records: checkpoint.records.clone(),
         own_seq: checkpoint.own_seq,
         own_kept_from: checkpoint.own_kept_from,
+        votes: checkpoint.votes.clone(),
     }
 }
 
@@ -496,6 +513,7 @@ fn with_state<S>(header: Checkpoint<()>, state: S) -> Checkpoint<S> {
         records: header.records,
         own_seq: header.own_seq,
         own_kept_from: header.own_kept_from,
+        votes: header.votes,
     }
 }
 
@@ -585,6 +603,7 @@ mod tests {
                     state: StateWrite::Fold,
                     durable: true,
                     own_seq: None,
+                    votes: None,
                 })
                 .unwrap();
             assert_eq!(storage.stored_ops().unwrap(), 3);
@@ -602,6 +621,7 @@ mod tests {
                 state: StateWrite::Fold,
                 durable: false,
                 own_seq: None,
+                votes: None,
             }
         }
         storage.write(&checkpoint_at(&node)).unwrap();
@@ -632,6 +652,7 @@ mod tests {
             state: StateWrite::Fold,
             durable: true,
             own_seq: Some(node.own_seq()),
+            votes: None,
         };
         storage.write(&checkpoint).unwrap();
         for k in 0..4 {
@@ -647,6 +668,7 @@ mod tests {
                 state: StateWrite::Fold,
                 durable: true,
                 own_seq,
+                votes: None,
             })
             .unwrap();
         // a later batch carrying a lower counter (never sent, but checked) changes nothing
@@ -657,11 +679,64 @@ mod tests {
                 state: StateWrite::Whole,
                 durable: true,
                 own_seq: Some(1),
+                votes: None,
             })
             .unwrap();
         drop(storage);
         let loaded = Storage::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(loaded.checkpoint.unwrap().own_seq, 4);
+    }
+
+    #[test]
+    fn votes_stored_on_their_own_are_newer_than_the_checkpoints_and_a_new_key_forgets_them() {
+        use crate::network_map::view::{Ballot, Votes};
+        let dir = tempfile::tempdir().unwrap();
+        let node = founder();
+        let storage = Storage::open(dir.path()).unwrap();
+        storage
+            .write(&Batch {
+                ops: Vec::new(),
+                checkpoint: Some(node.checkpoint()),
+                state: StateWrite::Whole,
+                durable: true,
+                own_seq: None,
+                votes: None,
+            })
+            .unwrap();
+        let promised = Votes {
+            promised: Some(Ballot {
+                round: 7,
+                proposer: node.id().clone(),
+            }),
+            ..node.votes()
+        };
+        storage
+            .write(&Batch {
+                ops: Vec::new(),
+                checkpoint: None,
+                state: StateWrite::Fold,
+                durable: true,
+                own_seq: None,
+                votes: Some(promised.clone()),
+            })
+            .unwrap();
+        drop(storage);
+        let storage = Storage::open(dir.path()).unwrap();
+        let loaded = storage.load().unwrap().checkpoint.unwrap();
+        assert_eq!(
+            loaded.votes,
+            Some(promised),
+            "the promise survives a restart"
+        );
+        // a restored backup under a new identity drops them (it joins without a seat;
+        // `Replica::resume_from_backup` ignores what the old identity's header holds)
+        storage.replace_node_key(b"another key").unwrap();
+        let loaded = storage.load().unwrap().checkpoint.unwrap();
+        assert_eq!(
+            loaded.votes,
+            Some(node.votes()),
+            "the header's, not the promise"
+        );
     }
 
     #[test]
@@ -717,6 +792,7 @@ mod tests {
                 state,
                 durable: false,
                 own_seq: None,
+                votes: None,
             })
             .unwrap()
     }
@@ -797,6 +873,7 @@ mod tests {
                 state: StateWrite::Fold,
                 durable: false,
                 own_seq: None,
+                votes: None,
             })
             .unwrap();
         assert_eq!(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Phase, Replica, ReplicaConfig};
 use crate::join_protocol::Joiner;
-use crate::network_map::view::View;
+use crate::network_map::view::{View, ViewAgreement, Votes};
 use crate::network_map::{MemberRecord, MemberState, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, OpsLog, OwnOps, StateMachine};
@@ -50,6 +50,12 @@ pub struct Checkpoint<T> {
     /// journal); ops of other origins are kept above the stable cut only.
     #[serde(default)]
     pub own_kept_from: u64,
+    /// This node's acceptor state in the agreement on views: it keeps its seat's promises
+    /// across a restart. Storage keeps the newest apart from the header (it is written
+    /// whenever it changes, before the node answers); absent in a data dir of a node that
+    /// never voted.
+    #[serde(default)]
+    pub votes: Option<Votes>,
 }
 
 /// What a data dir holds: the checkpoint, and the ops stored beside it (see
@@ -85,6 +91,7 @@ impl<S: StateMachine> Replica<S> {
             records: self.map.records(),
             own_seq: self.own.highest(),
             own_kept_from: self.own.kept_from(),
+            votes: Some(self.views.votes()),
         }
     }
 
@@ -104,6 +111,7 @@ impl<S: StateMachine> Replica<S> {
             records: c.records,
             own_seq: c.own_seq,
             own_kept_from: c.own_kept_from,
+            votes: c.votes,
         };
         let mut ops = self.log.unstable_ops();
         let cut = self.log.stable_cut().get(&self.id);
@@ -244,6 +252,12 @@ impl<S: StateMachine> Replica<S> {
             seed,
             now,
         );
+        if let Some(votes) = checkpoint.votes {
+            replica.views = ViewAgreement::resume(replica.id.clone(), replica.incarnation, votes);
+            replica
+                .views
+                .plant_short_quorum(replica.config.planted == Some(super::PlantedBug::ShortQuorum));
+        }
         if rejoin && replica.map.counted_peers().is_empty() {
             // the only member: nobody can have moved on without it
             let applied = replica.log.applied().clone();
@@ -251,8 +265,11 @@ impl<S: StateMachine> Replica<S> {
                 .map
                 .report_own(applied, now, |own| own.state = MemberState::Alive);
             replica.dissemination.own_record_changed();
+            // its view is itself alone (what it stored could still name members it has
+            // since evicted): the next epoch, so that no stored promise is contradicted
             let members = [(replica.id.clone(), replica.incarnation)].into();
-            replica.found_view(View { epoch: 1, members });
+            let epoch = replica.views.view().epoch + 1;
+            replica.found_view(View { epoch, members });
             replica.finish(now);
             return Ok(replica);
         }
@@ -265,8 +282,6 @@ impl<S: StateMachine> Replica<S> {
     /// joining asks its bootstrap peer again; one that had left stays gone.
     pub fn restart(mut self, now: Time) -> Self {
         self.outbox.clear();
-        // its promises on views were volatile
-        self.views.forget_votes();
         self.wake_announced = None;
         self.dissemination.restart(now);
         self.awaited.clear();

@@ -1,6 +1,6 @@
 //! A replica: the sans-IO composer of the protocol's state machines — the ops log and the
-//! own-op journal (`ops_log`), the network map and failure detection (`network_map`,
-//! `Monitor`), the joiner and sponsor sides of the handshake (`join_protocol`: `Joiner`,
+//! own-op journal (`ops_log`), the network map, failure detection and the agreed
+//! membership views (`network_map`: `Monitor`, `ViewAgreement`, `view_policy`), the joiner and sponsor sides of the handshake (`join_protocol`: `Joiner`,
 //! `AwaitedGrant`, `Sponsor`), dissemination (`gossip::Dissemination`), and, here, a
 //! graceful leave (`Leave`), what a rejoin carries over (`Handover`) and durability
 //! (`durability.rs`). Each owns its fields; the replica routes every event to them in a
@@ -13,8 +13,11 @@
 //! schedule the next wake-up (a new `ScheduleWake` replaces the previous one; at that time
 //! call `handle_timeout`). Outcomes leave as events: [`Replica::drain_applied_ops`],
 //! [`Replica::drain_member_changes`], [`Replica::drain_rejected_ops`],
-//! [`Replica::drain_evictions`], [`Replica::take_leave_failure`]. The replica reads no clock
-//! and does no I/O; its randomness comes from a seed.
+//! [`Replica::drain_evictions`], [`Replica::drain_installed_views`],
+//! [`Replica::take_leave_failure`]. Its acceptor state on views ([`Replica::votes`]) must
+//! be stored before the actions of the event that changed it are carried out
+//! ([`Replica::vote_generation`]). The replica reads no clock and does no I/O; its
+//! randomness comes from a seed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -425,6 +428,19 @@ impl<S: StateMachine> Replica<S> {
     /// The agreed view this node has installed.
     pub fn view(&self) -> &View {
         self.views.view()
+    }
+
+    /// This node's acceptor state in the agreement on views, to store (see
+    /// [`Replica::vote_generation`]).
+    pub fn votes(&self) -> crate::network_map::view::Votes {
+        self.views.votes()
+    }
+
+    /// Moves whenever [`Replica::votes`] changes. A driver stores the votes, synced, before
+    /// it carries out the actions of the event that moved it: a promise forgotten in a
+    /// crash could let two views be decided for one epoch.
+    pub fn vote_generation(&self) -> u64 {
+        self.views.vote_generation()
     }
 
     /// Whether this node hears from a quorum of its view's seats (itself included, if it

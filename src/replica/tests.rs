@@ -1395,3 +1395,25 @@ fn forcing_a_new_view_spares_the_members_that_are_heard() {
     assert_eq!(evicted[0].0, id(2));
     assert!(net.nodes[0].network_map().is_counted(&id(1)));
 }
+
+#[test]
+fn a_voter_resumed_from_its_data_dir_keeps_its_view_and_its_promises() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(3);
+    net.run_for(Duration::from_millis(300));
+    net.crashed[2] = true;
+    net.run_for(2 * eviction_bound());
+    let before = net.nodes[1].votes();
+    assert_eq!(before.view.epoch, 2, "a view without the crashed member");
+    assert!(net.nodes[1].vote_generation() > 0, "node 1 voted for it");
+    let (checkpoint, ops) = net.nodes[1].durable_image();
+    assert_eq!(checkpoint.votes.as_ref(), Some(&before));
+    let resumed = Replica::resume(checkpoint, ops, ReplicaConfig::default(), 9, net.now).unwrap();
+    // its installed view and whatever it promised for the next epoch (the agreement's own
+    // tests show why a forgotten promise could fork the history)
+    assert_eq!(
+        resumed.votes(),
+        before,
+        "the seat's votes survive the restart"
+    );
+    assert_eq!(resumed.view(), &before.view);
+}
