@@ -47,7 +47,9 @@ pub struct Args {
     pub rate: Option<f64>,
     /// Faults in a safety phase, after which faults stop and L1 must hold within the
     /// liveness bound: `none`, `all` (swarm testing: every fault parameter, network ones
-    /// included, drawn from the seed), or a comma list of `crash`, `restart`, `lost-disk`,
+    /// included, drawn from the seed), `partitions` (sequences of partitions and heals,
+    /// one-way ones included, with network faults drawn from the seed; no crash or churn),
+    /// or a comma list of `crash`, `restart`, `lost-disk`,
     /// `old-backup` (restarts from an old backup of the data dir), `partition`, `one-way`,
     /// `churn`, `writers-leave` (churn's graceful leaves pick writers too).
     #[arg(long, default_value = "none", value_parser = parse_faults)]
@@ -141,6 +143,7 @@ fn parse_range(text: &str) -> Result<(u64, u64), String> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FaultKinds {
     all: bool,
+    partitions: bool,
     crash: bool,
     restart: bool,
     lost_disk: bool,
@@ -163,6 +166,7 @@ fn parse_faults(text: &str) -> Result<FaultKinds, String> {
         match word {
             "none" => {}
             "all" => kinds.all = true,
+            "partitions" => kinds.partitions = true,
             "crash" => kinds.crash = true,
             "restart" => kinds.restart = true,
             "lost-disk" => kinds.lost_disk = true,
@@ -173,7 +177,7 @@ fn parse_faults(text: &str) -> Result<FaultKinds, String> {
             "writers-leave" => kinds.writers_leave = true,
             other => {
                 return Err(format!(
-                    "unknown fault {other:?}; expected none, all, or a list of crash, restart, lost-disk, old-backup, partition, one-way, churn, writers-leave"
+                    "unknown fault {other:?}; expected none, all, partitions, or a list of crash, restart, lost-disk, old-backup, partition, one-way, churn, writers-leave"
                 ))
             }
         }
@@ -206,6 +210,8 @@ impl Args {
         let phase = Duration::from_secs_f64(self.safety_phase_s.max(0.0));
         let mut faults = if k.all {
             FaultConfig::from_seed(seed, phase)
+        } else if k.partitions {
+            FaultConfig::partitions_from_seed(seed, phase)
         } else if k.any() {
             let crash = k.crash || k.restart || k.lost_disk || k.old_backup;
             let partition = k.partition || k.one_way;
@@ -247,7 +253,7 @@ impl Args {
         let mut net = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0e7_fa17);
         let mut draw = |given: Option<f64>, hi: f64| {
             given.unwrap_or_else(|| {
-                if k.all {
+                if k.all || k.partitions {
                     net.random_range(0.0..hi)
                 } else {
                     0.0

@@ -148,6 +148,29 @@ impl FaultConfig {
             writers_leave,
         }
     }
+
+    /// `--faults partitions`: sequences of partitions and heals, and nothing else — no
+    /// crash, no churn. From the seed: how often (0.2 to 1 per second, one at a time), how
+    /// long (from a range starting between 0.2 and 5 s, up to 15 s wide) and how many are
+    /// one-way (up to 60%).
+    pub fn partitions_from_seed(seed: u64, safety_phase: Duration) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x9a47_1710);
+        let start = Duration::from_secs_f64(rng.random_range(0.2..5.0));
+        let partition_length = (
+            start,
+            start + Duration::from_secs_f64(rng.random_range(0.1..15.0)),
+        );
+        FaultConfig {
+            safety_phase,
+            partition_rate: rng.random_range(0.2..1.0),
+            one_way: rng.random_range(0.0..0.6),
+            partition_length,
+            backup_interval: Duration::from_secs(3),
+            downtime: (Duration::from_secs(1), Duration::from_secs(10)),
+            ..FaultConfig::default()
+        }
+    }
 }
 
 impl SimConfig {

@@ -259,3 +259,33 @@ fn an_unknown_fault_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown fault"), "{err}");
 }
+
+#[test]
+fn the_partitions_mode_runs_sequences_of_partitions_and_nothing_else() {
+    let out = sim(&[
+        "--faults",
+        "partitions",
+        "--nodes",
+        "6",
+        "--ops",
+        "200",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let faults = &report["faults"];
+    assert!(
+        faults["partitions"].as_u64().unwrap() >= 3,
+        "a sequence of partitions: {faults}"
+    );
+    for none in ["crashes", "joins", "leaves"] {
+        assert_eq!(faults[none], 0, "no {none}: {faults}");
+    }
+    assert!(faults["views_decided"].as_u64().unwrap() >= 1, "{faults}");
+}
