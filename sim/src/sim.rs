@@ -1465,6 +1465,9 @@ impl Sim {
         }
         self.drop_member(n);
         self.faults.crashes += 1;
+        if self.trace {
+            eprintln!("{:.3} s: node {n} crashes", self.ms() / 1e3);
+        }
         if self.rng.random_bool(faults.restart) {
             let lost_disk = self.rng.random_bool(faults.lost_disk);
             self.pending_restarts.insert(n, lost_disk);
@@ -1543,6 +1546,13 @@ impl Sim {
             node.crashed = false;
             node.seen = SeenCache::default();
             self.faults.restarts += 1;
+        }
+        if self.trace {
+            eprintln!(
+                "{:.3} s: node {n} restarts as {:?}",
+                self.ms() / 1e3,
+                self.ids[n]
+            );
         }
         self.observe(n);
         self.dispatch(n);
