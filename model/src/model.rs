@@ -25,13 +25,14 @@
 //! the first violation seen. Histories are not part of it: two states whose replicas are
 //! identical are the same state however they were reached.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use stateright::{Model, Property};
+use tidemark::network_map::view::View;
 use tidemark::ops_log::{LwwOp, Op};
 use tidemark::replica::ReplicaConfig;
 use tidemark::{NodeId, Time, VersionVector};
@@ -120,6 +121,8 @@ pub struct ModelState {
     pub lost: bool,
     /// The joiner's registration cut (meet of every registration of it a sponsor made).
     pub join_cut: Option<VersionVector>,
+    /// Every view any node installed on this path, by epoch (I6).
+    pub views: BTreeMap<u64, View>,
     pub violation: Option<Violation>,
 }
 
@@ -145,6 +148,7 @@ impl Hash for ModelState {
         self.faults_left.hash(state);
         self.lost.hash(state);
         self.join_cut.hash(state);
+        self.views.hash(state);
         self.violation.hash(state);
     }
 }
@@ -347,6 +351,20 @@ impl TidemarkModel {
         ) {
             state.violation.get_or_insert(v);
         }
+        for view in &outcome.installed {
+            match state.views.get(&view.epoch) {
+                Some(first) if first != view => {
+                    state.violation.get_or_insert(Violation {
+                        property: properties::I6,
+                        detail: format!("n{i} installed {view:?}, another node {first:?}"),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    state.views.insert(view.epoch, view.clone());
+                }
+            }
+        }
         if let Some(cut) = &obs.registered {
             state.join_cut = Some(match &state.join_cut {
                 Some(c) => c.meet(cut),
@@ -489,6 +507,7 @@ impl Model for TidemarkModel {
             faults_left: self.scope.membership_faults,
             lost: false,
             join_cut: None,
+            views: BTreeMap::new(),
             violation: None,
         };
         for i in 0..self.scope.founders {

@@ -28,6 +28,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use tidemark::gossip::Message;
+use tidemark::network_map::view::View;
 use tidemark::ops_log::{Digest, LwwMap, LwwOp, Op};
 use tidemark::replica::{Action, Replica, ReplicaConfig};
 use tidemark::{NodeId, Time, VersionVector};
@@ -195,6 +196,7 @@ fn drain(replica: &mut Replica<LwwMap>) {
     replica.drain_applied_ops();
     replica.drain_member_changes();
     replica.drain_rejected_ops();
+    replica.drain_installed_views();
 }
 
 /// Feeds one input to the replica. Writes and leaves are only offered when the replica
@@ -243,6 +245,8 @@ pub struct Outcome {
     pub outputs: Vec<Output>,
     /// The ops the replica reported applying (`drain_applied_ops`).
     pub applied: Vec<Arc<Op<LwwOp>>>,
+    /// The views it installed (`drain_installed_views`).
+    pub installed: Vec<View>,
 }
 
 impl Outcome {
@@ -276,6 +280,11 @@ impl Outcome {
             })
             .collect();
         let applied = replica.drain_applied_ops();
+        let installed = replica
+            .drain_installed_views()
+            .into_iter()
+            .map(|i| i.change.next)
+            .collect();
         // a journal for observers, not state: kept empty so it never splits states
         replica.drain_member_changes();
         replica.drain_rejected_ops();
@@ -284,6 +293,7 @@ impl Outcome {
             obs,
             outputs,
             applied,
+            installed,
         }
     }
 }
@@ -298,6 +308,8 @@ pub struct Observation {
     pub member: bool,
     pub leaving: bool,
     pub left: bool,
+    /// The view the replica has installed.
+    pub view: View,
     /// The cut at which this node registered `watched` (the joiner), while that registration
     /// is this node's record of it (the joiner has not reported by itself yet).
     pub registered: Option<VersionVector>,
@@ -335,6 +347,7 @@ impl Observation {
             member: replica.is_member(),
             leaving: replica.is_leaving(),
             left: replica.has_left(),
+            view: replica.view().clone(),
             registered,
             fingerprint,
             rng_index,

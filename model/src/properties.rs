@@ -4,8 +4,9 @@
 //! `sometimes` sanity properties so that a pass cannot be vacuous.
 //!
 //! "Members in good standing" are the nodes whose replica `is_member()` (joined, not yet
-//! announced `Left`; a leaving node still counts) — crashed nodes included, since nothing
-//! evicts them. The joiner counts in I3 from the moment a sponsor registered it, at its
+//! announced `Left`; a leaving node still counts) — crashed nodes included, until a view
+//! decided on the path no longer seats them (their eviction). I6: no two views installed on
+//! a path share an epoch (checked on transitions, see `model.rs`). The joiner counts in I3 from the moment a sponsor registered it, at its
 //! registration cut (the state the sponsor hands it), until it is a member, then at its own
 //! applied vector.
 //!
@@ -30,6 +31,8 @@ pub const JOINED: &str = "sometimes: the joiner becomes a member";
 pub const SP_MOVES: &str = "sometimes: a snapshot point becomes non-empty";
 pub const LEFT: &str = "sometimes: a founder announces Left";
 pub const LOSS_HEALED: &str = "sometimes: every write is stable everywhere after a loss";
+pub const I6: &str = "I6 one view per epoch";
+pub const VIEW_CHANGED: &str = "sometimes: a view without the crashed member is decided";
 
 /// Every property of the scope (the sanity ones only where the scope allows them).
 pub fn all(scope: &Scope) -> Vec<Property<TidemarkModel>> {
@@ -39,6 +42,7 @@ pub fn all(scope: &Scope) -> Vec<Property<TidemarkModel>> {
         Property::always(I3, i3),
         Property::always(I4, i4),
         Property::always(I4_FOLDED, i4_folded),
+        Property::always(I6, |_, s| !violated(s, I6)),
         Property::sometimes(SP_MOVES, sp_moves),
         Property::sometimes(L1_REACHED, all_stable),
     ];
@@ -52,6 +56,9 @@ pub fn all(scope: &Scope) -> Vec<Property<TidemarkModel>> {
         properties.push(Property::sometimes(LEFT, |_, s: &ModelState| {
             s.nodes.iter().any(|n| n.left())
         }));
+    }
+    if scope.expect_view_change {
+        properties.push(Property::sometimes(VIEW_CHANGED, view_changed));
     }
     if scope.losses > 0 {
         properties.push(Property::sometimes(LOSS_HEALED, |m, s: &ModelState| {
@@ -80,10 +87,18 @@ fn i2(_: &TidemarkModel, state: &ModelState) -> bool {
 /// The applied vectors (or lower bounds) of every member in good standing, with the
 /// registered joiner at its registration cut until it is a member.
 fn counted(model: &TidemarkModel, state: &ModelState) -> Vec<VersionVector> {
+    // a crashed member stays in good standing until a decided view no longer seats it
+    let latest = state.views.values().next_back();
+    let evicted = |k: usize| {
+        state.nodes[k].status == Status::Crashed
+            && latest.is_some_and(|v| !v.members.contains_key(&model.ids[k]))
+    };
     let mut out: Vec<VersionVector> = state
         .nodes
         .iter()
-        .filter_map(|n| n.obs.as_ref())
+        .enumerate()
+        .filter(|(k, _)| !evicted(*k))
+        .filter_map(|(_, n)| n.obs.as_ref())
         .filter(|o| o.member)
         .map(|o| o.applied.clone())
         .collect();
@@ -181,4 +196,17 @@ fn l1_settle(model: &TidemarkModel, state: &ModelState) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// A view that seats none of the crashed nodes, decided after a crash.
+fn view_changed(model: &TidemarkModel, state: &ModelState) -> bool {
+    let crashed: Vec<usize> = (0..state.nodes.len())
+        .filter(|&k| state.nodes[k].status == Status::Crashed)
+        .collect();
+    !crashed.is_empty()
+        && state.views.values().any(|v| {
+            crashed
+                .iter()
+                .all(|&k| !v.members.contains_key(&model.ids[k]))
+        })
 }

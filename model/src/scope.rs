@@ -60,6 +60,8 @@ pub struct Scope {
     pub strategy: Strategy,
     /// Default time budget of the binary.
     pub budget: Option<Duration>,
+    /// Whether a view change that evicts the crashed node must be reachable.
+    pub expect_view_change: bool,
 }
 
 impl Scope {
@@ -84,6 +86,7 @@ impl Scope {
             max_depth: 400,
             strategy: Strategy::Dfs,
             budget: None,
+            expect_view_change: false,
         }
     }
 
@@ -126,6 +129,44 @@ impl Scope {
             max_depth: 11,
             strategy: Strategy::Bfs,
             budget: None,
+            expect_view_change: false,
+        }
+    }
+
+    /// The views scope: three founders and a joiner (through node 0), one write by node 1,
+    /// a crash of founder 2, with the failure detector's and the view agreement's timings
+    /// scaled down twenty-fold or so (suspicion after 150 ms of silence, eviction 150 ms
+    /// later, heartbeats every 50 ms, ballots given 50 ms), so that within a 1 s horizon a
+    /// crash is suspected, a view change decides the eviction and the snapshot point moves
+    /// on. Explored by random walks (its space is far too large to exhaust); a view change
+    /// that evicts the crashed node must be found, and I1–I4 and I6 hold on every state.
+    pub fn views() -> Scope {
+        let gossip = GossipConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            suspect_after: Duration::from_millis(150),
+            suspicion_timeout: Duration::from_millis(150),
+            failure_check_interval: Duration::from_millis(25),
+            view_ballot_patience: Duration::from_millis(50),
+            anti_entropy_interval: Duration::from_millis(200),
+            ..GossipConfig::default()
+        };
+        Scope {
+            name: "views",
+            founders: 3,
+            joiner: true,
+            writes: vec![0, 1, 0, 0],
+            leavers: Vec::new(),
+            crashers: vec![2],
+            membership_faults: 1,
+            losses: 0,
+            horizon: Time::from_millis(1_000),
+            clock: Clock::Global,
+            gossip,
+            settle: None,
+            max_depth: 2_000,
+            strategy: Strategy::Simulate { seed: 1 },
+            budget: Some(Duration::from_secs(60)),
+            expect_view_change: true,
         }
     }
 
@@ -134,6 +175,7 @@ impl Scope {
             "small" => Some(Scope::small()),
             "join" => Some(Scope::join()),
             "full" => Some(Scope::full()),
+            "views" => Some(Scope::views()),
             _ => None,
         }
     }

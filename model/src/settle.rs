@@ -86,6 +86,7 @@ pub fn settle(
         let replica = replicas[i].as_mut().expect("a running node acted");
         let actions = node::actions(replica);
         replica.drain_applied_ops();
+        replica.drain_installed_views();
         for action in actions {
             match action {
                 Action::Send { to, message } => {

@@ -66,3 +66,36 @@ fn join_scope_keeps_i3_for_a_registered_joiner() {
     assert_eq!(joined.expectation, Expectation::Sometimes);
     assert!(joined.path.is_some(), "the joiner becomes a member");
 }
+
+#[test]
+fn views_scope_reaches_a_view_change_that_evicts_the_crashed_member() {
+    // random walks for a bounded time: every `always` property must hold on every state
+    // walked, and a decided view that evicts the crashed founder must be among them
+    let scope = Scope::views();
+    let search = Search {
+        strategy: scope.strategy,
+        threads: 2,
+        budget: Some(std::time::Duration::from_secs(30)),
+        progress: None,
+    };
+    let outcome = check(scope, search);
+    for verdict in &outcome.verdicts {
+        if verdict.expectation == Expectation::Always {
+            assert!(
+                verdict.holds(),
+                "{} fails; path: {:#?}",
+                verdict.name,
+                verdict.path
+            );
+        }
+    }
+    let changed = outcome
+        .verdicts
+        .iter()
+        .find(|v| v.name == properties::VIEW_CHANGED)
+        .expect("the view-change property is checked");
+    assert!(changed.path.is_some(), "no walk reached a view change");
+    let names: Vec<_> = outcome.verdicts.iter().map(|v| v.name).collect();
+    assert!(names.contains(&properties::I6), "I6 is checked");
+    assert!(outcome.unique_states > 1_000, "{}", outcome.unique_states);
+}

@@ -31,7 +31,7 @@ use crate::node_id::NodeId;
 use crate::time::Time;
 
 /// A membership view: the memberships (id → incarnation) that vote on the next one.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct View {
     pub epoch: u64,
     pub members: BTreeMap<NodeId, u64>,
