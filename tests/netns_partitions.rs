@@ -21,9 +21,8 @@ const NODES: usize = 5;
 const PHASE: Duration = Duration::from_secs(30);
 /// The heal bound the membership protocol states (docs/MEMBERSHIP.md): every node back in
 /// one view with one digest after the links come back.
+/// Measured on a loaded two-core machine: 2.2 to 3.9 s (BENCHMARKS.md).
 const HEAL_BOUND: Duration = Duration::from_secs(10);
-/// What the test allows on a loaded machine on top of the bound.
-const SLACK: Duration = Duration::from_secs(10);
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -145,7 +144,8 @@ impl Drop for Lab {
 }
 
 /// What a node says of itself: (phase, members, digest, snapshot-point ops).
-async fn status(api: SocketAddr) -> Option<(String, u64, String, u64)> {
+/// (phase, members counted, digest, ops inside the snapshot point, (view epoch, view seats)).
+async fn status(api: SocketAddr) -> Option<(String, u64, String, u64, (u64, usize))> {
     let r = tokio::time::timeout(Duration::from_secs(3), http(api, "GET", "/v1/status", None))
         .await
         .ok()?;
@@ -158,11 +158,16 @@ async fn status(api: SocketAddr) -> Option<(String, u64, String, u64)> {
         .values()
         .filter_map(|v| v.as_u64())
         .sum();
+    let view = (
+        s["view"]["epoch"].as_u64()?,
+        s["view"]["members"].as_array()?.len(),
+    );
     Some((
         s["phase"].as_str()?.to_string(),
         s["members"].as_u64()?,
         s["digest"].as_str()?.to_string(),
         sp_ops,
+        view,
     ))
 }
 
@@ -208,7 +213,9 @@ async fn a_network_split_twice_heals_to_one_view_with_every_acknowledged_write()
         async move {
             for api in apis {
                 match status(api).await {
-                    Some((phase, members, _, _)) if phase == "member" && members == 5 => {}
+                    // counted everywhere, and seated in the agreed view
+                    Some((phase, members, _, _, view))
+                        if phase == "member" && members == 5 && view.1 == 5 => {}
                     _ => return false,
                 }
             }
@@ -241,19 +248,22 @@ async fn a_network_split_twice_heals_to_one_view_with_every_acknowledged_write()
         lab.attach(i, 0);
     }
     let healed_at = Instant::now();
-    let one_view = support::eventually(HEAL_BOUND + SLACK, || {
+    let one_view = support::eventually(HEAL_BOUND, || {
         let apis = apis.clone();
         async move {
-            let mut digests = Vec::new();
+            // one agreed view of five seats, and one digest
+            let mut seen = Vec::new();
             for api in apis {
                 match status(api).await {
-                    Some((phase, members, digest, _)) if phase == "member" && members == 5 => {
-                        digests.push(digest)
+                    Some((phase, members, digest, _, view))
+                        if phase == "member" && members == 5 && view.1 == 5 =>
+                    {
+                        seen.push((view.0, digest))
                     }
                     _ => return false,
                 }
             }
-            digests.windows(2).all(|w| w[0] == w[1])
+            seen.windows(2).all(|w| w[0] == w[1])
         }
     })
     .await;
@@ -262,7 +272,7 @@ async fn a_network_split_twice_heals_to_one_view_with_every_acknowledged_write()
     assert!(
         one_view,
         "one view with one digest within {:?} of the heal",
-        HEAL_BOUND + SLACK
+        HEAL_BOUND
     );
     assert!(
         acknowledged.len() >= 3 * NODES,

@@ -1055,7 +1055,7 @@ impl Driver {
             .filter(|(_, e)| e.record.state == MemberState::Suspect)
             .map(|(id, _)| id.to_base58())
             .collect();
-        let view = ViewView::new(map);
+        let view = ViewView::new(&self.replica, self.now());
         StatusView {
             peer_id: self.swarm.local_peer_id().to_base58(),
             network: self.network.clone(),
@@ -1148,6 +1148,33 @@ impl Driver {
                 "member {}",
                 change.change.as_str()
             );
+        }
+        for installed in self.replica.drain_installed_views() {
+            let view = &installed.change.next;
+            let evicted: Vec<String> = installed
+                .change
+                .evicted
+                .iter()
+                .map(|e| e.id.to_base58())
+                .collect();
+            if installed.forced {
+                warn!(
+                    epoch = view.epoch,
+                    members = view.members.len(),
+                    "installed view {} of {} members FORCED by the operator, without a quorum",
+                    view.epoch,
+                    view.members.len()
+                );
+            } else {
+                info!(
+                    epoch = view.epoch,
+                    members = view.members.len(),
+                    evicted = ?evicted,
+                    "installed view {} of {} members",
+                    view.epoch,
+                    view.members.len()
+                );
+            }
         }
         let isolated = self.replica.is_isolated();
         if isolated != self.was_isolated {

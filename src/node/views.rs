@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::join_protocol::JoinProgress;
 use crate::network_map::NetworkMap;
-use crate::ops_log::{Digest, LwwMap};
-use crate::VersionVector;
+use crate::ops_log::{Digest, LwwMap, StateMachine};
+use crate::replica::Replica;
+use crate::{NodeId, Time, VersionVector};
 
 /// A version vector as JSON: `{"<peer id>": seq}`; origins at 0 are left out.
 pub fn vector_json(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -48,25 +49,28 @@ pub struct StatusView {
     pub join: Option<JoinView>,
 }
 
-/// The `view` object of `GET /v1/status`: the members this node counts.
+/// The `view` object of `GET /v1/status`: the agreed membership view this node installed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ViewView {
-    /// This node's count of membership changes (a member entering or leaving good
-    /// standing); local to the node, not agreed on by the network.
+    /// The view's epoch. Views are agreed: every node that installed this epoch has the
+    /// same members.
     pub epoch: u64,
-    /// Peer ids of the members in good standing (alive or suspected), itself included.
+    /// Peer ids of the view's members (its seats: the members that decide the next view).
     pub members: Vec<String>,
+    /// Whether this node hears from a majority of those members, so that a view change
+    /// (an eviction, an admission) can be decided where it is. False on a minority side of
+    /// a partition, or after a majority of the view was lost (see `force-new-view`).
+    #[serde(default)]
+    pub quorum: bool,
 }
 
 impl ViewView {
-    pub fn new(map: &NetworkMap) -> Self {
+    pub fn new<S: StateMachine>(replica: &Replica<S>, now: Time) -> Self {
+        let view = replica.view();
         Self {
-            epoch: map.membership_epoch(),
-            members: map
-                .iter()
-                .filter(|(_, e)| e.record.state.counts())
-                .map(|(id, _)| id.to_base58())
-                .collect(),
+            epoch: view.epoch,
+            members: view.members.keys().map(NodeId::to_base58).collect(),
+            quorum: replica.hears_view_quorum(now),
         }
     }
 }
