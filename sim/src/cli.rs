@@ -119,7 +119,8 @@ pub struct Args {
     pub operator_forces_view_after_ms: Option<u64>,
     /// Plant a bug in every replica, to see the oracle catch it: skip-causal-order,
     /// no-admission-check, counts-one-member-too-few, fold-forgets-an-op,
-    /// seq-reused-after-rejoin, leave-without-handover, never-evict, short-quorum.
+    /// seq-reused-after-rejoin, leave-without-handover, never-evict, short-quorum,
+    /// suspects-leave-the-minimum.
     #[arg(long, value_name = "BUG")]
     pub plant: Option<tidemark::replica::PlantedBug>,
     /// Parallel runs in batch mode.

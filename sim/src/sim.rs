@@ -231,6 +231,11 @@ pub struct Sim {
     pending_restarts: BTreeMap<usize, bool>,
     /// Crash time of crashed memberships, to measure how soon each member drops them.
     crashed_at: BTreeMap<(NodeId, u64), Time>,
+    /// Memberships whose node crashed while in good standing, until a decided view evicts
+    /// them or the node restarts under a new incarnation: (slot, applied vector at the
+    /// crash). I3 holds against them too — no snapshot point may pass what a crashed
+    /// member applied before the view has removed it.
+    crashed_standing: BTreeMap<(NodeId, u64), (usize, VersionVector)>,
     /// Per member and crash: from the crash until the member stopped counting the node.
     crash_to_drop: Latencies,
     faults: FaultStats,
@@ -303,6 +308,7 @@ impl Sim {
             partition: None,
             pending_restarts: BTreeMap::new(),
             crashed_at: BTreeMap::new(),
+            crashed_standing: BTreeMap::new(),
             crash_to_drop: Latencies::default(),
             faults: FaultStats::default(),
             last_backup: Time::ZERO,
@@ -1007,6 +1013,7 @@ impl Sim {
     /// member `n` has not seen whose registration `n` has voided, for as long as the two
     /// cannot have exchanged records (see `excused`).
     fn check_safety_of(&mut self, n: usize, at: f64) {
+        self.check_safety_against_crashed(n, at);
         let sp = &self.nodes[n].last_sp;
         if sp.le(self.view.applied_min.min()) {
             return;
@@ -1036,6 +1043,34 @@ impl Sim {
                 self.violations
                     .record(safety::NAME, at, format!("node {n} vs node {m}: {detail}"));
             }
+        }
+    }
+
+    /// I3 for member `n` against the crashed memberships no view has evicted yet.
+    fn check_safety_against_crashed(&mut self, n: usize, at: f64) {
+        let sp = self.nodes[n].last_sp.clone();
+        let passed: Vec<((NodeId, u64), usize, VersionVector)> = self
+            .crashed_standing
+            .iter()
+            .filter(|(_, (_, applied))| !sp.le(applied))
+            .map(|(k, (slot, applied))| (k.clone(), *slot, applied.clone()))
+            .collect();
+        for ((id, incarnation), slot, applied) in passed {
+            if self.unseen_and_voided(n, &id, incarnation) {
+                let separated = self.separated(n, slot);
+                if self
+                    .excuses
+                    .grant((n, slot, incarnation), self.now, separated, self.last_heal)
+                {
+                    continue;
+                }
+            }
+            let detail = safety::check(&sp, &applied).err().unwrap_or_default();
+            self.violations.record(
+                safety::NAME,
+                at,
+                format!("node {n} vs crashed node {slot} (inc {incarnation}, not evicted yet): {detail}"),
+            );
         }
     }
 
@@ -1202,6 +1237,7 @@ impl Sim {
                 self.crash_to_drop.push(latency);
             }
         }
+        self.crashed_standing.remove(&(id.clone(), incarnation));
         let holders = self.evicted.entry((id.clone(), incarnation)).or_default();
         let first = holders.is_empty();
         holders.insert(observer);
@@ -1462,6 +1498,10 @@ impl Sim {
         if node.member {
             self.crashed_at
                 .insert((self.ids[n].clone(), node.incarnation), self.now);
+            self.crashed_standing.insert(
+                (self.ids[n].clone(), node.incarnation),
+                (n, node.shadow.clone()),
+            );
         }
         self.drop_member(n);
         self.faults.crashes += 1;
@@ -1488,6 +1528,13 @@ impl Sim {
         let Some(lost_disk) = self.pending_restarts.remove(&n) else {
             return;
         };
+        // a durable restart replaces the crashed membership by a new incarnation of the
+        // same node, which holds everything it had applied; a new identity does not, and
+        // its old membership stays in good standing until the view evicts it
+        let old_id = self.ids[n].clone();
+        if !lost_disk {
+            self.crashed_standing.retain(|(id, _), _| *id != old_id);
+        }
         let members = self.steady_members();
         let now = self.now;
         if lost_disk {

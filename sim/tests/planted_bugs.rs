@@ -127,3 +127,22 @@ fn i6_catches_a_view_change_decided_without_a_quorum() {
         1..=60,
     );
 }
+
+#[test]
+fn i3_catches_a_snapshot_point_that_passes_a_crashed_member_before_its_eviction() {
+    // a crashed member stays in good standing until a view evicts it: a snapshot point
+    // that leaves suspects out passes its ops in between, which only this check sees
+    let flags = "--faults crash --nodes 5 --ops 300";
+    caught("suspects-leave-the-minimum", flags, safety::NAME, 1..=10);
+    let report = run(&format!(
+        "{flags} --seed 2 --plant suspects-leave-the-minimum"
+    ));
+    assert!(
+        report
+            .violation_samples
+            .iter()
+            .any(|v| v.contains("vs crashed node")),
+        "{:?}",
+        report.violation_samples
+    );
+}

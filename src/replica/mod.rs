@@ -259,7 +259,8 @@ pub struct Replica<S: StateMachine> {
     sponsor: Sponsor,
     /// A graceful leave that gave up since the last [`Replica::take_leave_failure`].
     leave_failure: Option<LeaveFailed>,
-    /// The snapshot point [`PlantedBug::CountsOneMemberTooFew`] computes instead.
+    /// The snapshot point a planted bug (`CountsOneMemberTooFew`, `SuspectsLeaveTheMinimum`)
+    /// computes instead.
     planted_sp: Option<VersionVector>,
     /// The ops and records of the previous membership, kept for the next grant.
     handover: Handover<S::Op>,
@@ -1537,8 +1538,20 @@ impl<S: StateMachine> Replica<S> {
             self.member_changes.extend(changes);
         }
         if self.is_member() {
-            if self.config.planted == Some(PlantedBug::CountsOneMemberTooFew) {
-                self.planted_sp = Some(self.sp_without_one_member());
+            match self.config.planted {
+                Some(PlantedBug::CountsOneMemberTooFew) => {
+                    self.planted_sp = Some(self.planted_minimum(|skipped, id, _| {
+                        // every counted member but the first other one in id order
+                        let skip = !*skipped && id != &self.id;
+                        *skipped |= skip;
+                        skip
+                    }));
+                }
+                Some(PlantedBug::SuspectsLeaveTheMinimum) => {
+                    self.planted_sp =
+                        Some(self.planted_minimum(|_, _, state| state == MemberState::Suspect));
+                }
+                _ => {}
             }
             if self.snapshot_point() != self.log.stable_cut() {
                 let sp = self.snapshot_point().clone();
@@ -1604,17 +1617,17 @@ impl<S: StateMachine> Replica<S> {
         self.leave_failure = Some(failure);
     }
 
-    /// [`PlantedBug::CountsOneMemberTooFew`]: the minimum over the counted members but the
-    /// first other one in id order, kept monotone so that only I3 can see the bug.
-    fn sp_without_one_member(&self) -> VersionVector {
+    /// A planted snapshot point: the minimum over the counted members that `skip` does not
+    /// leave out (it is told whether it skipped one already), kept monotone so that only
+    /// I3 can see the bug.
+    fn planted_minimum(
+        &self,
+        mut skip: impl FnMut(&mut bool, &NodeId, MemberState) -> bool,
+    ) -> VersionVector {
         let mut skipped = false;
         let mut min: Option<VersionVector> = None;
         for (id, entry) in self.map.iter() {
-            if !entry.record.state.counts() {
-                continue;
-            }
-            if !skipped && *id != self.id {
-                skipped = true;
+            if !entry.record.state.counts() || skip(&mut skipped, id, entry.record.state) {
                 continue;
             }
             min = Some(match min {

@@ -39,10 +39,13 @@ pub enum PlantedBug {
     /// I6: a view change is decided with one vote fewer than a majority of the view, so
     /// both halves of an even split can each decide their own next view.
     ShortQuorum,
+    /// I3 (against a crashed member): the snapshot point leaves out suspected members, so
+    /// it passes a crashed member's ops before any view has evicted it.
+    SuspectsLeaveTheMinimum,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::SkipCausalOrder,
         PlantedBug::NoAdmissionCheck,
         PlantedBug::CountsOneMemberTooFew,
@@ -51,6 +54,7 @@ impl PlantedBug {
         PlantedBug::LeaveWithoutHandover,
         PlantedBug::NeverEvict,
         PlantedBug::ShortQuorum,
+        PlantedBug::SuspectsLeaveTheMinimum,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl PlantedBug {
             PlantedBug::LeaveWithoutHandover => "leave-without-handover",
             PlantedBug::NeverEvict => "never-evict",
             PlantedBug::ShortQuorum => "short-quorum",
+            PlantedBug::SuspectsLeaveTheMinimum => "suspects-leave-the-minimum",
         }
     }
 }
