@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Phase, Replica, ReplicaConfig};
 use crate::join_protocol::Joiner;
-use crate::network_map::view::{View, ViewAgreement, Votes};
+use crate::network_map::membership::Membership;
+use crate::network_map::view::{View, Votes};
 use crate::network_map::{MemberRecord, MemberState, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, OpsLog, OwnOps, StateMachine};
@@ -91,7 +92,7 @@ impl<S: StateMachine> Replica<S> {
             records: self.map.records(),
             own_seq: self.own.highest(),
             own_kept_from: self.own.kept_from(),
-            votes: Some(self.views.votes()),
+            votes: Some(self.membership.views().votes()),
         }
     }
 
@@ -253,10 +254,8 @@ impl<S: StateMachine> Replica<S> {
             now,
         );
         if let Some(votes) = checkpoint.votes {
-            replica.views = ViewAgreement::resume(replica.id.clone(), replica.incarnation, votes);
-            replica
-                .views
-                .plant_short_quorum(replica.config.planted == Some(super::PlantedBug::ShortQuorum));
+            replica.membership = Membership::resume(replica.id.clone(), replica.incarnation, votes);
+            replica.plant_in_views();
         }
         if rejoin && replica.map.counted_peers().is_empty() {
             // the only member: nobody can have moved on without it
@@ -268,7 +267,7 @@ impl<S: StateMachine> Replica<S> {
             // its view is itself alone (what it stored could still name members it has
             // since evicted): the next epoch, so that no stored promise is contradicted
             let members = [(replica.id.clone(), replica.incarnation)].into();
-            let epoch = replica.views.view().epoch + 1;
+            let epoch = replica.membership.view().epoch + 1;
             replica.found_view(View { epoch, members });
             replica.finish(now);
             return Ok(replica);

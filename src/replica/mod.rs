@@ -1,6 +1,6 @@
 //! A replica: the sans-IO composer of the protocol's state machines — the ops log and the
 //! own-op journal (`ops_log`), the network map, failure detection and the agreed
-//! membership views (`network_map`: `Monitor`, `ViewAgreement`, `view_policy`), the joiner and sponsor sides of the handshake (`join_protocol`: `Joiner`,
+//! membership views (`network_map`: `Monitor`, `Membership`), the joiner and sponsor sides of the handshake (`join_protocol`: `Joiner`,
 //! `AwaitedGrant`, `Sponsor`), dissemination (`gossip::Dissemination`), and, here, a
 //! graceful leave (`Leave`), what a rejoin carries over (`Handover`) and durability
 //! (`durability.rs`). Each owns its fields; the replica routes every event to them in a
@@ -32,9 +32,9 @@ use crate::join_protocol::sponsor::{self, Sponsor, SponsorContext, SponsorOutcom
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
+use crate::network_map::membership::{Membership, Seat};
 use crate::network_map::monitor::Monitor;
-use crate::network_map::view::{Eviction, Installed, View, ViewAgreement, ViewMessage};
-use crate::network_map::view_policy::{self, Observations, ProposerTurn};
+use crate::network_map::view::{Eviction, Installed, View, ViewMessage};
 use crate::network_map::{MemberChange, MemberRecord, MemberState, MergeOutcome, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{
@@ -53,7 +53,7 @@ macro_rules! dissemination_ctx {
             gossip: &$replica.config.gossip,
             map: &mut $replica.map,
             applied: $replica.log.applied(),
-            view_epoch: $replica.views.view().epoch,
+            view_epoch: $replica.membership.view().epoch,
             rng: &mut $replica.rng,
             outbox: &mut $replica.outbox,
         }
@@ -248,11 +248,7 @@ pub struct Replica<S: StateMachine> {
     /// Failure detection: suspicion, eviction, local health.
     monitor: Monitor,
     /// The agreed membership view and this node's part in changing it.
-    views: ViewAgreement,
-    /// When it is this node's turn to propose a view change.
-    turn: ProposerTurn,
-    /// A leave whose ops are handed over, waiting for a view without this node.
-    leave_ready: bool,
+    membership: Membership,
     /// Views installed, for observers (journaled like applied ops).
     view_journal: Vec<Installed>,
     /// The sponsor side of the join handshake.
@@ -317,9 +313,7 @@ impl<S: StateMachine> Replica<S> {
             dissemination: Dissemination::new(now, first_ae),
             wake_announced: None,
             monitor: Monitor::new(first_failure_check),
-            views: ViewAgreement::new(NodeId::clone(&view_owner), incarnation, View::default()),
-            turn: ProposerTurn::default(),
-            leave_ready: false,
+            membership: Membership::new(view_owner, incarnation, View::default()),
             view_journal: Vec::new(),
             sponsor: Sponsor::default(),
             leave_failure: None,
@@ -332,7 +326,10 @@ impl<S: StateMachine> Replica<S> {
             log_generation: 0,
             stats: ReplicaStats::default(),
         };
-        replica.views.plant_short_quorum(short_quorum);
+        replica
+            .membership
+            .views_mut()
+            .plant_short_quorum(short_quorum);
         replica.finish(now);
         replica
     }
@@ -421,48 +418,41 @@ impl<S: StateMachine> Replica<S> {
 
     /// Starts from `view` as this node's installed view (a founder's, or a lone member's).
     fn found_view(&mut self, view: View) {
-        self.views = ViewAgreement::new(self.id.clone(), self.incarnation, view);
-        self.views
-            .plant_short_quorum(self.config.planted == Some(PlantedBug::ShortQuorum));
+        self.membership = Membership::new(self.id.clone(), self.incarnation, view);
+        self.plant_in_views();
+    }
+
+    /// Plants [`PlantedBug::ShortQuorum`] in the agreement on views, if configured.
+    fn plant_in_views(&mut self) {
+        let short = self.config.planted == Some(PlantedBug::ShortQuorum);
+        self.membership.views_mut().plant_short_quorum(short);
     }
 
     /// The agreed view this node has installed.
     pub fn view(&self) -> &View {
-        self.views.view()
+        self.membership.view()
     }
 
     /// This node's acceptor state in the agreement on views, to store (see
     /// [`Replica::vote_generation`]).
     pub fn votes(&self) -> crate::network_map::view::Votes {
-        self.views.votes()
+        self.membership.views().votes()
     }
 
     /// Moves whenever [`Replica::votes`] changes. A driver stores the votes, synced, before
     /// it carries out the actions of the event that moved it: a promise forgotten in a
     /// crash could let two views be decided for one epoch.
     pub fn vote_generation(&self) -> u64 {
-        self.views.vote_generation()
+        self.membership.views().vote_generation()
     }
 
     /// Whether this node hears from a quorum of its view's seats (itself included, if it
     /// votes) within `suspect_after`: if not, no view change can be decided where it is —
     /// the view lost its majority, or this node is on a minority side.
     pub fn hears_view_quorum(&self, now: Time) -> bool {
-        let view = self.views.view();
         let suspect_after = self.config.gossip.suspect_after;
-        let heard = view
-            .members
-            .iter()
-            .filter(|(id, _)| {
-                if **id == self.id {
-                    return self.views.is_voter();
-                }
-                self.map
-                    .get(id)
-                    .is_some_and(|e| now.since(e.last_heard) <= suspect_after)
-            })
-            .count();
-        heard >= view.quorum()
+        self.membership
+            .hears_quorum(now, &self.map, &self.id, suspect_after)
     }
 
     /// Views this node installed since the last call, oldest first (journaled only with
@@ -817,7 +807,9 @@ impl<S: StateMachine> Replica<S> {
             })
             .collect();
         let mut out = Vec::new();
-        self.views.force(members, evictions, &mut out);
+        self.membership
+            .views_mut()
+            .force(members, evictions, &mut out);
         self.send_view_messages(out);
         self.monitor.reassess(now, &self.map, &self.config.gossip);
         self.finish(now);
@@ -833,7 +825,9 @@ impl<S: StateMachine> Replica<S> {
         if let Message::View(message) = message {
             // a seat votes whatever its node's phase (a rejoining node keeps its seat)
             let mut out = Vec::new();
-            self.views.on_message(from, message, &mut out);
+            self.membership
+                .views_mut()
+                .on_message(from, message, &mut out);
             self.send_view_messages(out);
         }
         match (&self.phase, message) {
@@ -938,9 +932,8 @@ impl<S: StateMachine> Replica<S> {
         if checked.ran {
             self.propose_view_change(now, &checked.overdue);
         }
-        let patience = jitter(&mut self.rng, self.config.gossip.view_ballot_patience);
-        let mut out = Vec::new();
-        self.views.on_timeout(now, patience, &mut out);
+        let patience = self.config.gossip.view_ballot_patience;
+        let out = self.membership.on_timeout(now, patience, &mut self.rng);
         self.send_view_messages(out);
         let buffered = self.log.buffered_len() > 0;
         self.dissemination
@@ -953,34 +946,13 @@ impl<S: StateMachine> Replica<S> {
     /// Puts to the view the change this node's map and failure detector call for, when it
     /// is this node's turn (see `view_policy`). `overdue`: suspects to evict.
     fn propose_view_change(&mut self, now: Time, overdue: &[NodeId]) {
-        if !self.is_member() || !self.views.is_voter() || self.views.is_proposing() {
+        if !self.is_member() {
             return;
         }
         let gossip = &self.config.gossip;
-        let seen = Observations {
-            map: &self.map,
-            overdue,
-            leaving: self.leave_ready,
-            now,
-            suspect_after: gossip.suspect_after,
-        };
-        let view = self.views.view();
-        let wanted = view_policy::wanted_change(view, &seen);
-        let rank = view_policy::rank(view, &self.map, now, gossip.suspect_after);
-        let own_leave = self.leave_ready;
-        let patience = gossip.view_ballot_patience;
-        if !self
-            .turn
-            .due(now, wanted.is_some(), rank, own_leave, patience)
-        {
-            return;
-        }
-        let Some(wanted) = wanted else {
-            return;
-        };
-        let patience = jitter(&mut self.rng, patience);
-        let mut out = Vec::new();
-        self.views.propose(now, patience, wanted, &mut out);
+        let out = self
+            .membership
+            .propose(now, &self.map, overdue, gossip, &mut self.rng);
         self.send_view_messages(out);
     }
 
@@ -993,47 +965,19 @@ impl<S: StateMachine> Replica<S> {
     /// Acts on the views installed during this event: evicts what they evicted, and, if
     /// a view no longer holds this membership, leaves (a leave waiting for it) or rejoins.
     fn on_views_installed(&mut self, now: Time) {
-        for installed in self.views.take_installed() {
-            self.turn.on_installed();
+        for installed in self.membership.views_mut().take_installed() {
             self.stats.views_installed += 1;
-            let Installed {
-                before,
-                change,
-                decided_here,
-                ..
-            } = &installed;
-            if *decided_here {
+            if installed.decided_here {
                 self.stats.views_decided += 1;
-                self.stats.evictions_issued += change.evicted.len() as u64;
+                self.stats.evictions_issued += installed.change.evicted.len() as u64;
             }
-            for eviction in &change.evicted {
-                self.map.evict_decided(eviction, now);
-            }
-            if change.next.epoch > before.epoch + 1 && before.epoch > 0 {
-                // epochs this node missed: evict the members they removed, as far as this
-                // map knows them (their eviction records bring the rest)
-                for (id, incarnation) in &before.members {
-                    let removed = !change.next.members.contains_key(id);
-                    let held = self.map.get(id).is_some_and(|e| {
-                        e.record.incarnation == *incarnation && e.record.state.counts()
-                    });
-                    if removed && held && *id != self.id {
-                        self.map.evict(id, now);
-                    }
-                }
-            }
-            let me = (&self.id, self.incarnation);
-            let evicted_me = change
-                .evicted
-                .iter()
-                .any(|e| e.id == *me.0 && e.incarnation == me.1);
-            let dropped_me = before.has(me.0, me.1) && !change.next.has(me.0, me.1);
-            if self.is_member() && (evicted_me || dropped_me) {
-                if self.leave_ready && !evicted_me {
-                    self.announce_left(now);
-                } else {
-                    self.lose_membership(now);
-                }
+            let seat =
+                self.membership
+                    .apply(&installed, now, &mut self.map, &self.id, self.incarnation);
+            match seat {
+                Seat::LeaveDecided if self.is_member() => self.announce_left(now),
+                Seat::Lost if self.is_member() => self.lose_membership(now),
+                _ => {}
             }
             if self.config.journal_applied {
                 self.view_journal.push(installed);
@@ -1230,8 +1174,7 @@ impl<S: StateMachine> Replica<S> {
         self.handover.keep(retired, self.map.records());
         self.dissemination.reset_for_rejoin();
         self.incarnation += 1;
-        self.views.set_incarnation(self.incarnation);
-        self.leave_ready = false;
+        self.membership.set_incarnation(self.incarnation);
         self.sponsor.on_membership_lost();
         self.stats.rejoins += 1;
         self.phase = Phase::Joining(Joiner::new(sponsors, now));
@@ -1269,9 +1212,9 @@ impl<S: StateMachine> Replica<S> {
             let mine = self.digest(false);
             self.send(from.clone(), mine);
         }
-        if self.is_member() && digest.view_epoch < self.views.view().epoch {
+        if self.is_member() && digest.view_epoch < self.membership.view().epoch {
             // the peer missed a view change: send it the installed view
-            let current = ViewMessage::Decided(self.views.current_as_change());
+            let current = ViewMessage::Decided(self.membership.views().current_as_change());
             self.send(from.clone(), Message::View(current));
         }
     }
@@ -1287,7 +1230,7 @@ impl<S: StateMachine> Replica<S> {
         };
         let (mut response, outcome) = self.sponsor.answer(now, from, request, ctx);
         if let JoinResponse::Granted(grant) = &mut response {
-            grant.view = self.views.view().clone();
+            grant.view = self.membership.view().clone();
         }
         match outcome {
             SponsorOutcome::Granted => {
@@ -1434,11 +1377,13 @@ impl<S: StateMachine> Replica<S> {
                 self.map = map;
                 self.map.plant(self.config.planted);
                 self.phase = Phase::Member { leaving: None };
-                self.views.set_incarnation(self.incarnation);
-                self.views.install(crate::network_map::view::ViewChange {
-                    next: view,
-                    evicted: Vec::new(),
-                });
+                self.membership.set_incarnation(self.incarnation);
+                self.membership
+                    .views_mut()
+                    .install(crate::network_map::view::ViewChange {
+                        next: view,
+                        evicted: Vec::new(),
+                    });
                 self.dissemination
                     .on_joined(now, &self.config.gossip, &mut self.rng);
                 self.monitor
@@ -1518,7 +1463,7 @@ impl<S: StateMachine> Replica<S> {
         dissemination::digest(
             self.log.applied(),
             &self.map,
-            self.views.view().epoch,
+            self.membership.view().epoch,
             initiator,
         )
     }
@@ -1575,13 +1520,13 @@ impl<S: StateMachine> Replica<S> {
             match step {
                 // a voter leaves through a view without it; without one by the deadline it
                 // keeps its seat, and the leave fails
-                LeaveStep::Announce if self.views.is_voter() && now < deadline => {
-                    if !self.leave_ready {
-                        self.leave_ready = true;
+                LeaveStep::Announce if self.membership.views().is_voter() && now < deadline => {
+                    if !self.membership.leave_ready() {
+                        self.membership.set_leave_ready(true);
                         self.propose_view_change(now, &[]);
                     }
                 }
-                LeaveStep::Announce if self.views.is_voter() => {
+                LeaveStep::Announce if self.membership.views().is_voter() => {
                     self.fail_leave();
                     if let Some(failure) = &mut self.leave_failure {
                         failure.seat_not_given_up = true;
@@ -1612,7 +1557,7 @@ impl<S: StateMachine> Replica<S> {
         };
         let failure = leave.failure(&self.id, self.map.snapshot_point());
         self.phase = Phase::Member { leaving: None };
-        self.leave_ready = false;
+        self.membership.set_leave_ready(false);
         self.stats.leaves_failed += 1;
         self.leave_failure = Some(failure);
     }
@@ -1664,7 +1609,7 @@ impl<S: StateMachine> Replica<S> {
                 self.dissemination
                     .next_deadline(&self.map, &self.config.gossip),
                 Some(self.monitor.next_check()),
-                self.views.deadline(),
+                self.membership.views().deadline(),
                 leaving.as_ref().map(Leave::deadline),
             ]
             .into_iter()

@@ -1,0 +1,201 @@
+//! The agreed-membership part of a member: its place in the agreement on views
+//! ([`ViewAgreement`]), whose turn it is to propose a change ([`ProposerTurn`]), and whether
+//! a leave waits for a view without it. It decides what to put to the view
+//! (`view_policy::wanted_change`), carries out what a decided view means for the network
+//! map (evictions), and tells the replica when a view no longer holds this membership.
+//!
+//! The replica lends it the map and the settings for each event. Part of the sans-IO core:
+//! time comes in as a value, randomness from the replica's generator.
+
+use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+
+use super::view::{Installed, View, ViewAgreement, ViewMessage, Votes};
+use super::view_policy::{self, Observations, ProposerTurn};
+use super::NetworkMap;
+use crate::gossip::GossipConfig;
+use crate::node_id::NodeId;
+use crate::time::{jitter, Time};
+
+/// One member's part in the agreed membership (see module doc).
+#[derive(Debug)]
+pub struct Membership {
+    views: ViewAgreement,
+    turn: ProposerTurn,
+    /// A leave whose ops are handed over, waiting for a view without this node.
+    leave_ready: bool,
+}
+
+/// What an installed view means for this membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seat {
+    /// Still in the view (or never was: a joiner not admitted yet).
+    Kept,
+    /// Removed without an eviction while a leave waited for it: the leave is done.
+    LeaveDecided,
+    /// Removed or evicted otherwise: this membership is out of good standing.
+    Lost,
+}
+
+impl Membership {
+    /// `me` at `incarnation`, having installed `view`.
+    pub fn new(me: NodeId, incarnation: u64, view: View) -> Self {
+        Self::with(ViewAgreement::new(me, incarnation, view))
+    }
+
+    /// `me` at `incarnation`, resuming with the acceptor state it stored.
+    pub fn resume(me: NodeId, incarnation: u64, votes: Votes) -> Self {
+        Self::with(ViewAgreement::resume(me, incarnation, votes))
+    }
+
+    fn with(views: ViewAgreement) -> Self {
+        Self {
+            views,
+            turn: ProposerTurn::default(),
+            leave_ready: false,
+        }
+    }
+
+    /// The agreement on views itself.
+    pub fn views(&self) -> &ViewAgreement {
+        &self.views
+    }
+
+    pub fn views_mut(&mut self) -> &mut ViewAgreement {
+        &mut self.views
+    }
+
+    /// The installed view.
+    pub fn view(&self) -> &View {
+        self.views.view()
+    }
+
+    /// Whether a leave waits for a view without this node.
+    pub fn leave_ready(&self) -> bool {
+        self.leave_ready
+    }
+
+    /// A leave handed its ops over (`true`: ask for a view without this node), or ended.
+    pub fn set_leave_ready(&mut self, ready: bool) {
+        self.leave_ready = ready;
+    }
+
+    /// This node now runs `incarnation` (a rejoin): any leave is over.
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.views.set_incarnation(incarnation);
+        self.leave_ready = false;
+    }
+
+    /// Puts to the view the change the map and the failure detector call for, when it is
+    /// this node's turn: `overdue` are the suspects to evict. Returns the messages to send.
+    pub fn propose(
+        &mut self,
+        now: Time,
+        map: &NetworkMap,
+        overdue: &[NodeId],
+        gossip: &GossipConfig,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(NodeId, ViewMessage)> {
+        let mut out = Vec::new();
+        if !self.views.is_voter() || self.views.is_proposing() {
+            return out;
+        }
+        let seen = Observations {
+            map,
+            overdue,
+            leaving: self.leave_ready,
+            now,
+            suspect_after: gossip.suspect_after,
+        };
+        let view = self.views.view();
+        let wanted = view_policy::wanted_change(view, &seen);
+        let rank = view_policy::rank(view, map, now, gossip.suspect_after);
+        let patience = gossip.view_ballot_patience;
+        let due = self
+            .turn
+            .due(now, wanted.is_some(), rank, self.leave_ready, patience);
+        if let (true, Some(wanted)) = (due, wanted) {
+            let patience = jitter(rng, patience);
+            self.views.propose(now, patience, wanted, &mut out);
+        }
+        out
+    }
+
+    /// A stalled ballot is tried again, with `patience` jittered from `patience`.
+    pub fn on_timeout(
+        &mut self,
+        now: Time,
+        patience: Duration,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(NodeId, ViewMessage)> {
+        let mut out = Vec::new();
+        let patience = jitter(rng, patience);
+        self.views.on_timeout(now, patience, &mut out);
+        out
+    }
+
+    /// Carries out one installed view on `map` — the evictions it decided, and, after
+    /// epochs this node missed, the members they removed as far as the map knows them — and
+    /// says what it means for this membership (`me` at `incarnation`).
+    pub fn apply(
+        &mut self,
+        installed: &Installed,
+        now: Time,
+        map: &mut NetworkMap,
+        me: &NodeId,
+        incarnation: u64,
+    ) -> Seat {
+        self.turn.on_installed();
+        let Installed { before, change, .. } = installed;
+        for eviction in &change.evicted {
+            map.evict_decided(eviction, now);
+        }
+        if change.next.epoch > before.epoch + 1 && before.epoch > 0 {
+            // epochs this node missed: their eviction records bring the rest
+            for (id, member_incarnation) in &before.members {
+                let removed = !change.next.members.contains_key(id);
+                let held = map.get(id).is_some_and(|e| {
+                    e.record.incarnation == *member_incarnation && e.record.state.counts()
+                });
+                if removed && held && id != me {
+                    map.evict(id, now);
+                }
+            }
+        }
+        let evicted_me = change
+            .evicted
+            .iter()
+            .any(|e| e.id == *me && e.incarnation == incarnation);
+        let dropped_me = before.has(me, incarnation) && !change.next.has(me, incarnation);
+        match (evicted_me, dropped_me) {
+            (false, false) => Seat::Kept,
+            (false, true) if self.leave_ready => Seat::LeaveDecided,
+            _ => Seat::Lost,
+        }
+    }
+
+    /// Whether this node hears from a majority of its view's seats (itself included, if it
+    /// holds one) within `suspect_after`.
+    pub fn hears_quorum(
+        &self,
+        now: Time,
+        map: &NetworkMap,
+        me: &NodeId,
+        suspect_after: Duration,
+    ) -> bool {
+        let view = self.views.view();
+        let heard = view
+            .members
+            .keys()
+            .filter(|id| {
+                if *id == me {
+                    return self.views.is_voter();
+                }
+                map.get(id)
+                    .is_some_and(|e| now.since(e.last_heard) <= suspect_after)
+            })
+            .count();
+        heard >= view.quorum()
+    }
+}
