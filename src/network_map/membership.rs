@@ -152,11 +152,15 @@ impl Membership {
             map.evict_decided(eviction, now);
         }
         if change.next.epoch > before.epoch + 1 && before.epoch > 0 {
-            // epochs this node missed: their eviction records bring the rest
+            // epochs this node missed: a member they removed that this map suspects was
+            // evicted; one it does not suspect probably left through a view (its `Left`
+            // record is on its way, and evicting it would evict a running node). Either
+            // way its record settles it; counting it until then is safe
             for (id, member_incarnation) in &before.members {
                 let removed = !change.next.members.contains_key(id);
                 let held = map.get(id).is_some_and(|e| {
-                    e.record.incarnation == *member_incarnation && e.record.state.counts()
+                    e.record.incarnation == *member_incarnation
+                        && e.record.state == super::MemberState::Suspect
                 });
                 if removed && held && id != me {
                     map.evict(id, now);
