@@ -362,11 +362,6 @@ impl ViewAgreement {
         }
     }
 
-    /// Gives up the proposal under way (it no longer applies).
-    pub fn withdraw(&mut self) {
-        self.proposal = None;
-    }
-
     /// Installs a view decided elsewhere (a grant, a `Decided` message). Views at or
     /// below the installed epoch are ignored.
     pub fn install(&mut self, change: ViewChange) -> bool {
