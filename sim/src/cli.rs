@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 
-use crate::config::FaultConfig;
+use crate::config::{CrashGuard, FaultConfig};
 use crate::SimConfig;
 
 /// Deterministic simulator of a tidemark network: the same seed gives the same run.
@@ -117,6 +117,12 @@ pub struct Args {
     /// default: the protocol never does it by itself.
     #[arg(long, value_name = "MS")]
     pub operator_forces_view_after_ms: Option<u64>,
+    /// Which losses the fault scenario's crashes may not cause: `seats` takes down at most a
+    /// third of the nodes and loses at most a third of the seats of the newest agreed view
+    /// (replaced identities still seated count as lost); `nodes` counts nodes only, the
+    /// rule of older scenario generators, under which runs can lose a majority of the seats.
+    #[arg(long, value_enum, default_value_t = CrashGuard::Seats)]
+    pub crash_guard: CrashGuard,
     /// Plant a bug in every replica, to see the oracle catch it: skip-causal-order,
     /// no-admission-check, counts-one-member-too-few, fold-forgets-an-op,
     /// seq-reused-after-rejoin, leave-without-handover, never-evict, short-quorum,
@@ -234,6 +240,7 @@ impl Args {
                 partition_length: (Duration::from_secs(1), Duration::from_secs(10)),
                 churn_rate: if churn { 0.2 } else { 0.0 },
                 writers_leave: k.writers_leave,
+                crash_guard: CrashGuard::default(),
             }
         } else {
             FaultConfig::default()
@@ -250,6 +257,7 @@ impl Args {
         if faults.safety_phase.is_zero() && k.any() {
             faults = FaultConfig::default();
         }
+        faults.crash_guard = self.crash_guard;
         // network faults: explicit flags win; `--faults all` draws the rest from the seed
         let mut net = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0e7_fa17);
         let mut draw = |given: Option<f64>, hi: f64| {

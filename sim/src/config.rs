@@ -85,6 +85,26 @@ pub struct FaultConfig {
     pub churn_rate: f64,
     /// Whether churn's graceful leaves pick writers too (one writer always stays).
     pub writers_leave: bool,
+    /// Which losses a crash may not cause (see [`CrashGuard`]).
+    pub crash_guard: CrashGuard,
+}
+
+/// The fault model's limit on crashes: a crash that would break it is skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashGuard {
+    /// At most a third of the nodes down at once, and at most a third of the seats of the
+    /// newest agreed view lost: held by a node that is down, or by an identity that no
+    /// longer runs (its node came back from a lost disk or an old backup) and that no view
+    /// has removed yet. A strict majority of the seats then always survives, which the
+    /// protocol needs to change views (a larger loss is a majority loss: the operator's way
+    /// out, `--operator-forces-view-after-ms`).
+    #[default]
+    Seats,
+    /// At most a third of the nodes down at once, counting nodes only: replaced identities
+    /// still seated do not count, so the runs can lose a majority of the seats. The rule of
+    /// older scenario generators, kept so that recorded runs reproduce exactly.
+    Nodes,
 }
 
 impl FaultConfig {
@@ -146,6 +166,7 @@ impl FaultConfig {
                 0.0
             },
             writers_leave,
+            crash_guard: CrashGuard::default(),
         }
     }
 

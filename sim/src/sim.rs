@@ -16,7 +16,7 @@ use tidemark::ops_log::{LwwMap, LwwOp};
 use tidemark::replica::{Action, Checkpoint, Replica, ReplicaConfig};
 use tidemark::{NodeId, Time, VersionVector};
 
-use crate::config::SimConfig;
+use crate::config::{CrashGuard, SimConfig};
 use crate::ground_truth::{ExpectedState, GroundTruth, SimOp};
 use crate::invariants::safety::{ExcuseCounts, Excuses};
 use crate::invariants::{
@@ -1478,7 +1478,9 @@ impl Sim {
         }
     }
 
-    /// A random running node crashes, unless a third of the nodes are already down.
+    /// A random running node crashes, unless a third of the nodes are already down (and,
+    /// under [`CrashGuard::Seats`], unless the crash would lose more than a third of the
+    /// seats of the newest agreed view).
     fn crash(&mut self) {
         let faults = self.config.faults.clone();
         self.reschedule_fault(faults.crash_rate, EventKind::Crash);
@@ -1490,6 +1492,9 @@ impl Sim {
             return;
         }
         let n = running[self.rng.random_range(0..running.len())];
+        if faults.crash_guard == CrashGuard::Seats && !self.seats_survive_crash_of(n) {
+            return;
+        }
         self.stale_since.remove(&n);
         let node = &mut self.nodes[n];
         node.stopped = true;
@@ -1519,6 +1524,26 @@ impl Sim {
             // down for good: the evictions only it held are forgotten
             self.release_holder(n);
         }
+    }
+
+    /// Whether at most a third of the seats of the newest view a running node installed
+    /// would be lost if node `n` crashed now: a seat is lost when no running node holds
+    /// its id (its node is down, or came back under a new identity).
+    fn seats_survive_crash_of(&self, n: usize) -> bool {
+        let running = |i: usize| !self.nodes[i].stopped && !self.nodes[i].departed && i != n;
+        let Some(view) = (0..self.nodes.len())
+            .filter(|&i| running(i) || i == n)
+            .map(|i| self.nodes[i].replica.view())
+            .max_by_key(|view| view.epoch)
+        else {
+            return true;
+        };
+        let held: BTreeSet<&NodeId> = (0..self.nodes.len())
+            .filter(|&i| running(i))
+            .map(|i| &self.ids[i])
+            .collect();
+        let lost = view.members.keys().filter(|id| !held.contains(id)).count();
+        3 * lost <= view.members.len()
     }
 
     /// A crashed node due to restart comes back: from its durable state (it rejoins with a

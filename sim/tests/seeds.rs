@@ -109,6 +109,7 @@ fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
                 partition_length: (Duration::from_secs(2), Duration::from_secs(8)),
                 churn_rate: 0.3,
                 writers_leave: true,
+                crash_guard: Default::default(),
             },
             ..SimConfig::default()
         });
