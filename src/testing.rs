@@ -1,7 +1,7 @@
 //! A minimal in-memory driver for replicas, for tests and examples: messages are delivered
 //! in order with no latency (optionally through the CBOR wire encoding), publishes reach
 //! every other node unless dropped, and wake-ups fire in time order. Nodes can be cut off
-//! (a two-sided partition) or crashed and restarted. The simulator in `sim/`
+//! (a two-sided partition), deaf (a one-way one) or crashed and restarted. The simulator in `sim/`
 //! is the full harness; this one is small enough to read in a minute.
 
 use std::collections::VecDeque;
@@ -30,6 +30,9 @@ pub struct LoopbackNet<S: StateMachine> {
     /// Nodes cut off from the rest: every message to or from them is dropped (their
     /// timers still fire, so they keep running on their own).
     pub cut_off: Vec<bool>,
+    /// Deaf nodes: every message to them is dropped, while theirs still arrive (a one-way
+    /// partition).
+    pub deaf: Vec<bool>,
     /// Crashed nodes: they receive nothing and their timers do not fire.
     pub crashed: Vec<bool>,
     /// Sponsors offer their stable state as a snapshot instead of handing it over inline,
@@ -66,6 +69,7 @@ impl<S: StateMachine> LoopbackNet<S> {
             through_wire: false,
             wire_bytes: 0,
             cut_off: Vec::new(),
+            deaf: Vec::new(),
             crashed: Vec::new(),
             offer_states: false,
             offered: Vec::new(),
@@ -74,6 +78,7 @@ impl<S: StateMachine> LoopbackNet<S> {
         };
         net.wakes = vec![None; net.nodes.len()];
         net.cut_off = vec![false; net.nodes.len()];
+        net.deaf = vec![false; net.nodes.len()];
         net.crashed = vec![false; net.nodes.len()];
         for i in 0..net.nodes.len() {
             net.flush(i);
@@ -99,6 +104,7 @@ impl<S: StateMachine> LoopbackNet<S> {
         self.nodes.push(replica);
         self.wakes.push(None);
         self.cut_off.push(false);
+        self.deaf.push(false);
         self.crashed.push(false);
         let i = self.nodes.len() - 1;
         self.flush(i);
@@ -197,7 +203,7 @@ impl<S: StateMachine> LoopbackNet<S> {
                 let i = self
                     .index(&from)
                     .expect("senders are nodes of this network");
-                if self.crashed[j] || self.cut_off[i] != self.cut_off[j] {
+                if self.crashed[j] || self.deaf[j] || self.cut_off[i] != self.cut_off[j] {
                     continue;
                 }
                 self.nodes[j].handle_message(self.now, &from, &message);

@@ -468,6 +468,13 @@ struct WireRecord {
     g: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ad: Vec<String>,
+    /// The member says it is cut off (present only when true).
+    #[serde(default, skip_serializing_if = "is_false")]
+    co: bool,
+}
+
+fn is_false(x: &bool) -> bool {
+    !*x
 }
 
 fn is_zero(x: &u64) -> bool {
@@ -502,6 +509,7 @@ fn wire_record(r: &MemberRecord, base: &VersionVector, table: &mut Interner) -> 
         a: vector_delta(&r.applied, base, None, table),
         g: r.registrations,
         ad: r.addrs.clone(),
+        co: r.cut_off,
     }
 }
 
@@ -530,6 +538,7 @@ fn read_record(w: WireRecord, ids: &IdTable, base: &VersionVector) -> Result<Mem
         applied: apply_delta(base, &w.a, ids)?,
         registrations: w.g,
         addrs: w.ad,
+        cut_off: w.co,
     })
 }
 

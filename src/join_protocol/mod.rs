@@ -212,6 +212,7 @@ pub fn register<S: StateMachine>(
                 applied: log.applied().clone(),
                 registrations: 0,
                 addrs: request.addrs.clone(),
+                cut_off: false,
             });
             let outcome = map.merge(registration.clone(), now);
             debug_assert_eq!(outcome, MergeOutcome::Adopted);
@@ -273,6 +274,7 @@ pub fn install<S: StateMachine>(
         applied: log.applied().clone(),
         registrations: 0,
         addrs,
+        cut_off: false,
     };
     Ok((log, NetworkMap::load(own, grant.members.0, now)))
 }

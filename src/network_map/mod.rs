@@ -100,6 +100,12 @@ pub struct MemberRecord {
     /// bootstrap node. Empty in the simulator.
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// The member's last failure check heard from at most half of the members it counts
+    /// (it is isolated: [`monitor::Monitor::is_isolated`]). A member that others hear but
+    /// that says so for `suspicion_timeout` cannot hear the network (a one-way partition):
+    /// the view evicts it rather than count it forever.
+    #[serde(default)]
+    pub cut_off: bool,
 }
 
 /// A change of another member's standing that a map adopted (see
@@ -173,6 +179,7 @@ impl MemberRecord {
             applied: VersionVector::new(),
             registrations: 0,
             addrs: Vec::new(),
+            cut_off: false,
         }
     }
 
@@ -204,6 +211,9 @@ pub struct MemberEntry {
     pub last_heard: Time,
     /// When this node adopted a suspicion of the member's current report.
     pub suspect_since: Option<Time>,
+    /// Since when the member's records of its current incarnation say it is cut off
+    /// ([`MemberRecord::cut_off`]), without a break.
+    pub cut_off_since: Option<Time>,
 }
 
 /// What `merge` did with a record.
@@ -253,6 +263,8 @@ pub struct NetworkMap {
     admission_check: bool,
     /// Off for good when the simulator plants `PlantedBug::NoAdmissionCheck`.
     admission_planted_off: bool,
+    /// Whether this node's failure detector finds it cut off: its next report says so.
+    cut_off: bool,
     /// (member, incarnation) of every eviction adopted since the last `take_evictions`.
     evictions: Vec<(NodeId, u64)>,
     /// Changes of other members' standing adopted since the last `take_changes`.
@@ -278,6 +290,7 @@ impl NetworkMap {
             membership_epoch: 0,
             admission_check: true,
             admission_planted_off: false,
+            cut_off: false,
             evictions: Vec::new(),
             changes: Vec::new(),
             evicted_on_arrival: 0,
@@ -356,6 +369,7 @@ impl NetworkMap {
         let mut record = (*self.own().record).clone();
         record.report_seq += 1;
         record.applied = applied;
+        record.cut_off = self.cut_off;
         edit(&mut record);
         debug_assert_eq!(record.id, self.me, "a report cannot change the node's id");
         self.adopt(Arc::new(record), now);
@@ -598,6 +612,11 @@ impl NetworkMap {
             (MemberState::Suspect, _) => Some(now),
             _ => None,
         };
+        let cut_off_since = match old {
+            _ if !record.cut_off => None,
+            Some(e) if e.record.incarnation == record.incarnation => e.cut_off_since.or(Some(now)),
+            _ => Some(now),
+        };
         if record.state == MemberState::Evicted && record.id != self.me {
             self.evictions.push((record.id.clone(), record.incarnation));
         }
@@ -617,6 +636,7 @@ impl NetworkMap {
                 record: record.clone(),
                 last_heard,
                 suspect_since,
+                cut_off_since,
             },
         );
         let was_counted = old.as_ref().filter(|e| e.record.state.counts());
@@ -692,6 +712,12 @@ impl NetworkMap {
     }
 
     /// Members in good standing (counted in the snapshot point), this node included.
+    /// Notes whether this node's failure detector finds it cut off; its next report says
+    /// so ([`MemberRecord::cut_off`]).
+    pub fn note_cut_off(&mut self, cut_off: bool) {
+        self.cut_off = cut_off;
+    }
+
     pub fn counted(&self) -> usize {
         self.tracker.len()
     }

@@ -67,7 +67,9 @@ impl Monitor {
     }
 
     /// Runs the check if it is due: suspect members silent for `suspect_after`; name the
-    /// suspects that stayed silent and unrefuted for `suspicion_timeout` as overdue, but
+    /// suspects that stayed silent and unrefuted for `suspicion_timeout` as overdue, and
+    /// the members whose reports said they are cut off for as long (a one-way partition:
+    /// heard, but deaf), but
     /// only while this node hears from a strict majority of the members it counts
     /// (Lifeguard's local health: a node cut off from most of the network must not ask to
     /// evict the network), and only if `may_evict` (a leaving node evicts no one). The
@@ -102,6 +104,16 @@ impl Monitor {
             if *id == me || !entry.record.state.counts() {
                 continue;
             }
+            let deaf = entry
+                .cut_off_since
+                .is_some_and(|since| now.since(since) >= gossip.suspicion_timeout);
+            if deaf {
+                // heard, but it says it hears no one: it cannot take part, and it would
+                // hold the snapshot point still for as long as the one-way cut lasts
+                fresh += 1;
+                overdue.push(id.clone());
+                continue;
+            }
             let silent = now.since(entry.last_heard) > gossip.suspect_after;
             if !silent {
                 fresh += 1;
@@ -118,6 +130,7 @@ impl Monitor {
             }
         }
         self.isolated = 2 * fresh <= map.counted();
+        map.note_cut_off(self.isolated);
         let mut outcome = CheckOutcome {
             ran: true,
             ..CheckOutcome::default()
@@ -134,11 +147,12 @@ impl Monitor {
     }
 
     /// Whether this node is isolated, judged again now (after its view changed).
-    pub fn reassess(&mut self, now: Time, map: &NetworkMap, gossip: &GossipConfig) {
+    pub fn reassess(&mut self, now: Time, map: &mut NetworkMap, gossip: &GossipConfig) {
         let silent = Self::silent_members(now, map, gossip).len();
         let counted = map.counted();
         let fresh = counted - silent.min(counted);
         self.isolated = 2 * fresh <= counted;
+        map.note_cut_off(self.isolated);
     }
 
     /// The members in good standing, but this node, that it has not heard from for

@@ -30,8 +30,9 @@ pub struct Observations<'a> {
 /// - A member of a newer incarnation replaces its old one, once it has reported.
 /// - A member that left, or that the map already holds as evicted, is removed.
 /// - An overdue suspect is removed and evicted, with the registrations the map knows.
-/// - A member the map counts that the view lacks (a joiner that has reported and was
-///   heard from recently) is added; one that is overdue is evicted instead.
+/// - A member the map counts that the view lacks (a joiner that has reported, was heard
+///   from recently and does not say it is cut off) is added; one that is overdue is
+///   evicted instead.
 pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
     let me = &seen.map.own().record.id;
     let mut next: BTreeMap<NodeId, u64> = BTreeMap::new();
@@ -103,7 +104,8 @@ pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
         let record = &entry.record;
         let joined = record.state == MemberState::Alive && record.report_seq >= 1;
         let heard = seen.now.since(entry.last_heard) <= seen.suspect_after;
-        if id != me && joined && heard && !view.members.contains_key(id) {
+        let wanted = !record.cut_off && !seen.overdue.contains(id);
+        if id != me && joined && heard && wanted && !view.members.contains_key(id) {
             next.insert(id.clone(), record.incarnation);
         }
     }

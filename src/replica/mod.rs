@@ -811,7 +811,8 @@ impl<S: StateMachine> Replica<S> {
             .views_mut()
             .force(members, evictions, &mut out);
         self.send_view_messages(out);
-        self.monitor.reassess(now, &self.map, &self.config.gossip);
+        self.monitor
+            .reassess(now, &mut self.map, &self.config.gossip);
         self.finish(now);
         Ok(evicted)
     }

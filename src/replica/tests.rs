@@ -338,6 +338,65 @@ fn a_node_cut_off_is_evicted_then_rejoins_and_republishes_its_writes() {
 }
 
 #[test]
+fn a_deaf_member_that_the_others_hear_is_evicted_instead_of_holding_the_snapshot_point() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(5);
+    net.run_for(Duration::from_millis(100));
+    net.deaf[4] = true; // its messages arrive; nothing reaches it
+    net.write(0, put("main", "0"));
+    net.write(4, put("deaf", "4"));
+    let g = GossipConfig::default();
+    // it finds itself cut off after `suspect_after`, says so in its next report, and the
+    // others evict it once it said so for `suspicion_timeout`
+    net.run_for(eviction_bound() + g.heartbeat_interval + Duration::from_secs(1));
+    assert!(net.nodes[4].is_isolated());
+    for r in &net.nodes[..4] {
+        let entry = r.network_map().get(&id(4)).unwrap();
+        assert_eq!(entry.record.state, MemberState::Evicted);
+        assert!(
+            !r.view().members.contains_key(&id(4)),
+            "the view removed it"
+        );
+        assert_eq!(
+            r.snapshot_point().total(),
+            2,
+            "the majority moves on, with the write the deaf node published"
+        );
+    }
+    net.deaf[4] = false;
+    net.run_for(Duration::from_secs(5));
+    assert!(net.nodes[4].is_member());
+    assert_eq!(
+        net.nodes[4].incarnation(),
+        2,
+        "rejoined with a new incarnation"
+    );
+    for r in &net.nodes {
+        assert_eq!(r.applied_state().get("deaf"), Some("4"));
+        assert_eq!(r.snapshot_point().total(), 2);
+        assert_eq!(r.network_map().counted(), 5);
+    }
+}
+
+#[test]
+fn a_member_that_hears_only_a_minority_for_a_moment_is_not_evicted() {
+    // 5 members: node 4 goes deaf for less than it takes to call it cut off and evict it
+    let mut net = LoopbackNet::<LwwMap>::genesis(5);
+    net.run_for(Duration::from_millis(100));
+    let g = GossipConfig::default();
+    net.deaf[4] = true;
+    net.run_for(g.suspect_after + g.suspicion_timeout / 2);
+    net.deaf[4] = false;
+    net.write(0, put("after", "0"));
+    net.run_for(Duration::from_secs(10));
+    for r in &net.nodes {
+        assert_eq!(r.network_map().counted(), 5, "nobody was evicted");
+        assert_eq!(r.view().members.len(), 5);
+        assert_eq!(r.snapshot_point().total(), 1);
+    }
+    assert_eq!(net.nodes[4].incarnation(), 1);
+}
+
+#[test]
 fn a_restarted_node_rejoins_from_its_durable_state_and_loses_nothing() {
     let mut net = LoopbackNet::<LwwMap>::genesis(3);
     net.run_for(Duration::from_millis(100));
