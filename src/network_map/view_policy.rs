@@ -27,7 +27,8 @@ pub struct Observations<'a> {
 /// The next view `view` should give way to, from what this node observes, or `None` when
 /// the installed view is what it would ask for.
 ///
-/// - A member of a newer incarnation replaces its old one, once it has reported.
+/// - A member of a newer incarnation replaces its old one, once it has reported; if the
+///   new incarnation is overdue, the member is removed and that incarnation evicted.
 /// - A member that left, or that the map already holds as evicted, is removed.
 /// - An overdue suspect is removed and evicted, with the registrations the map knows.
 /// - A member the map counts that the view lacks (a joiner that has reported, was heard
@@ -53,7 +54,16 @@ pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
             // this map is behind: keep what the view says
             next.insert(id.clone(), *incarnation);
         } else if record.incarnation > *incarnation {
-            if record.state.counts() && record.report_seq >= 1 {
+            if record.state.counts() && seen.overdue.contains(id) {
+                // its new membership went silent too (registered, then crashed before it
+                // reported, say): both go, or the seat would wait for it forever
+                let known = seen.map.known_registrations(id, record.incarnation);
+                evicted.push(Eviction {
+                    id: id.clone(),
+                    incarnation: record.incarnation,
+                    registrations: record.registrations.max(known),
+                });
+            } else if record.state.counts() && record.report_seq >= 1 {
                 next.insert(id.clone(), record.incarnation);
             } else if record.state.counts() {
                 // registered, not reported yet: the old incarnation stays until then
@@ -172,4 +182,95 @@ pub fn rank(view: &View, map: &NetworkMap, now: Time, suspect_after: Duration) -
             })
         })
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::network_map::{MemberRecord, Sponsorship};
+
+    fn id(i: u64) -> NodeId {
+        NodeId::synthetic(i)
+    }
+
+    fn seen<'a>(map: &'a NetworkMap, overdue: &'a [NodeId], now: Time) -> Observations<'a> {
+        Observations {
+            map,
+            overdue,
+            leaving: false,
+            now,
+            suspect_after: Duration::from_secs(3),
+        }
+    }
+
+    /// A map at node 0 that knows founders 0, 1, 2 (their first reports).
+    fn founders_map() -> NetworkMap {
+        let mut map = NetworkMap::new(MemberRecord::founder(id(0)), Time::ZERO);
+        for i in 1..3 {
+            map.merge(Arc::new(MemberRecord::founder(id(i))), Time::ZERO);
+        }
+        map
+    }
+
+    #[test]
+    fn a_seat_whose_new_incarnation_went_silent_before_reporting_is_evicted() {
+        let mut map = founders_map();
+        // node 2 restarted and was registered again (incarnation 2), then crashed before
+        // its first report
+        map.merge(
+            Arc::new(MemberRecord {
+                incarnation: 2,
+                report_seq: 0,
+                sponsor: Some(Sponsorship {
+                    sponsor: id(1),
+                    sponsor_incarnation: 1,
+                    reg_no: 1,
+                }),
+                ..MemberRecord::founder(id(2))
+            }),
+            Time::ZERO,
+        );
+        let view = View::founding((0..3).map(id));
+        let now = Time::ZERO + Duration::from_secs(10);
+        assert_eq!(
+            wanted_change(&view, &seen(&map, &[], now)),
+            None,
+            "not overdue: the old seat waits for the new incarnation's first report"
+        );
+        let overdue = [id(2)];
+        let change = wanted_change(&view, &seen(&map, &overdue, now)).expect("a change");
+        assert!(!change.next.members.contains_key(&id(2)));
+        assert_eq!(change.evicted.len(), 1);
+        assert_eq!(change.evicted[0].id, id(2));
+        assert_eq!(
+            change.evicted[0].incarnation, 2,
+            "the newest membership goes"
+        );
+    }
+
+    #[test]
+    fn a_joiner_that_says_it_is_cut_off_is_not_admitted() {
+        let mut map = founders_map();
+        let joiner = |cut_off| {
+            Arc::new(MemberRecord {
+                report_seq: 1,
+                cut_off,
+                ..MemberRecord::founder(id(7))
+            })
+        };
+        map.merge(joiner(true), Time::ZERO);
+        let view = View::founding((0..3).map(id));
+        assert_eq!(wanted_change(&view, &seen(&map, &[], Time::ZERO)), None);
+        map.merge(
+            Arc::new(MemberRecord {
+                report_seq: 2,
+                ..(*joiner(false)).clone()
+            }),
+            Time::ZERO,
+        );
+        let change = wanted_change(&view, &seen(&map, &[], Time::ZERO)).expect("admitted");
+        assert!(change.next.has(&id(7), 1));
+    }
 }
