@@ -1526,24 +1526,32 @@ impl Sim {
         }
     }
 
-    /// Whether at most a third of the seats of the newest view a running node installed
-    /// would be lost if node `n` crashed now: a seat is lost when no running node holds
-    /// its id (its node is down, or came back under a new identity).
+    /// Whether at most a third of the seats would be lost if node `n` crashed now, in the
+    /// newest view a running node installed and in every next view some node has accepted
+    /// (it may be decided yet): a seat is lost when no running node holds its id (its node
+    /// is down, or came back under a new identity).
     fn seats_survive_crash_of(&self, n: usize) -> bool {
         let running = |i: usize| !self.nodes[i].stopped && !self.nodes[i].departed && i != n;
-        let Some(view) = (0..self.nodes.len())
+        let Some(newest) = (0..self.nodes.len())
             .filter(|&i| running(i) || i == n)
-            .map(|i| self.nodes[i].replica.view())
+            .map(|i| self.nodes[i].replica.view().clone())
             .max_by_key(|view| view.epoch)
         else {
             return true;
         };
+        let pending = self.nodes.iter().filter_map(|node| {
+            let votes = node.replica.votes();
+            let (_, change) = votes.accepted?;
+            (votes.view.epoch == newest.epoch).then_some(change.next)
+        });
         let held: BTreeSet<&NodeId> = (0..self.nodes.len())
             .filter(|&i| running(i))
             .map(|i| &self.ids[i])
             .collect();
-        let lost = view.members.keys().filter(|id| !held.contains(id)).count();
-        3 * lost <= view.members.len()
+        std::iter::once(newest.clone()).chain(pending).all(|view| {
+            let lost = view.members.keys().filter(|id| !held.contains(id)).count();
+            3 * lost <= view.members.len()
+        })
     }
 
     /// A crashed node due to restart comes back: from its durable state (it rejoins with a

@@ -34,10 +34,14 @@ pub struct Observations<'a> {
 /// - A member the map counts that the view lacks (a joiner that has reported, was heard
 ///   from recently and does not say it is cut off) is added; one that is overdue is
 ///   evicted instead.
+/// - A member that is heard but says it is cut off (deaf) is evicted only if the next view
+///   keeps a strict majority of live seats (heard, not cut off) after one more loss.
+/// - No change is asked for while the members this node heard from recently would not be a
+///   strict majority of the next view: it waits until the silent ones are overdue too.
 pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
     let me = &seen.map.own().record.id;
     let mut next: BTreeMap<NodeId, u64> = BTreeMap::new();
-    let mut evicted = Vec::new();
+    let mut evicted: Vec<Eviction> = Vec::new();
     for (id, incarnation) in &view.members {
         if id == me {
             if !seen.leaving {
@@ -118,6 +122,41 @@ pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
         if id != me && joined && heard && wanted && !view.members.contains_key(id) {
             next.insert(id.clone(), record.incarnation);
         }
+    }
+    let heard = |id: &NodeId| {
+        id == me
+            || seen
+                .map
+                .get(id)
+                .is_some_and(|e| seen.now.since(e.last_heard) <= seen.suspect_after)
+    };
+    // Evicting a member that is heard (one that says it is cut off: deaf, but running)
+    // shrinks the view by choice: only while the next view keeps one loss to spare, a
+    // strict majority of its seats heard and not cut off even without one of them. Else
+    // the deaf members keep their seats until they hear again.
+    let deaf: Vec<usize> = (0..evicted.len())
+        .filter(|&i| heard(&evicted[i].id))
+        .collect();
+    if !deaf.is_empty() {
+        let live = next
+            .keys()
+            .filter(|id| heard(id))
+            .filter(|id| *id == me || !seen.map.get(id).is_some_and(|e| e.record.cut_off))
+            .count();
+        if 2 * live.saturating_sub(1) <= next.len() {
+            for i in deaf.into_iter().rev() {
+                let kept = evicted.remove(i);
+                if let Some(seat) = view.members.get(&kept.id) {
+                    next.insert(kept.id, *seat);
+                }
+            }
+        }
+    }
+    // A view in which the seats this node hears from are not a strict majority could not
+    // change again (one more crash and it is stuck): wait until the silent ones are overdue
+    // too and go in the same change, rather than leave them a majority.
+    if 2 * next.keys().filter(|id| heard(id)).count() <= next.len() {
+        return None;
     }
     if next == view.members
         && evicted
@@ -205,18 +244,18 @@ mod tests {
         }
     }
 
-    /// A map at node 0 that knows founders 0, 1, 2 (their first reports).
-    fn founders_map() -> NetworkMap {
-        let mut map = NetworkMap::new(MemberRecord::founder(id(0)), Time::ZERO);
+    /// A map at node 0 that knows founders 0, 1, 2 (their first reports, adopted at `at`).
+    fn founders_map(at: Time) -> NetworkMap {
+        let mut map = NetworkMap::new(MemberRecord::founder(id(0)), at);
         for i in 1..3 {
-            map.merge(Arc::new(MemberRecord::founder(id(i))), Time::ZERO);
+            map.merge(Arc::new(MemberRecord::founder(id(i))), at);
         }
         map
     }
 
     #[test]
     fn a_seat_whose_new_incarnation_went_silent_before_reporting_is_evicted() {
-        let mut map = founders_map();
+        let mut map = founders_map(Time::ZERO + Duration::from_secs(9));
         // node 2 restarted and was registered again (incarnation 2), then crashed before
         // its first report
         map.merge(
@@ -230,7 +269,7 @@ mod tests {
                 }),
                 ..MemberRecord::founder(id(2))
             }),
-            Time::ZERO,
+            Time::ZERO + Duration::from_secs(1),
         );
         let view = View::founding((0..3).map(id));
         let now = Time::ZERO + Duration::from_secs(10);
@@ -252,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_joiner_that_says_it_is_cut_off_is_not_admitted() {
-        let mut map = founders_map();
+        let mut map = founders_map(Time::ZERO);
         let joiner = |cut_off| {
             Arc::new(MemberRecord {
                 report_seq: 1,
@@ -272,5 +311,68 @@ mod tests {
         );
         let change = wanted_change(&view, &seen(&map, &[], Time::ZERO)).expect("admitted");
         assert!(change.next.has(&id(7), 1));
+    }
+
+    fn seats(change: &ViewChange) -> std::collections::BTreeSet<NodeId> {
+        change.next.members.keys().cloned().collect()
+    }
+
+    fn ids(of: &[u64]) -> std::collections::BTreeSet<NodeId> {
+        of.iter().map(|&i| id(i)).collect()
+    }
+
+    /// A map at node 0 with members 0..n: those in `silent` last reported at 0 s, the
+    /// others at 9 s, those in `deaf` saying they are cut off. The clock then reads 10 s.
+    fn map_at_ten_seconds(n: u64, silent: &[u64], deaf: &[u64]) -> (NetworkMap, Time) {
+        let at = |s: u64| Time::ZERO + Duration::from_secs(s);
+        let mut map = NetworkMap::new(MemberRecord::founder(id(0)), at(9));
+        for i in 1..n {
+            let when = if silent.contains(&i) { at(0) } else { at(9) };
+            let record = MemberRecord {
+                cut_off: deaf.contains(&i),
+                ..MemberRecord::founder(id(i))
+            };
+            map.merge(Arc::new(record), when);
+        }
+        (map, at(10))
+    }
+
+    #[test]
+    fn deaf_members_keep_their_seats_when_evicting_them_leaves_no_loss_to_spare() {
+        let view = View::founding((0..4).map(id));
+        // 1 and 2 are deaf (heard, cut off) and overdue; 3 is silent, not overdue yet
+        let (map, now) = map_at_ten_seconds(4, &[3], &[1, 2]);
+        let overdue = [id(1), id(2)];
+        assert_eq!(
+            wanted_change(&view, &seen(&map, &overdue, now)),
+            None,
+            "a view of 0 and the silent 3 would be stuck at the next loss"
+        );
+        // once 3 is overdue too, it goes; the deaf ones stay until they hear again
+        let overdue = [id(1), id(2), id(3)];
+        let change = wanted_change(&view, &seen(&map, &overdue, now)).expect("a change");
+        assert_eq!(seats(&change), ids(&[0, 1, 2]));
+        assert_eq!(change.evicted.len(), 1);
+        assert_eq!(change.evicted[0].id, id(3));
+        // in a larger view the deaf are evicted: the rest can lose one more and go on
+        let view = View::founding((0..7).map(id));
+        let (map, now) = map_at_ten_seconds(7, &[], &[5, 6]);
+        let overdue = [id(5), id(6)];
+        let change = wanted_change(&view, &seen(&map, &overdue, now)).expect("a change");
+        assert_eq!(change.next.members.len(), 5);
+        assert_eq!(change.evicted.len(), 2);
+    }
+
+    #[test]
+    fn no_view_is_asked_for_in_which_the_silent_seats_are_half() {
+        let view = View::founding((0..5).map(id));
+        // 1 and 2 silent (suspected, not overdue yet); 3 overdue
+        let (map, now) = map_at_ten_seconds(5, &[1, 2, 3], &[]);
+        let overdue = [id(3)];
+        assert_eq!(wanted_change(&view, &seen(&map, &overdue, now)), None);
+        let overdue = [id(1), id(2), id(3)];
+        let change = wanted_change(&view, &seen(&map, &overdue, now)).expect("a change");
+        assert_eq!(seats(&change), ids(&[0, 4]));
+        assert_eq!(change.evicted.len(), 3);
     }
 }
