@@ -119,7 +119,8 @@ pub struct Args {
     pub operator_forces_view_after_ms: Option<u64>,
     /// Which losses the fault scenario's crashes may not cause: `seats` takes down at most a
     /// third of the nodes and loses at most a third of the seats of the newest agreed view
-    /// (replaced identities still seated count as lost); `nodes` counts nodes only, the
+    /// and of any next view a node accepted (replaced identities still seated count as
+    /// lost); `nodes` counts nodes only, the
     /// rule of older scenario generators, under which runs can lose a majority of the seats.
     #[arg(long, value_enum, default_value_t = CrashGuard::Seats)]
     pub crash_guard: CrashGuard,

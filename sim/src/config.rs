@@ -93,8 +93,8 @@ pub struct FaultConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum CrashGuard {
-    /// At most a third of the nodes down at once, and at most a third of the seats of the
-    /// newest agreed view lost: held by a node that is down, or by an identity that no
+    /// At most a third of the nodes down at once, and at most a third of the seats lost,
+    /// in the newest agreed view and in any next view a node accepted: held by a node that is down, or by an identity that no
     /// longer runs (its node came back from a lost disk or an old backup) and that no view
     /// has removed yet. A strict majority of the seats then always survives, which the
     /// protocol needs to change views (a larger loss is a majority loss: the operator's way

@@ -1480,7 +1480,7 @@ impl Sim {
 
     /// A random running node crashes, unless a third of the nodes are already down (and,
     /// under [`CrashGuard::Seats`], unless the crash would lose more than a third of the
-    /// seats of the newest agreed view).
+    /// seats of the newest agreed view or of a next view a node accepted).
     fn crash(&mut self) {
         let faults = self.config.faults.clone();
         self.reschedule_fault(faults.crash_rate, EventKind::Crash);
