@@ -53,6 +53,11 @@ pub struct Report {
     pub bytes_per_op: f64,
     pub bytes_by_kind: BTreeMap<String, u64>,
     pub messages_by_kind: BTreeMap<String, u64>,
+    /// Monitoring messages (probes and their acks) a node handles per simulated second,
+    /// sent plus received, averaged over the nodes of the run (founders and joiners).
+    pub monitoring_msgs_per_member_s: f64,
+    /// The same for status messages (reports, heartbeats among them, and their relays).
+    pub status_msgs_per_member_s: f64,
     pub distinct_cuts: usize,
     /// Member records received, summed over nodes, by outcome.
     pub record_merges: RecordMerges,
@@ -74,11 +79,27 @@ pub struct Report {
     pub samples: Vec<Sample>,
 }
 
+/// Messages of `kinds` handled (sent plus received) per node and simulated second.
+fn per_member_s(r: &ReportInputs, config: &SimConfig, kinds: &[&str]) -> f64 {
+    let sent: u64 = kinds
+        .iter()
+        .filter_map(|k| r.traffic.by_kind.get(*k))
+        .map(|v| v.0)
+        .sum();
+    let nodes = (config.nodes + config.joins).max(1) as f64;
+    if r.sim_time_s <= 0.0 {
+        return 0.0;
+    }
+    round3(2.0 * sent as f64 / nodes / r.sim_time_s)
+}
+
 impl Report {
     pub fn new(config: &SimConfig, r: ReportInputs) -> Self {
         let dissemination = r.dissemination.summary();
         let sp_lag = r.sp_lag.summary();
         let ops = r.written.max(1) as f64;
+        let monitoring = per_member_s(&r, config, &["probe", "probe_ack"]);
+        let status = per_member_s(&r, config, &["status"]);
         Report {
             seed: config.seed,
             nodes: config.nodes,
@@ -132,6 +153,8 @@ impl Report {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.0))
                 .collect(),
+            monitoring_msgs_per_member_s: monitoring,
+            status_msgs_per_member_s: status,
             distinct_cuts: r.cuts,
             record_merges: r.record_merges,
             fault_config: config.faults.any().then(|| config.faults.clone()),

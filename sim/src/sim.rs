@@ -1527,8 +1527,9 @@ impl Sim {
     }
 
     /// Whether at most a third of the seats would be lost if node `n` crashed now, in the
-    /// newest view a running node installed and in every next view some node has accepted
-    /// (it may be decided yet): a seat is lost when no running node holds its id (its node
+    /// newest view a running node installed, in that view without the seats of the nodes
+    /// leaving (where their leaves take it), and in every next view some node has
+    /// accepted (it may be decided yet): a seat is lost when no running node holds its id (its node
     /// is down, or came back under a new identity).
     fn seats_survive_crash_of(&self, n: usize) -> bool {
         let running = |i: usize| !self.nodes[i].stopped && !self.nodes[i].departed && i != n;
@@ -1544,14 +1545,25 @@ impl Sim {
             let (_, change) = votes.accepted?;
             (votes.view.epoch == newest.epoch).then_some(change.next)
         });
+        let pending: Vec<tidemark::network_map::view::View> = pending.collect();
         let held: BTreeSet<&NodeId> = (0..self.nodes.len())
             .filter(|&i| running(i))
             .map(|i| &self.ids[i])
             .collect();
-        std::iter::once(newest.clone()).chain(pending).all(|view| {
-            let lost = view.members.keys().filter(|id| !held.contains(id)).count();
-            3 * lost <= view.members.len()
-        })
+        // the view the leaves under way head for: the newest without its leaving seats
+        let mut after_leaves = newest.clone();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].replica.is_leaving() {
+                after_leaves.members.remove(&self.ids[i]);
+            }
+        }
+        [newest, after_leaves]
+            .into_iter()
+            .chain(pending)
+            .all(|view| {
+                let lost = view.members.keys().filter(|id| !held.contains(id)).count();
+                3 * lost <= view.members.len()
+            })
     }
 
     /// A crashed node due to restart comes back: from its durable state (it rejoins with a

@@ -108,6 +108,14 @@ pub enum Message<S: StateMachine> {
     JoinResponse(Box<JoinResponse<S>>),
     /// Agreeing the next membership view (`network_map::view`).
     View(ViewMessage),
+    /// An observer's probe of a member it watches (`network_map::probes`).
+    Probe {
+        round: u64,
+    },
+    /// The answer to a probe, at once, with its round.
+    ProbeAck {
+        round: u64,
+    },
 }
 
 impl<S: StateMachine> Message<S> {
@@ -122,6 +130,8 @@ impl<S: StateMachine> Message<S> {
             Message::JoinRequest(_) => "join_request",
             Message::JoinResponse(_) => "join_response",
             Message::View(_) => "view",
+            Message::Probe { .. } => "probe",
+            Message::ProbeAck { .. } => "probe_ack",
         }
     }
 }
@@ -175,14 +185,24 @@ pub struct GossipConfig {
     /// it after a rejoin through nodes that lack it (see `ops_log::OwnOps`).
     #[serde(default = "default_own_ops_retention")]
     pub own_ops_retention: Duration,
-    /// Failure detection: a member from which no new report (and no message) has arrived
-    /// for this long is suspected. Reports flood, so with the 1 s heartbeat this is three
-    /// missed heartbeats on every path at once.
+    /// Failure detection: a member that answered none of its observers' probes for this
+    /// long is suspected by them (six probes at the default `probe_interval`); a suspect
+    /// is evicted only once no new report (and no message) of it has arrived for this long
+    /// either. Also how long a member may be silent before the majority rules count it as
+    /// not heard.
     pub suspect_after: Duration,
     /// How long a suspicion may stand unrefuted before the suspect is evicted.
     pub suspicion_timeout: Duration,
     /// How often a node looks for silent members.
     pub failure_check_interval: Duration,
+    /// How many rings the monitoring overlay has: each member watches (probes) at most
+    /// this many others, and is watched by as many (`network_map::probes`).
+    #[serde(default = "default_monitor_rings")]
+    pub monitor_rings: usize,
+    /// How often an observer probes each member it watches; a member that answered none
+    /// of the probes of `suspect_after` is suspected.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval: Duration,
     /// How long a proposer gives one ballot of a view change before it tries a higher one,
     /// and how long each voter waits after the one before it in id order before it
     /// proposes a change itself (`network_map::view_policy`).
@@ -211,6 +231,14 @@ fn default_buffer_limits() -> crate::ops_log::BufferLimits {
 
 fn default_own_ops_retention() -> Duration {
     Duration::from_secs(600)
+}
+
+fn default_monitor_rings() -> usize {
+    4
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_view_ballot_patience() -> Duration {
@@ -245,6 +273,8 @@ impl Default for GossipConfig {
             suspect_after: Duration::from_secs(3),
             suspicion_timeout: Duration::from_secs(3),
             failure_check_interval: Duration::from_millis(250),
+            monitor_rings: default_monitor_rings(),
+            probe_interval: default_probe_interval(),
             causal_buffer: crate::ops_log::BufferLimits::default(),
         }
     }

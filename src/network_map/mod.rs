@@ -28,6 +28,7 @@
 pub mod membership;
 mod min_tracker;
 pub mod monitor;
+pub mod probes;
 pub mod view;
 pub mod view_policy;
 

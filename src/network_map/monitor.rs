@@ -1,15 +1,17 @@
-//! Failure detection (SWIM-like, with reports as heartbeats, and Lifeguard's local
-//! health): which members this node suspects and evicts, whether it is cut off from most
+//! Failure detection (SWIM-like probes on an overlay of K rings, suspicions as the alerts,
+//! and Lifeguard's local health): which members this node suspects and evicts, whether it is cut off from most
 //! of the network, and telling an evicted node that still talks that it was evicted.
 //!
-//! The [`Monitor`] owns its timer, the isolation flag and whom it told of their eviction;
-//! the records themselves live in the [`NetworkMap`], which the replica lends it. Part of
-//! the sans-IO core: time comes in as a value.
+//! The [`Monitor`] owns its timer, the monitoring overlay ([`ProbeOverlay`]: whom this node
+//! probes), the isolation flag and whom it told of their eviction; the records themselves
+//! live in the [`NetworkMap`], which the replica lends it. Part of the sans-IO core: time
+//! comes in as a value.
 
 use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha8Rng;
 
+use super::probes::ProbeOverlay;
 use super::{MemberState, NetworkMap};
 use crate::gossip::{GossipConfig, Message, Records};
 use crate::node_id::NodeId;
@@ -26,6 +28,8 @@ pub struct Monitor {
     isolated: bool,
     /// When each evicted node that kept talking was last sent its eviction.
     told_evicted: BTreeMap<NodeId, Time>,
+    /// The members this node watches, and their answers.
+    probes: ProbeOverlay,
 }
 
 /// What one failure check did.
@@ -38,16 +42,30 @@ pub struct CheckOutcome {
     /// Suspects silent and unrefuted past the suspicion timeout, in id order: the members
     /// this node asks the next view to evict. Empty while it is isolated.
     pub overdue: Vec<NodeId>,
+    /// A probe round that is due: its number, and the subjects to probe, in id order.
+    pub probe: Option<(u64, Vec<NodeId>)>,
 }
 
 impl Monitor {
-    /// A detector whose first check is at `first_check`.
-    pub fn new(first_check: Time) -> Self {
+    /// A detector whose first check and first probe round are at `first_check`, watching
+    /// its successors on `rings` rings.
+    pub fn new(first_check: Time, rings: usize) -> Self {
         Self {
             next_check: first_check,
             isolated: false,
             told_evicted: BTreeMap::new(),
+            probes: ProbeOverlay::new(rings, first_check),
         }
+    }
+
+    /// `from` answered probe round `round`.
+    pub fn on_probe_ack(&mut self, from: &NodeId, round: u64) {
+        self.probes.on_ack(from, round);
+    }
+
+    /// The members this node watches, in id order.
+    pub fn subjects(&self) -> impl Iterator<Item = &NodeId> {
+        self.probes.subjects()
     }
 
     /// Whether the last check heard from at most half of the members in good standing:
@@ -56,9 +74,9 @@ impl Monitor {
         self.isolated
     }
 
-    /// When the next check is due.
+    /// When the next check or probe round is due.
     pub fn next_check(&self) -> Time {
-        self.next_check
+        self.next_check.min(self.probes.next_round_at())
     }
 
     /// No check before `at` (a node that just joined has heard from no one yet).
@@ -66,10 +84,12 @@ impl Monitor {
         self.next_check = at;
     }
 
-    /// Runs the check if it is due: suspect members silent for `suspect_after`; name the
-    /// suspects that stayed silent and unrefuted for `suspicion_timeout` as overdue, and
-    /// the members whose reports said they are cut off for as long (a one-way partition:
-    /// heard, but deaf), but
+    /// Returns the probe round that is due, if any (the caller sends it), and runs the
+    /// check if it is due. The check suspects the members this node watches that answered
+    /// no probe for `suspect_after` (the alert). It names as overdue the suspects, whoever
+    /// raised the alert, that stayed unrefuted for `suspicion_timeout` and that this node
+    /// has not heard from for `suspect_after` either, and the members whose reports said
+    /// they are cut off for as long (a one-way partition: heard, but deaf). It names them
     /// only while this node hears from a strict majority of the members it counts
     /// (Lifeguard's local health: a node cut off from most of the network must not ask to
     /// evict the network), and only if `may_evict` (a leaving node evicts no one). The
@@ -82,11 +102,26 @@ impl Monitor {
         rng: &mut ChaCha8Rng,
         may_evict: bool,
     ) -> CheckOutcome {
+        self.probes.refresh(map, now);
+        let probe = self
+            .probes
+            .on_timeout(
+                now,
+                jitter(rng, gossip.probe_interval),
+                gossip.suspect_after,
+            )
+            .map(|round| (round, self.probes.subjects().cloned().collect()));
         if self.next_check > now {
-            return CheckOutcome::default();
+            return CheckOutcome {
+                probe,
+                ..CheckOutcome::default()
+            };
         }
         self.next_check = now + jitter(rng, gossip.failure_check_interval);
-        self.check(now, map, gossip, may_evict)
+        CheckOutcome {
+            probe,
+            ..self.check(now, map, gossip, may_evict)
+        }
     }
 
     fn check(
@@ -98,7 +133,7 @@ impl Monitor {
     ) -> CheckOutcome {
         let me = map.own().record.id.clone();
         let mut fresh = 1; // this node
-        let mut silent_alive = Vec::new();
+        let mut unanswered = Vec::new();
         let mut overdue = Vec::new();
         for (id, entry) in map.iter() {
             if *id == me || !entry.record.state.counts() {
@@ -117,12 +152,17 @@ impl Monitor {
             let silent = now.since(entry.last_heard) > gossip.suspect_after;
             if !silent {
                 fresh += 1;
-                continue;
             }
             match (entry.record.state, entry.suspect_since) {
-                (MemberState::Alive, _) => silent_alive.push(id.clone()),
+                // only its observers suspect a member: the ones whose probes it left
+                // unanswered; the suspicion is the alert every other member adopts
+                (MemberState::Alive, _)
+                    if self.probes.is_unanswered(id, now, gossip.suspect_after) =>
+                {
+                    unanswered.push(id.clone())
+                }
                 (MemberState::Suspect, Some(since))
-                    if now.since(since) >= gossip.suspicion_timeout =>
+                    if silent && now.since(since) >= gossip.suspicion_timeout =>
                 {
                     overdue.push(id.clone())
                 }
@@ -135,7 +175,7 @@ impl Monitor {
             ran: true,
             ..CheckOutcome::default()
         };
-        for id in silent_alive {
+        for id in unanswered {
             if map.suspect(&id, now) {
                 outcome.suspected += 1;
             }

@@ -292,6 +292,7 @@ impl<S: StateMachine> Replica<S> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let first_ae = now + jitter(&mut rng, config.gossip.anti_entropy_interval);
         let first_failure_check = now + jitter(&mut rng, config.gossip.failure_check_interval);
+        let monitor = Monitor::new(first_failure_check, config.gossip.monitor_rings);
         let mut log = log;
         log.set_buffer_limits(config.gossip.causal_buffer);
         log.plant(config.planted);
@@ -312,7 +313,7 @@ impl<S: StateMachine> Replica<S> {
             journal: Vec::new(),
             dissemination: Dissemination::new(now, first_ae),
             wake_announced: None,
-            monitor: Monitor::new(first_failure_check),
+            monitor,
             membership: Membership::new(view_owner, incarnation, View::default()),
             view_journal: Vec::new(),
             sponsor: Sponsor::default(),
@@ -563,6 +564,12 @@ impl<S: StateMachine> Replica<S> {
     /// Whether the node has announced that it left.
     pub fn has_left(&self) -> bool {
         matches!(self.phase, Phase::Left)
+    }
+
+    /// The members this node watches on the monitoring overlay (it probes them), in id
+    /// order: at most `monitor_rings` of them.
+    pub fn watched_members(&self) -> Vec<NodeId> {
+        self.monitor.subjects().cloned().collect()
     }
 
     /// Whether the last failure check heard from at most half of the members in good
@@ -823,6 +830,14 @@ impl<S: StateMachine> Replica<S> {
             self.map.heard_from(from, now);
             self.tell_if_evicted(now, from, message);
         }
+        match message {
+            // anyone that probes gets its answer, whatever this node's phase
+            Message::Probe { round } => {
+                self.send(from.clone(), Message::ProbeAck { round: *round });
+            }
+            Message::ProbeAck { round } => self.monitor.on_probe_ack(from, *round),
+            _ => {}
+        }
         if let Message::View(message) = message {
             // a seat votes whatever its node's phase (a rejoining node keeps its seat)
             let mut out = Vec::new();
@@ -879,7 +894,8 @@ impl<S: StateMachine> Replica<S> {
                 self.on_join_request(now, from, request)
             }
             (Phase::Member { .. }, Message::JoinResponse(_)) => {}
-            (Phase::Member { .. }, Message::View(_)) => {}
+            (Phase::Member { .. }, Message::View(_) | Message::Probe { .. }) => {}
+            (Phase::Member { .. }, Message::ProbeAck { .. }) => {}
         }
         self.finish(now);
     }
@@ -930,6 +946,11 @@ impl<S: StateMachine> Replica<S> {
             may_evict,
         );
         self.stats.suspicions_raised += checked.suspected;
+        if let Some((round, subjects)) = &checked.probe {
+            for subject in subjects {
+                self.send(subject.clone(), Message::Probe { round: *round });
+            }
+        }
         if checked.ran {
             self.propose_view_change(now, &checked.overdue);
         }

@@ -338,6 +338,50 @@ fn a_node_cut_off_is_evicted_then_rejoins_and_republishes_its_writes() {
 }
 
 #[test]
+fn only_the_observers_of_a_crashed_member_raise_the_alert_and_every_member_evicts_it() {
+    let n = 12;
+    let mut net = LoopbackNet::<LwwMap>::genesis(n);
+    net.run_for(Duration::from_secs(1));
+    let k = GossipConfig::default().monitor_rings;
+    for r in &net.nodes {
+        let watched = r.watched_members();
+        assert!(!watched.is_empty() && watched.len() <= k, "{watched:?}");
+    }
+    let crashed = 5;
+    let observers: Vec<usize> = (0..n as usize)
+        .filter(|&i| net.nodes[i].watched_members().contains(&id(crashed as u64)))
+        .collect();
+    assert!(!observers.is_empty() && observers.len() <= k);
+    net.crashed[crashed] = true;
+    net.write(0, put("after", "0"));
+    net.run_for(eviction_bound() + Duration::from_secs(1));
+    for (i, r) in net.nodes.iter().enumerate().filter(|(i, _)| *i != crashed) {
+        assert_eq!(
+            r.network_map()
+                .get(&id(crashed as u64))
+                .unwrap()
+                .record
+                .state,
+            MemberState::Evicted,
+            "node {i}"
+        );
+        assert_eq!(r.snapshot_point().total(), 1, "node {i} moves on");
+        if !observers.contains(&i) {
+            let raised = r.stats().suspicions_raised;
+            assert_eq!(
+                raised, 0,
+                "node {i} does not watch it: it adopted the alert"
+            );
+        }
+    }
+    let raised: u64 = observers
+        .iter()
+        .map(|&i| net.nodes[i].stats().suspicions_raised)
+        .sum();
+    assert!(raised >= 1, "an observer raised the alert");
+}
+
+#[test]
 fn a_deaf_member_that_the_others_hear_is_evicted_instead_of_holding_the_snapshot_point() {
     let mut net = LoopbackNet::<LwwMap>::genesis(5);
     net.run_for(Duration::from_millis(100));
