@@ -1699,6 +1699,15 @@ impl Sim {
             side[pick] = true;
         }
         let one_way = self.rng.random_bool(faults.one_way);
+        if self.trace {
+            let cut: Vec<usize> = (0..side.len()).filter(|&i| side[i]).collect();
+            let how = if one_way {
+                "deaf to the rest"
+            } else {
+                "cut off"
+            };
+            eprintln!("{:.3} s: nodes {cut:?} {how}", self.ms() / 1e3);
+        }
         self.partition = Some(Partition { side, one_way });
         self.faults.partitions += 1;
         let at = self.now + self.draw(faults.partition_length);
@@ -1710,6 +1719,9 @@ impl Sim {
     fn heal(&mut self) {
         if self.partition.take().is_some() {
             self.last_heal = self.now;
+            if self.trace {
+                eprintln!("{:.3} s: the partition heals", self.ms() / 1e3);
+            }
         }
         let now = self.now;
         for since in self.stale_since.values_mut() {

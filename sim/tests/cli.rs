@@ -147,7 +147,7 @@ fn a_batch_of_seeds_reports_one_summary() {
 fn a_batch_names_the_seed_of_its_worst_latencies() {
     let flags = ["--faults", "all", "--nodes", "10", "--ops", "100"];
     let mut args = flags.to_vec();
-    args.extend(["--seeds", "1..6", "--json"]);
+    args.extend(["--seeds", "13..18", "--json"]);
     let out = sim(&args);
     assert!(
         out.status.success(),
@@ -172,7 +172,7 @@ fn a_batch_names_the_seed_of_its_worst_latencies() {
     }
     // the stale rule shows in a sweep: how many notices made members rejoin
     let mut notices = 0;
-    for seed in 1..=6 {
+    for seed in 13..=18 {
         let seed = seed.to_string();
         let mut args = flags.to_vec();
         args.extend(["--seed", &seed, "--json"]);
@@ -270,7 +270,7 @@ fn the_partitions_mode_runs_sequences_of_partitions_and_nothing_else() {
         "--ops",
         "200",
         "--seed",
-        "3",
+        "7",
         "--json",
     ]);
     assert!(

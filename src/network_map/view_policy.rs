@@ -154,8 +154,9 @@ pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
     }
     // A view in which the seats this node hears from are not a strict majority could not
     // change again (one more crash and it is stuck): wait until the silent ones are overdue
-    // too and go in the same change, rather than leave them a majority.
-    if 2 * next.keys().filter(|id| heard(id)).count() <= next.len() {
+    // too and go in the same change, rather than leave them a majority. (A last seat that
+    // leaves asks for a view with none: nothing is left to change it.)
+    if !next.is_empty() && 2 * next.keys().filter(|id| heard(id)).count() <= next.len() {
         return None;
     }
     if next == view.members
@@ -374,5 +375,17 @@ mod tests {
         let change = wanted_change(&view, &seen(&map, &overdue, now)).expect("a change");
         assert_eq!(seats(&change), ids(&[0, 4]));
         assert_eq!(change.evicted.len(), 3);
+    }
+
+    #[test]
+    fn the_last_seat_that_leaves_asks_for_a_view_without_seats() {
+        let map = NetworkMap::new(MemberRecord::founder(id(0)), Time::ZERO);
+        let view = View::founding([id(0)]);
+        let leaving = Observations {
+            leaving: true,
+            ..seen(&map, &[], Time::ZERO)
+        };
+        let change = wanted_change(&view, &leaving).expect("a view without it");
+        assert!(change.next.members.is_empty());
     }
 }

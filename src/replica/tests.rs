@@ -1520,3 +1520,48 @@ fn a_voter_resumed_from_its_data_dir_keeps_its_view_and_its_promises() {
     );
     assert_eq!(resumed.view(), &before.view);
 }
+
+/// No proper subset of the members holds all of its own observers (on each ring, a
+/// member's observer is its predecessor, and a ring is one cycle): of a group cut off
+/// together, some member is watched from outside and evicted, the rings re-form without
+/// it, and the next one is watched from outside.
+#[test]
+fn a_minority_member_whose_observers_are_all_cut_off_with_it_is_still_evicted() {
+    // 10 members; find one whose observers are few, and cut it off together with them
+    let n = 10;
+    let mut net = LoopbackNet::<LwwMap>::genesis(n);
+    net.run_for(Duration::from_secs(1));
+    let observers_of = |net: &LoopbackNet<LwwMap>, x: usize| -> Vec<usize> {
+        (0..n as usize)
+            .filter(|&o| net.nodes[o].watched_members().contains(&id(x as u64)))
+            .collect()
+    };
+    let (x, observers) = (0..n as usize)
+        .map(|x| (x, observers_of(&net, x)))
+        .min_by_key(|(_, o)| o.len())
+        .unwrap();
+    assert!(
+        observers.len() <= 3,
+        "a member with few observers: {observers:?}"
+    );
+    for &i in std::iter::once(&x).chain(&observers) {
+        net.cut_off[i] = true;
+    }
+    // its observers are evicted first (each has an observer outside), then it is
+    net.run_for(3 * eviction_bound());
+    for (i, r) in net
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !net.cut_off[*i])
+    {
+        for &gone in std::iter::once(&x).chain(&observers) {
+            let state = r.network_map().get(&id(gone as u64)).unwrap().record.state;
+            assert_eq!(state, MemberState::Evicted, "node {i} evicted {gone}");
+        }
+        assert!(r.watched_members().iter().all(|m| {
+            let i = (0..n as usize).find(|&j| &id(j as u64) == m).unwrap();
+            !net.cut_off[i]
+        }));
+    }
+}
