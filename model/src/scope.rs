@@ -135,8 +135,9 @@ impl Scope {
 
     /// The views scope: three founders and a joiner (through node 0), one write by node 1,
     /// a crash of founder 2, with the failure detector's and the view agreement's timings
-    /// scaled down twenty-fold or so (suspicion after 150 ms of silence, eviction 150 ms
-    /// later, heartbeats every 50 ms, ballots given 50 ms), so that within a 1 s horizon a
+    /// scaled down twenty-fold or so (suspicion after 150 ms without an answer to probes
+    /// sent every 25 ms, eviction 150 ms later, heartbeats every 50 ms, ballots given
+    /// 50 ms), so that within a 1 s horizon a
     /// crash is suspected, a view change decides the eviction and the snapshot point moves
     /// on. Explored by random walks (its space is far too large to exhaust); a view change
     /// that evicts the crashed node must be found, and I1–I4 and I6 hold on every state.
@@ -146,6 +147,7 @@ impl Scope {
             suspect_after: Duration::from_millis(150),
             suspicion_timeout: Duration::from_millis(150),
             failure_check_interval: Duration::from_millis(25),
+            probe_interval: Duration::from_millis(25),
             view_ballot_patience: Duration::from_millis(50),
             anti_entropy_interval: Duration::from_millis(200),
             ..GossipConfig::default()
