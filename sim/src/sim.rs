@@ -1529,8 +1529,8 @@ impl Sim {
     /// Whether at most a third of the seats would be lost if node `n` crashed now, in the
     /// newest view a running node installed, in that view without the seats of the nodes
     /// leaving (where their leaves take it), and in every next view some node has
-    /// accepted (it may be decided yet): a seat is lost when no running node holds its id (its node
-    /// is down, or came back under a new identity).
+    /// accepted (it may be decided yet): a seat is lost when no running node holds its id
+    /// (its node is down, or came back under a new identity).
     fn seats_survive_crash_of(&self, n: usize) -> bool {
         let running = |i: usize| !self.nodes[i].stopped && !self.nodes[i].departed && i != n;
         let Some(newest) = (0..self.nodes.len())
@@ -1540,12 +1540,15 @@ impl Sim {
         else {
             return true;
         };
-        let pending = self.nodes.iter().filter_map(|node| {
-            let votes = node.replica.votes();
-            let (_, change) = votes.accepted?;
-            (votes.view.epoch == newest.epoch).then_some(change.next)
-        });
-        let pending: Vec<tidemark::network_map::view::View> = pending.collect();
+        let pending: Vec<_> = self
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let votes = node.replica.votes();
+                let (_, change) = votes.accepted?;
+                (votes.view.epoch == newest.epoch).then_some(change.next)
+            })
+            .collect();
         let held: BTreeSet<&NodeId> = (0..self.nodes.len())
             .filter(|&i| running(i))
             .map(|i| &self.ids[i])

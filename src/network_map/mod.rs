@@ -712,13 +712,13 @@ impl NetworkMap {
         self.with_evidence(records)
     }
 
-    /// Members in good standing (counted in the snapshot point), this node included.
     /// Notes whether this node's failure detector finds it cut off; its next report says
     /// so ([`MemberRecord::cut_off`]).
     pub fn note_cut_off(&mut self, cut_off: bool) {
         self.cut_off = cut_off;
     }
 
+    /// Members in good standing (counted in the snapshot point), this node included.
     pub fn counted(&self) -> usize {
         self.tracker.len()
     }

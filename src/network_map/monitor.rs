@@ -1,6 +1,7 @@
 //! Failure detection (SWIM-like probes on an overlay of K rings, suspicions as the alerts,
-//! and Lifeguard's local health): which members this node suspects and evicts, whether it is cut off from most
-//! of the network, and telling an evicted node that still talks that it was evicted.
+//! and Lifeguard's local health): which members this node suspects and evicts, whether it
+//! is cut off from most of the network, and telling an evicted node that still talks that
+//! it was evicted.
 //!
 //! The [`Monitor`] owns its timer, the monitoring overlay ([`ProbeOverlay`]: whom this node
 //! probes), the isolation flag and whom it told of their eviction; the records themselves

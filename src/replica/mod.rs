@@ -894,8 +894,11 @@ impl<S: StateMachine> Replica<S> {
                 self.on_join_request(now, from, request)
             }
             (Phase::Member { .. }, Message::JoinResponse(_)) => {}
-            (Phase::Member { .. }, Message::View(_) | Message::Probe { .. }) => {}
-            (Phase::Member { .. }, Message::ProbeAck { .. }) => {}
+            // handled above, whatever the phase
+            (
+                Phase::Member { .. },
+                Message::View(_) | Message::Probe { .. } | Message::ProbeAck { .. },
+            ) => {}
         }
         self.finish(now);
     }
