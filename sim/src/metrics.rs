@@ -95,6 +95,9 @@ pub struct FaultStats {
     pub lost_disks: u64,
     /// Restarts from an old backup of the data dir.
     pub old_backups: u64,
+    /// Joiners the operator restarted with new bootstrap addresses: every node the joiner
+    /// knew had stopped, or was no member at its address.
+    pub rebootstraps: u64,
     pub partitions: u64,
     pub joins: u64,
     pub leaves: u64,

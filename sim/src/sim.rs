@@ -116,6 +116,9 @@ struct SimNode {
     /// Rounds of its sponsor list a joiner had gone through when its addresses were last
     /// dialled.
     dialled_rounds: u64,
+    /// The slots whose addresses the operator gave this node as bootstrap addresses when
+    /// it last started (its driver dials them after each round without a grant).
+    bootstrap: Vec<usize>,
     /// I1 shadow: the applied vector rebuilt from the ops the replica reported.
     shadow: VersionVector,
     last_sp: VersionVector,
@@ -147,6 +150,7 @@ impl SimNode {
             wake: None,
             seen: SeenCache::default(),
             dialled_rounds: 0,
+            bootstrap: Vec::new(),
             shadow: VersionVector::new(),
             last_sp: VersionVector::new(),
             ever_applied: VersionVector::new(),
@@ -719,8 +723,11 @@ impl Sim {
     }
 
     /// A joiner that went through a whole round of its sponsors without a grant: the driver
-    /// dials the addresses of every node it knows, as a node dials bootstrap addresses
-    /// without a peer id, and hands it the identities it finds there now.
+    /// dials its bootstrap addresses and the addresses of every node it knows, as a node
+    /// dials addresses without a peer id, and hands it the identities it finds there now.
+    /// When none of them hosts a member, the operator restarts the joiner with the
+    /// addresses of members that run now (a joiner's driver warns that no possible sponsor
+    /// answered; restarting it with new `--bootstrap` addresses is the way out).
     fn dial_known_addresses(&mut self, n: usize) {
         let Some(rounds) = self.nodes[n].replica.join_progress().map(|p| p.rounds) else {
             return;
@@ -729,7 +736,38 @@ impl Sim {
             return;
         }
         self.nodes[n].dialled_rounds = rounds;
-        let replica = &self.nodes[n].replica;
+        let known = self.known_to_joiner(n);
+        let reachable = self.slots_at(&known);
+        let steady = self.steady_members();
+        if !reachable.iter().any(|slot| steady.contains(slot)) && !steady.is_empty() {
+            let sponsors = self.bootstrap_peers(&steady);
+            self.nodes[n].bootstrap = self.slots_of(&sponsors);
+            self.faults.rebootstraps += 1;
+            if self.trace {
+                eprintln!(
+                    "{:.3} s: the operator restarts joiner {n} with bootstrap peers {:?}",
+                    self.ms() / 1e3,
+                    self.nodes[n].bootstrap
+                );
+            }
+        }
+        let sponsors = self.nodes[n].replica.join_sponsors().unwrap_or_default();
+        let found: Vec<NodeId> = self
+            .slots_at(&self.known_to_joiner(n))
+            .into_iter()
+            .map(|slot| self.ids[slot].clone())
+            .filter(|id| !sponsors.contains(id))
+            .collect();
+        if !found.is_empty() {
+            self.nodes[n].replica.add_bootstrap_peers(found);
+        }
+    }
+
+    /// Who joiner `n` knows: its possible sponsors, the nodes of its map and view, and
+    /// the nodes now at its bootstrap addresses.
+    fn known_to_joiner(&self, n: usize) -> BTreeSet<NodeId> {
+        let node = &self.nodes[n];
+        let replica = &node.replica;
         let mut known: BTreeSet<NodeId> = replica
             .join_sponsors()
             .unwrap_or_default()
@@ -737,16 +775,19 @@ impl Sim {
             .cloned()
             .collect();
         known.extend(replica.network_map().iter().map(|(id, _)| id.clone()));
-        let found: Vec<NodeId> = known
+        known.extend(replica.view().members.keys().cloned());
+        known.extend(node.bootstrap.iter().map(|&slot| self.ids[slot].clone()));
+        known
+    }
+
+    /// The running slots at the addresses of `known`, in slot order.
+    fn slots_at(&self, known: &BTreeSet<NodeId>) -> BTreeSet<usize> {
+        known
             .iter()
             .filter_map(|id| self.addresses.get(id))
-            .filter(|&&slot| slot < self.nodes.len() && !self.nodes[slot].stopped)
-            .map(|&slot| self.ids[slot].clone())
-            .filter(|id| !known.contains(id))
-            .collect();
-        if !found.is_empty() {
-            self.nodes[n].replica.add_bootstrap_peers(found);
-        }
+            .copied()
+            .filter(|&slot| slot < self.nodes.len() && !self.nodes[slot].stopped)
+            .collect()
     }
 
     /// Reads what changed at node `n` and checks the invariants.
@@ -1411,6 +1452,11 @@ impl Sim {
             .collect()
     }
 
+    /// The address slots of `ids`.
+    fn slots_of(&self, ids: &[NodeId]) -> Vec<usize> {
+        ids.iter().map(|id| self.addresses[id]).collect()
+    }
+
     /// Up to three bootstrap peers among `members`; a joiner moves on only when one refuses.
     fn bootstrap_peers(&mut self, members: &[usize]) -> Vec<NodeId> {
         let mut sponsors = Vec::new();
@@ -1432,6 +1478,7 @@ impl Sim {
         let sponsors = self.bootstrap_peers(&members);
         let degree = self.config.mesh_degree;
         self.mesh.add_node(&mut self.rng, degree, &members);
+        let bootstrap = self.slots_of(&sponsors);
         let replica = Replica::joiner_via(
             self.ids[node].clone(),
             1,
@@ -1440,7 +1487,9 @@ impl Sim {
             self.node_seed(node),
             self.now,
         );
-        self.nodes.push(SimNode::new(replica));
+        let mut joiner = SimNode::new(replica);
+        joiner.bootstrap = bootstrap;
+        self.nodes.push(joiner);
         self.faults.joins += 1;
         self.observe(node);
         self.dispatch(node);
@@ -1464,6 +1513,10 @@ impl Sim {
             return;
         }
         let n = candidates[self.rng.random_range(0..candidates.len())];
+        if self.config.faults.crash_guard == CrashGuard::Seats && !self.seats_survive(None, Some(n))
+        {
+            return;
+        }
         let now = self.now;
         if self.nodes[n].replica.leave(now).is_ok() {
             if self.trace {
@@ -1492,7 +1545,7 @@ impl Sim {
             return;
         }
         let n = running[self.rng.random_range(0..running.len())];
-        if faults.crash_guard == CrashGuard::Seats && !self.seats_survive_crash_of(n) {
+        if faults.crash_guard == CrashGuard::Seats && !self.seats_survive(Some(n), None) {
             return;
         }
         self.stale_since.remove(&n);
@@ -1526,12 +1579,15 @@ impl Sim {
         }
     }
 
-    /// Whether at most a third of the seats would be lost if node `n` crashed now, in the
-    /// newest view a running node installed, in that view without the seats of the nodes
-    /// leaving (where their leaves take it), and in every next view some node has
-    /// accepted (it may be decided yet): a seat is lost when no running node holds its id
-    /// (its node is down, or came back under a new identity).
-    fn seats_survive_crash_of(&self, n: usize) -> bool {
+    /// Whether at most a third of the seats would be lost if node `crashing` crashed now,
+    /// or node `leaving` started to leave, in the newest view a running node installed, in
+    /// that view without the seats of the nodes leaving (where their leaves take it), and
+    /// in every next view some node has accepted (it may be decided yet): a seat is lost
+    /// when no running node holds its id (its node is down, or came back under a new
+    /// identity). A leave counts too: it shrinks the view, and a seat lost to a crash the
+    /// others cannot tell yet from a slow member weighs more in a smaller view.
+    fn seats_survive(&self, crashing: Option<usize>, leaving: Option<usize>) -> bool {
+        let n = crashing.unwrap_or(usize::MAX);
         let running = |i: usize| !self.nodes[i].stopped && !self.nodes[i].departed && i != n;
         let Some(newest) = (0..self.nodes.len())
             .filter(|&i| running(i) || i == n)
@@ -1556,7 +1612,7 @@ impl Sim {
         // the view the leaves under way head for: the newest without its leaving seats
         let mut after_leaves = newest.clone();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].replica.is_leaving() {
+            if self.nodes[i].replica.is_leaving() || Some(i) == leaving {
                 after_leaves.members.remove(&self.ids[i]);
             }
         }
@@ -1592,6 +1648,7 @@ impl Sim {
             self.absorb_stats(n);
             self.new_slot_id(Some(n));
             let sponsors = self.bootstrap_peers(&members);
+            let bootstrap = self.slots_of(&sponsors);
             let replica = Replica::joiner_via(
                 self.ids[n].clone(),
                 1,
@@ -1601,6 +1658,7 @@ impl Sim {
                 now,
             );
             self.nodes[n] = SimNode::new(replica);
+            self.nodes[n].bootstrap = bootstrap;
             self.faults.lost_disks += 1;
             self.release_holder(n);
         } else if self.nodes[n].backup.is_some() && self.draw_old_backup() {
@@ -1628,6 +1686,12 @@ impl Sim {
             let mut node = SimNode::new(replica);
             // what only the newer, lost state held is gone with it
             node.ever_applied = backup.ever_applied;
+            // the operator starts it with the addresses of members that run now, which
+            // its driver dials after a round through the nodes the backup knows
+            if !members.is_empty() {
+                let sponsors = self.bootstrap_peers(&members);
+                node.bootstrap = self.slots_of(&sponsors);
+            }
             self.nodes[n] = node;
             self.faults.old_backups += 1;
             self.release_holder(n);
@@ -1939,15 +2003,10 @@ impl Sim {
         }
         // a joiner none of whose possible sponsors is, at its address, a running member
         let cut_off = joiners.iter().any(|&j| {
-            let replica = &self.nodes[j].replica;
-            let known = replica
-                .join_sponsors()
-                .unwrap_or_default()
+            !self
+                .slots_at(&self.known_to_joiner(j))
                 .iter()
-                .chain(replica.network_map().iter().map(|(id, _)| id));
-            !known
-                .filter_map(|id| self.addresses.get(id))
-                .any(|&slot| members.contains(&slot))
+                .any(|slot| members.contains(slot))
         });
         if cut_off {
             liveness::Cause::NoSponsorReachable

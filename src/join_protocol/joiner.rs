@@ -200,11 +200,15 @@ impl Joiner {
     /// the joiner knows, when those nodes came back under new identities, or at bootstrap
     /// addresses given without a peer id). A joiner that had no one to ask asks the first
     /// of them at its next wake-up.
+    /// They answered at those addresses just now, so they are asked next, before the
+    /// rest of the round.
     pub fn add_sponsors(&mut self, ids: impl IntoIterator<Item = NodeId>, me: &NodeId) {
         let had_none = self.sponsors.is_empty();
+        let mut at = (self.current + 1).min(self.sponsors.len());
         for id in ids {
             if &id != me && !self.sponsors.contains(&id) {
-                self.sponsors.push(id);
+                self.sponsors.insert(at, id);
+                at += 1;
             }
         }
         if had_none && !self.sponsors.is_empty() {
@@ -366,6 +370,30 @@ mod tests {
         assert_eq!(ask.sponsor, id(1));
         assert!(!ask.new_incarnation);
         assert_eq!(joiner.progress().sponsors, 1);
+    }
+
+    #[test]
+    fn sponsors_found_at_known_addresses_are_asked_next_before_the_rest_of_the_round() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let me = id(9);
+        let mut joiner = Joiner::new(vec![id(1), id(2), id(3)], Time::ZERO);
+        let first = joiner.ask(Time::ZERO, &config, &mut rng, Vec::new).unwrap();
+        assert_eq!(first.sponsor, id(1));
+        joiner.add_sponsors([id(5), id(2), me.clone(), id(6)], &me);
+        assert_eq!(
+            joiner.sponsors(),
+            &[id(1), id(5), id(6), id(2), id(3)],
+            "the found ones go right after the current sponsor, once each, not myself"
+        );
+        // the silent current sponsor runs out of attempts: the found one is next
+        let mut now = joiner.retry_at();
+        let mut ask = joiner.ask(now, &config, &mut rng, Vec::new).unwrap();
+        while ask.sponsor == id(1) {
+            now = joiner.retry_at();
+            ask = joiner.ask(now, &config, &mut rng, Vec::new).unwrap();
+        }
+        assert_eq!(ask.sponsor, id(5));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{is_pending_registration, register, JoinError, JoinRequest, JoinResponse};
 use crate::gossip::GossipConfig;
+use crate::network_map::view::View;
 use crate::network_map::NetworkMap;
 use crate::node_id::NodeId;
 use crate::ops_log::{OpsLog, StateMachine};
@@ -143,15 +144,21 @@ impl Sponsor {
 }
 
 /// A refusal from a node that cannot sponsor at all (it is joining itself), with
-/// suggestions.
+/// suggestions: the members it counts and those of the newest view it installed (a
+/// rejoining node may have learned of members its map has no record of yet).
 pub fn refusal<S: StateMachine>(
     reason: &str,
     map: &NetworkMap,
+    view: &View,
     rng: &mut ChaCha8Rng,
 ) -> JoinResponse<S> {
+    let mut candidates = map.counted_peers();
+    candidates.extend(view.members.keys().cloned());
+    candidates.sort();
+    candidates.dedup();
     JoinResponse::Refused {
         reason: reason.into(),
-        suggestions: suggest_sponsors(map, rng),
+        suggestions: pick_suggestions(candidates, &map.own().record.id, rng),
         member_incarnation: None,
     }
 }
@@ -159,8 +166,11 @@ pub fn refusal<S: StateMachine>(
 /// Up to three random members in good standing (as far as `map` knows), but the map's own
 /// node, for a joiner it turns away.
 fn suggest_sponsors(map: &NetworkMap, rng: &mut ChaCha8Rng) -> Vec<NodeId> {
-    let me = &map.own().record.id;
-    let mut peers = map.counted_peers();
+    pick_suggestions(map.counted_peers(), &map.own().record.id, rng)
+}
+
+/// Up to three of `peers` but `me`, drawn at random.
+fn pick_suggestions(mut peers: Vec<NodeId>, me: &NodeId, rng: &mut ChaCha8Rng) -> Vec<NodeId> {
     peers.retain(|p| p != me);
     let mut picked = Vec::new();
     while picked.len() < 3 && !peers.is_empty() {

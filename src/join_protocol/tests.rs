@@ -186,3 +186,28 @@ fn a_grant_for_someone_else_is_refused() {
         Err(JoinError::NotForMe { .. })
     ));
 }
+
+/// A node that is joining itself cannot sponsor, but it points the asker at the members it
+/// knows of, those of its newest installed view included (a rejoining node may have heard
+/// of a view whose newest members its map has no record of).
+#[test]
+fn a_joining_node_that_refuses_suggests_the_members_of_its_newest_view() {
+    use rand::SeedableRng;
+    let map = NetworkMap::new(MemberRecord::founder(id(7)), Time::ZERO);
+    let view = crate::network_map::view::View::founding([id(7), id(10), id(11)]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let response: JoinResponse<LwwMap> = sponsor::refusal(
+        "this node has not joined the network yet",
+        &map,
+        &view,
+        &mut rng,
+    );
+    let JoinResponse::Refused { suggestions, .. } = response else {
+        panic!("a joining node grants nothing");
+    };
+    let mut suggestions = suggestions;
+    suggestions.sort();
+    let mut expected = vec![id(10), id(11)];
+    expected.sort();
+    assert_eq!(suggestions, expected, "the view's members, not itself");
+}

@@ -98,7 +98,7 @@ impl Membership {
         rng: &mut ChaCha8Rng,
     ) -> Vec<(NodeId, ViewMessage)> {
         let mut out = Vec::new();
-        if !self.views.is_voter() || self.views.is_proposing() {
+        if !self.views.is_voter() {
             return out;
         }
         let seen = Observations {
@@ -110,6 +110,11 @@ impl Membership {
         };
         let view = self.views.view();
         let wanted = view_policy::wanted_change(view, &seen);
+        if self.views.is_proposing() {
+            // a ballot under way goes on with what is wanted now
+            self.views.refresh_wanted(wanted);
+            return out;
+        }
         let rank = view_policy::rank(view, map, now, gossip.suspect_after);
         let patience = gossip.view_ballot_patience;
         let due = self

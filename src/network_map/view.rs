@@ -134,8 +134,9 @@ pub struct Votes {
 #[derive(Clone, Debug)]
 struct Proposal {
     ballot: Ballot,
-    /// What this node wants decided (used unless an acceptor reports an accepted value).
-    wanted: ViewChange,
+    /// What this node wants decided (used unless an acceptor reports an accepted value),
+    /// as its policy last said; `None` once the policy wants nothing any more.
+    wanted: Option<ViewChange>,
     phase: ProposalPhase,
     /// When to give up on this ballot and try a higher one.
     deadline: Time,
@@ -317,7 +318,7 @@ impl ViewAgreement {
         let epoch = self.view.epoch + 1;
         self.proposal = Some(Proposal {
             ballot: ballot.clone(),
-            wanted,
+            wanted: Some(wanted),
             phase: ProposalPhase::Preparing {
                 promises: BTreeMap::new(),
             },
@@ -341,8 +342,21 @@ impl ViewAgreement {
         }
     }
 
-    /// The proposal's ballot timed out: try again with a higher one, keeping what it
-    /// wanted, with `patience` for the new ballot.
+    /// The policy's latest word on the proposal under way (it asks again on every failure
+    /// check): what a stalled ballot retries with, or `None` to give the proposal up when
+    /// its ballot next needs a free choice or times out. Conditions change while a ballot
+    /// waits — a partition heals, a silent member speaks again — and a retry must not
+    /// evict on what was true when it started.
+    pub fn refresh_wanted(&mut self, wanted: Option<ViewChange>) {
+        let epoch = self.view.epoch + 1;
+        if let Some(p) = &mut self.proposal {
+            p.wanted = wanted.filter(|w| w.next.epoch == epoch);
+        }
+    }
+
+    /// The proposal's ballot timed out: try again with a higher one, with what the policy
+    /// last wanted (or give up if it wants nothing now), with `patience` for the new
+    /// ballot.
     pub fn on_timeout(
         &mut self,
         now: Time,
@@ -357,7 +371,7 @@ impl ViewAgreement {
         }
         let wanted = p.wanted.clone();
         self.proposal = None;
-        if self.is_voter() {
+        if let (true, Some(wanted)) = (self.is_voter(), wanted) {
             self.start_ballot(now, patience, wanted, out);
         }
     }
@@ -543,7 +557,11 @@ impl ViewAgreement {
         out: &mut Vec<(NodeId, ViewMessage)>,
     ) {
         let quorum = self.quorum();
-        let Some(p) = self.answered(from, ballot) else {
+        if !self.view.members.contains_key(from) {
+            return;
+        }
+        let view = &self.view;
+        let Some(p) = self.proposal.as_mut().filter(|p| p.ballot == *ballot) else {
             return;
         };
         let ProposalPhase::Preparing { promises } = &mut p.phase else {
@@ -554,12 +572,23 @@ impl ViewAgreement {
             return;
         }
         // Paxos: propose the value accepted at the highest ballot, if any, else our own
-        let change = promises
+        let accepted = promises
             .values()
             .flatten()
             .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(_, c)| c.clone())
-            .unwrap_or_else(|| p.wanted.clone());
+            .map(|(_, c)| c.clone());
+        let change = match (accepted, &p.wanted) {
+            (Some(accepted), _) => Some(accepted),
+            (None, Some(wanted)) => Some(spare_promisers(wanted, promises, view))
+                .filter(|c| c == wanted || c.next.members != view.members || !c.evicted.is_empty()),
+            // the policy wants nothing now, and nothing was accepted
+            (None, None) => None,
+        };
+        let Some(change) = change else {
+            // nothing to decide (sparing the promisers may have left nothing): give up
+            self.proposal = None;
+            return;
+        };
         p.phase = ProposalPhase::Accepting {
             change: change.clone(),
             accepted: BTreeSet::new(),
@@ -600,6 +629,29 @@ impl ViewAgreement {
         // a higher ballot is under way: let it run, and try again only if it stalls (the
         // proposal's deadline stays as it was)
     }
+}
+
+/// A free choice does not evict a seat that promised this very ballot: its promise proves
+/// that it runs and hears the proposer, whatever the failure detector said when the
+/// proposal was made. It keeps its seat at the incarnation the view holds.
+fn spare_promisers(
+    wanted: &ViewChange,
+    promises: &BTreeMap<NodeId, Option<(Ballot, ViewChange)>>,
+    view: &View,
+) -> ViewChange {
+    let mut change = wanted.clone();
+    change.evicted.retain(|eviction| {
+        let seat = view.members.get(&eviction.id);
+        let spared = promises.contains_key(&eviction.id) && seat == Some(&eviction.incarnation);
+        if spared {
+            change
+                .next
+                .members
+                .insert(eviction.id.clone(), eviction.incarnation);
+        }
+        !spared
+    });
+    change
 }
 
 #[cfg(test)]

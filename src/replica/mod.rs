@@ -513,10 +513,9 @@ impl<S: StateMachine> Replica<S> {
         let Phase::Joining(joiner) = &mut self.phase else {
             return;
         };
-        let map = &self.map;
-        let me = &self.id;
+        let (map, view, me) = (&self.map, self.membership.view(), &self.id);
         let Some(ask) = joiner.ask(now, &self.config.gossip, &mut self.rng, || {
-            known_nodes(map, me)
+            known_nodes(map, view, me)
         }) else {
             return;
         };
@@ -904,7 +903,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn refuse_join(&mut self, to: &NodeId, reason: &str) {
-        let response = sponsor::refusal(reason, &self.map, &mut self.rng);
+        let view = self.membership.view();
+        let response = sponsor::refusal(reason, &self.map, view, &mut self.rng);
         self.send(to.clone(), Message::JoinResponse(Box::new(response)));
     }
 
@@ -1182,7 +1182,7 @@ impl<S: StateMachine> Replica<S> {
     fn begin_rejoin(&mut self, now: Time) {
         let mut candidates = self.map.counted_peers();
         if candidates.is_empty() {
-            candidates = known_nodes(&self.map, &self.id);
+            candidates = known_nodes(&self.map, self.membership.view(), &self.id);
         }
         let mut sponsors = Vec::new();
         while sponsors.len() < 3 && !candidates.is_empty() {
@@ -1284,8 +1284,7 @@ impl<S: StateMachine> Replica<S> {
             } => {
                 // nothing was registered: the next sponsor is asked after a backoff
                 self.stats.join_refusals += 1;
-                let map = &self.map;
-                let me = &self.id;
+                let (map, view, me) = (&self.map, self.membership.view(), &self.id);
                 let raise = joiner.refused(
                     now,
                     reason,
@@ -1295,7 +1294,7 @@ impl<S: StateMachine> Replica<S> {
                     me,
                     &self.config.gossip,
                     &mut self.rng,
-                    || known_nodes(map, me),
+                    || known_nodes(map, view, me),
                 );
                 if let Some(incarnation) = raise {
                     self.incarnation = incarnation;
@@ -1644,13 +1643,16 @@ impl<S: StateMachine> Replica<S> {
     }
 }
 
-/// Every node `map` holds a record of, but `me`, in id order: who a joiner that still holds
-/// its previous map can ask.
-fn known_nodes(map: &NetworkMap, me: &NodeId) -> Vec<NodeId> {
-    map.iter()
-        .map(|(id, _)| id.clone())
-        .filter(|id| id != me)
-        .collect()
+/// Every node `map` holds a record of and every member of `view`, but `me`, in id order:
+/// who a joiner that still holds its previous map can ask (a rejoining node may have
+/// installed a view whose newest members its map has no record of yet).
+fn known_nodes(map: &NetworkMap, view: &View, me: &NodeId) -> Vec<NodeId> {
+    let known: BTreeSet<&NodeId> = map
+        .iter()
+        .map(|(id, _)| id)
+        .chain(view.members.keys())
+        .collect();
+    known.into_iter().filter(|id| *id != me).cloned().collect()
 }
 
 mod durability;

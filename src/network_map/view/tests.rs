@@ -183,6 +183,36 @@ fn a_node_that_missed_a_decision_learns_it_when_it_next_takes_part() {
 }
 
 #[test]
+fn a_free_choice_spares_a_seat_that_promised_the_ballot() {
+    let mut net = Net::new(5, 4, false);
+    // node 1 asks to evict 4 and 5, but 4 hears it: 4's promise proves it runs
+    net.propose(1, without(&founders(5), &[4, 5]));
+    net.run(3_000, 0.0, Some(&[vec![1, 2, 4], vec![3, 5]]));
+    let spared = without(&founders(5), &[5]);
+    for i in [1, 2, 4] {
+        assert_eq!(net.nodes[&id(i)].view(), &spared.next, "node {i}");
+    }
+    assert_eq!(net.forked(), None);
+}
+
+#[test]
+fn a_stalled_proposal_the_policy_no_longer_wants_is_given_up() {
+    let mut net = Net::new(5, 5, false);
+    net.propose(1, without(&founders(5), &[5]));
+    // no quorum on node 1's side: the ballot stalls and is retried
+    net.run(1_000, 0.0, Some(&[vec![1, 2], vec![3, 4, 5]]));
+    assert!(net.nodes[&id(1)].is_proposing());
+    // the partition heals and 5 is heard again: the policy wants nothing now
+    net.nodes.get_mut(&id(1)).unwrap().refresh_wanted(None);
+    net.run(3_000, 0.0, None);
+    assert!(
+        !net.nodes[&id(1)].is_proposing(),
+        "the proposal was given up"
+    );
+    assert!(net.history.is_empty(), "5 was not evicted on stale grounds");
+}
+
+#[test]
 fn competing_proposers_under_loss_and_partitions_decide_one_history() {
     let mut decided = 0;
     for seed in 0..300 {
