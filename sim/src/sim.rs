@@ -727,7 +727,9 @@ impl Sim {
     /// dials addresses without a peer id, and hands it the identities it finds there now.
     /// When none of them hosts a member, the operator restarts the joiner with the
     /// addresses of members that run now (a joiner's driver warns that no possible sponsor
-    /// answered; restarting it with new `--bootstrap` addresses is the way out).
+    /// answered; restarting it with new `--bootstrap` addresses is the way out). Only the
+    /// addresses are modelled: the restarted joiner goes on from the same data dir, so
+    /// what the protocol sees is new bootstrap peers, dialled at once.
     fn dial_known_addresses(&mut self, n: usize) {
         let Some(rounds) = self.nodes[n].replica.join_progress().map(|p| p.rounds) else {
             return;
