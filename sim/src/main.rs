@@ -47,6 +47,8 @@ struct BatchSummary {
     ops_republished: u64,
     /// Stale notices taken (a member told it was below a snapshot point, which rejoined).
     stale_notices: u64,
+    /// Joiners the simulated operator restarted with new bootstrap addresses.
+    rebootstraps: u64,
     wall_s: f64,
 }
 
@@ -201,6 +203,7 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
         rejoins: results.iter().map(|r| r.faults.rejoins).sum(),
         ops_republished: results.iter().map(|r| r.faults.ops_republished).sum(),
         stale_notices: results.iter().map(|r| r.faults.stale_notices).sum(),
+        rebootstraps: results.iter().map(|r| r.faults.rebootstraps).sum(),
         wall_s: (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
     };
     if args.json {
