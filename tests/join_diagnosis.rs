@@ -289,13 +289,20 @@ async fn a_survivor_of_a_lost_majority_says_it_is_isolated_and_names_the_suspect
     let apis = [survivor.api, b.api, c.api];
     let joined = support::all_members(&apis, 3, Duration::from_secs(90)).await;
     assert!(joined, "three members");
+    // members count a joiner from its grant on; the view admits it once it has reported
+    let api = survivor.api;
+    let seated = eventually(Duration::from_secs(60), || async move {
+        let status = http(api, "GET", "/v1/status", None).await.json();
+        status["view"]["members"].as_array().map(Vec::len) == Some(3)
+    })
+    .await;
     let status = survivor.status().await;
+    assert!(seated, "a view of all three: {status}");
     assert_eq!(status["isolated"], false, "{status}");
     assert_eq!(status["suspected"], serde_json::json!([]), "{status}");
     let killed = [b.peer_id.clone(), c.peer_id.clone()];
     drop(b);
     drop(c);
-    let api = survivor.api;
     let killed_ref = &killed;
     let told = eventually(Duration::from_secs(60), || async move {
         let status = http(api, "GET", "/v1/status", None).await.json();
