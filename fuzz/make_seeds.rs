@@ -7,7 +7,7 @@ use std::path::Path;
 use tidemark::gossip::{encode, Message, OpsBatch, Records, Repair};
 use tidemark::node::signing::PeerIdAuthenticator;
 use tidemark::ops_log::{LwwEntry, LwwMap, LwwOp, OpsLog};
-use tidemark::snapshot::write_snapshot;
+use tidemark::snapshot::{read_header, write_snapshot};
 use tidemark::testing::LoopbackNet;
 use tidemark::{NodeId, VersionVector};
 
@@ -40,6 +40,40 @@ fn main() {
     let mut file = Vec::new();
     write_snapshot(&mut file, &state, &cut, 1, 256).unwrap();
     put("snapshot_file", "small", &file);
+
+    // the same snapshot as `snapshot_body` takes it apart: flags, then length-prefixed
+    // parts (the snapshot point, then each chunk; or the header as it is)
+    let mut input = std::io::Cursor::new(&file);
+    let header = read_header(&mut input).unwrap();
+    let body = &file[input.position() as usize..];
+    let part = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let mut cut_bytes = Vec::new();
+    ciborium::into_writer(&cut, &mut cut_bytes).unwrap();
+    let chunks: Vec<&[u8]> = (0..header.chunks.len())
+        .map(|i| {
+            let at = header.chunk_offset(i) as usize;
+            &body[at..at + header.chunks[i].len as usize]
+        })
+        .collect();
+    for (name, flags) in [("whole", 0b1100u8), ("count", 0b0100), ("v1", 0b1110)] {
+        let mut seed = vec![flags];
+        part(&mut seed, &cut_bytes);
+        for chunk in &chunks {
+            part(&mut seed, chunk);
+        }
+        put("snapshot_body", name, &seed);
+    }
+    let mut header_bytes = Vec::new();
+    ciborium::into_writer(&header, &mut header_bytes).unwrap();
+    let mut seed = vec![1u8];
+    part(&mut seed, &header_bytes);
+    for chunk in &chunks {
+        part(&mut seed, chunk);
+    }
+    put("snapshot_body", "raw-header", &seed);
 
     // chunk requests and answers as framed on a transfer stream
     let mut request = Vec::new();
