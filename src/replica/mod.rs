@@ -103,6 +103,9 @@ pub struct ReplicaStats {
     pub records_outdated: u64,
     pub stale_notices: u64,
     pub join_refusals: u64,
+    /// Grants this joiner ignored because they registered an earlier incarnation of it
+    /// (a sponsor's answer to a request it had already given up on).
+    pub stale_grants: u64,
     pub joins_sponsored: u64,
     /// Suspicions this node raised (failure detection).
     pub suspicions_raised: u64,
@@ -1302,6 +1305,15 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
         };
+        if grant.registration.incarnation != self.incarnation {
+            // An answer to a request this joiner gave up on: the sponsor has registered the
+            // incarnation asked with since (or will), and ignores reports of this one. Were
+            // it installed, this node would report an incarnation the network has left
+            // behind, and its registration, never reporting, would hold the snapshot point
+            // at its join cut until it is evicted. The current request is answered later.
+            self.stats.stale_grants += 1;
+            return;
+        }
         if grant.offer().is_some() {
             // the driver fetches the offered snapshot; until it is installed (or the
             // transfer is given up) the sponsor is not asked again

@@ -1565,3 +1565,58 @@ fn a_minority_member_whose_observers_are_all_cut_off_with_it_is_still_evicted() 
         }));
     }
 }
+
+/// A grant that answers a request the joiner has given up on (the sponsor was slow to
+/// prepare it, say) registers an incarnation the sponsor has since replaced: installed, it
+/// would make a member whose reports the network ignores, holding the snapshot point at its
+/// join cut. The joiner ignores it and installs the grant of the incarnation it asks with.
+#[test]
+fn a_grant_for_an_incarnation_the_joiner_gave_up_is_ignored() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(1);
+    net.write(0, put("before", "0"));
+    net.record = true;
+    let j = net.add_joiner(id(9), id(0));
+    net.deaf[j] = true; // the sponsor's answers are late
+    net.run_for(Duration::from_millis(200));
+    let late_grant = net
+        .recorded
+        .iter()
+        .find(|m| matches!(m.as_ref(), Message::JoinResponse(r) if matches!(r.as_ref(), JoinResponse::Granted(_))))
+        .expect("the sponsor granted the first request")
+        .clone();
+    net.record = false;
+    net.run_for(Duration::from_secs(10));
+    assert!(
+        net.nodes[j].incarnation() > 1,
+        "the joiner gave up on its first request and asks with a new incarnation"
+    );
+    net.deaf[j] = false;
+    let now = net.now;
+    net.nodes[j].handle_message(now, &id(0), &late_grant);
+    assert!(!net.nodes[j].is_member(), "the late grant is not installed");
+    assert_eq!(net.nodes[j].stats().stale_grants, 1);
+
+    net.run_for(Duration::from_secs(5));
+    let joiner = &net.nodes[j];
+    assert!(joiner.is_member(), "the grant of the current request is");
+    let incarnation = joiner.incarnation();
+    assert_eq!(
+        net.nodes[0]
+            .network_map()
+            .get(&id(9))
+            .unwrap()
+            .record
+            .incarnation,
+        incarnation,
+        "the sponsor knows the incarnation the joiner runs as"
+    );
+    net.write(j, put("joiner", "9"));
+    net.run_for(Duration::from_secs(5));
+    for r in &net.nodes {
+        assert_eq!(
+            r.snapshot_point().total(),
+            2,
+            "the joiner's write reaches every snapshot point"
+        );
+    }
+}
