@@ -184,6 +184,11 @@ struct NodeArgs {
     /// Snapshots a schedule request took are kept, and not counted, until it is deleted.
     #[arg(long, value_name = "K")]
     keep_snapshots: Option<usize>,
+    /// Bytes per second this node may spend writing snapshot files and serving their
+    /// chunks to joiners, so a large export or transfer leaves disk and network to the
+    /// ops [default: no limit].
+    #[arg(long, value_name = "BYTES_PER_S")]
+    snapshot_io_limit: Option<u64>,
     /// A private network's key file (from `tidemark network-key`): only nodes holding the
     /// same key can connect to this one, join it or be joined by it.
     #[arg(long, value_name = "FILE")]
@@ -543,6 +548,10 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig, String> {
         .map(tidemark::node::read_writers_file)
         .transpose()
         .map_err(|e| e.to_string())?;
+    config.snapshots.io_bytes_per_s = match args.snapshot_io_limit {
+        Some(0) => return Err("--snapshot-io-limit must be at least 1 byte per second".into()),
+        limit => limit,
+    };
     config.snapshots.keep = match args.keep_snapshots {
         Some(0) => return Err("--keep-snapshots must be at least 1".into()),
         Some(k) => Some(k),

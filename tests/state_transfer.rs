@@ -158,13 +158,24 @@ async fn a_joiner_fetches_a_large_state_by_chunks_and_bad_chunks_again_from_anot
     );
 }
 
+/// Whether a node's gauge `name` reads 1 or more now (read without asking its event loop).
+fn raised(handle: &NodeHandle, name: &str) -> bool {
+    metric(handle, name) >= 1
+}
+
+/// The export is slowed by `--snapshot-io-limit` so that it lasts seconds, and every write
+/// is counted only if it was acknowledged while the export was still being written: a
+/// node whose event loop wrote the file would acknowledge none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_go_on_being_applied_while_a_snapshot_is_exported() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_node_with(&dir.path().join("solo"), None, |_| {}).await;
+    // about 4 MB of state written at 400 kB/s: the export takes 7 s or more
+    let node = start_node_with(&dir.path().join("solo"), None, |c| {
+        c.snapshots.io_bytes_per_s = Some(400_000);
+    })
+    .await;
     let handle = node.handle();
-    // a state large enough that writing its snapshot takes a while
-    const KEYS: usize = 30_000;
+    const KEYS: usize = 4_000;
     fill(&handle, "big", KEYS, 1_000).await;
     assert!(
         eventually(Duration::from_secs(30), || async {
@@ -172,22 +183,31 @@ async fn ops_go_on_being_applied_while_a_snapshot_is_exported() {
         })
         .await
     );
+    const WRITING: &str = "tidemark_snapshot_files_being_written";
+    assert!(!raised(&handle, WRITING));
     let exporter = handle.clone();
     let export = tokio::spawn(async move { exporter.create_snapshot().await });
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            raised(&handle, WRITING)
+        })
+        .await,
+        "the export starts writing its file"
+    );
     let mut during = 0u64;
     let mut seq = 0;
-    while !export.is_finished() {
+    while !export.is_finished() && raised(&handle, WRITING) {
         seq += 1;
         let written = handle.put(&format!("during{seq}"), Some("v")).await;
         assert!(written.is_ok(), "{written:?}");
-        if !export.is_finished() {
+        if raised(&handle, WRITING) {
             during += 1;
         }
     }
     let info = export.await.unwrap().unwrap();
     assert!(
-        during >= 1,
-        "writes were acknowledged (applied and stored) while the snapshot was written"
+        during >= 3,
+        "writes are acknowledged (applied and stored) while the snapshot is written: {during} of {seq}"
     );
     assert!(
         info.height >= KEYS as u64 && info.height <= KEYS as u64 + seq,
@@ -204,4 +224,76 @@ async fn ops_go_on_being_applied_while_a_snapshot_is_exported() {
     let list = http(api, "GET", "/v1/snapshots", None).await.json();
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
     node.kill().await;
+}
+
+/// A join by snapshot slowed by the sponsor's `--snapshot-io-limit`: while the joiner
+/// fetches, its event loop answers status requests and the sponsor's acknowledges writes.
+/// Answers count only while the fetch is still under way, so a joiner whose event loop
+/// fetched or installed the chunks itself would count none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let sponsor_config = |c: &mut tidemark::node::NodeConfig| {
+        c.snapshots.inline_state_max_entries = 100;
+        c.snapshots.io_bytes_per_s = Some(600_000);
+    };
+    let a = start_node_with(&dir.path().join("a"), None, sponsor_config).await;
+    let ha = a.handle();
+    const KEYS: usize = 3_000;
+    fill(&ha, "key", KEYS, 1_000).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            stable_height(&ha).await == KEYS as u64
+        })
+        .await
+    );
+    let joiner = start_node_with(&dir.path().join("joiner"), Some(&a), |c| {
+        c.snapshots.inline_state_max_entries = 100;
+    })
+    .await;
+    let hj = joiner.handle();
+    const FETCHING: &str = "tidemark_transfers_in_progress";
+    assert!(
+        eventually(Duration::from_secs(60), || async { raised(&hj, FETCHING) }).await,
+        "the joiner starts fetching the offered snapshot"
+    );
+    let (mut answered, mut acknowledged, mut seq) = (0u64, 0u64, 0u64);
+    while raised(&hj, FETCHING) {
+        let status = hj.status().await;
+        assert!(status.is_ok(), "{status:?}");
+        assert_ne!(status.unwrap().phase, "member", "still joining");
+        if raised(&hj, FETCHING) {
+            answered += 1;
+        }
+        seq += 1;
+        let written = ha.put(&format!("during{seq}"), Some("v")).await;
+        assert!(written.is_ok(), "{written:?}");
+        if raised(&hj, FETCHING) {
+            acknowledged += 1;
+        }
+    }
+    assert!(
+        answered >= 3,
+        "the joiner's event loop answered {answered} status requests during the fetch"
+    );
+    assert!(
+        acknowledged >= 3,
+        "the sponsor acknowledged {acknowledged} writes while serving the fetch"
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            let (Ok(sa), Ok(sj)) = (ha.status().await, hj.status().await) else {
+                return false;
+            };
+            sj.phase == "member" && stable_height(&hj).await == KEYS as u64 + seq
+                && sa.digest == sj.digest
+        })
+        .await,
+        "the joiner becomes a member and catches up with the {seq} writes made meanwhile: {:?}\n{:?}",
+        ha.network_map().await,
+        hj.network_map().await
+    );
+    for node in [joiner, a] {
+        node.kill().await;
+    }
 }

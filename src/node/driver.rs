@@ -117,7 +117,8 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     let storage = Arc::new(Storage::open(&config.data_dir)?);
     let snapshots = Arc::new(
         SnapshotStore::open(&config.data_dir)
-            .map_err(|e| NodeError::Snapshot(crate::snapshot::SnapshotError::Io(e)))?,
+            .map_err(|e| NodeError::Snapshot(crate::snapshot::SnapshotError::Io(e)))?
+            .with_io_limit(config.snapshots.io_bytes_per_s),
     );
     let loaded = storage.load()?;
     if config.restored_backup {
@@ -188,6 +189,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     let me = node_id(&peer_id);
     let auth = Arc::new(PeerIdAuthenticator::new(key.clone(), &config.network));
     let mut metrics = Metrics::new();
+    metrics.register_files_being_written(snapshots.files_being_written.clone());
     let mut swarm = build_swarm(
         key,
         &config.network,
@@ -399,7 +401,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         keys: KeyIndex::default(),
         keeper: keeper.clone(),
         snapshot_config: config.snapshots.clone(),
-        preparing: BTreeSet::new(),
+        preparing: BTreeMap::new(),
         prepared_tx,
         prepared,
         fetching: None,
@@ -764,8 +766,9 @@ struct Driver {
     keys: KeyIndex,
     keeper: Arc<SnapshotKeeper>,
     snapshot_config: super::SnapshotConfig,
-    /// Joiners whose grant is being turned into a snapshot offer.
-    preparing: BTreeSet<NodeId>,
+    /// Joiners whose grant is being turned into a snapshot offer, each with the newest
+    /// grant its core made for it meanwhile (for a request with a new incarnation).
+    preparing: BTreeMap<NodeId, Option<JoinGrant<LwwMap>>>,
     prepared_tx: mpsc::UnboundedSender<(NodeId, Option<NodeMessage>)>,
     prepared: mpsc::UnboundedReceiver<(NodeId, Option<NodeMessage>)>,
     /// The snapshot this joiner is fetching, and the task fetching it.
@@ -836,10 +839,7 @@ impl Driver {
                 }
                 _ = reconnect.tick() => self.reconnect(),
                 Some((joiner, message)) = self.prepared.recv() => {
-                    self.preparing.remove(&joiner);
-                    if let Some(message) = message {
-                        self.send_now(&joiner, &message);
-                    }
+                    self.on_prepared(joiner, message);
                 }
                 Some((id, fetched)) = self.fetched.recv() => self.on_fetched(id, fetched),
             }
@@ -1695,12 +1695,16 @@ impl Driver {
 
     /// Hands a grant's large stable state over as a snapshot: the file is written (or an
     /// existing one with the same id reused) on a blocking thread, then the grant goes out
-    /// with the snapshot's header in place of the state. One grant per joiner at a time: a
-    /// retry that comes meanwhile is answered by the one being prepared.
+    /// with the snapshot's header in place of the state. One snapshot per joiner at a time:
+    /// a grant made meanwhile (the joiner gave up waiting and asked with a new incarnation,
+    /// which its core registered) is kept, and sent when the snapshot is ready
+    /// ([`Driver::on_prepared`]).
     fn offer_by_snapshot(&mut self, joiner: &NodeId, grant: &JoinGrant<LwwMap>) {
-        if !self.preparing.insert(joiner.clone()) {
+        if let Some(newest) = self.preparing.get_mut(joiner) {
+            *newest = Some(grant.clone());
             return;
         }
+        self.preparing.insert(joiner.clone(), None);
         let digest =
             (grant.stable_cut == *self.replica.stable_cut()).then(|| self.replica.stable_digest());
         let store = self.keeper.store.clone();
@@ -1732,6 +1736,34 @@ impl Driver {
             };
             let _ = prepared.send((joiner, message));
         });
+    }
+
+    /// A snapshot offer is ready. A joiner whose core made a newer grant meanwhile ignores
+    /// the prepared one (it registers an incarnation the joiner gave up): the newest grant
+    /// goes out instead, with the same snapshot when it hands over the same stable cut, or
+    /// prepared anew.
+    fn on_prepared(&mut self, joiner: NodeId, message: Option<NodeMessage>) {
+        let newest = self.preparing.remove(&joiner).flatten();
+        let offered = message.as_ref().and_then(|m| match m {
+            Message::JoinResponse(response) => match response.as_ref() {
+                JoinResponse::Granted(grant) => grant.offer().cloned(),
+                JoinResponse::Refused { .. } => None,
+            },
+            _ => None,
+        });
+        match (newest, offered) {
+            (None, _) => {
+                if let Some(message) = message {
+                    self.send_now(&joiner, &message);
+                }
+            }
+            (Some(mut newest), Some(offer)) if newest.stable_cut == offer.header.snapshot_point => {
+                newest.stable_state = HandedOverState::Snapshot(offer);
+                let message = Message::JoinResponse(Box::new(JoinResponse::Granted(newest)));
+                self.send_now(&joiner, &message);
+            }
+            (Some(newest), _) => self.offer_by_snapshot(&joiner, &newest),
+        }
     }
 
     /// Starts fetching the snapshot the awaited grant offers (and stops a fetch of one no
@@ -1925,6 +1957,7 @@ impl Driver {
             (&m.stale_notices, stats.stale_notices),
             (&m.evictions_issued, stats.evictions_issued),
             (&m.rejoins, stats.rejoins),
+            (&m.stale_grants, stats.stale_grants),
             (&m.sponsorships_declined, stats.sponsorships_declined),
             (&m.leaves_failed, stats.leaves_failed),
             (&m.own_seq_rollbacks, stats.own_seq_rollbacks),

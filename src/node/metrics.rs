@@ -34,7 +34,23 @@ pub struct BuildLabel {
     pub version: &'static str,
 }
 
-type IntGauge = Gauge<i64, std::sync::atomic::AtomicI64>;
+pub type IntGauge = Gauge<i64, std::sync::atomic::AtomicI64>;
+
+/// Raises a gauge for as long as it lives (work in progress).
+pub struct Raised<'a>(&'a IntGauge);
+
+impl<'a> Raised<'a> {
+    pub fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 type Count = Counter<u64, AtomicU64>;
 
 /// Raises `counter` to `total`, a running total kept elsewhere (the replica's stats); never
@@ -59,6 +75,7 @@ pub struct Metrics {
     pub stale_notices: Count,
     pub evictions_issued: Count,
     pub rejoins: Count,
+    pub stale_grants: Count,
     pub sponsorships_declined: Count,
     pub leaves_failed: Count,
     pub own_seq_rollbacks: Count,
@@ -97,6 +114,7 @@ impl Metrics {
             stale_notices: Default::default(),
             evictions_issued: Default::default(),
             rejoins: Default::default(),
+            stale_grants: Default::default(),
             sponsorships_declined: Default::default(),
             leaves_failed: Default::default(),
             own_seq_rollbacks: Default::default(),
@@ -185,6 +203,11 @@ impl Metrics {
             t.bytes_fetched.clone(),
         );
         registry.register(
+            "transfers_in_progress",
+            "Snapshots this node is fetching now, to join (0 or 1)",
+            t.in_progress.clone(),
+        );
+        registry.register(
             "applied_ops",
             "Ops applied by this node",
             m.applied_ops.clone(),
@@ -233,6 +256,11 @@ impl Metrics {
             "rejoins",
             "Times this node rejoined (evicted, stale or restarted)",
             m.rejoins.clone(),
+        );
+        registry.register(
+            "stale_grants",
+            "Grants this joiner ignored: they registered an incarnation it had given up on",
+            m.stale_grants.clone(),
         );
         registry.register(
             "sponsorships_declined",
@@ -360,6 +388,16 @@ impl Metrics {
             kind,
             bytes,
             report_bytes,
+        );
+    }
+
+    /// Registers the snapshot store's gauge of files being written (the store is opened
+    /// before the metrics exist).
+    pub fn register_files_being_written(&mut self, gauge: IntGauge) {
+        self.registry_mut().register(
+            "snapshot_files_being_written",
+            "Snapshot files this node is writing now (exports, scheduled snapshots, states offered to joiners)",
+            gauge,
         );
     }
 

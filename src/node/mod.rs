@@ -30,6 +30,7 @@ mod dial_failure;
 mod direct;
 mod driver;
 pub mod http;
+pub mod io_budget;
 pub mod keeper;
 pub mod metrics;
 pub mod penalties;
@@ -208,6 +209,9 @@ pub struct SnapshotConfig {
     pub keep: Option<usize>,
     /// How chunks are fetched when this node joins through a snapshot.
     pub transfer: crate::snapshot::transfer::TransferConfig,
+    /// Bytes per second this node spends writing snapshot files and serving their chunks
+    /// to joiners ([`io_budget`]); `None`: no limit.
+    pub io_bytes_per_s: Option<u64>,
 }
 
 impl Default for SnapshotConfig {
@@ -216,6 +220,7 @@ impl Default for SnapshotConfig {
             inline_state_max_entries: 4096,
             keep: Some(2),
             transfer: Default::default(),
+            io_bytes_per_s: None,
         }
     }
 }

@@ -15,11 +15,13 @@
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::io_budget::{IoBudget, Throttled};
+use super::metrics::{IntGauge, Raised};
 use super::views::vector_json;
 use crate::ops_log::LwwMap;
 use crate::snapshot::{
@@ -72,6 +74,10 @@ pub struct SnapshotStore {
     headers: Mutex<BTreeMap<String, (SnapshotHeader, u64)>>,
     /// When a transfer last read each snapshot.
     leases: Mutex<BTreeMap<String, Instant>>,
+    /// What writing files and serving chunks may spend.
+    budget: Arc<IoBudget>,
+    /// Snapshot files being written now (`tidemark_snapshot_files_being_written`).
+    pub files_being_written: IntGauge,
 }
 
 impl SnapshotStore {
@@ -96,7 +102,20 @@ impl SnapshotStore {
             transfers,
             headers: Mutex::default(),
             leases: Mutex::default(),
+            budget: Arc::default(),
+            files_being_written: IntGauge::default(),
         })
+    }
+
+    /// Caps the bytes per second spent writing snapshot files and serving their chunks.
+    pub fn with_io_limit(mut self, bytes_per_s: Option<u64>) -> Self {
+        self.budget = Arc::new(IoBudget::new(bytes_per_s));
+        self
+    }
+
+    /// The budget chunk serving spends.
+    pub fn io_budget(&self) -> &IoBudget {
+        &self.budget
     }
 
     /// Writes `state` at `cut` as a snapshot file (on the calling thread: call it from a
@@ -146,11 +165,12 @@ impl SnapshotStore {
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let partial = dir.join(format!("{created}-{}-{n}.partial", std::process::id()));
+        let _writing = Raised::new(&self.files_being_written);
         let written = (|| {
-            let file = std::fs::File::create(&partial)?;
+            let file = Throttled::new(std::fs::File::create(&partial)?, self.budget.clone());
             let mut out = BufWriter::with_capacity(1 << 20, file);
             let header = write_snapshot(&mut out, state, cut, created, DEFAULT_CHUNK_BYTES)?;
-            let file = out.into_inner().map_err(|e| e.into_error())?;
+            let file = out.into_inner().map_err(|e| e.into_error())?.into_inner();
             if sync {
                 file.sync_all()?;
             }

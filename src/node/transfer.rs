@@ -96,6 +96,8 @@ pub struct TransferMetrics {
     pub chunks_refetched: Counter,
     pub bad_chunks: Counter,
     pub bytes_fetched: Counter,
+    /// Snapshots being fetched now (0 or 1): `tidemark_transfers_in_progress`.
+    pub in_progress: super::metrics::IntGauge,
 }
 
 /// Why a transfer did not produce the state.
@@ -152,14 +154,18 @@ async fn answer_requests(
             Err(reason) => error_answer(&reason),
             Ok(request) => {
                 let _permit = reading.acquire().await.map_err(io::Error::other)?;
-                let store = store.clone();
+                let reader = store.clone();
                 let read = tokio::task::spawn_blocking(move || {
-                    store.read_chunk(&request.snapshot_id, request.index as usize)
+                    reader.read_chunk(&request.snapshot_id, request.index as usize)
                 })
                 .await
                 .map_err(io::Error::other)?;
                 match read {
                     Ok(Some(chunk)) => {
+                        let wait = store.io_budget().spend(chunk.len() as u64);
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
                         served.inc();
                         let mut answer = Vec::with_capacity(chunk.len() + 1);
                         answer.push(ANSWER_CHUNK);
@@ -248,6 +254,7 @@ pub async fn fetch(
     mut stager: Stager,
 ) -> Result<LwwMap, FetchError> {
     let started = Instant::now();
+    let _fetching = super::metrics::Raised::new(&metrics.in_progress);
     let now = || Time(started.elapsed().as_micros() as u64);
     let by_node: Vec<(NodeId, PeerId)> = sources
         .iter()
