@@ -3,7 +3,7 @@
 //! snapshot is exported.
 //!
 //! ```text
-//! cargo bench --bench snapshot_transfer -- [--mib 256]
+//! cargo bench --bench snapshot_transfer -- [--mib 256] [--json]
 //! ```
 //!
 //! 1. A state of about `--mib` MiB (1 KB values) is built in memory and written as a
@@ -12,20 +12,61 @@
 //! 2. A node founds a network from that file (`--restore-from`: read, verify, install).
 //! 3. A joiner, a child process of the release binary, joins it: the sponsor writes the
 //!    snapshot it offers, the joiner fetches it by chunks over loopback, verifies and
-//!    installs it. The joiner's RSS is sampled every 20 ms.
+//!    installs it. The joiner's RSS is sampled every 20 ms, and 1000 writes are made on the
+//!    sponsor meanwhile. The join's baseline, in the same run: the snapshot file's bytes
+//!    read, BLAKE3-hashed and written to another file (copy and hash, what a join must at
+//!    least do).
 //! 4. Op-apply latency (1000 writes acknowledged by the restored node) p50/p99, without and
 //!    then with snapshots being exported back to back.
+//!
+//! With `--json` the figures go to stdout as one JSON object (`state_mib`, `join_mb_s`,
+//! `baseline_mb_s`, `joiner_rss_rest_mib`, `joiner_rss_peak_mib`, `apply_p99_ratio` — the
+//! larger of the p99 ratios during the join and during exports —, and the rest), and the
+//! lines for people go to stderr.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use tidemark::node::{Node, NodeConfig};
 use tidemark::ops_log::{LwwEntry, LwwMap};
 use tidemark::snapshot::{write_snapshot, DEFAULT_CHUNK_BYTES};
 use tidemark::{NodeId, VersionVector};
+
+/// Where the lines for people go: stdout, or stderr when stdout carries the JSON.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        } else {
+            println!($($arg)*);
+        }
+    };
+}
+
+/// Reads `from`, hashes it with BLAKE3 and writes it to `to`, synced: a join's floor.
+fn copy_and_hash(from: &std::path::Path, to: &std::path::Path) -> Duration {
+    let started = Instant::now();
+    let mut input = std::fs::File::open(from).unwrap();
+    let mut out = std::fs::File::create(to).unwrap();
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).unwrap();
+    }
+    out.sync_all().unwrap();
+    let _ = hasher.finalize();
+    started.elapsed()
+}
 
 fn mb_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()
@@ -61,6 +102,10 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
+    JSON.store(
+        args.iter().any(|a| a == "--json"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,7 +115,7 @@ fn main() {
 
 async fn run(mib: u64) {
     let dir = tempfile::tempdir().unwrap();
-    println!("# snapshot figures, {mib} MiB state");
+    say!("# snapshot figures, {mib} MiB state");
 
     // 1. build and create
     let origin = NodeId::synthetic(1);
@@ -107,7 +152,7 @@ async fn run(mib: u64) {
     f.sync_all().unwrap();
     let baseline = started.elapsed();
     drop(raw);
-    println!(
+    say!(
         "create: {} entries, {:.1} MB in {} chunks, {:.2} s = {:.0} MB/s (baseline hash+write {:.0} MB/s, ratio {:.2})",
         entries,
         bytes as f64 / 1e6,
@@ -130,13 +175,15 @@ async fn run(mib: u64) {
     let restore = started.elapsed();
     let handle = founder.handle();
     let digest = handle.status().await.unwrap().digest;
-    println!(
+    say!(
         "restore (read, verify, install, checkpoint): {:.2} s = {:.0} MB/s",
         restore.as_secs_f64(),
         mb_per_s(bytes, restore)
     );
 
-    // 3. a joiner process fetches it by chunks
+    // 3. a joiner process fetches it by chunks (after the baseline: copy and hash the file)
+    let floor = copy_and_hash(&file, &dir.path().join("copy"));
+    let _ = std::fs::remove_file(dir.path().join("copy"));
     let bootstrap = founder.listen_addrs()[0].to_string();
     let started = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
@@ -166,6 +213,9 @@ async fn run(mib: u64) {
         .parse()
         .unwrap();
     let rss_start = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    let writer = handle.clone();
+    let writes_during_join =
+        tokio::spawn(async move { write_latencies(&writer, 1000, "joining").await });
     let mut peak = rss_start;
     let joined = loop {
         peak = peak.max(support::proc_status_kib(pid, "VmRSS:").unwrap_or(0));
@@ -182,6 +232,9 @@ async fn run(mib: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let during_join = writes_during_join.await.unwrap();
+    // at rest: once the join's work is over
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_end = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let hwm = support::proc_status_kib(pid, "VmHWM:").unwrap_or(peak);
     let metrics = support::http(api, "GET", "/metrics", None).await.body;
@@ -193,14 +246,20 @@ async fn run(mib: u64) {
             .unwrap_or("?")
             .to_string()
     };
-    println!(
+    say!(
         "join (sponsor writes the offer, joiner fetches {} chunks ({} asked again), verifies, installs): {:.2} s = {:.0} MB/s end to end",
         counter("tidemark_transfer_chunks_fetched_total"),
         counter("tidemark_transfer_chunks_refetched_total"),
         joined.as_secs_f64(),
         mb_per_s(bytes, joined)
     );
-    println!(
+    say!(
+        "join baseline (read, BLAKE3-hash and write the snapshot's bytes, synced): {:.2} s = {:.0} MB/s; join/baseline {:.2}",
+        floor.as_secs_f64(),
+        mb_per_s(bytes, floor),
+        mb_per_s(bytes, joined) / mb_per_s(bytes, floor)
+    );
+    say!(
         "joiner RSS: {:.0} MiB at start, peak {:.0} MiB (VmHWM), {:.0} MiB once installed; growth {:.0} MiB, transient above the installed state {:.0} MiB",
         rss_start as f64 / 1024.0,
         hwm as f64 / 1024.0,
@@ -227,7 +286,14 @@ async fn run(mib: u64) {
     exporting.abort();
     let (q50, q99) = (percentile(&quiet, 0.5), percentile(&quiet, 0.99));
     let (b50, b99) = (percentile(&busy, 0.5), percentile(&busy, 0.99));
-    println!(
+    let j99 = percentile(&during_join, 0.99);
+    say!(
+        "op-apply latency while a joiner fetches the state: p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
+        percentile(&during_join, 0.5).as_secs_f64() * 1e3,
+        j99.as_secs_f64() * 1e3,
+        j99.as_secs_f64() / q99.as_secs_f64()
+    );
+    say!(
         "op-apply latency (1000 sequential writes): no export p50 {:.1} ms p99 {:.1} ms; exporting p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
         q50.as_secs_f64() * 1e3,
         q99.as_secs_f64() * 1e3,
@@ -235,5 +301,28 @@ async fn run(mib: u64) {
         b99.as_secs_f64() * 1e3,
         b99.as_secs_f64() / q99.as_secs_f64()
     );
+    if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let figures = serde_json::json!({
+            "state_mib": bytes as f64 / (1 << 20) as f64,
+            "entries": entries,
+            "chunks": header.chunks.len(),
+            "create_mb_s": mb_per_s(bytes, create),
+            "create_baseline_mb_s": mb_per_s(bytes, baseline),
+            "restore_mb_s": mb_per_s(bytes, restore),
+            "join_mb_s": mb_per_s(bytes, joined),
+            "baseline_mb_s": mb_per_s(bytes, floor),
+            "join_s": joined.as_secs_f64(),
+            "chunks_refetched": counter("tidemark_transfer_chunks_refetched_total"),
+            "joiner_rss_start_mib": rss_start as f64 / 1024.0,
+            "joiner_rss_rest_mib": rss_end as f64 / 1024.0,
+            "joiner_rss_peak_mib": hwm as f64 / 1024.0,
+            "apply_p99_quiet_ms": ms(q99),
+            "apply_p99_export_ms": ms(b99),
+            "apply_p99_join_ms": ms(j99),
+            "apply_p99_ratio": j99.max(b99).as_secs_f64() / q99.as_secs_f64(),
+        });
+        println!("{figures}");
+    }
     founder.kill().await;
 }

@@ -113,6 +113,17 @@ async fn a_network_lost_entirely_is_restored_from_its_archived_snapshot() {
         newest["height"].as_u64().unwrap(),
         "the new network starts at the archived snapshot point"
     );
+    let written_whole = hr
+        .metrics()
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix("tidemark_state_entries_written_whole_total "))
+        .map(|v| v.trim().to_string());
+    assert_eq!(
+        written_whole.as_deref(),
+        Some("0"),
+        "the restored state was staged as the file was read, not written whole by the event loop"
+    );
     let joiner = start_node(&dir.path().join("new-b"), Some(&restored)).await;
     let hj = joiner.handle();
     let height = newest["height"].as_u64().unwrap();
@@ -153,6 +164,26 @@ async fn a_network_lost_entirely_is_restored_from_its_archived_snapshot() {
     for node in [joiner, restored] {
         node.kill().await;
     }
+    // what the restored node stored (the staged state with the new writes folded in, or
+    // above its stored cut) resumes to the state it served
+    let stored = tidemark::node::storage::Storage::open(&dir.path().join("new-a"))
+        .unwrap()
+        .load()
+        .unwrap();
+    let resumed = tidemark::replica::Replica::resume(
+        stored
+            .checkpoint
+            .expect("the restored node stored a checkpoint"),
+        stored.ops,
+        tidemark::replica::ReplicaConfig::default(),
+        1,
+        tidemark::Time::ZERO,
+    )
+    .unwrap();
+    assert_eq!(
+        tidemark::ops_log::StateMachine::digest(resumed.applied_state()).to_hex(),
+        sr.digest
+    );
 }
 
 /// Copies a directory tree (a data dir, as a backup tool would).

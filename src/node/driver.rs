@@ -113,6 +113,76 @@ pub(super) struct Started {
     pub task: tokio::task::JoinHandle<Result<(), NodeError>>,
 }
 
+/// How often a restore logs its progress.
+const RESTORE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads the snapshot file a network is founded from (`--restore-from`), on a blocking
+/// thread before the event loop starts: every chunk is verified against the header as it
+/// is read and staged in the store, so the first checkpoint swaps the state in instead of
+/// writing it whole on the event loop; progress is logged every
+/// [`RESTORE_PROGRESS_EVERY`]. Returns the header, the state and its highest Lamport time.
+fn restore_file(
+    path: &std::path::Path,
+    storage: Arc<Storage>,
+) -> Result<(crate::snapshot::SnapshotHeader, LwwMap, u64), NodeError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| NodeError::Restore(format!("{}: {e}", path.display())))?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+    let header = crate::snapshot::read_header(&mut input)?;
+    let chunks = header.chunks.len();
+    let total_mb = header.body_len() as f64 / 1e6;
+    info!(
+        file = %path.display(),
+        height = header.height,
+        chunks,
+        mb = format!("{total_mb:.1}"),
+        "restoring from a snapshot file"
+    );
+    let mut stager = Stager::new(storage, header.snapshot_point.clone());
+    stager.begin()?;
+    let mut builder = crate::snapshot::StateBuilder::<LwwMap>::new(header.clone());
+    let started = Instant::now();
+    let mut logged = started;
+    let (mut buf, mut read) = (Vec::new(), 0u64);
+    for (index, info) in header.chunks.iter().enumerate() {
+        buf.resize(info.len as usize, 0);
+        input
+            .read_exact(&mut buf)
+            .map_err(crate::snapshot::SnapshotError::Io)?;
+        builder.push_chunk_inspected(&buf, |entries| {
+            stager.stage(entries).map_err(|e| e.to_string())
+        })?;
+        read += u64::from(info.len);
+        if logged.elapsed() >= RESTORE_PROGRESS_EVERY {
+            logged = Instant::now();
+            info!(
+                chunks_done = index + 1,
+                chunks,
+                mb_per_s = format!("{:.0}", read as f64 / 1e6 / started.elapsed().as_secs_f64()),
+                "restoring: {:.1} of {total_mb:.1} MB read, verified and staged",
+                read as f64 / 1e6
+            );
+        }
+    }
+    let mut rest = Vec::new();
+    let trailing = input
+        .take(1 << 20)
+        .read_to_end(&mut rest)
+        .map_err(crate::snapshot::SnapshotError::Io)?;
+    if trailing > 0 {
+        return Err(crate::snapshot::SnapshotError::TrailingBytes(trailing as u64).into());
+    }
+    let state = builder.finish()?;
+    info!(
+        entries = header.entries,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "the snapshot file is verified and staged"
+    );
+    let lamport = state.max_lamport();
+    Ok((header, state, lamport))
+}
+
 pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     let storage = Arc::new(Storage::open(&config.data_dir)?);
     let snapshots = Arc::new(
@@ -244,6 +314,8 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     // from a backup holds the backup's log while it joins); a new or restored node has
     // none yet
     let state_stored = loaded.checkpoint.is_some();
+    // a restored state is staged as it is read, for the first checkpoint to swap in
+    let mut state_staged = false;
     if loaded.checkpoint.is_some() && config.restore_from.is_some() {
         return Err(NodeError::Restore(
             "the data dir already holds a node; restore into an empty one".into(),
@@ -296,16 +368,12 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
                 ));
             }
             let path = config.restore_from.clone().expect("checked above");
-            let (header, state, lamport) = tokio::task::spawn_blocking(move || {
-                let file = std::fs::File::open(&path)
-                    .map_err(|e| NodeError::Restore(format!("{}: {e}", path.display())))?;
-                let mut input = std::io::BufReader::with_capacity(1 << 20, file);
-                let (header, state): (_, LwwMap) = crate::snapshot::read_snapshot(&mut input)?;
-                let lamport = state.max_lamport();
-                Ok::<_, NodeError>((header, state, lamport))
-            })
-            .await
-            .map_err(|e| NodeError::Restore(e.to_string()))??;
+            let stager = storage.clone();
+            let (header, state, lamport) =
+                tokio::task::spawn_blocking(move || restore_file(&path, stager))
+                    .await
+                    .map_err(|e| NodeError::Restore(e.to_string()))??;
+            state_staged = true;
             info!(
                 height = header.height,
                 digest = %header.digest,
@@ -366,6 +434,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     ));
     let (prepared_tx, prepared) = mpsc::unbounded_channel();
     let (fetched_tx, fetched) = mpsc::unbounded_channel();
+    let staged_generation = state_staged.then(|| replica.log_generation());
     let mut driver = Driver {
         replica,
         direct,
@@ -386,7 +455,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         join_log: None,
         stored: StoredMark::default(),
         stored_generation: None,
-        staged_generation: None,
+        staged_generation,
         last_checkpoint: None,
         stored_votes: None,
         dial_backoff: BTreeMap::new(),

@@ -19,9 +19,10 @@
 //! the stored cut and the new one are already in `ops`; the keys they touch are written
 //! with the new stable state's entries and the ops are deleted, all in the transaction that
 //! stores the new header. Its cost follows the ops that became stable, not the state. A
-//! state that replaced the log (a grant) is written whole, or, when it was transferred,
-//! was written to `staged` chunk by chunk as it arrived (off the event loop) and the
-//! checkpoint swaps `staged` in and folds from its cut.
+//! state that replaced the log (a grant) is written whole, or, when it was transferred or
+//! read from a snapshot file to restore a network, was written to `staged` chunk by chunk
+//! as it arrived (off the event loop) and the checkpoint swaps `staged` in and folds from
+//! its cut.
 
 use std::collections::BTreeSet;
 use std::path::Path;
