@@ -40,7 +40,7 @@ use libp2p::{
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::address_book::AddressBook;
 use super::codec;
@@ -52,7 +52,7 @@ use super::penalties::{Offence, Penalties, PenaltyLimits};
 use super::schedule::ScheduleBook;
 use super::signing::PeerIdAuthenticator;
 use super::snapshots::SnapshotStore;
-use super::storage::{Batch, Stager, StateWrite, Storage};
+use super::storage::{Batch, Stager, StateWrite, Storage, StorageError};
 use super::transfer::{self, FetchError};
 use super::views::{
     vector_json, At, DialFailureView, JoinView, NetworkMapView, OpIdView, ReadyView,
@@ -67,7 +67,7 @@ use crate::gossip::{
 };
 use crate::join_protocol::{HandedOverState, JoinGrant, JoinProgress, JoinResponse, StateOffer};
 use crate::network_map::MemberState;
-use crate::ops_log::LwwMap;
+use crate::ops_log::{LwwMap, LwwOp, Op};
 use crate::replica::{Action, LeaveFailed, RejectReason, RejectedOp, Replica, ReplicaConfig};
 use crate::{NodeId, Time, VersionVector};
 
@@ -112,6 +112,9 @@ pub(super) struct Started {
     pub listen_addrs: Vec<Multiaddr>,
     pub task: tokio::task::JoinHandle<Result<(), NodeError>>,
 }
+
+/// How often a node whose data dir is full tries to store again.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// How often a restore logs its progress.
 const RESTORE_PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -450,6 +453,8 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
         network: config.network.clone(),
         acks: Vec::new(),
+        unstored_ops: Vec::new(),
+        disk_full: None,
         waiters: Vec::new(),
         leave_waiters: Vec::new(),
         join_log: None,
@@ -812,6 +817,10 @@ struct Driver {
     network: String,
     /// Writes applied in memory, answered once stored.
     acks: Vec<(oneshot::Sender<Result<OpIdView, WriteError>>, OpIdView)>,
+    /// Applied ops a failed write did not store (a full disk): stored with the next batch.
+    unstored_ops: Vec<Arc<Op<LwwOp>>>,
+    /// Why writes are refused now: the data dir's disk is full.
+    disk_full: Option<String>,
     /// Writes waiting for their write concern, checked after every event.
     waiters: Vec<Waiter>,
     /// Callers of `leave`, answered when the node stops, or when the leave gives up.
@@ -913,7 +922,12 @@ impl Driver {
                 Some((id, fetched)) = self.fetched.recv() => self.on_fetched(id, fetched),
             }
             self.drain_ready().await;
-            self.after_event()?;
+            match self.after_event() {
+                Err(NodeError::Storage(e)) if matches!(*e, StorageError::DiskFull(_)) => {
+                    self.wait_for_disk_space(e.to_string()).await?;
+                }
+                other => other?,
+            }
             if self.stop_now || self.replica.has_left() && !self.leave_waiters.is_empty() {
                 if !self.stop_now {
                     self.farewell().await?;
@@ -925,6 +939,50 @@ impl Driver {
                 return Ok(());
             }
         }
+    }
+
+    /// The data dir's disk is full: the node stays up but silent until a write succeeds
+    /// again. Writes get [`WriteError::DiskFull`] (507) before anything is applied, reads
+    /// and status are answered, and messages from peers are dropped (as a partition would:
+    /// anti-entropy brings them back). The failed batch and everything the replica wants to
+    /// send stay held, and are tried again every [`DISK_FULL_RETRY`] after reopening the
+    /// database, so nothing is acknowledged or sent that is not stored; the writes the
+    /// batch held were answered [`WriteError::NotStored`]. Peers suspect, then evict, a node
+    /// silent for long; it rejoins once it goes on.
+    async fn wait_for_disk_space(&mut self, reason: String) -> Result<(), NodeError> {
+        error!(%reason, "cannot store: writes are refused (507) and the node is silent until there is space in its data dir; nothing acknowledged is lost");
+        self.disk_full = Some(reason);
+        self.metrics.disk_full.set(1);
+        let mut retry = tokio::time::interval(DISK_FULL_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retry.tick().await;
+        let mut commands_open = true;
+        loop {
+            tokio::select! {
+                _event = self.swarm.select_next_some() => {}
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(command) => self.on_command(command),
+                    None => commands_open = false,
+                },
+                _ = retry.tick() => {
+                    if let Err(error) = self.storage.reopen() {
+                        debug!(%error, "the database could not be opened again yet");
+                        continue;
+                    }
+                    match self.after_event() {
+                        Ok(()) => break,
+                        Err(NodeError::Storage(e)) if matches!(*e, StorageError::DiskFull(_)) => {
+                            self.disk_full = Some(e.to_string());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        self.disk_full = None;
+        self.metrics.disk_full.set(0);
+        info!("stored again: the data dir has space; writes are accepted");
+        Ok(())
     }
 
     /// Handles the events and commands that are already waiting (up to a bound), so that
@@ -977,6 +1035,10 @@ impl Driver {
         match command {
             Command::Write { reply, .. } if self.archiver => {
                 let _ = reply.send(Err(WriteError::Archiver));
+            }
+            Command::Write { reply, .. } if self.disk_full.is_some() => {
+                let reason = self.disk_full.clone().unwrap_or_default();
+                let _ = reply.send(Err(WriteError::DiskFull(reason)));
             }
             Command::Write {
                 op,
@@ -1669,7 +1731,8 @@ impl Driver {
     }
 
     fn store(&mut self) -> Result<(), NodeError> {
-        let ops = self.replica.drain_applied_ops();
+        let mut ops = std::mem::take(&mut self.unstored_ops);
+        ops.extend(self.replica.drain_applied_ops());
         // evictions are logged with the other changes of standing (`log_membership`)
         self.replica.drain_evictions();
         let phase = phase_name(&self.replica);
@@ -1715,6 +1778,21 @@ impl Driver {
         let wrote_votes = batch.votes.is_some();
         let written = match self.storage.write(&batch) {
             Ok(written) => written,
+            Err(StorageError::DiskFull(reason)) => {
+                // nothing of the batch is stored: it is written again once there is space,
+                // and the messages that depend on it wait with it; the writes it holds are
+                // told that they are not stored (their fate is open)
+                self.unstored_ops = batch.ops;
+                let full = StorageError::DiskFull(reason);
+                for (reply, id) in self.acks.drain(..) {
+                    let _ = reply.send(Err(WriteError::NotStored {
+                        origin: id.origin,
+                        seq: id.seq,
+                        reason: full.to_string(),
+                    }));
+                }
+                return Err(full.into());
+            }
             Err(e) => {
                 for (reply, _) in self.acks.drain(..) {
                     let _ = reply.send(Err(WriteError::NotDurable(e.to_string())));

@@ -87,9 +87,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 507 when a snapshot file could not be written for a full disk, else 503.
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        let status = match &e {
+            NodeError::Snapshot(crate::snapshot::SnapshotError::Io(io))
+                if super::storage::is_disk_full(io) =>
+            {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
     }
 }
 
@@ -111,6 +120,9 @@ impl From<WriteError> for ApiError {
                 StatusCode::FORBIDDEN
             }
             WriteError::NotDurable(_) | WriteError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::DiskFull(_) | WriteError::NotStored { .. } => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             WriteError::TooFewMembers { .. } => StatusCode::BAD_REQUEST,
             WriteError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         };

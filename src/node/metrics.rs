@@ -72,6 +72,8 @@ pub struct Metrics {
     pub evicted_members: IntGauge,
     pub incarnation: IntGauge,
     pub connected_peers: IntGauge,
+    /// 1 while the data dir's disk is full and writes are refused.
+    pub disk_full: IntGauge,
     pub stale_notices: Count,
     pub evictions_issued: Count,
     pub rejoins: Count,
@@ -111,6 +113,7 @@ impl Metrics {
             evicted_members: Default::default(),
             incarnation: Default::default(),
             connected_peers: Default::default(),
+            disk_full: Default::default(),
             stale_notices: Default::default(),
             evictions_issued: Default::default(),
             rejoins: Default::default(),
@@ -241,6 +244,11 @@ impl Metrics {
             "connected_peers",
             "Peers with an open connection",
             m.connected_peers.clone(),
+        );
+        registry.register(
+            "disk_full",
+            "1 while the data dir's disk is full: writes are refused (507) and the node is silent",
+            m.disk_full.clone(),
         );
         registry.register(
             "stale_notices",

@@ -298,6 +298,19 @@ pub enum WriteError {
     Refused(#[from] WriteRefused),
     #[error("the op could not be stored durably: {0}")]
     NotDurable(String),
+    /// The data dir's disk is full: nothing was written (the node takes writes again once
+    /// there is space).
+    #[error("the write was refused, nothing was written: {0}")]
+    DiskFull(String),
+    /// The op was applied here when the data dir's disk filled up, before it could be
+    /// stored: it is stored, and spreads, once there is space again, and is lost if the
+    /// node stops first. Its fate is open, as after a timeout.
+    #[error("the op {origin}/{seq} is applied here but not stored: {reason}; it is stored and spreads once there is space again, and is lost if the node stops first")]
+    NotStored {
+        origin: String,
+        seq: u64,
+        reason: String,
+    },
     #[error("this node is an archiver: it never writes ops")]
     Archiver,
     #[error("the node has stopped")]

@@ -25,8 +25,9 @@
 //! its cut.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tracing::warn;
@@ -65,13 +66,32 @@ pub enum StorageError {
     Corrupt { what: &'static str, reason: String },
     #[error("cannot create the data directory: {0}")]
     Dir(#[from] std::io::Error),
+    /// The data dir's file system has no space left (or the node's quota or file-size limit
+    /// is reached): nothing of the failed transaction was stored.
+    #[error("the data dir's disk is full ({0}): nothing more can be stored until there is space")]
+    DiskFull(String),
+}
+
+/// Whether an I/O error says the disk (or a quota, or a file-size limit) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge)
+}
+
+impl From<redb::Error> for StorageError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(io) if is_disk_full(&io) => StorageError::DiskFull(io.to_string()),
+            e => StorageError::Db(Box::new(e)),
+        }
+    }
 }
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StorageError {
             fn from(e: $t) -> Self {
-                StorageError::Db(Box::new(e.into()))
+                redb::Error::from(e).into()
             }
         }
     )*};
@@ -92,7 +112,20 @@ pub struct Loaded {
 
 /// The node's redb database.
 pub struct Storage {
-    db: Database,
+    /// `None` only while [`Storage::reopen`] replaces it.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+}
+
+/// The open database, borrowed for one call.
+struct Db<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when borrowed")
+    }
 }
 
 /// How a checkpoint's stable state reaches the `state` table.
@@ -160,9 +193,10 @@ impl Storage {
     /// state is migrated.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
+        let path = dir.join("tidemark.redb");
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(dir.join("tidemark.redb"))?;
+            .create(&path)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -185,18 +219,45 @@ impl Storage {
             }
         }
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            path,
+        })
+    }
+
+    fn db(&self) -> Result<Db<'_>, StorageError> {
+        let guard = self.db.read().expect("storage lock");
+        if guard.is_none() {
+            return Err(StorageError::Corrupt {
+                what: "database",
+                reason: "it could not be opened again after a failed write".into(),
+            });
+        }
+        Ok(Db(guard))
+    }
+
+    /// Closes and opens the database again. After a failed write (a full disk) redb
+    /// refuses every further transaction until it is reopened, which recovers the last
+    /// committed one; a write that failed is simply not there.
+    pub fn reopen(&self) -> Result<(), StorageError> {
+        let mut slot = self.db.write().expect("storage lock");
+        drop(slot.take());
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&self.path)?;
+        *slot = Some(db);
+        Ok(())
     }
 
     /// The stored node key, if any.
     pub fn node_key(&self) -> Result<Option<Vec<u8>>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(META)?;
         Ok(table.get(NODE_KEY)?.map(|v| v.value().to_vec()))
     }
 
     pub fn set_node_key(&self, key: &[u8]) -> Result<(), StorageError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         txn.open_table(META)?.insert(NODE_KEY, key)?;
         txn.commit()?;
         Ok(())
@@ -208,7 +269,7 @@ impl Storage {
     /// seat). One transaction; the stored checkpoint and ops are
     /// left as they are (the old identity's, until the first checkpoint of the new one).
     pub fn replace_node_key(&self, key: &[u8]) -> Result<(), StorageError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(NODE_KEY, key)?;
@@ -222,7 +283,7 @@ impl Storage {
     /// The last checkpoint (its state read from the `state` table) and the ops stored
     /// above its stable cut.
     pub fn load(&self) -> Result<Loaded, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let own_seq = meta
             .get(OWN_SEQ)?
@@ -277,7 +338,7 @@ impl Storage {
         if batch.is_empty() {
             return Ok(StateWritten::default());
         }
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         if !batch.durable {
             txn.set_durability(redb::Durability::None);
         }
@@ -347,7 +408,7 @@ impl Storage {
 
     /// Starts staging a transferred state at `cut`: drops anything staged before.
     fn begin_staging(&self, cut: &VersionVector) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(redb::Durability::None);
         txn.delete_table(STAGED)?;
         txn.open_table(STAGED)?;
@@ -360,7 +421,7 @@ impl Storage {
     /// Adds entries to the staged state, in one transaction of their own (not synced:
     /// the checkpoint that swaps the staged state in is).
     fn stage(&self, entries: &[(String, LwwEntry)]) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         txn.set_durability(redb::Durability::None);
         {
             let mut table = txn.open_table(STAGED)?;
@@ -376,7 +437,7 @@ impl Storage {
 
     /// Number of ops stored (for tests and metrics).
     pub fn stored_ops(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(OPS)?.len()?)
     }
 }
@@ -575,6 +636,35 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_told_apart_from_other_storage_errors() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::StorageFull,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::FileTooLarge,
+        ] {
+            let e = StorageError::from(redb::StorageError::Io(Error::from(kind)));
+            assert!(matches!(e, StorageError::DiskFull(_)), "{kind:?}: {e}");
+            assert!(e.to_string().contains("disk is full"), "{e}");
+        }
+        let other = StorageError::from(redb::StorageError::Io(Error::from(
+            ErrorKind::PermissionDenied,
+        )));
+        assert!(matches!(other, StorageError::Db(_)), "{other}");
+    }
+
+    #[test]
+    fn a_reopened_database_holds_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        storage.set_node_key(b"key").unwrap();
+        storage.reopen().unwrap();
+        assert_eq!(storage.node_key().unwrap().as_deref(), Some(&b"key"[..]));
+        storage.set_node_key(b"new").unwrap();
+        assert_eq!(storage.node_key().unwrap().as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
     fn ops_and_checkpoints_survive_reopening_and_the_stable_prefix_is_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let me = NodeId::synthetic(1);
@@ -744,7 +834,7 @@ mod tests {
     fn a_corrupt_checkpoint_is_reported_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
-        let txn = storage.db.begin_write().unwrap();
+        let txn = storage.db().unwrap().begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
             .insert(HEADER, &b"\xff\x00garbage"[..])
@@ -979,7 +1069,7 @@ mod tests {
         node.handle_timeout(Time::from_millis(10));
         {
             let storage = Storage::open(dir.path()).unwrap();
-            let txn = storage.db.begin_write().unwrap();
+            let txn = storage.db().unwrap().begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert(LEGACY_CHECKPOINT, to_vec(&node.checkpoint()).as_slice())
