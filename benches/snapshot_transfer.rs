@@ -68,6 +68,21 @@ fn copy_and_hash(from: &std::path::Path, to: &std::path::Path) -> Duration {
     started.elapsed()
 }
 
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn mb_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()
 }
@@ -269,6 +284,21 @@ async fn run(mib: u64) {
     );
     let _ = child.kill();
     let _ = child.wait();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let joiner_db = std::fs::metadata(dir.path().join("joiner/tidemark.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let founder_db = std::fs::metadata(dir.path().join("founder/tidemark.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let founder_snapshots = dir_bytes(&dir.path().join("founder/snapshots"));
+    say!(
+        "data dirs: joiner's database {:.0} MiB, founder's {:.0} MiB (+ {:.0} MiB of snapshot files), for a snapshot file of {:.0} MiB",
+        mib(joiner_db),
+        mib(founder_db),
+        mib(founder_snapshots),
+        mib(bytes)
+    );
 
     // 4. op-apply latency without and with exports
     let quiet = write_latencies(&handle, 1000, "quiet").await;
@@ -317,6 +347,9 @@ async fn run(mib: u64) {
             "joiner_rss_start_mib": rss_start as f64 / 1024.0,
             "joiner_rss_rest_mib": rss_end as f64 / 1024.0,
             "joiner_rss_peak_mib": hwm as f64 / 1024.0,
+            "joiner_db_mib": mib(joiner_db),
+            "founder_db_mib": mib(founder_db),
+            "founder_snapshot_files_mib": mib(founder_snapshots),
             "apply_p99_quiet_ms": ms(q99),
             "apply_p99_export_ms": ms(b99),
             "apply_p99_join_ms": ms(j99),
