@@ -293,6 +293,11 @@ async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
         ha.network_map().await,
         hj.network_map().await
     );
+    assert_eq!(
+        metric(&hj, "tidemark_state_entries_written_whole_total"),
+        0,
+        "the staged state was swapped in, not written whole on the event loop"
+    );
     for node in [joiner, a] {
         node.kill().await;
     }

@@ -200,6 +200,7 @@ impl Joiner {
     /// the joiner knows, when those nodes came back under new identities, or at bootstrap
     /// addresses given without a peer id). A joiner that had no one to ask asks the first
     /// of them at its next wake-up.
+    ///
     /// They answered at those addresses just now, so they are asked next, before the
     /// rest of the round.
     pub fn add_sponsors(&mut self, ids: impl IntoIterator<Item = NodeId>, me: &NodeId) {

@@ -579,8 +579,7 @@ impl ViewAgreement {
             .map(|(_, c)| c.clone());
         let change = match (accepted, &p.wanted) {
             (Some(accepted), _) => Some(accepted),
-            (None, Some(wanted)) => Some(spare_promisers(wanted, promises, view))
-                .filter(|c| c == wanted || c.next.members != view.members || !c.evicted.is_empty()),
+            (None, Some(wanted)) => spare_promisers(wanted, promises, view),
             // the policy wants nothing now, and nothing was accepted
             (None, None) => None,
         };
@@ -633,12 +632,13 @@ impl ViewAgreement {
 
 /// A free choice does not evict a seat that promised this very ballot: its promise proves
 /// that it runs and hears the proposer, whatever the failure detector said when the
-/// proposal was made. It keeps its seat at the incarnation the view holds.
+/// proposal was made. It keeps its seat at the incarnation the view holds. `None` when
+/// sparing them leaves nothing to change.
 fn spare_promisers(
     wanted: &ViewChange,
     promises: &BTreeMap<NodeId, Option<(Ballot, ViewChange)>>,
     view: &View,
-) -> ViewChange {
+) -> Option<ViewChange> {
     let mut change = wanted.clone();
     change.evicted.retain(|eviction| {
         let seat = view.members.get(&eviction.id);
@@ -651,7 +651,9 @@ fn spare_promisers(
         }
         !spared
     });
-    change
+    let nothing_left =
+        change != *wanted && change.next.members == view.members && change.evicted.is_empty();
+    (!nothing_left).then_some(change)
 }
 
 #[cfg(test)]

@@ -454,6 +454,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
         network: config.network.clone(),
         acks: Vec::new(),
         unstored_ops: Vec::new(),
+        grant_suffix: Vec::new(),
         disk_full: None,
         waiters: Vec::new(),
         leave_waiters: Vec::new(),
@@ -819,6 +820,10 @@ struct Driver {
     acks: Vec<(oneshot::Sender<Result<OpIdView, WriteError>>, OpIdView)>,
     /// Applied ops a failed write did not store (a full disk): stored with the next batch.
     unstored_ops: Vec<Arc<Op<LwwOp>>>,
+    /// The suffix of a grant whose state was fetched and staged: stored with the
+    /// checkpoint that swaps the staged state in, which folds those of them that became
+    /// stable meanwhile (the replica has dropped those from its log).
+    grant_suffix: Vec<Arc<Op<LwwOp>>>,
     /// Why writes are refused now: the data dir's disk is full.
     disk_full: Option<String>,
     /// Writes waiting for their write concern, checked after every event.
@@ -1766,8 +1771,22 @@ impl Driver {
         };
         if identity_changed || (progressed && due) {
             if identity_changed {
-                // a new log (a grant was installed): store its whole suffix with it
-                batch.ops = self.replica.ops_log().unstable_ops();
+                // a new log (a grant was installed): store its whole suffix with it, and
+                // a staged state's grant suffix, which the swap folds from the staged cut
+                let drained =
+                    std::mem::replace(&mut batch.ops, self.replica.ops_log().unstable_ops());
+                if state == StateWrite::Staged {
+                    // the ops that became stable since the staged cut, folded and pruned
+                    // in this transaction
+                    let cut = self.replica.stable_cut();
+                    let stable = |op: &Arc<Op<LwwOp>>| cut.get(&op.origin) >= op.seq;
+                    batch.ops.extend(
+                        std::mem::take(&mut self.grant_suffix)
+                            .into_iter()
+                            .chain(drained)
+                            .filter(stable),
+                    );
+                }
             }
             batch.checkpoint = Some(self.replica.checkpoint());
         }
@@ -1975,10 +1994,17 @@ impl Driver {
         match fetched {
             Ok(state) => {
                 let entries = state.len_with_tombstones();
+                let suffix = self
+                    .replica
+                    .awaited_grant()
+                    .map(|(_, grant)| grant.suffix.0.clone())
+                    .unwrap_or_default();
                 match self.replica.install_transferred(now, state) {
                     Ok(()) => {
-                        // the fetch staged the state in the store as it arrived
+                        // the fetch staged the state in the store as it arrived; the
+                        // checkpoint that swaps it in folds the grant's suffix into it
                         self.staged_generation = Some(self.replica.log_generation());
+                        self.grant_suffix = suffix;
                         info!(snapshot = %id, entries, "installed the fetched state")
                     }
                     Err(error) => warn!(snapshot = %id, %error, "cannot install the fetched state"),
