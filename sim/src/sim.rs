@@ -738,13 +738,13 @@ impl Sim {
             return;
         }
         self.nodes[n].dialled_rounds = rounds;
-        let known = self.known_to_joiner(n);
-        let reachable = self.slots_at(&known);
+        let mut reachable = self.slots_at(&self.known_to_joiner(n));
         let steady = self.steady_members();
         if !reachable.iter().any(|slot| steady.contains(slot)) && !steady.is_empty() {
             let sponsors = self.bootstrap_peers(&steady);
             self.nodes[n].bootstrap = self.slots_of(&sponsors);
             self.faults.rebootstraps += 1;
+            reachable = self.slots_at(&self.known_to_joiner(n));
             if self.trace {
                 eprintln!(
                     "{:.3} s: the operator restarts joiner {n} with bootstrap peers {:?}",
@@ -754,8 +754,7 @@ impl Sim {
             }
         }
         let sponsors = self.nodes[n].replica.join_sponsors().unwrap_or_default();
-        let found: Vec<NodeId> = self
-            .slots_at(&self.known_to_joiner(n))
+        let found: Vec<NodeId> = reachable
             .into_iter()
             .map(|slot| self.ids[slot].clone())
             .filter(|id| !sponsors.contains(id))
