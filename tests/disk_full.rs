@@ -45,17 +45,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 async fn write(api: SocketAddr, key: &str, value: &str) -> support::HttpResponse {
     let body = serde_json::json!({"key": key, "value": value}).to_string();
     http(api, "POST", "/v1/ops", Some(&body)).await
@@ -64,7 +53,7 @@ async fn write(api: SocketAddr, key: &str, value: &str) -> support::HttpResponse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_with_507_loses_nothing_and_recovers_with_space() {
     assert!(
-        running_as_root(),
+        support::running_as_root(),
         "this test mounts a small tmpfs as the data dir and needs root"
     );
     let dir = tempfile::tempdir().unwrap();

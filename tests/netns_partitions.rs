@@ -194,7 +194,7 @@ async fn write(api: SocketAddr, key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_split_twice_heals_to_one_view_with_every_acknowledged_write() {
     assert!(
-        running_as_root(),
+        support::running_as_root(),
         "this test builds network namespaces and needs root"
     );
     let lab = Lab::new();
@@ -309,16 +309,4 @@ async fn a_network_split_twice_heals_to_one_view_with_every_acknowledged_write()
         "every acknowledged write is stable on every node"
     );
     drop(nodes);
-}
-
-fn running_as_root() -> bool {
-    // the uid of the process, from /proc (no libc call needed)
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }

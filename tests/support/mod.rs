@@ -274,3 +274,16 @@ pub fn spawn_command(mut command: Command) -> NodeProcess {
         listen: info["listen_addrs"][0].as_str().unwrap().to_string(),
     }
 }
+
+/// Whether the test runs as root (tests that mount file systems or build network
+/// namespaces need it; CI runs as root). Read from /proc: no libc call needed.
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
