@@ -949,7 +949,7 @@ impl Driver {
     /// The data dir's disk is full: the node stays up but silent until a write succeeds
     /// again. Writes get [`WriteError::DiskFull`] (507) before anything is applied, reads
     /// and status are answered, and messages from peers are dropped (as a partition would:
-    /// anti-entropy brings them back). The failed batch and everything the replica wants to
+    /// anti-entropy brings them back), while connections are kept up as usual. The failed batch and everything the replica wants to
     /// send stay held, and are tried again every [`DISK_FULL_RETRY`] after reopening the
     /// database, so nothing is acknowledged or sent that is not stored; the writes the
     /// batch held were answered [`WriteError::NotStored`]. Peers suspect, then evict, a node
@@ -964,7 +964,22 @@ impl Driver {
         let mut commands_open = true;
         loop {
             tokio::select! {
-                _event = self.swarm.select_next_some() => {}
+                event = self.swarm.select_next_some() => match event {
+                    // nothing received can be stored now: dropped, not relayed
+                    SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                        propagation_source,
+                        message_id,
+                        ..
+                    })) => {
+                        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            gossipsub::MessageAcceptance::Ignore,
+                        );
+                    }
+                    // connections, dials and addresses are kept up as usual
+                    other => self.on_swarm_event(other),
+                },
                 command = self.commands.recv(), if commands_open => match command {
                     Some(command) => self.on_command(command),
                     None => commands_open = false,
