@@ -265,7 +265,10 @@ async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
         // is still raised is from a joiner
         let phase = status.unwrap().phase;
         if raised(&hj, FETCHING) {
-            assert_ne!(phase, "member", "a joiner fetching its state is not a member yet");
+            assert_ne!(
+                phase, "member",
+                "a joiner fetching its state is not a member yet"
+            );
             answered += 1;
         }
         seq += 1;
