@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use super::JoinGrant;
 use crate::gossip::{GossipConfig, Message, Records};
@@ -19,6 +20,17 @@ use crate::node_id::NodeId;
 use crate::ops_log::StateMachine;
 use crate::outbox::Outbox;
 use crate::time::Time;
+
+/// A held grant as its driver stores it, so that a joiner that restarts while the state is
+/// fetched resumes the fetch under the same registration ([`AwaitedGrant::resume`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct HeldGrant<S: StateMachine> {
+    pub sponsor: NodeId,
+    pub grant: JoinGrant<S>,
+    /// The `report_seq` of the last keepalive report made when this was taken.
+    pub reports_made: u64,
+}
 
 /// The joiner's held grant and its keepalive (see module doc).
 #[derive(Debug)]
@@ -56,6 +68,31 @@ impl<S: StateMachine> AwaitedGrant<S> {
         self.held = Some((sponsor, grant));
         self.next_keepalive = now + gossip.heartbeat_interval;
         true
+    }
+
+    /// Holds a grant stored by a process that stopped while it fetched the grant's state.
+    /// Keepalives go on above every report that process can have made: it stored
+    /// `reports_made` when its fetch began, and a hold lasts at most
+    /// `state_transfer_timeout`, one keepalive per `heartbeat_interval`; a lower
+    /// `report_seq` would be taken for a stale report. The first is due at once.
+    pub fn resume(&mut self, held: HeldGrant<S>, now: Time, gossip: &GossipConfig) {
+        let per_hold = gossip
+            .state_transfer_timeout
+            .as_micros()
+            .div_ceil(gossip.heartbeat_interval.as_micros().max(1)) as u64;
+        self.reports_made = held.reports_made + per_hold + 1;
+        self.held = Some((held.sponsor, held.grant));
+        self.next_keepalive = now;
+    }
+
+    /// The held grant as a driver stores it to resume after a restart.
+    pub fn to_store(&self) -> Option<HeldGrant<S>> {
+        let (sponsor, grant) = self.held.as_ref()?;
+        Some(HeldGrant {
+            sponsor: sponsor.clone(),
+            grant: grant.clone(),
+            reports_made: self.reports_made,
+        })
     }
 
     /// The held grant and its sponsor.

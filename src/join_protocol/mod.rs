@@ -144,6 +144,8 @@ pub enum JoinError {
     },
     #[error("the grant's state has not been fetched yet")]
     StateNotHere,
+    #[error("the grant offers no state to fetch")]
+    NothingToFetch,
     #[error("cannot install the handed-over state: {0}")]
     Install(#[from] InstallError),
 }

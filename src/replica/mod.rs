@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::gossip::dissemination::{self, Dissemination};
 use crate::gossip::{AntiEntropyDigest, GossipConfig, Message, OpsBatch, Records, Repair};
-use crate::join_protocol::awaited::AwaitedGrant;
+use crate::join_protocol::awaited::{AwaitedGrant, HeldGrant};
 use crate::join_protocol::sponsor::{self, Sponsor, SponsorContext, SponsorOutcome};
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
@@ -508,6 +508,61 @@ impl<S: StateMachine> Replica<S> {
         replica.ask_sponsor(now);
         replica.finish(now);
         replica
+    }
+
+    /// A joiner that stopped while it fetched the state a grant offered, and stored that
+    /// grant ([`Replica::held_grant`]): it holds the grant again under the same
+    /// registration and incarnation, sends a keepalive at once, and asks no sponsor while
+    /// its driver fetches the rest of the state. A fetch that fails, or outlasts
+    /// `state_transfer_timeout`, asks the grant's sponsor again, then `sponsors`, as any
+    /// join does.
+    pub fn resuming_held_grant(
+        id: NodeId,
+        held: HeldGrant<S>,
+        sponsors: Vec<NodeId>,
+        config: ReplicaConfig,
+        seed: u64,
+        now: Time,
+    ) -> Result<Self, JoinError> {
+        if held.grant.registration.id != id {
+            return Err(JoinError::NotForMe {
+                registered: held.grant.registration.id.clone(),
+            });
+        }
+        if held.grant.offer().is_none() {
+            return Err(JoinError::NothingToFetch);
+        }
+        let incarnation = held.grant.registration.incarnation;
+        let mut ask = vec![held.sponsor.clone()];
+        ask.extend(sponsors.into_iter().filter(|s| *s != held.sponsor));
+        let placeholder = MemberRecord {
+            incarnation,
+            ..MemberRecord::founder(id.clone())
+        };
+        let map = NetworkMap::new(placeholder, now);
+        let mut joiner = Joiner::new(ask, now);
+        joiner.hold(now + config.gossip.state_transfer_timeout);
+        let mut replica = Self::with_parts(
+            id,
+            incarnation,
+            config,
+            Phase::Joining(joiner),
+            map,
+            OpsLog::new(),
+            OwnOps::new(0),
+            seed,
+            now,
+        );
+        replica.awaited.resume(held, now, &replica.config.gossip);
+        replica.send_keepalive(now);
+        replica.finish(now);
+        Ok(replica)
+    }
+
+    /// The grant whose offered state is being fetched, as a driver stores it to resume
+    /// the fetch after a restart ([`Replica::resuming_held_grant`]).
+    pub fn held_grant(&self) -> Option<HeldGrant<S>> {
+        self.awaited.to_store()
     }
 
     /// The joiner's next request is due: asks its current sponsor (with a new incarnation

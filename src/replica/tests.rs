@@ -855,6 +855,90 @@ fn a_joiner_fetching_its_state_for_longer_than_the_eviction_bound_stays_a_member
 }
 
 #[test]
+fn a_joiner_restarted_while_it_fetches_its_state_resumes_the_same_registration() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.write(0, put("x", "1"));
+    net.run_for(Duration::from_millis(200));
+    net.offer_states = true;
+    let j = net.add_joiner(id(10), id(1));
+    // long enough for keepalives to raise the registration's report_seq well above what
+    // a resumed joiner that started its keepalives over would reach within an eviction
+    // bound
+    net.run_for(2 * eviction_bound());
+    let held = net.nodes[j]
+        .held_grant()
+        .expect("the grant offers a snapshot");
+    assert!(net.nodes[j].stats().keepalives_sent >= 2);
+    let before = net.nodes[0]
+        .network_map()
+        .get(&id(10))
+        .unwrap()
+        .record
+        .clone();
+    // the process stops; the driver stored the grant when its fetch began, and a new
+    // process resumes it within the failure detector's bound
+    net.crashed[j] = true;
+    net.run_for(Duration::from_millis(500));
+    let now = net.now;
+    let stored = HeldGrant {
+        reports_made: 0,
+        ..held.clone()
+    };
+    net.nodes[j] = Replica::resuming_held_grant(
+        id(10),
+        stored,
+        vec![id(2)],
+        ReplicaConfig::default(),
+        99,
+        now,
+    )
+    .unwrap();
+    net.crashed[j] = false;
+    assert!(net.nodes[j].awaited_grant().is_some());
+    assert_eq!(net.nodes[j].incarnation(), before.incarnation);
+    // its first keepalive goes out at once, above every report the stopped process made
+    net.run_for(Duration::from_millis(100));
+    let sponsor_sees = net.nodes[1]
+        .network_map()
+        .get(&id(10))
+        .unwrap()
+        .record
+        .clone();
+    assert!(
+        sponsor_sees.report_seq > held.reports_made,
+        "the resumed keepalive is taken as fresh: {} after {}",
+        sponsor_sees.report_seq,
+        held.reports_made
+    );
+    net.run_for(3 * eviction_bound());
+    for r in &net.nodes[..4] {
+        let entry = r.network_map().get(&id(10)).expect("registered everywhere");
+        assert_eq!(entry.record.state, MemberState::Alive, "at {:?}", r.id());
+        assert_eq!(entry.record.incarnation, before.incarnation);
+    }
+    assert_eq!(
+        net.nodes[j].join_progress().map(|p| p.requests),
+        Some(0),
+        "no sponsor is asked while the fetch resumes"
+    );
+    let (_, state) = net.offered.pop().expect("a state was offered");
+    let now = net.now;
+    net.nodes[j].install_transferred(now, state).unwrap();
+    net.flush(j);
+    net.write(j, put("y", "2"));
+    net.run_for(Duration::from_millis(500));
+    for r in &net.nodes {
+        assert_eq!(r.network_map().counted(), 5);
+        assert_eq!(r.stable_state().get("y"), Some("2"), "at {:?}", r.id());
+    }
+    let wrong = HeldGrant { ..held };
+    assert!(matches!(
+        Replica::resuming_held_grant(id(11), wrong, vec![], ReplicaConfig::default(), 1, now),
+        Err(JoinError::NotForMe { .. })
+    ));
+}
+
+#[test]
 fn without_keepalives_a_silent_fetching_joiner_would_be_evicted() {
     // the control for the test above: a registration that never reports is evicted in
     // the same time (so the test above measures the keepalives, not a lenient detector)

@@ -372,6 +372,37 @@ impl<S: ChunkedState> StateBuilder<S> {
         Ok(())
     }
 
+    /// Adds the entries of the first `chunks` chunks, verified against the header and
+    /// kept by an earlier build that did not finish (a transfer resumed after a restart).
+    /// Only their order is checked here; their count and digest are checked with the
+    /// rest's at [`finish`](Self::finish). Fails unless no chunk was added yet.
+    pub fn resume_with(
+        &mut self,
+        chunks: usize,
+        entries: impl IntoIterator<Item = S::Entry>,
+    ) -> Result<(), SnapshotError> {
+        if self.next_index != 0 || chunks > self.header.chunks.len() {
+            return Err(SnapshotError::Malformed {
+                what: "resumed transfer",
+                reason: format!(
+                    "{chunks} chunks kept of {}, {} added already",
+                    self.header.chunks.len(),
+                    self.next_index
+                ),
+            });
+        }
+        let mut count = 0u64;
+        self.state
+            .extend_in_order(entries.into_iter().inspect(|_| count += 1))
+            .map_err(|reason| SnapshotError::ChunkOrder {
+                index: chunks.saturating_sub(1),
+                reason,
+            })?;
+        self.entries += count;
+        self.next_index = chunks;
+        Ok(())
+    }
+
     /// The state, once every chunk is in and it matches the header.
     pub fn finish(mut self) -> Result<S, SnapshotError> {
         if self.next_index != self.header.chunks.len() {

@@ -84,6 +84,8 @@ pub struct TransferStats {
     pub rerequested: u64,
     /// Answers that failed verification.
     pub bad_chunks: u64,
+    /// Chunks kept from before a restart, not fetched again ([`Transfer::resuming`]).
+    pub resumed: usize,
 }
 
 #[derive(Debug)]
@@ -134,6 +136,20 @@ impl Transfer {
         for peer in sources {
             transfer.add_source(peer);
         }
+        transfer
+    }
+
+    /// A transfer that goes on from chunk `kept` (the chunks below were fetched, verified
+    /// and kept before a restart): only the missing chunks are asked.
+    pub fn resuming(
+        header: SnapshotHeader,
+        sources: Vec<NodeId>,
+        config: TransferConfig,
+        kept: usize,
+    ) -> Self {
+        let mut transfer = Self::new(header, sources, config);
+        transfer.next_out = kept.min(transfer.header.chunks.len());
+        transfer.stats.resumed = transfer.next_out;
         transfer
     }
 
@@ -418,6 +434,30 @@ mod tests {
         );
         assert_eq!(out[3].1, data[3]);
         assert_eq!(plan.stats().rerequested, 0);
+    }
+
+    #[test]
+    fn a_resumed_transfer_asks_only_for_the_chunks_it_does_not_keep() {
+        let data = chunks(10);
+        let mut plan =
+            Transfer::resuming(header(&data), vec![peer(1)], TransferConfig::default(), 6);
+        let mut asked = Vec::new();
+        while !plan.is_complete() {
+            for r in drain(&mut plan, t(0)) {
+                asked.push(r.index);
+                plan.on_chunk(t(0), &r.peer, r.index, data[r.index].clone())
+                    .unwrap();
+            }
+            while plan.pop_ready().is_some() {}
+        }
+        assert_eq!(asked, vec![6, 7, 8, 9]);
+        assert_eq!(plan.stats().resumed, 6);
+        assert!(
+            plan.on_chunk(t(0), &peer(1), 2, data[2].clone()).is_err(),
+            "a kept chunk is not taken again"
+        );
+        let all_kept = Transfer::resuming(header(&data), vec![peer(1)], Default::default(), 10);
+        assert!(all_kept.is_complete());
     }
 
     #[test]
