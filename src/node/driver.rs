@@ -324,6 +324,12 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             "the data dir already holds a node; restore into an empty one".into(),
         ));
     }
+    // a joiner that stopped while it fetched a state resumes the fetch (not a restore,
+    // which founds a new network)
+    let held = match (&loaded.checkpoint, &config.restore_from) {
+        (None, None) => storage.held_grant()?,
+        _ => None,
+    };
     let replica = match loaded.checkpoint {
         Some(checkpoint) if config.restored_backup => {
             for record in &checkpoint.records {
@@ -392,6 +398,38 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
                 seed,
                 Time::ZERO,
             )
+        }
+        None if held.is_some() => {
+            let held = held.expect("matched");
+            for record in &held.grant.members.0 {
+                add_addresses(&mut swarm, &record.id, &record.addrs);
+            }
+            let sponsors = named_bootstrap_peers(&mut swarm, &config.bootstrap)?;
+            let offer = held.grant.offer().expect("a held grant offers a state");
+            info!(
+                snapshot = %offer.snapshot_id,
+                sponsor = %held.sponsor,
+                incarnation = held.grant.registration.incarnation,
+                "resuming the state transfer this node was making when it stopped"
+            );
+            let sponsor = held.sponsor.clone();
+            match Replica::resuming_held_grant(
+                me.clone(),
+                held,
+                sponsors.clone(),
+                replica_config.clone(),
+                seed,
+                Time::ZERO,
+            ) {
+                Ok(replica) => replica,
+                Err(error) => {
+                    warn!(%error, "the stored grant cannot be resumed; joining afresh");
+                    storage.forget_held_grant(true)?;
+                    let mut ask = vec![sponsor];
+                    ask.extend(sponsors);
+                    Replica::joiner_via(me.clone(), 1, ask, replica_config, seed, Time::ZERO)
+                }
+            }
         }
         None if config.bootstrap.is_empty() => {
             info!(%peer_id, "founding a new network");
@@ -1951,7 +1989,10 @@ impl Driver {
     /// longer awaited).
     fn fetch_awaited_state(&mut self) {
         let Some((sponsor, grant)) = self.replica.awaited_grant() else {
-            self.fetching = None;
+            if self.fetching.take().is_some() {
+                // the replica gave the grant up: a restart must not resume it
+                self.forget_held_grant(false);
+            }
             return;
         };
         let Some(offer) = grant.offer() else {
@@ -1986,7 +2027,8 @@ impl Driver {
         let deadline = self.replica.config().gossip.state_transfer_timeout;
         let metrics = self.metrics.transfer.clone();
         let done = self.fetched_tx.clone();
-        let stager = Stager::new(self.storage.clone(), offer.header.snapshot_point.clone());
+        let held = self.replica.held_grant().expect("a grant is awaited");
+        let stager = Stager::for_transfer(self.storage.clone(), &held).expect("it offers a state");
         let task = tokio::spawn(async move {
             let id = offer.snapshot_id.clone();
             let result =
@@ -2022,13 +2064,26 @@ impl Driver {
                         self.grant_suffix = suffix;
                         info!(snapshot = %id, entries, "installed the fetched state")
                     }
-                    Err(error) => warn!(snapshot = %id, %error, "cannot install the fetched state"),
+                    Err(error) => {
+                        warn!(snapshot = %id, %error, "cannot install the fetched state");
+                        self.forget_held_grant(true);
+                    }
                 }
             }
             Err(error) => {
                 warn!(snapshot = %id, %error, "state transfer failed; asking the sponsor again");
+                // chunks that rebuilt no state are dropped; others may serve a later
+                // grant of the same snapshot
+                self.forget_held_grant(matches!(error, FetchError::Install(_)));
                 self.replica.abandon_transfer(now);
             }
+        }
+    }
+
+    /// The held grant's fetch ended without an install: a restart does not resume it.
+    fn forget_held_grant(&self, drop_staged: bool) {
+        if let Err(error) = self.storage.forget_held_grant(drop_staged) {
+            warn!(%error, "cannot forget the abandoned grant; a restart resumes it and fails over to asking a sponsor");
         }
     }
 

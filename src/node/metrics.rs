@@ -166,6 +166,11 @@ impl Metrics {
                 &t.chunks_fetched,
             ),
             (
+                "transfer_chunks_resumed",
+                "Snapshot chunks a transfer resumed after a restart kept instead of fetching",
+                &t.chunks_resumed,
+            ),
+            (
                 "transfer_chunks_refetched",
                 "Snapshot chunks asked again after a bad, late or failed answer",
                 &t.chunks_refetched,
@@ -204,6 +209,12 @@ impl Metrics {
             "Bytes of verified snapshot chunks fetched",
             Unit::Bytes,
             t.bytes_fetched.clone(),
+        );
+        registry.register(
+            "transfer_chunks_kept",
+            "Chunks of the snapshot being fetched that are staged and synced: a restart \
+             resumes after them",
+            t.chunks_kept.clone(),
         );
         registry.register(
             "transfers_in_progress",

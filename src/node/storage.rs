@@ -10,6 +10,8 @@
 //! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the header's stable cut, or one of this node's own ops from the header's `own_kept_from` on (its journal) |
 //! | `staged` | key (UTF-8) | a transferred state being written while it is fetched |
 //! | `meta` | `"staged_cut"` | the cut of the state in `staged` |
+//! | `meta` | `"staged_of"` | the snapshot whose chunks `staged` holds, and how many of them ([`StagedProgress`]), written with each chunk's entries |
+//! | `meta` | `"held_grant"` | the grant whose offered state this joiner fetches ([`HeldGrant`]), written, synced, when a fetch begins; removed by the first checkpoint |
 //!
 //! Every change is one redb write transaction, committed durably before the driver lets
 //! anything that depends on it out (a 201, a publish): a `kill -9` at any moment leaves the
@@ -23,6 +25,11 @@
 //! read from a snapshot file to restore a network, was written to `staged` chunk by chunk
 //! as it arrived (off the event loop) and the checkpoint swaps `staged` in and folds from
 //! its cut.
+//!
+//! A joiner that stops while it fetches a state keeps what it staged: the held grant and
+//! the staged chunks of its snapshot survive, and the next process resumes the fetch from
+//! the first chunk not staged ([`Stager::resume`]). Staging commits are synced every
+//! [`STAGED_PER_SYNC`] chunks, so a crash loses at most that many.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -32,6 +39,9 @@ use std::sync::{RwLock, RwLockReadGuard};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tracing::warn;
 
+use serde::{Deserialize, Serialize};
+
+use crate::join_protocol::awaited::HeldGrant;
 use crate::network_map::view::Votes;
 use crate::ops_log::{LwwEntry, LwwMap, LwwOp, Op};
 use crate::replica::Checkpoint;
@@ -47,6 +57,8 @@ const STAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("staged");
 const NODE_KEY: &str = "node_key";
 const HEADER: &str = "checkpoint_header";
 const STAGED_CUT: &str = "staged_cut";
+const STAGED_OF: &str = "staged_of";
+const HELD_GRANT: &str = "held_grant";
 const OWN_SEQ: &str = "own_seq";
 const VOTES: &str = "votes";
 /// Where versions before the incremental state kept the whole checkpoint, state included;
@@ -103,6 +115,13 @@ from_redb!(
     redb::StorageError,
     redb::CommitError
 );
+
+/// Which snapshot's chunks the `staged` table holds, and how many (in index order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedProgress {
+    pub snapshot_id: String,
+    pub chunks: u64,
+}
 
 /// What a data directory held when the node started.
 pub struct Loaded {
@@ -188,9 +207,9 @@ fn to_cbor<T: serde::Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) {
 }
 
 impl Storage {
-    /// Opens (or creates) the database in `dir`. A state left half-staged by a transfer
-    /// that did not finish is dropped; a checkpoint in the layout before the incremental
-    /// state is migrated.
+    /// Opens (or creates) the database in `dir`. A state left half-staged is dropped,
+    /// unless it is the state of the held grant's snapshot (a joiner resumes fetching it);
+    /// a checkpoint in the layout before the incremental state is migrated.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("tidemark.redb");
@@ -202,8 +221,23 @@ impl Storage {
             let mut meta = txn.open_table(META)?;
             txn.open_table(OPS)?;
             txn.open_table(STATE)?;
-            txn.delete_table(STAGED)?;
-            meta.remove(STAGED_CUT)?;
+            let held_snapshot = match meta.get(HELD_GRANT)? {
+                Some(v) => ciborium::from_reader::<HeldGrant<LwwMap>, _>(v.value())
+                    .ok()
+                    .and_then(|held| held.grant.offer().map(|o| o.snapshot_id.clone())),
+                None => None,
+            };
+            let staged_of = match meta.get(STAGED_OF)? {
+                Some(v) => ciborium::from_reader::<StagedProgress, _>(v.value()).ok(),
+                None => None,
+            };
+            let resumable = held_snapshot.is_some()
+                && staged_of.is_some_and(|p| Some(p.snapshot_id) == held_snapshot);
+            if !resumable {
+                txn.delete_table(STAGED)?;
+                meta.remove(STAGED_CUT)?;
+                meta.remove(STAGED_OF)?;
+            }
             let legacy = meta.remove(LEGACY_CHECKPOINT)?.map(|v| v.value().to_vec());
             if let Some(bytes) = legacy {
                 let checkpoint: Checkpoint<LwwMap> =
@@ -372,6 +406,9 @@ impl Storage {
                     StateWrite::Staged => meta.remove(STAGED_CUT)?.map(|v| v.value().to_vec()),
                     _ => None,
                 };
+                // a node with a checkpoint has its state: nothing left to resume
+                meta.remove(HELD_GRANT)?;
+                meta.remove(STAGED_OF)?;
                 written = match (batch.state, staged_cut) {
                     (StateWrite::Staged, Some(bytes)) => {
                         let cut: VersionVector = ciborium::from_reader(bytes.as_slice())
@@ -406,21 +443,45 @@ impl Storage {
         Ok(written)
     }
 
-    /// Starts staging a transferred state at `cut`: drops anything staged before.
-    fn begin_staging(&self, cut: &VersionVector) -> Result<(), StorageError> {
+    /// Starts staging a state at `cut`: drops anything staged before. With `held` (a
+    /// transfer), stores the held grant with the staged snapshot's progress, synced.
+    fn begin_staging(
+        &self,
+        cut: &VersionVector,
+        held: Option<(&[u8], &StagedProgress)>,
+    ) -> Result<(), StorageError> {
         let mut txn = self.db()?.begin_write()?;
-        txn.set_durability(redb::Durability::None);
+        if held.is_none() {
+            txn.set_durability(redb::Durability::None);
+        }
         txn.delete_table(STAGED)?;
         txn.open_table(STAGED)?;
-        txn.open_table(META)?
-            .insert(STAGED_CUT, to_vec(cut).as_slice())?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(STAGED_CUT, to_vec(cut).as_slice())?;
+            match held {
+                Some((grant, progress)) => {
+                    meta.insert(HELD_GRANT, grant)?;
+                    meta.insert(STAGED_OF, to_vec(progress).as_slice())?;
+                }
+                None => {
+                    meta.remove(STAGED_OF)?;
+                }
+            }
+        }
         txn.commit()?;
         Ok(())
     }
 
-    /// Adds entries to the staged state, in one transaction of their own, synced when
-    /// `durable` (the checkpoint that swaps the staged state in is synced in any case).
-    fn stage(&self, entries: &[(String, LwwEntry)], durable: bool) -> Result<(), StorageError> {
+    /// Adds one chunk's entries to the staged state, with the progress that includes
+    /// them, in one transaction of their own, synced when `durable` (the checkpoint that
+    /// swaps the staged state in is synced in any case).
+    fn stage(
+        &self,
+        entries: &[(String, LwwEntry)],
+        progress: Option<&StagedProgress>,
+        durable: bool,
+    ) -> Result<(), StorageError> {
         let mut txn = self.db()?.begin_write()?;
         if !durable {
             txn.set_durability(redb::Durability::None);
@@ -432,9 +493,104 @@ impl Storage {
                 to_cbor(entry, &mut buf);
                 table.insert(key.as_str(), buf.as_slice())?;
             }
+            if let Some(progress) = progress {
+                txn.open_table(META)?
+                    .insert(STAGED_OF, to_vec(progress).as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The grant a joiner was fetching the state of when it stopped, if any.
+    pub fn held_grant(&self) -> Result<Option<HeldGrant<LwwMap>>, StorageError> {
+        let txn = self.db()?.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let held = match meta.get(HELD_GRANT)? {
+            Some(v) => Some(ciborium::from_reader(v.value()).map_err(corrupt("held grant"))?),
+            None => None,
+        };
+        Ok(held)
+    }
+
+    /// Forgets the held grant (its fetch was given up), synced, so that a restart does
+    /// not resume it. What was staged stays for a later grant of the same snapshot
+    /// ([`Stager::resume`]) unless `drop_staged` (it did not rebuild the offered state);
+    /// the next start drops it in any case.
+    pub fn forget_held_grant(&self, drop_staged: bool) -> Result<(), StorageError> {
+        let txn = self.db()?.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.remove(HELD_GRANT)?;
+            if drop_staged {
+                meta.remove(STAGED_OF)?;
+                meta.remove(STAGED_CUT)?;
+            }
+        }
+        if drop_staged {
+            txn.delete_table(STAGED)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// How many chunks of snapshot `snapshot_id` at `cut` are staged, and their entries
+    /// in key order, fed to `feed`; 0 (and `feed` is not called) when the staged state is
+    /// another's. Also stores `held` (its keepalive count raised), synced.
+    fn resume_staging(
+        &self,
+        snapshot_id: &str,
+        cut: &VersionVector,
+        held: &[u8],
+        feed: impl FnOnce(usize, &mut dyn Iterator<Item = (String, LwwEntry)>) -> Result<(), String>,
+    ) -> Result<usize, StorageError> {
+        let kept = {
+            let txn = self.db()?.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let progress = match meta.get(STAGED_OF)? {
+                Some(v) => Some(
+                    ciborium::from_reader::<StagedProgress, _>(v.value())
+                        .map_err(corrupt("staging progress"))?,
+                ),
+                None => None,
+            };
+            let staged_cut = match meta.get(STAGED_CUT)? {
+                Some(v) => Some(
+                    ciborium::from_reader::<VersionVector, _>(v.value())
+                        .map_err(corrupt("staged cut"))?,
+                ),
+                None => None,
+            };
+            match progress {
+                Some(p) if p.snapshot_id == snapshot_id && staged_cut.as_ref() == Some(cut) => {
+                    let table = txn.open_table(STAGED)?;
+                    let mut failed = None;
+                    let mut rows = table.iter()?.map_while(|row| {
+                        let decoded = row.map_err(StorageError::from).and_then(|(k, v)| {
+                            let entry: LwwEntry = ciborium::from_reader(v.value())
+                                .map_err(corrupt("staged entry"))?;
+                            Ok((k.value().to_owned(), entry))
+                        });
+                        decoded.map_err(|e| failed = Some(e)).ok()
+                    });
+                    let fed = feed(p.chunks as usize, &mut rows);
+                    drop(rows);
+                    if let Some(e) = failed {
+                        return Err(e);
+                    }
+                    fed.map_err(|reason| StorageError::Corrupt {
+                        what: "staged state",
+                        reason,
+                    })?;
+                    p.chunks as usize
+                }
+                _ => 0,
+            }
+        };
+        let txn = self.db()?.begin_write()?;
+        txn.open_table(META)?.insert(HELD_GRANT, held)?;
+        txn.commit()?;
+        Ok(kept)
     }
 
     /// Number of ops stored (for tests and metrics).
@@ -510,39 +666,122 @@ fn fold_or_whole(
 pub struct Stager {
     storage: Arc<Storage>,
     cut: VersionVector,
+    /// For a transfer: the held grant (CBOR) and the chunks staged of its snapshot.
+    transfer: Option<(Vec<u8>, StagedProgress)>,
     /// Transactions staged since the last synced one.
     unsynced: u32,
+    /// Set to the chunks staged and synced (what a restart keeps).
+    kept: Option<super::metrics::IntGauge>,
 }
 
 /// Staging transactions between two synced ones. redb reuses the pages a transaction
 /// frees only after a synced commit, so a transfer staged without any grew the database
 /// to about 3× the state (BENCHMARKS.md); one sync every this many chunks (of about 1 MiB)
-/// lets it reuse them, for one fsync per 16 MiB.
-const STAGED_PER_SYNC: u32 = 16;
+/// lets it reuse them, for one fsync per 8 MiB, and bounds what a crash costs a resumed
+/// transfer to this many chunks.
+pub const STAGED_PER_SYNC: u32 = 8;
 
 impl Stager {
-    /// A stager for a state at `cut`.
+    /// A stager for a state at `cut` read from a snapshot file (not resumable).
     pub fn new(storage: Arc<Storage>, cut: VersionVector) -> Self {
         Self {
             storage,
             cut,
+            transfer: None,
             unsynced: 0,
+            kept: None,
         }
     }
 
-    /// Drops anything staged before and records the cut.
-    pub fn begin(&mut self) -> Result<(), StorageError> {
-        self.storage.begin_staging(&self.cut)
+    /// A stager for the state `held` offers, which stores `held` to resume after a
+    /// restart. `None` when the grant offers no snapshot.
+    pub fn for_transfer(storage: Arc<Storage>, held: &HeldGrant<LwwMap>) -> Option<Self> {
+        let offer = held.grant.offer()?;
+        Some(Self {
+            storage,
+            cut: offer.header.snapshot_point.clone(),
+            transfer: Some((
+                to_vec(held),
+                StagedProgress {
+                    snapshot_id: offer.snapshot_id.clone(),
+                    chunks: 0,
+                },
+            )),
+            unsynced: 0,
+            kept: None,
+        })
     }
 
-    /// Adds the next entries, in key order.
+    /// Sets `gauge` to the chunks staged and synced, as they are.
+    pub fn report_kept_to(&mut self, gauge: super::metrics::IntGauge) {
+        self.kept = Some(gauge);
+    }
+
+    fn set_kept(&self, chunks: u64) {
+        if let Some(gauge) = &self.kept {
+            gauge.set(chunks as i64);
+        }
+    }
+
+    /// Drops anything staged before and records the cut (and, for a transfer, the held
+    /// grant).
+    pub fn begin(&mut self) -> Result<(), StorageError> {
+        self.set_kept(0);
+        if let Some((_, progress)) = &mut self.transfer {
+            progress.chunks = 0;
+        }
+        let held = self.transfer.as_ref().map(|(g, p)| (g.as_slice(), p));
+        self.storage.begin_staging(&self.cut, held)
+    }
+
+    /// For a transfer: keeps the chunks an earlier process staged of the same snapshot,
+    /// feeding their entries (in key order) to `feed`, and returns how many chunks that
+    /// is; with none kept (or a failure reading them, logged) it begins afresh and
+    /// returns 0.
+    pub fn resume(
+        &mut self,
+        feed: impl FnOnce(usize, &mut dyn Iterator<Item = (String, LwwEntry)>) -> Result<(), String>,
+    ) -> Result<usize, StorageError> {
+        let Some((held, progress)) = &mut self.transfer else {
+            self.begin()?;
+            return Ok(0);
+        };
+        let kept = match self
+            .storage
+            .resume_staging(&progress.snapshot_id, &self.cut, held, feed)
+        {
+            Ok(kept) => kept,
+            Err(error) => {
+                warn!(%error, "the staged chunks cannot be resumed; fetching every chunk");
+                0
+            }
+        };
+        if kept == 0 {
+            self.begin()?;
+        } else if let Some((_, progress)) = &mut self.transfer {
+            progress.chunks = kept as u64;
+            self.set_kept(kept as u64);
+        }
+        Ok(kept)
+    }
+
+    /// Adds the next chunk's entries, in key order.
     pub fn stage(&mut self, entries: &[(String, LwwEntry)]) -> Result<(), StorageError> {
         self.unsynced += 1;
         let durable = self.unsynced >= STAGED_PER_SYNC;
         if durable {
             self.unsynced = 0;
         }
-        self.storage.stage(entries, durable)
+        let progress = self.transfer.as_mut().map(|(_, progress)| {
+            progress.chunks += 1;
+            &*progress
+        });
+        let staged = progress.map(|p| p.chunks);
+        self.storage.stage(entries, progress, durable)?;
+        if durable {
+            self.set_kept(staged.unwrap_or(0));
+        }
+        Ok(())
     }
 }
 
@@ -1118,5 +1357,174 @@ mod tests {
                 whole: false
             }
         );
+    }
+
+    /// A grant offering `state` at `cut` as snapshot `id`, held by a joiner, and the
+    /// snapshot's chunks.
+    fn held_offer(
+        id: &str,
+        state: &LwwMap,
+        cut: &VersionVector,
+    ) -> (HeldGrant<LwwMap>, Vec<Vec<u8>>) {
+        use crate::join_protocol::{HandedOverState, JoinGrant, StateOffer};
+        use crate::network_map::MemberRecord;
+        use std::io::Read;
+        let mut file = Vec::new();
+        let header = crate::snapshot::write_snapshot(&mut file, state, cut, 0, 4096).unwrap();
+        let mut input = file.as_slice();
+        crate::snapshot::read_header(&mut input).unwrap();
+        let chunks = header
+            .chunks
+            .iter()
+            .map(|info| {
+                let mut bytes = vec![0; info.len as usize];
+                input.read_exact(&mut bytes).unwrap();
+                bytes
+            })
+            .collect();
+        let grant = JoinGrant {
+            registration: Arc::new(MemberRecord::founder(NodeId::synthetic(9))),
+            stable_state: HandedOverState::Snapshot(StateOffer {
+                snapshot_id: id.into(),
+                header,
+            }),
+            stable_cut: cut.clone(),
+            lamport: 0,
+            suffix: crate::gossip::OpsBatch(Vec::new()),
+            members: crate::gossip::Records(Vec::new()),
+            view: Default::default(),
+        };
+        let held = HeldGrant {
+            sponsor: NodeId::synthetic(1),
+            grant,
+            reports_made: 3,
+        };
+        (held, chunks)
+    }
+
+    #[test]
+    fn a_transfer_stopped_halfway_resumes_from_the_chunks_it_synced_and_rebuilds_the_state() {
+        use crate::snapshot::StateBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = founder();
+        for i in 0..2_000 {
+            source.write(Time::ZERO, put(&format!("k{i:05}"))).unwrap();
+        }
+        source.handle_timeout(Time::from_millis(10));
+        let (state, cut) = (source.stable_state().clone(), source.stable_cut().clone());
+        let (held, chunks) = held_offer("snap-1", &state, &cut);
+        let header = held.grant.offer().unwrap().header.clone();
+        assert!(
+            chunks.len() >= 3 * STAGED_PER_SYNC as usize,
+            "{} chunks",
+            chunks.len()
+        );
+        let stop_after = 2 * STAGED_PER_SYNC as usize + 3;
+        {
+            let storage = Arc::new(Storage::open(dir.path()).unwrap());
+            let mut stager = Stager::for_transfer(storage.clone(), &held).unwrap();
+            assert_eq!(stager.resume(|_, _| panic!("nothing to feed")).unwrap(), 0);
+            let mut builder = StateBuilder::<LwwMap>::new(header.clone());
+            for bytes in &chunks[..stop_after] {
+                builder
+                    .push_chunk_inspected(bytes, |e| stager.stage(e).map_err(|e| e.to_string()))
+                    .unwrap();
+            }
+            // the process stops here (the unsynced chunks may or may not survive)
+        }
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let stored = storage
+            .held_grant()
+            .unwrap()
+            .expect("the held grant survives");
+        assert_eq!(stored.grant, held.grant);
+        let mut stager = Stager::for_transfer(storage.clone(), &stored).unwrap();
+        let mut builder = StateBuilder::<LwwMap>::new(header.clone());
+        let kept = stager
+            .resume(|n, entries| builder.resume_with(n, entries).map_err(|e| e.to_string()))
+            .unwrap();
+        assert!(
+            kept >= 2 * STAGED_PER_SYNC as usize && kept <= stop_after,
+            "{kept} chunks kept"
+        );
+        assert_eq!(builder.chunks_done(), kept);
+        for bytes in &chunks[kept..] {
+            builder
+                .push_chunk_inspected(bytes, |e| stager.stage(e).map_err(|e| e.to_string()))
+                .unwrap();
+        }
+        let rebuilt = builder
+            .finish()
+            .expect("the resumed state has the offered digest");
+        assert_eq!(rebuilt.digest(), state.digest());
+        // the checkpoint that swaps the staged state in forgets the held grant
+        let mut t = 20;
+        write_and_checkpoint(
+            &storage,
+            &mut source,
+            ["k00000".into()],
+            StateWrite::Staged,
+            &mut t,
+        );
+        assert_eq!(storage.held_grant().unwrap(), None);
+        assert_eq!(
+            loaded_state(&storage).digest(),
+            source.stable_state().digest()
+        );
+    }
+
+    #[test]
+    fn staged_chunks_are_kept_only_for_the_held_grants_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = founder();
+        for i in 0..500 {
+            source.write(Time::ZERO, put(&format!("k{i:04}"))).unwrap();
+        }
+        source.handle_timeout(Time::from_millis(10));
+        let (state, cut) = (source.stable_state().clone(), source.stable_cut().clone());
+        let (held, chunks) = held_offer("snap-1", &state, &cut);
+        let header = held.grant.offer().unwrap().header.clone();
+        let stage_some = |storage: &Arc<Storage>, held: &HeldGrant<LwwMap>| {
+            let mut stager = Stager::for_transfer(storage.clone(), held).unwrap();
+            stager.resume(|_, _| Ok(())).unwrap();
+            let mut builder = crate::snapshot::StateBuilder::<LwwMap>::new(header.clone());
+            for bytes in &chunks[..STAGED_PER_SYNC as usize] {
+                builder
+                    .push_chunk_inspected(bytes, |e| stager.stage(e).map_err(|e| e.to_string()))
+                    .unwrap();
+            }
+        };
+        let kept_for = |storage: &Arc<Storage>, held: &HeldGrant<LwwMap>| {
+            Stager::for_transfer(storage.clone(), held)
+                .unwrap()
+                .resume(|_, entries| {
+                    entries.for_each(drop);
+                    Ok(())
+                })
+                .unwrap()
+        };
+        // another snapshot offered later keeps nothing of the first's chunks
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        stage_some(&storage, &held);
+        let (other, _) = held_offer("snap-2", &state, &cut);
+        assert_eq!(kept_for(&storage, &other), 0);
+        // a grant given up is not resumed, and its chunks are dropped at the next start
+        stage_some(&storage, &held);
+        storage.forget_held_grant(false).unwrap();
+        assert_eq!(storage.held_grant().unwrap(), None);
+        assert_eq!(
+            kept_for(&storage, &held),
+            STAGED_PER_SYNC as usize,
+            "while the process runs, a later grant of the same snapshot keeps them"
+        );
+        storage.forget_held_grant(false).unwrap();
+        drop(storage);
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        assert_eq!(storage.held_grant().unwrap(), None);
+        assert_eq!(kept_for(&storage, &held), 0);
+        // chunks that did not rebuild the state are dropped with the grant
+        stage_some(&storage, &held);
+        storage.forget_held_grant(true).unwrap();
+        assert_eq!(kept_for(&storage, &held), 0);
     }
 }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::codec::{read_frame_limited, write_frame_limited};
 use super::snapshots::SnapshotStore;
@@ -96,8 +96,22 @@ pub struct TransferMetrics {
     pub chunks_refetched: Counter,
     pub bad_chunks: Counter,
     pub bytes_fetched: Counter,
+    /// Chunks a resumed transfer kept from before a restart instead of fetching them.
+    pub chunks_resumed: Counter,
+    /// Chunks of the snapshot being fetched that are staged and synced (a restart
+    /// resumes after them): `tidemark_transfer_chunks_kept`.
+    pub chunks_kept: super::metrics::IntGauge,
     /// Snapshots being fetched now (0 or 1): `tidemark_transfers_in_progress`.
     pub in_progress: super::metrics::IntGauge,
+}
+
+/// Sets a gauge to 0 when dropped.
+struct ZeroOnDrop(super::metrics::IntGauge);
+
+impl Drop for ZeroOnDrop {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
 }
 
 /// Why a transfer did not produce the state.
@@ -263,17 +277,43 @@ pub async fn fetch(
     let peer_of = |node: &NodeId| by_node.iter().find(|(n, _)| n == node).map(|(_, p)| *p);
     let request_timeout = config.chunk_timeout * 2;
     let config_window = config.window.max(1);
-    let mut plan = Transfer::new(
+    // the chunks an earlier process verified and staged of this snapshot are kept
+    let header = offer.header.clone();
+    stager.report_kept_to(metrics.chunks_kept.clone());
+    // once this fetch ends (or is dropped) nothing is being kept
+    let _zero_kept_at_end = ZeroOnDrop(metrics.chunks_kept.clone());
+    let (kept, mut builder, mut stager) = tokio::task::spawn_blocking(move || {
+        let mut builder = StateBuilder::<LwwMap>::new(header.clone());
+        let kept = stager.resume(|chunks, entries| {
+            builder
+                .resume_with(chunks, entries)
+                .map_err(|e| e.to_string())
+        })?;
+        if kept == 0 {
+            builder = StateBuilder::new(header);
+        }
+        Ok::<_, super::storage::StorageError>((kept, builder, stager))
+    })
+    .await
+    .map_err(|_| FetchError::InstallerStopped)?
+    .map_err(|e| FetchError::Install(SnapshotError::Inspect(e.to_string())))?;
+    if kept > 0 {
+        metrics.chunks_resumed.inc_by(kept as u64);
+        info!(
+            snapshot = %offer.snapshot_id,
+            kept,
+            chunks = offer.header.chunks.len(),
+            "resuming the transfer: chunks staged before the restart are kept"
+        );
+    }
+    let mut plan = Transfer::resuming(
         offer.header.clone(),
         by_node.iter().map(|(n, _)| n.clone()).collect(),
         config,
+        kept,
     );
     let (chunks, mut to_install) = mpsc::channel::<Vec<u8>>(INSTALL_QUEUE);
-    let mut builder = StateBuilder::<LwwMap>::new(offer.header.clone());
     let installer = tokio::task::spawn_blocking(move || {
-        stager
-            .begin()
-            .map_err(|e| SnapshotError::Inspect(e.to_string()))?;
         while let Some(bytes) = to_install.blocking_recv() {
             builder.push_chunk_inspected(&bytes, |entries| {
                 stager.stage(entries).map_err(|e| e.to_string())
