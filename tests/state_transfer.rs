@@ -308,3 +308,142 @@ async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
         node.kill().await;
     }
 }
+
+/// A counter or gauge of a node process's `/metrics` (0 when absent).
+async fn process_metric(api: std::net::SocketAddr, name: &str) -> u64 {
+    http(api, "GET", "/metrics", None)
+        .await
+        .body
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_killed_during_a_transfer_resumes_from_the_chunks_it_kept_from_the_sponsor_or_another_holder(
+) {
+    use std::process::Stdio;
+    use support::spawn_with;
+    const KEPT: &str = "tidemark_transfer_chunks_kept";
+    const RESUMED: &str = "tidemark_transfer_chunks_resumed_total";
+    const FETCHED: &str = "tidemark_transfer_chunks_fetched_total";
+    let dir = tempfile::tempdir().unwrap();
+    // servers slow enough that a transfer lasts seconds
+    let server = |c: &mut tidemark::node::NodeConfig| {
+        c.snapshots.inline_state_max_entries = 100;
+        c.snapshots.io_bytes_per_s = Some(2_000_000);
+    };
+    let a = start_node_with(&dir.path().join("a"), None, server).await;
+    let b = start_node_with(&dir.path().join("b"), Some(&a), server).await;
+    let c = start_node_with(&dir.path().join("c"), Some(&a), server).await;
+    let (ha, hb, hc) = (a.handle(), b.handle(), c.handle());
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let mut members = 0;
+            for h in [&ha, &hb, &hc] {
+                members += h
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.phase == "member" && s.members == 3)
+                    as usize;
+            }
+            members == 3
+        })
+        .await,
+        "b and c join while the state is empty"
+    );
+    // about 28 MB of state: 27 chunks of 1 MiB
+    const KEYS: usize = 2_800;
+    fill(&ha, "key", KEYS, 10_000).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            let mut done = true;
+            for h in [&ha, &hb, &hc] {
+                done &= stable_height(h).await == KEYS as u64;
+            }
+            done
+        })
+        .await,
+        "every snapshot point reaches every write"
+    );
+    // every server holds a snapshot of that state, with one id
+    let at_a = ha.create_snapshot().await.unwrap();
+    for h in [&hb, &hc] {
+        assert_eq!(h.create_snapshot().await.unwrap().id, at_a.id);
+    }
+    let chunks = at_a.chunks as u64;
+    let per_sync = tidemark::node::storage::STAGED_PER_SYNC as u64;
+    assert!(chunks >= 3 * per_sync, "{chunks} chunks");
+
+    let joiner_dir = dir.path().join("joiner");
+    let via_a = a.listen_addrs()[0].to_string();
+    let first = spawn_with(&joiner_dir, &["--bootstrap", &via_a], Stdio::null());
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            process_metric(first.api, KEPT).await >= per_sync
+        })
+        .await,
+        "the first run keeps chunks"
+    );
+    drop(first); // kill -9
+
+    // the second run resumes under the same grant, from the sponsor and the others
+    let second = spawn_with(&joiner_dir, &["--bootstrap", &via_a], Stdio::null());
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            process_metric(second.api, KEPT).await >= 2 * per_sync
+        })
+        .await,
+        "the second run keeps more chunks"
+    );
+    let resumed = process_metric(second.api, RESUMED).await;
+    assert!(
+        resumed >= per_sync,
+        "the second run kept the {resumed} chunks the first synced"
+    );
+    drop(second);
+
+    // the sponsor stops too: the third run fetches the rest from the nodes holding a
+    // snapshot with the same id
+    a.kill().await;
+    let served_before = metric(&hb, "tidemark_transfer_chunks_served_total")
+        + metric(&hc, "tidemark_transfer_chunks_served_total");
+    let via_b = b.listen_addrs()[0].to_string();
+    let third = spawn_with(&joiner_dir, &["--bootstrap", &via_b], Stdio::null());
+    let digest = hb.status().await.unwrap().digest;
+    let api = third.api;
+    assert!(
+        eventually(Duration::from_secs(120), || async {
+            let status = http(api, "GET", "/v1/status", None).await;
+            status.status == 200
+                && status.json()["phase"] == "member"
+                && status.json()["digest"] == digest.as_str()
+        })
+        .await,
+        "the third run installs the network's state: {}",
+        http(api, "GET", "/v1/status", None).await.body
+    );
+    let (resumed, fetched) = (
+        process_metric(api, RESUMED).await,
+        process_metric(api, FETCHED).await,
+    );
+    assert!(resumed >= 2 * per_sync, "{resumed} chunks kept");
+    assert_eq!(
+        resumed + fetched,
+        chunks,
+        "the third run fetched only the chunks it had not kept, each once"
+    );
+    let served_after = metric(&hb, "tidemark_transfer_chunks_served_total")
+        + metric(&hc, "tidemark_transfer_chunks_served_total");
+    assert!(
+        served_after - served_before >= fetched,
+        "b and c served the chunks the stopped sponsor could not"
+    );
+    drop(third);
+    for node in [b, c] {
+        node.kill().await;
+    }
+}

@@ -68,7 +68,9 @@ use crate::gossip::{
 use crate::join_protocol::{HandedOverState, JoinGrant, JoinProgress, JoinResponse, StateOffer};
 use crate::network_map::MemberState;
 use crate::ops_log::{LwwMap, LwwOp, Op};
-use crate::replica::{Action, LeaveFailed, RejectReason, RejectedOp, Replica, ReplicaConfig};
+use crate::replica::{
+    Action, DurablePhase, LeaveFailed, RejectReason, RejectedOp, Replica, ReplicaConfig,
+};
 use crate::{NodeId, Time, VersionVector};
 
 type NodeMessage = Message<LwwMap>;
@@ -326,11 +328,78 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
     }
     // a joiner that stopped while it fetched a state resumes the fetch (not a restore,
     // which founds a new network)
-    let held = match (&loaded.checkpoint, &config.restore_from) {
-        (None, None) => storage.held_grant()?,
+    let joining_incarnation = match &loaded.checkpoint {
+        None => Some(0),
+        Some(c) if matches!(c.phase, DurablePhase::Joining { .. }) => Some(c.incarnation),
+        Some(_) => None,
+    };
+    let held = match joining_incarnation {
+        Some(stored) if config.restore_from.is_none() && !config.restored_backup => {
+            match storage.held_grant()? {
+                // a joiner asks with a new incarnation after it gives a grant up
+                Some(held) if held.grant.registration.incarnation >= stored => Some(held),
+                Some(_) => {
+                    storage.forget_held_grant(true)?;
+                    None
+                }
+                None => None,
+            }
+        }
         _ => None,
     };
     let replica = match loaded.checkpoint {
+        _ if held.is_some() => {
+            let held = held.expect("matched");
+            for record in &held.grant.members.0 {
+                add_addresses(&mut swarm, &record.id, &record.addrs);
+            }
+            let mut sponsors = named_bootstrap_peers(&mut swarm, &config.bootstrap)?;
+            if let Some(checkpoint) = &loaded.checkpoint {
+                for record in &checkpoint.records {
+                    add_addresses(&mut swarm, &record.id, &record.addrs);
+                }
+                if let DurablePhase::Joining { sponsors: stored } = &checkpoint.phase {
+                    for sponsor in stored {
+                        if !sponsors.contains(sponsor) {
+                            sponsors.push(sponsor.clone());
+                        }
+                    }
+                }
+            }
+            let offer = held.grant.offer().expect("a held grant offers a state");
+            info!(
+                snapshot = %offer.snapshot_id,
+                sponsor = %held.sponsor,
+                incarnation = held.grant.registration.incarnation,
+                "resuming the state transfer this node was making when it stopped"
+            );
+            let sponsor = held.sponsor.clone();
+            match Replica::resuming_held_grant(
+                me.clone(),
+                held,
+                sponsors.clone(),
+                replica_config.clone(),
+                seed,
+                Time::ZERO,
+            ) {
+                Ok(replica) => replica,
+                Err(error) => {
+                    warn!(%error, "the stored grant cannot be resumed; joining afresh");
+                    storage.forget_held_grant(true)?;
+                    let mut ask = vec![sponsor];
+                    ask.extend(sponsors);
+                    let incarnation = joining_incarnation.unwrap_or(0).max(1);
+                    Replica::joiner_via(
+                        me.clone(),
+                        incarnation,
+                        ask,
+                        replica_config,
+                        seed,
+                        Time::ZERO,
+                    )
+                }
+            }
+        }
         Some(checkpoint) if config.restored_backup => {
             for record in &checkpoint.records {
                 add_addresses(&mut swarm, &record.id, &record.addrs);
@@ -398,38 +467,6 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
                 seed,
                 Time::ZERO,
             )
-        }
-        None if held.is_some() => {
-            let held = held.expect("matched");
-            for record in &held.grant.members.0 {
-                add_addresses(&mut swarm, &record.id, &record.addrs);
-            }
-            let sponsors = named_bootstrap_peers(&mut swarm, &config.bootstrap)?;
-            let offer = held.grant.offer().expect("a held grant offers a state");
-            info!(
-                snapshot = %offer.snapshot_id,
-                sponsor = %held.sponsor,
-                incarnation = held.grant.registration.incarnation,
-                "resuming the state transfer this node was making when it stopped"
-            );
-            let sponsor = held.sponsor.clone();
-            match Replica::resuming_held_grant(
-                me.clone(),
-                held,
-                sponsors.clone(),
-                replica_config.clone(),
-                seed,
-                Time::ZERO,
-            ) {
-                Ok(replica) => replica,
-                Err(error) => {
-                    warn!(%error, "the stored grant cannot be resumed; joining afresh");
-                    storage.forget_held_grant(true)?;
-                    let mut ask = vec![sponsor];
-                    ask.extend(sponsors);
-                    Replica::joiner_via(me.clone(), 1, ask, replica_config, seed, Time::ZERO)
-                }
-            }
         }
         None if config.bootstrap.is_empty() => {
             info!(%peer_id, "founding a new network");

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::join_protocol::awaited::HeldGrant;
 use crate::network_map::view::Votes;
 use crate::ops_log::{LwwEntry, LwwMap, LwwOp, Op};
-use crate::replica::Checkpoint;
+use crate::replica::{Checkpoint, DurablePhase};
 use crate::snapshot::ChunkedState;
 use crate::version_vector::VersionVector;
 use crate::NodeId;
@@ -406,9 +406,12 @@ impl Storage {
                     StateWrite::Staged => meta.remove(STAGED_CUT)?.map(|v| v.value().to_vec()),
                     _ => None,
                 };
-                // a node with a checkpoint has its state: nothing left to resume
-                meta.remove(HELD_GRANT)?;
-                meta.remove(STAGED_OF)?;
+                // a member has its state: nothing is left to resume (a joiner's
+                // checkpoints keep the grant it fetches the state of)
+                if !matches!(checkpoint.phase, DurablePhase::Joining { .. }) {
+                    meta.remove(HELD_GRANT)?;
+                    meta.remove(STAGED_OF)?;
+                }
                 written = match (batch.state, staged_cut) {
                     (StateWrite::Staged, Some(bytes)) => {
                         let cut: VersionVector = ciborium::from_reader(bytes.as_slice())
