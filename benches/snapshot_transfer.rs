@@ -18,6 +18,9 @@
 //!    least do).
 //! 4. Op-apply latency (1000 writes acknowledged by the restored node) p50/p99, without and
 //!    then with snapshots being exported back to back.
+//! 5. Resume: another joiner is killed (SIGKILL) once it has fetched half of the chunks and
+//!    started again on its data dir; the share of the chunks the restarted process fetches
+//!    (`resume_fetched_after_restart_share`) and over both runs.
 //!
 //! With `--json` the figures go to stdout as one JSON object (`state_mib`, `join_mb_s`,
 //! `baseline_mb_s`, `joiner_rss_rest_mib`, `joiner_rss_peak_mib`, `apply_p99_ratio` — the
@@ -46,6 +49,55 @@ macro_rules! say {
             println!($($arg)*);
         }
     };
+}
+
+/// Starts a joiner process of the built binary in `data_dir`, its log in
+/// `/tmp/<log>.log`; returns it and its API address.
+fn spawn_joiner(
+    data_dir: &std::path::Path,
+    bootstrap: &str,
+    log: &str,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["node", "--data-dir"])
+        .arg(data_dir)
+        .args(["--bootstrap", bootstrap])
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            std::fs::File::create(format!("/tmp/{log}.log"))
+                .map(std::process::Stdio::from)
+                .unwrap_or(std::process::Stdio::null()),
+        )
+        .spawn()
+        .expect("the joiner starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let api = info["api"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    (child, api)
+}
+
+/// A metric's value as `/metrics` prints it, or `?`.
+fn metric_text(metrics: &str, name: &str) -> String {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn metric_u64(metrics: &str, name: &str) -> u64 {
+    metric_text(metrics, name).parse::<f64>().unwrap_or(0.0) as u64
 }
 
 /// Reads `from`, hashes it with BLAKE3 and writes it to `to`, synced: a join's floor.
@@ -201,32 +253,8 @@ async fn run(mib: u64) {
     let _ = std::fs::remove_file(dir.path().join("copy"));
     let bootstrap = founder.listen_addrs()[0].to_string();
     let started = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
-        .args(["node", "--data-dir"])
-        .arg(dir.path().join("joiner"))
-        .args(["--bootstrap", &bootstrap])
-        .stdout(std::process::Stdio::piped())
-        .stderr(
-            std::fs::File::create("/tmp/joiner.log")
-                .map(std::process::Stdio::from)
-                .unwrap_or(std::process::Stdio::null()),
-        )
-        .spawn()
-        .expect("the joiner starts");
+    let (mut child, api) = spawn_joiner(&dir.path().join("joiner"), &bootstrap, "joiner");
     let pid = child.id();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let info: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let api: std::net::SocketAddr = info["api"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
     let rss_start = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let writer = handle.clone();
     let writes_during_join =
@@ -259,14 +287,7 @@ async fn run(mib: u64) {
     let rss_end = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let hwm = support::proc_status_kib(pid, "VmHWM:").unwrap_or(peak);
     let metrics = support::http(api, "GET", "/metrics", None).await.body;
-    let counter = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("?")
-            .to_string()
-    };
+    let counter = |name: &str| metric_text(&metrics, name);
     say!(
         "join (sponsor writes the offer, joiner fetches {} chunks ({} asked again), verifies, installs): {:.2} s = {:.0} MB/s end to end",
         counter("tidemark_transfer_chunks_fetched_total"),
@@ -304,6 +325,51 @@ async fn run(mib: u64) {
         mib(founder_db),
         mib(founder_snapshots),
         mib(bytes)
+    );
+
+    // 5. a joiner killed (SIGKILL) once it has fetched half of the chunks, and restarted
+    let chunks = header.chunks.len() as u64;
+    let resume_dir = dir.path().join("resumer");
+    let (mut first, api) = spawn_joiner(&resume_dir, &bootstrap, "resumer-1");
+    let started = Instant::now();
+    let fetched_at_kill = loop {
+        let body = support::http(api, "GET", "/metrics", None).await.body;
+        let fetched = metric_u64(&body, "tidemark_transfer_chunks_fetched_total");
+        if fetched * 2 >= chunks {
+            let _ = first.kill();
+            break fetched;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the first run never reached half"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let _ = first.wait();
+    let (mut second, api) = spawn_joiner(&resume_dir, &bootstrap, "resumer-2");
+    let started = Instant::now();
+    loop {
+        let status = support::http(api, "GET", "/v1/status", None).await;
+        if status.status == 200 && status.json()["phase"] == "member" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the restarted joiner never installed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = support::http(api, "GET", "/metrics", None).await.body;
+    let fetched_after = metric_u64(&body, "tidemark_transfer_chunks_fetched_total");
+    let resumed = metric_u64(&body, "tidemark_transfer_chunks_resumed_total");
+    let _ = second.kill();
+    let _ = second.wait();
+    let after_share = fetched_after as f64 / chunks as f64;
+    let total_share = (fetched_at_kill + fetched_after) as f64 / chunks as f64;
+    say!(
+        "resume: killed after fetching {fetched_at_kill} of {chunks} chunks; the restarted joiner kept {resumed} and fetched {fetched_after} ({:.1}% of the chunks; {:.1}% over both runs)",
+        after_share * 100.0,
+        total_share * 100.0
     );
 
     // 4. op-apply latency without and with exports
@@ -360,6 +426,10 @@ async fn run(mib: u64) {
             "apply_p99_export_ms": ms(b99),
             "apply_p99_join_ms": ms(j99),
             "apply_p99_ratio": j99.max(b99).as_secs_f64() / q99.as_secs_f64(),
+            "resume_killed_after_chunks": fetched_at_kill,
+            "resume_kept_chunks": resumed,
+            "resume_fetched_after_restart_share": after_share,
+            "resume_fetched_both_runs_share": total_share,
         });
         println!("{figures}");
     }
