@@ -130,7 +130,6 @@ fn restore_file(
     path: &std::path::Path,
     storage: Arc<Storage>,
 ) -> Result<(crate::snapshot::SnapshotHeader, LwwMap, u64), NodeError> {
-    use std::io::Read;
     let file = std::fs::File::open(path)
         .map_err(|e| NodeError::Restore(format!("{}: {e}", path.display())))?;
     let mut input = std::io::BufReader::with_capacity(1 << 20, file);
@@ -146,39 +145,26 @@ fn restore_file(
     );
     let mut stager = Stager::new(storage, header.snapshot_point.clone());
     stager.begin()?;
-    let mut builder = crate::snapshot::StateBuilder::<LwwMap>::new(header.clone());
     let started = Instant::now();
     let mut logged = started;
-    let (mut buf, mut read) = (Vec::new(), 0u64);
-    for (index, info) in header.chunks.iter().enumerate() {
-        buf.resize(info.len as usize, 0);
-        input
-            .read_exact(&mut buf)
-            .map_err(crate::snapshot::SnapshotError::Io)?;
-        builder.push_chunk_inspected(&buf, |entries| {
-            stager.stage(entries).map_err(|e| e.to_string())
+    let mut read = 0u64;
+    let state =
+        crate::snapshot::read_body::<LwwMap>(&mut input, header.clone(), |index, entries| {
+            stager.stage(entries).map_err(|e| e.to_string())?;
+            read += u64::from(header.chunks[index].len);
+            if logged.elapsed() >= RESTORE_PROGRESS_EVERY {
+                logged = Instant::now();
+                info!(
+                    chunks_done = index + 1,
+                    chunks,
+                    mb_per_s =
+                        format!("{:.0}", read as f64 / 1e6 / started.elapsed().as_secs_f64()),
+                    "restoring: {:.1} of {total_mb:.1} MB read, verified and staged",
+                    read as f64 / 1e6
+                );
+            }
+            Ok(())
         })?;
-        read += u64::from(info.len);
-        if logged.elapsed() >= RESTORE_PROGRESS_EVERY {
-            logged = Instant::now();
-            info!(
-                chunks_done = index + 1,
-                chunks,
-                mb_per_s = format!("{:.0}", read as f64 / 1e6 / started.elapsed().as_secs_f64()),
-                "restoring: {:.1} of {total_mb:.1} MB read, verified and staged",
-                read as f64 / 1e6
-            );
-        }
-    }
-    let mut rest = Vec::new();
-    let trailing = input
-        .take(1 << 20)
-        .read_to_end(&mut rest)
-        .map_err(crate::snapshot::SnapshotError::Io)?;
-    if trailing > 0 {
-        return Err(crate::snapshot::SnapshotError::TrailingBytes(trailing as u64).into());
-    }
-    let state = builder.finish()?;
     info!(
         entries = header.entries,
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
@@ -435,6 +421,7 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             info!(
                 incarnation = checkpoint.incarnation,
                 ops = loaded.ops.len(),
+                digest_chunks_stored = loaded.chunk_hashes_restored,
                 "resuming from the data dir"
             );
             Replica::resume(checkpoint, loaded.ops, replica_config, seed, Time::ZERO)?
@@ -927,8 +914,10 @@ struct Driver {
     /// Joiners whose grant is being turned into a snapshot offer, each with the newest
     /// grant its core made for it meanwhile (for a request with a new incarnation).
     preparing: BTreeMap<NodeId, Option<JoinGrant<LwwMap>>>,
-    prepared_tx: mpsc::UnboundedSender<(NodeId, Option<NodeMessage>)>,
-    prepared: mpsc::UnboundedReceiver<(NodeId, Option<NodeMessage>)>,
+    /// Offers written for joiners: the grant with the snapshot in place of its state, or
+    /// `None` when the file could not be written (the joiner asks again).
+    prepared_tx: mpsc::UnboundedSender<(NodeId, Option<JoinGrant<LwwMap>>)>,
+    prepared: mpsc::UnboundedReceiver<(NodeId, Option<JoinGrant<LwwMap>>)>,
     /// The snapshot this joiner is fetching, and the task fetching it.
     fetching: Option<(String, AbortOnDrop)>,
     fetched_tx: mpsc::UnboundedSender<(String, Result<LwwMap, FetchError>)>,
@@ -1878,6 +1867,9 @@ impl Driver {
                     );
                 }
             }
+            // the digest's chunk hashes are stored with the state: hash the chunks the
+            // newly stable ops touched (a few), so that they are stored clean
+            self.replica.stable_digest();
             batch.checkpoint = Some(self.replica.checkpoint());
         }
         if batch.is_empty() {
@@ -1973,16 +1965,14 @@ impl Driver {
                 HandedOverState::Inline(state) => store.offer(state, &grant.stable_cut, digest),
                 HandedOverState::Snapshot(_) => return,
             };
-            let message = match offered {
+            let offered = match offered {
                 Ok((snapshot_id, header)) => {
                     info!(%joiner, snapshot = %snapshot_id, chunks = header.chunks.len(), "offering the stable state as a snapshot");
                     grant.stable_state = HandedOverState::Snapshot(StateOffer {
                         snapshot_id,
                         header,
                     });
-                    Some(Message::JoinResponse(Box::new(JoinResponse::Granted(
-                        grant,
-                    ))))
+                    Some(grant)
                 }
                 Err(error) => {
                     // the joiner asks again
@@ -1990,7 +1980,7 @@ impl Driver {
                     None
                 }
             };
-            let _ = prepared.send((joiner, message));
+            let _ = prepared.send((joiner, offered));
         });
     }
 
@@ -1998,28 +1988,23 @@ impl Driver {
     /// the prepared one (it registers an incarnation the joiner gave up): the newest grant
     /// goes out instead, with the same snapshot when it hands over the same stable cut, or
     /// prepared anew.
-    fn on_prepared(&mut self, joiner: NodeId, message: Option<NodeMessage>) {
+    fn on_prepared(&mut self, joiner: NodeId, offered: Option<JoinGrant<LwwMap>>) {
         let newest = self.preparing.remove(&joiner).flatten();
-        let offered = message.as_ref().and_then(|m| match m {
-            Message::JoinResponse(response) => match response.as_ref() {
-                JoinResponse::Granted(grant) => grant.offer().cloned(),
-                JoinResponse::Refused { .. } => None,
-            },
-            _ => None,
-        });
-        match (newest, offered) {
-            (None, _) => {
-                if let Some(message) = message {
-                    self.send_now(&joiner, &message);
-                }
+        let grant = match (newest, offered) {
+            (None, Some(offered)) => offered,
+            (None, None) => return,
+            (Some(mut newest), Some(offered))
+                if offered
+                    .offer()
+                    .is_some_and(|o| o.header.snapshot_point == newest.stable_cut) =>
+            {
+                newest.stable_state = offered.stable_state;
+                newest
             }
-            (Some(mut newest), Some(offer)) if newest.stable_cut == offer.header.snapshot_point => {
-                newest.stable_state = HandedOverState::Snapshot(offer);
-                let message = Message::JoinResponse(Box::new(JoinResponse::Granted(newest)));
-                self.send_now(&joiner, &message);
-            }
-            (Some(newest), _) => self.offer_by_snapshot(&joiner, &newest),
-        }
+            (Some(newest), _) => return self.offer_by_snapshot(&joiner, &newest),
+        };
+        let message = Message::JoinResponse(Box::new(JoinResponse::Granted(grant)));
+        self.send_now(&joiner, &message);
     }
 
     /// Starts fetching the snapshot the awaited grant offers (and stops a fetch of one no

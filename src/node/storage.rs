@@ -8,6 +8,7 @@
 //! | `meta` | `"votes"` | this node's acceptor state in the agreement on views ([`Votes`]), written, synced, whenever it changes and before the node answers |
 //! | `state` | key (UTF-8) | the stable state's [`LwwEntry`] for that key, at the header's stable cut |
 //! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the header's stable cut, or one of this node's own ops from the header's `own_kept_from` on (its journal) |
+//! | `digest_chunks` | empty (the head chunk), or 0x01 · the key that starts the chunk | the 32-byte BLAKE3 hash of that digest chunk of the stored state (raw), so a restart does not hash the state again |
 //! | `staged` | key (UTF-8) | a transferred state being written while it is fetched |
 //! | `meta` | `"staged_cut"` | the cut of the state in `staged` |
 //! | `meta` | `"staged_of"` | the snapshot whose chunks `staged` holds, and how many of them ([`StagedProgress`]), written with each chunk's entries |
@@ -53,6 +54,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ops");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const STAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("staged");
+const DIGEST_CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("digest_chunks");
 
 const NODE_KEY: &str = "node_key";
 const HEADER: &str = "checkpoint_header";
@@ -82,6 +84,9 @@ pub enum StorageError {
     /// is reached): nothing of the failed transaction was stored.
     #[error("the data dir's disk is full ({0}): nothing more can be stored until there is space")]
     DiskFull(String),
+    /// The database was closed to be reopened after a failed write, and did not open.
+    #[error("the database could not be opened again after a failed write")]
+    NotReopened,
 }
 
 /// Whether an I/O error says the disk (or a quota, or a file-size limit) is full.
@@ -127,6 +132,8 @@ pub struct StagedProgress {
 pub struct Loaded {
     pub checkpoint: Option<Checkpoint<LwwMap>>,
     pub ops: Vec<Arc<Op<LwwOp>>>,
+    /// Digest chunk hashes of the state taken from the store rather than hashed again.
+    pub chunk_hashes_restored: usize,
 }
 
 /// The node's redb database.
@@ -221,6 +228,7 @@ impl Storage {
             let mut meta = txn.open_table(META)?;
             txn.open_table(OPS)?;
             txn.open_table(STATE)?;
+            txn.open_table(DIGEST_CHUNKS)?;
             let held_snapshot = match meta.get(HELD_GRANT)? {
                 Some(v) => ciborium::from_reader::<HeldGrant<LwwMap>, _>(v.value())
                     .ok()
@@ -262,10 +270,7 @@ impl Storage {
     fn db(&self) -> Result<Db<'_>, StorageError> {
         let guard = self.db.read().expect("storage lock");
         if guard.is_none() {
-            return Err(StorageError::Corrupt {
-                what: "database",
-                reason: "it could not be opened again after a failed write".into(),
-            });
+            return Err(StorageError::NotReopened);
         }
         Ok(Db(guard))
     }
@@ -323,6 +328,7 @@ impl Storage {
             .get(OWN_SEQ)?
             .map(|v| read_u64(v.value()))
             .transpose()?;
+        let mut chunk_hashes_restored = 0;
         let checkpoint = match meta.get(HEADER)? {
             Some(v) => {
                 let mut header: Checkpoint<()> =
@@ -334,6 +340,7 @@ impl Storage {
                         Some(ciborium::from_reader(v.value()).map_err(corrupt("votes"))?);
                 }
                 let mut state = LwwMap::default();
+                let hashes = read_chunk_hashes(&txn)?;
                 for row in txn.open_table(STATE)?.iter()? {
                     let (key, value) = row?;
                     let entry: LwwEntry =
@@ -345,6 +352,7 @@ impl Storage {
                             reason,
                         })?;
                 }
+                chunk_hashes_restored = state.restore_chunk_hashes(hashes);
                 Some(with_state(header, state))
             }
             None => None,
@@ -364,7 +372,11 @@ impl Storage {
                 ops.push(Arc::new(op));
             }
         }
-        Ok(Loaded { checkpoint, ops })
+        Ok(Loaded {
+            checkpoint,
+            ops,
+            chunk_hashes_restored,
+        })
     }
 
     /// Writes a batch in one transaction, synced to disk if the batch is `durable`.
@@ -418,7 +430,10 @@ impl Storage {
                             .map_err(corrupt("staged cut"))?;
                         txn.delete_table(STATE)?;
                         txn.rename_table(STAGED, STATE)?;
-                        fold_or_whole(&txn, &mut ops, &cut, new_cut, state)?
+                        let written = fold_or_whole(&txn, &mut ops, &cut, new_cut, state)?;
+                        // the stored chunk hashes were the replaced state's
+                        write_all_chunk_hashes(&txn, state)?;
+                        written
                     }
                     (StateWrite::Staged, None) => {
                         warn!("no staged state to swap in; writing the whole state");
@@ -657,6 +672,7 @@ fn fold_or_whole(
             }
         }
     }
+    update_chunk_hashes(txn, state, &keys)?;
     Ok(StateWritten {
         entries: keys.len() as u64,
         whole: false,
@@ -788,8 +804,102 @@ impl Stager {
     }
 }
 
+/// The `digest_chunks` key of a chunk start: empty for the head, else 0x01 · the key.
+fn chunk_row(start: Option<&str>) -> Vec<u8> {
+    match start {
+        None => Vec::new(),
+        Some(key) => {
+            let mut row = Vec::with_capacity(key.len() + 1);
+            row.push(1);
+            row.extend_from_slice(key.as_bytes());
+            row
+        }
+    }
+}
+
+/// Replaces the stored digest chunk hashes with `state`'s clean ones.
+fn write_all_chunk_hashes(
+    txn: &redb::WriteTransaction,
+    state: &LwwMap,
+) -> Result<(), StorageError> {
+    txn.delete_table(DIGEST_CHUNKS)?;
+    let mut table = txn.open_table(DIGEST_CHUNKS)?;
+    for (start, hash) in state.chunk_hashes() {
+        table.insert(chunk_row(start).as_slice(), hash.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Stores the hashes of the chunks the change of `keys` changed (or forgets a chunk's
+/// hash that `state` does not have clean: the next load hashes that chunk).
+fn update_chunk_hashes(
+    txn: &redb::WriteTransaction,
+    state: &LwwMap,
+    keys: &BTreeSet<String>,
+) -> Result<(), StorageError> {
+    let mut table = txn.open_table(DIGEST_CHUNKS)?;
+    let changed: BTreeSet<Option<&str>> = keys
+        .iter()
+        .flat_map(|key| state.chunks_changed_by(key))
+        .collect();
+    for start in changed {
+        let row = chunk_row(start);
+        match state.chunk_hash_of(start) {
+            Some(hash) => {
+                table.insert(row.as_slice(), hash.as_slice())?;
+            }
+            None => {
+                table.remove(row.as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A digest chunk's start (`None`: the head) and hash.
+type ChunkHash = (Option<String>, [u8; 32]);
+
+/// Reads the stored digest chunk hashes.
+fn read_chunk_hashes(
+    txn: &redb::ReadTransaction,
+) -> Result<Vec<ChunkHash>, StorageError> {
+    let table = match txn.open_table(DIGEST_CHUNKS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut hashes = Vec::new();
+    for row in table.iter()? {
+        let (start, hash) = row?;
+        let start = match start.value().split_first() {
+            None => None,
+            Some((1, key)) => {
+                Some(
+                    String::from_utf8(key.to_vec()).map_err(|e| StorageError::Corrupt {
+                        what: "digest chunk",
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            Some(_) => {
+                return Err(StorageError::Corrupt {
+                    what: "digest chunk",
+                    reason: "unknown start tag".into(),
+                })
+            }
+        };
+        let hash: [u8; 32] = hash.value().try_into().map_err(|_| StorageError::Corrupt {
+            what: "digest chunk",
+            reason: "a hash is not 32 bytes".into(),
+        })?;
+        hashes.push((start, hash));
+    }
+    Ok(hashes)
+}
+
 /// Replaces the `state` table's content with `state`.
 fn write_whole(txn: &redb::WriteTransaction, state: &LwwMap) -> Result<StateWritten, StorageError> {
+    write_all_chunk_hashes(txn, state)?;
     txn.delete_table(STATE)?;
     let mut table = txn.open_table(STATE)?;
     let mut buf = Vec::new();
@@ -1137,6 +1247,8 @@ mod tests {
             "a lone founder's ops are stable"
         );
         let ops = node.drain_applied_ops();
+        // as the driver does: the chunk hashes are stored clean
+        node.stable_digest();
         storage
             .write(&Batch {
                 ops,
@@ -1529,5 +1641,54 @@ mod tests {
         stage_some(&storage, &held);
         storage.forget_held_grant(true).unwrap();
         assert_eq!(kept_for(&storage, &held), 0);
+    }
+
+    #[test]
+    fn the_digest_is_stored_with_the_state_and_a_restart_hashes_nothing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut node = founder();
+        let mut t = 0;
+        let keys = |r: std::ops::Range<usize>| r.map(|i| format!("k{i:04}")).collect::<Vec<_>>();
+        write_and_checkpoint(
+            &storage,
+            &mut node,
+            keys(0..1_000),
+            StateWrite::Fold,
+            &mut t,
+        );
+        let chunks_before = node.stable_state().chunk_hashes().count();
+        // folds that overwrite a few keys, and folds of one new key each: a new key that
+        // starts a chunk splits the chunk it fell into, whose hash changes too
+        for round in 0..6 {
+            let changed = (0..1_000).step_by(97 + round).map(|i| format!("k{i:04}"));
+            write_and_checkpoint(&storage, &mut node, changed, StateWrite::Fold, &mut t);
+        }
+        for i in 0..300 {
+            let new = format!("k{:04}+", (i * 7) % 1_000);
+            write_and_checkpoint(&storage, &mut node, [new], StateWrite::Fold, &mut t);
+        }
+        assert!(
+            node.stable_state().chunk_hashes().count() > chunks_before,
+            "some new keys started chunks"
+        );
+        drop(storage);
+        let storage = Storage::open(dir.path()).unwrap();
+        let loaded = storage.load().unwrap();
+        let state = loaded.checkpoint.unwrap().stable_state;
+        let chunks = state.chunk_hashes().count();
+        assert!(chunks > 10, "{chunks} chunks");
+        assert_eq!(
+            loaded.chunk_hashes_restored, chunks,
+            "every chunk's hash comes from the store"
+        );
+        // the stored hashes are the state's: the digest made of them is the digest of the
+        // same entries hashed from scratch, and the running node's
+        let mut from_scratch = LwwMap::default();
+        from_scratch
+            .extend_in_order(state.all_entries().map(|(k, e)| (k.clone(), e.clone())))
+            .unwrap();
+        assert_eq!(state.digest(), from_scratch.digest());
+        assert_eq!(state.digest(), node.stable_digest());
     }
 }

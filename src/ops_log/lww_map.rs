@@ -195,6 +195,65 @@ impl LwwMap {
         Digest(*hasher.finalize().as_bytes())
     }
 
+    /// The hashes of the digest's clean chunks, each with the key that starts its chunk
+    /// (`None` for the chunk before the first such key), in key order: what a store keeps
+    /// beside the state so that a restart does not hash the state again
+    /// ([`LwwMap::restore_chunk_hashes`]). Call [`refresh_digest`](StateMachine::refresh_digest)
+    /// first to have them all.
+    pub fn chunk_hashes(&self) -> impl Iterator<Item = (Option<&str>, [u8; 32])> {
+        self.chunks
+            .clean
+            .iter()
+            .map(|(start, hash)| (start.as_ref(), *hash))
+    }
+
+    /// The chunk holding `key` and, when `key` starts a chunk, the chunk before it (which
+    /// the key split): the chunks whose hash a change of `key` changed.
+    pub fn chunks_changed_by(&self, key: &str) -> Vec<Option<&str>> {
+        let mut holders = self
+            .chunks
+            .boundaries
+            .range::<_, str>((Bound::Unbounded, Bound::Included(key)))
+            .rev()
+            .take(2)
+            .map(|b| Some(b.as_str()));
+        let holder = holders.next().unwrap_or(None);
+        let mut changed = vec![holder];
+        if holder == Some(key) {
+            changed.push(holders.next().unwrap_or(None));
+        }
+        changed
+    }
+
+    /// The hash of the chunk starting at `start` (`None`: the head), if it is clean.
+    pub fn chunk_hash_of(&self, start: Option<&str>) -> Option<[u8; 32]> {
+        let start = start.map_or(ChunkStart::Head, |b| ChunkStart::At(b.to_owned()));
+        self.chunks.clean.get(&start).copied()
+    }
+
+    /// Takes chunk hashes a store kept beside this state ([`LwwMap::chunk_hashes`]) as the
+    /// hashes of its chunks, without hashing them; a start that begins no chunk of this
+    /// state is ignored. Returns how many were taken. The store vouches for them as it
+    /// does for the entries.
+    pub fn restore_chunk_hashes(
+        &mut self,
+        hashes: impl IntoIterator<Item = (Option<String>, [u8; 32])>,
+    ) -> usize {
+        let starts: std::collections::BTreeSet<Option<String>> = self
+            .chunks_with_hashes()
+            .map(|(start, _)| start.map(str::to_owned))
+            .collect();
+        let mut taken = 0;
+        for (start, hash) in hashes {
+            if starts.contains(&start) {
+                let start = start.map_or(ChunkStart::Head, ChunkStart::At);
+                self.chunks.clean.insert(start, hash);
+                taken += 1;
+            }
+        }
+        taken
+    }
+
     /// The chunks in key order, each with its hash when it is clean.
     fn chunks_with_hashes(&self) -> impl Iterator<Item = (ChunkStartRef<'_>, Option<[u8; 32]>)> {
         let head = match (self.entries.get_min(), self.chunks.boundaries.get_min()) {

@@ -439,19 +439,32 @@ pub fn read_snapshot<S: ChunkedState>(
     input: &mut impl Read,
 ) -> Result<(SnapshotHeader, S), SnapshotError> {
     let header = read_header(input)?;
-    let mut builder = StateBuilder::<S>::new(header.clone());
+    let state = read_body(input, header.clone(), |_, _| Ok(()))?;
+    Ok((header, state))
+}
+
+/// Reads the chunks that follow `header` (read from `input` already), verifying each as it
+/// is read, and the state's digest at the end. Each verified chunk's index and entries go
+/// to `inspect` before they join the state (its error stops the read).
+pub fn read_body<S: ChunkedState>(
+    input: &mut impl Read,
+    header: SnapshotHeader,
+    mut inspect: impl FnMut(usize, &[S::Entry]) -> Result<(), String>,
+) -> Result<S, SnapshotError> {
+    let lens: Vec<usize> = header.chunks.iter().map(|c| c.len as usize).collect();
+    let mut builder = StateBuilder::<S>::new(header);
     let mut buf = Vec::new();
-    for info in &header.chunks {
-        buf.resize(info.len as usize, 0);
+    for (index, len) in lens.into_iter().enumerate() {
+        buf.resize(len, 0);
         input.read_exact(&mut buf)?;
-        builder.push_chunk(&buf)?;
+        builder.push_chunk_inspected(&buf, |entries| inspect(index, entries))?;
     }
     let mut rest = Vec::new();
     let trailing = input.take(1 << 20).read_to_end(&mut rest)?;
     if trailing > 0 {
         return Err(SnapshotError::TrailingBytes(trailing as u64));
     }
-    Ok((header, builder.finish()?))
+    builder.finish()
 }
 
 pub mod transfer;
