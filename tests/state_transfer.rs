@@ -11,14 +11,18 @@ use std::time::Duration;
 use support::{eventually, fill, http, start_node_with};
 use tidemark::node::NodeHandle;
 
-fn metric(handle: &NodeHandle, name: &str) -> u64 {
-    let text = handle.metrics().encode();
+/// A counter or gauge in a `/metrics` text (0 when absent).
+fn parse_metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| {
             let rest = line.strip_prefix(name)?;
             rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
         })
         .unwrap_or(0.0) as u64
+}
+
+fn metric(handle: &NodeHandle, name: &str) -> u64 {
+    parse_metric(&handle.metrics().encode(), name)
 }
 
 async fn stable_height(handle: &NodeHandle) -> u64 {
@@ -311,15 +315,7 @@ async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
 
 /// A counter or gauge of a node process's `/metrics` (0 when absent).
 async fn process_metric(api: std::net::SocketAddr, name: &str) -> u64 {
-    http(api, "GET", "/metrics", None)
-        .await
-        .body
-        .lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
-        })
-        .unwrap_or(0.0) as u64
+    parse_metric(&http(api, "GET", "/metrics", None).await.body, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

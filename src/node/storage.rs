@@ -696,9 +696,9 @@ pub struct Stager {
 /// Staging transactions between two synced ones. redb reuses the pages a transaction
 /// frees only after a synced commit, so a transfer staged without any grew the database
 /// to about 3× the state (BENCHMARKS.md); one sync every this many chunks (of about 1 MiB)
-/// lets it reuse them, for one fsync per 8 MiB, and bounds what a crash costs a resumed
+/// lets it reuse them, for one fsync per 4 MiB, and bounds what a crash costs a resumed
 /// transfer to this many chunks.
-pub const STAGED_PER_SYNC: u32 = 8;
+pub const STAGED_PER_SYNC: u32 = 4;
 
 impl Stager {
     /// A stager for a state at `cut` read from a snapshot file (not resumable).
@@ -860,9 +860,7 @@ fn update_chunk_hashes(
 type ChunkHash = (Option<String>, [u8; 32]);
 
 /// Reads the stored digest chunk hashes.
-fn read_chunk_hashes(
-    txn: &redb::ReadTransaction,
-) -> Result<Vec<ChunkHash>, StorageError> {
+fn read_chunk_hashes(txn: &redb::ReadTransaction) -> Result<Vec<ChunkHash>, StorageError> {
     let table = match txn.open_table(DIGEST_CHUNKS) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -1517,17 +1515,24 @@ mod tests {
         (held, chunks)
     }
 
+    /// A founder that wrote `keys` keys, all stable, and a grant offering its state as
+    /// snapshot "snap-1", with the snapshot's chunks.
+    fn offered_source(keys: usize) -> (Replica<LwwMap>, HeldGrant<LwwMap>, Vec<Vec<u8>>) {
+        let mut source = founder();
+        for i in 0..keys {
+            source.write(Time::ZERO, put(&format!("k{i:05}"))).unwrap();
+        }
+        source.handle_timeout(Time::from_millis(10));
+        let (held, chunks) = held_offer("snap-1", source.stable_state(), source.stable_cut());
+        (source, held, chunks)
+    }
+
     #[test]
     fn a_transfer_stopped_halfway_resumes_from_the_chunks_it_synced_and_rebuilds_the_state() {
         use crate::snapshot::StateBuilder;
         let dir = tempfile::tempdir().unwrap();
-        let mut source = founder();
-        for i in 0..2_000 {
-            source.write(Time::ZERO, put(&format!("k{i:05}"))).unwrap();
-        }
-        source.handle_timeout(Time::from_millis(10));
-        let (state, cut) = (source.stable_state().clone(), source.stable_cut().clone());
-        let (held, chunks) = held_offer("snap-1", &state, &cut);
+        let (mut source, held, chunks) = offered_source(2_000);
+        let state = source.stable_state().clone();
         let header = held.grant.offer().unwrap().header.clone();
         assert!(
             chunks.len() >= 3 * STAGED_PER_SYNC as usize,
@@ -1591,13 +1596,8 @@ mod tests {
     #[test]
     fn staged_chunks_are_kept_only_for_the_held_grants_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let mut source = founder();
-        for i in 0..500 {
-            source.write(Time::ZERO, put(&format!("k{i:04}"))).unwrap();
-        }
-        source.handle_timeout(Time::from_millis(10));
-        let (state, cut) = (source.stable_state().clone(), source.stable_cut().clone());
-        let (held, chunks) = held_offer("snap-1", &state, &cut);
+        let (source, held, chunks) = offered_source(500);
+        let (state, cut) = (source.stable_state(), source.stable_cut());
         let header = held.grant.offer().unwrap().header.clone();
         let stage_some = |storage: &Arc<Storage>, held: &HeldGrant<LwwMap>| {
             let mut stager = Stager::for_transfer(storage.clone(), held).unwrap();
@@ -1621,7 +1621,7 @@ mod tests {
         // another snapshot offered later keeps nothing of the first's chunks
         let storage = Arc::new(Storage::open(dir.path()).unwrap());
         stage_some(&storage, &held);
-        let (other, _) = held_offer("snap-2", &state, &cut);
+        let (other, _) = held_offer("snap-2", state, cut);
         assert_eq!(kept_for(&storage, &other), 0);
         // a grant given up is not resumed, and its chunks are dropped at the next start
         stage_some(&storage, &held);

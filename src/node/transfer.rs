@@ -55,7 +55,7 @@ const MAX_REQUEST_BYTES: usize = 1024;
 /// Chunks a node reads from disk for peers at once.
 const SERVING_AT_ONCE: usize = 8;
 /// Verified chunks waiting for the installer thread.
-const INSTALL_QUEUE: usize = 4;
+const INSTALL_QUEUE: usize = 2;
 
 /// A chunk request as sent on the wire.
 #[derive(Debug, Serialize, Deserialize)]

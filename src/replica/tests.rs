@@ -804,6 +804,22 @@ fn a_report_that_came_with_a_batch_is_adopted_but_not_relayed() {
     );
 }
 
+/// The joiner at `j` (id 10) installs the state offered to it; then a write of it reaches
+/// every one of the five members' stable states.
+fn install_offered_state_and_write(net: &mut LoopbackNet<LwwMap>, j: usize) {
+    let (to, state) = net.offered.pop().expect("a state was offered");
+    assert_eq!(to, id(10));
+    let now = net.now;
+    net.nodes[j].install_transferred(now, state).unwrap();
+    net.flush(j);
+    net.write(j, put("y", "2"));
+    net.run_for(Duration::from_millis(500));
+    for r in &net.nodes {
+        assert_eq!(r.network_map().counted(), 5);
+        assert_eq!(r.stable_state().get("y"), Some("2"), "at {:?}", r.id());
+    }
+}
+
 #[test]
 fn a_joiner_fetching_its_state_for_longer_than_the_eviction_bound_stays_a_member() {
     let mut net = LoopbackNet::<LwwMap>::genesis(4);
@@ -824,17 +840,7 @@ fn a_joiner_fetching_its_state_for_longer_than_the_eviction_bound_stays_a_member
         assert_eq!(entry.record.state, MemberState::Alive, "at {:?}", r.id());
     }
     assert!(net.nodes[j].stats().keepalives_sent >= 3);
-    let (to, state) = net.offered.pop().expect("a state was offered");
-    assert_eq!(to, id(10));
-    let now = net.now;
-    net.nodes[j].install_transferred(now, state).unwrap();
-    net.flush(j);
-    net.write(j, put("y", "2"));
-    net.run_for(Duration::from_millis(500));
-    for r in &net.nodes {
-        assert_eq!(r.network_map().counted(), 5);
-        assert_eq!(r.stable_state().get("y"), Some("2"), "at {:?}", r.id());
-    }
+    install_offered_state_and_write(&mut net, j);
     // reports made as a member come after the keepalives, so they are not taken as stale
     let own = net.nodes[j]
         .network_map()
@@ -921,16 +927,7 @@ fn a_joiner_restarted_while_it_fetches_its_state_resumes_the_same_registration()
         Some(0),
         "no sponsor is asked while the fetch resumes"
     );
-    let (_, state) = net.offered.pop().expect("a state was offered");
-    let now = net.now;
-    net.nodes[j].install_transferred(now, state).unwrap();
-    net.flush(j);
-    net.write(j, put("y", "2"));
-    net.run_for(Duration::from_millis(500));
-    for r in &net.nodes {
-        assert_eq!(r.network_map().counted(), 5);
-        assert_eq!(r.stable_state().get("y"), Some("2"), "at {:?}", r.id());
-    }
+    install_offered_state_and_write(&mut net, j);
     let wrong = HeldGrant { ..held };
     assert!(matches!(
         Replica::resuming_held_grant(id(11), wrong, vec![], ReplicaConfig::default(), 1, now),
