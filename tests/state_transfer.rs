@@ -308,6 +308,10 @@ async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
         0,
         "the staged state was swapped in, not written whole on the event loop"
     );
+    assert!(
+        metric(&hj, "tidemark_ops_kept_while_fetching_total") >= 1,
+        "the writes published during the fetch were kept for the install"
+    );
     for node in [joiner, a] {
         node.kill().await;
     }

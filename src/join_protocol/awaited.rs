@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::JoinGrant;
-use crate::gossip::{GossipConfig, Message, Records};
+use crate::gossip::{GossipConfig, Message, OpsBatch, Records};
 use crate::network_map::{MemberRecord, MemberState};
 use crate::node_id::NodeId;
 use crate::ops_log::StateMachine;
@@ -42,6 +42,10 @@ pub struct AwaitedGrant<S: StateMachine> {
     /// The `report_seq` of the last report made this way (it survives the grant: the
     /// installed record must come after it).
     reports_made: u64,
+    /// Ops published while the state is fetched (sender, publisher, ops), applied after
+    /// the install instead of pulled again; at most `causal_buffer.max_ops` of them.
+    live_ops: Vec<(NodeId, Option<NodeId>, OpsBatch<S::Op>)>,
+    live_ops_len: usize,
 }
 
 impl<S: StateMachine> AwaitedGrant<S> {
@@ -50,6 +54,8 @@ impl<S: StateMachine> AwaitedGrant<S> {
             held: None,
             next_keepalive: now,
             reports_made: 0,
+            live_ops: Vec::new(),
+            live_ops_len: 0,
         }
     }
 
@@ -106,7 +112,8 @@ impl<S: StateMachine> AwaitedGrant<S> {
         self.held.is_some()
     }
 
-    /// Takes the held grant (to install it, or to give it up).
+    /// Takes the held grant (to install it, or to give it up); the live ops kept go with
+    /// it ([`AwaitedGrant::take_live_ops`]).
     pub fn take(&mut self) -> Option<(NodeId, JoinGrant<S>)> {
         self.held.take()
     }
@@ -114,6 +121,39 @@ impl<S: StateMachine> AwaitedGrant<S> {
     /// Drops the held grant (a restart: the fetch is gone with the process).
     pub fn clear(&mut self) {
         self.held = None;
+        self.take_live_ops();
+    }
+
+    /// Keeps ops published while the held grant's state is fetched, from `from` (by
+    /// `publisher`, when the batch carried its report), up to `max_ops` in all: the ones
+    /// beyond are dropped, to be pulled after the install like any missing op. Returns how
+    /// many were kept. Nothing is kept while no grant is held.
+    pub fn keep_live_ops(
+        &mut self,
+        from: &NodeId,
+        publisher: Option<&NodeId>,
+        ops: &OpsBatch<S::Op>,
+        max_ops: usize,
+    ) -> usize {
+        if self.held.is_none() || ops.0.is_empty() {
+            return 0;
+        }
+        let room = max_ops.saturating_sub(self.live_ops_len);
+        let kept: Vec<_> = ops.0.iter().take(room).cloned().collect();
+        if kept.is_empty() {
+            return 0;
+        }
+        self.live_ops_len += kept.len();
+        let n = kept.len();
+        self.live_ops
+            .push((from.clone(), publisher.cloned(), OpsBatch(kept)));
+        n
+    }
+
+    /// The live ops kept, oldest first (emptied).
+    pub fn take_live_ops(&mut self) -> Vec<(NodeId, Option<NodeId>, OpsBatch<S::Op>)> {
+        self.live_ops_len = 0;
+        std::mem::take(&mut self.live_ops)
     }
 
     /// The `report_seq` of the last keepalive report.

@@ -2223,6 +2223,7 @@ impl Driver {
             (&m.evictions_issued, stats.evictions_issued),
             (&m.rejoins, stats.rejoins),
             (&m.stale_grants, stats.stale_grants),
+            (&m.ops_kept_while_fetching, stats.ops_kept_while_fetching),
             (&m.sponsorships_declined, stats.sponsorships_declined),
             (&m.leaves_failed, stats.leaves_failed),
             (&m.own_seq_rollbacks, stats.own_seq_rollbacks),

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub evictions_issued: Count,
     pub rejoins: Count,
     pub stale_grants: Count,
+    pub ops_kept_while_fetching: Count,
     pub sponsorships_declined: Count,
     pub leaves_failed: Count,
     pub own_seq_rollbacks: Count,
@@ -118,6 +119,7 @@ impl Metrics {
             evictions_issued: Default::default(),
             rejoins: Default::default(),
             stale_grants: Default::default(),
+            ops_kept_while_fetching: Default::default(),
             sponsorships_declined: Default::default(),
             leaves_failed: Default::default(),
             own_seq_rollbacks: Default::default(),
@@ -280,6 +282,12 @@ impl Metrics {
             "stale_grants",
             "Grants this joiner ignored: they registered an incarnation it had given up on",
             m.stale_grants.clone(),
+        );
+        registry.register(
+            "ops_kept_while_fetching",
+            "Ops published while this joiner fetched its state, kept to be applied once it \
+             is installed",
+            m.ops_kept_while_fetching.clone(),
         );
         registry.register(
             "sponsorships_declined",

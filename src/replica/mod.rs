@@ -119,6 +119,9 @@ pub struct ReplicaStats {
     pub ops_republished: u64,
     /// State transfers given up (timed out, or the driver could not fetch the state).
     pub state_transfers_abandoned: u64,
+    /// Ops received while a grant's state was being fetched, kept to be applied after the
+    /// install.
+    pub ops_kept_while_fetching: u64,
     /// Keepalive reports sent while a grant's state was being fetched.
     pub keepalives_sent: u64,
     /// Join requests this node refused to sponsor because it was cut off from most of the
@@ -910,6 +913,15 @@ impl<S: StateMachine> Replica<S> {
             (Phase::Joining(_), Message::JoinRequest(_)) => {
                 self.refuse_join(from, "this node has not joined the network yet")
             }
+            (Phase::Joining(_), Message::Ops(published)) => {
+                // the state is being fetched: these ops are applied once it is installed
+                let publisher = published.report.as_ref().map(|r| &r.id);
+                let max = self.config.gossip.causal_buffer.max_ops;
+                let kept = self
+                    .awaited
+                    .keep_live_ops(from, publisher, &published.ops, max);
+                self.stats.ops_kept_while_fetching += kept as u64;
+            }
             (Phase::Joining(_), _) => {}
             (Phase::Left, Message::JoinRequest(request)) => {
                 self.on_join_request(now, from, request)
@@ -1401,7 +1413,22 @@ impl<S: StateMachine> Replica<S> {
         let Some((_, grant)) = self.awaited.take() else {
             return Err(JoinError::StateNotHere);
         };
+        let live = self.awaited.take_live_ops();
         let installed = self.install_grant(now, grant.with_state(state));
+        if installed.is_ok() {
+            // the ops published while the state was fetched, less those the grant held
+            for (from, publisher, ops) in live {
+                let applied = self.log.applied();
+                let fresh: Vec<_> = ops
+                    .0
+                    .into_iter()
+                    .filter(|op| op.seq > applied.get(&op.origin))
+                    .collect();
+                if !fresh.is_empty() {
+                    self.on_ops(now, &from, &OpsBatch(fresh), publisher.as_ref());
+                }
+            }
+        }
         self.finish(now);
         installed
     }

@@ -936,6 +936,35 @@ fn a_joiner_restarted_while_it_fetches_its_state_resumes_the_same_registration()
 }
 
 #[test]
+fn ops_published_while_a_joiner_fetches_its_state_are_applied_at_the_install() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.write(0, put("x", "1"));
+    net.run_for(Duration::from_millis(200));
+    net.offer_states = true;
+    let j = net.add_joiner(id(10), id(1));
+    net.run_for(Duration::from_millis(50));
+    assert!(net.nodes[j].awaited_grant().is_some());
+    // the network goes on writing while the joiner fetches
+    for i in 0..20 {
+        net.write(i % 3, put(&format!("during{i}"), "v"));
+    }
+    net.run_for(Duration::from_millis(100));
+    let written = net.nodes[0].applied().clone();
+    assert_eq!(net.nodes[j].stats().ops_kept_while_fetching, 20);
+    let (_, state) = net.offered.pop().expect("a state was offered");
+    let now = net.now;
+    net.nodes[j].install_transferred(now, state).unwrap();
+    // at once, before any pull: the ops published during the fetch are applied
+    assert_eq!(net.nodes[j].applied(), &written);
+    assert_eq!(net.nodes[j].applied_state().get("during19"), Some("v"));
+    assert_eq!(
+        net.nodes[j].stats().ops_duplicate,
+        0,
+        "ops the grant held already are not taken again"
+    );
+}
+
+#[test]
 fn without_keepalives_a_silent_fetching_joiner_would_be_evicted() {
     // the control for the test above: a registration that never reports is evicted in
     // the same time (so the test above measures the keepalives, not a lenient detector)
