@@ -167,33 +167,14 @@ impl<S: StateMachine> LoopbackNet<S> {
         if !self.offer_states {
             return message;
         }
-        let Message::JoinResponse(response) = message.as_ref() else {
-            return message;
-        };
-        let JoinResponse::Granted(grant) = response.as_ref() else {
-            return message;
-        };
-        let HandedOverState::Inline(state) = &grant.stable_state else {
-            return message;
-        };
-        let header = SnapshotHeader {
-            version: 1,
-            snapshot_point: grant.stable_cut.clone(),
-            height: grant.stable_cut.total(),
-            digest: state.digest(),
-            created_unix_ms: 0,
-            entries: 0,
-            chunks: Vec::new(),
-        };
-        self.offered.push((to.clone(), state.clone()));
-        let mut grant = grant.clone();
-        grant.stable_state = HandedOverState::Snapshot(StateOffer {
-            snapshot_id: format!("offer-{}", self.offered.len()),
-            header,
-        });
-        Arc::new(Message::JoinResponse(Box::new(JoinResponse::Granted(
-            grant,
-        ))))
+        let id = format!("offer-{}", self.offered.len() + 1);
+        match offer_in_place_of_state(&message, id) {
+            Some((offer, state)) => {
+                self.offered.push((to.clone(), state));
+                offer
+            }
+            None => message,
+        }
     }
 
     /// Delivers everything queued and fires wake-ups, in time order, up to `until`.
@@ -250,4 +231,43 @@ impl<S: StateMachine> LoopbackNet<S> {
         let until = self.now + d;
         self.run_until(until);
     }
+}
+
+/// When `message` is a grant holding its stable state inline: the same grant offering that
+/// state as snapshot `snapshot_id` instead (as a driver does with a large state), and the
+/// state, which the joiner's driver is to fetch. The header names the cut, the height and
+/// the digest; it lists no chunks (the state is handed to `Replica::install_transferred`
+/// directly).
+pub fn offer_in_place_of_state<S: StateMachine>(
+    message: &Arc<Message<S>>,
+    snapshot_id: String,
+) -> Option<(Arc<Message<S>>, S)> {
+    let Message::JoinResponse(response) = message.as_ref() else {
+        return None;
+    };
+    let JoinResponse::Granted(grant) = response.as_ref() else {
+        return None;
+    };
+    let HandedOverState::Inline(state) = &grant.stable_state else {
+        return None;
+    };
+    let header = SnapshotHeader {
+        version: 1,
+        snapshot_point: grant.stable_cut.clone(),
+        height: grant.stable_cut.total(),
+        digest: state.digest(),
+        created_unix_ms: 0,
+        entries: 0,
+        chunks: Vec::new(),
+    };
+    let state = state.clone();
+    let mut grant = grant.clone();
+    grant.stable_state = HandedOverState::Snapshot(StateOffer {
+        snapshot_id,
+        header,
+    });
+    let offer = Arc::new(Message::JoinResponse(Box::new(JoinResponse::Granted(
+        grant,
+    ))));
+    Some((offer, state))
 }

@@ -92,6 +92,11 @@ pub struct Args {
     /// added (protocol default if absent).
     #[arg(long)]
     pub status_fanout: Option<usize>,
+    /// Hand every grant's stable state over as a snapshot the joiner fetches for this many
+    /// simulated seconds, as a node does with a large state (a joiner that crashes and
+    /// restarts from its data dir resumes the fetch). Off by default: grants hold the state.
+    #[arg(long, value_name = "SECONDS")]
+    pub state_transfer_s: Option<f64>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -305,6 +310,9 @@ impl Args {
             max_events: self.max_events.unwrap_or(0),
             max_wall: Duration::from_secs_f64(self.max_wall_s.max(0.0)),
             planted: self.plant,
+            state_transfer: self
+                .state_transfer_s
+                .map(|s| Duration::from_secs_f64(s.max(0.0))),
             ..SimConfig::default()
         }
     }

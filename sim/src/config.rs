@@ -50,6 +50,11 @@ pub struct SimConfig {
     pub max_wall: Duration,
     /// A bug planted in every replica, to show that the oracle catches it.
     pub planted: Option<tidemark::replica::PlantedBug>,
+    /// When set, every grant hands its stable state over as a snapshot that the joiner
+    /// fetches for this long (as a node does with a large state): keepalives carry the
+    /// registration meanwhile, and a joiner that crashes and restarts from its data dir
+    /// resumes the fetch with the part it had kept.
+    pub state_transfer: Option<Duration>,
     /// Faults injected during the safety phase.
     pub faults: FaultConfig,
     #[serde(skip)]
@@ -229,6 +234,7 @@ impl Default for SimConfig {
             max_events: 0,
             max_wall: Duration::from_secs(300),
             planted: None,
+            state_transfer: None,
             faults: FaultConfig::default(),
             gossip: GossipConfig::default(),
         }

@@ -49,6 +49,10 @@ struct BatchSummary {
     stale_notices: u64,
     /// Joiners the simulated operator restarted with new bootstrap addresses.
     rebootstraps: u64,
+    /// States fetched by joiners (with `--state-transfer-s`), and fetches a restarted
+    /// joiner resumed.
+    transfers: u64,
+    transfers_resumed: u64,
     wall_s: f64,
 }
 
@@ -204,6 +208,8 @@ fn run_batch(args: &Args, (from, to): (u64, u64)) -> ExitCode {
         ops_republished: results.iter().map(|r| r.faults.ops_republished).sum(),
         stale_notices: results.iter().map(|r| r.faults.stale_notices).sum(),
         rebootstraps: results.iter().map(|r| r.faults.rebootstraps).sum(),
+        transfers: results.iter().map(|r| r.faults.transfers).sum(),
+        transfers_resumed: results.iter().map(|r| r.faults.transfers_resumed).sum(),
         wall_s: (started.elapsed().as_secs_f64() * 1e3).round() / 1e3,
     };
     if args.json {

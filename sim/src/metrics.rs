@@ -119,6 +119,10 @@ pub struct FaultStats {
     pub forced_view_conflicts: u64,
     /// Writes attempted while no writer could write (down, rejoining).
     pub writes_refused: u64,
+    /// States fetched and installed by joiners (with `--state-transfer-s`).
+    pub transfers: u64,
+    /// Fetches a restarted joiner resumed from what it had kept.
+    pub transfers_resumed: u64,
 }
 
 /// One point of the time series.

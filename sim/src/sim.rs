@@ -11,6 +11,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tidemark::gossip::{encoded_len, published_len, report_len, Message};
+use tidemark::join_protocol::awaited::HeldGrant;
 use tidemark::network_map::{MemberRecord, MinTracker, Sponsorship};
 use tidemark::ops_log::{LwwMap, LwwOp};
 use tidemark::replica::{Action, Checkpoint, Replica, ReplicaConfig};
@@ -72,7 +73,33 @@ enum EventKind {
     FaultsOff,
     /// Every running member still isolated forces a new view (an operator's act).
     OperatorForcesView,
+    /// A joiner's fetch of an offered state is done (with `state_transfer`).
+    TransferDone {
+        node: usize,
+        snapshot_id: String,
+    },
 }
+
+/// A joiner's fetch of the state its grant offers (with `state_transfer`).
+struct Fetch {
+    snapshot_id: String,
+    started: Time,
+    ends: Time,
+    /// Share of the fetch done before a restart (kept in the data dir).
+    done_before: f64,
+    /// The held grant as the joiner's driver stored it when this fetch began.
+    held: HeldGrant<LwwMap>,
+}
+
+/// A crashed joiner's data dir kept this much of its fetch: the grant as stored, and the
+/// share of the fetch staged and synced.
+struct KeptFetch {
+    held: HeldGrant<LwwMap>,
+    share: f64,
+}
+
+/// What a crashed fetch keeps is counted in these steps (the chunks synced so far).
+const KEPT_STEPS: f64 = 16.0;
 
 #[derive(Debug)]
 struct Event {
@@ -263,6 +290,11 @@ pub struct Sim {
     /// `TIDEMARK_SIM_WATCH=SLOT,ORIGIN`: after every event at node slot SLOT, print its own
     /// record and what it has applied of the ops of the node in slot ORIGIN.
     watch: Option<(usize, usize)>,
+    /// With `state_transfer`: the states offered to joiners by snapshot id, each joiner's
+    /// fetch under way, and what a crashed joiner kept of its fetch.
+    offered: BTreeMap<String, LwwMap>,
+    fetches: BTreeMap<usize, Fetch>,
+    kept_fetches: BTreeMap<usize, KeptFetch>,
 }
 
 impl Sim {
@@ -326,6 +358,9 @@ impl Sim {
                 let (slot, origin) = w.split_once(',')?;
                 Some((slot.trim().parse().ok()?, origin.trim().parse().ok()?))
             }),
+            offered: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            kept_fetches: BTreeMap::new(),
             config,
         };
         sim.config.writers = writers;
@@ -516,6 +551,9 @@ impl Sim {
                 EventKind::Churn => self.churn(),
                 EventKind::FaultsOff => self.faults_off(),
                 EventKind::OperatorForcesView => self.operator_forces_view(),
+                EventKind::TransferDone { node, snapshot_id } => {
+                    self.transfer_done(node, &snapshot_id)
+                }
                 EventKind::Sample => {
                     self.sample();
                     progress(self.ms(), self.written, self.view.sp_min.min().total());
@@ -548,6 +586,14 @@ impl Sim {
             (None, last) => last,
             (Some(_), None) => None,
         }
+    }
+
+    /// How long after the calm L1 must hold: the configured bound, plus two state
+    /// transfers with `state_transfer` (a registration holds every snapshot point at its
+    /// join cut until its joiner has fetched the state and reports, and a fetch voided by
+    /// an eviction is made again).
+    fn liveness_bound(&self) -> Duration {
+        self.config.liveness_bound + 2 * self.config.state_transfer.unwrap_or_default()
     }
 
     /// Writes are done and faults have stopped.
@@ -590,7 +636,7 @@ impl Sim {
         if self.converged_at.is_some() && self.pending_restarts.is_empty() {
             return true;
         }
-        self.now >= calm + self.config.liveness_bound
+        self.now >= calm + self.liveness_bound()
     }
 
     fn deliver(
@@ -696,6 +742,7 @@ impl Sim {
         while let Some(action) = self.nodes[n].replica.poll_action() {
             match action {
                 Action::Send { to, message } => {
+                    let message = self.offer_instead(message);
                     let size = self.size_of(&message);
                     if let Some(&j) = self.index.get(&to) {
                         if j < self.nodes.len() {
@@ -720,6 +767,163 @@ impl Sim {
             }
         }
         self.size_cache = None;
+        self.follow_fetch(n);
+    }
+
+    /// With `state_transfer`, a grant holding its state inline is sent as an offer of
+    /// that state instead, as a node's driver does with a large state; the state waits in
+    /// `offered` for the joiner's fetch.
+    fn offer_instead(&mut self, message: Msg) -> Msg {
+        if self.config.state_transfer.is_none() {
+            return message;
+        }
+        let id = format!("sim-offer-{}", self.offered.len() + 1);
+        match tidemark::testing::offer_in_place_of_state(&message, id.clone()) {
+            Some((offer, state)) => {
+                self.offered.insert(id, state);
+                offer
+            }
+            None => message,
+        }
+    }
+
+    /// Starts the fetch of the state node `n` awaits, as its driver does (resuming what
+    /// its data dir kept of a fetch of the same snapshot), or forgets a fetch it gave up.
+    fn follow_fetch(&mut self, n: usize) {
+        let Some(duration) = self.config.state_transfer else {
+            return;
+        };
+        if self.nodes[n].stopped {
+            return;
+        }
+        let awaited = self.nodes[n]
+            .replica
+            .awaited_grant()
+            .and_then(|(_, grant)| grant.offer())
+            .map(|offer| offer.snapshot_id.clone());
+        let Some(id) = awaited else {
+            self.fetches.remove(&n);
+            return;
+        };
+        if self.fetches.get(&n).is_some_and(|f| f.snapshot_id == id) {
+            return;
+        }
+        let held = self.nodes[n]
+            .replica
+            .held_grant()
+            .expect("a grant is awaited");
+        let done_before = match self.kept_fetches.remove(&n) {
+            Some(kept) if kept.held.grant.offer().map(|o| &o.snapshot_id) == Some(&id) => {
+                kept.share
+            }
+            _ => 0.0,
+        };
+        let ends = self.now + duration.mul_f64(1.0 - done_before);
+        self.fetches.insert(
+            n,
+            Fetch {
+                snapshot_id: id.clone(),
+                started: self.now,
+                ends,
+                done_before,
+                held,
+            },
+        );
+        self.push(
+            ends,
+            EventKind::TransferDone {
+                node: n,
+                snapshot_id: id,
+            },
+        );
+    }
+
+    /// Node `n`'s fetch of `snapshot_id` is done: it installs the state, unless it gave
+    /// the grant up or stopped meanwhile.
+    fn transfer_done(&mut self, n: usize, snapshot_id: &str) {
+        if self.nodes[n].stopped
+            || !self
+                .fetches
+                .get(&n)
+                .is_some_and(|f| f.snapshot_id == snapshot_id && f.ends == self.now)
+        {
+            return;
+        }
+        self.fetches.remove(&n);
+        let Some(state) = self.offered.get(snapshot_id).cloned() else {
+            return;
+        };
+        let now = self.now;
+        if self.nodes[n]
+            .replica
+            .install_transferred(now, state)
+            .is_ok()
+        {
+            self.faults.transfers += 1;
+            if self.trace {
+                eprintln!(
+                    "{:.3} s: node {n} installs the fetched state",
+                    self.ms() / 1e3
+                );
+            }
+        }
+        self.observe(n);
+        self.dispatch(n);
+    }
+
+    /// A joiner that crashes while it fetches keeps the share of the fetch it had synced,
+    /// with the grant its driver stored.
+    fn keep_fetch_of_crashed(&mut self, n: usize) {
+        let Some(fetch) = self.fetches.remove(&n) else {
+            return;
+        };
+        let span = fetch
+            .ends
+            .as_micros()
+            .saturating_sub(fetch.started.as_micros()) as f64;
+        let done = self
+            .now
+            .as_micros()
+            .saturating_sub(fetch.started.as_micros()) as f64;
+        let share = if span > 0.0 { done / span } else { 1.0 };
+        let total = fetch.done_before + (1.0 - fetch.done_before) * share.min(1.0);
+        let kept = (total * KEPT_STEPS).floor() / KEPT_STEPS;
+        self.kept_fetches.insert(
+            n,
+            KeptFetch {
+                held: fetch.held,
+                share: kept,
+            },
+        );
+    }
+
+    /// A joiner whose data dir kept a fetch resumes it as its driver does
+    /// (`Replica::resuming_held_grant`); `None` when there is none to resume.
+    fn resume_fetch(&mut self, n: usize, crashed: &Replica<LwwMap>) -> Option<Replica<LwwMap>> {
+        let kept = self.kept_fetches.get(&n)?;
+        let sponsors = crashed
+            .join_sponsors()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
+        let seed = self.node_seed(n) ^ (self.faults.restarts + 1);
+        let resumed = Replica::resuming_held_grant(
+            self.ids[n].clone(),
+            kept.held.clone(),
+            sponsors,
+            self.replica_config(),
+            seed,
+            self.now,
+        );
+        match resumed {
+            Ok(replica) => {
+                self.faults.transfers_resumed += 1;
+                Some(replica)
+            }
+            Err(_) => {
+                self.kept_fetches.remove(&n);
+                None
+            }
+        }
     }
 
     /// A joiner that went through a whole round of its sponsors without a grant: the driver
@@ -1563,6 +1767,7 @@ impl Sim {
             );
         }
         self.drop_member(n);
+        self.keep_fetch_of_crashed(n);
         self.faults.crashes += 1;
         if self.trace {
             eprintln!("{:.3} s: node {n} crashes", self.ms() / 1e3);
@@ -1643,6 +1848,8 @@ impl Sim {
         let members = self.steady_members();
         let now = self.now;
         if lost_disk {
+            // a lost data dir keeps no fetch
+            self.kept_fetches.remove(&n);
             if members.is_empty() {
                 return;
             }
@@ -1666,6 +1873,7 @@ impl Sim {
             // the operator restores the data dir from its last backup and starts the node
             // as a restored backup: a new identity that republishes what the backup holds
             let backup = self.nodes[n].backup.take().expect("checked above");
+            self.kept_fetches.remove(&n);
             self.absorb_stats(n);
             self.new_slot_id(Some(n));
             let replica = match Replica::resume_from_backup(
@@ -1700,8 +1908,9 @@ impl Sim {
             let placeholder =
                 Replica::genesis(self.ids[n].clone(), &[], self.replica_config(), 0, now);
             let crashed = std::mem::replace(&mut self.nodes[n].replica, placeholder);
+            let resumed = self.resume_fetch(n, &crashed);
             let node = &mut self.nodes[n];
-            node.replica = crashed.restart(now);
+            node.replica = resumed.unwrap_or_else(|| crashed.restart(now));
             node.stopped = false;
             node.crashed = false;
             node.seen = SeenCache::default();
@@ -2160,7 +2369,7 @@ impl Sim {
             }
         }
         if let (Ok(()), Some(calm), Some(conv)) = (&live, self.calm_since(), self.converged_at) {
-            if conv > calm + self.config.liveness_bound {
+            if conv > calm + self.liveness_bound() {
                 live = Err(format!(
                     "converged {:.0} ms after faults and writes stopped, beyond the bound",
                     conv.since(calm).as_millis()

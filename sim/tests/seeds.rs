@@ -147,3 +147,28 @@ fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
         );
     }
 }
+
+#[test]
+fn joiners_that_fetch_their_state_and_resume_after_a_crash_break_nothing() {
+    use clap::Parser;
+    // every grant offers its state, fetched for 15 s (longer than the eviction bound), with
+    // crashes, restarts and churn: some joiners crash while they fetch and resume
+    let (mut transfers, mut resumed) = (0, 0);
+    for seed in 1..=8 {
+        let flags = format!(
+            "tidemark-sim --faults crash,restart,churn --nodes 10 --ops 200 --state-transfer-s 15 --seed {seed}"
+        );
+        let args = tidemark_sim::cli::Args::try_parse_from(flags.split_whitespace()).unwrap();
+        let report = run(args.config(seed));
+        assert_eq!(
+            report.violations, 0,
+            "seed {seed}: {:?}",
+            report.violation_samples
+        );
+        assert!(!report.liveness_failure, "seed {seed} did not converge");
+        transfers += report.faults.transfers;
+        resumed += report.faults.transfers_resumed;
+    }
+    assert!(transfers >= 8, "{transfers} states fetched");
+    assert!(resumed >= 2, "{resumed} fetches resumed after a crash");
+}

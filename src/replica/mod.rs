@@ -122,6 +122,9 @@ pub struct ReplicaStats {
     /// Ops received while a grant's state was being fetched, kept to be applied after the
     /// install.
     pub ops_kept_while_fetching: u64,
+    /// Fetches given up because a member told this joiner that the registration they
+    /// were for had been evicted.
+    pub held_registrations_evicted: u64,
     /// Keepalive reports sent while a grant's state was being fetched.
     pub keepalives_sent: u64,
     /// Join requests this node refused to sponsor because it was cut off from most of the
@@ -913,6 +916,9 @@ impl<S: StateMachine> Replica<S> {
             (Phase::Joining(_), Message::JoinRequest(_)) => {
                 self.refuse_join(from, "this node has not joined the network yet")
             }
+            (Phase::Joining(_), Message::Status(records)) => {
+                self.on_status_while_fetching(now, &records.0)
+            }
             (Phase::Joining(_), Message::Ops(published)) => {
                 // the state is being fetched: these ops are applied once it is installed
                 let publisher = published.report.as_ref().map(|r| &r.id);
@@ -970,6 +976,32 @@ impl<S: StateMachine> Replica<S> {
             ) => {}
         }
         self.finish(now);
+    }
+
+    /// A member told this joiner that the registration whose state it fetches is evicted
+    /// (its keepalives stopped for longer than the failure detector waits: the process
+    /// was down, or cut off). The fetch is for nothing: the joiner gives the grant up and
+    /// asks again at once, with the next incarnation.
+    fn on_status_while_fetching(&mut self, now: Time, records: &[Arc<MemberRecord>]) {
+        let Some((_, grant)) = self.awaited.get() else {
+            return;
+        };
+        let held = grant.registration.incarnation;
+        let evicted = records
+            .iter()
+            .find(|r| r.id == self.id && r.incarnation >= held && r.state == MemberState::Evicted);
+        let Some(evicted) = evicted else {
+            return;
+        };
+        self.incarnation = self.incarnation.max(evicted.incarnation + 1);
+        self.awaited.take();
+        self.awaited.take_live_ops();
+        self.stats.state_transfers_abandoned += 1;
+        self.stats.held_registrations_evicted += 1;
+        if let Phase::Joining(joiner) = &mut self.phase {
+            joiner.retry_now(now);
+        }
+        self.ask_sponsor(now);
     }
 
     fn refuse_join(&mut self, to: &NodeId, reason: &str) {

@@ -965,6 +965,43 @@ fn ops_published_while_a_joiner_fetches_its_state_are_applied_at_the_install() {
 }
 
 #[test]
+fn a_fetching_joiner_told_that_its_registration_was_evicted_asks_again_with_a_new_incarnation() {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.write(0, put("x", "1"));
+    net.run_for(Duration::from_millis(200));
+    net.offer_states = true;
+    let j = net.add_joiner(id(10), id(1));
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(
+        net.nodes[j]
+            .awaited_grant()
+            .unwrap()
+            .1
+            .registration
+            .incarnation,
+        1
+    );
+    // down for longer than the failure detector waits: the registration is evicted
+    net.crashed[j] = true;
+    net.run_for(3 * eviction_bound());
+    for r in &net.nodes[..4] {
+        let entry = r.network_map().get(&id(10)).unwrap();
+        assert_eq!(entry.record.state, MemberState::Evicted);
+    }
+    // it comes back still holding the grant (a resumed fetch): its keepalive is answered
+    // with the eviction, and it asks again at once instead of finishing a useless fetch
+    net.crashed[j] = false;
+    net.offered.clear();
+    net.run_for(GossipConfig::default().heartbeat_interval + Duration::from_millis(100));
+    assert_eq!(net.nodes[j].stats().held_registrations_evicted, 1);
+    let (_, grant) = net.nodes[j]
+        .awaited_grant()
+        .expect("a new grant offers the state");
+    assert_eq!(grant.registration.incarnation, 2);
+    install_offered_state_and_write(&mut net, j);
+}
+
+#[test]
 fn without_keepalives_a_silent_fetching_joiner_would_be_evicted() {
     // the control for the test above: a registration that never reports is evicted in
     // the same time (so the test above measures the keepalives, not a lenient detector)
