@@ -588,12 +588,11 @@ impl Sim {
         }
     }
 
-    /// How long after the calm L1 must hold: the configured bound, plus two state
-    /// transfers with `state_transfer` (a registration holds every snapshot point at its
-    /// join cut until its joiner has fetched the state and reports, and a fetch voided by
-    /// an eviction is made again).
+    /// How long after the calm L1 must hold: the configured bound, plus one state
+    /// transfer with `state_transfer` (a registration holds every snapshot point at its
+    /// join cut until its joiner has fetched the state and reports).
     fn liveness_bound(&self) -> Duration {
-        self.config.liveness_bound + 2 * self.config.state_transfer.unwrap_or_default()
+        self.config.liveness_bound + self.config.state_transfer.unwrap_or_default()
     }
 
     /// Writes are done and faults have stopped.
