@@ -32,6 +32,13 @@ pub struct HeldGrant<S: StateMachine> {
     pub reports_made: u64,
 }
 
+/// Ops published while a held grant's state is fetched: the peer they came from, their
+/// publisher (when the batch carried its report), and the ops.
+pub type LiveOps<O> = (NodeId, Option<NodeId>, OpsBatch<O>);
+
+/// A held grant given up or taken to install: sponsor, grant, and the live ops kept.
+pub type TakenGrant<S> = (NodeId, JoinGrant<S>, Vec<LiveOps<<S as StateMachine>::Op>>);
+
 /// The joiner's held grant and its keepalive (see module doc).
 #[derive(Debug)]
 pub struct AwaitedGrant<S: StateMachine> {
@@ -44,7 +51,7 @@ pub struct AwaitedGrant<S: StateMachine> {
     reports_made: u64,
     /// Ops published while the state is fetched (sender, publisher, ops), applied after
     /// the install instead of pulled again; at most `causal_buffer.max_ops` of them.
-    live_ops: Vec<(NodeId, Option<NodeId>, OpsBatch<S::Op>)>,
+    live_ops: Vec<LiveOps<S::Op>>,
     live_ops_len: usize,
 }
 
@@ -112,16 +119,17 @@ impl<S: StateMachine> AwaitedGrant<S> {
         self.held.is_some()
     }
 
-    /// Takes the held grant (to install it, or to give it up); the live ops kept go with
-    /// it ([`AwaitedGrant::take_live_ops`]).
-    pub fn take(&mut self) -> Option<(NodeId, JoinGrant<S>)> {
-        self.held.take()
+    /// Takes the held grant, with the ops kept while its state was fetched (oldest first),
+    /// to install it or to give it up: the kept ops never outlive their grant.
+    pub fn take(&mut self) -> Option<TakenGrant<S>> {
+        let (sponsor, grant) = self.held.take()?;
+        self.live_ops_len = 0;
+        Some((sponsor, grant, std::mem::take(&mut self.live_ops)))
     }
 
     /// Drops the held grant (a restart: the fetch is gone with the process).
     pub fn clear(&mut self) {
-        self.held = None;
-        self.take_live_ops();
+        self.take();
     }
 
     /// Keeps ops published while the held grant's state is fetched, from `from` (by
@@ -148,12 +156,6 @@ impl<S: StateMachine> AwaitedGrant<S> {
         self.live_ops
             .push((from.clone(), publisher.cloned(), OpsBatch(kept)));
         n
-    }
-
-    /// The live ops kept, oldest first (emptied).
-    pub fn take_live_ops(&mut self) -> Vec<(NodeId, Option<NodeId>, OpsBatch<S::Op>)> {
-        self.live_ops_len = 0;
-        std::mem::take(&mut self.live_ops)
     }
 
     /// The `report_seq` of the last keepalive report.

@@ -995,7 +995,6 @@ impl<S: StateMachine> Replica<S> {
         };
         self.incarnation = self.incarnation.max(evicted.incarnation + 1);
         self.awaited.take();
-        self.awaited.take_live_ops();
         self.stats.state_transfers_abandoned += 1;
         self.stats.held_registrations_evicted += 1;
         if let Phase::Joining(joiner) = &mut self.phase {
@@ -1442,10 +1441,9 @@ impl<S: StateMachine> Replica<S> {
     /// The driver fetched and verified the awaited grant's state: install it. Fails when no
     /// grant awaits a state (it was given up meanwhile) or the grant does not install.
     pub fn install_transferred(&mut self, now: Time, state: S) -> Result<(), JoinError> {
-        let Some((_, grant)) = self.awaited.take() else {
+        let Some((_, grant, live)) = self.awaited.take() else {
             return Err(JoinError::StateNotHere);
         };
-        let live = self.awaited.take_live_ops();
         let installed = self.install_grant(now, grant.with_state(state));
         if installed.is_ok() {
             // the ops published while the state was fetched, less those the grant held

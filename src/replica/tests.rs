@@ -804,6 +804,19 @@ fn a_report_that_came_with_a_batch_is_adopted_but_not_relayed() {
     );
 }
 
+/// Four members holding one write, and a joiner (id 10, sponsored by id 1) whose grant
+/// offers the state as a snapshot: it holds the grant while "fetching" it (the state
+/// waits in `net.offered`). Returns the network and the joiner's index.
+fn joiner_fetching_an_offered_state() -> (LoopbackNet<LwwMap>, usize) {
+    let mut net = LoopbackNet::<LwwMap>::genesis(4);
+    net.write(0, put("x", "1"));
+    net.run_for(Duration::from_millis(200));
+    net.offer_states = true;
+    let j = net.add_joiner(id(10), id(1));
+    net.run_for(Duration::from_millis(50));
+    (net, j)
+}
+
 /// The joiner at `j` (id 10) installs the state offered to it; then a write of it reaches
 /// every one of the five members' stable states.
 fn install_offered_state_and_write(net: &mut LoopbackNet<LwwMap>, j: usize) {
@@ -822,12 +835,7 @@ fn install_offered_state_and_write(net: &mut LoopbackNet<LwwMap>, j: usize) {
 
 #[test]
 fn a_joiner_fetching_its_state_for_longer_than_the_eviction_bound_stays_a_member() {
-    let mut net = LoopbackNet::<LwwMap>::genesis(4);
-    net.write(0, put("x", "1"));
-    net.run_for(Duration::from_millis(200));
-    net.offer_states = true;
-    let j = net.add_joiner(id(10), id(1));
-    net.run_for(Duration::from_millis(50));
+    let (mut net, j) = joiner_fetching_an_offered_state();
     assert!(
         net.nodes[j].awaited_grant().is_some(),
         "the grant offers a snapshot"
@@ -862,11 +870,7 @@ fn a_joiner_fetching_its_state_for_longer_than_the_eviction_bound_stays_a_member
 
 #[test]
 fn a_joiner_restarted_while_it_fetches_its_state_resumes_the_same_registration() {
-    let mut net = LoopbackNet::<LwwMap>::genesis(4);
-    net.write(0, put("x", "1"));
-    net.run_for(Duration::from_millis(200));
-    net.offer_states = true;
-    let j = net.add_joiner(id(10), id(1));
+    let (mut net, j) = joiner_fetching_an_offered_state();
     // long enough for keepalives to raise the registration's report_seq well above what
     // a resumed joiner that started its keepalives over would reach within an eviction
     // bound
@@ -937,12 +941,7 @@ fn a_joiner_restarted_while_it_fetches_its_state_resumes_the_same_registration()
 
 #[test]
 fn ops_published_while_a_joiner_fetches_its_state_are_applied_at_the_install() {
-    let mut net = LoopbackNet::<LwwMap>::genesis(4);
-    net.write(0, put("x", "1"));
-    net.run_for(Duration::from_millis(200));
-    net.offer_states = true;
-    let j = net.add_joiner(id(10), id(1));
-    net.run_for(Duration::from_millis(50));
+    let (mut net, j) = joiner_fetching_an_offered_state();
     assert!(net.nodes[j].awaited_grant().is_some());
     // the network goes on writing while the joiner fetches
     for i in 0..20 {
@@ -966,12 +965,7 @@ fn ops_published_while_a_joiner_fetches_its_state_are_applied_at_the_install() {
 
 #[test]
 fn a_fetching_joiner_told_that_its_registration_was_evicted_asks_again_with_a_new_incarnation() {
-    let mut net = LoopbackNet::<LwwMap>::genesis(4);
-    net.write(0, put("x", "1"));
-    net.run_for(Duration::from_millis(200));
-    net.offer_states = true;
-    let j = net.add_joiner(id(10), id(1));
-    net.run_for(Duration::from_millis(50));
+    let (mut net, j) = joiner_fetching_an_offered_state();
     assert_eq!(
         net.nodes[j]
             .awaited_grant()
