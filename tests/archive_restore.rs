@@ -166,10 +166,10 @@ async fn a_network_lost_entirely_is_restored_from_its_archived_snapshot() {
     }
     // what the restored node stored (the staged state with the new writes folded in, or
     // above its stored cut) resumes to the state it served
-    let stored = tidemark::node::storage::Storage::open(&dir.path().join("new-a"))
-        .unwrap()
-        .load()
-        .unwrap();
+    let storage = std::sync::Arc::new(
+        tidemark::node::storage::Storage::open(&dir.path().join("new-a")).unwrap(),
+    );
+    let stored = storage.load().unwrap();
     let resumed = tidemark::replica::Replica::resume(
         stored
             .checkpoint

@@ -138,13 +138,29 @@ async fn a_joiner_fetches_a_large_state_by_chunks_and_bad_chunks_again_from_anot
         .await,
         "the joiner's write, once stable, is folded into its stored state"
     );
+    // the state lives on disk: once checkpointed, memory holds none of its entries, and
+    // reads come from the database
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&hj, "tidemark_state_entries_in_memory") == 0
+        })
+        .await,
+        "the joiner holds {} of {} entries in memory",
+        metric(&hj, "tidemark_state_entries_in_memory"),
+        KEYS + 1
+    );
+    let state = hj.state(tidemark::node::views::At::Snapshot).await.unwrap();
+    assert_eq!(state.entries.len(), KEYS + 1);
+    assert_eq!(metric(&hj, "tidemark_state_read_failures"), 0);
     let final_digest = ha.status().await.unwrap().digest;
     for node in [joiner, b, a] {
         node.kill().await;
     }
     // what the joiner stored (the staged state, folds, and ops above its stored cut)
     // resumes to the network's state
-    let storage = tidemark::node::storage::Storage::open(&dir.path().join("joiner")).unwrap();
+    let storage = std::sync::Arc::new(
+        tidemark::node::storage::Storage::open(&dir.path().join("joiner")).unwrap(),
+    );
     let loaded = storage.load().unwrap();
     let checkpoint = loaded.checkpoint.expect("the joiner stored a checkpoint");
     let resumed = tidemark::replica::Replica::resume(

@@ -52,7 +52,10 @@ fn replicas_converge_through_the_wire_encoding() {
         assert_eq!(r.applied(), &applied);
         assert_eq!(r.snapshot_point(), &applied, "snapshot point everywhere");
         assert_eq!(r.stable_digest(), digest);
-        assert_eq!(r.stable_state().get("from-joiner"), Some("hello"));
+        assert_eq!(
+            r.stable_state().get("from-joiner").as_deref(),
+            Some("hello")
+        );
         assert_eq!(r.network_map().counted(), 6);
     }
     assert!(net.wire_bytes > 0);

@@ -87,7 +87,7 @@ fn a_joiner_registered_by_its_sponsor_holds_back_every_snapshot_point() {
     assert_eq!(grant.registration.applied.get(&id(1)), 1, "join cut is [A]");
     let (log5, map5) = install(grant.clone(), &id(5), vec![], 0, Time::ZERO, None).unwrap();
     assert_eq!(log5.applied().get(&id(1)), 1);
-    assert_eq!(log5.applied_state().get("A"), Some("v"));
+    assert_eq!(log5.applied_state().get("A").as_deref(), Some("v"));
     assert!(map5.get(&id(2)).is_some() && map5.counted() == 5);
 
     // N2 then applies B and reports; N1 hears N3, N4 and that newer N2 report — but nothing

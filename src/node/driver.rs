@@ -52,7 +52,7 @@ use super::penalties::{Offence, Penalties, PenaltyLimits};
 use super::schedule::ScheduleBook;
 use super::signing::PeerIdAuthenticator;
 use super::snapshots::SnapshotStore;
-use super::storage::{Batch, Stager, StateWrite, Storage, StorageError};
+use super::storage::{Batch, Stager, StateWrite, Storage, StorageError, StoredState};
 use super::transfer::{self, FetchError};
 use super::views::{
     vector_json, At, DialFailureView, JoinView, NetworkMapView, OpIdView, ReadyView,
@@ -148,9 +148,17 @@ fn restore_file(
     let started = Instant::now();
     let mut logged = started;
     let mut read = 0u64;
-    let state =
-        crate::snapshot::read_body::<LwwMap>(&mut input, header.clone(), |index, entries| {
+    let mut lamport = 0;
+    // the entries stay in the staged table: the state is built over it
+    let empty = stager.state_to_build();
+    let state = crate::snapshot::read_body::<LwwMap>(
+        &mut input,
+        header.clone(),
+        empty,
+        |index, entries| {
             stager.stage(entries).map_err(|e| e.to_string())?;
+            let highest = entries.iter().map(|(_, e)| e.lamport).max();
+            lamport = lamport.max(highest.unwrap_or(0));
             read += u64::from(header.chunks[index].len);
             if logged.elapsed() >= RESTORE_PROGRESS_EVERY {
                 logged = Instant::now();
@@ -164,13 +172,13 @@ fn restore_file(
                 );
             }
             Ok(())
-        })?;
+        },
+    )?;
     info!(
         entries = header.entries,
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
         "the snapshot file is verified and staged"
     );
-    let lamport = state.max_lamport();
     Ok((header, state, lamport))
 }
 
@@ -1906,6 +1914,14 @@ impl Driver {
             self.stored_votes = Some(vote_generation);
         }
         if wrote_checkpoint {
+            // the store holds the stable state now: memory keeps what it does not hold
+            let rewritten = if written.whole || state == StateWrite::Staged {
+                None
+            } else {
+                Some(written.keys.as_slice())
+            };
+            let store = Arc::new(StoredState::live(self.storage.clone()));
+            self.replica.keep_state_in_store(store, rewritten);
             if written.whole {
                 debug!(entries = written.entries, "stored the whole stable state");
                 self.metrics
@@ -2232,6 +2248,11 @@ impl Driver {
         }
         m.ops_buffered
             .set(self.replica.ops_log().buffered_len() as i64);
+        let log = self.replica.ops_log();
+        m.state_entries_in_memory
+            .set((log.applied_state().in_memory() + log.stable_state().in_memory()) as i64);
+        m.state_read_failures
+            .set(self.storage.read_failures() as i64);
         if self.last_sp.as_ref() != Some(&sp) {
             m.evicted_members.set(
                 map.iter()

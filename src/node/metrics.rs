@@ -84,6 +84,8 @@ pub struct Metrics {
     pub own_seq_rollbacks: Count,
     pub ops_refused: Count,
     pub ops_buffered: IntGauge,
+    pub state_entries_in_memory: IntGauge,
+    pub state_read_failures: IntGauge,
     pub messages_in: Family<KindLabel, Count>,
     pub messages_out: Family<KindLabel, Count>,
     pub bytes_in: Family<KindLabel, Count>,
@@ -125,6 +127,8 @@ impl Metrics {
             own_seq_rollbacks: Default::default(),
             ops_refused: Default::default(),
             ops_buffered: Default::default(),
+            state_entries_in_memory: Default::default(),
+            state_read_failures: Default::default(),
             messages_in: Default::default(),
             messages_out: Default::default(),
             bytes_in: Default::default(),
@@ -317,6 +321,17 @@ impl Metrics {
             "ops_buffered",
             "Received ops waiting for their causal dependencies",
             m.ops_buffered.clone(),
+        );
+        registry.register(
+            "state_entries_in_memory",
+            "Entries of the applied and stable states held in memory: those the database \
+             does not hold yet (all of them until the first checkpoint)",
+            m.state_entries_in_memory.clone(),
+        );
+        registry.register(
+            "state_read_failures",
+            "Reads of the state from the database that failed (each is logged)",
+            m.state_read_failures.clone(),
         );
         registry.register(
             "messages_in",

@@ -108,7 +108,7 @@ mod tests {
             at_b.receive_verified(op, Some(&b_auth)),
             Ok(Received::Applied(1))
         );
-        assert_eq!(at_b.applied_state().get("k"), Some("v"));
+        assert_eq!(at_b.applied_state().get("k").as_deref(), Some("v"));
     }
 
     #[test]

@@ -283,14 +283,15 @@ pub async fn fetch(
     // once this fetch ends (or is dropped) nothing is being kept
     let _zero_kept_at_end = ZeroOnDrop(metrics.chunks_kept.clone());
     let (kept, mut builder, mut stager) = tokio::task::spawn_blocking(move || {
-        let mut builder = StateBuilder::<LwwMap>::new(header.clone());
+        // the entries stay in the staged table: the state is built over it
+        let mut builder = StateBuilder::into_state(header.clone(), stager.state_to_build());
         let kept = stager.resume(|chunks, entries| {
             builder
                 .resume_with(chunks, entries)
                 .map_err(|e| e.to_string())
         })?;
         if kept == 0 {
-            builder = StateBuilder::new(header);
+            builder = StateBuilder::into_state(header, stager.state_to_build());
         }
         Ok::<_, super::storage::StorageError>((kept, builder, stager))
     })

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use causal_buffer::{BufferLimits, CausalBuffer, Insert};
-pub use lww_map::{LwwEntry, LwwMap, LwwOp};
+pub use lww_map::{EntryRef, LwwEntry, LwwMap, LwwOp, StoredEntries};
 pub use own_ops::OwnOps;
 pub use signing::{OpAuthenticator, Signature, SignatureError};
 pub use state_machine::{Digest, OpMeta, StateMachine};
@@ -447,6 +447,47 @@ impl<S: StateMachine> OpsLog<S> {
     /// Sets the causal buffer's limits.
     pub fn set_buffer_limits(&mut self, limits: BufferLimits) {
         self.buffer.set_limits(limits);
+    }
+}
+
+impl OpsLog<LwwMap> {
+    /// Keeps the states' entries in `store`, which has just been given the stable state at
+    /// the stable cut: written whole (`written: None`), or with the entries of `written`
+    /// rewritten (a fold). The stable state drops from memory the entries the store now
+    /// holds (every one when it was written whole, or a state was not kept in a store before); the
+    /// applied state drops those equal to the stable state's, which no applied op above the
+    /// stable cut changed.
+    pub fn keep_in_store(&mut self, store: Arc<dyn StoredEntries>, written: Option<&[String]>) {
+        let whole = written.is_none()
+            || self.stable_state.store().is_none()
+            || self.applied_state.store().is_none();
+        let stable = &self.stable_state;
+        let unchanged_since_stable =
+            |key: &str, entry: &LwwEntry| stable.entry(key).as_deref() == Some(entry);
+        match written {
+            Some(keys) if !whole => {
+                for key in keys {
+                    let unchanged = self
+                        .applied_state
+                        .in_memory_entry(key)
+                        .is_some_and(|e| unchanged_since_stable(key, e));
+                    if unchanged {
+                        self.applied_state.forget_stored(key);
+                    }
+                }
+                self.applied_state.keep_in_store(store.clone(), |_, _| true);
+                for key in keys {
+                    self.stable_state.forget_stored(key);
+                }
+            }
+            _ => {
+                self.applied_state
+                    .keep_in_store(store.clone(), |key, entry| {
+                        !unchanged_since_stable(key, entry)
+                    });
+                self.stable_state.keep_in_store(store, |_, _| false);
+            }
+        }
     }
 }
 

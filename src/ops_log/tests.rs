@@ -31,8 +31,8 @@ fn ops_arriving_before_their_deps_wait_then_apply_in_causal_order() {
     assert_eq!(c.applied().total(), 0);
     assert_eq!(c.receive(a1.clone()).unwrap(), Received::Applied(3));
     assert_eq!(c.receive(a1).unwrap(), Received::Duplicate);
-    assert_eq!(c.applied_state().get("x"), Some("2"));
-    assert_eq!(c.applied_state().get("y"), Some("1"));
+    assert_eq!(c.applied_state().get("x").as_deref(), Some("2"));
+    assert_eq!(c.applied_state().get("y").as_deref(), Some("1"));
     let order: Vec<_> = c
         .drain_applied()
         .iter()

@@ -1780,6 +1780,19 @@ fn known_nodes(map: &NetworkMap, view: &View, me: &NodeId) -> Vec<NodeId> {
 }
 
 mod durability;
+impl Replica<crate::ops_log::LwwMap> {
+    /// Keeps the state's entries in `store`, which has just been given the stable state at
+    /// the stable cut (see [`OpsLog::keep_in_store`]): memory keeps only what the store
+    /// does not hold yet.
+    pub fn keep_state_in_store(
+        &mut self,
+        store: Arc<dyn crate::ops_log::StoredEntries>,
+        written: Option<&[String]>,
+    ) {
+        self.log.keep_in_store(store, written);
+    }
+}
+
 pub use durability::{Checkpoint, DurableImage, DurablePhase, ResumeError};
 mod handover;
 use handover::Handover;

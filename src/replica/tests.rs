@@ -28,7 +28,7 @@ fn writes_spread_and_the_snapshot_point_reaches_them_everywhere() {
     for r in &mut net.nodes {
         assert_eq!(r.applied(), &expected);
         assert_eq!(r.snapshot_point(), &expected, "snapshot point caught up");
-        assert_eq!(r.stable_state().get("b"), Some("2"));
+        assert_eq!(r.stable_state().get("b").as_deref(), Some("2"));
         assert_eq!(r.ops_log().unstable_len(), 0, "stable ops are compacted");
         digests.push(r.stable_digest());
     }
@@ -65,13 +65,13 @@ fn a_joiner_catches_up_and_is_counted_everywhere() {
     assert_eq!(sps, vec![1, 1, 1, 0], "the joiner has not joined yet");
     net.run_for(Duration::from_millis(50));
     assert!(net.nodes[j].is_member());
-    assert_eq!(net.nodes[j].applied_state().get("x"), Some("1"));
+    assert_eq!(net.nodes[j].applied_state().get("x").as_deref(), Some("1"));
     net.write(j, put("y", "2"));
     net.run_for(Duration::from_millis(250));
     for r in &net.nodes {
         assert_eq!(r.network_map().counted(), 4);
         assert_eq!(r.snapshot_point().total(), 2);
-        assert_eq!(r.stable_state().get("y"), Some("2"));
+        assert_eq!(r.stable_state().get("y").as_deref(), Some("2"));
     }
 }
 
@@ -150,7 +150,7 @@ fn a_leaving_node_hands_over_its_ops_then_stops_holding_back_the_snapshot_point(
     );
     for r in &net.nodes[..3] {
         assert_eq!(
-            r.applied_state().get("k2"),
+            r.applied_state().get("k2").as_deref(),
             Some("from-3"),
             "no write was lost"
         );
@@ -162,7 +162,7 @@ fn a_leaving_node_hands_over_its_ops_then_stops_holding_back_the_snapshot_point(
     net.run_for(Duration::from_millis(300));
     for r in &net.nodes[..3] {
         assert_eq!(r.snapshot_point().total(), 4);
-        assert_eq!(r.stable_state().get("after"), Some("1"));
+        assert_eq!(r.stable_state().get("after").as_deref(), Some("1"));
     }
 }
 
@@ -186,7 +186,7 @@ fn a_joiner_refused_by_its_first_bootstrap_peer_asks_the_next() {
     net.run_for(Duration::from_millis(500));
     assert!(net.nodes[j].is_member());
     assert_eq!(net.nodes[j].stats().join_refusals, 1);
-    assert_eq!(net.nodes[j].applied_state().get("x"), Some("1"));
+    assert_eq!(net.nodes[j].applied_state().get("x").as_deref(), Some("1"));
     assert_eq!(
         net.nodes[0]
             .network_map()
@@ -211,7 +211,7 @@ fn a_node_that_left_redirects_a_joiner_to_a_member() {
         net.nodes[j].is_member(),
         "redirected to a member and admitted"
     );
-    assert_eq!(net.nodes[j].applied_state().get("x"), Some("1"));
+    assert_eq!(net.nodes[j].applied_state().get("x").as_deref(), Some("1"));
     let sponsor = net.nodes[j]
         .network_map()
         .own()
@@ -328,7 +328,7 @@ fn a_node_cut_off_is_evicted_then_rejoins_and_republishes_its_writes() {
     assert_eq!(rejoined.stats().ops_republished, 1);
     for r in &net.nodes {
         assert_eq!(
-            r.applied_state().get("lonely"),
+            r.applied_state().get("lonely").as_deref(),
             Some("4"),
             "no write lost (I5)"
         );
@@ -415,7 +415,7 @@ fn a_deaf_member_that_the_others_hear_is_evicted_instead_of_holding_the_snapshot
         "rejoined with a new incarnation"
     );
     for r in &net.nodes {
-        assert_eq!(r.applied_state().get("deaf"), Some("4"));
+        assert_eq!(r.applied_state().get("deaf").as_deref(), Some("4"));
         assert_eq!(r.snapshot_point().total(), 2);
         assert_eq!(r.network_map().counted(), 5);
     }
@@ -455,8 +455,8 @@ fn a_restarted_node_rejoins_from_its_durable_state_and_loses_nothing() {
     assert!(net.nodes[2].is_member());
     assert_eq!(net.nodes[2].incarnation(), 2);
     for r in &net.nodes {
-        assert_eq!(r.applied_state().get("unsent"), Some("2"));
-        assert_eq!(r.applied_state().get("during"), Some("0"));
+        assert_eq!(r.applied_state().get("unsent").as_deref(), Some("2"));
+        assert_eq!(r.applied_state().get("during").as_deref(), Some("0"));
         assert_eq!(r.snapshot_point().total(), 2);
         assert_eq!(
             r.network_map().counted(),
@@ -521,12 +521,12 @@ fn a_sponsor_that_dies_before_its_registration_spreads_loses_nothing_and_decides
             "the joiner counts everywhere"
         );
         assert_eq!(
-            r.applied_state().get("late"),
+            r.applied_state().get("late").as_deref(),
             Some("2"),
             "I5: the grant carried it"
         );
         assert_eq!(
-            r.stable_state().get("after"),
+            r.stable_state().get("after").as_deref(),
             Some("0"),
             "the point moved on"
         );
@@ -600,7 +600,7 @@ fn a_member_resumed_from_its_checkpoint_rejoins_and_keeps_its_unpublished_writes
     assert_eq!(net.nodes[2].incarnation(), 2, "it rejoined");
     for r in &net.nodes {
         for (k, v) in [("early", "1"), ("unsent", "2"), ("during", "0")] {
-            assert_eq!(r.applied_state().get(k), Some(v));
+            assert_eq!(r.applied_state().get(k).as_deref(), Some(v));
         }
         assert_eq!(r.snapshot_point().total(), 3);
     }
@@ -829,7 +829,12 @@ fn install_offered_state_and_write(net: &mut LoopbackNet<LwwMap>, j: usize) {
     net.run_for(Duration::from_millis(500));
     for r in &net.nodes {
         assert_eq!(r.network_map().counted(), 5);
-        assert_eq!(r.stable_state().get("y"), Some("2"), "at {:?}", r.id());
+        assert_eq!(
+            r.stable_state().get("y").as_deref(),
+            Some("2"),
+            "at {:?}",
+            r.id()
+        );
     }
 }
 
@@ -955,7 +960,10 @@ fn ops_published_while_a_joiner_fetches_its_state_are_applied_at_the_install() {
     net.nodes[j].install_transferred(now, state).unwrap();
     // at once, before any pull: the ops published during the fetch are applied
     assert_eq!(net.nodes[j].applied(), &written);
-    assert_eq!(net.nodes[j].applied_state().get("during19"), Some("v"));
+    assert_eq!(
+        net.nodes[j].applied_state().get("during19").as_deref(),
+        Some("v")
+    );
     assert_eq!(
         net.nodes[j].stats().ops_duplicate,
         0,
@@ -1049,8 +1057,12 @@ fn ops_whose_deps_never_come_cannot_fill_a_members_memory_and_real_writes_go_on(
     net.write(1, put("real", "1"));
     net.run_for(Duration::from_millis(500));
     for r in &net.nodes {
-        assert_eq!(r.stable_state().get("real"), Some("1"));
-        assert_eq!(r.applied_state().get("f1"), None, "nothing forged applied");
+        assert_eq!(r.stable_state().get("real").as_deref(), Some("1"));
+        assert_eq!(
+            r.applied_state().get("f1").as_deref(),
+            None,
+            "nothing forged applied"
+        );
     }
 }
 
@@ -1148,11 +1160,11 @@ fn a_leave_that_cannot_hand_over_its_ops_fails_and_the_node_stays_a_member() {
     assert!(net.nodes[2].has_left() || !net.nodes[2].is_member());
     for r in &net.nodes[..2] {
         assert_eq!(
-            r.applied_state().get("only-here"),
+            r.applied_state().get("only-here").as_deref(),
             Some("2"),
             "no write lost"
         );
-        assert_eq!(r.applied_state().get("still"), Some("writes"));
+        assert_eq!(r.applied_state().get("still").as_deref(), Some("writes"));
     }
 }
 
@@ -1196,7 +1208,11 @@ fn own_ops_that_only_a_vanished_group_made_stable_are_republished_after_a_rejoin
     assert!(net.nodes[x].is_member());
     assert_eq!(net.nodes[x].stats().ops_republished, 3);
     for r in &net.nodes {
-        assert_eq!(r.applied_state().get("c"), Some("x"), "no write lost");
+        assert_eq!(
+            r.applied_state().get("c").as_deref(),
+            Some("x"),
+            "no write lost"
+        );
     }
     net.write(x, put("d", "x"));
     assert_eq!(
@@ -1281,7 +1297,10 @@ fn a_node_restored_from_a_backup_rejoins_under_a_new_identity_and_republishes_it
     assert!(net.nodes[n].is_member());
     assert_eq!(net.nodes[n].incarnation(), 1, "a new member");
     for i in [0, 1, n] {
-        assert_eq!(net.nodes[i].applied_state().get("only-on-2"), Some("2"));
+        assert_eq!(
+            net.nodes[i].applied_state().get("only-on-2").as_deref(),
+            Some("2")
+        );
     }
     net.write(n, put("fresh", "9"));
     assert_eq!(
@@ -1322,7 +1341,7 @@ fn a_leaving_node_that_learns_it_was_evicted_rejoins_to_hand_over_instead_of_goi
     assert_eq!(net.nodes[4].stats().rejoins, 1);
     for r in &net.nodes {
         assert_eq!(
-            r.applied_state().get("stranded"),
+            r.applied_state().get("stranded").as_deref(),
             Some("4"),
             "no write lost"
         );
@@ -1450,7 +1469,10 @@ fn a_member_that_left_keeps_the_right_to_have_written() {
     );
     net.nodes[0].handle_message(now, &id(1), &repair_of(vec![op]));
     assert_eq!(net.nodes[0].stats().ops_not_member, 0);
-    assert_eq!(net.nodes[0].applied_state().get("late"), Some("1"));
+    assert_eq!(
+        net.nodes[0].applied_state().get("late").as_deref(),
+        Some("1")
+    );
 }
 
 #[test]
@@ -1622,7 +1644,7 @@ fn a_survivor_of_a_majority_loss_moves_on_only_when_the_operator_forces_a_new_vi
         survivor.snapshot_point().get(&op.origin) >= op.seq,
         "its write is stable now"
     );
-    assert_eq!(survivor.stable_state().get("after"), Some("1"));
+    assert_eq!(survivor.stable_state().get("after").as_deref(), Some("1"));
 }
 
 /// Forcing a new view evicts only the members this node does not hear from: a live

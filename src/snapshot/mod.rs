@@ -65,7 +65,8 @@ impl ChunkedState for LwwMap {
     type Entry = (String, LwwEntry);
 
     fn entries_in_order(&self) -> impl Iterator<Item = (String, LwwEntry)> + '_ {
-        self.all_entries().map(|(k, e)| (k.clone(), e.clone()))
+        self.all_entries()
+            .map(|(k, e)| (k.into_owned(), e.into_owned()))
     }
 
     fn extend_in_order(
@@ -332,9 +333,15 @@ pub struct StateBuilder<S: ChunkedState> {
 
 impl<S: ChunkedState> StateBuilder<S> {
     pub fn new(header: SnapshotHeader) -> Self {
+        Self::into_state(header, S::default())
+    }
+
+    /// A builder that adds the entries to `state` (empty; a map kept in a store that the
+    /// entries are written to as they are verified, say).
+    pub fn into_state(header: SnapshotHeader, state: S) -> Self {
         Self {
             header,
-            state: S::default(),
+            state,
             entries: 0,
             next_index: 0,
         }
@@ -439,20 +446,21 @@ pub fn read_snapshot<S: ChunkedState>(
     input: &mut impl Read,
 ) -> Result<(SnapshotHeader, S), SnapshotError> {
     let header = read_header(input)?;
-    let state = read_body(input, header.clone(), |_, _| Ok(()))?;
+    let state = read_body(input, header.clone(), S::default(), |_, _| Ok(()))?;
     Ok((header, state))
 }
 
-/// Reads the chunks that follow `header` (read from `input` already), verifying each as it
-/// is read, and the state's digest at the end. Each verified chunk's index and entries go
-/// to `inspect` before they join the state (its error stops the read).
+/// Reads the chunks that follow `header` (read from `input` already) into `state` (empty),
+/// verifying each as it is read, and the state's digest at the end. Each verified chunk's
+/// index and entries go to `inspect` before they join the state (its error stops the read).
 pub fn read_body<S: ChunkedState>(
     input: &mut impl Read,
     header: SnapshotHeader,
+    state: S,
     mut inspect: impl FnMut(usize, &[S::Entry]) -> Result<(), String>,
 ) -> Result<S, SnapshotError> {
     let lens: Vec<usize> = header.chunks.iter().map(|c| c.len as usize).collect();
-    let mut builder = StateBuilder::<S>::new(header);
+    let mut builder = StateBuilder::<S>::into_state(header, state);
     let mut buf = Vec::new();
     for (index, len) in lens.into_iter().enumerate() {
         buf.resize(len, 0);
