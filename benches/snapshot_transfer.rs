@@ -243,9 +243,12 @@ async fn run(mib: u64) {
     let handle = founder.handle();
     let restored_height = handle.watch_snapshot_point().borrow().ops;
     say!(
-        "restore (read, verify, install, checkpoint): {:.2} s = {:.0} MB/s",
+        "restore (read, verify, install, checkpoint): {:.2} s = {:.0} MB/s; founder's database {:.0} MiB",
         restore.as_secs_f64(),
-        mb_per_s(bytes, restore)
+        mb_per_s(bytes, restore),
+        std::fs::metadata(dir.path().join("founder/tidemark.redb"))
+            .map_or(0, |m| m.len()) as f64
+            / (1 << 20) as f64
     );
 
     // 3. a joiner process fetches it by chunks (after the baseline: copy and hash the file)
@@ -319,6 +322,15 @@ async fn run(mib: u64) {
         .map(|m| m.len())
         .unwrap_or(0);
     let founder_snapshots = dir_bytes(&dir.path().join("founder/snapshots"));
+    let founder_metrics = handle.metrics().encode();
+    say!(
+        "founder's checkpoints: {} entries folded, {} written whole",
+        metric_text(&founder_metrics, "tidemark_state_entries_folded_total"),
+        metric_text(
+            &founder_metrics,
+            "tidemark_state_entries_written_whole_total"
+        )
+    );
     say!(
         "data dirs: joiner's database {:.0} MiB, founder's {:.0} MiB (+ {:.0} MiB of snapshot files), for a snapshot file of {:.0} MiB",
         mib(joiner_db),
