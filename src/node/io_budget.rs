@@ -70,6 +70,20 @@ impl<W: Write> Write for Throttled<W> {
     }
 }
 
+/// Reads pass through unpaced: the budget is spent on the bytes written (a spooled
+/// snapshot's chunks are paced as they are spooled and as they are copied to the file).
+impl<R: io::Read> io::Read for Throttled<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<S: io::Seek> io::Seek for Throttled<S> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

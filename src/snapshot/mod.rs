@@ -18,7 +18,7 @@
 //!
 //! This module does I/O only through the `Read`/`Write` it is given.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -213,7 +213,8 @@ fn cbor_array_header(out: &mut Vec<u8>, len: u64) {
     }
 }
 
-/// Writes `state` at `snapshot_point` as a snapshot file; returns its header.
+/// Writes `state` at `snapshot_point` as a snapshot file; returns its header. Reads the
+/// state twice: once to hash the chunks for the header, once to write them.
 pub fn write_snapshot<S: ChunkedState>(
     out: &mut impl Write,
     state: &S,
@@ -223,27 +224,11 @@ pub fn write_snapshot<S: ChunkedState>(
 ) -> Result<SnapshotHeader, SnapshotError> {
     let mut chunks = Vec::new();
     let entries = for_each_chunk(state, chunk_bytes, |bytes| {
-        chunks.push(ChunkInfo {
-            len: bytes.len() as u32,
-            hash: *blake3::hash(bytes).as_bytes(),
-        });
+        chunks.push(chunk_info(bytes));
         Ok(())
     })?;
-    let header = SnapshotHeader {
-        version: FORMAT_VERSION,
-        snapshot_point: snapshot_point.clone(),
-        height: snapshot_point.total(),
-        digest: state.digest(),
-        created_unix_ms,
-        entries,
-        chunks,
-    };
-    let mut header_bytes = Vec::new();
-    ciborium::into_writer(&header, &mut header_bytes).expect("writing to a Vec");
-    out.write_all(&MAGIC)?;
-    out.write_all(&(header_bytes.len() as u32).to_be_bytes())?;
-    out.write_all(&header_bytes)?;
-    out.write_all(blake3::hash(&header_bytes).as_bytes())?;
+    let header = header_of(state, snapshot_point, created_unix_ms, entries, chunks);
+    write_header(out, &header)?;
     let mut index = 0;
     for_each_chunk(state, chunk_bytes, |bytes| {
         // the state is the same in both passes, so the chunks are too
@@ -253,6 +238,73 @@ pub fn write_snapshot<S: ChunkedState>(
     })?;
     out.flush()?;
     Ok(header)
+}
+
+/// [`write_snapshot`] reading the state once: the chunks are written to `spool` (an empty
+/// scratch file) as they are hashed, and copied from it after the header. For a state read
+/// from disk this costs a copy of the chunks' bytes instead of a second pass over the
+/// state. The same file as `write_snapshot`'s.
+pub fn write_snapshot_spooled<S: ChunkedState, F: Read + Write + Seek>(
+    out: &mut impl Write,
+    spool: &mut F,
+    state: &S,
+    snapshot_point: &VersionVector,
+    created_unix_ms: u64,
+    chunk_bytes: usize,
+) -> Result<SnapshotHeader, SnapshotError> {
+    let mut chunks = Vec::new();
+    let entries = for_each_chunk(state, chunk_bytes, |bytes| {
+        chunks.push(chunk_info(bytes));
+        spool.write_all(bytes)
+    })?;
+    let header = header_of(state, snapshot_point, created_unix_ms, entries, chunks);
+    write_header(out, &header)?;
+    spool.flush()?;
+    spool.seek(io::SeekFrom::Start(0))?;
+    let copied = io::copy(spool, out)?;
+    if copied != header.body_len() {
+        return Err(SnapshotError::Malformed {
+            what: "spooled snapshot body",
+            reason: format!("{copied} bytes spooled, {} chunked", header.body_len()),
+        });
+    }
+    out.flush()?;
+    Ok(header)
+}
+
+fn chunk_info(bytes: &[u8]) -> ChunkInfo {
+    ChunkInfo {
+        len: bytes.len() as u32,
+        hash: *blake3::hash(bytes).as_bytes(),
+    }
+}
+
+fn header_of<S: ChunkedState>(
+    state: &S,
+    snapshot_point: &VersionVector,
+    created_unix_ms: u64,
+    entries: u64,
+    chunks: Vec<ChunkInfo>,
+) -> SnapshotHeader {
+    SnapshotHeader {
+        version: FORMAT_VERSION,
+        snapshot_point: snapshot_point.clone(),
+        height: snapshot_point.total(),
+        digest: state.digest(),
+        created_unix_ms,
+        entries,
+        chunks,
+    }
+}
+
+/// The magic, the header's length, the header and its hash.
+fn write_header(out: &mut impl Write, header: &SnapshotHeader) -> io::Result<()> {
+    let mut header_bytes = Vec::new();
+    ciborium::into_writer(header, &mut header_bytes).expect("writing to a Vec");
+    out.write_all(&MAGIC)?;
+    out.write_all(&(header_bytes.len() as u32).to_be_bytes())?;
+    out.write_all(&header_bytes)?;
+    out.write_all(blake3::hash(&header_bytes).as_bytes())
 }
 
 /// Reads a snapshot file's magic and header, leaving `input` at the first chunk.

@@ -37,6 +37,24 @@ fn file(map: &LwwMap, sp: &VersionVector, chunk_bytes: usize) -> (SnapshotHeader
 }
 
 #[test]
+fn a_snapshot_written_through_a_spool_is_the_same_file() {
+    let (map, sp) = state(2_000);
+    let (header, bytes) = file(&map, &sp, 4 * 1024);
+    let (mut out, mut spool) = (Vec::new(), Cursor::new(Vec::new()));
+    let spooled =
+        write_snapshot_spooled(&mut out, &mut spool, &map, &sp, 1_700_000_000_000, 4 * 1024)
+            .unwrap();
+    assert_eq!(spooled, header);
+    assert_eq!(out, bytes, "byte for byte");
+    // a spool that is not empty is caught, not copied into the file
+    let mut used = Cursor::new(vec![0u8; 16]);
+    used.set_position(16);
+    let mut out = Vec::new();
+    let err = write_snapshot_spooled(&mut out, &mut used, &map, &sp, 0, 4 * 1024);
+    assert!(err.is_err());
+}
+
+#[test]
 fn a_snapshot_round_trips_chunk_by_chunk() {
     let (map, sp) = state(2_000);
     let (header, bytes) = file(&map, &sp, 4 * 1024);
