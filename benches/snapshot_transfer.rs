@@ -22,6 +22,10 @@
 //!    started again on its data dir; the share of the chunks the restarted process fetches
 //!    (`resume_fetched_after_restart_share`) and over both runs.
 //!
+//! The data dirs' databases are measured while the nodes run and once each node has
+//! stopped and its database was opened again, which compacts it
+//! (`joiner_db_compacted_mib`, `founder_db_compacted_mib`).
+//!
 //! With `--json` the figures go to stdout as one JSON object (`state_mib`, `join_mb_s`,
 //! `baseline_mb_s`, `joiner_rss_rest_mib`, `joiner_rss_peak_mib`, `apply_p99_ratio` — the
 //! larger of the p99 ratios during the join and during exports —, and the rest), and the
@@ -338,6 +342,11 @@ async fn run(mib: u64) {
         mib(founder_snapshots),
         mib(bytes)
     );
+    let joiner_db_compacted = compacted_db(&dir.path().join("joiner"));
+    say!(
+        "joiner's database once reopened (which compacts it): {:.0} MiB",
+        mib(joiner_db_compacted)
+    );
 
     // 5. a joiner killed (SIGKILL) once it has fetched half of the chunks, and restarted
     let chunks = header.chunks.len() as u64;
@@ -415,6 +424,12 @@ async fn run(mib: u64) {
         b99.as_secs_f64() * 1e3,
         b99.as_secs_f64() / q99.as_secs_f64()
     );
+    founder.kill().await;
+    let founder_db_compacted = compacted_db(&dir.path().join("founder"));
+    say!(
+        "founder's database once stopped and reopened (which compacts it): {:.0} MiB",
+        mib(founder_db_compacted)
+    );
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let figures = serde_json::json!({
@@ -433,6 +448,8 @@ async fn run(mib: u64) {
             "joiner_rss_peak_mib": hwm as f64 / 1024.0,
             "joiner_db_mib": mib(joiner_db),
             "founder_db_mib": mib(founder_db),
+            "joiner_db_compacted_mib": mib(joiner_db_compacted),
+            "founder_db_compacted_mib": mib(founder_db_compacted),
             "founder_snapshot_files_mib": mib(founder_snapshots),
             "apply_p99_quiet_ms": ms(q99),
             "apply_p99_export_ms": ms(b99),
@@ -445,5 +462,10 @@ async fn run(mib: u64) {
         });
         println!("{figures}");
     }
-    founder.kill().await;
+}
+
+/// The size of the database in `data_dir` once opened again (opening compacts it).
+fn compacted_db(data_dir: &std::path::Path) -> u64 {
+    drop(tidemark::node::storage::Storage::open(data_dir).expect("the database opens"));
+    std::fs::metadata(data_dir.join("tidemark.redb")).map_or(0, |m| m.len())
 }

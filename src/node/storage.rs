@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-use tracing::warn;
+use tracing::{info, warn};
 
 use serde::{Deserialize, Serialize};
 
@@ -119,7 +119,8 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::CompactionError
 );
 
 /// Which snapshot's chunks the `staged` table holds, and how many (in index order).
@@ -266,6 +267,8 @@ impl Storage {
             }
         }
         txn.commit()?;
+        let mut db = db;
+        compact(&mut db, &path)?;
         Ok(Self {
             db: RwLock::new(Some(db)),
             path,
@@ -617,6 +620,27 @@ impl Storage {
         let txn = self.db()?.begin_read()?;
         Ok(txn.open_table(OPS)?.len()?)
     }
+}
+
+/// Gives the file's free pages back to the file system. redb reuses freed pages but never
+/// shrinks its file, and doubles a small file when it runs out of free pages (a long read
+/// transaction, such as an export's, keeps the pages that commits free meanwhile from being
+/// reused): a restart brings the file back near the live data. Nothing else may use the
+/// database meanwhile, so this runs when it is opened.
+fn compact(db: &mut Database, path: &Path) -> Result<(), StorageError> {
+    let before = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let started = std::time::Instant::now();
+    while db.compact()? {}
+    let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if after < before {
+        info!(
+            before_mib = before >> 20,
+            after_mib = after >> 20,
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "compacted the database"
+        );
+    }
+    Ok(())
 }
 
 /// The `state` table as the store of the node's state ([`StoredEntries`]): the stable state
@@ -1582,6 +1606,35 @@ mod tests {
         let loaded = loaded_state(&storage);
         assert_eq!(loaded.digest(), source.stable_state().digest());
         assert_eq!(loaded.get("old"), None, "the earlier state is gone");
+    }
+
+    #[test]
+    fn opening_the_database_gives_freed_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tidemark.redb");
+        {
+            let storage = Arc::new(Storage::open(dir.path()).unwrap());
+            let mut stager = Stager::new(storage.clone(), VersionVector::new());
+            stager.begin().unwrap();
+            let entry = LwwEntry {
+                value: Some("v".repeat(1000)),
+                lamport: 1,
+                origin: NodeId::synthetic(1),
+            };
+            let entries: Vec<_> = (0..5_000)
+                .map(|i| (format!("key{i:05}"), entry.clone()))
+                .collect();
+            stager.stage(&entries).unwrap();
+        }
+        let staged = std::fs::metadata(&file).unwrap().len();
+        assert!(staged > 5 << 20, "{staged} bytes");
+        // the half-staged state is dropped when the store opens, and its space given back
+        drop(Storage::open(dir.path()).unwrap());
+        let reopened = std::fs::metadata(&file).unwrap().len();
+        assert!(
+            reopened < staged / 4,
+            "{reopened} bytes after reopening, {staged} before"
+        );
     }
 
     #[test]
