@@ -342,11 +342,6 @@ async fn run(mib: u64) {
         mib(founder_snapshots),
         mib(bytes)
     );
-    let joiner_db_compacted = compacted_db(&dir.path().join("joiner"));
-    say!(
-        "joiner's database once reopened (which compacts it): {:.0} MiB",
-        mib(joiner_db_compacted)
-    );
 
     // 5. a joiner killed (SIGKILL) once it has fetched half of the chunks, and restarted
     let chunks = header.chunks.len() as u64;
@@ -425,9 +420,13 @@ async fn run(mib: u64) {
         b99.as_secs_f64() / q99.as_secs_f64()
     );
     founder.kill().await;
+    // at the end: the network of two cannot admit the resumer once the founder suspects
+    // the stopped joiner, so nothing may delay step 5
+    let joiner_db_compacted = compacted_db(&dir.path().join("joiner"));
     let founder_db_compacted = compacted_db(&dir.path().join("founder"));
     say!(
-        "founder's database once stopped and reopened (which compacts it): {:.0} MiB",
+        "databases once stopped and reopened (which compacts them): joiner's {:.0} MiB, founder's {:.0} MiB",
+        mib(joiner_db_compacted),
         mib(founder_db_compacted)
     );
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
