@@ -754,13 +754,6 @@ impl StoredEntries for StoredState {
         count().unwrap_or_else(|e| self.failed("the length", e, 0))
     }
 
-    fn max_lamport(&self) -> u64 {
-        self.range(Bound::Unbounded, Bound::Unbounded)
-            .map(|(_, entry)| entry.lamport)
-            .max()
-            .unwrap_or(0)
-    }
-
     fn pin(&self) -> Arc<dyn StoredEntries> {
         let pinned = match self.table() {
             Ok(table) => table,

@@ -63,9 +63,6 @@ pub trait StoredEntries: Send + Sync {
         self.len() == 0
     }
 
-    /// The highest Lamport time of any stored entry.
-    fn max_lamport(&self) -> u64;
-
     /// The entries as stored now, unchanged by later writes to the store: what a copy of
     /// the map reads (an export or a grant taken while the node goes on).
     fn pin(&self) -> Arc<dyn StoredEntries>;
@@ -396,14 +393,6 @@ impl LwwMap {
                 store.len() as usize + only_in_memory.count()
             }
         }
-    }
-
-    /// The highest Lamport time of any entry (0 for an empty map): a node that starts from
-    /// this state must write above it.
-    pub fn max_lamport(&self) -> u64 {
-        let memory = self.entries.values().map(|e| e.lamport).max().unwrap_or(0);
-        let stored = self.store.as_ref().map_or(0, |store| store.max_lamport());
-        memory.max(stored)
     }
 
     /// Every entry, tombstones included, sorted by key (the state's canonical form).
@@ -864,10 +853,6 @@ mod tests {
         fn len(&self) -> u64 {
             self.entries.read().unwrap().len() as u64
         }
-        fn max_lamport(&self) -> u64 {
-            let entries = self.entries.read().unwrap();
-            entries.values().map(|e| e.lamport).max().unwrap_or(0)
-        }
         fn pin(&self) -> Arc<dyn StoredEntries> {
             Arc::new(Pinned(self.entries.read().unwrap().clone()))
         }
@@ -886,9 +871,6 @@ mod tests {
         }
         fn len(&self) -> u64 {
             self.0.len() as u64
-        }
-        fn max_lamport(&self) -> u64 {
-            self.0.values().map(|e| e.lamport).max().unwrap_or(0)
         }
         fn pin(&self) -> Arc<dyn StoredEntries> {
             Arc::new(Pinned(self.0.clone()))
@@ -949,7 +931,6 @@ mod tests {
         );
         assert_eq!(kept.get("key-0009"), None);
         assert_eq!(kept.len_with_tombstones(), whole.len_with_tombstones());
-        assert_eq!(kept.max_lamport(), whole.max_lamport());
         assert_eq!(kept.entries().count(), whole.entries().count());
         assert!(kept
             .entries_from("key-0990")

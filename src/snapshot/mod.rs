@@ -222,12 +222,9 @@ pub fn write_snapshot<S: ChunkedState>(
     created_unix_ms: u64,
     chunk_bytes: usize,
 ) -> Result<SnapshotHeader, SnapshotError> {
-    let mut chunks = Vec::new();
-    let entries = for_each_chunk(state, chunk_bytes, |bytes| {
-        chunks.push(chunk_info(bytes));
+    let header = hash_chunks(state, snapshot_point, created_unix_ms, chunk_bytes, |_| {
         Ok(())
     })?;
-    let header = header_of(state, snapshot_point, created_unix_ms, entries, chunks);
     write_header(out, &header)?;
     let mut index = 0;
     for_each_chunk(state, chunk_bytes, |bytes| {
@@ -252,12 +249,13 @@ pub fn write_snapshot_spooled<S: ChunkedState, F: Read + Write + Seek>(
     created_unix_ms: u64,
     chunk_bytes: usize,
 ) -> Result<SnapshotHeader, SnapshotError> {
-    let mut chunks = Vec::new();
-    let entries = for_each_chunk(state, chunk_bytes, |bytes| {
-        chunks.push(chunk_info(bytes));
-        spool.write_all(bytes)
-    })?;
-    let header = header_of(state, snapshot_point, created_unix_ms, entries, chunks);
+    let header = hash_chunks(
+        state,
+        snapshot_point,
+        created_unix_ms,
+        chunk_bytes,
+        |bytes| spool.write_all(bytes),
+    )?;
     write_header(out, &header)?;
     spool.flush()?;
     spool.seek(io::SeekFrom::Start(0))?;
@@ -272,21 +270,24 @@ pub fn write_snapshot_spooled<S: ChunkedState, F: Read + Write + Seek>(
     Ok(header)
 }
 
-fn chunk_info(bytes: &[u8]) -> ChunkInfo {
-    ChunkInfo {
-        len: bytes.len() as u32,
-        hash: *blake3::hash(bytes).as_bytes(),
-    }
-}
-
-fn header_of<S: ChunkedState>(
+/// One pass over `state`: the header, with every chunk's length and hash; each chunk's
+/// bytes also go to `also`.
+fn hash_chunks<S: ChunkedState>(
     state: &S,
     snapshot_point: &VersionVector,
     created_unix_ms: u64,
-    entries: u64,
-    chunks: Vec<ChunkInfo>,
-) -> SnapshotHeader {
-    SnapshotHeader {
+    chunk_bytes: usize,
+    mut also: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<SnapshotHeader, SnapshotError> {
+    let mut chunks = Vec::new();
+    let entries = for_each_chunk(state, chunk_bytes, |bytes| {
+        chunks.push(ChunkInfo {
+            len: bytes.len() as u32,
+            hash: *blake3::hash(bytes).as_bytes(),
+        });
+        also(bytes)
+    })?;
+    Ok(SnapshotHeader {
         version: FORMAT_VERSION,
         snapshot_point: snapshot_point.clone(),
         height: snapshot_point.total(),
@@ -294,7 +295,7 @@ fn header_of<S: ChunkedState>(
         created_unix_ms,
         entries,
         chunks,
-    }
+    })
 }
 
 /// The magic, the header's length, the header and its hash.
