@@ -22,8 +22,9 @@
 //!    started again on its data dir; the share of the chunks the restarted process fetches
 //!    (`resume_fetched_after_restart_share`) and over both runs.
 //!
-//! The data dirs' databases are measured while the nodes run and once each node has
-//! stopped and its database was opened again, which compacts it
+//! The data dirs' stored state (the database and the state's base file) is measured while
+//! the nodes run and once each node has stopped and its database was opened again, which
+//! compacts it
 //! (`joiner_db_compacted_mib`, `founder_db_compacted_mib`).
 //!
 //! With `--json` the figures go to stdout as one JSON object (`state_mib`, `join_mb_s`,
@@ -247,12 +248,10 @@ async fn run(mib: u64) {
     let handle = founder.handle();
     let restored_height = handle.watch_snapshot_point().borrow().ops;
     say!(
-        "restore (read, verify, install, checkpoint): {:.2} s = {:.0} MB/s; founder's database {:.0} MiB",
+        "restore (read, verify, install, checkpoint): {:.2} s = {:.0} MB/s; founder's database and base file {:.0} MiB",
         restore.as_secs_f64(),
         mb_per_s(bytes, restore),
-        std::fs::metadata(dir.path().join("founder/tidemark.redb"))
-            .map_or(0, |m| m.len()) as f64
-            / (1 << 20) as f64
+        stored_bytes(&dir.path().join("founder")) as f64 / (1 << 20) as f64
     );
 
     // 3. a joiner process fetches it by chunks (after the baseline: copy and hash the file)
@@ -319,12 +318,8 @@ async fn run(mib: u64) {
     let _ = child.kill();
     let _ = child.wait();
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let joiner_db = std::fs::metadata(dir.path().join("joiner/tidemark.redb"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let founder_db = std::fs::metadata(dir.path().join("founder/tidemark.redb"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let joiner_db = stored_bytes(&dir.path().join("joiner"));
+    let founder_db = stored_bytes(&dir.path().join("founder"));
     let founder_snapshots = dir_bytes(&dir.path().join("founder/snapshots"));
     let founder_metrics = handle.metrics().encode();
     say!(
@@ -336,7 +331,7 @@ async fn run(mib: u64) {
         )
     );
     say!(
-        "data dirs: joiner's database {:.0} MiB, founder's {:.0} MiB (+ {:.0} MiB of snapshot files), for a snapshot file of {:.0} MiB",
+        "data dirs (database and base file): joiner's {:.0} MiB, founder's {:.0} MiB (+ {:.0} MiB of snapshot files), for a snapshot file of {:.0} MiB",
         mib(joiner_db),
         mib(founder_db),
         mib(founder_snapshots),
@@ -425,7 +420,7 @@ async fn run(mib: u64) {
     let joiner_db_compacted = compacted_db(&dir.path().join("joiner"));
     let founder_db_compacted = compacted_db(&dir.path().join("founder"));
     say!(
-        "databases once stopped and reopened (which compacts them): joiner's {:.0} MiB, founder's {:.0} MiB",
+        "database and base file once stopped and reopened (which compacts the database): joiner's {:.0} MiB, founder's {:.0} MiB",
         mib(joiner_db_compacted),
         mib(founder_db_compacted)
     );
@@ -463,8 +458,37 @@ async fn run(mib: u64) {
     }
 }
 
-/// The size of the database in `data_dir` once opened again (opening compacts it).
+/// The size of the database and base file in `data_dir` once the database is opened again
+/// (opening compacts it).
+/// A killed node's blocking tasks (an export under way) may hold the database a while
+/// longer: it is opened again once they let go, within a minute.
 fn compacted_db(data_dir: &std::path::Path) -> u64 {
-    drop(tidemark::node::storage::Storage::open(data_dir).expect("the database opens"));
-    std::fs::metadata(data_dir.join("tidemark.redb")).map_or(0, |m| m.len())
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tidemark::node::storage::Storage::open(data_dir) {
+            Ok(storage) => break drop(storage),
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => panic!("the database does not open: {error}"),
+        }
+    }
+    stored_bytes(data_dir)
+}
+
+/// The bytes of the state's store in `data_dir`: the database and the base file.
+fn stored_bytes(data_dir: &std::path::Path) -> u64 {
+    let Ok(listing) = std::fs::read_dir(data_dir) else {
+        return 0;
+    };
+    listing
+        .flatten()
+        .filter(|f| {
+            let name = f.file_name().to_string_lossy().into_owned();
+            name == "tidemark.redb" || name.ends_with(".base")
+        })
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }

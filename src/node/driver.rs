@@ -149,7 +149,7 @@ fn restore_file(
     let mut logged = started;
     let mut read = 0u64;
     let mut lamport = 0;
-    // the entries stay in the staged table: the state is built over it
+    // the entries stay in the staged base file: the state is built over it
     let empty = stager.state_to_build();
     let state = crate::snapshot::read_body::<LwwMap>(
         &mut input,
@@ -174,6 +174,7 @@ fn restore_file(
             Ok(())
         },
     )?;
+    stager.sync()?;
     info!(
         entries = header.entries,
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),

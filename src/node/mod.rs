@@ -23,6 +23,7 @@
 //! The library API is [`Node::start`] and the [`NodeHandle`] it hands out.
 
 mod address_book;
+pub mod base_file;
 pub mod client;
 pub mod codec;
 pub mod demo;

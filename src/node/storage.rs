@@ -6,12 +6,16 @@
 //! | `meta` | `"checkpoint_header"` | [`Checkpoint`] without its state: incarnation, phase, stable cut, Lamport time, network map, own-op counter |
 //! | `meta` | `"own_seq"` | the highest seq this node gave one of its ops (u64), written in the transaction that stores the op |
 //! | `meta` | `"votes"` | this node's acceptor state in the agreement on views ([`Votes`]), written, synced, whenever it changes and before the node answers |
-//! | `state` | key (UTF-8) | the stable state's [`LwwEntry`] for that key, at the header's stable cut |
+//! | `state` | key (UTF-8) | the stable state's [`LwwEntry`] for that key, at the header's stable cut, where it differs from the base file's (all of it when there is no base file) |
+//! | `meta` | `"state_base"` | the base file of the stable state, if any ([`BaseRecord`]: its name, entries and bytes) |
+//! | `base_index` | key (UTF-8) | that key's byte offset in the base file (u64), for one key in [`INDEX_EVERY`](super::base_file::INDEX_EVERY) |
+//! | `meta` | `"base_shadowed"` | how many keys of the `state` table the base file also holds (u64), so the state's size is known without a scan |
 //! | `ops` | origin length (1 byte), origin bytes, seq (u64 big-endian) | one applied op above the header's stable cut, or one of this node's own ops from the header's `own_kept_from` on (its journal) |
 //! | `digest_chunks` | empty (the head chunk), or 0x01 · the key that starts the chunk | the 32-byte BLAKE3 hash of that digest chunk of the stored state (raw), so a restart does not hash the state again |
-//! | `staged` | key (UTF-8) | a transferred state being written while it is fetched |
-//! | `meta` | `"staged_cut"` | the cut of the state in `staged` |
-//! | `meta` | `"staged_of"` | the snapshot whose chunks `staged` holds, and how many of them ([`StagedProgress`]), written with each chunk's entries |
+//! | `meta` | `"staged_base"` | the base file a transferred (or restored) state is written to while it arrives, as far as it is synced ([`BaseRecord`]) |
+//! | `staged_index` | key (UTF-8) | that file's index, as far as it is synced |
+//! | `meta` | `"staged_cut"` | the cut of the staged state |
+//! | `meta` | `"staged_of"` | the snapshot whose chunks are staged, and how many of them ([`StagedProgress`]), written when the staged file is synced |
 //! | `meta` | `"held_grant"` | the grant whose offered state this joiner fetches ([`HeldGrant`]), written, synced, when a fetch begins; removed by the first checkpoint |
 //!
 //! Every change is one redb write transaction, committed durably before the driver lets
@@ -23,9 +27,10 @@
 //! with the new stable state's entries and the ops are deleted, all in the transaction that
 //! stores the new header. Its cost follows the ops that became stable, not the state. A
 //! state that replaced the log (a grant) is written whole, or, when it was transferred or
-//! read from a snapshot file to restore a network, was written to `staged` chunk by chunk
-//! as it arrived (off the event loop) and the checkpoint swaps `staged` in and folds from
-//! its cut.
+//! read from a snapshot file to restore a network, was appended to a new base file chunk by
+//! chunk as it arrived (off the event loop, [`super::base_file`]) and the checkpoint makes
+//! that file the state's base, empties `state` and folds from the staged cut. A whole
+//! write drops the base file.
 //!
 //! A joiner that stops while it fetches a state keeps what it staged: the held grant and
 //! the staged chunks of its snapshot survive, and the next process resumes the fetch from
@@ -37,13 +42,14 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tracing::{info, warn};
 
 use serde::{Deserialize, Serialize};
 
+use super::base_file::BaseFile;
 use crate::join_protocol::awaited::HeldGrant;
 use crate::network_map::view::Votes;
 use crate::ops_log::{LwwEntry, LwwMap, LwwOp, Op, StoredEntries};
@@ -54,7 +60,10 @@ use crate::NodeId;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ops");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-const STAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("staged");
+/// Where versions before the base files staged a transferred state; dropped at open.
+const LEGACY_STAGED: TableDefinition<&str, &[u8]> = TableDefinition::new("staged");
+const BASE_INDEX: TableDefinition<&str, u64> = TableDefinition::new("base_index");
+const STAGED_INDEX: TableDefinition<&str, u64> = TableDefinition::new("staged_index");
 const DIGEST_CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("digest_chunks");
 
 const NODE_KEY: &str = "node_key";
@@ -62,6 +71,9 @@ const HEADER: &str = "checkpoint_header";
 const STAGED_CUT: &str = "staged_cut";
 const STAGED_OF: &str = "staged_of";
 const HELD_GRANT: &str = "held_grant";
+const STATE_BASE: &str = "state_base";
+const STAGED_BASE: &str = "staged_base";
+const BASE_SHADOWED: &str = "base_shadowed";
 const OWN_SEQ: &str = "own_seq";
 const VOTES: &str = "votes";
 /// Where versions before the incremental state kept the whole checkpoint, state included;
@@ -123,7 +135,26 @@ from_redb!(
     redb::CompactionError
 );
 
-/// Which snapshot's chunks the `staged` table holds, and how many (in index order).
+/// A base file as the database records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRecord {
+    /// Its name in the data dir.
+    pub file: String,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl BaseRecord {
+    fn of(base: &BaseFile) -> Self {
+        Self {
+            file: base.file_name(),
+            entries: base.len(),
+            bytes: base.bytes(),
+        }
+    }
+}
+
+/// Which snapshot's chunks are staged, and how many (in index order).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedProgress {
     pub snapshot_id: String,
@@ -143,8 +174,16 @@ pub struct Storage {
     /// `None` only while [`Storage::reopen`] replaces it.
     db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// The data dir (where base files are).
+    dir: PathBuf,
     /// Reads of the stored state that failed ([`StoredState`]).
     read_failures: AtomicU64,
+    /// The stable state's base file. Replaced only under this lock's write side, around
+    /// the commit that records the change, and a view of the state reads it and opens its
+    /// read transaction under the read side: the two always match.
+    base: RwLock<Option<Arc<BaseFile>>>,
+    /// The base file a state is being staged to.
+    staging: Mutex<Option<Arc<BaseFile>>>,
 }
 
 /// The open database, borrowed for one call.
@@ -167,7 +206,7 @@ pub enum StateWrite {
     Fold,
     /// The whole state is written (a state installed from a grant handed over inline).
     Whole,
-    /// The state was written to `staged` as it was transferred ([`Storage::stage`]); it
+    /// The state was written to a new base file as it was transferred ([`Stager`]); it
     /// replaces the stored one and the ops above its cut are folded in.
     Staged,
 }
@@ -230,11 +269,31 @@ impl Storage {
             .set_cache_size(CACHE_BYTES)
             .create(&path)?;
         let txn = db.begin_write()?;
+        let base;
+        let mut staging = None;
         {
             let mut meta = txn.open_table(META)?;
             txn.open_table(OPS)?;
             txn.open_table(STATE)?;
             txn.open_table(DIGEST_CHUNKS)?;
+            txn.delete_table(LEGACY_STAGED)?;
+            base = match read_record(&meta, STATE_BASE)? {
+                Some(record) => {
+                    let index = read_index(&txn.open_table(BASE_INDEX)?)?;
+                    let file = BaseFile::open(
+                        &dir.join(&record.file),
+                        record.bytes,
+                        record.entries,
+                        index,
+                    )
+                    .map_err(|e| StorageError::Corrupt {
+                        what: "state base file",
+                        reason: format!("{}: {e}", record.file),
+                    })?;
+                    Some(Arc::new(file))
+                }
+                None => None,
+            };
             let held_snapshot = match meta.get(HELD_GRANT)? {
                 Some(v) => ciborium::from_reader::<HeldGrant<LwwMap>, _>(v.value())
                     .ok()
@@ -247,8 +306,23 @@ impl Storage {
             };
             let resumable = held_snapshot.is_some()
                 && staged_of.is_some_and(|p| Some(p.snapshot_id) == held_snapshot);
-            if !resumable {
-                txn.delete_table(STAGED)?;
+            if resumable {
+                if let Some(record) = read_record(&meta, STAGED_BASE)? {
+                    let index = read_index(&txn.open_table(STAGED_INDEX)?)?;
+                    match BaseFile::open(
+                        &dir.join(&record.file),
+                        record.bytes,
+                        record.entries,
+                        index,
+                    ) {
+                        Ok(file) => staging = Some(Arc::new(file)),
+                        Err(error) => warn!(%error, "the staged state cannot be resumed"),
+                    }
+                }
+            }
+            if staging.is_none() {
+                txn.delete_table(STAGED_INDEX)?;
+                meta.remove(STAGED_BASE)?;
                 meta.remove(STAGED_CUT)?;
                 meta.remove(STAGED_OF)?;
             }
@@ -269,11 +343,20 @@ impl Storage {
         txn.commit()?;
         let mut db = db;
         compact(&mut db, &path)?;
+        remove_base_files_but(dir, &[base.as_deref(), staging.as_deref()]);
         Ok(Self {
             db: RwLock::new(Some(db)),
             path,
+            dir: dir.to_path_buf(),
             read_failures: AtomicU64::new(0),
+            base: RwLock::new(base),
+            staging: Mutex::new(staging),
         })
+    }
+
+    /// The stable state's base file, if it has one.
+    pub fn base(&self) -> Option<Arc<BaseFile>> {
+        self.base.read().expect("base lock").clone()
     }
 
     /// Reads of the stored state that failed since the database was opened.
@@ -393,6 +476,8 @@ impl Storage {
             txn.set_durability(redb::Durability::None);
         }
         let mut written = StateWritten::default();
+        // the base file the state has after this batch, when it changes
+        let mut new_base: Option<Option<Arc<BaseFile>>> = None;
         {
             let mut ops = txn.open_table(OPS)?;
             let mut buf = Vec::new();
@@ -428,23 +513,55 @@ impl Storage {
                     meta.remove(HELD_GRANT)?;
                     meta.remove(STAGED_OF)?;
                 }
-                written = match (batch.state, staged_cut) {
-                    (StateWrite::Staged, Some(bytes)) => {
+                let staged = match batch.state {
+                    StateWrite::Staged => self.staging.lock().expect("staging lock").clone(),
+                    _ => None,
+                };
+                let mut shadowed = match meta.get(BASE_SHADOWED)? {
+                    Some(v) => read_u64(v.value())?,
+                    None => 0,
+                };
+                written = match (batch.state, staged_cut, staged) {
+                    (StateWrite::Staged, Some(bytes), Some(staged)) => {
                         let cut: VersionVector = ciborium::from_reader(bytes.as_slice())
                             .map_err(corrupt("staged cut"))?;
+                        // the staged file becomes the base, whole and synced, with an
+                        // empty delta
+                        staged.sync().map_err(base_error)?;
+                        {
+                            let mut index = txn.open_table(STAGED_INDEX)?;
+                            for (key, offset) in staged.take_unpersisted() {
+                                index.insert(key.as_str(), offset)?;
+                            }
+                        }
+                        txn.delete_table(BASE_INDEX)?;
+                        txn.rename_table(STAGED_INDEX, BASE_INDEX)?;
+                        meta.insert(STATE_BASE, to_vec(&BaseRecord::of(&staged)).as_slice())?;
+                        meta.remove(STAGED_BASE)?;
                         txn.delete_table(STATE)?;
-                        txn.rename_table(STAGED, STATE)?;
-                        let written = fold_or_whole(&txn, &mut ops, &cut, new_cut, state)?;
+                        shadowed = 0;
+                        new_base = Some(Some(staged.clone()));
+                        let written = fold_or_whole(
+                            &txn,
+                            &mut ops,
+                            &cut,
+                            new_cut,
+                            state,
+                            Some(&staged),
+                            &mut shadowed,
+                        )?;
                         // the stored chunk hashes were the replaced state's
                         write_all_chunk_hashes(&txn, state)?;
                         written
                     }
-                    (StateWrite::Staged, None) => {
+                    (StateWrite::Staged, _, _) => {
                         warn!("no staged state to swap in; writing the whole state");
+                        meta.remove(STAGED_BASE)?;
+                        txn.delete_table(STAGED_INDEX)?;
                         write_whole(&txn, state)?
                     }
-                    (StateWrite::Whole, _) => write_whole(&txn, state)?,
-                    (StateWrite::Fold, _) => {
+                    (StateWrite::Whole, _, _) => write_whole(&txn, state)?,
+                    (StateWrite::Fold, _, _) => {
                         let old_cut = match meta.get(HEADER)? {
                             Some(v) => {
                                 ciborium::from_reader::<Checkpoint<()>, _>(v.value())
@@ -453,15 +570,62 @@ impl Storage {
                             }
                             None => VersionVector::new(),
                         };
-                        fold_or_whole(&txn, &mut ops, &old_cut, new_cut, state)?
+                        let base = self.base();
+                        fold_or_whole(
+                            &txn,
+                            &mut ops,
+                            &old_cut,
+                            new_cut,
+                            state,
+                            base.as_deref(),
+                            &mut shadowed,
+                        )?
                     }
                 };
+                if written.whole {
+                    // the whole state is in the `state` table: the base file is dropped
+                    meta.remove(STATE_BASE)?;
+                    meta.remove(BASE_SHADOWED)?;
+                    txn.delete_table(BASE_INDEX)?;
+                    new_base = Some(None);
+                } else if new_base
+                    .as_ref()
+                    .map_or(self.base().is_some(), Option::is_some)
+                {
+                    meta.insert(BASE_SHADOWED, shadowed.to_be_bytes().as_slice())?;
+                }
                 to_cbor(&header_of(checkpoint), &mut buf);
                 meta.insert(HEADER, buf.as_slice())?;
                 prune(&mut ops, new_cut, &checkpoint.id, checkpoint.own_kept_from)?;
             }
         }
-        txn.commit()?;
+        let Some(new_base) = new_base else {
+            txn.commit()?;
+            return Ok(written);
+        };
+        let old = {
+            let mut slot = self.base.write().expect("base lock");
+            txn.commit()?;
+            std::mem::replace(&mut *slot, new_base.clone())
+        };
+        if matches!(batch.state, StateWrite::Staged) {
+            let mut staging = self.staging.lock().expect("staging lock");
+            let swapped = staging
+                .as_ref()
+                .is_some_and(|s| new_base.as_ref().is_some_and(|b| Arc::ptr_eq(s, b)));
+            if swapped || new_base.is_none() {
+                if let (Some(s), None) = (staging.as_ref(), new_base.as_ref()) {
+                    remove_base_file(s.path());
+                }
+                *staging = None;
+            }
+        }
+        if let Some(old) = old {
+            if !new_base.as_ref().is_some_and(|b| Arc::ptr_eq(&old, b)) {
+                // views pinned before keep their open file
+                remove_base_file(old.path());
+            }
+        }
         Ok(written)
     }
 
@@ -472,15 +636,17 @@ impl Storage {
         cut: &VersionVector,
         held: Option<(&[u8], &StagedProgress)>,
     ) -> Result<(), StorageError> {
+        let file = BaseFile::create(&self.dir.join(new_base_name())).map_err(base_error)?;
+        let file = Arc::new(file);
         let mut txn = self.db()?.begin_write()?;
         if held.is_none() {
             txn.set_durability(redb::Durability::None);
         }
-        txn.delete_table(STAGED)?;
-        txn.open_table(STAGED)?;
+        txn.delete_table(STAGED_INDEX)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(STAGED_CUT, to_vec(cut).as_slice())?;
+            meta.insert(STAGED_BASE, to_vec(&BaseRecord::of(&file)).as_slice())?;
             match held {
                 Some((grant, progress)) => {
                     meta.insert(HELD_GRANT, grant)?;
@@ -492,32 +658,44 @@ impl Storage {
             }
         }
         txn.commit()?;
+        let old = self.staging.lock().expect("staging lock").replace(file);
+        if let Some(old) = old {
+            remove_base_file(old.path());
+        }
         Ok(())
     }
 
-    /// Adds one chunk's entries to the staged state, with the progress that includes
-    /// them, in one transaction of their own, synced when `durable` (the checkpoint that
-    /// swaps the staged state in is synced in any case).
-    fn stage(
-        &self,
-        entries: &[(String, LwwEntry)],
-        progress: Option<&StagedProgress>,
-        durable: bool,
-    ) -> Result<(), StorageError> {
-        let mut txn = self.db()?.begin_write()?;
-        if !durable {
-            txn.set_durability(redb::Durability::None);
-        }
+    /// Appends one chunk's entries to the staged base file ([`Storage::sync_staged`]
+    /// makes them durable).
+    fn stage(&self, entries: &[(String, LwwEntry)], buf: &mut Vec<u8>) -> Result<(), StorageError> {
+        let staging = self.staging.lock().expect("staging lock").clone();
+        let Some(staging) = staging else {
+            return Err(StorageError::Corrupt {
+                what: "staged state",
+                reason: "nothing is being staged".into(),
+            });
+        };
+        staging.append(entries, buf).map_err(base_error)
+    }
+
+    /// Syncs the staged base file and records it (its length and new index entries) with
+    /// `progress`, in one synced transaction: what a restart resumes from.
+    fn sync_staged(&self, progress: Option<&StagedProgress>) -> Result<(), StorageError> {
+        let staging = self.staging.lock().expect("staging lock").clone();
+        let Some(staging) = staging else {
+            return Ok(());
+        };
+        staging.sync().map_err(base_error)?;
+        let txn = self.db()?.begin_write()?;
         {
-            let mut table = txn.open_table(STAGED)?;
-            let mut buf = Vec::new();
-            for (key, entry) in entries {
-                to_cbor(entry, &mut buf);
-                table.insert(key.as_str(), buf.as_slice())?;
+            let mut index = txn.open_table(STAGED_INDEX)?;
+            for (key, offset) in staging.take_unpersisted() {
+                index.insert(key.as_str(), offset)?;
             }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(STAGED_BASE, to_vec(&BaseRecord::of(&staging)).as_slice())?;
             if let Some(progress) = progress {
-                txn.open_table(META)?
-                    .insert(STAGED_OF, to_vec(progress).as_slice())?;
+                meta.insert(STAGED_OF, to_vec(progress).as_slice())?;
             }
         }
         txn.commit()?;
@@ -547,12 +725,18 @@ impl Storage {
             if drop_staged {
                 meta.remove(STAGED_OF)?;
                 meta.remove(STAGED_CUT)?;
+                meta.remove(STAGED_BASE)?;
             }
         }
         if drop_staged {
-            txn.delete_table(STAGED)?;
+            txn.delete_table(STAGED_INDEX)?;
         }
         txn.commit()?;
+        if drop_staged {
+            if let Some(staging) = self.staging.lock().expect("staging lock").take() {
+                remove_base_file(staging.path());
+            }
+        }
         Ok(())
     }
 
@@ -583,18 +767,15 @@ impl Storage {
                 ),
                 None => None,
             };
-            match progress {
-                Some(p) if p.snapshot_id == snapshot_id && staged_cut.as_ref() == Some(cut) => {
-                    let table = txn.open_table(STAGED)?;
+            let staging = self.staging.lock().expect("staging lock").clone();
+            match (progress, staging) {
+                (Some(p), Some(staging))
+                    if p.snapshot_id == snapshot_id && staged_cut.as_ref() == Some(cut) =>
+                {
                     let mut failed = None;
-                    let mut rows = table.iter()?.map_while(|row| {
-                        let decoded = row.map_err(StorageError::from).and_then(|(k, v)| {
-                            let entry: LwwEntry = ciborium::from_reader(v.value())
-                                .map_err(corrupt("staged entry"))?;
-                            Ok((k.value().to_owned(), entry))
-                        });
-                        decoded.map_err(|e| failed = Some(e)).ok()
-                    });
+                    let mut rows = staging
+                        .range(Bound::Unbounded, Bound::Unbounded)
+                        .map_while(|row| row.map_err(|e| failed = Some(base_error(e))).ok());
                     let fed = feed(p.chunks as usize, &mut rows);
                     drop(rows);
                     if let Some(e) = failed {
@@ -643,17 +824,31 @@ fn compact(db: &mut Database, path: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// The `state` table as the store of the node's state ([`StoredEntries`]): the stable state
-/// at the stored cut, which the state's maps read under the entries they hold in memory. A
-/// live one reads what is committed at each read; a pinned one reads one read transaction's
-/// view. A read that fails is logged and counted ([`Storage::read_failures`]) and answers
-/// as if the key were absent.
+/// The node's stored state as the store of its state's maps ([`StoredEntries`]): the
+/// stable state at the stored cut, which the maps read under the entries they hold in
+/// memory. It is the `state` table over the base file, if there is one: a key the table
+/// holds is read from it, any other from the base file. A live view reads what is
+/// committed at each read; a pinned one reads one read transaction's view (and the base
+/// file that went with it); the staged view reads the state being staged while there is
+/// one, and the live state once it is swapped in. A read that fails is logged and counted
+/// ([`Storage::read_failures`]) and answers as if the key were absent.
 pub struct StoredState {
     storage: Arc<Storage>,
-    /// `state`, or `staged` for a state being transferred or restored.
-    table: TableDefinition<'static, &'static str, &'static [u8]>,
-    /// The pinned view (`None`: live).
-    pinned: Option<Arc<StateTable>>,
+    source: Source,
+}
+
+enum Source {
+    Live,
+    Staged,
+    Pinned(View),
+}
+
+/// What one read reads: the table, the base file and how many keys they share.
+#[derive(Clone, Default)]
+struct View {
+    table: Option<Arc<StateTable>>,
+    base: Option<Arc<BaseFile>>,
+    shadowed: u64,
 }
 
 type StateTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
@@ -663,34 +858,60 @@ impl StoredState {
     pub fn live(storage: Arc<Storage>) -> Self {
         Self {
             storage,
-            table: STATE,
-            pinned: None,
+            source: Source::Live,
         }
     }
 
-    /// The live view of the state being staged (transferred or restored): what a state
-    /// built from the staged chunks reads until the checkpoint after its install swaps it
-    /// in, and its maps are given the `state` table instead.
+    /// The view of the state being staged (transferred or restored): what a state built
+    /// from the staged chunks reads; once the checkpoint after its install swaps it in, the
+    /// live state.
     pub fn staged(storage: Arc<Storage>) -> Self {
         Self {
             storage,
-            table: STAGED,
-            pinned: None,
+            source: Source::Staged,
         }
     }
 
-    /// The table to read: the pinned one, or the one committed now (`None` if there is no
-    /// state table yet).
-    fn table(&self) -> Result<Option<Arc<StateTable>>, StorageError> {
-        if let Some(table) = &self.pinned {
-            return Ok(Some(table.clone()));
+    /// What to read now.
+    fn view(&self) -> Result<View, StorageError> {
+        match &self.source {
+            Source::Pinned(view) => Ok(view.clone()),
+            Source::Staged => {
+                let staging = self.storage.staging.lock().expect("staging lock").clone();
+                match staging {
+                    Some(base) => Ok(View {
+                        table: None,
+                        base: Some(base),
+                        shadowed: 0,
+                    }),
+                    None => self.live_view(),
+                }
+            }
+            Source::Live => self.live_view(),
         }
+    }
+
+    fn live_view(&self) -> Result<View, StorageError> {
+        // the base and the transaction under one lock: a swap commits under its write side
+        let base = self.storage.base.read().expect("base lock");
         let txn = self.storage.db()?.begin_read()?;
-        match txn.open_table(self.table) {
-            Ok(table) => Ok(Some(Arc::new(table))),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let table = match txn.open_table(STATE) {
+            Ok(table) => Some(Arc::new(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let shadowed = match base.as_ref() {
+            Some(_) => match txn.open_table(META)?.get(BASE_SHADOWED)? {
+                Some(v) => read_u64(v.value())?,
+                None => 0,
+            },
+            None => 0,
+        };
+        Ok(View {
+            table,
+            base: base.clone(),
+            shadowed,
+        })
     }
 
     fn failed<T>(&self, what: &str, error: impl std::fmt::Display, fallback: T) -> T {
@@ -710,13 +931,16 @@ impl StoredState {
 impl StoredEntries for StoredState {
     fn get(&self, key: &str) -> Option<LwwEntry> {
         let read = || -> Result<Option<LwwEntry>, StorageError> {
-            let Some(table) = self.table()? else {
-                return Ok(None);
-            };
-            let Some(value) = table.get(key)? else {
-                return Ok(None);
-            };
-            Self::decode(key, value.value()).map(Some)
+            let view = self.view()?;
+            if let Some(table) = &view.table {
+                if let Some(value) = table.get(key)? {
+                    return Self::decode(key, value.value()).map(Some);
+                }
+            }
+            match &view.base {
+                Some(base) => base.get(key).map_err(base_error),
+                None => Ok(None),
+            }
         };
         read().unwrap_or_else(|e| self.failed("a key", e, None))
     }
@@ -726,56 +950,107 @@ impl StoredEntries for StoredState {
         from: Bound<&str>,
         to: Bound<&str>,
     ) -> Box<dyn Iterator<Item = (String, LwwEntry)> + Send + 'a> {
-        let rows = match self.table() {
-            Ok(Some(table)) => match table.range::<&str>((from, to)) {
-                Ok(rows) => rows,
-                Err(e) => return Box::new(self.failed("a range", e, std::iter::empty())),
-            },
-            Ok(None) => return Box::new(std::iter::empty()),
+        let view = match self.view() {
+            Ok(view) => view,
             Err(e) => return Box::new(self.failed("a range", e, std::iter::empty())),
         };
-        Box::new(rows.map_while(move |row| {
-            let decoded = row.map_err(StorageError::from).and_then(|(key, value)| {
-                let key = key.value();
-                Ok((key.to_owned(), Self::decode(key, value.value())?))
-            });
-            // a failed row ends the range: the entries after it are not known
-            decoded.map_err(|e| self.failed("a range", e, ())).ok()
-        }))
+        // a failed row ends the range: the entries after it are not known
+        let table_rows: Box<dyn Iterator<Item = (String, LwwEntry)> + Send + 'a> = match &view.table
+        {
+            Some(table) => match table.range::<&str>((from, to)) {
+                Ok(rows) => Box::new(rows.map_while(move |row| {
+                    let decoded = row.map_err(StorageError::from).and_then(|(key, value)| {
+                        let key = key.value();
+                        Ok((key.to_owned(), Self::decode(key, value.value())?))
+                    });
+                    decoded.map_err(|e| self.failed("a range", e, ())).ok()
+                })),
+                Err(e) => return Box::new(self.failed("a range", e, std::iter::empty())),
+            },
+            None => Box::new(std::iter::empty()),
+        };
+        let Some(base) = &view.base else {
+            return table_rows;
+        };
+        let base_rows = base.range(from, to).map_while(move |row| {
+            row.map_err(|e| self.failed("a range of the base file", e, ()))
+                .ok()
+        });
+        Box::new(OverBase {
+            delta: table_rows.peekable(),
+            base: base_rows.peekable(),
+        })
     }
 
     fn len(&self) -> u64 {
         let count = || -> Result<u64, StorageError> {
-            match self.table()? {
-                Some(table) => Ok(table.len()?),
-                None => Ok(0),
-            }
+            let view = self.view()?;
+            let table = match &view.table {
+                Some(table) => table.len()?,
+                None => 0,
+            };
+            let base = view.base.as_ref().map_or(0, |b| b.len());
+            Ok((table + base).saturating_sub(view.shadowed))
         };
         count().unwrap_or_else(|e| self.failed("the length", e, 0))
     }
 
     fn pin(&self) -> Arc<dyn StoredEntries> {
-        let pinned = match self.table() {
-            Ok(table) => table,
-            Err(e) => self.failed("a view", e, None),
-        };
+        let view = self
+            .view()
+            .unwrap_or_else(|e| self.failed("a view", e, View::default()));
         Arc::new(Self {
             storage: self.storage.clone(),
-            table: self.table,
-            pinned,
+            source: Source::Pinned(view),
         })
+    }
+}
+
+/// The entries of the `state` table merged over the base file's, in key order: where both
+/// hold a key, the table's entry (written later) is the one.
+struct OverBase<D: Iterator, B: Iterator> {
+    delta: std::iter::Peekable<D>,
+    base: std::iter::Peekable<B>,
+}
+
+impl<D, B> Iterator for OverBase<D, B>
+where
+    D: Iterator<Item = (String, LwwEntry)>,
+    B: Iterator<Item = (String, LwwEntry)>,
+{
+    type Item = (String, LwwEntry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let order = match (self.delta.peek(), self.base.peek()) {
+            (Some((d, _)), Some((b, _))) => d.cmp(b),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => return None,
+        };
+        match order {
+            std::cmp::Ordering::Less => self.delta.next(),
+            std::cmp::Ordering::Greater => self.base.next(),
+            std::cmp::Ordering::Equal => {
+                self.base.next();
+                self.delta.next()
+            }
+        }
     }
 }
 
 /// Folds the ops in `(old_cut, new_cut]` into the `state` table: the keys they touch
 /// get `state`'s entries. When the stored ops do not account for every op between the
-/// cuts (or the new cut is not above the old one), writes the whole state instead.
+/// cuts (or the new cut is not above the old one), writes the whole state instead. Over a
+/// `base` file, counts in `shadowed` the keys newly written that the base also holds, and
+/// writes the whole state rather than remove a key the base holds.
 fn fold_or_whole(
     txn: &redb::WriteTransaction,
     ops: &mut redb::Table<&[u8], &[u8]>,
     old_cut: &VersionVector,
     new_cut: &VersionVector,
     state: &LwwMap,
+    base: Option<&BaseFile>,
+    shadowed: &mut u64,
 ) -> Result<StateWritten, StorageError> {
     let mut expected = 0u64;
     for (origin, _) in old_cut.iter() {
@@ -808,19 +1083,40 @@ fn fold_or_whole(
         );
         return write_whole(txn, state);
     }
-    let mut table = txn.open_table(STATE)?;
-    let mut buf = Vec::new();
-    for key in &keys {
-        match state.entry(key) {
-            Some(entry) => {
-                to_cbor(entry.as_ref(), &mut buf);
-                table.insert(key.as_str(), buf.as_slice())?;
-            }
-            None => {
-                table.remove(key.as_str())?;
+    let in_base = |key: &str| -> Result<bool, StorageError> {
+        match base {
+            Some(base) => Ok(base.get(key).map_err(base_error)?.is_some()),
+            None => Ok(false),
+        }
+    };
+    let mut newly_shadowed = 0;
+    {
+        let mut table = txn.open_table(STATE)?;
+        let mut buf = Vec::new();
+        for key in &keys {
+            match state.entry(key) {
+                Some(entry) => {
+                    to_cbor(entry.as_ref(), &mut buf);
+                    let before = table.insert(key.as_str(), buf.as_slice())?;
+                    if before.is_none() && in_base(key)? {
+                        newly_shadowed += 1;
+                    }
+                }
+                None if in_base(key)? => {
+                    drop(table);
+                    warn!(
+                        key,
+                        "a key of the base file is gone; writing the whole state"
+                    );
+                    return write_whole(txn, state);
+                }
+                None => {
+                    table.remove(key.as_str())?;
+                }
             }
         }
     }
+    *shadowed += newly_shadowed;
     update_chunk_hashes(txn, state, &keys)?;
     Ok(StateWritten {
         entries: keys.len() as u64,
@@ -829,29 +1125,29 @@ fn fold_or_whole(
     })
 }
 
-/// Writes a transferred state to the `staged` table as its chunks arrive (on the thread
-/// that rebuilds the state), for the checkpoint after the install to swap in
-/// ([`StateWrite::Staged`]).
+/// Writes a transferred (or restored) state to a new base file as its chunks arrive (on
+/// the thread that rebuilds the state), for the checkpoint after the install to make it
+/// the state's base ([`StateWrite::Staged`]).
 pub struct Stager {
     storage: Arc<Storage>,
     cut: VersionVector,
     /// For a transfer: the held grant (CBOR) and the chunks staged of its snapshot.
     transfer: Option<(Vec<u8>, StagedProgress)>,
-    /// Transactions staged since the last synced one.
+    /// Chunks staged since the last sync.
     unsynced: u32,
+    /// Scratch space for encoding entries.
+    buf: Vec<u8>,
     /// Set to the chunks staged and synced (what a restart keeps).
     kept: Option<super::metrics::IntGauge>,
 }
 
-/// Staging transactions between two synced ones. redb reuses the pages a transaction
-/// frees only after a synced commit, so a transfer staged without any grew the database
-/// to about 3× the state (BENCHMARKS.md); one sync every this many chunks (of about 1 MiB)
-/// lets it reuse them, for one fsync per 4 MiB, and bounds what a crash costs a resumed
-/// transfer to this many chunks.
+/// Chunks staged between two syncs of the staged file (each with a transaction that
+/// records how far it is synced): one sync per 4 MiB, and a crash costs a resumed
+/// transfer at most this many chunks.
 pub const STAGED_PER_SYNC: u32 = 4;
 
 impl Stager {
-    /// An empty map to build the staged state in, over the `staged` table: the entries
+    /// An empty map to build the staged state in, over the staged base file: the entries
     /// staged stay on disk ([`LwwMap::building_over`]).
     pub fn state_to_build(&self) -> LwwMap {
         LwwMap::building_over(Arc::new(StoredState::staged(self.storage.clone())))
@@ -864,6 +1160,7 @@ impl Stager {
             cut,
             transfer: None,
             unsynced: 0,
+            buf: Vec::new(),
             kept: None,
         }
     }
@@ -883,6 +1180,7 @@ impl Stager {
                 },
             )),
             unsynced: 0,
+            buf: Vec::new(),
             kept: None,
         })
     }
@@ -942,20 +1240,23 @@ impl Stager {
 
     /// Adds the next chunk's entries, in key order.
     pub fn stage(&mut self, entries: &[(String, LwwEntry)]) -> Result<(), StorageError> {
-        self.unsynced += 1;
-        let durable = self.unsynced >= STAGED_PER_SYNC;
-        if durable {
-            self.unsynced = 0;
-        }
-        let progress = self.transfer.as_mut().map(|(_, progress)| {
+        self.storage.stage(entries, &mut self.buf)?;
+        if let Some((_, progress)) = &mut self.transfer {
             progress.chunks += 1;
-            &*progress
-        });
-        let staged = progress.map(|p| p.chunks);
-        self.storage.stage(entries, progress, durable)?;
-        if durable {
-            self.set_kept(staged.unwrap_or(0));
         }
+        self.unsynced += 1;
+        if self.unsynced >= STAGED_PER_SYNC {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every chunk staged so far durable (what a restart resumes from).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        let progress = self.transfer.as_ref().map(|(_, progress)| progress);
+        self.storage.sync_staged(progress)?;
+        self.unsynced = 0;
+        self.set_kept(progress.map_or(0, |p| p.chunks));
         Ok(())
     }
 }
@@ -1066,6 +1367,70 @@ fn write_whole(txn: &redb::WriteTransaction, state: &LwwMap) -> Result<StateWrit
         whole: true,
         keys: Vec::new(),
     })
+}
+
+/// The name of a new base file: `state-<nanoseconds since the epoch>.base`.
+fn new_base_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("state-{nanos:x}.base")
+}
+
+/// Removes the base files in `dir` other than `keep` (left by a state dropped or replaced
+/// before its file could be removed). Failures are logged.
+fn remove_base_files_but(dir: &Path, keep: &[Option<&BaseFile>]) {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for file in listing.flatten() {
+        let name = file.file_name().to_string_lossy().into_owned();
+        let kept = keep.iter().flatten().any(|b| b.file_name() == name);
+        if name.starts_with("state-") && name.ends_with(".base") && !kept {
+            remove_base_file(&file.path());
+        }
+    }
+}
+
+fn remove_base_file(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        warn!(%error, file = %path.display(), "a base file no state uses could not be removed");
+    }
+}
+
+fn read_record(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<BaseRecord>, StorageError> {
+    match meta.get(key)? {
+        Some(v) => Ok(Some(
+            ciborium::from_reader(v.value()).map_err(corrupt("base file record"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+fn read_index(
+    table: &impl ReadableTable<&'static str, u64>,
+) -> Result<Vec<(String, u64)>, StorageError> {
+    let mut index = Vec::new();
+    for row in table.iter()? {
+        let (key, offset) = row?;
+        index.push((key.value().to_owned(), offset.value()));
+    }
+    Ok(index)
+}
+
+/// Maps a base file's I/O error to a storage error (a full disk told apart).
+fn base_error(e: std::io::Error) -> StorageError {
+    if is_disk_full(&e) {
+        StorageError::DiskFull(e.to_string())
+    } else {
+        StorageError::Corrupt {
+            what: "state base file",
+            reason: e.to_string(),
+        }
+    }
 }
 
 fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
@@ -1599,35 +1964,87 @@ mod tests {
         let loaded = loaded_state(&storage);
         assert_eq!(loaded.digest(), source.stable_state().digest());
         assert_eq!(loaded.get("old"), None, "the earlier state is gone");
+        // the staged file is the state's base; the table holds what was written over it
+        let base = storage.base().expect("the staged file is the base");
+        assert_eq!(base.len(), 300);
+        assert_eq!(base_files(dir.path()).len(), 1);
+        assert_eq!(loaded.len_with_tombstones(), 301, "s000 is counted once");
+        assert_eq!(
+            loaded.all_entries().count(),
+            301,
+            "a key in both is read once"
+        );
+        for key in ["s000", "s150", "new"] {
+            assert_eq!(loaded.entry(key), source.stable_state().entry(key), "{key}");
+        }
+        // and so it is after a restart
+        drop((loaded, base, storage, stager));
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let loaded = loaded_state(&storage);
+        assert_eq!(loaded.digest(), source.stable_state().digest());
+        assert_eq!(loaded.len_with_tombstones(), 301);
+        assert_eq!(loaded, in_memory_copy(source.stable_state()));
+        // a whole write takes the base file's place
+        let written = write_and_checkpoint(
+            &storage,
+            &mut source,
+            ["later".into()],
+            StateWrite::Whole,
+            &mut t,
+        );
+        assert!(written.whole);
+        assert!(storage.base().is_none());
+        assert_eq!(base_files(dir.path()), Vec::<String>::new());
+        let loaded = loaded_state(&storage);
+        assert_eq!(loaded.digest(), source.stable_state().digest());
+        assert_eq!(loaded.len_with_tombstones(), 302);
     }
 
     #[test]
     fn opening_the_database_gives_freed_space_back() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tidemark.redb");
+        drop(Storage::open(dir.path()).unwrap());
         {
-            let storage = Arc::new(Storage::open(dir.path()).unwrap());
-            let mut stager = Stager::new(storage.clone(), VersionVector::new());
-            stager.begin().unwrap();
-            let entry = LwwEntry {
-                value: Some("v".repeat(1000)),
-                lamport: 1,
-                origin: NodeId::synthetic(1),
-            };
-            let entries: Vec<_> = (0..5_000)
-                .map(|i| (format!("key{i:05}"), entry.clone()))
-                .collect();
-            stager.stage(&entries).unwrap();
+            // a table of the layout before base files, which opening drops
+            let db = Database::create(&file).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(LEGACY_STAGED).unwrap();
+                let value = to_vec(&LwwEntry {
+                    value: Some("v".repeat(1000)),
+                    lamport: 1,
+                    origin: NodeId::synthetic(1),
+                });
+                for i in 0..5_000 {
+                    table
+                        .insert(format!("key{i:05}").as_str(), value.as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
         }
         let staged = std::fs::metadata(&file).unwrap().len();
         assert!(staged > 5 << 20, "{staged} bytes");
-        // the half-staged state is dropped when the store opens, and its space given back
+        // the dropped table's space is given back
         drop(Storage::open(dir.path()).unwrap());
         let reopened = std::fs::metadata(&file).unwrap().len();
         assert!(
             reopened < staged / 4,
             "{reopened} bytes after reopening, {staged} before"
         );
+    }
+
+    /// The base files in a data dir.
+    fn base_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|f| f.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".base"))
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]
@@ -1643,8 +2060,19 @@ mod tests {
                 origin: NodeId::synthetic(1),
             };
             stager.stage(&[("a".into(), entry)]).unwrap();
+            stager.sync().unwrap();
+            assert_eq!(
+                base_files(dir.path()).len(),
+                1,
+                "the state is staged to a file"
+            );
         }
         let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        assert_eq!(
+            base_files(dir.path()),
+            Vec::<String>::new(),
+            "its file is removed"
+        );
         let mut node = founder();
         let mut t = 0;
         // a Staged checkpoint finds nothing staged: the whole state is written

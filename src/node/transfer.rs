@@ -283,7 +283,7 @@ pub async fn fetch(
     // once this fetch ends (or is dropped) nothing is being kept
     let _zero_kept_at_end = ZeroOnDrop(metrics.chunks_kept.clone());
     let (kept, mut builder, mut stager) = tokio::task::spawn_blocking(move || {
-        // the entries stay in the staged table: the state is built over it
+        // the entries stay in the staged base file: the state is built over it
         let mut builder = StateBuilder::into_state(header.clone(), stager.state_to_build());
         let kept = stager.resume(|chunks, entries| {
             builder
@@ -320,6 +320,10 @@ pub async fn fetch(
                 stager.stage(entries).map_err(|e| e.to_string())
             })?;
         }
+        // the last chunks synced here rather than by the checkpoint that swaps them in
+        stager
+            .sync()
+            .map_err(|e| SnapshotError::Inspect(e.to_string()))?;
         builder.finish()
     });
     let mut in_flight = FuturesUnordered::new();
