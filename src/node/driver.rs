@@ -1976,7 +1976,8 @@ impl Driver {
         let grant = grant.clone();
         let joiner = joiner.clone();
         let prepared = self.prepared_tx.clone();
-        tokio::task::spawn_blocking(move || {
+        // the result goes back through `prepared`
+        drop(super::background::spawn("snapshot-offer", move || {
             let mut grant = grant;
             let offered = match &grant.stable_state {
                 HandedOverState::Inline(state) => store.offer(state, &grant.stable_cut, digest),
@@ -1998,7 +1999,7 @@ impl Driver {
                 }
             };
             let _ = prepared.send((joiner, offered));
-        });
+        }));
     }
 
     /// A snapshot offer is ready. A joiner whose core made a newer grant meanwhile ignores
@@ -2293,7 +2294,10 @@ impl Driver {
         );
         let sp = vector_json(self.replica.snapshot_point());
         let keeper = self.keeper.clone();
-        tokio::task::spawn_blocking(move || keeper.take_scheduled(claimed, stable, applied, &sp));
+        // the future is not awaited: the job reports through the keeper
+        drop(super::background::spawn("snapshot-scheduled", move || {
+            keeper.take_scheduled(claimed, stable, applied, &sp)
+        }));
     }
 }
 

@@ -23,6 +23,7 @@
 //! The library API is [`Node::start`] and the [`NodeHandle`] it hands out.
 
 mod address_book;
+pub mod background;
 pub mod base_file;
 pub mod client;
 pub mod codec;
@@ -515,14 +516,15 @@ impl NodeHandle {
     }
 
     /// Writes a snapshot file of the stable state at the current snapshot point. The state
-    /// is taken in O(1) and written on a blocking thread, so the node goes on applying ops.
+    /// is taken in O(1) and written on a thread of lower priority ([`background`]), so the
+    /// node goes on applying ops.
     pub async fn create_snapshot(&self) -> Result<snapshots::SnapshotInfo, NodeError> {
         let (state, cut) = self.ask(Command::StableState).await?;
         let keeper = self.keeper.clone();
         let sp = self.snapshot_point_json();
-        tokio::task::spawn_blocking(move || keeper.create_now(&state, &cut, &sp))
+        background::spawn("snapshot-export", move || keeper.create_now(&state, &cut, &sp))
             .await
-            .map_err(|_| NodeError::Stopped)?
+            .ok_or(NodeError::Stopped)?
             .map_err(NodeError::from)
     }
 

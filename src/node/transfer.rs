@@ -314,7 +314,9 @@ pub async fn fetch(
         kept,
     );
     let (chunks, mut to_install) = mpsc::channel::<Vec<u8>>(INSTALL_QUEUE);
-    let installer = tokio::task::spawn_blocking(move || {
+    // verifying, decoding and writing the state takes a core: below the event loop's
+    // priority, so that the node goes on applying ops meanwhile
+    let installer = super::background::spawn("transfer-install", move || {
         while let Some(bytes) = to_install.blocking_recv() {
             builder.push_chunk_inspected(&bytes, |entries| {
                 stager.stage(entries).map_err(|e| e.to_string())
@@ -441,6 +443,6 @@ pub async fn fetch(
     drop(chunks);
     installer
         .await
-        .map_err(|_| FetchError::InstallerStopped)?
+        .ok_or(FetchError::InstallerStopped)?
         .map_err(FetchError::from)
 }
