@@ -50,7 +50,8 @@ pub fn own_nice() -> i32 {
 fn lower_own_priority() {
     let target = own_nice().saturating_add(NICE).min(19);
     // SAFETY: setpriority changes the calling thread's (tid's) nice value; no memory is passed
-    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, target) };
+    let done =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, target) };
     if done != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
     }

@@ -522,10 +522,12 @@ impl NodeHandle {
         let (state, cut) = self.ask(Command::StableState).await?;
         let keeper = self.keeper.clone();
         let sp = self.snapshot_point_json();
-        background::spawn("snapshot-export", move || keeper.create_now(&state, &cut, &sp))
-            .await
-            .ok_or(NodeError::Stopped)?
-            .map_err(NodeError::from)
+        background::spawn("snapshot-export", move || {
+            keeper.create_now(&state, &cut, &sp)
+        })
+        .await
+        .ok_or(NodeError::Stopped)?
+        .map_err(NodeError::from)
     }
 
     /// The snapshot files this node holds, by height, each `pending` or `final`.
