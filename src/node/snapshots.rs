@@ -25,7 +25,8 @@ use super::metrics::{IntGauge, Raised};
 use super::views::vector_json;
 use crate::ops_log::LwwMap;
 use crate::snapshot::{
-    read_header, write_snapshot_spooled, SnapshotError, SnapshotHeader, DEFAULT_CHUNK_BYTES,
+    read_header, write_snapshot, write_snapshot_spooled, SnapshotError, SnapshotHeader,
+    DEFAULT_CHUNK_BYTES,
 };
 use crate::VersionVector;
 
@@ -169,24 +170,30 @@ impl SnapshotStore {
         let written = (|| {
             let file = Throttled::new(std::fs::File::create(&partial)?, self.budget.clone());
             let mut out = BufWriter::with_capacity(1 << 20, file);
-            // the state is read once (from the database, for a node): its chunks are
-            // spooled to a scratch file, unlinked at once, and copied after the header
-            let spool_path = partial.with_extension("spool");
-            let spool = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&spool_path)?;
-            let _ = std::fs::remove_file(&spool_path);
-            let mut spool = Throttled::new(spool, self.budget.clone());
-            let header = write_snapshot_spooled(
-                &mut out,
-                &mut spool,
-                state,
-                cut,
-                created,
-                DEFAULT_CHUNK_BYTES,
-            )?;
+            let header = if state.rereads_cheaply() {
+                // a state mostly in its base file (or in memory) is read twice: once to
+                // hash the chunks for the header, once to write them
+                write_snapshot(&mut out, state, cut, created, DEFAULT_CHUNK_BYTES)?
+            } else {
+                // a state read from the database's B-tree is read once: its chunks are
+                // spooled to a scratch file, unlinked at once, and copied after the header
+                let spool_path = partial.with_extension("spool");
+                let spool = std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&spool_path)?;
+                let _ = std::fs::remove_file(&spool_path);
+                let mut spool = Throttled::new(spool, self.budget.clone());
+                write_snapshot_spooled(
+                    &mut out,
+                    &mut spool,
+                    state,
+                    cut,
+                    created,
+                    DEFAULT_CHUNK_BYTES,
+                )?
+            };
             let file = out.into_inner().map_err(|e| e.into_error())?.into_inner();
             if sync {
                 file.sync_all()?;

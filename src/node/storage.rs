@@ -995,6 +995,18 @@ impl StoredEntries for StoredState {
         count().unwrap_or_else(|e| self.failed("the length", e, 0))
     }
 
+    /// When the base file holds most of the state (the table at most an eighth of it).
+    fn rereads_cheaply(&self) -> bool {
+        let Ok(view) = self.view() else {
+            return false;
+        };
+        let Some(base) = &view.base else {
+            return false;
+        };
+        let table = view.table.as_ref().and_then(|t| t.len().ok()).unwrap_or(0);
+        table <= base.len() / 8
+    }
+
     fn pin(&self) -> Arc<dyn StoredEntries> {
         let view = self
             .view()
@@ -1969,6 +1981,7 @@ mod tests {
         assert_eq!(base.len(), 300);
         assert_eq!(base_files(dir.path()).len(), 1);
         assert_eq!(loaded.len_with_tombstones(), 301, "s000 is counted once");
+        assert!(loaded.rereads_cheaply(), "an export reads the base file twice");
         assert_eq!(
             loaded.all_entries().count(),
             301,
@@ -1998,6 +2011,7 @@ mod tests {
         let loaded = loaded_state(&storage);
         assert_eq!(loaded.digest(), source.stable_state().digest());
         assert_eq!(loaded.len_with_tombstones(), 302);
+        assert!(!loaded.rereads_cheaply(), "an export spools what the B-tree holds");
     }
 
     #[test]

@@ -66,6 +66,13 @@ pub trait StoredEntries: Send + Sync {
     /// The entries as stored now, unchanged by later writes to the store: what a copy of
     /// the map reads (an export or a grant taken while the node goes on).
     fn pin(&self) -> Arc<dyn StoredEntries>;
+
+    /// Whether reading the entries in order costs about what copying their bytes does (a
+    /// file read front to back), so that a reader may read them twice rather than keep a
+    /// copy. `false` for a B-tree read page by page.
+    fn rereads_cheaply(&self) -> bool {
+        false
+    }
 }
 
 /// Key-value map, last writer wins by (Lamport time, origin). A persistent map: a clone
@@ -291,6 +298,14 @@ impl LwwMap {
         };
         map.restore_chunk_hashes(hashes);
         map
+    }
+
+    /// Whether reading every entry twice costs about what copying them does: a map held in
+    /// memory, or one whose store says so ([`StoredEntries::rereads_cheaply`]).
+    pub fn rereads_cheaply(&self) -> bool {
+        self.store
+            .as_ref()
+            .is_none_or(|store| store.rereads_cheaply())
     }
 
     /// The store this map's entries are kept in, if any.
