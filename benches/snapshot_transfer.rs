@@ -35,13 +35,16 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
+#[path = "common/large_state.rs"]
+mod large_state;
+
+use large_state::{copy_and_hash, large_state};
+
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tidemark::node::{Node, NodeConfig};
-use tidemark::ops_log::{LwwEntry, LwwMap};
 use tidemark::snapshot::{write_snapshot, DEFAULT_CHUNK_BYTES};
-use tidemark::{NodeId, VersionVector};
 
 /// Where the lines for people go: stdout, or stderr when stdout carries the JSON.
 static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -103,26 +106,6 @@ fn metric_text(metrics: &str, name: &str) -> String {
 
 fn metric_u64(metrics: &str, name: &str) -> u64 {
     metric_text(metrics, name).parse::<f64>().unwrap_or(0.0) as u64
-}
-
-/// Reads `from`, hashes it with BLAKE3 and writes it to `to`, synced: a join's floor.
-fn copy_and_hash(from: &std::path::Path, to: &std::path::Path) -> Duration {
-    let started = Instant::now();
-    let mut input = std::fs::File::open(from).unwrap();
-    let mut out = std::fs::File::create(to).unwrap();
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = input.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).unwrap();
-    }
-    out.sync_all().unwrap();
-    let _ = hasher.finalize();
-    started.elapsed()
 }
 
 /// Bytes of the files under `dir`.
@@ -190,24 +173,7 @@ async fn run(mib: u64) {
     say!("# snapshot figures, {mib} MiB state");
 
     // 1. build and create
-    let origin = NodeId::synthetic(1);
-    let value = "v".repeat(1000);
-    let entries = mib * 1024 * 1024 / 1060;
-    let mut state = LwwMap::default();
-    for i in 0..entries {
-        state
-            .push_in_order(
-                format!("key{i:012}"),
-                LwwEntry {
-                    value: Some(value.clone()),
-                    lamport: i + 1,
-                    origin: origin.clone(),
-                },
-            )
-            .unwrap();
-    }
-    let mut cut = VersionVector::new();
-    cut.set(origin.clone(), entries);
+    let (state, cut, entries) = large_state(mib);
     let file = dir.path().join("big.tmsnap");
     let started = Instant::now();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&file).unwrap());

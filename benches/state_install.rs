@@ -18,10 +18,15 @@
 //! Each figure is MB/s of the snapshot file, with the bytes the process wrote
 //! (`/proc/self/io`, `wchar`) per byte of the file.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::ops::Bound;
 
 use redb::ReadableTableMetadata;
+
+#[path = "common/large_state.rs"]
+mod large_state;
+
+use large_state::{copy_and_hash, large_state};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +34,6 @@ use std::time::Instant;
 use tidemark::node::storage::{Stager, Storage};
 use tidemark::ops_log::{LwwEntry, LwwMap, StoredEntries};
 use tidemark::snapshot::{read_body, read_header, write_snapshot, DEFAULT_CHUNK_BYTES};
-use tidemark::{NodeId, VersionVector};
 
 const STAGED: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("staged");
 
@@ -107,21 +111,7 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     let dir = tempfile::tempdir().unwrap();
 
-    // a state of 1 KB values, as the snapshot_transfer bench makes
-    let origin = NodeId::synthetic(1);
-    let value = "v".repeat(1000);
-    let entries = mib * 1024 * 1024 / 1060;
-    let mut state = LwwMap::default();
-    for i in 0..entries {
-        let entry = LwwEntry {
-            value: Some(value.clone()),
-            lamport: i + 1,
-            origin: origin.clone(),
-        };
-        state.push_in_order(format!("key{i:012}"), entry).unwrap();
-    }
-    let mut cut = VersionVector::new();
-    cut.set(origin, entries);
+    let (state, cut, entries) = large_state(mib);
     let file = dir.path().join("state.tmsnap");
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&file).unwrap());
     write_snapshot(&mut out, &state, &cut, 0, DEFAULT_CHUNK_BYTES).unwrap();
@@ -130,20 +120,7 @@ fn main() {
     let bytes = std::fs::metadata(&file).unwrap().len();
 
     let baseline = measured(|| {
-        let mut input = std::fs::File::open(&file).unwrap();
-        let mut copy = std::fs::File::create(dir.path().join("copy")).unwrap();
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0; 1 << 20];
-        loop {
-            let n = input.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            copy.write_all(&buf[..n]).unwrap();
-        }
-        copy.sync_all().unwrap();
-        std::hint::black_box(hasher.finalize());
+        copy_and_hash(&file, &dir.path().join("copy"));
     });
     let _ = std::fs::remove_file(dir.path().join("copy"));
 
