@@ -654,17 +654,23 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the answers, no chunk is in flight twice, chunks come out as 0, 1, 2, …
-        /// and, with one source that always answers well, the transfer completes.
+        /// Whatever the answers (late ones too) and however small the window and the
+        /// buffer, no chunk is in flight twice, chunks come out as 0, 1, 2, … and, with one
+        /// source that always answers well, the transfer completes.
         #[test]
         fn chunks_come_out_in_order_whatever_the_answers(
             n in 0usize..12,
+            window in 1usize..5,
+            max_buffered in 1usize..5,
             events in proptest::collection::vec(event(), 0..200),
         ) {
             let data = chunks(n);
             let sources = vec![peer(1), peer(2), peer(3)];
-            let mut plan = Transfer::new(header(&data), sources, TransferConfig::default());
+            let config = TransferConfig { window, max_buffered, ..Default::default() };
+            let mut plan = Transfer::new(header(&data), sources, config);
             let mut now = 0u64;
+            // requests given up as late, whose answers may still come
+            let mut late: Vec<ChunkRequest> = Vec::new();
             let mut pending: Vec<ChunkRequest> = Vec::new();
             let mut out = Vec::new();
             let step = |plan: &mut Transfer, pending: &mut Vec<ChunkRequest>, now: u64| {
@@ -677,6 +683,11 @@ mod tests {
             for e in events {
                 step(&mut plan, &mut pending, now)?;
                 match e {
+                    Event::Answer { which, good } if !late.is_empty() && which % 3 == 0 => {
+                        let r = late.remove(which % late.len());
+                        let bytes = if good { data[r.index].clone() } else { vec![9] };
+                        let _ = plan.on_chunk(t(now), &r.peer, r.index, bytes);
+                    }
                     Event::Answer { which, good } if !pending.is_empty() => {
                         let r = pending.remove(which % pending.len());
                         let bytes = if good || r.peer == peer(3) { data[r.index].clone() } else { vec![9] };
@@ -693,7 +704,11 @@ mod tests {
                     Event::Tick { ms } => {
                         now += ms;
                         plan.handle_timeout(t(now));
-                        pending.retain(|r| plan.in_flight.get(&r.index).is_some_and(|(p, _)| *p == r.peer));
+                        let (still, given_up): (Vec<_>, Vec<_>) = pending
+                            .drain(..)
+                            .partition(|r| plan.in_flight.get(&r.index).is_some_and(|(p, _)| *p == r.peer));
+                        pending = still;
+                        late.extend(given_up);
                     }
                     _ => {}
                 }
