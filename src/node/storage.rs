@@ -1981,7 +1981,10 @@ mod tests {
         assert_eq!(base.len(), 300);
         assert_eq!(base_files(dir.path()).len(), 1);
         assert_eq!(loaded.len_with_tombstones(), 301, "s000 is counted once");
-        assert!(loaded.rereads_cheaply(), "an export reads the base file twice");
+        assert!(
+            loaded.rereads_cheaply(),
+            "an export reads the base file twice"
+        );
         assert_eq!(
             loaded.all_entries().count(),
             301,
@@ -2011,7 +2014,10 @@ mod tests {
         let loaded = loaded_state(&storage);
         assert_eq!(loaded.digest(), source.stable_state().digest());
         assert_eq!(loaded.len_with_tombstones(), 302);
-        assert!(!loaded.rereads_cheaply(), "an export spools what the B-tree holds");
+        assert!(
+            !loaded.rereads_cheaply(),
+            "an export spools what the B-tree holds"
+        );
     }
 
     #[test]

@@ -256,6 +256,32 @@ async fn exchange(
     Ok((answer, stream))
 }
 
+/// How long a transfer may hand no chunk to the installer before it logs its state
+/// (requests outstanding, chunks waiting, streams per source: open, idle, waiting,
+/// unproven).
+const STALLED: Duration = Duration::from_secs(30);
+
+/// How long installing one chunk may take before it is logged as slow.
+const SLOW_INSTALL: Duration = Duration::from_secs(5);
+
+/// Hands verified chunk `index` to the installer, logging every [`SLOW_INSTALL`] ×2 it
+/// waits (the installer is behind: a slow disk, or stuck). Fails once the installer is
+/// gone.
+async fn hand_over(chunks: &mpsc::Sender<Vec<u8>>, index: usize, bytes: Vec<u8>) -> Result<(), ()> {
+    let started = Instant::now();
+    let mut send = std::pin::pin!(chunks.send(bytes));
+    loop {
+        match tokio::time::timeout(SLOW_INSTALL * 2, &mut send).await {
+            Ok(sent) => return sent.map_err(|_| ()),
+            Err(_) => warn!(
+                index,
+                waited_s = started.elapsed().as_secs(),
+                "the installer has not taken the next verified chunk yet"
+            ),
+        }
+    }
+}
+
 /// Fetches the snapshot `offer` names from `sources` (the sponsor first), verifying every
 /// chunk, and rebuilds the state on a blocking thread. Gives up after `deadline`.
 pub async fn fetch(
@@ -318,9 +344,16 @@ pub async fn fetch(
     // priority, so that the node goes on applying ops meanwhile
     let installer = super::background::spawn("transfer-install", move || {
         while let Some(bytes) = to_install.blocking_recv() {
+            let started = Instant::now();
             builder.push_chunk_inspected(&bytes, |entries| {
                 stager.stage(entries).map_err(|e| e.to_string())
             })?;
+            if started.elapsed() >= SLOW_INSTALL {
+                warn!(
+                    seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+                    "installing one chunk (verify, decode, write, sync) was slow"
+                );
+            }
         }
         // the last chunks synced here rather than by the checkpoint that swaps them in
         stager
@@ -332,6 +365,8 @@ pub async fn fetch(
     let mut pools: BTreeMap<PeerId, SourceStreams> = BTreeMap::new();
     let streams_per_source = config_window;
     let mut rerequests_counted = 0u64;
+    let mut progress = (0usize, Instant::now());
+    let mut warned = Instant::now();
     loop {
         while let Some(request) = plan.poll_request(now()) {
             let Some(peer) = peer_of(&request.peer) else {
@@ -369,8 +404,8 @@ pub async fn fetch(
                 });
             }
         }
-        while let Some((_, bytes)) = plan.pop_ready() {
-            if chunks.send(bytes).await.is_err() {
+        while let Some((index, bytes)) = plan.pop_ready() {
+            if hand_over(&chunks, index, bytes).await.is_err() {
                 // the installer failed: its error is the transfer's
                 break;
             }
@@ -389,11 +424,32 @@ pub async fn fetch(
         if started.elapsed() >= deadline {
             return Err(FetchError::Deadline(offer.snapshot_id, deadline));
         }
+        if stats.handed_out != progress.0 {
+            progress = (stats.handed_out, Instant::now());
+        } else if progress.1.elapsed() >= STALLED && warned.elapsed() >= STALLED {
+            warned = Instant::now();
+            let (outstanding, waiting_for_earlier) = plan.pending();
+            let streams: Vec<_> = pools
+                .values()
+                .map(|p| (p.open, p.idle.len(), p.waiting.len(), p.unproven))
+                .collect();
+            warn!(
+                handed_out = stats.handed_out,
+                outstanding,
+                waiting_for_earlier,
+                requests = in_flight.len(),
+                ?streams,
+                "the transfer has made no progress for {} s",
+                progress.1.elapsed().as_secs()
+            );
+        }
+        // woken at least every STALLED, so that a stall is logged
         let wake = plan
             .poll_timeout()
             .map(|t| started + Duration::from_micros(t.as_micros()))
             .unwrap_or(started + deadline)
-            .min(started + deadline);
+            .min(started + deadline)
+            .min(Instant::now() + STALLED);
         tokio::select! {
             Some((node, peer, index, fresh, answer)) = in_flight.next() => {
                 let pool = pools.entry(peer).or_default();
