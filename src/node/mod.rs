@@ -36,6 +36,7 @@ pub mod io_budget;
 pub mod keeper;
 pub mod metrics;
 pub mod penalties;
+mod rewake;
 pub mod schedule;
 pub mod signing;
 pub mod snapshots;

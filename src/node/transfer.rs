@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::codec::{read_frame_limited, write_frame_limited};
+use super::rewake::Rewoken;
 use super::snapshots::SnapshotStore;
 use super::storage::Stager;
 use crate::join_protocol::StateOffer;
@@ -95,6 +96,9 @@ pub struct TransferMetrics {
     pub chunks_fetched: Counter,
     pub chunks_refetched: Counter,
     pub bad_chunks: Counter,
+    /// Exchanges found complete by the periodic re-poll although they woke no task (see
+    /// [`super::rewake`]).
+    pub lost_wakeups: Counter,
     pub bytes_fetched: Counter,
     /// Chunks a resumed transfer kept from before a restart instead of fetching them.
     pub chunks_resumed: Counter,
@@ -261,6 +265,10 @@ async fn exchange(
 /// unproven).
 const STALLED: Duration = Duration::from_secs(30);
 
+/// How often an exchange is polled even if nothing woke it: a bound on the stall a lost
+/// wake-up beneath it can cause (see [`super::rewake`]).
+const REPOLL: Duration = Duration::from_secs(1);
+
 /// How long installing one chunk may take before it is logged as slow.
 const SLOW_INSTALL: Duration = Duration::from_secs(5);
 
@@ -367,6 +375,7 @@ pub async fn fetch(
     let mut rerequests_counted = 0u64;
     let mut progress = (0usize, Instant::now());
     let mut warned = Instant::now();
+    let mut lost_wakeups = metrics.lost_wakeups.get();
     loop {
         while let Some(request) = plan.poll_request(now()) {
             let Some(peer) = peer_of(&request.peer) else {
@@ -396,6 +405,7 @@ pub async fn fetch(
                     index,
                 );
                 let peer = *peer;
+                let exchange = Rewoken::new(exchange, REPOLL, metrics.lost_wakeups.clone());
                 in_flight.push(async move {
                     let answer = tokio::time::timeout(request_timeout, exchange)
                         .await
@@ -423,6 +433,13 @@ pub async fn fetch(
         }
         if started.elapsed() >= deadline {
             return Err(FetchError::Deadline(offer.snapshot_id, deadline));
+        }
+        if metrics.lost_wakeups.get() != lost_wakeups {
+            warn!(
+                found = metrics.lost_wakeups.get() - lost_wakeups,
+                "chunk answers arrived without waking the transfer; the re-poll found them"
+            );
+            lost_wakeups = metrics.lost_wakeups.get();
         }
         if stats.handed_out != progress.0 {
             progress = (stats.handed_out, Instant::now());
