@@ -205,14 +205,8 @@ impl BaseFile {
 
     /// The entry of `key`.
     pub fn get(&self, key: &str) -> io::Result<Option<LwwEntry>> {
-        let (start, end) = {
-            let inner = self.read();
-            let at = inner.index.partition_point(|(k, _)| k.as_str() <= key);
-            if at == 0 {
-                return Ok(None);
-            }
-            let end = inner.index.get(at).map_or(inner.bytes, |(_, o)| *o);
-            (inner.index[at - 1].1, end)
+        let Some((start, end)) = self.block_of(key) else {
+            return Ok(None);
         };
         let mut bytes = vec![0; (end - start) as usize];
         self.file.read_exact_at(&mut bytes, start)?;
@@ -229,18 +223,24 @@ impl BaseFile {
         Ok(None)
     }
 
-    /// Where a read of the keys from `from` on starts: the last indexed entry at or
-    /// before it.
-    fn start_of(&self, from: Bound<&str>) -> (u64, u64) {
+    /// The bytes that hold `key` if the file does: from the last indexed entry at or before
+    /// it to the next indexed entry (or the end). `None`: the key sorts before every entry.
+    fn block_of(&self, key: &str) -> Option<(u64, u64)> {
         let inner = self.read();
+        let at = inner.index.partition_point(|(k, _)| k.as_str() <= key);
+        let start = inner.index.get(at.checked_sub(1)?)?.1;
+        let end = inner.index.get(at).map_or(inner.bytes, |(_, o)| *o);
+        Some((start, end))
+    }
+
+    /// Where a read of the keys from `from` on starts (the start of the block that would
+    /// hold it), and where the file ends.
+    fn start_of(&self, from: Bound<&str>) -> (u64, u64) {
         let offset = match from {
-            Bound::Unbounded => 0,
-            Bound::Included(k) | Bound::Excluded(k) => {
-                let at = inner.index.partition_point(|(i, _)| i.as_str() <= k);
-                at.checked_sub(1).map_or(0, |at| inner.index[at].1)
-            }
+            Bound::Unbounded => None,
+            Bound::Included(k) | Bound::Excluded(k) => self.block_of(k),
         };
-        (offset, inner.bytes)
+        (offset.map_or(0, |(start, _)| start), self.read().bytes)
     }
 
     /// The entries with keys in `(from, to)`, in key order.

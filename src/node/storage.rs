@@ -848,6 +848,7 @@ enum Source {
 struct View {
     table: Option<Arc<StateTable>>,
     base: Option<Arc<BaseFile>>,
+    /// Keys both hold (read only for views that count: 0 in the others).
     shadowed: u64,
 }
 
@@ -872,8 +873,9 @@ impl StoredState {
         }
     }
 
-    /// What to read now.
-    fn view(&self) -> Result<View, StorageError> {
+    /// What to read now. `counting`: the read needs the count of shared keys (only the
+    /// state's length does; reading it costs a table lookup).
+    fn view(&self, counting: bool) -> Result<View, StorageError> {
         match &self.source {
             Source::Pinned(view) => Ok(view.clone()),
             Source::Staged => {
@@ -884,14 +886,14 @@ impl StoredState {
                         base: Some(base),
                         shadowed: 0,
                     }),
-                    None => self.live_view(),
+                    None => self.live_view(counting),
                 }
             }
-            Source::Live => self.live_view(),
+            Source::Live => self.live_view(counting),
         }
     }
 
-    fn live_view(&self) -> Result<View, StorageError> {
+    fn live_view(&self, counting: bool) -> Result<View, StorageError> {
         // the base and the transaction under one lock: a swap commits under its write side
         let base = self.storage.base.read().expect("base lock");
         let txn = self.storage.db()?.begin_read()?;
@@ -901,11 +903,11 @@ impl StoredState {
             Err(e) => return Err(e.into()),
         };
         let shadowed = match base.as_ref() {
-            Some(_) => match txn.open_table(META)?.get(BASE_SHADOWED)? {
+            Some(_) if counting => match txn.open_table(META)?.get(BASE_SHADOWED)? {
                 Some(v) => read_u64(v.value())?,
                 None => 0,
             },
-            None => 0,
+            _ => 0,
         };
         Ok(View {
             table,
@@ -931,7 +933,7 @@ impl StoredState {
 impl StoredEntries for StoredState {
     fn get(&self, key: &str) -> Option<LwwEntry> {
         let read = || -> Result<Option<LwwEntry>, StorageError> {
-            let view = self.view()?;
+            let view = self.view(false)?;
             if let Some(table) = &view.table {
                 if let Some(value) = table.get(key)? {
                     return Self::decode(key, value.value()).map(Some);
@@ -950,7 +952,7 @@ impl StoredEntries for StoredState {
         from: Bound<&str>,
         to: Bound<&str>,
     ) -> Box<dyn Iterator<Item = (String, LwwEntry)> + Send + 'a> {
-        let view = match self.view() {
+        let view = match self.view(false) {
             Ok(view) => view,
             Err(e) => return Box::new(self.failed("a range", e, std::iter::empty())),
         };
@@ -984,7 +986,7 @@ impl StoredEntries for StoredState {
 
     fn len(&self) -> u64 {
         let count = || -> Result<u64, StorageError> {
-            let view = self.view()?;
+            let view = self.view(true)?;
             let table = match &view.table {
                 Some(table) => table.len()?,
                 None => 0,
@@ -997,7 +999,7 @@ impl StoredEntries for StoredState {
 
     /// When the base file holds most of the state (the table at most an eighth of it).
     fn rereads_cheaply(&self) -> bool {
-        let Ok(view) = self.view() else {
+        let Ok(view) = self.view(false) else {
             return false;
         };
         let Some(base) = &view.base else {
@@ -1009,7 +1011,7 @@ impl StoredEntries for StoredState {
 
     fn pin(&self) -> Arc<dyn StoredEntries> {
         let view = self
-            .view()
+            .view(true)
             .unwrap_or_else(|e| self.failed("a view", e, View::default()));
         Arc::new(Self {
             storage: self.storage.clone(),
