@@ -1814,7 +1814,7 @@ impl Driver {
             warn!(
                 sponsors = progress.sponsors,
                 requests = progress.requests,
-                "no possible sponsor answered a join request for a whole round: check that the bootstrap peers run and that their addresses are right"
+                "no possible sponsor answered a join request for a whole round: check that the bootstrap peers run and that their addresses are right (a sponsor writing a snapshot of a large state to offer answers once it is written)"
             );
             log.warned_silent = true;
         }
