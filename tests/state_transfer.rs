@@ -333,6 +333,79 @@ async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
     }
 }
 
+/// A sponsor that takes seconds to write the snapshot it offers (its snapshot I/O is
+/// limited) while writes go on tells the joiner so: the joiner waits with the incarnation
+/// it asked with, instead of taking the silence for a dead sponsor and asking anew with
+/// another incarnation, for which the sponsor would write a second snapshot at a newer cut
+/// (and so on, for as long as the writes and the slow export last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_waits_for_the_snapshot_its_sponsor_is_writing_and_it_is_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_node_with(&dir.path().join("a"), None, |c| {
+        c.snapshots.inline_state_max_entries = 100;
+        // about 5 s to write a 3 MB offer: more than two join retries (2 s each)
+        c.snapshots.io_bytes_per_s = Some(600_000);
+    })
+    .await;
+    let ha = a.handle();
+    const KEYS: usize = 3_000;
+    fill(&ha, "key", KEYS, 1_000).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            stable_height(&ha).await == KEYS as u64
+        })
+        .await
+    );
+    // writes go on all along, so the stable cut moves while the offer is written
+    let writer = ha.clone();
+    let writing = tokio::spawn(async move {
+        for seq in 0.. {
+            let _ = writer.put(&format!("during{seq}"), Some("v")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let joiner = start_node_with(&dir.path().join("joiner"), Some(&a), |c| {
+        c.snapshots.inline_state_max_entries = 100;
+    })
+    .await;
+    let hj = joiner.handle();
+    let asked_with = hj.status().await.unwrap().incarnation;
+    let told = std::cell::Cell::new(false);
+    let joined = eventually(Duration::from_secs(120), || async {
+        let Ok(status) = hj.status().await else {
+            return false;
+        };
+        if let Some(join) = &status.join {
+            told.set(told.get() || join.waiting.contains("writing a snapshot"));
+        }
+        status.phase == "member"
+    })
+    .await;
+    writing.abort();
+    assert!(joined, "the joiner becomes a member");
+    assert!(
+        told.get(),
+        "the joiner's status said that the sponsor was writing the offer"
+    );
+    assert_eq!(
+        hj.status().await.unwrap().incarnation,
+        asked_with,
+        "the joiner kept the incarnation it asked with"
+    );
+    assert_eq!(metric(&hj, "tidemark_stale_grants_total"), 0);
+    let offers = std::fs::read_dir(dir.path().join("a/snapshots/transfers"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmsnap"))
+        })
+        .count();
+    assert_eq!(offers, 1, "the sponsor wrote one snapshot to offer");
+    for node in [joiner, a] {
+        node.kill().await;
+    }
+}
+
 /// A counter or gauge of a node process's `/metrics` (0 when absent).
 async fn process_metric(api: std::net::SocketAddr, name: &str) -> u64 {
     parse_metric(&http(api, "GET", "/metrics", None).await.body, name)

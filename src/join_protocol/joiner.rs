@@ -13,6 +13,9 @@
 //!   The next sponsor is asked after a backoff (from `join_retry`, doubling with every
 //!   refusal up to `join_retry_max`, with jitter), so that nodes which refuse each other
 //!   (two rejoining nodes that know only each other) do not flood each other with requests.
+//! - **Preparing.** A sponsor writing the snapshot it will offer (a state too large to
+//!   send inline) says so; the request counts as answered, and the joiner asks the same
+//!   sponsor again, with the same incarnation, after `join_retry_max`.
 //! - **Widening.** The sponsors a refusal suggests join the list. Each time a whole round
 //!   of the list passed without a grant, every node the joiner has learned of (a rejoining
 //!   node still holds its previous map) joins the list too, so a joiner whose bootstrap
@@ -49,6 +52,8 @@ pub struct JoinProgress {
     pub rounds: u64,
     /// Possible sponsors known (the bootstrap list, widened).
     pub sponsors: usize,
+    /// The last answer said that the sponsor is writing the snapshot it will offer.
+    pub offer_being_written: bool,
 }
 
 /// What the joiner asks its driver to do when it asks a sponsor.
@@ -140,6 +145,7 @@ impl Joiner {
         }
         let mut new_incarnation = false;
         if self.awaiting {
+            self.progress.offer_being_written = false;
             self.progress.unanswered += 1;
             self.unanswered += 1;
             if self.unanswered >= config.join_attempts_per_sponsor {
@@ -178,6 +184,7 @@ impl Joiner {
         known: impl FnOnce() -> Vec<NodeId>,
     ) -> Option<u64> {
         self.progress.refusals += 1;
+        self.progress.offer_being_written = false;
         self.progress.last_refusal = Some(reason.to_owned());
         self.awaiting = false;
         self.unanswered = 0;
@@ -194,6 +201,16 @@ impl Joiner {
         member_incarnation
             .filter(|known| *known >= incarnation)
             .map(|known| known + 1)
+    }
+
+    /// The current sponsor answered that it is writing the snapshot it will offer: it is
+    /// alive and registered this incarnation, so the request counts as answered, and the
+    /// next one (with the same incarnation) goes out after `join_retry_max`.
+    pub fn preparing(&mut self, now: Time, config: &GossipConfig, rng: &mut impl Rng) {
+        self.progress.offer_being_written = true;
+        self.awaiting = false;
+        self.unanswered = 0;
+        self.retry_at = now + jitter(rng, config.join_retry_max);
     }
 
     /// Adds possible sponsors the driver found (the peers now at the addresses of nodes
@@ -286,6 +303,42 @@ mod tests {
         );
         assert!(asks.last().unwrap().new_incarnation);
         assert_eq!(joiner.progress().unanswered, 3);
+    }
+
+    #[test]
+    fn a_sponsor_writing_the_offer_is_waited_for_with_the_same_incarnation() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut joiner = Joiner::new(vec![id(1), id(2)], Time::ZERO);
+        let mut now = Time::ZERO;
+        // a snapshot that takes twenty asks to write: each ask answered "preparing"
+        for ask in 0..20 {
+            let asked = joiner.ask(now, &config, &mut rng, Vec::new).unwrap();
+            assert_eq!(asked.sponsor, id(1), "ask {ask}: the same sponsor");
+            assert!(!asked.new_incarnation, "ask {ask}: the same incarnation");
+            joiner.preparing(now, &config, &mut rng);
+            assert!(joiner.progress().offer_being_written);
+            let wait = joiner.retry_at().since(now);
+            assert!(
+                wait >= config.join_retry_max.mul_f64(0.85),
+                "ask {ask}: asked again after {wait:?}, not at once"
+            );
+            now = joiner.retry_at();
+        }
+        assert_eq!(joiner.progress().unanswered, 0);
+        assert_eq!(joiner.progress().rounds, 0);
+        // a sponsor that falls silent afterwards is left as before: the ask after the
+        // last answer, then one per unanswered request
+        let mut asks = Vec::new();
+        for _ in 0..=config.join_attempts_per_sponsor {
+            asks.push(joiner.ask(now, &config, &mut rng, Vec::new).unwrap());
+            now = joiner.retry_at();
+        }
+        assert!(!joiner.progress().offer_being_written);
+        assert!(
+            asks.last().unwrap().new_incarnation && asks.last().unwrap().sponsor == id(2),
+            "{asks:?}"
+        );
     }
 
     #[test]

@@ -124,6 +124,14 @@ pub enum JoinResponse<S: StateMachine> {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         member_incarnation: Option<u64>,
     },
+    /// The sponsor registered the joiner at `incarnation` and is writing a snapshot of
+    /// its stable state to offer (too large to send inline); the grant follows once the
+    /// file is written. The joiner keeps its incarnation and asks again only after
+    /// `join_retry_max`: a joiner that took this silence for a dead sponsor would ask with a
+    /// new incarnation, and the sponsor would write a snapshot for that one too.
+    Preparing {
+        incarnation: u64,
+    },
 }
 
 /// Why a join could not go ahead.

@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/6`);
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/7`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -1317,6 +1317,9 @@ impl Driver {
         if self.replica.awaited_grant().is_some() {
             return "granted: fetching the offered state".into();
         }
+        if progress.offer_being_written {
+            return "registered: the sponsor is writing a snapshot of the state to offer".into();
+        }
         let last_failure = self
             .dial_failure_views()
             .into_iter()
@@ -1814,7 +1817,7 @@ impl Driver {
             warn!(
                 sponsors = progress.sponsors,
                 requests = progress.requests,
-                "no possible sponsor answered a join request for a whole round: check that the bootstrap peers run and that their addresses are right (a sponsor writing a snapshot of a large state to offer answers once it is written)"
+                "no possible sponsor answered a join request for a whole round: check that the bootstrap peers run and that their addresses are right"
             );
             log.warned_silent = true;
         }
@@ -1965,6 +1968,11 @@ impl Driver {
     /// which its core registered) is kept, and sent when the snapshot is ready
     /// ([`Driver::on_prepared`]).
     fn offer_by_snapshot(&mut self, joiner: &NodeId, grant: &JoinGrant<LwwMap>) {
+        // the joiner waits for the file instead of asking anew with another incarnation
+        let preparing = Message::JoinResponse(Box::new(JoinResponse::Preparing {
+            incarnation: grant.registration.incarnation,
+        }));
+        self.send_now(joiner, &preparing);
         if let Some(newest) = self.preparing.get_mut(joiner) {
             *newest = Some(grant.clone());
             return;
@@ -2005,7 +2013,10 @@ impl Driver {
     /// A snapshot offer is ready. A joiner whose core made a newer grant meanwhile ignores
     /// the prepared one (it registers an incarnation the joiner gave up): the newest grant
     /// goes out instead, with the same snapshot when it hands over the same stable cut, or
-    /// prepared anew.
+    /// prepared anew. (A joiner told that the offer is being written asks again with the
+    /// same incarnation. Its registration, made at the sponsor's applied cut, bounds the
+    /// stable cut until the joiner reports: a grant made meanwhile hands over the same cut,
+    /// or one nearer that bound, so one joiner costs few snapshots, not one per retry.)
     fn on_prepared(&mut self, joiner: NodeId, offered: Option<JoinGrant<LwwMap>>) {
         let newest = self.preparing.remove(&joiner).flatten();
         let grant = match (newest, offered) {

@@ -1402,6 +1402,13 @@ impl<S: StateMachine> Replica<S> {
                 }
                 return;
             }
+            JoinResponse::Preparing { incarnation } => {
+                // an answer about a request given up on says nothing about the current one
+                if *incarnation == self.incarnation {
+                    joiner.preparing(now, &self.config.gossip, &mut self.rng);
+                }
+                return;
+            }
         };
         if grant.registration.incarnation != self.incarnation {
             // An answer to a request this joiner gave up on: the sponsor has registered the
