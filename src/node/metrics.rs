@@ -187,11 +187,6 @@ impl Metrics {
                 &t.bad_chunks,
             ),
             (
-                "transfer_lost_wakeups",
-                "Chunk answers found complete by the transfer's periodic re-poll without having woken it",
-                &t.lost_wakeups,
-            ),
-            (
                 "snapshots_taken",
                 "Snapshot files this node wrote (on request or on schedule)",
                 &m.snapshots_taken,

@@ -36,7 +36,6 @@ pub mod io_budget;
 pub mod keeper;
 pub mod metrics;
 pub mod penalties;
-mod rewake;
 pub mod schedule;
 pub mod signing;
 pub mod snapshots;

@@ -36,12 +36,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::codec::{read_frame_limited, write_frame_limited};
-use super::rewake::Rewoken;
 use super::snapshots::SnapshotStore;
 use super::storage::Stager;
 use crate::join_protocol::StateOffer;
 use crate::ops_log::LwwMap;
-use crate::snapshot::transfer::{Transfer, TransferConfig};
+use crate::snapshot::transfer::{Output, Transfer, TransferConfig};
 use crate::snapshot::{SnapshotError, StateBuilder, MAX_PART_BYTES};
 use crate::{NodeId, Time};
 
@@ -96,9 +95,6 @@ pub struct TransferMetrics {
     pub chunks_fetched: Counter,
     pub chunks_refetched: Counter,
     pub bad_chunks: Counter,
-    /// Exchanges found complete by the periodic re-poll although they woke no task (see
-    /// [`super::rewake`]).
-    pub lost_wakeups: Counter,
     pub bytes_fetched: Counter,
     /// Chunks a resumed transfer kept from before a restart instead of fetching them.
     pub chunks_resumed: Counter,
@@ -195,8 +191,21 @@ async fn answer_requests(
                 }
             }
         };
-        write_frame_limited(&mut stream, &answer, MAX_PART_BYTES + 1).await?;
-        stream.flush().await?;
+        let started = Instant::now();
+        let mut sending = std::pin::pin!(async {
+            write_frame_limited(&mut stream, &answer, MAX_PART_BYTES + 1).await?;
+            stream.flush().await
+        });
+        loop {
+            match tokio::time::timeout(SLOW_INSTALL * 2, &mut sending).await {
+                Ok(sent) => break sent?,
+                // the joiner reads no further (its multiplexer grants no more credit)
+                Err(_) => warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    "a chunk answer has not been taken by the joiner yet"
+                ),
+            }
+        }
     }
 }
 
@@ -265,9 +274,21 @@ async fn exchange(
 /// unproven).
 const STALLED: Duration = Duration::from_secs(30);
 
-/// How often an exchange is polled even if nothing woke it: a bound on the stall a lost
-/// wake-up beneath it can cause (see [`super::rewake`]).
-const REPOLL: Duration = Duration::from_secs(1);
+/// What a fetch did since it last handed a chunk to the installer (for the stall log).
+#[derive(Debug, Default)]
+struct SinceProgress {
+    /// Turns of the fetch loop.
+    turns: u64,
+    /// Of which woken by its timer (a late request, a backoff's end, the stall log).
+    timer_wakes: u64,
+    /// Requests sent.
+    sent: u64,
+    /// Answers: chunks (verified or not), "not here", failures (timeouts included).
+    chunks: u64,
+    not_found: u64,
+    failures: u64,
+    last_failure: Option<String>,
+}
 
 /// How long installing one chunk may take before it is logged as slow.
 const SLOW_INSTALL: Duration = Duration::from_secs(5);
@@ -375,14 +396,32 @@ pub async fn fetch(
     let mut rerequests_counted = 0u64;
     let mut progress = (0usize, Instant::now());
     let mut warned = Instant::now();
-    let mut lost_wakeups = metrics.lost_wakeups.get();
+    let mut since = SinceProgress::default();
     loop {
-        while let Some(request) = plan.poll_request(now()) {
-            let Some(peer) = peer_of(&request.peer) else {
-                continue;
-            };
-            let pool = pools.entry(peer).or_default();
-            pool.waiting.push_back((request.peer, request.index));
+        since.turns += 1;
+        // chunks are handed out before requests are asked: handing them out frees the
+        // buffer that bounds the requests (asked first, a full buffer left nothing out
+        // and the loop asleep until a timer)
+        let mut installer_gone = false;
+        while let Some(output) = plan.poll_output(now()) {
+            match output {
+                Output::HandOut { index, bytes } => {
+                    if hand_over(&chunks, index, bytes).await.is_err() {
+                        // the installer failed: its error is the transfer's
+                        installer_gone = true;
+                        break;
+                    }
+                }
+                Output::Request(request) => {
+                    let Some(peer) = peer_of(&request.peer) else {
+                        // not a source given to the plan: cannot happen
+                        plan.on_failure(now(), &request.peer, request.index);
+                        continue;
+                    };
+                    let pool = pools.entry(peer).or_default();
+                    pool.waiting.push_back((request.peer, request.index));
+                }
+            }
         }
         for (peer, pool) in pools.iter_mut() {
             while !pool.waiting.is_empty() {
@@ -405,7 +444,7 @@ pub async fn fetch(
                     index,
                 );
                 let peer = *peer;
-                let exchange = Rewoken::new(exchange, REPOLL, metrics.lost_wakeups.clone());
+                since.sent += 1;
                 in_flight.push(async move {
                     let answer = tokio::time::timeout(request_timeout, exchange)
                         .await
@@ -414,18 +453,12 @@ pub async fn fetch(
                 });
             }
         }
-        while let Some((index, bytes)) = plan.pop_ready() {
-            if hand_over(&chunks, index, bytes).await.is_err() {
-                // the installer failed: its error is the transfer's
-                break;
-            }
-        }
         let stats = plan.stats();
         metrics
             .chunks_refetched
             .inc_by(stats.rerequested.saturating_sub(rerequests_counted));
         rerequests_counted = stats.rerequested;
-        if plan.is_complete() || chunks.is_closed() {
+        if plan.is_complete() || installer_gone || chunks.is_closed() {
             break;
         }
         if plan.is_hopeless() {
@@ -434,15 +467,9 @@ pub async fn fetch(
         if started.elapsed() >= deadline {
             return Err(FetchError::Deadline(offer.snapshot_id, deadline));
         }
-        if metrics.lost_wakeups.get() != lost_wakeups {
-            warn!(
-                found = metrics.lost_wakeups.get() - lost_wakeups,
-                "chunk answers arrived without waking the transfer; the re-poll found them"
-            );
-            lost_wakeups = metrics.lost_wakeups.get();
-        }
         if stats.handed_out != progress.0 {
             progress = (stats.handed_out, Instant::now());
+            since = SinceProgress::default();
         } else if progress.1.elapsed() >= STALLED && warned.elapsed() >= STALLED {
             warned = Instant::now();
             let (outstanding, waiting_for_earlier) = plan.pending();
@@ -456,6 +483,8 @@ pub async fn fetch(
                 waiting_for_earlier,
                 requests = in_flight.len(),
                 ?streams,
+                ?since,
+                plan = plan.describe(now()),
                 "the transfer has made no progress for {} s",
                 progress.1.elapsed().as_secs()
             );
@@ -485,6 +514,7 @@ pub async fn fetch(
                 };
                 match answer {
             Ok(Answer::Chunk(bytes)) => {
+                    since.chunks += 1;
                     let len = bytes.len() as u64;
                     match plan.on_chunk(now(), &node, index, bytes) {
                         Ok(()) => {
@@ -498,6 +528,7 @@ pub async fn fetch(
                     }
                 }
                 Ok(Answer::NotFound) => {
+                    since.not_found += 1;
                     plan.on_not_found(&node, index);
                     // the source is dropped: its queued requests go to the others now
                     for (node, index) in pool.waiting.drain(..) {
@@ -506,11 +537,16 @@ pub async fn fetch(
                 }
                 Err(error) => {
                     debug!(peer = %node, index, %error, "chunk request failed");
+                    since.failures += 1;
+                    since.last_failure = Some(error.to_string());
                     plan.on_failure(now(), &node, index);
                 }
                 }
             },
-            _ = tokio::time::sleep_until(wake) => plan.handle_timeout(now()),
+            _ = tokio::time::sleep_until(wake) => {
+                since.timer_wakes += 1;
+                plan.handle_timeout(now());
+            }
         }
     }
     drop(chunks);

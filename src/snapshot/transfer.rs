@@ -11,6 +11,11 @@
 //!   for an earlier one, which bounds the memory a transfer holds.
 //! - A broken source never costs verified chunks: the transfer resumes with the chunks
 //!   still missing.
+//! - The driver takes the plan's outputs from [`Transfer::poll_output`] until it has none,
+//!   after every input (an answer, a failure, a timeout): chunks to hand out come first,
+//!   since handing them out frees the buffer that bounds the requests; then requests. The
+//!   plan is then never idle: until the transfer ends, a request is out or a timeout is
+//!   due ([`Transfer::poll_timeout`]), so a driver that sleeps until then misses nothing.
 //!
 //! Time is passed in; nothing here reads a clock or does I/O.
 
@@ -48,6 +53,15 @@ impl Default for TransferConfig {
             max_buffered: 32,
         }
     }
+}
+
+/// What the plan asks its driver to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Hand verified chunk `index` to the installer (they come in index order).
+    HandOut { index: usize, bytes: Vec<u8> },
+    /// Ask a peer for a chunk.
+    Request(ChunkRequest),
 }
 
 /// A chunk to ask of a peer.
@@ -170,9 +184,19 @@ impl Transfer {
         }
     }
 
+    /// The next thing to do: a verified chunk to hand out, else a request to send now (if
+    /// the window, the buffer bound and the sources allow one). Call until `None` after
+    /// every input.
+    pub fn poll_output(&mut self, now: Time) -> Option<Output> {
+        if let Some((index, bytes)) = self.pop_ready() {
+            return Some(Output::HandOut { index, bytes });
+        }
+        self.poll_request(now).map(Output::Request)
+    }
+
     /// The next request to send now, if the window, the buffer bound and the sources allow
-    /// one. Call until `None`.
-    pub fn poll_request(&mut self, now: Time) -> Option<ChunkRequest> {
+    /// one.
+    fn poll_request(&mut self, now: Time) -> Option<ChunkRequest> {
         if self.in_flight.len() >= self.config.window
             || self.ready.len() + self.in_flight.len() >= self.config.max_buffered.max(1)
         {
@@ -302,12 +326,37 @@ impl Transfer {
     }
 
     /// The next verified chunk in index order, with its index.
-    pub fn pop_ready(&mut self) -> Option<(usize, Vec<u8>)> {
+    fn pop_ready(&mut self) -> Option<(usize, Vec<u8>)> {
         let bytes = self.ready.remove(&self.next_out)?;
         let index = self.next_out;
         self.next_out += 1;
         self.stats.handed_out += 1;
         Some((index, bytes))
+    }
+
+    /// The plan's state in a line, for logs: the next chunk to hand out, the requests
+    /// outstanding (index, age in ms), the chunks waiting for an earlier one, and each
+    /// source's requests, failures and backoff left (ms).
+    pub fn describe(&self, now: Time) -> String {
+        let in_flight: Vec<(usize, u64)> = self
+            .in_flight
+            .iter()
+            .map(|(i, (_, sent))| (*i, now.since(*sent).as_millis() as u64))
+            .collect();
+        let sources: Vec<(usize, u32, Option<u64>, bool)> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let backoff = s.backoff_until.map(|t| t.since(now).as_millis() as u64);
+                (s.in_flight, s.failures, backoff, s.lacks)
+            })
+            .collect();
+        format!(
+            "next_out={} in_flight={in_flight:?} ready={:?} retried={} sources={sources:?}",
+            self.next_out,
+            self.ready.keys().collect::<Vec<_>>(),
+            self.retried.len()
+        )
     }
 
     /// Requests outstanding, and verified chunks waiting for an earlier one (for logs).
@@ -678,15 +727,27 @@ mod tests {
             let mut late: Vec<ChunkRequest> = Vec::new();
             let mut pending: Vec<ChunkRequest> = Vec::new();
             let mut out = Vec::new();
-            let step = |plan: &mut Transfer, pending: &mut Vec<ChunkRequest>, now: u64| {
-                for r in drain(plan, t(now)) {
-                    prop_assert!(!pending.iter().any(|p| p.index == r.index), "{} in flight twice", r.index);
-                    pending.push(r);
+            // a driver's turn: take every output; then the plan must not be idle (nothing
+            // asked and no timeout due), or a driver sleeping until its timeout would never
+            // wake
+            let step = |plan: &mut Transfer, pending: &mut Vec<ChunkRequest>, out: &mut Vec<usize>, now: u64| {
+                while let Some(output) = plan.poll_output(t(now)) {
+                    match output {
+                        Output::HandOut { index, .. } => out.push(index),
+                        Output::Request(r) => {
+                            prop_assert!(!pending.iter().any(|p| p.index == r.index), "{} in flight twice", r.index);
+                            pending.push(r);
+                        }
+                    }
                 }
+                prop_assert!(
+                    plan.is_complete() || plan.is_hopeless() || !plan.in_flight.is_empty() || plan.poll_timeout().is_some(),
+                    "idle with chunks missing: {}", plan.describe(t(now))
+                );
                 Ok(())
             };
             for e in events {
-                step(&mut plan, &mut pending, now)?;
+                step(&mut plan, &mut pending, &mut out, now)?;
                 match e {
                     Event::Answer { which, good } if !late.is_empty() && which % 3 == 0 => {
                         let r = late.remove(which % late.len());
@@ -709,27 +770,37 @@ mod tests {
                     Event::Tick { ms } => {
                         now += ms;
                         plan.handle_timeout(t(now));
-                        let (still, given_up): (Vec<_>, Vec<_>) = pending
-                            .drain(..)
-                            .partition(|r| plan.in_flight.get(&r.index).is_some_and(|(p, _)| *p == r.peer));
-                        pending = still;
-                        late.extend(given_up);
                     }
                     _ => {}
                 }
-                out.extend(std::iter::from_fn(|| plan.pop_ready()).map(|(i, _)| i));
+                // requests the plan no longer counts as out (given up as late, or answered
+                // by an earlier request's late answer from the same source) still run:
+                // their answers come late, if at all
+                let (still, given_up): (Vec<_>, Vec<_>) = pending
+                    .drain(..)
+                    .partition(|r| plan.in_flight.get(&r.index).is_some_and(|(p, _)| *p == r.peer));
+                pending = still;
+                late.extend(given_up);
             }
-            // settle: answer everything well, letting time pass
+            // settle as a driver does: answer what is asked, else sleep until the plan's
+            // timeout (never for a time the plan did not ask for)
             let mut rounds = 0;
-            while !plan.is_complete() {
+            loop {
+                step(&mut plan, &mut pending, &mut out, now)?;
+                if plan.is_complete() {
+                    break;
+                }
                 rounds += 1;
                 prop_assert!(rounds < 10_000, "stuck");
-                step(&mut plan, &mut pending, now)?;
+                if pending.is_empty() {
+                    let wake = plan.poll_timeout().expect("not idle: checked by the step");
+                    now = now.max(wake.as_micros() / 1000 + 1);
+                    plan.handle_timeout(t(now));
+                    continue;
+                }
                 for r in std::mem::take(&mut pending) {
                     let _ = plan.on_chunk(t(now), &r.peer, r.index, data[r.index].clone());
                 }
-                out.extend(std::iter::from_fn(|| plan.pop_ready()).map(|(i, _)| i));
-                now += 100;
             }
             prop_assert_eq!(out, (0..n).collect::<Vec<_>>());
         }
