@@ -29,14 +29,22 @@
 //!
 //! With `--json` the figures go to stdout as one JSON object (`state_mib`, `join_mb_s`,
 //! `baseline_mb_s`, `joiner_rss_rest_mib`, `joiner_rss_peak_mib`, `apply_p99_ratio` — the
-//! larger of the p99 ratios during the join and during exports —, and the rest), and the
-//! lines for people go to stderr.
+//! larger of the p99 ratios during the join and during exports —, `offer_s` and
+//! `fetch_mb_s` — the join split at the moment the joiner begins fetching, before which the
+//! sponsor writes the offered snapshot —, `transport_mb_s` — the same bytes moved over
+//! the nodes' transport with nothing else done, the ceiling of any fetch here —,
+//! `apply_p99_transport_ratio` — the founder's op-apply p99 while those bytes moved, over
+//! the quiet one —, and the rest), and the lines for people go to
+//! stderr.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 #[path = "common/large_state.rs"]
 mod large_state;
+
+#[path = "common/transport.rs"]
+mod transport;
 
 use large_state::{copy_and_hash, large_state};
 
@@ -128,7 +136,10 @@ fn mb_per_s(bytes: u64, took: Duration) -> f64 {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    match sorted.len() {
+        0 => Duration::ZERO,
+        n => sorted[((n - 1) as f64 * p).round() as usize],
+    }
 }
 
 async fn write_latencies(
@@ -149,7 +160,34 @@ async fn write_latencies(
     out
 }
 
+/// Latencies of sequential writes through `handle`, made until `stop` is set, sorted.
+async fn write_latencies_until(
+    handle: &tidemark::node::NodeHandle,
+    tag: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<Duration> {
+    let mut out = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = Instant::now();
+        handle
+            .put(&format!("{tag}{}", out.len()), Some("v"))
+            .await
+            .expect("write accepted");
+        out.push(started.elapsed());
+    }
+    out.sort();
+    out
+}
+
 fn main() {
+    // the founder's warnings (and more with RUST_LOG) on stderr, among the figures
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let mib: u64 = args
         .iter()
@@ -223,6 +261,16 @@ async fn run(mib: u64) {
     // 3. a joiner process fetches it by chunks (after the baseline: copy and hash the file)
     let floor = copy_and_hash(&file, &dir.path().join("copy"));
     let _ = std::fs::remove_file(dir.path().join("copy"));
+    // the ceiling of any fetch here: the same bytes over the nodes' transport, nothing else,
+    // with the founder applying writes meanwhile (what moving the bytes alone costs them)
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let (writer, stop) = (handle.clone(), stop.clone());
+        tokio::spawn(async move { write_latencies_until(&writer, "carrying", &stop).await })
+    };
+    let carried = transport::transport_ceiling(bytes).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during_carry = writing.await.unwrap();
     let bootstrap = founder.listen_addrs()[0].to_string();
     let started = Instant::now();
     let (mut child, api) = spawn_joiner(&dir.path().join("joiner"), &bootstrap, "joiner");
@@ -232,8 +280,16 @@ async fn run(mib: u64) {
     let writes_during_join =
         tokio::spawn(async move { write_latencies(&writer, 1000, "joining").await });
     let mut peak = rss_start;
+    // when the joiner began fetching (the sponsor had written the offered snapshot)
+    let mut fetch_began = None;
     let joined = loop {
         peak = peak.max(support::proc_status_kib(pid, "VmRSS:").unwrap_or(0));
+        if fetch_began.is_none() {
+            let body = support::http(api, "GET", "/metrics", None).await.body;
+            if metric_u64(&body, "tidemark_transfers_in_progress") > 0 {
+                fetch_began = Some(started.elapsed());
+            }
+        }
         let status = support::http(api, "GET", "/v1/status", None).await;
         if status.status == 200 {
             let s = status.json();
@@ -254,6 +310,8 @@ async fn run(mib: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let during_join = writes_during_join.await.unwrap();
+    let offered = fetch_began.unwrap_or(joined);
+    let fetched = joined.saturating_sub(offered);
     // at rest: once the join's work is over
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_end = support::proc_status_kib(pid, "VmRSS:").unwrap_or(0);
@@ -266,6 +324,18 @@ async fn run(mib: u64) {
         counter("tidemark_transfer_chunks_refetched_total"),
         joined.as_secs_f64(),
         mb_per_s(bytes, joined)
+    );
+    say!(
+        "of which: asking and the sponsor writing the offer {:.2} s; fetching, verifying and installing {:.2} s = {:.0} MB/s",
+        offered.as_secs_f64(),
+        fetched.as_secs_f64(),
+        mb_per_s(bytes, fetched)
+    );
+    say!(
+        "transport ceiling (the same bytes as 1 MiB answers on 16 streams over TCP, noise and yamux, in this process; no disk, no verification): {:.2} s = {:.0} MB/s; fetch/ceiling {:.2}",
+        carried.as_secs_f64(),
+        mb_per_s(bytes, carried),
+        mb_per_s(bytes, fetched) / mb_per_s(bytes, carried)
     );
     say!(
         "join baseline (read, BLAKE3-hash and write the snapshot's bytes, synced): {:.2} s = {:.0} MB/s; join/baseline {:.2}",
@@ -366,11 +436,19 @@ async fn run(mib: u64) {
     let (q50, q99) = (percentile(&quiet, 0.5), percentile(&quiet, 0.99));
     let (b50, b99) = (percentile(&busy, 0.5), percentile(&busy, 0.99));
     let j99 = percentile(&during_join, 0.99);
+    let c99 = percentile(&during_carry, 0.99);
     say!(
         "op-apply latency while a joiner fetches the state: p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
         percentile(&during_join, 0.5).as_secs_f64() * 1e3,
         j99.as_secs_f64() * 1e3,
         j99.as_secs_f64() / q99.as_secs_f64()
+    );
+    say!(
+        "op-apply latency while the transport ceiling ran ({} writes): p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
+        during_carry.len(),
+        percentile(&during_carry, 0.5).as_secs_f64() * 1e3,
+        c99.as_secs_f64() * 1e3,
+        c99.as_secs_f64() / q99.as_secs_f64()
     );
     say!(
         "op-apply latency (1000 sequential writes): no export p50 {:.1} ms p99 {:.1} ms; exporting p50 {:.1} ms p99 {:.1} ms; p99 ratio {:.2}",
@@ -402,6 +480,9 @@ async fn run(mib: u64) {
             "join_mb_s": mb_per_s(bytes, joined),
             "baseline_mb_s": mb_per_s(bytes, floor),
             "join_s": joined.as_secs_f64(),
+            "offer_s": offered.as_secs_f64(),
+            "fetch_mb_s": mb_per_s(bytes, fetched),
+            "transport_mb_s": mb_per_s(bytes, carried),
             "chunks_refetched": counter("tidemark_transfer_chunks_refetched_total"),
             "joiner_rss_start_mib": rss_start as f64 / 1024.0,
             "joiner_rss_rest_mib": rss_end as f64 / 1024.0,
@@ -414,6 +495,8 @@ async fn run(mib: u64) {
             "apply_p99_quiet_ms": ms(q99),
             "apply_p99_export_ms": ms(b99),
             "apply_p99_join_ms": ms(j99),
+            "apply_p99_transport_ms": ms(c99),
+            "apply_p99_transport_ratio": c99.as_secs_f64() / q99.as_secs_f64(),
             "apply_p99_ratio": j99.max(b99).as_secs_f64() / q99.as_secs_f64(),
             "resume_killed_after_chunks": fetched_at_kill,
             "resume_kept_chunks": resumed,

@@ -29,6 +29,19 @@ async fn stable_height(handle: &NodeHandle) -> u64 {
     handle.watch_snapshot_point().borrow().ops
 }
 
+/// Writes `keys` values of 1 KB under `prefix` through `handle`, and waits until its
+/// snapshot point covers them.
+async fn fill_until_stable(handle: &NodeHandle, prefix: &str, keys: usize) {
+    fill(handle, prefix, keys, 1_000).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            stable_height(handle).await == keys as u64
+        })
+        .await,
+        "the snapshot point reaches the {keys} writes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_fetches_a_large_state_by_chunks_and_bad_chunks_again_from_another_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,13 +209,7 @@ async fn ops_go_on_being_applied_while_a_snapshot_is_exported() {
     .await;
     let handle = node.handle();
     const KEYS: usize = 4_000;
-    fill(&handle, "big", KEYS, 1_000).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            stable_height(&handle).await == KEYS as u64
-        })
-        .await
-    );
+    fill_until_stable(&handle, "big", KEYS).await;
     const WRITING: &str = "tidemark_snapshot_files_being_written";
     assert!(!raised(&handle, WRITING));
     let exporter = handle.clone();
@@ -260,13 +267,7 @@ async fn both_event_loops_go_on_while_a_joiner_fetches_a_state() {
     let a = start_node_with(&dir.path().join("a"), None, sponsor_config).await;
     let ha = a.handle();
     const KEYS: usize = 3_000;
-    fill(&ha, "key", KEYS, 1_000).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            stable_height(&ha).await == KEYS as u64
-        })
-        .await
-    );
+    fill_until_stable(&ha, "key", KEYS).await;
     let joiner = start_node_with(&dir.path().join("joiner"), Some(&a), |c| {
         c.snapshots.inline_state_max_entries = 100;
     })
@@ -349,13 +350,7 @@ async fn a_joiner_waits_for_the_snapshot_its_sponsor_is_writing_and_it_is_writte
     .await;
     let ha = a.handle();
     const KEYS: usize = 3_000;
-    fill(&ha, "key", KEYS, 1_000).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            stable_height(&ha).await == KEYS as u64
-        })
-        .await
-    );
+    fill_until_stable(&ha, "key", KEYS).await;
     // writes go on all along, so the stable cut moves while the offer is written
     let writer = ha.clone();
     let writing = tokio::spawn(async move {
