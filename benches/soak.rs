@@ -14,7 +14,9 @@
 //! 201, nodes that died). It writes `soak.csv` and `soak.svg` (RSS and lag over time) to
 //! `--out` and prints a summary: RSS growth after the warm-up (the last sample against the
 //! one at the end of the warm-up, worst node; target ≤ 1.2×), lag (mean and max over the
-//! samples after the warm-up), and errors (target: none).
+//! samples after the warm-up), and errors (target: none): writes without a 201 (or without
+//! any answer), nodes that died, writer tasks that failed, and, once the writes stop, nodes
+//! that do not reach one snapshot point and one digest within 120 s.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -70,8 +72,12 @@ struct Sample {
     lag_ops: f64,
 }
 
+/// A metric of the node at `api`; `None` when it is absent or the node does not answer.
 async fn metric(api: SocketAddr, name: &str) -> Option<f64> {
-    let text = support::http(api, "GET", "/metrics", None).await.body;
+    let text = support::try_http(api, "GET", "/metrics", None)
+        .await
+        .ok()?
+        .body;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
@@ -133,12 +139,15 @@ async fn run(args: Args) {
             while Instant::now() < stop {
                 tick.tick().await;
                 let body = format!(r#"{{"key": "n{i}-{}", "value": "{value}"}}"#, n % keys);
-                let r = support::http(api, "POST", "/v1/ops", Some(&body)).await;
-                if r.status == 201 {
+                // a write without an HTTP answer counts under status 0
+                let status = support::try_http(api, "POST", "/v1/ops", Some(&body))
+                    .await
+                    .map_or(0, |r| r.status);
+                if status == 201 {
                     written.fetch_add(1, Ordering::Relaxed);
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    *by_status.lock().unwrap().entry(r.status).or_default() += 1;
+                    *by_status.lock().unwrap().entry(status).or_default() += 1;
                 }
                 n += 1;
             }
@@ -178,9 +187,30 @@ async fn run(args: Args) {
         }
         println!("{line}  written {written_now} errors {errors_now}");
     }
+    // a writer that panicked stopped writing: an error, not a quiet gap
+    let mut writers_failed = 0u64;
     for w in writers {
-        let _ = w.await;
+        if w.await.is_err() {
+            writers_failed += 1;
+        }
     }
+    // the end: with the writes stopped, every node reaches one snapshot point and one
+    // digest, within a bound
+    let converged = support::eventually(Duration::from_secs(120), || {
+        let apis = apis.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for api in &apis {
+                let Ok(r) = support::try_http(*api, "GET", "/v1/status", None).await else {
+                    return false;
+                };
+                let s = r.json();
+                seen.insert((s["snapshot_point"].to_string(), s["digest"].to_string()));
+            }
+            seen.len() == 1
+        }
+    })
+    .await;
 
     // summary
     let warm = times
@@ -211,7 +241,7 @@ async fn run(args: Args) {
     };
     let early = mean_of(warm..warm + third.max(1));
     let late = mean_of(series[0].len() - third.max(1)..series[0].len());
-    let errors = errors.load(Ordering::Relaxed) + dead;
+    let errors = errors.load(Ordering::Relaxed) + dead + writers_failed + u64::from(!converged);
     let mut rejoins = 0.0;
     for api in &apis {
         rejoins += metric(*api, "tidemark_rejoins_total").await.unwrap_or(0.0);
@@ -232,9 +262,14 @@ async fn run(args: Args) {
         "snapshot-point lag after warm-up: mean {mean_lag:.1} ops, max {max_lag:.0} ops; first third {early:.1}, last third {late:.1}"
     );
     println!(
-        "ops written: {}, errors: {errors} (writes not answered 201 by status: {:?}; node deaths: {dead}); rejoins of all nodes: {rejoins}",
+        "ops written: {}, errors: {errors} (writes not answered 201 by status, 0 for no answer: {:?}; node deaths: {dead}; writers that failed: {writers_failed}; {}); rejoins of all nodes: {rejoins}",
         written.load(Ordering::Relaxed),
-        by_status.lock().unwrap()
+        by_status.lock().unwrap(),
+        if converged {
+            "every node ended with one snapshot point and one digest"
+        } else {
+            "the nodes did not reach one snapshot point and one digest within 120 s of the last write"
+        }
     );
     plot(&args.out.join("soak.svg"), &times, &series, args.minutes).unwrap();
     println!("wrote {}", args.out.join("soak.svg").display());
