@@ -293,6 +293,24 @@ struct SinceProgress {
 /// How long installing one chunk may take before it is logged as slow.
 const SLOW_INSTALL: Duration = Duration::from_secs(5);
 
+/// Hands verified chunk `index` to the installer, logging every [`SLOW_INSTALL`] ×2 it
+/// waits (the installer is behind: a slow disk, or stuck). Fails once the installer is
+/// gone.
+async fn hand_over(chunks: &mpsc::Sender<Vec<u8>>, index: usize, bytes: Vec<u8>) -> Result<(), ()> {
+    let started = Instant::now();
+    let mut send = std::pin::pin!(chunks.send(bytes));
+    loop {
+        match tokio::time::timeout(SLOW_INSTALL * 2, &mut send).await {
+            Ok(sent) => return sent.map_err(|_| ()),
+            Err(_) => warn!(
+                index,
+                waited_s = started.elapsed().as_secs(),
+                "the installer has not taken the next verified chunk yet"
+            ),
+        }
+    }
+}
+
 /// Fetches the snapshot `offer` names from `sources` (the sponsor first), verifying every
 /// chunk, and rebuilds the state on a blocking thread. Gives up after `deadline`.
 pub async fn fetch(
@@ -378,28 +396,23 @@ pub async fn fetch(
     let mut rerequests_counted = 0u64;
     let mut progress = (0usize, Instant::now());
     let mut warned = Instant::now();
-    let mut warned_handing = Instant::now();
     let mut since = SinceProgress::default();
-    // a verified chunk waiting for room at the installer, and since when
-    let mut handing: Option<(usize, Vec<u8>, Instant)> = None;
     loop {
         since.turns += 1;
         // chunks are handed out before requests are asked: handing them out frees the
         // buffer that bounds the requests (asked first, a full buffer left nothing out
-        // and the loop asleep until a timer). One chunk at a time waits for room at the
-        // installer, in the select below; meanwhile only requests are taken.
-        loop {
-            let output = if handing.is_some() {
-                plan.poll_request(now()).map(Output::Request)
-            } else {
-                plan.poll_output(now())
-            };
+        // and the loop asleep until a timer)
+        let mut installer_gone = false;
+        while let Some(output) = plan.poll_output(now()) {
             match output {
-                None => break,
-                Some(Output::HandOut { index, bytes }) => {
-                    handing = Some((index, bytes, Instant::now()));
+                Output::HandOut { index, bytes } => {
+                    if hand_over(&chunks, index, bytes).await.is_err() {
+                        // the installer failed: its error is the transfer's
+                        installer_gone = true;
+                        break;
+                    }
                 }
-                Some(Output::Request(request)) => {
+                Output::Request(request) => {
                     let Some(peer) = peer_of(&request.peer) else {
                         // not a source given to the plan: cannot happen
                         plan.on_failure(now(), &request.peer, request.index);
@@ -445,7 +458,7 @@ pub async fn fetch(
             .chunks_refetched
             .inc_by(stats.rerequested.saturating_sub(rerequests_counted));
         rerequests_counted = stats.rerequested;
-        if (plan.is_complete() && handing.is_none()) || chunks.is_closed() {
+        if plan.is_complete() || installer_gone || chunks.is_closed() {
             break;
         }
         if plan.is_hopeless() {
@@ -482,32 +495,8 @@ pub async fn fetch(
             .map(|t| started + Duration::from_micros(t.as_micros()))
             .unwrap_or(started + deadline)
             .min(started + deadline)
-            .min(Instant::now() + STALLED)
-            .min(match &handing {
-                Some(_) => Instant::now() + SLOW_INSTALL * 2,
-                None => started + deadline,
-            });
-        if let Some((index, _, since_when)) = &handing {
-            if since_when.elapsed() >= SLOW_INSTALL * 2
-                && warned_handing.elapsed() >= SLOW_INSTALL * 2
-            {
-                warned_handing = Instant::now();
-                warn!(
-                    index,
-                    waited_s = since_when.elapsed().as_secs(),
-                    "the installer has not taken the next verified chunk yet"
-                );
-            }
-        }
+            .min(Instant::now() + STALLED);
         tokio::select! {
-            room = chunks.reserve(), if handing.is_some() => {
-                let Ok(room) = room else {
-                    // the installer failed: its error is the transfer's
-                    break;
-                };
-                let (_, bytes, _) = handing.take().expect("checked");
-                room.send(bytes);
-            }
             Some((node, peer, index, fresh, answer)) = in_flight.next() => {
                 let pool = pools.entry(peer).or_default();
                 if fresh {

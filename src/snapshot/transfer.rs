@@ -12,12 +12,10 @@
 //! - A broken source never costs verified chunks: the transfer resumes with the chunks
 //!   still missing.
 //! - The driver takes the plan's outputs from [`Transfer::poll_output`] until it has none,
-//!   after every input (an answer, a failure, a timeout, room at its installer): chunks to
-//!   hand out come first, since handing them out frees the buffer that bounds the
-//!   requests; then requests. The plan is then never idle: until the transfer ends, a
-//!   request is out or a timeout is due ([`Transfer::poll_timeout`]), so a driver that
-//!   sleeps until then misses nothing. A driver whose installer is behind takes only
-//!   requests ([`Transfer::poll_request`]) and comes back for the chunks when it has room.
+//!   after every input (an answer, a failure, a timeout): chunks to hand out come first,
+//!   since handing them out frees the buffer that bounds the requests; then requests. The
+//!   plan is then never idle: until the transfer ends, a request is out or a timeout is
+//!   due ([`Transfer::poll_timeout`]), so a driver that sleeps until then misses nothing.
 //!
 //! Time is passed in; nothing here reads a clock or does I/O.
 
@@ -196,10 +194,9 @@ impl Transfer {
         self.poll_request(now).map(Output::Request)
     }
 
-    /// Only the next request, for a driver that cannot take a chunk now (its installer is
-    /// behind): verified chunks wait in the buffer, and once it is full no request is asked
-    /// until the driver takes chunks again with [`Transfer::poll_output`].
-    pub fn poll_request(&mut self, now: Time) -> Option<ChunkRequest> {
+    /// The next request to send now, if the window, the buffer bound and the sources allow
+    /// one.
+    fn poll_request(&mut self, now: Time) -> Option<ChunkRequest> {
         if self.in_flight.len() >= self.config.window
             || self.ready.len() + self.in_flight.len() >= self.config.max_buffered.max(1)
         {
@@ -720,7 +717,6 @@ mod tests {
             window in 1usize..5,
             max_buffered in 1usize..5,
             events in proptest::collection::vec(event(), 0..200),
-            busy_turns in proptest::collection::btree_set(0usize..200, 0..100),
         ) {
             let data = chunks(n);
             let sources = vec![peer(1), peer(2), peer(3)];
@@ -734,34 +730,24 @@ mod tests {
             // a driver's turn: take every output; then the plan must not be idle (nothing
             // asked and no timeout due), or a driver sleeping until its timeout would never
             // wake
-            // (`busy`: the driver's installer has no room, so it takes only requests; it
-            // comes back when the installer takes a chunk, so chunks ready to hand out are
-            // not idleness)
-            let step = |plan: &mut Transfer, pending: &mut Vec<ChunkRequest>, out: &mut Vec<usize>, now: u64, busy: bool| {
-                loop {
-                    let output = if busy {
-                        plan.poll_request(t(now)).map(Output::Request)
-                    } else {
-                        plan.poll_output(t(now))
-                    };
+            let step = |plan: &mut Transfer, pending: &mut Vec<ChunkRequest>, out: &mut Vec<usize>, now: u64| {
+                while let Some(output) = plan.poll_output(t(now)) {
                     match output {
-                        Some(Output::HandOut { index, .. }) => out.push(index),
-                        Some(Output::Request(r)) => {
+                        Output::HandOut { index, .. } => out.push(index),
+                        Output::Request(r) => {
                             prop_assert!(!pending.iter().any(|p| p.index == r.index), "{} in flight twice", r.index);
                             pending.push(r);
                         }
-                        None => break,
                     }
                 }
                 prop_assert!(
-                    plan.is_complete() || plan.is_hopeless() || !plan.in_flight.is_empty() || plan.poll_timeout().is_some()
-                        || (busy && plan.ready.contains_key(&plan.next_out)),
+                    plan.is_complete() || plan.is_hopeless() || !plan.in_flight.is_empty() || plan.poll_timeout().is_some(),
                     "idle with chunks missing: {}", plan.describe(t(now))
                 );
                 Ok(())
             };
-            for (turn, e) in events.into_iter().enumerate() {
-                step(&mut plan, &mut pending, &mut out, now, busy_turns.contains(&turn))?;
+            for e in events {
+                step(&mut plan, &mut pending, &mut out, now)?;
                 match e {
                     Event::Answer { which, good } if !late.is_empty() && which % 3 == 0 => {
                         let r = late.remove(which % late.len());
@@ -800,7 +786,7 @@ mod tests {
             // timeout (never for a time the plan did not ask for)
             let mut rounds = 0;
             loop {
-                step(&mut plan, &mut pending, &mut out, now, false)?;
+                step(&mut plan, &mut pending, &mut out, now)?;
                 if plan.is_complete() {
                     break;
                 }
