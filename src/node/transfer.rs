@@ -21,6 +21,7 @@
 //! sans-IO [`Transfer`] plan's business; this module only carries it out.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,21 +192,18 @@ async fn answer_requests(
                 }
             }
         };
-        let started = Instant::now();
-        let mut sending = std::pin::pin!(async {
+        let sending = async {
             write_frame_limited(&mut stream, &answer, MAX_PART_BYTES + 1).await?;
             stream.flush().await
-        });
-        loop {
-            match tokio::time::timeout(SLOW_INSTALL * 2, &mut sending).await {
-                Ok(sent) => break sent?,
-                // the joiner reads no further (its multiplexer grants no more credit)
-                Err(_) => warn!(
-                    waited_s = started.elapsed().as_secs(),
-                    "a chunk answer has not been taken by the joiner yet"
-                ),
-            }
-        }
+        };
+        // the joiner reads no further (its multiplexer grants no more credit)
+        warning_while_waiting(sending, |waited_s| {
+            warn!(
+                waited_s,
+                "a chunk answer has not been taken by the joiner yet"
+            )
+        })
+        .await?;
     }
 }
 
@@ -269,8 +267,8 @@ async fn exchange(
     Ok((answer, stream))
 }
 
-/// How long a transfer may hand no chunk to the installer before it logs its state
-/// (requests outstanding, chunks waiting, streams per source: open, idle, waiting,
+/// How long a transfer may hand no chunk to the installer before it logs its state (the
+/// plan's, what the loop did since, and per source the streams open, idle, waiting and
 /// unproven).
 const STALLED: Duration = Duration::from_secs(30);
 
@@ -293,22 +291,34 @@ struct SinceProgress {
 /// How long installing one chunk may take before it is logged as slow.
 const SLOW_INSTALL: Duration = Duration::from_secs(5);
 
-/// Hands verified chunk `index` to the installer, logging every [`SLOW_INSTALL`] ×2 it
-/// waits (the installer is behind: a slow disk, or stuck). Fails once the installer is
-/// gone.
-async fn hand_over(chunks: &mpsc::Sender<Vec<u8>>, index: usize, bytes: Vec<u8>) -> Result<(), ()> {
+/// How long a wait for the other side (the installer, or the joiner reading an answer)
+/// goes on before it is logged, and again after each further such period.
+const SLOW_WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `waiting`, calling `log` with the seconds waited every [`SLOW_WAIT`] it is not
+/// done yet.
+async fn warning_while_waiting<T>(waiting: impl Future<Output = T>, log: impl Fn(u64)) -> T {
     let started = Instant::now();
-    let mut send = std::pin::pin!(chunks.send(bytes));
+    let mut waiting = std::pin::pin!(waiting);
     loop {
-        match tokio::time::timeout(SLOW_INSTALL * 2, &mut send).await {
-            Ok(sent) => return sent.map_err(|_| ()),
-            Err(_) => warn!(
-                index,
-                waited_s = started.elapsed().as_secs(),
-                "the installer has not taken the next verified chunk yet"
-            ),
+        match tokio::time::timeout(SLOW_WAIT, &mut waiting).await {
+            Ok(done) => return done,
+            Err(_) => log(started.elapsed().as_secs()),
         }
     }
+}
+
+/// Hands verified chunk `index` to the installer, logging while it waits (the installer is
+/// behind: a slow disk, or stuck). Fails once the installer is gone.
+async fn hand_over(chunks: &mpsc::Sender<Vec<u8>>, index: usize, bytes: Vec<u8>) -> Result<(), ()> {
+    warning_while_waiting(chunks.send(bytes), |waited_s| {
+        warn!(
+            index,
+            waited_s, "the installer has not taken the next verified chunk yet"
+        )
+    })
+    .await
+    .map_err(|_| ())
 }
 
 /// Fetches the snapshot `offer` names from `sources` (the sponsor first), verifying every
@@ -472,15 +482,12 @@ pub async fn fetch(
             since = SinceProgress::default();
         } else if progress.1.elapsed() >= STALLED && warned.elapsed() >= STALLED {
             warned = Instant::now();
-            let (outstanding, waiting_for_earlier) = plan.pending();
             let streams: Vec<_> = pools
                 .values()
                 .map(|p| (p.open, p.idle.len(), p.waiting.len(), p.unproven))
                 .collect();
             warn!(
                 handed_out = stats.handed_out,
-                outstanding,
-                waiting_for_earlier,
                 requests = in_flight.len(),
                 ?streams,
                 ?since,

@@ -359,11 +359,6 @@ impl Transfer {
         )
     }
 
-    /// Requests outstanding, and verified chunks waiting for an earlier one (for logs).
-    pub fn pending(&self) -> (usize, usize) {
-        (self.in_flight.len(), self.ready.len())
-    }
-
     /// Every chunk handed out.
     pub fn is_complete(&self) -> bool {
         self.next_out == self.header.chunks.len()
