@@ -9,6 +9,7 @@ use clap::Parser;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{CrashGuard, FaultConfig};
+use crate::costs::CostModel;
 use crate::SimConfig;
 
 /// Deterministic simulator of a tidemark network: the same seed gives the same run.
@@ -81,6 +82,21 @@ pub struct Args {
     /// Degree of the gossipsub-like mesh.
     #[arg(long, default_value_t = 6)]
     pub mesh_degree: usize,
+    /// Each node's uplink bandwidth in Mbit/s: a message's bytes take their time to leave
+    /// and queue behind what the node is still sending (0: unlimited).
+    #[arg(long, default_value_t = 100.0)]
+    pub uplink_mbit: f64,
+    /// CPU time, in µs, a node spends on each message it receives; messages queue for a
+    /// busy CPU.
+    #[arg(long, default_value_t = 25)]
+    pub cpu_per_msg_us: u64,
+    /// CPU time, in µs, a node spends per KiB of a message it receives.
+    #[arg(long, default_value_t = 4)]
+    pub cpu_per_kib_us: u64,
+    /// No cost model: unlimited uplinks and free processing, as older scenario generators
+    /// had (the runs in `sim/regressions.txt` found under them keep it).
+    #[arg(long)]
+    pub free_network: bool,
     /// Seconds after the last write within which every snapshot point must hold every op.
     #[arg(long, default_value_t = 30)]
     pub liveness_bound_s: u64,
@@ -208,6 +224,18 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 }
 
 impl Args {
+    /// The cost model the flags ask for.
+    pub fn costs(&self) -> CostModel {
+        if self.free_network {
+            return CostModel::FREE;
+        }
+        CostModel {
+            uplink_bytes_per_s: (self.uplink_mbit.max(0.0) * 1e6 / 8.0) as u64,
+            cpu_per_message: Duration::from_micros(self.cpu_per_msg_us),
+            cpu_per_kib: Duration::from_micros(self.cpu_per_kib_us),
+        }
+    }
+
     /// The configuration of the run of `seed` (in batch mode, each seed's).
     pub fn config(&self, seed: u64) -> SimConfig {
         let mut gossip = tidemark::gossip::GossipConfig::default();
@@ -302,6 +330,7 @@ impl Args {
             latency_min: Duration::from_millis(self.latency_ms.0),
             latency_max: Duration::from_millis(self.latency_ms.1),
             mesh_degree: self.mesh_degree,
+            costs: self.costs(),
             liveness_bound: Duration::from_secs(self.liveness_bound_s),
             excuse_bound: Duration::from_millis(self.excuse_bound_ms),
             operator_forces_view_after: self

@@ -33,6 +33,8 @@ pub struct SimConfig {
     pub latency_max: Duration,
     /// Degree of the gossipsub-like mesh.
     pub mesh_degree: usize,
+    /// What each node's uplink and CPU charge for bytes and messages.
+    pub costs: crate::costs::CostModel,
     /// How long after the last write every snapshot point must have reached every op (L1).
     pub liveness_bound: Duration,
     /// Interval of the samples behind the progress bar, `--csv` and `--plot` (I3's open
@@ -227,6 +229,7 @@ impl Default for SimConfig {
             latency_min: Duration::from_millis(1),
             latency_max: Duration::from_millis(50),
             mesh_degree: 6,
+            costs: crate::costs::CostModel::default(),
             liveness_bound: Duration::from_secs(30),
             sample_interval: Duration::from_millis(100),
             excuse_bound: Duration::from_secs(5),

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod costs;
 pub mod ground_truth;
 pub mod invariants;
 pub mod metrics;

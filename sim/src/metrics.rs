@@ -40,6 +40,75 @@ impl Latencies {
     }
 }
 
+/// Latencies in microseconds kept as counts in log-linear buckets (64 per power of two,
+/// so a value is known to within 1.6%): for samples too many to keep one by one, such as
+/// one per (node, op) pair. Percentiles are nearest-rank, reported at the bucket's midpoint.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Histogram {
+    fn bucket(micros: u64) -> usize {
+        if micros < 128 {
+            return micros as usize;
+        }
+        let shift = 63 - micros.leading_zeros() - 6;
+        shift as usize * 64 + (micros >> shift) as usize
+    }
+
+    /// The lowest value of bucket `b`, and the width of the bucket.
+    fn bounds(b: usize) -> (u64, u64) {
+        if b < 128 {
+            return (b as u64, 1);
+        }
+        let shift = b / 64 - 1;
+        (((b - shift * 64) as u64) << shift, 1 << shift)
+    }
+
+    pub fn push(&mut self, micros: u64) {
+        let b = Self::bucket(micros);
+        if self.counts.len() <= b {
+            self.counts.resize(b + 1, 0);
+        }
+        self.counts[b] += 1;
+        self.total += 1;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    pub fn summary(&self) -> Percentiles {
+        let pick = |q: f64| -> f64 {
+            if self.total == 0 {
+                return 0.0;
+            }
+            let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+            let mut seen = 0;
+            for (b, count) in self.counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    let (low, width) = Self::bounds(b);
+                    let mid = low as f64 + (width - 1) as f64 / 2.0;
+                    return round3(mid / 1_000.0);
+                }
+            }
+            unreachable!("rank is at most the total")
+        };
+        Percentiles {
+            p50: pick(0.50),
+            p99: pick(0.99),
+            max: pick(1.0),
+        }
+    }
+}
+
 /// Nearest-rank percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Percentiles {
@@ -142,4 +211,49 @@ pub struct Sample {
 
 pub fn round3(x: f64) -> f64 {
     (x * 1_000.0).round() / 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_hold_their_values() {
+        let mut last = None;
+        for v in (0..5_000u64).chain([1 << 20, (1 << 20) + 12_345, u64::MAX / 3]) {
+            let b = Histogram::bucket(v);
+            let (low, width) = Histogram::bounds(b);
+            assert!(
+                low <= v && v < low + width,
+                "{v} in bucket {b} = [{low}, +{width})"
+            );
+            if let Some((lv, lb)) = last {
+                if v == lv + 1 {
+                    assert!(b == lb || b == lb + 1, "buckets are contiguous at {v}");
+                }
+            }
+            last = Some((v, b));
+            assert!(width as f64 <= 1.0 + v as f64 / 64.0, "within 1.6% at {v}");
+        }
+    }
+
+    #[test]
+    fn histogram_percentiles_agree_with_exact_ones_within_the_bucket_width() {
+        let mut exact = Latencies::default();
+        let mut hist = Histogram::default();
+        for i in 0..10_000u64 {
+            let v = (i * 7_919) % 250_000 + 100;
+            exact.push(v);
+            hist.push(v);
+        }
+        let (e, h) = (exact.summary(), hist.summary());
+        for (a, b) in [(e.p50, h.p50), (e.p99, h.p99), (e.max, h.max)] {
+            assert!(
+                (a - b).abs() <= a * 0.016 + 0.001,
+                "exact {a} ms, histogram {b} ms"
+            );
+        }
+        assert_eq!(hist.len(), 10_000);
+        assert_eq!(Histogram::default().summary().p50, 0.0);
+    }
 }

@@ -26,6 +26,8 @@ pub struct Report {
     pub duplicate: f64,
     pub reorder: f64,
     pub latency_ms: [f64; 2],
+    /// What uplinks and CPUs charged (all zero with `--free-network`).
+    pub cost_model: CostReport,
     /// The bug planted in every replica (`--plant`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planted: Option<tidemark::replica::PlantedBug>,
@@ -49,10 +51,25 @@ pub struct Report {
     pub sp_lag_ms: Percentiles,
     /// `sp_lag_ms.p50 / dissemination_ms.p50`.
     pub sp_lag_ratio: f64,
+    /// Per (member, op) pair: from the op's creation until that member applied it.
+    pub dissemination_node_op_ms: Percentiles,
+    /// Per (member, op) pair: from the op's creation until it was inside that member's
+    /// snapshot point.
+    pub sp_lag_node_op_ms: Percentiles,
+    /// `sp_lag_node_op_ms.p50 / dissemination_node_op_ms.p50`.
+    pub sp_lag_ratio_node_op: f64,
     pub messages_per_op: f64,
     pub bytes_per_op: f64,
     pub bytes_by_kind: BTreeMap<String, u64>,
     pub messages_by_kind: BTreeMap<String, u64>,
+    /// Bytes of status and membership (status reports and the reports riding on published
+    /// ops, digests, stale notices, views, probes and their acks) over all bytes sent.
+    pub status_share: f64,
+    /// Messages a node handles (sends plus receives) per simulated second, all kinds,
+    /// averaged over the nodes of the run (founders and joiners).
+    pub msgs_per_node_s: f64,
+    /// Most messages that waited for one node's CPU at once.
+    pub longest_inbox: usize,
     /// Monitoring messages (probes and their acks) a node handles per simulated second,
     /// sent plus received, averaged over the nodes of the run (founders and joiners).
     pub monitoring_msgs_per_member_s: f64,
@@ -75,8 +92,48 @@ pub struct Report {
     pub events: u64,
     pub sim_time_s: f64,
     pub wall_s: f64,
+    /// Simulated seconds per wall-clock second (varies between runs, like `wall_s`).
+    pub sim_speed: f64,
     #[serde(skip)]
     pub samples: Vec<Sample>,
+}
+
+/// The cost model as the report prints it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct CostReport {
+    pub uplink_mbit: f64,
+    pub cpu_per_msg_us: f64,
+    pub cpu_per_kib_us: f64,
+}
+
+impl From<&crate::costs::CostModel> for CostReport {
+    fn from(c: &crate::costs::CostModel) -> Self {
+        CostReport {
+            uplink_mbit: round3(c.uplink_bytes_per_s as f64 * 8.0 / 1e6),
+            cpu_per_msg_us: round3(c.cpu_per_message.as_secs_f64() * 1e6),
+            cpu_per_kib_us: round3(c.cpu_per_kib.as_secs_f64() * 1e6),
+        }
+    }
+}
+
+/// The kinds of traffic that are status and membership rather than ops (`status_share`).
+pub const STATUS_KINDS: [&str; 7] = [
+    "status",
+    "report",
+    "digest",
+    "stale",
+    "view",
+    "probe",
+    "probe_ack",
+];
+
+/// The ratio of two p50s, 0 when the denominator is.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        round3(a / b)
+    } else {
+        0.0
+    }
 }
 
 /// Messages of `kinds` handled (sent plus received) per node and simulated second.
@@ -100,6 +157,15 @@ impl Report {
         let ops = r.written.max(1) as f64;
         let monitoring = per_member_s(&r, config, &["probe", "probe_ack"]);
         let status = per_member_s(&r, config, &["status"]);
+        let all_kinds: Vec<&str> = r.traffic.by_kind.keys().copied().collect();
+        let msgs_per_node_s = per_member_s(&r, config, &all_kinds);
+        let status_bytes: u64 = STATUS_KINDS
+            .iter()
+            .filter_map(|k| r.traffic.by_kind.get(*k))
+            .map(|v| v.1)
+            .sum();
+        let dissemination_node_op = r.dissemination_node_op.summary();
+        let sp_lag_node_op = r.sp_lag_node_op.summary();
         Report {
             seed: config.seed,
             nodes: config.nodes,
@@ -114,6 +180,7 @@ impl Report {
                 config.latency_min.as_secs_f64() * 1e3,
                 config.latency_max.as_secs_f64() * 1e3,
             ],
+            cost_model: CostReport::from(&config.costs),
             planted: config.planted,
             violations: r.violations.count,
             safety_violations: r.violations.safety(),
@@ -132,11 +199,10 @@ impl Report {
             liveness_failure: r.liveness_failure,
             liveness_cause: r.liveness_cause,
             convergence_ms: r.convergence_ms,
-            sp_lag_ratio: if dissemination.p50 > 0.0 {
-                round3(sp_lag.p50 / dissemination.p50)
-            } else {
-                0.0
-            },
+            sp_lag_ratio: ratio(sp_lag.p50, dissemination.p50),
+            sp_lag_ratio_node_op: ratio(sp_lag_node_op.p50, dissemination_node_op.p50),
+            dissemination_node_op_ms: dissemination_node_op,
+            sp_lag_node_op_ms: sp_lag_node_op,
             dissemination_ms: dissemination,
             sp_lag_ms: sp_lag,
             messages_per_op: round3(r.traffic.messages() as f64 / ops),
@@ -153,6 +219,13 @@ impl Report {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.0))
                 .collect(),
+            status_share: if r.traffic.bytes() > 0 {
+                (status_bytes as f64 / r.traffic.bytes() as f64 * 1e4).round() / 1e4
+            } else {
+                0.0
+            },
+            msgs_per_node_s,
+            longest_inbox: r.longest_inbox,
             monitoring_msgs_per_member_s: monitoring,
             status_msgs_per_member_s: status,
             distinct_cuts: r.cuts,
@@ -165,6 +238,11 @@ impl Report {
             events: r.events,
             sim_time_s: r.sim_time_s,
             wall_s: round3(r.wall_s),
+            sim_speed: if r.wall_s > 0.0 {
+                round3(r.sim_time_s / r.wall_s)
+            } else {
+                0.0
+            },
             samples: r.samples,
         }
     }
@@ -180,7 +258,8 @@ impl Report {
             "tidemark-sim seed {} · {} nodes (+{} joins) · {} ops by {} writers · loss {}\n\
              invariants: {} ({} violations), converged: {}{}\n\
              dissemination p50 {:.1} ms p99 {:.1} ms · snapshot-point lag p50 {:.1} ms p99 {:.1} ms (ratio {:.2})\n\
-             {:.1} messages/op, {:.0} bytes/op · {} events, {:.1} s simulated in {:.2} s\n",
+             per (node, op): dissemination p50 {:.1} ms · snapshot-point lag p50 {:.1} ms (ratio {:.2})\n\
+             {:.1} messages/op, {:.0} bytes/op, {:.1}% status · {:.0} messages per node-second · {} events, {:.1} s simulated in {:.2} s\n",
             self.seed,
             self.nodes,
             self.joins,
@@ -198,8 +277,13 @@ impl Report {
             self.sp_lag_ms.p50,
             self.sp_lag_ms.p99,
             self.sp_lag_ratio,
+            self.dissemination_node_op_ms.p50,
+            self.sp_lag_node_op_ms.p50,
+            self.sp_lag_ratio_node_op,
             self.messages_per_op,
             self.bytes_per_op,
+            self.status_share * 100.0,
+            self.msgs_per_node_s,
             self.events,
             self.sim_time_s,
             self.wall_s,

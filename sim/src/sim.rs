@@ -18,13 +18,14 @@ use tidemark::replica::{Action, Checkpoint, Replica, ReplicaConfig};
 use tidemark::{NodeId, Time, VersionVector};
 
 use crate::config::{CrashGuard, SimConfig};
+use crate::costs::{Arrival, Charges};
 use crate::ground_truth::{ExpectedState, GroundTruth, SimOp};
 use crate::invariants::safety::{ExcuseCounts, Excuses};
 use crate::invariants::{
     agreement, causal_delivery, liveness, monotone, no_lost_writes, safety, single_history,
     Violations,
 };
-use crate::metrics::{round3, FaultStats, Latencies, RecordMerges, Sample, Traffic};
+use crate::metrics::{round3, FaultStats, Histogram, Latencies, RecordMerges, Sample, Traffic};
 use crate::network::{Links, Mesh, SeenCache};
 use crate::report::Report;
 
@@ -48,6 +49,10 @@ enum EventKind {
         mesh_id: Option<u64>,
     },
     Wake {
+        node: usize,
+    },
+    /// A node's CPU is done with a message and takes the next from its inbox.
+    CpuFree {
         node: usize,
     },
     Write,
@@ -78,6 +83,15 @@ enum EventKind {
         node: usize,
         snapshot_id: String,
     },
+}
+
+/// A message that reached a node, waiting for its CPU (see `costs`).
+#[derive(Debug)]
+struct Incoming {
+    from: usize,
+    message: Msg,
+    size: WireSize,
+    mesh_id: Option<u64>,
 }
 
 /// A joiner's fetch of the state its grant offers (with `state_transfer`).
@@ -148,6 +162,9 @@ struct SimNode {
     bootstrap: Vec<usize>,
     /// I1 shadow: the applied vector rebuilt from the ops the replica reported.
     shadow: VersionVector,
+    /// When its current membership began: per-(node, op) latencies count only ops
+    /// created since.
+    member_since: Time,
     last_sp: VersionVector,
     /// I5: every op this node ever held with its current disk (what its storage owes).
     ever_applied: VersionVector,
@@ -179,6 +196,7 @@ impl SimNode {
             dialled_rounds: 0,
             bootstrap: Vec::new(),
             shadow: VersionVector::new(),
+            member_since: Time::ZERO,
             last_sp: VersionVector::new(),
             ever_applied: VersionVector::new(),
             expected: ExpectedState::default(),
@@ -225,6 +243,8 @@ pub struct Sim {
     next_id: u64,
     nodes: Vec<SimNode>,
     links: Links,
+    /// Every node's uplink and CPU under the cost model.
+    charges: Charges<Incoming>,
     mesh: Mesh,
     next_mesh_id: u64,
     size_cache: Option<(usize, WireSize)>,
@@ -245,6 +265,10 @@ pub struct Sim {
     written: u64,
     dissemination: Latencies,
     sp_lag: Latencies,
+    /// Per (member, op): from the op's creation until the member applied it, and until it
+    /// was inside the member's snapshot point.
+    dissemination_node_op: Histogram,
+    sp_lag_node_op: Histogram,
     disseminated_upto: BTreeMap<NodeId, u64>,
     stable_upto: BTreeMap<NodeId, u64>,
     traffic: Traffic,
@@ -315,6 +339,7 @@ impl Sim {
             next_id: 0,
             nodes: Vec::new(),
             links,
+            charges: Charges::new(config.costs),
             mesh,
             next_mesh_id: 0,
             size_cache: None,
@@ -330,6 +355,8 @@ impl Sim {
             written: 0,
             dissemination: Latencies::default(),
             sp_lag: Latencies::default(),
+            dissemination_node_op: Histogram::default(),
+            sp_lag_node_op: Histogram::default(),
             disseminated_upto: BTreeMap::new(),
             stable_upto: BTreeMap::new(),
             traffic: Traffic::default(),
@@ -526,7 +553,24 @@ impl Sim {
                     message,
                     size,
                     mesh_id,
-                } => self.deliver(to, from, message, size, mesh_id),
+                } => self.arrive(
+                    to,
+                    Incoming {
+                        from,
+                        message,
+                        size,
+                        mesh_id,
+                    },
+                ),
+                EventKind::CpuFree { node } => {
+                    let (next, again) = self.charges.next(node, self.now);
+                    if let Some(at) = again {
+                        self.push(at, EventKind::CpuFree { node });
+                    }
+                    if let Some(m) = next {
+                        self.deliver(node, m.from, m.message, m.size, m.mesh_id);
+                    }
+                }
                 EventKind::Wake { node } => {
                     if self.nodes[node].wake == Some(event.at) && !self.nodes[node].stopped {
                         self.nodes[node].wake = None;
@@ -638,6 +682,19 @@ impl Sim {
         self.now >= calm + self.liveness_bound()
     }
 
+    /// A message reached node `to`: processed now if its CPU is free, else queued for it.
+    fn arrive(&mut self, to: usize, incoming: Incoming) {
+        if self.nodes[to].stopped {
+            return;
+        }
+        let bytes = incoming.size.bytes;
+        match self.charges.arrive(to, self.now, incoming, bytes) {
+            Arrival::ProcessNow(m) => self.deliver(to, m.from, m.message, m.size, m.mesh_id),
+            Arrival::Queued(Some(at)) => self.push(at, EventKind::CpuFree { node: to }),
+            Arrival::Queued(None) => {}
+        }
+    }
+
     fn deliver(
         &mut self,
         to: usize,
@@ -694,6 +751,9 @@ impl Sim {
         if size.report_bytes > 0 {
             self.traffic.count_bytes("report", size.report_bytes);
         }
+        // the sender's uplink carries it whatever happens to it on the way
+        let ready = self.charges.ready(from, self.now);
+        let sent = self.charges.send(from, ready, size.bytes);
         if let Some(p) = &self.partition {
             let side = |n: usize| p.side.get(n).copied().unwrap_or(false);
             if side(from) != side(to) && (!p.one_way || !side(from)) {
@@ -701,7 +761,7 @@ impl Sim {
             }
         }
         for delay in self.links.transmit(&mut self.rng, from, to) {
-            let at = self.now + delay;
+            let at = sent + delay;
             self.push(
                 at,
                 EventKind::Deliver {
@@ -1099,6 +1159,11 @@ impl Sim {
                     self.view.applied_min.change(&op.origin, old, op.seq);
                     self.members_union = None;
                     self.record_dissemination(&op.origin.clone(), now);
+                    let since = self.nodes[n].member_since;
+                    if let Some(t) = self.created(&op.origin, op.seq).filter(|t| *t >= since) {
+                        self.dissemination_node_op
+                            .push(now.since(t).as_micros() as u64);
+                    }
                 }
             }
         }
@@ -1151,9 +1216,18 @@ impl Sim {
         node.last_sp = sp;
         if member {
             self.check_safety_of(n, at);
+            let since = self.nodes[n].member_since;
             for (origin, old, new) in changes {
                 self.view.sp_min.change(&origin, old, new);
                 self.record_stable(&origin, now);
+                if let Some(created) = self.created_at.get(&origin) {
+                    let upto = (new as usize).min(created.len());
+                    for t in created.get(old as usize..upto).unwrap_or_default() {
+                        if *t >= since {
+                            self.sp_lag_node_op.push(now.since(*t).as_micros() as u64);
+                        }
+                    }
+                }
             }
         }
     }
@@ -1167,6 +1241,7 @@ impl Sim {
         let node = &mut self.nodes[n];
         let incarnation = node.replica.incarnation();
         node.incarnation = incarnation;
+        node.member_since = self.now;
         let mut shadow = node.replica.applied().clone();
         for op in reported {
             if op.seq <= shadow.get(&op.origin) {
@@ -1757,6 +1832,7 @@ impl Sim {
         node.stopped = true;
         node.crashed = true;
         node.wake = None;
+        self.charges.drop_inbox(n);
         if node.member {
             self.crashed_at
                 .insert((self.ids[n].clone(), node.incarnation), self.now);
@@ -2485,6 +2561,9 @@ impl Sim {
                 },
                 dissemination: self.dissemination,
                 sp_lag: self.sp_lag,
+                dissemination_node_op: self.dissemination_node_op,
+                sp_lag_node_op: self.sp_lag_node_op,
+                longest_inbox: self.charges.longest_inbox(),
                 traffic: self.traffic,
                 written: self.written,
                 events: self.events,
@@ -2511,6 +2590,10 @@ pub struct ReportInputs {
     pub convergence_ms: Option<f64>,
     pub dissemination: Latencies,
     pub sp_lag: Latencies,
+    pub dissemination_node_op: Histogram,
+    pub sp_lag_node_op: Histogram,
+    /// Most messages that waited for one node's CPU at once.
+    pub longest_inbox: usize,
     pub traffic: Traffic,
     pub written: u64,
     pub events: u64,

@@ -13,6 +13,10 @@ fn without_wall_time(json: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
     let mut object = value.as_object().expect("an object").clone();
     assert!(object.remove("wall_s").is_some(), "wall_s is reported");
+    assert!(
+        object.remove("sim_speed").is_some(),
+        "sim_speed is reported"
+    );
     serde_json::to_string(&object).unwrap()
 }
 
@@ -147,7 +151,9 @@ fn a_batch_of_seeds_reports_one_summary() {
 fn a_batch_names_the_seed_of_its_worst_latencies() {
     let flags = ["--faults", "all", "--nodes", "10", "--ops", "100"];
     let mut args = flags.to_vec();
-    args.extend(["--seeds", "13..18", "--json"]);
+    // seeds whose runs, under the default cost model, evict a crashed member, rejoin a
+    // running one, and send a stale notice
+    args.extend(["--seeds", "106..111", "--json"]);
     let out = sim(&args);
     assert!(
         out.status.success(),
@@ -172,7 +178,7 @@ fn a_batch_names_the_seed_of_its_worst_latencies() {
     }
     // the stale rule shows in a sweep: how many notices made members rejoin
     let mut notices = 0;
-    for seed in 13..=18 {
+    for seed in 106..=111 {
         let seed = seed.to_string();
         let mut args = flags.to_vec();
         args.extend(["--seed", &seed, "--json"]);
