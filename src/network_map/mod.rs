@@ -25,6 +25,7 @@
 //!
 //! Pure state machine: no I/O, no clocks (time is passed in), iteration in key order only.
 
+pub mod aggregation;
 pub mod membership;
 mod min_tracker;
 pub mod monitor;

@@ -1,0 +1,702 @@
+//! Aggregation of the snapshot point: members report their applied vectors to a few
+//! aggregators instead of to everyone, aggregators combine them, and every member takes the
+//! largest snapshot point it can prove covers the whole view.
+//!
+//! **Layout** ([`Layout`]). The members of an agreed view are split into groups by a hash of
+//! (node id, view epoch); a group holds about `2√N` members (at least `min_group_size`).
+//! Each group has `aggregators_per_group` (r ≥ 2) aggregators: its members of lowest
+//! aggregator hash, topped up from the whole view when the group is smaller than r. Every
+//! node computes the same layout from the same view, so nothing is elected.
+//!
+//! **The flow.** A member sends its *contribution* — its applied vector, lowered to the cut
+//! of every joiner it registered that the view has not admitted yet — to its group's
+//! aggregators: the entries that changed since its last one, coalesced over
+//! `report_delay`, and the whole vector every `heartbeat`. An aggregator keeps, per member,
+//! the pointwise maximum of the entries it received. Once it holds a contribution of every
+//! member of a group it aggregates, it sends the group's minimum, with the group's cover
+//! ([`Cover`]), to the aggregators of every group. Once it holds a minimum of every group of
+//! the epoch, it pushes their minimum — a snapshot point — with the sum of their covers to
+//! the members of its groups (and to the joiners that contribute to it). A member keeps the
+//! pointwise maximum of the snapshot points it receives whose cover equals its view's.
+//!
+//! **Why it is safe** (each rule is checked by the simulator's invariants):
+//! - *Monotone inputs.* Every entry a member sends is a past value of its own contribution,
+//!   which only grows within a membership; the pointwise maximum of such entries is
+//!   therefore at most the member's current applied vector. Entries need no epoch: a
+//!   contribution is a lower bound of its membership whatever the view.
+//! - *Joiner cover.* From the moment a sponsor registers a joiner at cut J (its own applied
+//!   vector then) until a view admits the joiner, the sponsor's contribution is at most J.
+//!   Contributions made before the registration are at most J too, since the applied vector
+//!   only grows. So every aggregate that counts the sponsor is at most J ≤ A(joiner).
+//! - *Final removals only.* A group's members are those of the agreed view: a member leaves
+//!   every aggregate only once a decided view has removed it.
+//! - *Completeness certificate.* A snapshot point carries its epoch, the number of members
+//!   it covers and the sum (mod 2⁶⁴) of their membership hashes. A member accepts it only
+//!   when both equal its installed view's, so it never takes a minimum that skipped a member.
+//!   The pointwise maximum of two snapshot points that are each at most every member's
+//!   applied vector is at most it too, so taking the maximum is safe — and it hides the
+//!   failure of one aggregator behind the other r − 1.
+//!
+//! Pure state machine: no I/O, time passed in, iteration in key order only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::view::View;
+use crate::node_id::NodeId;
+use crate::time::Time;
+use crate::version_vector::VersionVector;
+
+/// Settings of aggregation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregationConfig {
+    /// Aggregators of each group (r); at least 2, so that one failure hides behind another.
+    pub aggregators_per_group: usize,
+    /// Least members of a group: small networks have one group.
+    pub min_group_size: usize,
+    /// How long a member collects changes of its applied vector before it sends them, and
+    /// an aggregator changes of its minimums.
+    pub report_delay: Duration,
+    /// Most time between two whole contributions of a member, and two pushes of an
+    /// aggregator: what repairs a lost message.
+    pub heartbeat: Duration,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        Self {
+            aggregators_per_group: 2,
+            min_group_size: 32,
+            report_delay: Duration::from_millis(2),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A completeness certificate: how many memberships an aggregate covers, and the sum (mod
+/// 2⁶⁴) of their hashes. Covers of disjoint sets add up; a snapshot point is valid only if
+/// its cover equals the view's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cover {
+    pub members: u64,
+    pub hash: u64,
+}
+
+impl Cover {
+    /// The cover of one membership.
+    pub fn of(id: &NodeId, incarnation: u64) -> Self {
+        Cover {
+            members: 1,
+            hash: spread(id, incarnation, SALT_COVER),
+        }
+    }
+}
+
+impl std::ops::Add for Cover {
+    type Output = Cover;
+
+    /// The cover of two disjoint sets of memberships.
+    fn add(self, other: Cover) -> Cover {
+        Cover {
+            members: self.members + other.members,
+            hash: self.hash.wrapping_add(other.hash),
+        }
+    }
+}
+
+const SALT_GROUP: u64 = 0x67_726f_7570;
+const SALT_AGGREGATOR: u64 = 0x61_6767_7265;
+const SALT_COVER: u64 = 0x63_6f76_6572;
+
+/// A 64-bit hash of (id, n, salt): FNV-1a over the id's bytes, then a SplitMix64 finish.
+/// Part of the protocol: every node must compute the same layout.
+fn spread(id: &NodeId, n: u64, salt: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ salt;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut z = h ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The groups and aggregators of one view (see module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    epoch: u64,
+    /// Members of each group, in id order.
+    groups: Vec<Vec<NodeId>>,
+    /// Each member's group and incarnation.
+    group_of: BTreeMap<NodeId, (usize, u64)>,
+    /// Aggregators of each group.
+    aggregators: Vec<Vec<NodeId>>,
+    /// Each group's cover, and the view's.
+    group_covers: Vec<Cover>,
+    cover: Cover,
+}
+
+impl Layout {
+    pub fn new(view: &View, config: &AggregationConfig) -> Self {
+        let n = view.members.len();
+        let target = ((2.0 * (n as f64).sqrt()).ceil() as usize).max(config.min_group_size.max(1));
+        let count = n.div_ceil(target).max(1);
+        let mut groups = vec![Vec::new(); count];
+        let mut group_of = BTreeMap::new();
+        let mut group_covers = vec![Cover::default(); count];
+        let mut cover = Cover::default();
+        let mut ranked: Vec<(u64, &NodeId)> = Vec::with_capacity(n);
+        for (id, incarnation) in &view.members {
+            let g = (spread(id, view.epoch, SALT_GROUP) % count as u64) as usize;
+            groups[g].push(id.clone());
+            group_of.insert(id.clone(), (g, *incarnation));
+            let c = Cover::of(id, *incarnation);
+            group_covers[g] = group_covers[g] + c;
+            cover = cover + c;
+            ranked.push((spread(id, view.epoch, SALT_AGGREGATOR), id));
+        }
+        ranked.sort();
+        let r = config.aggregators_per_group.max(1);
+        let aggregators = groups
+            .iter()
+            .map(|members| {
+                let mut own: Vec<(u64, &NodeId)> = members
+                    .iter()
+                    .map(|id| (spread(id, view.epoch, SALT_AGGREGATOR), id))
+                    .collect();
+                own.sort();
+                let mut chosen: Vec<NodeId> =
+                    own.iter().take(r).map(|(_, id)| (*id).clone()).collect();
+                for (_, id) in &ranked {
+                    if chosen.len() >= r.min(n) {
+                        break;
+                    }
+                    if !chosen.contains(id) {
+                        chosen.push((*id).clone());
+                    }
+                }
+                chosen.sort();
+                chosen
+            })
+            .collect();
+        Layout {
+            epoch: view.epoch,
+            groups,
+            group_of,
+            aggregators,
+            group_covers,
+            cover,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// How many groups the view is split into.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn group_of(&self, id: &NodeId) -> Option<usize> {
+        self.group_of.get(id).map(|(g, _)| *g)
+    }
+
+    /// The incarnation at which the view holds `id`.
+    pub fn incarnation_of(&self, id: &NodeId) -> Option<u64> {
+        self.group_of.get(id).map(|(_, i)| *i)
+    }
+
+    pub fn members(&self, group: usize) -> &[NodeId] {
+        &self.groups[group]
+    }
+
+    pub fn aggregators(&self, group: usize) -> &[NodeId] {
+        &self.aggregators[group]
+    }
+
+    /// The aggregators a node sends its contribution to: its group's, or for a node outside
+    /// the view (a joiner), those of the group its id hashes to.
+    pub fn aggregators_for(&self, id: &NodeId) -> &[NodeId] {
+        let g = self.group_of(id).unwrap_or_else(|| {
+            (spread(id, self.epoch, SALT_GROUP) % self.groups.len() as u64) as usize
+        });
+        &self.aggregators[g]
+    }
+
+    /// The groups `id` aggregates, in order.
+    pub fn aggregated_by(&self, id: &NodeId) -> Vec<usize> {
+        (0..self.groups.len())
+            .filter(|g| self.aggregators[*g].contains(id))
+            .collect()
+    }
+
+    /// Every aggregator of the view, in id order.
+    pub fn all_aggregators(&self) -> BTreeSet<NodeId> {
+        self.aggregators.iter().flatten().cloned().collect()
+    }
+
+    pub fn group_cover(&self, group: usize) -> Cover {
+        self.group_covers[group]
+    }
+
+    /// The cover of the whole view: what a valid snapshot point carries.
+    pub fn cover(&self) -> Cover {
+        self.cover
+    }
+}
+
+/// What aggregation sends (see module doc).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregateMessage {
+    /// A member's contribution, to its aggregators: the entries that changed since its
+    /// last one, or all of them (`whole`). Carries the sender's membership.
+    Contribution {
+        incarnation: u64,
+        whole: bool,
+        entries: Vec<(NodeId, u64)>,
+    },
+    /// A group's minimum at `epoch`, from one of its aggregators to every aggregator.
+    GroupMinimum {
+        epoch: u64,
+        group: u32,
+        minimum: VersionVector,
+        cover: Cover,
+    },
+    /// A snapshot point at `epoch`, from an aggregator to the members of its groups.
+    SnapshotPoint {
+        epoch: u64,
+        snapshot_point: VersionVector,
+        cover: Cover,
+    },
+}
+
+/// A message to send: where, and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: NodeId,
+    pub message: Arc<AggregateMessage>,
+}
+
+/// What a received aggregation message did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Taken into account.
+    Taken,
+    /// The node's snapshot point rose.
+    SnapshotPointRose,
+    /// Not for this node's view or role (another epoch, a group it does not aggregate, a
+    /// sender that is not a member): dropped.
+    Ignored,
+    /// A snapshot point whose cover is not the view's: dropped and counted.
+    IncompleteCover,
+}
+
+/// One node's part in aggregation: as a member (its contribution and the snapshot point it
+/// accepted) and, when the layout makes it one, as an aggregator.
+#[derive(Clone, Debug)]
+pub struct Aggregation {
+    me: NodeId,
+    incarnation: u64,
+    config: AggregationConfig,
+    layout: Layout,
+    /// The contribution last sent, and when the last whole one went out.
+    sent: VersionVector,
+    last_whole: Option<Time>,
+    /// When the next contribution goes out (`None`: nothing changed).
+    contribute_at: Option<Time>,
+    /// The largest valid snapshot point received at this membership.
+    snapshot_point: VersionVector,
+    /// As an aggregator: every view member's contribution received (by id, with its
+    /// incarnation), kept across views for the members that stay.
+    inputs: BTreeMap<NodeId, (u64, VersionVector)>,
+    /// As an aggregator: the newest minimum of each group at the layout's epoch.
+    minimums: BTreeMap<usize, (VersionVector, Cover)>,
+    /// As an aggregator: joiners outside the view that contribute, and when they last did.
+    subscribers: BTreeMap<NodeId, Time>,
+    /// As an aggregator: the groups whose minimum changed, and the snapshot point last
+    /// pushed, and when the next send of either is due.
+    changed_groups: BTreeSet<usize>,
+    pushed: Option<VersionVector>,
+    last_push: Option<Time>,
+    aggregate_at: Option<Time>,
+    outgoing: Vec<Outgoing>,
+    incomplete_covers: u64,
+}
+
+impl Aggregation {
+    pub fn new(me: NodeId, incarnation: u64, view: &View, config: AggregationConfig) -> Self {
+        let layout = Layout::new(view, &config);
+        Self {
+            me,
+            incarnation,
+            config,
+            layout,
+            sent: VersionVector::new(),
+            last_whole: None,
+            contribute_at: None,
+            snapshot_point: VersionVector::new(),
+            inputs: BTreeMap::new(),
+            minimums: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            changed_groups: BTreeSet::new(),
+            pushed: None,
+            last_push: None,
+            aggregate_at: None,
+            outgoing: Vec::new(),
+            incomplete_covers: 0,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The largest valid snapshot point received at this membership.
+    pub fn snapshot_point(&self) -> &VersionVector {
+        &self.snapshot_point
+    }
+
+    /// Snapshot points dropped because their cover was not the view's.
+    pub fn incomplete_covers(&self) -> u64 {
+        self.incomplete_covers
+    }
+
+    /// Whether this node aggregates some group of the current view.
+    pub fn is_aggregator(&self) -> bool {
+        !self.layout.aggregated_by(&self.me).is_empty()
+    }
+
+    /// A new view was installed: a new layout; a whole contribution goes out at once to the
+    /// (new) aggregators. Inputs of members that stay are kept; minimums are per epoch.
+    pub fn on_view(&mut self, view: &View, now: Time) {
+        if view.epoch == self.layout.epoch {
+            return;
+        }
+        self.layout = Layout::new(view, &self.config);
+        self.inputs
+            .retain(|id, (incarnation, _)| view.members.get(id) == Some(incarnation));
+        self.minimums.clear();
+        self.changed_groups = self.layout.aggregated_by(&self.me).into_iter().collect();
+        self.pushed = None;
+        self.last_whole = None;
+        self.contribute_at = Some(now);
+        self.aggregate_at = Some(now);
+    }
+
+    /// This node's contribution changed (ops applied, a registration made or admitted):
+    /// it goes out after `report_delay`.
+    pub fn contribution_changed(&mut self, now: Time) {
+        if self.contribute_at.is_none() {
+            self.contribute_at = Some(now + self.config.report_delay);
+        }
+    }
+
+    /// The next time [`Aggregation::on_timeout`] has something to do.
+    pub fn next_deadline(&self) -> Option<Time> {
+        let heartbeat = self
+            .last_whole
+            .map_or(Some(Time::ZERO), |at| Some(at + self.config.heartbeat));
+        let push = if self.is_aggregator() {
+            self.last_push
+                .map_or(Some(Time::ZERO), |at| Some(at + self.config.heartbeat))
+        } else {
+            None
+        };
+        [self.contribute_at, heartbeat, self.aggregate_at, push]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Sends what is due. `contribution` is this node's applied vector lowered to the cut
+    /// of every joiner it registered that the view has not admitted (joiner cover).
+    pub fn on_timeout(&mut self, now: Time, contribution: &VersionVector) {
+        let whole_due = self
+            .last_whole
+            .is_none_or(|at| now >= at + self.config.heartbeat);
+        if whole_due || self.contribute_at.is_some_and(|at| at <= now) {
+            self.contribute(now, contribution, whole_due);
+        }
+        if self.is_aggregator() {
+            let push_due = self
+                .last_push
+                .is_none_or(|at| now >= at + self.config.heartbeat);
+            if push_due {
+                // the heartbeat is spent even when no snapshot point can be pushed yet
+                self.last_push = Some(now);
+            }
+            if push_due || self.aggregate_at.is_some_and(|at| at <= now) {
+                self.aggregate(now, push_due);
+            }
+        }
+    }
+
+    fn contribute(&mut self, now: Time, contribution: &VersionVector, whole: bool) {
+        self.contribute_at = None;
+        let entries: Vec<(NodeId, u64)> = if whole {
+            contribution.iter().map(|(o, s)| (o.clone(), s)).collect()
+        } else {
+            self.sent
+                .changes_to(contribution)
+                .into_iter()
+                .filter(|(_, old, new)| new > old)
+                .map(|(o, _, new)| (o, new))
+                .collect()
+        };
+        self.sent = contribution.clone();
+        if whole {
+            self.last_whole = Some(now);
+        } else if entries.is_empty() {
+            return;
+        }
+        let message = Arc::new(AggregateMessage::Contribution {
+            incarnation: self.incarnation,
+            whole,
+            entries,
+        });
+        for to in self.layout.aggregators_for(&self.me).to_vec() {
+            if to == self.me {
+                // an aggregator's own contribution goes straight in
+                self.take_contribution(&self.me.clone(), self.incarnation, &message, now);
+            } else {
+                self.outgoing.push(Outgoing {
+                    to,
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+
+    /// A message from `from` (a member at `incarnation` per its own message, or per the
+    /// sender's membership for minimums and snapshot points).
+    pub fn handle(&mut self, now: Time, from: &NodeId, message: &AggregateMessage) -> Received {
+        match message {
+            AggregateMessage::Contribution { incarnation, .. } => {
+                self.take_contribution(from, *incarnation, message, now)
+            }
+            AggregateMessage::GroupMinimum {
+                epoch,
+                group,
+                minimum,
+                cover,
+            } => {
+                let g = *group as usize;
+                if *epoch != self.layout.epoch
+                    || !self.is_aggregator()
+                    || g >= self.layout.group_count()
+                    || *cover != self.layout.group_cover(g)
+                {
+                    return Received::Ignored;
+                }
+                let merged = match self.minimums.get(&g) {
+                    Some((held, _)) if minimum.le(held) => return Received::Taken,
+                    Some((held, _)) => {
+                        let mut m = held.clone();
+                        m.join(minimum);
+                        m
+                    }
+                    None => minimum.clone(),
+                };
+                self.minimums.insert(g, (merged, *cover));
+                self.schedule_aggregate(now);
+                Received::Taken
+            }
+            AggregateMessage::SnapshotPoint {
+                epoch,
+                snapshot_point,
+                cover,
+            } => {
+                if *epoch != self.layout.epoch {
+                    return Received::Ignored;
+                }
+                if *cover != self.layout.cover() {
+                    self.incomplete_covers += 1;
+                    return Received::IncompleteCover;
+                }
+                if self.accept(snapshot_point) {
+                    Received::SnapshotPointRose
+                } else {
+                    Received::Taken
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, snapshot_point: &VersionVector) -> bool {
+        if snapshot_point.le(&self.snapshot_point) {
+            return false;
+        }
+        self.snapshot_point.join(snapshot_point);
+        true
+    }
+
+    fn take_contribution(
+        &mut self,
+        from: &NodeId,
+        incarnation: u64,
+        message: &AggregateMessage,
+        now: Time,
+    ) -> Received {
+        let AggregateMessage::Contribution { entries, .. } = message else {
+            return Received::Ignored;
+        };
+        let Some(group) = self.layout.group_of(from) else {
+            // a joiner outside the view: pushed to, not counted
+            if self.layout.aggregators_for(from).contains(&self.me) {
+                self.subscribers.insert(from.clone(), now);
+                return Received::Taken;
+            }
+            return Received::Ignored;
+        };
+        // only the membership the view holds counts: a newer incarnation of the same node
+        // is another membership, whose vector bounds nothing of the one the view holds
+        if !self.layout.aggregators(group).contains(&self.me)
+            || self.layout.incarnation_of(from) != Some(incarnation)
+        {
+            return Received::Ignored;
+        }
+        let held = self
+            .inputs
+            .entry(from.clone())
+            .or_insert_with(|| (incarnation, VersionVector::new()));
+        let mut raised = false;
+        for (origin, seq) in entries {
+            raised |= held.1.raise(origin, *seq);
+        }
+        if raised || !self.minimums.contains_key(&group) {
+            self.changed_groups.insert(group);
+            self.schedule_aggregate(now);
+        }
+        Received::Taken
+    }
+
+    fn schedule_aggregate(&mut self, now: Time) {
+        if self.aggregate_at.is_none() {
+            self.aggregate_at = Some(now + self.config.report_delay);
+        }
+    }
+
+    /// As an aggregator: sends the minimums of its groups that changed (or all, at a
+    /// heartbeat) to every aggregator, and pushes the snapshot point when it rose.
+    fn aggregate(&mut self, now: Time, heartbeat: bool) {
+        self.aggregate_at = None;
+        let mine = self.layout.aggregated_by(&self.me);
+        let groups: Vec<usize> = if heartbeat {
+            mine.clone()
+        } else {
+            std::mem::take(&mut self.changed_groups)
+                .into_iter()
+                .collect()
+        };
+        if heartbeat {
+            self.changed_groups.clear();
+        }
+        let others: Vec<NodeId> = self
+            .layout
+            .all_aggregators()
+            .into_iter()
+            .filter(|a| *a != self.me)
+            .collect();
+        for g in groups {
+            let Some(minimum) = self.group_minimum(g) else {
+                continue;
+            };
+            let cover = self.layout.group_cover(g);
+            let held = self.minimums.get(&g).map(|(m, _)| m);
+            if !heartbeat && held.is_some_and(|h| minimum.le(h)) {
+                continue;
+            }
+            let merged = match held {
+                Some(h) => {
+                    let mut m = h.clone();
+                    m.join(&minimum);
+                    m
+                }
+                None => minimum,
+            };
+            self.minimums.insert(g, (merged.clone(), cover));
+            let message = Arc::new(AggregateMessage::GroupMinimum {
+                epoch: self.layout.epoch,
+                group: g as u32,
+                minimum: merged,
+                cover,
+            });
+            for to in &others {
+                self.outgoing.push(Outgoing {
+                    to: to.clone(),
+                    message: message.clone(),
+                });
+            }
+        }
+        self.push(now, heartbeat);
+    }
+
+    /// The minimum over the contributions of every member of group `g`, once it holds all.
+    fn group_minimum(&self, g: usize) -> Option<VersionVector> {
+        let mut minimum: Option<VersionVector> = None;
+        for id in self.layout.members(g) {
+            let (_, input) = self.inputs.get(id)?;
+            minimum = Some(match minimum {
+                None => input.clone(),
+                Some(m) => m.meet(input),
+            });
+        }
+        minimum
+    }
+
+    /// Pushes the snapshot point of the epoch to the members of its groups and to its
+    /// subscribers, once it holds a minimum of every group and it rose (or at a heartbeat).
+    fn push(&mut self, now: Time, heartbeat: bool) {
+        if self.minimums.len() < self.layout.group_count() {
+            return;
+        }
+        let mut cover = Cover::default();
+        let mut sp: Option<VersionVector> = None;
+        for (minimum, c) in self.minimums.values() {
+            cover = cover + *c;
+            sp = Some(match sp {
+                None => minimum.clone(),
+                Some(s) => s.meet(minimum),
+            });
+        }
+        let sp = sp.unwrap_or_default();
+        if !heartbeat && self.pushed.as_ref().is_some_and(|p| sp.le(p)) {
+            return;
+        }
+        self.pushed = Some(sp.clone());
+        self.last_push = Some(now);
+        self.accept(&sp);
+        let message = Arc::new(AggregateMessage::SnapshotPoint {
+            epoch: self.layout.epoch,
+            snapshot_point: sp,
+            cover,
+        });
+        let horizon = self.config.heartbeat * 3;
+        self.subscribers.retain(|_, at| now < *at + horizon);
+        let mut to: BTreeSet<NodeId> = BTreeSet::new();
+        for g in self.layout.aggregated_by(&self.me) {
+            to.extend(self.layout.members(g).iter().cloned());
+        }
+        to.extend(self.subscribers.keys().cloned());
+        to.remove(&self.me);
+        for id in to {
+            self.outgoing.push(Outgoing {
+                to: id,
+                message: message.clone(),
+            });
+        }
+    }
+
+    /// What to send, in order.
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outgoing)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,398 @@
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+
+fn ids(n: u64) -> Vec<NodeId> {
+    (0..n).map(NodeId::synthetic).collect()
+}
+
+fn view(epoch: u64, members: &[NodeId]) -> View {
+    View {
+        epoch,
+        members: members.iter().map(|id| (id.clone(), 1)).collect(),
+    }
+}
+
+fn config() -> AggregationConfig {
+    AggregationConfig {
+        min_group_size: 4,
+        ..AggregationConfig::default()
+    }
+}
+
+#[test]
+fn every_member_is_in_one_group_with_r_distinct_aggregators_and_the_covers_add_up() {
+    for n in [1u64, 2, 3, 10, 100, 1_000] {
+        let all = ids(n);
+        let layout = Layout::new(&view(7, &all), &config());
+        let mut seen = BTreeMap::new();
+        let mut sum = Cover::default();
+        for g in 0..layout.group_count() {
+            for id in layout.members(g) {
+                assert!(seen.insert(id.clone(), g).is_none(), "{id:?} in two groups");
+                assert_eq!(layout.group_of(id), Some(g));
+            }
+            let aggregators = layout.aggregators(g);
+            assert_eq!(aggregators.len(), 2.min(n as usize), "n = {n}, group {g}");
+            assert!(aggregators.windows(2).all(|w| w[0] < w[1]), "distinct");
+            sum = sum + layout.group_cover(g);
+        }
+        assert_eq!(seen.len(), n as usize);
+        assert_eq!(sum, layout.cover());
+        assert_eq!(layout.cover().members, n);
+        // about 2√N members a group, never more than twice that
+        let target = ((2.0 * (n as f64).sqrt()).ceil() as usize).max(4);
+        assert_eq!(layout.group_count(), (n as usize).div_ceil(target).max(1));
+        let largest = (0..layout.group_count())
+            .map(|g| layout.members(g).len())
+            .max()
+            .unwrap();
+        assert!(largest <= 2 * target + 8, "n = {n}: a group of {largest}");
+    }
+}
+
+#[test]
+fn the_layout_is_the_same_everywhere_and_changes_with_the_epoch() {
+    let all = ids(400);
+    let a = Layout::new(&view(3, &all), &config());
+    assert_eq!(a, Layout::new(&view(3, &all), &config()));
+    let b = Layout::new(&view(4, &all), &config());
+    let moved = all
+        .iter()
+        .filter(|id| a.group_of(id) != b.group_of(id))
+        .count();
+    assert!(
+        moved > 100,
+        "a new epoch draws new groups ({moved} of 400 moved)"
+    );
+    // a view that differs in one member has another cover
+    let fewer = Layout::new(&view(3, &all[1..]), &config());
+    assert_ne!(fewer.cover(), a.cover());
+    let other_incarnation = View {
+        epoch: 3,
+        members: all
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), if i == 0 { 2 } else { 1 }))
+            .collect(),
+    };
+    assert_ne!(
+        Layout::new(&other_incarnation, &config()).cover(),
+        a.cover()
+    );
+}
+
+/// A network of aggregation state machines over a bus with latency and loss.
+struct Net {
+    nodes: Vec<Aggregation>,
+    applied: Vec<VersionVector>,
+    /// What each node contributes: its applied vector, or less (joiner cover).
+    cap: Vec<Option<VersionVector>>,
+    down: Vec<bool>,
+    queue: VecDeque<(Time, usize, usize, Arc<AggregateMessage>)>,
+    index: BTreeMap<NodeId, usize>,
+    rng: ChaCha8Rng,
+    loss: f64,
+    now: Time,
+    /// Every snapshot point each node held, in order.
+    history: Vec<Vec<VersionVector>>,
+    messages: u64,
+    /// Check the snapshot points after every step (off where only traffic is counted).
+    check: bool,
+}
+
+impl Net {
+    fn new(n: u64, seed: u64, loss: f64) -> Self {
+        let all = ids(n);
+        let v = view(1, &all);
+        Net {
+            nodes: all
+                .iter()
+                .map(|id| Aggregation::new(id.clone(), 1, &v, config()))
+                .collect(),
+            applied: vec![VersionVector::new(); n as usize],
+            cap: vec![None; n as usize],
+            down: vec![false; n as usize],
+            queue: VecDeque::new(),
+            index: all
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, id)| (id, i))
+                .collect(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            loss,
+            now: Time::ZERO,
+            history: vec![Vec::new(); n as usize],
+            messages: 0,
+            check: true,
+        }
+    }
+
+    fn contribution(&self, i: usize) -> VersionVector {
+        match &self.cap[i] {
+            Some(cap) => self.applied[i].meet(cap),
+            None => self.applied[i].clone(),
+        }
+    }
+
+    /// Node i applies one more op of `origin`.
+    fn apply(&mut self, i: usize, origin: &NodeId) {
+        let next = self.applied[i].get(origin) + 1;
+        self.applied[i].set(origin.clone(), next);
+        self.nodes[i].contribution_changed(self.now);
+    }
+
+    /// Runs until `until`, checking after every step that no snapshot point exceeds what
+    /// every node applied and that none falls.
+    fn run(&mut self, until: Time) {
+        loop {
+            let next_timer = (0..self.nodes.len())
+                .filter(|i| !self.down[*i])
+                .filter_map(|i| self.nodes[i].next_deadline().map(|t| (t.max(self.now), i)))
+                .min();
+            let next_message = self.queue.front().map(|m| m.0);
+            let at = match (next_timer, next_message) {
+                (Some((t, _)), Some(m)) => t.min(m),
+                (Some((t, _)), None) => t,
+                (None, Some(m)) => m,
+                (None, None) => break,
+            };
+            if at > until {
+                break;
+            }
+            self.now = at;
+            if next_message == Some(at) {
+                let (_, from, to, message) = self.queue.pop_front().unwrap();
+                if !self.down[to] {
+                    let from_id = self.nodes[from].me.clone();
+                    self.nodes[to].handle(at, &from_id, &message);
+                    self.after(to);
+                }
+            } else if let Some((_, i)) = next_timer {
+                let contribution = self.contribution(i);
+                self.nodes[i].on_timeout(at, &contribution);
+                self.after(i);
+            }
+        }
+        self.now = until;
+    }
+
+    fn after(&mut self, i: usize) {
+        for out in self.nodes[i].take_outgoing() {
+            self.messages += 1;
+            let to = self.index[&out.to];
+            if self.down[i] || self.rng.random_bool(self.loss) {
+                continue;
+            }
+            let latency = Duration::from_millis(self.rng.random_range(1..20));
+            let at = self.now + latency;
+            // keep the queue ordered by delivery time
+            let pos = self.queue.partition_point(|m| m.0 <= at);
+            self.queue.insert(pos, (at, i, to, out.message));
+        }
+        if !self.check {
+            return;
+        }
+        let sp = self.nodes[i].snapshot_point().clone();
+        if let Some(last) = self.history[i].last() {
+            assert!(last.le(&sp), "node {i}'s snapshot point fell");
+        }
+        let floor = (0..self.nodes.len())
+            .map(|k| self.contribution(k))
+            .reduce(|a, b| a.meet(&b))
+            .unwrap();
+        assert!(
+            sp.le(&floor),
+            "node {i}'s snapshot point {sp:?} passes a member's contribution {floor:?}"
+        );
+        self.history[i].push(sp);
+    }
+}
+
+#[test]
+fn the_snapshot_point_reaches_the_minimum_of_every_member_and_never_passes_it() {
+    for n in [1u64, 3, 20, 150] {
+        let mut net = Net::new(n, n, 0.0);
+        let writers = ids(3);
+        for step in 0..200u64 {
+            let i = (step * 7 % n) as usize;
+            net.apply(i, &writers[(step % 3) as usize]);
+            let t = net.now + Duration::from_millis(3);
+            net.run(t);
+        }
+        // everyone catches up with everything written
+        let all: Vec<VersionVector> = net.applied.clone();
+        let mut union = VersionVector::new();
+        for a in &all {
+            union.join(a);
+        }
+        for i in 0..n as usize {
+            net.applied[i] = union.clone();
+            net.nodes[i].contribution_changed(net.now);
+        }
+        let t = net.now + Duration::from_millis(500);
+        net.run(t);
+        for (i, node) in net.nodes.iter().enumerate() {
+            assert_eq!(node.snapshot_point(), &union, "n = {n}: node {i}");
+        }
+    }
+}
+
+#[test]
+fn lost_messages_are_repaired_by_the_heartbeat_and_one_aggregator_down_stalls_nothing() {
+    let n = 60;
+    let mut net = Net::new(n, 5, 0.0);
+    let origin = NodeId::synthetic(1_000);
+    // the first aggregator of every group applies 10 ops, the others 5
+    let layout = net.nodes[0].layout().clone();
+    let failing: BTreeSet<usize> = (0..layout.group_count())
+        .map(|g| net.index[&layout.aggregators(g)[0]])
+        .collect();
+    for i in 0..n as usize {
+        let ops = if failing.contains(&i) { 10 } else { 5 };
+        for _ in 0..ops {
+            net.apply(i, &origin);
+        }
+    }
+    net.run(Time::ZERO + Duration::from_secs(1));
+    assert!(net
+        .nodes
+        .iter()
+        .all(|node| node.snapshot_point().get(&origin) == 5));
+    // they fail (a crashed member still counts with what it reported); a fifth of all
+    // messages is lost from now on, and the others catch up with them: every hop is
+    // repaired by the next heartbeat, so the remaining aggregators get there within
+    // a few seconds
+    for i in &failing {
+        net.down[*i] = true;
+    }
+    net.loss = 0.2;
+    for i in (0..n as usize).filter(|i| !failing.contains(i)) {
+        for _ in 0..5 {
+            net.apply(i, &origin);
+        }
+    }
+    net.run(Time::ZERO + Duration::from_secs(10));
+    for i in (0..n as usize).filter(|i| !net.down[*i]) {
+        assert_eq!(net.nodes[i].snapshot_point().get(&origin), 10, "node {i}");
+    }
+}
+
+#[test]
+fn a_sponsor_holding_a_joiner_s_cut_holds_every_snapshot_point_at_that_cut() {
+    let n = 30;
+    let mut net = Net::new(n, 9, 0.0);
+    let origin = NodeId::synthetic(1_000);
+    for i in 0..n as usize {
+        net.apply(i, &origin);
+    }
+    // node 4 registers a joiner at its applied vector (1), then everyone goes on to 10
+    net.cap[4] = Some(net.applied[4].clone());
+    for _ in 0..9 {
+        for i in 0..n as usize {
+            net.apply(i, &origin);
+        }
+    }
+    net.run(Time::ZERO + Duration::from_secs(2));
+    for node in &net.nodes {
+        assert_eq!(
+            node.snapshot_point().get(&origin),
+            1,
+            "held at the join cut"
+        );
+    }
+    // the view admits the joiner: the sponsor's cover ends
+    net.cap[4] = None;
+    net.nodes[4].contribution_changed(net.now);
+    let t = net.now + Duration::from_secs(1);
+    net.run(t);
+    for node in &net.nodes {
+        assert_eq!(node.snapshot_point().get(&origin), 10);
+    }
+}
+
+#[test]
+fn a_snapshot_point_that_covers_less_than_the_view_is_refused_and_counted() {
+    let all = ids(10);
+    let mut member = Aggregation::new(all[0].clone(), 1, &view(1, &all), config());
+    let origin = NodeId::synthetic(99);
+    let sp: VersionVector = [(origin.clone(), 5)].into_iter().collect();
+    let short = Layout::new(&view(1, &all[..9]), &config()).cover();
+    let refused = member.handle(
+        Time::ZERO,
+        &all[1],
+        &AggregateMessage::SnapshotPoint {
+            epoch: 1,
+            snapshot_point: sp.clone(),
+            cover: short,
+        },
+    );
+    assert_eq!(refused, Received::IncompleteCover);
+    assert_eq!(member.incomplete_covers(), 1);
+    assert!(member.snapshot_point().is_empty());
+    // another epoch's is ignored; the view's is taken
+    let full = member.layout().cover();
+    let other_epoch = AggregateMessage::SnapshotPoint {
+        epoch: 2,
+        snapshot_point: sp.clone(),
+        cover: full,
+    };
+    assert_eq!(
+        member.handle(Time::ZERO, &all[1], &other_epoch),
+        Received::Ignored
+    );
+    let valid = AggregateMessage::SnapshotPoint {
+        epoch: 1,
+        snapshot_point: sp.clone(),
+        cover: full,
+    };
+    assert_eq!(
+        member.handle(Time::ZERO, &all[1], &valid),
+        Received::SnapshotPointRose
+    );
+    assert_eq!(member.snapshot_point(), &sp);
+}
+
+#[test]
+fn contributions_of_another_incarnation_than_the_views_are_not_counted() {
+    let all = ids(3);
+    let v = view(1, &all);
+    let layout = Layout::new(&v, &config());
+    let aggregator = layout.aggregators(0)[0].clone();
+    let mut node = Aggregation::new(aggregator.clone(), 1, &v, config());
+    let other = all.iter().find(|id| **id != aggregator).unwrap().clone();
+    let origin = NodeId::synthetic(99);
+    let newer = AggregateMessage::Contribution {
+        incarnation: 2,
+        whole: true,
+        entries: vec![(origin.clone(), 9)],
+    };
+    assert_eq!(node.handle(Time::ZERO, &other, &newer), Received::Ignored);
+    let current = AggregateMessage::Contribution {
+        incarnation: 1,
+        whole: true,
+        entries: vec![(origin, 9)],
+    };
+    assert_eq!(node.handle(Time::ZERO, &other, &current), Received::Taken);
+}
+
+#[test]
+fn status_messages_per_heartbeat_stay_within_eight_per_member() {
+    // idle network: only heartbeats; count every message of one heartbeat interval
+    for n in [100u64, 1_000] {
+        let mut net = Net::new(n, 1, 0.0);
+        net.check = false;
+        net.run(Time::ZERO + Duration::from_secs(2));
+        let before = net.messages;
+        net.run(Time::ZERO + Duration::from_secs(3));
+        let per_interval = net.messages - before;
+        assert!(
+            per_interval <= 8 * n,
+            "n = {n}: {per_interval} messages in one heartbeat"
+        );
+    }
+}
