@@ -1,8 +1,19 @@
-//! Cost of one network-map update plus a snapshot-point query at 1,000 members × 1,000
-//! origins, against a naive full recompute of the pointwise minimum measured in the same run.
+//! Cost of network-map updates at 1,000 members × 1,000 origins, each against a naive
+//! baseline measured in the same run.
+//!
+//! - **Another member's report** (`merge`): the path every update about another member
+//!   takes in production — a decoded record, one report newer, whose applied vector differs
+//!   from the held one in one origin, goes `merge` → `adopt` → `changes_to` → the minimum
+//!   tracker; then that origin's snapshot point is read. The record is built outside the
+//!   timed part, as the decoder builds it. Baseline: the same matrix as plain
+//!   `Vec<Vec<u64>>`; the new row replaces the old, the origins whose entry changed are
+//!   found by comparing the rows, and only their column minimums are recomputed.
+//! - **The own record** (`apply_delta`): one origin of this node's own vector raised, as
+//!   after applying an op. Baseline: the same matrix, that one column's minimum recomputed.
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tidemark::network_map::{MemberRecord, NetworkMap};
@@ -41,41 +52,111 @@ fn build() -> (NetworkMap, Vec<NodeId>, Vec<NodeId>) {
     (map, members, origins)
 }
 
-fn bench(c: &mut Criterion) {
+fn matrix() -> Vec<Vec<u64>> {
+    (0..MEMBERS)
+        .map(|m| (0..ORIGINS).map(|o| seq(m, o)).collect())
+        .collect()
+}
+
+fn column_min(matrix: &[Vec<u64>], origin: usize) -> u64 {
+    matrix.iter().map(|row| row[origin]).min().unwrap_or(0)
+}
+
+/// The (member, origin) of update number `step`: spread over the matrix.
+fn cell(step: usize) -> (usize, usize) {
+    let k = step.wrapping_mul(7_919);
+    (k % MEMBERS, (k / MEMBERS) % ORIGINS)
+}
+
+fn other_members_reports(c: &mut Criterion) {
     let (mut map, members, origins) = build();
     assert_eq!(map.counted(), MEMBERS);
     let mut step = 0usize;
-    let mut raised = vec![vec![0u64; ORIGINS]; MEMBERS];
-    c.bench_function("network_map update+query 1000x1000 (incremental)", |b| {
-        b.iter(|| {
-            step = step.wrapping_add(7919);
-            let m = step % MEMBERS;
-            let o = (step / MEMBERS) % ORIGINS;
-            raised[m][o] += 1;
-            let value = seq(m, o) + raised[m][o];
-            map.apply_delta(&members[m], &[(origins[o].clone(), value)]);
-            black_box(map.snapshot_point().get(&origins[o]))
-        })
-    });
+    c.bench_function(
+        "network_map another member's report 1000x1000 (merge, incremental)",
+        |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    step += 1;
+                    let (m, o) = cell(step);
+                    let m = m.max(1); // member 0 is this node: it owns its record
+                    let held = &map.get(&members[m]).expect("a member").record;
+                    let mut record = (**held).clone();
+                    record.report_seq += 1;
+                    let value = record.applied.get(&origins[o]) + 1;
+                    record.applied.set(origins[o].clone(), value);
+                    let record = Arc::new(record);
+                    let start = Instant::now();
+                    map.merge(record, Time::ZERO);
+                    black_box(map.snapshot_point().get(&origins[o]));
+                    timed += start.elapsed();
+                }
+                timed
+            })
+        },
+    );
 
-    // Naive: the same matrix as plain vectors, minimum recomputed over every member and
-    // origin after each update.
-    let mut matrix: Vec<Vec<u64>> = (0..MEMBERS)
-        .map(|m| (0..ORIGINS).map(|o| seq(m, o)).collect())
-        .collect();
-    let mut min = vec![0u64; ORIGINS];
+    let mut rows = matrix();
+    let mut min: Vec<u64> = (0..ORIGINS).map(|o| column_min(&rows, o)).collect();
     let mut step = 0usize;
     c.bench_function(
-        "network_map update+query 1000x1000 (naive recompute)",
+        "network_map another member's report 1000x1000 (naive, recompute what changed)",
+        |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    step += 1;
+                    let (m, o) = cell(step);
+                    let m = m.max(1);
+                    let mut row = rows[m].clone();
+                    row[o] += 1;
+                    let start = Instant::now();
+                    let old = std::mem::replace(&mut rows[m], row);
+                    for origin in 0..ORIGINS {
+                        if old[origin] != rows[m][origin] {
+                            min[origin] = column_min(&rows, origin);
+                        }
+                    }
+                    black_box(min[o]);
+                    timed += start.elapsed();
+                    drop(old);
+                }
+                timed
+            })
+        },
+    );
+}
+
+fn own_record(c: &mut Criterion) {
+    let (mut map, members, origins) = build();
+    let mut step = 0usize;
+    let mut raised = vec![0u64; ORIGINS];
+    c.bench_function(
+        "network_map own record 1000x1000 (apply_delta, incremental)",
         |b| {
             b.iter(|| {
-                step = step.wrapping_add(7919);
-                let m = step % MEMBERS;
-                let o = (step / MEMBERS) % ORIGINS;
-                matrix[m][o] += 1;
-                for (origin, slot) in min.iter_mut().enumerate() {
-                    *slot = matrix.iter().map(|row| row[origin]).min().unwrap_or(0);
-                }
+                step += 1;
+                let (_, o) = cell(step);
+                raised[o] += 1;
+                let value = seq(0, o) + raised[o];
+                map.apply_delta(&members[0], &[(origins[o].clone(), value)]);
+                black_box(map.snapshot_point().get(&origins[o]))
+            })
+        },
+    );
+
+    let mut rows = matrix();
+    let mut min: Vec<u64> = (0..ORIGINS).map(|o| column_min(&rows, o)).collect();
+    let mut step = 0usize;
+    c.bench_function(
+        "network_map own record 1000x1000 (naive, recompute what changed)",
+        |b| {
+            b.iter(|| {
+                step += 1;
+                let (_, o) = cell(step);
+                rows[0][o] += 1;
+                min[o] = column_min(&rows, o);
                 black_box(min[o])
             })
         },
@@ -85,6 +166,6 @@ fn bench(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(5));
-    targets = bench
+    targets = other_members_reports, own_record
 }
 criterion_main!(benches);

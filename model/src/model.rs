@@ -263,6 +263,8 @@ impl TidemarkModel {
             auth: None,
             planted: None,
             writers: None,
+            aggregation: None,
+            aggregation_decides: false,
         };
         let founders: Vec<NodeId> = ids[..scope.founders].to_vec();
         let setups = ids

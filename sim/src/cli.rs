@@ -97,6 +97,16 @@ pub struct Args {
     /// had (the runs in `sim/regressions.txt` found under them keep it).
     #[arg(long)]
     pub free_network: bool,
+    /// Run the aggregated snapshot point (groups, aggregators, certified minimums) next to
+    /// the network map's in every replica, check it after every event (I2 and I3,
+    /// aggregated) and report its lag. It decides nothing yet.
+    #[arg(long)]
+    pub aggregation: bool,
+    /// The aggregated snapshot point decides instead of the network map's: it is what is
+    /// folded, what the admission check and a leave compare with, and applied vectors no
+    /// longer flood in status (membership changes and heartbeats still do).
+    #[arg(long)]
+    pub aggregation_decides: bool,
     /// Seconds after the last write within which every snapshot point must hold every op.
     #[arg(long, default_value_t = 30)]
     pub liveness_bound_s: u64,
@@ -148,7 +158,8 @@ pub struct Args {
     /// Plant a bug in every replica, to see the oracle catch it: skip-causal-order,
     /// no-admission-check, counts-one-member-too-few, fold-forgets-an-op,
     /// seq-reused-after-rejoin, leave-without-handover, never-evict, short-quorum,
-    /// suspects-leave-the-minimum.
+    /// suspects-leave-the-minimum, and with --aggregation-decides no-joiner-cover and
+    /// aggregator-skips-a-member.
     #[arg(long, value_name = "BUG")]
     pub plant: Option<tidemark::replica::PlantedBug>,
     /// Parallel runs in batch mode.
@@ -331,6 +342,8 @@ impl Args {
             latency_max: Duration::from_millis(self.latency_ms.1),
             mesh_degree: self.mesh_degree,
             costs: self.costs(),
+            aggregation: self.aggregation || self.aggregation_decides,
+            aggregation_decides: self.aggregation_decides,
             liveness_bound: Duration::from_secs(self.liveness_bound_s),
             excuse_bound: Duration::from_millis(self.excuse_bound_ms),
             operator_forces_view_after: self

@@ -35,6 +35,11 @@ pub struct SimConfig {
     pub mesh_degree: usize,
     /// What each node's uplink and CPU charge for bytes and messages.
     pub costs: crate::costs::CostModel,
+    /// Run the aggregated snapshot point next to the map's in every replica, and check it.
+    pub aggregation: bool,
+    /// The aggregated snapshot point decides (folds, admits, lets leaves go), and applied
+    /// vectors no longer flood in status.
+    pub aggregation_decides: bool,
     /// How long after the last write every snapshot point must have reached every op (L1).
     pub liveness_bound: Duration,
     /// Interval of the samples behind the progress bar, `--csv` and `--plot` (I3's open
@@ -230,6 +235,8 @@ impl Default for SimConfig {
             latency_max: Duration::from_millis(50),
             mesh_degree: 6,
             costs: crate::costs::CostModel::default(),
+            aggregation: false,
+            aggregation_decides: false,
             liveness_bound: Duration::from_secs(30),
             sample_interval: Duration::from_millis(100),
             excuse_bound: Duration::from_secs(5),

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::config::SimConfig;
-use crate::metrics::{round3, FaultStats, Percentiles, RecordMerges, Sample};
+use crate::metrics::{round3, FaultStats, Latencies, Percentiles, RecordMerges, Sample};
 use crate::sim::ReportInputs;
 
 /// The JSON object printed by `--json`. Field order is fixed; only `wall_s` varies between
@@ -58,12 +58,19 @@ pub struct Report {
     pub sp_lag_node_op_ms: Percentiles,
     /// `sp_lag_node_op_ms.p50 / dissemination_node_op_ms.p50`.
     pub sp_lag_ratio_node_op: f64,
+    /// With `--aggregation`: from an op's creation until it is inside every member's
+    /// aggregated snapshot point, and its p50 over `dissemination_ms.p50`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregated_sp_lag_ms: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregated_sp_lag_ratio: Option<f64>,
     pub messages_per_op: f64,
     pub bytes_per_op: f64,
     pub bytes_by_kind: BTreeMap<String, u64>,
     pub messages_by_kind: BTreeMap<String, u64>,
     /// Bytes of status and membership (status reports and the reports riding on published
-    /// ops, digests, stale notices, views, probes and their acks) over all bytes sent.
+    /// ops, aggregation, digests, stale notices, views, probes and their acks) over all
+    /// bytes sent.
     pub status_share: f64,
     /// Messages a node handles (sends plus receives) per simulated second, all kinds,
     /// averaged over the nodes of the run (founders and joiners).
@@ -117,9 +124,10 @@ impl From<&crate::costs::CostModel> for CostReport {
 }
 
 /// The kinds of traffic that are status and membership rather than ops (`status_share`).
-pub const STATUS_KINDS: [&str; 7] = [
+pub const STATUS_KINDS: [&str; 8] = [
     "status",
     "report",
+    "aggregate",
     "digest",
     "stale",
     "view",
@@ -201,6 +209,11 @@ impl Report {
             convergence_ms: r.convergence_ms,
             sp_lag_ratio: ratio(sp_lag.p50, dissemination.p50),
             sp_lag_ratio_node_op: ratio(sp_lag_node_op.p50, dissemination_node_op.p50),
+            aggregated_sp_lag_ms: r.aggregated_sp_lag.as_ref().map(Latencies::summary),
+            aggregated_sp_lag_ratio: r
+                .aggregated_sp_lag
+                .as_ref()
+                .map(|l| ratio(l.summary().p50, dissemination.p50)),
             dissemination_node_op_ms: dissemination_node_op,
             sp_lag_node_op_ms: sp_lag_node_op,
             dissemination_ms: dissemination,

@@ -22,8 +22,8 @@ use crate::costs::{Arrival, Charges};
 use crate::ground_truth::{ExpectedState, GroundTruth, SimOp};
 use crate::invariants::safety::{ExcuseCounts, Excuses};
 use crate::invariants::{
-    agreement, causal_delivery, liveness, monotone, no_lost_writes, safety, single_history,
-    Violations,
+    aggregated, agreement, causal_delivery, liveness, monotone, no_lost_writes, safety,
+    single_history, Violations,
 };
 use crate::metrics::{round3, FaultStats, Histogram, Latencies, RecordMerges, Sample, Traffic};
 use crate::network::{Links, Mesh, SeenCache};
@@ -166,6 +166,8 @@ struct SimNode {
     /// created since.
     member_since: Time,
     last_sp: VersionVector,
+    /// Its aggregated snapshot point when last observed (with `--aggregation`).
+    last_asp: VersionVector,
     /// I5: every op this node ever held with its current disk (what its storage owes).
     ever_applied: VersionVector,
     /// I4: the state its stable cut must hold according to the ground truth.
@@ -198,6 +200,7 @@ impl SimNode {
             shadow: VersionVector::new(),
             member_since: Time::ZERO,
             last_sp: VersionVector::new(),
+            last_asp: VersionVector::new(),
             ever_applied: VersionVector::new(),
             expected: ExpectedState::default(),
             backup: None,
@@ -219,6 +222,9 @@ pub struct GlobalView {
     pub applied_min: MinTracker,
     /// Pointwise minimum of `SP(m)` over members in good standing.
     pub sp_min: MinTracker,
+    /// Pointwise minimum of the aggregated snapshot points of members in good standing
+    /// (with `--aggregation`).
+    pub asp_min: MinTracker,
     /// Every op written.
     pub union: VersionVector,
 }
@@ -265,6 +271,9 @@ pub struct Sim {
     written: u64,
     dissemination: Latencies,
     sp_lag: Latencies,
+    /// From an op's creation until it is inside every member's aggregated snapshot point.
+    aggregated_sp_lag: Latencies,
+    aggregated_upto: BTreeMap<NodeId, u64>,
     /// Per (member, op): from the op's creation until the member applied it, and until it
     /// was inside the member's snapshot point.
     dissemination_node_op: Histogram,
@@ -355,6 +364,8 @@ impl Sim {
             written: 0,
             dissemination: Latencies::default(),
             sp_lag: Latencies::default(),
+            aggregated_sp_lag: Latencies::default(),
+            aggregated_upto: BTreeMap::new(),
             dissemination_node_op: Histogram::default(),
             sp_lag_node_op: Histogram::default(),
             disseminated_upto: BTreeMap::new(),
@@ -506,6 +517,9 @@ impl Sim {
             auth: None,
             planted: self.config.planted,
             writers: None,
+            aggregation: (self.config.aggregation || self.config.aggregation_decides)
+                .then(tidemark::network_map::aggregation::AggregationConfig::default),
+            aggregation_decides: self.config.aggregation_decides,
         }
     }
 
@@ -1177,6 +1191,9 @@ impl Sim {
             self.enter_good_standing(n, at);
             return;
         }
+        if member && self.config.aggregation {
+            self.observe_aggregated(n, at);
+        }
         let node = &mut self.nodes[n];
         let sp = node.replica.snapshot_point();
         if sp.ptr_eq(&node.last_sp) || *sp == node.last_sp {
@@ -1232,6 +1249,78 @@ impl Sim {
         }
     }
 
+    /// With `--aggregation`: I2 and I3 for member `n`'s aggregated snapshot point, and the
+    /// lag of the ops it brought inside every member's.
+    fn observe_aggregated(&mut self, n: usize, at: f64) {
+        let node = &mut self.nodes[n];
+        let asp = node.replica.aggregated_snapshot_point();
+        if asp.ptr_eq(&node.last_asp) || *asp == node.last_asp {
+            return;
+        }
+        let asp = asp.clone();
+        let result = aggregated::check_monotone(&node.last_asp, &asp, node.replica.applied());
+        self.violations.check(aggregated::MONOTONE, at, result);
+        let changes = node.last_asp.changes_to(&asp);
+        node.last_asp = asp.clone();
+        if !asp.le(self.view.applied_min.min()) {
+            for m in 0..self.nodes.len() {
+                let other = &self.nodes[m];
+                if m == n || !other.member || asp.le(&other.shadow) {
+                    continue;
+                }
+                if !self.excused(n, m) {
+                    let detail = aggregated::check_safety(&asp, &self.nodes[m].shadow)
+                        .err()
+                        .unwrap_or_default();
+                    self.violations.record(
+                        aggregated::SAFETY,
+                        at,
+                        format!("node {n} vs node {m}: {detail}"),
+                    );
+                }
+            }
+        }
+        let passed: Vec<((NodeId, u64), usize, VersionVector)> = self
+            .crashed_standing
+            .iter()
+            .filter(|(_, (_, applied))| !asp.le(applied))
+            .map(|(k, (slot, applied))| (k.clone(), *slot, applied.clone()))
+            .collect();
+        for ((id, incarnation), slot, applied) in passed {
+            if self.unseen_and_voided(n, &id, incarnation) {
+                let separated = self.separated(n, slot);
+                if self
+                    .excuses
+                    .grant((n, slot, incarnation), self.now, separated, self.last_heal)
+                {
+                    continue;
+                }
+            }
+            let detail = aggregated::check_safety(&asp, &applied)
+                .err()
+                .unwrap_or_default();
+            self.violations.record(
+                aggregated::SAFETY,
+                at,
+                format!("node {n} vs crashed node {slot} (inc {incarnation}, not evicted yet): {detail}"),
+            );
+        }
+        let now = self.now;
+        for (origin, old, new) in changes {
+            self.view.asp_min.change(&origin, old, new);
+            self.record_aggregated(&origin, now);
+        }
+    }
+
+    fn record_aggregated(&mut self, origin: &NodeId, now: Time) {
+        let everywhere = self.view.asp_min.min().get(origin);
+        let mut done = self.aggregated_upto.get(origin).copied().unwrap_or(0);
+        for lag in self.newly_everywhere(origin, everywhere, &mut done, now) {
+            self.aggregated_sp_lag.push(lag);
+        }
+        self.aggregated_upto.insert(origin.clone(), done);
+    }
+
     /// Node `n` has just installed a membership (founded, joined or rejoined): checks
     /// start afresh for it (I2 holds per membership). Its stable state must be the ground
     /// truth's at its cut (I4). Its I1 shadow starts below the ops it reports with the
@@ -1279,6 +1368,7 @@ impl Sim {
     fn enter_good_standing(&mut self, n: usize, at: f64) {
         let node = &mut self.nodes[n];
         node.last_sp = node.replica.snapshot_point().clone();
+        node.last_asp = node.replica.aggregated_snapshot_point().clone();
         let key = (self.ids[n].clone(), node.incarnation);
         if self.evicted.contains_key(&key) {
             return;
@@ -1308,9 +1398,25 @@ impl Sim {
         self.members_union = None;
         self.view.applied_min.add(&node.shadow);
         self.view.sp_min.add(&node.last_sp);
+        self.view.asp_min.add(&node.last_asp);
         // I3 for the newcomer: no member may have decided past it
         let applied = self.nodes[n].shadow.clone();
         for i in 0..self.nodes.len() {
+            if self.config.aggregation
+                && i != n
+                && self.nodes[i].member
+                && !self.nodes[i].last_asp.le(&applied)
+                && !self.excused(i, n)
+            {
+                let detail = aggregated::check_safety(&self.nodes[i].last_asp, &applied)
+                    .err()
+                    .unwrap_or_default();
+                self.violations.record(
+                    aggregated::SAFETY,
+                    at,
+                    format!("node {i} vs new member {n}: {detail}"),
+                );
+            }
             if i == n || !self.nodes[i].member || self.nodes[i].last_sp.le(&applied) {
                 continue;
             }
@@ -1539,12 +1645,16 @@ impl Sim {
         node.member = false;
         self.view.applied_min.remove(&node.shadow);
         self.view.sp_min.remove(&node.last_sp);
+        self.view.asp_min.remove(&node.last_asp);
         self.members_union = None;
         let now = self.now;
         let origins: Vec<NodeId> = self.view.union.iter().map(|(o, _)| o.clone()).collect();
         for origin in &origins {
             self.record_dissemination(origin, now);
             self.record_stable(origin, now);
+            if self.config.aggregation {
+                self.record_aggregated(origin, now);
+            }
         }
     }
 
@@ -2561,6 +2671,7 @@ impl Sim {
                 },
                 dissemination: self.dissemination,
                 sp_lag: self.sp_lag,
+                aggregated_sp_lag: self.config.aggregation.then_some(self.aggregated_sp_lag),
                 dissemination_node_op: self.dissemination_node_op,
                 sp_lag_node_op: self.sp_lag_node_op,
                 longest_inbox: self.charges.longest_inbox(),
@@ -2590,6 +2701,7 @@ pub struct ReportInputs {
     pub convergence_ms: Option<f64>,
     pub dissemination: Latencies,
     pub sp_lag: Latencies,
+    pub aggregated_sp_lag: Option<Latencies>,
     pub dissemination_node_op: Histogram,
     pub sp_lag_node_op: Histogram,
     /// Most messages that waited for one node's CPU at once.

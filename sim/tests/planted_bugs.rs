@@ -6,7 +6,8 @@
 use clap::Parser;
 use tidemark_sim::cli::Args;
 use tidemark_sim::invariants::{
-    agreement, causal_delivery, liveness, monotone, no_lost_writes, safety, single_history,
+    aggregated, agreement, causal_delivery, liveness, monotone, no_lost_writes, safety,
+    single_history,
 };
 use tidemark_sim::Report;
 
@@ -145,5 +146,30 @@ fn i3_catches_a_snapshot_point_that_passes_a_crashed_member_before_its_eviction(
             .any(|v| v.contains("vs crashed node")),
         "{:?}",
         report.violation_samples
+    );
+}
+
+#[test]
+fn aggregated_i3_catches_a_sponsor_that_does_not_cover_its_joiner() {
+    // the aggregated snapshot point decides; a sponsor reports its own applied vector
+    // while its joiner is not in the view yet
+    caught(
+        "no-joiner-cover",
+        "--aggregation-decides --nodes 20 --ops 300 --joins 5",
+        aggregated::SAFETY,
+        1..=10,
+    );
+}
+
+#[test]
+fn aggregated_i3_catches_an_aggregator_that_leaves_a_member_out() {
+    // a crashed member holds the group back until a view evicts it: an aggregator that
+    // leaves it out passes what it applied (the completeness certificate cannot see a
+    // lie about who was counted, only a cover that does not add up)
+    caught(
+        "aggregator-skips-a-member",
+        "--aggregation-decides --faults crash --nodes 10 --ops 300",
+        aggregated::SAFETY,
+        1..=10,
     );
 }

@@ -36,6 +36,7 @@ pub use wire::{
 };
 
 use crate::join_protocol::{JoinRequest, JoinResponse};
+use crate::network_map::aggregation::AggregateMessage;
 use crate::network_map::view::ViewMessage;
 use crate::network_map::{MemberRecord, RecordVersion};
 use crate::node_id::NodeId;
@@ -116,6 +117,9 @@ pub enum Message<S: StateMachine> {
     ProbeAck {
         round: u64,
     },
+    /// Aggregating the snapshot point (`network_map::aggregation`): contributions, group
+    /// minimums and snapshot points, on direct streams.
+    Aggregate(AggregateMessage),
 }
 
 impl<S: StateMachine> Message<S> {
@@ -132,6 +136,7 @@ impl<S: StateMachine> Message<S> {
             Message::View(_) => "view",
             Message::Probe { .. } => "probe",
             Message::ProbeAck { .. } => "probe_ack",
+            Message::Aggregate(_) => "aggregate",
         }
     }
 }

@@ -3,7 +3,8 @@
 //! largest snapshot point it can prove covers the whole view.
 //!
 //! **Layout** ([`Layout`]). The members of an agreed view are split into groups by a hash of
-//! (node id, view epoch); a group holds about `2√N` members (at least `min_group_size`).
+//! (node id, view epoch); a group holds about `2√N` members (at least `min_group_size`,
+//! 128: smaller networks are one group, and a change travels two hops, not three).
 //! Each group has `aggregators_per_group` (r ≥ 2) aggregators: its members of lowest
 //! aggregator hash, topped up from the whole view when the group is smaller than r. Every
 //! node computes the same layout from the same view, so nothing is elected.
@@ -22,8 +23,10 @@
 //! **Why it is safe** (each rule is checked by the simulator's invariants):
 //! - *Monotone inputs.* Every entry a member sends is a past value of its own contribution,
 //!   which only grows within a membership; the pointwise maximum of such entries is
-//!   therefore at most the member's current applied vector. Entries need no epoch: a
-//!   contribution is a lower bound of its membership whatever the view.
+//!   therefore at most the member's current applied vector. A contribution carries the
+//!   epoch of its sender's view, and an aggregator uses it only at that epoch or a later
+//!   one: a sponsor stops covering a joiner once it installs the view that admits it, and
+//!   a view before that one does not count the joiner.
 //! - *Joiner cover.* From the moment a sponsor registers a joiner at cut J (its own applied
 //!   vector then) until a view admits the joiner, the sponsor's contribution is at most J.
 //!   Contributions made before the registration are at most J too, since the applied vector
@@ -69,8 +72,8 @@ impl Default for AggregationConfig {
     fn default() -> Self {
         Self {
             aggregators_per_group: 2,
-            min_group_size: 32,
-            report_delay: Duration::from_millis(2),
+            min_group_size: 128,
+            report_delay: Duration::from_millis(5),
             heartbeat: Duration::from_secs(1),
         }
     }
@@ -256,6 +259,7 @@ pub enum AggregateMessage {
     /// A member's contribution, to its aggregators: the entries that changed since its
     /// last one, or all of them (`whole`). Carries the sender's membership.
     Contribution {
+        epoch: u64,
         incarnation: u64,
         whole: bool,
         entries: Vec<(NodeId, u64)>,
@@ -304,7 +308,9 @@ pub struct Aggregation {
     incarnation: u64,
     config: AggregationConfig,
     layout: Layout,
-    /// The contribution last sent, and when the last whole one went out.
+    /// The contribution to send (see [`Aggregation::set_contribution`]), the one last sent,
+    /// and when the last whole one went out.
+    current: VersionVector,
     sent: VersionVector,
     last_whole: Option<Time>,
     /// When the next contribution goes out (`None`: nothing changed).
@@ -314,6 +320,9 @@ pub struct Aggregation {
     /// As an aggregator: every view member's contribution received (by id, with its
     /// incarnation), kept across views for the members that stay.
     inputs: BTreeMap<NodeId, (u64, VersionVector)>,
+    /// As an aggregator: contributions made at an epoch this node has not installed yet,
+    /// by (id, incarnation), with their epoch: taken in when it installs that epoch.
+    ahead: BTreeMap<(NodeId, u64), (u64, VersionVector)>,
     /// As an aggregator: the newest minimum of each group at the layout's epoch.
     minimums: BTreeMap<usize, (VersionVector, Cover)>,
     /// As an aggregator: joiners outside the view that contribute, and when they last did.
@@ -326,6 +335,8 @@ pub struct Aggregation {
     aggregate_at: Option<Time>,
     outgoing: Vec<Outgoing>,
     incomplete_covers: u64,
+    /// The simulator's planted bug: group minimums leave the group's first member out.
+    skips_a_member: bool,
 }
 
 impl Aggregation {
@@ -336,11 +347,13 @@ impl Aggregation {
             incarnation,
             config,
             layout,
+            current: VersionVector::new(),
             sent: VersionVector::new(),
             last_whole: None,
             contribute_at: None,
             snapshot_point: VersionVector::new(),
             inputs: BTreeMap::new(),
+            ahead: BTreeMap::new(),
             minimums: BTreeMap::new(),
             subscribers: BTreeMap::new(),
             changed_groups: BTreeSet::new(),
@@ -349,7 +362,13 @@ impl Aggregation {
             aggregate_at: None,
             outgoing: Vec::new(),
             incomplete_covers: 0,
+            skips_a_member: false,
         }
+    }
+
+    /// Plants the simulator's `AggregatorSkipsAMember` bug (see `replica::PlantedBug`).
+    pub fn plant_skipping_a_member(&mut self, on: bool) {
+        self.skips_a_member = on;
     }
 
     pub fn layout(&self) -> &Layout {
@@ -380,17 +399,37 @@ impl Aggregation {
         self.layout = Layout::new(view, &self.config);
         self.inputs
             .retain(|id, (incarnation, _)| view.members.get(id) == Some(incarnation));
+        let ahead = std::mem::take(&mut self.ahead);
+        for ((id, incarnation), (epoch, vector)) in ahead {
+            if epoch > view.epoch {
+                self.ahead.insert((id, incarnation), (epoch, vector));
+            } else {
+                let entries: Vec<(NodeId, u64)> =
+                    vector.iter().map(|(o, s)| (o.clone(), s)).collect();
+                self.merge_input(&id, incarnation, &entries, now);
+            }
+        }
         self.minimums.clear();
         self.changed_groups = self.layout.aggregated_by(&self.me).into_iter().collect();
         self.pushed = None;
         self.last_whole = None;
         self.contribute_at = Some(now);
-        self.aggregate_at = Some(now);
+        self.aggregate_at = self.is_aggregator().then_some(now);
     }
 
-    /// This node's contribution changed (ops applied, a registration made or admitted):
-    /// it goes out after `report_delay`.
-    pub fn contribution_changed(&mut self, now: Time) {
+    /// This node's membership.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// This node's contribution: its applied vector lowered to the cut of every joiner it
+    /// registered that the view has not admitted (joiner cover). A change goes out after
+    /// `report_delay`.
+    pub fn set_contribution(&mut self, now: Time, contribution: &VersionVector) {
+        if contribution.ptr_eq(&self.current) || *contribution == self.current {
+            return;
+        }
+        self.current = contribution.clone();
         if self.contribute_at.is_none() {
             self.contribute_at = Some(now + self.config.report_delay);
         }
@@ -413,16 +452,18 @@ impl Aggregation {
             .min()
     }
 
-    /// Sends what is due. `contribution` is this node's applied vector lowered to the cut
-    /// of every joiner it registered that the view has not admitted (joiner cover).
-    pub fn on_timeout(&mut self, now: Time, contribution: &VersionVector) {
+    /// Sends what is due.
+    pub fn on_timeout(&mut self, now: Time) {
         let whole_due = self
             .last_whole
             .is_none_or(|at| now >= at + self.config.heartbeat);
         if whole_due || self.contribute_at.is_some_and(|at| at <= now) {
-            self.contribute(now, contribution, whole_due);
+            let contribution = self.current.clone();
+            self.contribute(now, &contribution, whole_due);
         }
-        if self.is_aggregator() {
+        if !self.is_aggregator() {
+            self.aggregate_at = None;
+        } else {
             let push_due = self
                 .last_push
                 .is_none_or(|at| now >= at + self.config.heartbeat);
@@ -455,6 +496,7 @@ impl Aggregation {
             return;
         }
         let message = Arc::new(AggregateMessage::Contribution {
+            epoch: self.layout.epoch,
             incarnation: self.incarnation,
             whole,
             entries,
@@ -542,9 +584,22 @@ impl Aggregation {
         message: &AggregateMessage,
         now: Time,
     ) -> Received {
-        let AggregateMessage::Contribution { entries, .. } = message else {
+        let AggregateMessage::Contribution { epoch, entries, .. } = message else {
             return Received::Ignored;
         };
+        if *epoch > self.layout.epoch {
+            // made under a view this node has not installed: it may drop a cover that
+            // this node's view still needs
+            let held = self
+                .ahead
+                .entry((from.clone(), incarnation))
+                .or_insert_with(|| (*epoch, VersionVector::new()));
+            held.0 = held.0.max(*epoch);
+            for (origin, seq) in entries {
+                held.1.raise(origin, *seq);
+            }
+            return Received::Taken;
+        }
         let Some(group) = self.layout.group_of(from) else {
             // a joiner outside the view: pushed to, not counted
             if self.layout.aggregators_for(from).contains(&self.me) {
@@ -560,19 +615,34 @@ impl Aggregation {
         {
             return Received::Ignored;
         }
+        self.merge_input(from, incarnation, entries, now);
+        Received::Taken
+    }
+
+    /// Takes `entries` into member `id`'s input (the view holds it at `incarnation`, in a
+    /// group this node aggregates).
+    fn merge_input(&mut self, id: &NodeId, incarnation: u64, entries: &[(NodeId, u64)], now: Time) {
+        let Some(group) = self.layout.group_of(id) else {
+            return;
+        };
+        if self.layout.incarnation_of(id) != Some(incarnation)
+            || !self.layout.aggregators(group).contains(&self.me)
+        {
+            return;
+        }
+        let fresh = !self.inputs.contains_key(id);
         let held = self
             .inputs
-            .entry(from.clone())
+            .entry(id.clone())
             .or_insert_with(|| (incarnation, VersionVector::new()));
         let mut raised = false;
         for (origin, seq) in entries {
             raised |= held.1.raise(origin, *seq);
         }
-        if raised || !self.minimums.contains_key(&group) {
+        if raised || fresh || !self.minimums.contains_key(&group) {
             self.changed_groups.insert(group);
             self.schedule_aggregate(now);
         }
-        Received::Taken
     }
 
     fn schedule_aggregate(&mut self, now: Time) {
@@ -639,7 +709,16 @@ impl Aggregation {
     /// The minimum over the contributions of every member of group `g`, once it holds all.
     fn group_minimum(&self, g: usize) -> Option<VersionVector> {
         let mut minimum: Option<VersionVector> = None;
-        for id in self.layout.members(g) {
+        let members = self.layout.members(g);
+        // the planted bug leaves out the member that holds the group back
+        let skipped = (self.skips_a_member && members.len() > 1)
+            .then(|| {
+                members
+                    .iter()
+                    .min_by_key(|id| self.inputs.get(*id).map_or(0, |(_, v)| v.total()))
+            })
+            .flatten();
+        for id in members.iter().filter(|id| Some(*id) != skipped) {
             let (_, input) = self.inputs.get(id)?;
             minimum = Some(match minimum {
                 None => input.clone(),

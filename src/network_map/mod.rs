@@ -265,6 +265,9 @@ pub struct NetworkMap {
     admission_check: bool,
     /// Off for good when the simulator plants `PlantedBug::NoAdmissionCheck`.
     admission_planted_off: bool,
+    /// The snapshot point the admission check compares with, when something other than
+    /// this map decides it (the aggregated snapshot point); `None`: this map's minimum.
+    admission_floor: Option<VersionVector>,
     /// Whether this node's failure detector finds it cut off: its next report says so.
     cut_off: bool,
     /// (member, incarnation) of every eviction adopted since the last `take_evictions`.
@@ -292,6 +295,7 @@ impl NetworkMap {
             membership_epoch: 0,
             admission_check: true,
             admission_planted_off: false,
+            admission_floor: None,
             cut_off: false,
             evictions: Vec::new(),
             changes: Vec::new(),
@@ -315,6 +319,12 @@ impl NetworkMap {
         map.evictions.clear();
         map.changes.clear();
         map
+    }
+
+    /// The snapshot point the admission check compares a new membership's record with,
+    /// when something other than this map decides it (see [`NetworkMap::merge`]).
+    pub fn set_admission_floor(&mut self, floor: Option<VersionVector>) {
+        self.admission_floor = floor;
     }
 
     /// Plants a bug of the simulator's oracle tests (only `NoAdmissionCheck` concerns the
@@ -590,7 +600,11 @@ impl NetworkMap {
             && !self.admission_planted_off
             && new_membership
             && record.state.counts()
-            && !self.tracker.min().le(&record.applied)
+            && !self
+                .admission_floor
+                .as_ref()
+                .unwrap_or(self.tracker.min())
+                .le(&record.applied)
         {
             record = Arc::new(MemberRecord {
                 state: MemberState::Evicted,

@@ -302,6 +302,8 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             .writers
             .as_ref()
             .map(|peers| Arc::new(peers.iter().map(node_id).collect())),
+        aggregation: None,
+        aggregation_decides: false,
     };
     // a per-process random seed (std's hasher keys come from the OS)
     let seed = {

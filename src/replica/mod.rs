@@ -19,7 +19,7 @@
 //! ([`Replica::vote_generation`]). The replica reads no clock and does no I/O; its
 //! randomness comes from a seed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -32,6 +32,7 @@ use crate::join_protocol::sponsor::{self, Sponsor, SponsorContext, SponsorOutcom
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
+use crate::network_map::aggregation::{Aggregation, AggregationConfig};
 use crate::network_map::membership::{Membership, Seat};
 use crate::network_map::monitor::Monitor;
 use crate::network_map::view::{Eviction, Installed, View, ViewMessage};
@@ -77,6 +78,14 @@ pub struct ReplicaConfig {
     /// every member may write. Every op must also come from a node that is, or was, a
     /// member of the network (see [`Replica::handle_message`]).
     pub writers: Option<Arc<BTreeSet<NodeId>>>,
+    /// Also aggregate the snapshot point (`network_map::aggregation`) next to the network
+    /// map's, and expose it as [`Replica::aggregated_snapshot_point`]; it decides nothing
+    /// yet. The simulator turns it on to check it against its oracle; `None`: off.
+    pub aggregation: Option<AggregationConfig>,
+    /// With `aggregation`: the aggregated snapshot point is the snapshot point (what is
+    /// folded, what the admission check and a leave compare with), and a change of the
+    /// applied vector no longer re-issues the node's record in status.
+    pub aggregation_decides: bool,
 }
 
 /// Counters of what the replica has seen.
@@ -282,7 +291,32 @@ pub struct Replica<S: StateMachine> {
     /// stable state is the one before with the newly stable ops folded in, which lets a
     /// store keep the stable state incrementally.
     log_generation: u64,
+    /// The aggregated snapshot point, with `config.aggregation` (see `run_aggregation`).
+    aggregated: AggregatedSnapshotPoint,
     stats: ReplicaStats,
+}
+
+/// This node's part in aggregating the snapshot point, and what it took from it.
+#[derive(Debug, Default)]
+struct AggregatedSnapshotPoint {
+    aggregation: Option<Aggregation>,
+    /// The minimum of the largest valid aggregate and the members this node counts that
+    /// the view has not admitted (joiners whose sponsor is gone cover nobody else).
+    snapshot_point: VersionVector,
+    /// Evictions of installed views that the map has not adopted yet (it waits for the
+    /// registrations they account for): no aggregate is taken meanwhile, since the view
+    /// no longer counts the sponsor of a joiner this node may not know yet.
+    unadopted_evictions: Vec<(NodeId, u64)>,
+    /// Counted members outside the view, cached at (map membership epoch, view epoch):
+    /// joiners not admitted yet, never memberships a view removed.
+    outside_view: Option<((u64, u64), Vec<NodeId>)>,
+    /// The members of the view last seen, and every membership a view removed since this
+    /// membership began (left or evicted: out for good, whatever its record still says).
+    last_view: BTreeMap<NodeId, u64>,
+    removed: BTreeSet<(NodeId, u64)>,
+    /// With `aggregation_decides`: the snapshot point, `snapshot_point` joined with the
+    /// stable cut (a grant's cut was a valid snapshot point at its sponsor).
+    deciding: VersionVector,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -334,6 +368,7 @@ impl<S: StateMachine> Replica<S> {
             rejected_ops: Vec::new(),
             awaited: AwaitedGrant::new(now),
             log_generation: 0,
+            aggregated: AggregatedSnapshotPoint::default(),
             stats: ReplicaStats::default(),
         };
         replica
@@ -646,9 +681,12 @@ impl<S: StateMachine> Replica<S> {
         self.log.applied()
     }
 
-    /// The snapshot point as the network map decides it (while joining: the empty cut).
+    /// The snapshot point as the network map decides it, or the aggregation with
+    /// `aggregation_decides` (while joining: the stable cut).
     pub fn snapshot_point(&self) -> &VersionVector {
-        if self.is_member() {
+        if self.is_member() && self.aggregation_decides() {
+            &self.aggregated.deciding
+        } else if self.is_member() {
             self.planted_sp
                 .as_ref()
                 .unwrap_or(self.map.snapshot_point())
@@ -969,6 +1007,11 @@ impl<S: StateMachine> Replica<S> {
                 self.on_join_request(now, from, request)
             }
             (Phase::Member { .. }, Message::JoinResponse(_)) => {}
+            (Phase::Member { .. }, Message::Aggregate(message)) => {
+                if let Some(aggregation) = &mut self.aggregated.aggregation {
+                    aggregation.handle(now, from, message);
+                }
+            }
             // handled above, whatever the phase
             (
                 Phase::Member { .. },
@@ -1064,6 +1107,9 @@ impl<S: StateMachine> Replica<S> {
         let buffered = self.log.buffered_len() > 0;
         self.dissemination
             .on_timeout_pulls(now, dissemination_ctx!(self), buffered);
+        if let Some(aggregation) = &mut self.aggregated.aggregation {
+            aggregation.on_timeout(now);
+        }
         self.finish(now);
     }
 
@@ -1096,6 +1142,15 @@ impl<S: StateMachine> Replica<S> {
             if installed.decided_here {
                 self.stats.views_decided += 1;
                 self.stats.evictions_issued += installed.change.evicted.len() as u64;
+            }
+            if self.config.aggregation.is_some() {
+                self.aggregated.unadopted_evictions.extend(
+                    installed
+                        .change
+                        .evicted
+                        .iter()
+                        .map(|e| (e.id.clone(), e.incarnation)),
+                );
             }
             let seat =
                 self.membership
@@ -1608,7 +1663,10 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.map.apply_delta(&self.id, &changes);
-        self.dissemination.own_record_changed();
+        if !self.aggregation_decides() {
+            // the record carries the applied vector the map's snapshot point is made of
+            self.dissemination.own_record_changed();
+        }
         if self.config.journal_applied {
             self.journal.extend(applied);
         }
@@ -1637,6 +1695,7 @@ impl<S: StateMachine> Replica<S> {
             self.eviction_journal.extend(evictions);
             self.member_changes.extend(changes);
         }
+        self.run_aggregation(now);
         if self.is_member() {
             match self.config.planted {
                 Some(PlantedBug::CountsOneMemberTooFew) => {
@@ -1667,7 +1726,7 @@ impl<S: StateMachine> Replica<S> {
         {
             let step = leave.step(
                 now,
-                self.map.snapshot_point(),
+                self.snapshot_point(),
                 self.dissemination.has_unpublished(),
                 join_protocol::has_unconfirmed_registrations(&self.map),
             );
@@ -1702,6 +1761,131 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// With `config.aggregation`: keeps this node's aggregation at its membership and view,
+    /// hands it this node's contribution, sends what it has to send, and takes the
+    /// aggregated snapshot point.
+    fn run_aggregation(&mut self, now: Time) {
+        let Some(config) = self.config.aggregation.clone() else {
+            return;
+        };
+        if !self.is_member() {
+            self.aggregated = AggregatedSnapshotPoint::default();
+            return;
+        }
+        let view = self.membership.view();
+        let state = &mut self.aggregated;
+        match &mut state.aggregation {
+            Some(a) if a.incarnation() == self.incarnation => a.on_view(view, now),
+            _ => {
+                state.snapshot_point = VersionVector::new();
+                state.unadopted_evictions.clear();
+                state.outside_view = None;
+                state.removed.clear();
+                state.last_view = view.members.clone();
+                let mut aggregation =
+                    Aggregation::new(self.id.clone(), self.incarnation, view, config);
+                aggregation.plant_skipping_a_member(
+                    self.config.planted == Some(PlantedBug::AggregatorSkipsAMember),
+                );
+                state.aggregation = Some(aggregation);
+            }
+        }
+        let contribution = self.contribution();
+        let state = &mut self.aggregated;
+        let aggregation = state.aggregation.as_mut().expect("set above");
+        aggregation.set_contribution(now, &contribution);
+        for out in aggregation.take_outgoing() {
+            let message = Message::Aggregate((*out.message).clone());
+            self.outbox.send(out.to, message);
+        }
+        let map = &self.map;
+        state.unadopted_evictions.retain(|(id, incarnation)| {
+            map.get(id)
+                .is_some_and(|e| e.record.incarnation == *incarnation && e.record.state.counts())
+        });
+        if !state.unadopted_evictions.is_empty() {
+            return;
+        }
+        if state.last_view != view.members {
+            for (id, incarnation) in &state.last_view {
+                if !view.has(id, *incarnation) {
+                    state.removed.insert((id.clone(), *incarnation));
+                }
+            }
+            state.last_view = view.members.clone();
+        }
+        let key = (map.membership_epoch(), view.epoch);
+        if state.outside_view.as_ref().is_none_or(|(k, _)| *k != key) {
+            let removed = &state.removed;
+            let outside = map
+                .iter()
+                .filter(|(id, e)| {
+                    e.record.state.counts()
+                        && !view.has(id, e.record.incarnation)
+                        && view
+                            .members
+                            .get(*id)
+                            .is_none_or(|held| *held <= e.record.incarnation)
+                        && !removed.contains(&((*id).clone(), e.record.incarnation))
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            state.outside_view = Some((key, outside));
+        }
+        let mut sp = state
+            .aggregation
+            .as_ref()
+            .expect("set above")
+            .snapshot_point()
+            .clone();
+        for id in &state.outside_view.as_ref().expect("set above").1 {
+            if let Some(e) = map.get(id) {
+                sp = sp.meet(&e.record.applied);
+            }
+        }
+        if self.config.aggregation_decides {
+            state.deciding = sp.clone();
+            state.deciding.join(self.log.stable_cut());
+            self.map.set_admission_floor(Some(state.deciding.clone()));
+        }
+        state.snapshot_point = sp;
+    }
+
+    /// This node's contribution to the aggregated snapshot point: its applied vector,
+    /// lowered to what every joiner it registered in this incarnation and the view has not
+    /// admitted yet has applied (at least the cut it was given): joiner cover.
+    fn contribution(&self) -> VersionVector {
+        let applied = self.log.applied().clone();
+        if self.map.own().record.registrations == 0
+            || self.config.planted == Some(PlantedBug::NoJoinerCover)
+        {
+            return applied;
+        }
+        let view = self.membership.view();
+        let mut contribution = applied;
+        for (id, entry) in self.map.iter() {
+            let record = &entry.record;
+            let mine = record
+                .sponsor
+                .as_ref()
+                .is_some_and(|s| s.sponsor == self.id && s.sponsor_incarnation == self.incarnation);
+            if mine && record.state.counts() && !view.has(id, record.incarnation) {
+                contribution = contribution.meet(&record.applied);
+            }
+        }
+        contribution
+    }
+
+    fn aggregation_decides(&self) -> bool {
+        self.config.aggregation_decides && self.config.aggregation.is_some()
+    }
+
+    /// The snapshot point aggregated next to the map's (with `config.aggregation`; the
+    /// empty cut otherwise, and while joining).
+    pub fn aggregated_snapshot_point(&self) -> &VersionVector {
+        &self.aggregated.snapshot_point
+    }
+
     /// Gives up a leave (see [`LeaveFailed`]): the node stays a member.
     fn fail_leave(&mut self) {
         let Phase::Member {
@@ -1710,7 +1894,7 @@ impl<S: StateMachine> Replica<S> {
         else {
             return;
         };
-        let failure = leave.failure(&self.id, self.map.snapshot_point());
+        let failure = leave.failure(&self.id, self.snapshot_point());
         self.phase = Phase::Member { leaving: None };
         self.membership.set_leave_ready(false);
         self.stats.leaves_failed += 1;
@@ -1766,6 +1950,10 @@ impl<S: StateMachine> Replica<S> {
                 Some(self.monitor.next_check()),
                 self.membership.views().deadline(),
                 leaving.as_ref().map(Leave::deadline),
+                self.aggregated
+                    .aggregation
+                    .as_ref()
+                    .and_then(Aggregation::next_deadline),
             ]
             .into_iter()
             .flatten()

@@ -42,10 +42,17 @@ pub enum PlantedBug {
     /// I3 (against a crashed member): the snapshot point leaves out suspected members, so
     /// it passes a crashed member's ops before any view has evicted it.
     SuspectsLeaveTheMinimum,
+    /// I3 (aggregated): a sponsor's contribution is its applied vector even while a joiner
+    /// it registered is not in the view yet (no joiner cover), so an aggregate can pass
+    /// the cut the joiner was given.
+    NoJoinerCover,
+    /// I3 (aggregated): an aggregator leaves the member that holds its group back out of
+    /// the group's minimum and still claims the whole group's cover.
+    AggregatorSkipsAMember,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::SkipCausalOrder,
         PlantedBug::NoAdmissionCheck,
         PlantedBug::CountsOneMemberTooFew,
@@ -55,6 +62,8 @@ impl PlantedBug {
         PlantedBug::NeverEvict,
         PlantedBug::ShortQuorum,
         PlantedBug::SuspectsLeaveTheMinimum,
+        PlantedBug::NoJoinerCover,
+        PlantedBug::AggregatorSkipsAMember,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +77,8 @@ impl PlantedBug {
             PlantedBug::NeverEvict => "never-evict",
             PlantedBug::ShortQuorum => "short-quorum",
             PlantedBug::SuspectsLeaveTheMinimum => "suspects-leave-the-minimum",
+            PlantedBug::NoJoinerCover => "no-joiner-cover",
+            PlantedBug::AggregatorSkipsAMember => "aggregator-skips-a-member",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! vector, its snapshot point and its stable digest. The engine keeps the observations
 //! (`crate::sim::GlobalView`) and records every failure as a violation.
 
+pub mod aggregated;
 pub mod agreement;
 pub mod causal_delivery;
 pub mod liveness;
