@@ -4,6 +4,7 @@
 //! Backed by `imbl::OrdMap`, so clones are O(1) and share structure: a node's applied vector
 //! handed to a status report, an op's deps, and a network-map entry are one allocation.
 
+use imbl::ordmap::DiffItem;
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
@@ -84,12 +85,17 @@ impl VersionVector {
         self.0.values().sum()
     }
 
-    /// `self ≤ other` pointwise.
+    /// `self ≤ other` pointwise. One ordered walk over both (imbl's diff, which skips the
+    /// subtrees they share), not a lookup per entry.
     pub fn le(&self, other: &VersionVector) -> bool {
         if self.0.ptr_eq(&other.0) {
             return true;
         }
-        self.iter().all(|(origin, seq)| seq <= other.get(origin))
+        self.0.diff(&other.0).all(|item| match item {
+            DiffItem::Add(..) => true,
+            DiffItem::Update { old, new } => old.1 <= new.1,
+            DiffItem::Remove(..) => false,
+        })
     }
 
     /// Pointwise maximum.
@@ -119,20 +125,15 @@ impl VersionVector {
         if self.ptr_eq(new) {
             return Vec::new();
         }
-        let mut out = Vec::new();
-        for (origin, seq) in new.iter() {
-            let old = self.get(origin);
-            if old != seq {
-                out.push((origin.clone(), old, seq));
-            }
-        }
-        for (origin, seq) in self.iter() {
-            if !new.0.contains_key(origin) {
-                out.push((origin.clone(), seq, 0));
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        // one ordered walk over both, skipping shared subtrees; the diff comes in key order
+        self.0
+            .diff(&new.0)
+            .map(|item| match item {
+                DiffItem::Add(origin, seq) => (origin.clone(), 0, *seq),
+                DiffItem::Update { old, new } => (old.0.clone(), *old.1, *new.1),
+                DiffItem::Remove(origin, seq) => (origin.clone(), *seq, 0),
+            })
+            .collect()
     }
 }
 
@@ -182,5 +183,38 @@ mod tests {
         let m = a.meet(&b);
         assert_eq!(m, [(id(1), 2)].into_iter().collect());
         assert_eq!(a.changes_to(&b).len(), 3);
+    }
+
+    proptest::proptest! {
+        /// `le` and `changes_to` walk both trees with imbl's diff: they agree with a
+        /// lookup per entry, for vectors built apart and for one derived from the other
+        /// (which share structure the diff skips).
+        #[test]
+        fn le_and_changes_to_agree_with_a_lookup_per_entry(
+            a in proptest::collection::btree_map(0u64..300, 1u64..5, 0..200),
+            edits in proptest::collection::vec((0u64..300, 0u64..5), 0..20),
+        ) {
+            let x: VersionVector = a.iter().map(|(o, s)| (id(*o), *s)).collect();
+            let mut derived = x.clone();
+            for (o, s) in &edits {
+                derived.set(id(*o), *s);
+            }
+            let apart: VersionVector = derived.iter().map(|(o, s)| (o.clone(), s)).collect();
+            for y in [&derived, &apart] {
+                let le = x.iter().all(|(o, s)| s <= y.get(o));
+                proptest::prop_assert_eq!(x.le(y), le);
+                let mut changes: Vec<(NodeId, u64, u64)> = x
+                    .iter()
+                    .map(|(o, _)| o.clone())
+                    .chain(y.iter().map(|(o, _)| o.clone()))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .map(|o| (o.clone(), x.get(&o), y.get(&o)))
+                    .filter(|(_, a, b)| a != b)
+                    .collect();
+                changes.sort_by(|p, q| p.0.cmp(&q.0));
+                proptest::prop_assert_eq!(x.changes_to(y), changes);
+            }
+        }
     }
 }

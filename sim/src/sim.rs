@@ -1262,48 +1262,9 @@ impl Sim {
         self.violations.check(aggregated::MONOTONE, at, result);
         let changes = node.last_asp.changes_to(&asp);
         node.last_asp = asp.clone();
-        if !asp.le(self.view.applied_min.min()) {
-            for m in 0..self.nodes.len() {
-                let other = &self.nodes[m];
-                if m == n || !other.member || asp.le(&other.shadow) {
-                    continue;
-                }
-                if !self.excused(n, m) {
-                    let detail = aggregated::check_safety(&asp, &self.nodes[m].shadow)
-                        .err()
-                        .unwrap_or_default();
-                    self.violations.record(
-                        aggregated::SAFETY,
-                        at,
-                        format!("node {n} vs node {m}: {detail}"),
-                    );
-                }
-            }
-        }
-        let passed: Vec<((NodeId, u64), usize, VersionVector)> = self
-            .crashed_standing
-            .iter()
-            .filter(|(_, (_, applied))| !asp.le(applied))
-            .map(|(k, (slot, applied))| (k.clone(), *slot, applied.clone()))
-            .collect();
-        for ((id, incarnation), slot, applied) in passed {
-            if self.unseen_and_voided(n, &id, incarnation) {
-                let separated = self.separated(n, slot);
-                if self
-                    .excuses
-                    .grant((n, slot, incarnation), self.now, separated, self.last_heal)
-                {
-                    continue;
-                }
-            }
-            let detail = aggregated::check_safety(&asp, &applied)
-                .err()
-                .unwrap_or_default();
-            self.violations.record(
-                aggregated::SAFETY,
-                at,
-                format!("node {n} vs crashed node {slot} (inc {incarnation}, not evicted yet): {detail}"),
-            );
+        for breach in self.i3_breaches(n, &asp) {
+            self.violations
+                .record(aggregated::SAFETY, at, format!("aggregated: {breach}"));
         }
         let now = self.now;
         for (origin, old, new) in changes {
@@ -1439,12 +1400,41 @@ impl Sim {
     /// member `n` has not seen whose registration `n` has voided, for as long as the two
     /// cannot have exchanged records (see `excused`).
     fn check_safety_of(&mut self, n: usize, at: f64) {
-        self.check_safety_against_crashed(n, at);
-        let sp = &self.nodes[n].last_sp;
-        if sp.le(self.view.applied_min.min()) {
-            return;
+        let sp = self.nodes[n].last_sp.clone();
+        for breach in self.i3_breaches(n, &sp) {
+            self.violations.record(safety::NAME, at, breach);
         }
-        let sp = sp.clone();
+    }
+
+    /// Where snapshot point `sp` of member `n` passes what a member in good standing has
+    /// applied — a crashed membership no view has evicted yet included — and no excuse
+    /// covers it, each described.
+    fn i3_breaches(&mut self, n: usize, sp: &VersionVector) -> Vec<String> {
+        let mut breaches = Vec::new();
+        let passed: Vec<((NodeId, u64), usize, VersionVector)> = self
+            .crashed_standing
+            .iter()
+            .filter(|(_, (_, applied))| !sp.le(applied))
+            .map(|(k, (slot, applied))| (k.clone(), *slot, applied.clone()))
+            .collect();
+        for ((id, incarnation), slot, applied) in passed {
+            if self.unseen_and_voided(n, &id, incarnation) {
+                let separated = self.separated(n, slot);
+                if self
+                    .excuses
+                    .grant((n, slot, incarnation), self.now, separated, self.last_heal)
+                {
+                    continue;
+                }
+            }
+            let detail = safety::check(sp, &applied).err().unwrap_or_default();
+            breaches.push(format!(
+                "node {n} vs crashed node {slot} (inc {incarnation}, not evicted yet): {detail}"
+            ));
+        }
+        if sp.le(self.view.applied_min.min()) {
+            return breaches;
+        }
         for m in 0..self.nodes.len() {
             let other = &self.nodes[m];
             if m == n || !other.member || sp.le(&other.shadow) {
@@ -1465,39 +1455,11 @@ impl Sim {
                         other.replica.network_map().own().record.sponsor.as_ref().map(|s| (self.index.get(&s.sponsor), s.sponsor_incarnation, s.reg_no)),
                     );
                 }
-                let detail = safety::check(&sp, &other.shadow).err().unwrap_or_default();
-                self.violations
-                    .record(safety::NAME, at, format!("node {n} vs node {m}: {detail}"));
+                let detail = safety::check(sp, &other.shadow).err().unwrap_or_default();
+                breaches.push(format!("node {n} vs node {m}: {detail}"));
             }
         }
-    }
-
-    /// I3 for member `n` against the crashed memberships no view has evicted yet.
-    fn check_safety_against_crashed(&mut self, n: usize, at: f64) {
-        let sp = self.nodes[n].last_sp.clone();
-        let passed: Vec<((NodeId, u64), usize, VersionVector)> = self
-            .crashed_standing
-            .iter()
-            .filter(|(_, (_, applied))| !sp.le(applied))
-            .map(|(k, (slot, applied))| (k.clone(), *slot, applied.clone()))
-            .collect();
-        for ((id, incarnation), slot, applied) in passed {
-            if self.unseen_and_voided(n, &id, incarnation) {
-                let separated = self.separated(n, slot);
-                if self
-                    .excuses
-                    .grant((n, slot, incarnation), self.now, separated, self.last_heal)
-                {
-                    continue;
-                }
-            }
-            let detail = safety::check(&sp, &applied).err().unwrap_or_default();
-            self.violations.record(
-                safety::NAME,
-                at,
-                format!("node {n} vs crashed node {slot} (inc {incarnation}, not evicted yet): {detail}"),
-            );
-        }
+        breaches
     }
 
     /// Whether I3's one excuse covers node `n` deciding past member `m` now: `m`'s
