@@ -1,7 +1,8 @@
 //! A replica: the sans-IO composer of the protocol's state machines — the ops log and the
 //! own-op journal (`ops_log`), the network map, failure detection and the agreed
 //! membership views (`network_map`: `Monitor`, `Membership`), the joiner and sponsor sides of the handshake (`join_protocol`: `Joiner`,
-//! `AwaitedGrant`, `Sponsor`), dissemination (`gossip::Dissemination`), and, here, a
+//! `AwaitedGrant`, `Sponsor`), dissemination (`gossip::Dissemination`), the aggregated
+//! snapshot point (`network_map::aggregation`, taken in `aggregated.rs`), and, here, a
 //! graceful leave (`Leave`), what a rejoin carries over (`Handover`) and durability
 //! (`durability.rs`). Each owns its fields; the replica routes every event to them in a
 //! fixed order, lends them what they need of each other, and keeps the phase (joining,
@@ -19,7 +20,7 @@
 //! ([`Replica::vote_generation`]). The replica reads no clock and does no I/O; its
 //! randomness comes from a seed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -32,7 +33,7 @@ use crate::join_protocol::sponsor::{self, Sponsor, SponsorContext, SponsorOutcom
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
-use crate::network_map::aggregation::{Aggregation, AggregationConfig};
+use crate::network_map::aggregation::AggregationConfig;
 use crate::network_map::membership::{Membership, Seat};
 use crate::network_map::monitor::Monitor;
 use crate::network_map::view::{Eviction, Installed, View, ViewMessage};
@@ -79,8 +80,8 @@ pub struct ReplicaConfig {
     /// member of the network (see [`Replica::handle_message`]).
     pub writers: Option<Arc<BTreeSet<NodeId>>>,
     /// Also aggregate the snapshot point (`network_map::aggregation`) next to the network
-    /// map's, and expose it as [`Replica::aggregated_snapshot_point`]; it decides nothing
-    /// yet. The simulator turns it on to check it against its oracle; `None`: off.
+    /// map's, and expose it as [`Replica::aggregated_snapshot_point`]; it decides only with
+    /// `aggregation_decides`. The simulator turns it on; nodes do not yet. `None`: off.
     pub aggregation: Option<AggregationConfig>,
     /// With `aggregation`: the aggregated snapshot point is the snapshot point (what is
     /// folded, what the admission check and a leave compare with), and a change of the
@@ -294,29 +295,6 @@ pub struct Replica<S: StateMachine> {
     /// The aggregated snapshot point, with `config.aggregation` (see `run_aggregation`).
     aggregated: AggregatedSnapshotPoint,
     stats: ReplicaStats,
-}
-
-/// This node's part in aggregating the snapshot point, and what it took from it.
-#[derive(Debug, Default)]
-struct AggregatedSnapshotPoint {
-    aggregation: Option<Aggregation>,
-    /// The minimum of the largest valid aggregate and the members this node counts that
-    /// the view has not admitted (joiners whose sponsor is gone cover nobody else).
-    snapshot_point: VersionVector,
-    /// Evictions of installed views that the map has not adopted yet (it waits for the
-    /// registrations they account for): no aggregate is taken meanwhile, since the view
-    /// no longer counts the sponsor of a joiner this node may not know yet.
-    unadopted_evictions: Vec<(NodeId, u64)>,
-    /// Counted members outside the view, cached at (map membership epoch, view epoch):
-    /// joiners not admitted yet, never memberships a view removed.
-    outside_view: Option<((u64, u64), Vec<NodeId>)>,
-    /// The members of the view last seen, and every membership a view removed since this
-    /// membership began (left or evicted: out for good, whatever its record still says).
-    last_view: BTreeMap<NodeId, u64>,
-    removed: BTreeSet<(NodeId, u64)>,
-    /// With `aggregation_decides`: the snapshot point, `snapshot_point` joined with the
-    /// stable cut (a grant's cut was a valid snapshot point at its sponsor).
-    deciding: VersionVector,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -685,7 +663,7 @@ impl<S: StateMachine> Replica<S> {
     /// `aggregation_decides` (while joining: the stable cut).
     pub fn snapshot_point(&self) -> &VersionVector {
         if self.is_member() && self.aggregation_decides() {
-            &self.aggregated.deciding
+            self.aggregated.deciding()
         } else if self.is_member() {
             self.planted_sp
                 .as_ref()
@@ -1008,7 +986,7 @@ impl<S: StateMachine> Replica<S> {
             }
             (Phase::Member { .. }, Message::JoinResponse(_)) => {}
             (Phase::Member { .. }, Message::Aggregate(message)) => {
-                if let Some(aggregation) = &mut self.aggregated.aggregation {
+                if let Some(aggregation) = self.aggregated.aggregation_mut() {
                     aggregation.handle(now, from, message);
                 }
             }
@@ -1107,7 +1085,7 @@ impl<S: StateMachine> Replica<S> {
         let buffered = self.log.buffered_len() > 0;
         self.dissemination
             .on_timeout_pulls(now, dissemination_ctx!(self), buffered);
-        if let Some(aggregation) = &mut self.aggregated.aggregation {
+        if let Some(aggregation) = self.aggregated.aggregation_mut() {
             aggregation.on_timeout(now);
         }
         self.finish(now);
@@ -1144,13 +1122,9 @@ impl<S: StateMachine> Replica<S> {
                 self.stats.evictions_issued += installed.change.evicted.len() as u64;
             }
             if self.config.aggregation.is_some() {
-                self.aggregated.unadopted_evictions.extend(
-                    installed
-                        .change
-                        .evicted
-                        .iter()
-                        .map(|e| (e.id.clone(), e.incarnation)),
-                );
+                let evicted = installed.change.evicted.iter();
+                self.aggregated
+                    .views_evicted(evicted.map(|e| (e.id.clone(), e.incarnation)));
             }
             let seat =
                 self.membership
@@ -1761,119 +1735,48 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// With `config.aggregation`: keeps this node's aggregation at its membership and view,
-    /// hands it this node's contribution, sends what it has to send, and takes the
-    /// aggregated snapshot point.
+    /// With `config.aggregation`: hands this node's aggregation its membership, view and
+    /// contribution, sends what it has to send, and takes the aggregated snapshot point
+    /// (see `aggregated.rs`).
     fn run_aggregation(&mut self, now: Time) {
-        let Some(config) = self.config.aggregation.clone() else {
+        let Some(config) = &self.config.aggregation else {
             return;
         };
         if !self.is_member() {
             self.aggregated = AggregatedSnapshotPoint::default();
             return;
         }
+        let planted = self.config.planted;
         let view = self.membership.view();
-        let state = &mut self.aggregated;
-        match &mut state.aggregation {
-            Some(a) if a.incarnation() == self.incarnation => a.on_view(view, now),
-            _ => {
-                state.snapshot_point = VersionVector::new();
-                state.unadopted_evictions.clear();
-                state.outside_view = None;
-                state.removed.clear();
-                state.last_view = view.members.clone();
-                let mut aggregation =
-                    Aggregation::new(self.id.clone(), self.incarnation, view, config);
-                aggregation.plant_skipping_a_member(
-                    self.config.planted == Some(PlantedBug::AggregatorSkipsAMember),
-                );
-                state.aggregation = Some(aggregation);
-            }
-        }
-        let contribution = self.contribution();
-        let state = &mut self.aggregated;
-        let aggregation = state.aggregation.as_mut().expect("set above");
-        aggregation.set_contribution(now, &contribution);
-        for out in aggregation.take_outgoing() {
+        let contribution = aggregated::contribution(
+            &self.id,
+            self.incarnation,
+            self.log.applied(),
+            &self.map,
+            view,
+            planted,
+        );
+        let outgoing = self.aggregated.update(
+            now,
+            aggregated::Inputs {
+                config,
+                me: &self.id,
+                incarnation: self.incarnation,
+                view,
+                map: &self.map,
+                contribution,
+                stable_cut: self.log.stable_cut(),
+                planted,
+            },
+        );
+        for out in outgoing {
             let message = Message::Aggregate((*out.message).clone());
             self.outbox.send(out.to, message);
         }
-        let map = &self.map;
-        state.unadopted_evictions.retain(|(id, incarnation)| {
-            map.get(id)
-                .is_some_and(|e| e.record.incarnation == *incarnation && e.record.state.counts())
-        });
-        if !state.unadopted_evictions.is_empty() {
-            return;
-        }
-        if state.last_view != view.members {
-            for (id, incarnation) in &state.last_view {
-                if !view.has(id, *incarnation) {
-                    state.removed.insert((id.clone(), *incarnation));
-                }
-            }
-            state.last_view = view.members.clone();
-        }
-        let key = (map.membership_epoch(), view.epoch);
-        if state.outside_view.as_ref().is_none_or(|(k, _)| *k != key) {
-            let removed = &state.removed;
-            let outside = map
-                .iter()
-                .filter(|(id, e)| {
-                    e.record.state.counts()
-                        && !view.has(id, e.record.incarnation)
-                        && view
-                            .members
-                            .get(*id)
-                            .is_none_or(|held| *held <= e.record.incarnation)
-                        && !removed.contains(&((*id).clone(), e.record.incarnation))
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            state.outside_view = Some((key, outside));
-        }
-        let mut sp = state
-            .aggregation
-            .as_ref()
-            .expect("set above")
-            .snapshot_point()
-            .clone();
-        for id in &state.outside_view.as_ref().expect("set above").1 {
-            if let Some(e) = map.get(id) {
-                sp = sp.meet(&e.record.applied);
-            }
-        }
         if self.config.aggregation_decides {
-            state.deciding = sp.clone();
-            state.deciding.join(self.log.stable_cut());
-            self.map.set_admission_floor(Some(state.deciding.clone()));
+            let floor = self.aggregated.deciding().clone();
+            self.map.set_admission_floor(Some(floor));
         }
-        state.snapshot_point = sp;
-    }
-
-    /// This node's contribution to the aggregated snapshot point: its applied vector,
-    /// lowered to what every joiner it registered in this incarnation and the view has not
-    /// admitted yet has applied (at least the cut it was given): joiner cover.
-    fn contribution(&self) -> VersionVector {
-        let applied = self.log.applied().clone();
-        if self.map.own().record.registrations == 0
-            || self.config.planted == Some(PlantedBug::NoJoinerCover)
-        {
-            return applied;
-        }
-        let view = self.membership.view();
-        let mut contribution = applied;
-        for (id, entry) in self.map.iter() {
-            let record = &entry.record;
-            let mine = record
-                .sponsor
-                .as_ref()
-                .is_some_and(|s| s.sponsor == self.id && s.sponsor_incarnation == self.incarnation);
-            if mine && record.state.counts() && !view.has(id, record.incarnation) {
-                contribution = contribution.meet(&record.applied);
-            }
-        }
-        contribution
     }
 
     fn aggregation_decides(&self) -> bool {
@@ -1883,7 +1786,7 @@ impl<S: StateMachine> Replica<S> {
     /// The snapshot point aggregated next to the map's (with `config.aggregation`; the
     /// empty cut otherwise, and while joining).
     pub fn aggregated_snapshot_point(&self) -> &VersionVector {
-        &self.aggregated.snapshot_point
+        self.aggregated.snapshot_point()
     }
 
     /// Gives up a leave (see [`LeaveFailed`]): the node stays a member.
@@ -1950,10 +1853,7 @@ impl<S: StateMachine> Replica<S> {
                 Some(self.monitor.next_check()),
                 self.membership.views().deadline(),
                 leaving.as_ref().map(Leave::deadline),
-                self.aggregated
-                    .aggregation
-                    .as_ref()
-                    .and_then(Aggregation::next_deadline),
+                self.aggregated.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -1974,6 +1874,8 @@ fn known_nodes(map: &NetworkMap, view: &View, me: &NodeId) -> Vec<NodeId> {
     known.into_iter().filter(|id| *id != me).cloned().collect()
 }
 
+mod aggregated;
+use aggregated::AggregatedSnapshotPoint;
 mod durability;
 impl Replica<crate::ops_log::LwwMap> {
     /// Keeps the state's entries in `store`, which has just been given the stable state at
