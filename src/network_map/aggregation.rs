@@ -79,6 +79,91 @@ impl Default for AggregationConfig {
     }
 }
 
+/// A version vector whose origins are named by their 64-bit node key ([`NodeId::key`]),
+/// as aggregation keeps and sends them: 8 bytes an origin instead of the whole id, and
+/// integer comparisons. A node turns it back into a [`VersionVector`] with
+/// [`KeyedVector::resolve`] against its own applied vector, which names every origin a
+/// valid snapshot point of its can hold. (Two origins whose keys collide — a chance of
+/// about 2⁻⁶⁴ a pair — would be taken for one.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyedVector(BTreeMap<u64, u64>);
+
+impl KeyedVector {
+    /// `vector` with its origins named by their keys.
+    pub fn of(vector: &VersionVector) -> Self {
+        KeyedVector(vector.iter().map(|(o, s)| (o.key(), s)).collect())
+    }
+
+    /// The entry of the origin with key `key` (0 when absent).
+    pub fn get(&self, key: u64) -> u64 {
+        self.0.get(&key).copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.0.iter().map(|(k, s)| (*k, *s))
+    }
+
+    /// The sum of the entries.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// Raises the entry of `key` to at least `seq`; whether it changed.
+    fn raise(&mut self, key: u64, seq: u64) -> bool {
+        if seq == 0 {
+            return false;
+        }
+        let entry = self.0.entry(key).or_insert(0);
+        if seq > *entry {
+            *entry = seq;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `self ≤ other` pointwise.
+    pub fn le(&self, other: &KeyedVector) -> bool {
+        self.iter().all(|(k, s)| s <= other.get(k))
+    }
+
+    /// Pointwise maximum.
+    fn join(&mut self, other: &KeyedVector) {
+        for (k, s) in other.iter() {
+            self.raise(k, s);
+        }
+    }
+
+    /// Pointwise minimum.
+    fn meet(&self, other: &KeyedVector) -> KeyedVector {
+        KeyedVector(
+            self.iter()
+                .filter_map(|(k, s)| {
+                    let m = s.min(other.get(k));
+                    (m > 0).then_some((k, m))
+                })
+                .collect(),
+        )
+    }
+
+    /// This vector with its origins named again: for every origin of `known`, the entry of
+    /// its key. An origin `known` lacks is left out (a lower vector, never a higher one).
+    pub fn resolve(&self, known: &VersionVector) -> VersionVector {
+        known
+            .iter()
+            .filter_map(|(origin, _)| {
+                let seq = self.get(origin.key());
+                (seq > 0).then(|| (origin.clone(), seq))
+            })
+            .collect()
+    }
+}
+
 /// A completeness certificate: how many memberships an aggregate covers, and the sum (mod
 /// 2⁶⁴) of their hashes. Covers of disjoint sets add up; a snapshot point is valid only if
 /// its cover equals the view's.
@@ -262,19 +347,20 @@ pub enum AggregateMessage {
         epoch: u64,
         incarnation: u64,
         whole: bool,
-        entries: Vec<(NodeId, u64)>,
+        /// (origin key, seq).
+        entries: Vec<(u64, u64)>,
     },
     /// A group's minimum at `epoch`, from one of its aggregators to every aggregator.
     GroupMinimum {
         epoch: u64,
         group: u32,
-        minimum: VersionVector,
+        minimum: KeyedVector,
         cover: Cover,
     },
     /// A snapshot point at `epoch`, from an aggregator to the members of its groups.
     SnapshotPoint {
         epoch: u64,
-        snapshot_point: VersionVector,
+        snapshot_point: KeyedVector,
         cover: Cover,
     },
 }
@@ -310,27 +396,28 @@ pub struct Aggregation {
     layout: Layout,
     /// The contribution to send (see [`Aggregation::set_contribution`]), the one last sent,
     /// and when the last whole one went out.
-    current: VersionVector,
-    sent: VersionVector,
+    current_source: VersionVector,
+    current: KeyedVector,
+    sent: KeyedVector,
     last_whole: Option<Time>,
     /// When the next contribution goes out (`None`: nothing changed).
     contribute_at: Option<Time>,
     /// The largest valid snapshot point received at this membership.
-    snapshot_point: VersionVector,
+    snapshot_point: KeyedVector,
     /// As an aggregator: every view member's contribution received (by id, with its
     /// incarnation), kept across views for the members that stay.
-    inputs: BTreeMap<NodeId, (u64, VersionVector)>,
+    inputs: BTreeMap<NodeId, (u64, KeyedVector)>,
     /// As an aggregator: contributions made at an epoch this node has not installed yet,
     /// by (id, incarnation), with their epoch: taken in when it installs that epoch.
-    ahead: BTreeMap<(NodeId, u64), (u64, VersionVector)>,
+    ahead: BTreeMap<(NodeId, u64), (u64, KeyedVector)>,
     /// As an aggregator: the newest minimum of each group at the layout's epoch.
-    minimums: BTreeMap<usize, (VersionVector, Cover)>,
+    minimums: BTreeMap<usize, (KeyedVector, Cover)>,
     /// As an aggregator: joiners outside the view that contribute, and when they last did.
     subscribers: BTreeMap<NodeId, Time>,
     /// As an aggregator: the groups whose minimum changed, and the snapshot point last
     /// pushed, and when the next send of either is due.
     changed_groups: BTreeSet<usize>,
-    pushed: Option<VersionVector>,
+    pushed: Option<KeyedVector>,
     last_push: Option<Time>,
     aggregate_at: Option<Time>,
     outgoing: Vec<Outgoing>,
@@ -347,11 +434,12 @@ impl Aggregation {
             incarnation,
             config,
             layout,
-            current: VersionVector::new(),
-            sent: VersionVector::new(),
+            current_source: VersionVector::new(),
+            current: KeyedVector::default(),
+            sent: KeyedVector::default(),
             last_whole: None,
             contribute_at: None,
-            snapshot_point: VersionVector::new(),
+            snapshot_point: KeyedVector::default(),
             inputs: BTreeMap::new(),
             ahead: BTreeMap::new(),
             minimums: BTreeMap::new(),
@@ -376,7 +464,7 @@ impl Aggregation {
     }
 
     /// The largest valid snapshot point received at this membership.
-    pub fn snapshot_point(&self) -> &VersionVector {
+    pub fn snapshot_point(&self) -> &KeyedVector {
         &self.snapshot_point
     }
 
@@ -404,8 +492,7 @@ impl Aggregation {
             if epoch > view.epoch {
                 self.ahead.insert((id, incarnation), (epoch, vector));
             } else {
-                let entries: Vec<(NodeId, u64)> =
-                    vector.iter().map(|(o, s)| (o.clone(), s)).collect();
+                let entries: Vec<(u64, u64)> = vector.iter().collect();
                 self.merge_input(&id, incarnation, &entries, now);
             }
         }
@@ -426,10 +513,15 @@ impl Aggregation {
     /// registered that the view has not admitted (joiner cover). A change goes out after
     /// `report_delay`.
     pub fn set_contribution(&mut self, now: Time, contribution: &VersionVector) {
-        if contribution.ptr_eq(&self.current) || *contribution == self.current {
+        if contribution.ptr_eq(&self.current_source) {
             return;
         }
-        self.current = contribution.clone();
+        self.current_source = contribution.clone();
+        let keyed = KeyedVector::of(contribution);
+        if keyed == self.current {
+            return;
+        }
+        self.current = keyed;
         if self.contribute_at.is_none() {
             self.contribute_at = Some(now + self.config.report_delay);
         }
@@ -477,16 +569,14 @@ impl Aggregation {
         }
     }
 
-    fn contribute(&mut self, now: Time, contribution: &VersionVector, whole: bool) {
+    fn contribute(&mut self, now: Time, contribution: &KeyedVector, whole: bool) {
         self.contribute_at = None;
-        let entries: Vec<(NodeId, u64)> = if whole {
-            contribution.iter().map(|(o, s)| (o.clone(), s)).collect()
+        let entries: Vec<(u64, u64)> = if whole {
+            contribution.iter().collect()
         } else {
-            self.sent
-                .changes_to(contribution)
-                .into_iter()
-                .filter(|(_, old, new)| new > old)
-                .map(|(o, _, new)| (o, new))
+            contribution
+                .iter()
+                .filter(|(k, s)| *s > self.sent.get(*k))
                 .collect()
         };
         self.sent = contribution.clone();
@@ -569,7 +659,7 @@ impl Aggregation {
         }
     }
 
-    fn accept(&mut self, snapshot_point: &VersionVector) -> bool {
+    fn accept(&mut self, snapshot_point: &KeyedVector) -> bool {
         if snapshot_point.le(&self.snapshot_point) {
             return false;
         }
@@ -593,10 +683,10 @@ impl Aggregation {
             let held = self
                 .ahead
                 .entry((from.clone(), incarnation))
-                .or_insert_with(|| (*epoch, VersionVector::new()));
+                .or_insert_with(|| (*epoch, KeyedVector::default()));
             held.0 = held.0.max(*epoch);
             for (origin, seq) in entries {
-                held.1.raise(origin, *seq);
+                held.1.raise(*origin, *seq);
             }
             return Received::Taken;
         }
@@ -621,7 +711,7 @@ impl Aggregation {
 
     /// Takes `entries` into member `id`'s input (the view holds it at `incarnation`, in a
     /// group this node aggregates).
-    fn merge_input(&mut self, id: &NodeId, incarnation: u64, entries: &[(NodeId, u64)], now: Time) {
+    fn merge_input(&mut self, id: &NodeId, incarnation: u64, entries: &[(u64, u64)], now: Time) {
         let Some(group) = self.layout.group_of(id) else {
             return;
         };
@@ -634,10 +724,10 @@ impl Aggregation {
         let held = self
             .inputs
             .entry(id.clone())
-            .or_insert_with(|| (incarnation, VersionVector::new()));
+            .or_insert_with(|| (incarnation, KeyedVector::default()));
         let mut raised = false;
         for (origin, seq) in entries {
-            raised |= held.1.raise(origin, *seq);
+            raised |= held.1.raise(*origin, *seq);
         }
         if raised || fresh || !self.minimums.contains_key(&group) {
             self.changed_groups.insert(group);
@@ -707,8 +797,8 @@ impl Aggregation {
     }
 
     /// The minimum over the contributions of every member of group `g`, once it holds all.
-    fn group_minimum(&self, g: usize) -> Option<VersionVector> {
-        let mut minimum: Option<VersionVector> = None;
+    fn group_minimum(&self, g: usize) -> Option<KeyedVector> {
+        let mut minimum: Option<KeyedVector> = None;
         let members = self.layout.members(g);
         // the planted bug leaves out the member that holds the group back
         let skipped = (self.skips_a_member && members.len() > 1)
@@ -735,7 +825,7 @@ impl Aggregation {
             return;
         }
         let mut cover = Cover::default();
-        let mut sp: Option<VersionVector> = None;
+        let mut sp: Option<KeyedVector> = None;
         for (minimum, c) in self.minimums.values() {
             cover = cover + *c;
             sp = Some(match sp {

@@ -34,6 +34,8 @@ pub(super) struct Inputs<'a> {
     pub map: &'a NetworkMap,
     /// This node's contribution (see [`contribution`]).
     pub contribution: VersionVector,
+    /// This node's applied vector: names the origins of the aggregate.
+    pub applied: &'a VersionVector,
     pub stable_cut: &'a VersionVector,
     pub planted: Option<PlantedBug>,
 }
@@ -92,6 +94,7 @@ impl AggregatedSnapshotPoint {
             view,
             map,
             contribution,
+            applied,
             stable_cut,
             planted,
         } = inputs;
@@ -143,12 +146,13 @@ impl AggregatedSnapshotPoint {
                 .collect();
             self.outside_view = Some((key, outside));
         }
+        // every origin a valid snapshot point of this node holds is one it has applied
         let mut sp = self
             .aggregation
             .as_ref()
             .expect("set above")
             .snapshot_point()
-            .clone();
+            .resolve(applied);
         for id in &self.outside_view.as_ref().expect("set above").1 {
             if let Some(e) = map.get(id) {
                 sp = sp.meet(&e.record.applied);

@@ -1765,6 +1765,7 @@ impl<S: StateMachine> Replica<S> {
                 view,
                 map: &self.map,
                 contribution,
+                applied: self.log.applied(),
                 stable_cut: self.log.stable_cut(),
                 planted,
             },

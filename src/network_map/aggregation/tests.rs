@@ -98,7 +98,7 @@ struct Net {
     loss: f64,
     now: Time,
     /// Every snapshot point each node held, in order.
-    history: Vec<Vec<VersionVector>>,
+    history: Vec<Vec<KeyedVector>>,
     messages: u64,
     /// Check the snapshot points after every step (off where only traffic is counted).
     check: bool,
@@ -205,6 +205,7 @@ impl Net {
             .map(|k| self.contribution(k))
             .reduce(|a, b| a.meet(&b))
             .unwrap();
+        let floor = KeyedVector::of(&floor);
         assert!(
             sp.le(&floor),
             "node {i}'s snapshot point {sp:?} passes a member's contribution {floor:?}"
@@ -237,7 +238,11 @@ fn the_snapshot_point_reaches_the_minimum_of_every_member_and_never_passes_it() 
         let t = net.now + Duration::from_millis(500);
         net.run(t);
         for (i, node) in net.nodes.iter().enumerate() {
-            assert_eq!(node.snapshot_point(), &union, "n = {n}: node {i}");
+            assert_eq!(
+                node.snapshot_point(),
+                &KeyedVector::of(&union),
+                "n = {n}: node {i}"
+            );
         }
     }
 }
@@ -262,7 +267,7 @@ fn lost_messages_are_repaired_by_the_heartbeat_and_one_aggregator_down_stalls_no
     assert!(net
         .nodes
         .iter()
-        .all(|node| node.snapshot_point().get(&origin) == 5));
+        .all(|node| node.snapshot_point().get(origin.key()) == 5));
     // they fail (a crashed member still counts with what it reported); a fifth of all
     // messages is lost from now on, and the others catch up with them: every hop is
     // repaired by the next heartbeat, so the remaining aggregators get there within
@@ -278,7 +283,11 @@ fn lost_messages_are_repaired_by_the_heartbeat_and_one_aggregator_down_stalls_no
     }
     net.run(Time::ZERO + Duration::from_secs(10));
     for i in (0..n as usize).filter(|i| !net.down[*i]) {
-        assert_eq!(net.nodes[i].snapshot_point().get(&origin), 10, "node {i}");
+        assert_eq!(
+            net.nodes[i].snapshot_point().get(origin.key()),
+            10,
+            "node {i}"
+        );
     }
 }
 
@@ -302,7 +311,7 @@ fn a_sponsor_holding_a_joiner_s_cut_holds_every_snapshot_point_at_that_cut() {
     net.run(Time::ZERO + Duration::from_secs(2));
     for node in &net.nodes {
         assert_eq!(
-            node.snapshot_point().get(&origin),
+            node.snapshot_point().get(origin.key()),
             1,
             "held at the join cut"
         );
@@ -314,7 +323,7 @@ fn a_sponsor_holding_a_joiner_s_cut_holds_every_snapshot_point_at_that_cut() {
     let t = net.now + Duration::from_secs(1);
     net.run(t);
     for node in &net.nodes {
-        assert_eq!(node.snapshot_point().get(&origin), 10);
+        assert_eq!(node.snapshot_point().get(origin.key()), 10);
     }
 }
 
@@ -323,7 +332,7 @@ fn a_snapshot_point_that_covers_less_than_the_view_is_refused_and_counted() {
     let all = ids(10);
     let mut member = Aggregation::new(all[0].clone(), 1, &view(1, &all), config());
     let origin = NodeId::synthetic(99);
-    let sp: VersionVector = [(origin.clone(), 5)].into_iter().collect();
+    let sp = KeyedVector::of(&[(origin.clone(), 5)].into_iter().collect());
     let short = Layout::new(&view(1, &all[..9]), &config()).cover();
     let refused = member.handle(
         Time::ZERO,
@@ -373,14 +382,14 @@ fn contributions_of_another_incarnation_than_the_views_are_not_counted() {
         epoch: 1,
         incarnation: 2,
         whole: true,
-        entries: vec![(origin.clone(), 9)],
+        entries: vec![(origin.key(), 9)],
     };
     assert_eq!(node.handle(Time::ZERO, &other, &newer), Received::Ignored);
     let current = AggregateMessage::Contribution {
         epoch: 1,
         incarnation: 1,
         whole: true,
-        entries: vec![(origin, 9)],
+        entries: vec![(origin.key(), 9)],
     };
     assert_eq!(node.handle(Time::ZERO, &other, &current), Received::Taken);
 }
@@ -421,7 +430,7 @@ fn a_contribution_made_under_a_later_view_waits_until_the_aggregator_installs_it
         epoch,
         incarnation: 1,
         whole: true,
-        entries: vec![(origin.clone(), seq)],
+        entries: vec![(origin.key(), seq)],
     };
     node.handle(Time::ZERO, &others[0], &at(1, 3));
     node.handle(Time::ZERO, &others[1], &at(2, 9));
@@ -431,7 +440,9 @@ fn a_contribution_made_under_a_later_view_waits_until_the_aggregator_installs_it
     let t = Time::ZERO + Duration::from_millis(10);
     node.on_timeout(t);
     assert_eq!(
-        node.inputs.get(&others[1]).map(|(_, v)| v.get(&origin)),
+        node.inputs
+            .get(&others[1])
+            .map(|(_, v)| v.get(origin.key())),
         None,
         "not counted at epoch 1"
     );
@@ -442,7 +453,41 @@ fn a_contribution_made_under_a_later_view_waits_until_the_aggregator_installs_it
     // at epoch 2 it counts
     node.on_view(&view(2, &all), t);
     assert_eq!(
-        node.inputs.get(&others[1]).map(|(_, v)| v.get(&origin)),
+        node.inputs
+            .get(&others[1])
+            .map(|(_, v)| v.get(origin.key())),
         Some(9)
+    );
+}
+
+#[test]
+fn a_keyed_vector_names_its_origins_again_from_a_known_vector_and_never_rises() {
+    let (a, b, c) = (
+        NodeId::synthetic(1),
+        NodeId::synthetic(2),
+        NodeId::synthetic(3),
+    );
+    let full: VersionVector = [(a.clone(), 4), (b.clone(), 7), (c.clone(), 2)]
+        .into_iter()
+        .collect();
+    let keyed = KeyedVector::of(&full);
+    assert_eq!(keyed.get(b.key()), 7);
+    assert_eq!(
+        keyed.resolve(&full),
+        full,
+        "a vector that knows every origin"
+    );
+    // an origin the known vector lacks is left out: lower, never higher
+    let known: VersionVector = [(a.clone(), 1), (b.clone(), 1)].into_iter().collect();
+    let resolved = keyed.resolve(&known);
+    assert_eq!(resolved.get(&a), 4);
+    assert_eq!(resolved.get(&c), 0);
+    assert!(resolved.le(&full));
+    // 8 bytes an origin on the wire, not the whole id
+    let as_ids = crate::gossip::encoded_len(&full);
+    let as_keys = crate::gossip::encoded_len(&keyed);
+    assert!(
+        as_keys * 2 < as_ids,
+        "{as_keys} bytes keyed, {as_ids} by id"
     );
 }
