@@ -107,6 +107,13 @@ pub struct Args {
     /// longer flood in status (membership changes and heartbeats still do).
     #[arg(long)]
     pub aggregation_decides: bool,
+    /// Aggregators of each group (r ≥ 2) [default: the protocol's, 2].
+    #[arg(long, value_name = "R")]
+    pub aggregators_per_group: Option<usize>,
+    /// How long a member coalesces changes of its contribution, and an aggregator changes
+    /// of its minimums, in ms [default: the protocol's, 5].
+    #[arg(long, value_name = "MS")]
+    pub aggregation_delay_ms: Option<u64>,
     /// Seconds after the last write within which every snapshot point must hold every op.
     #[arg(long, default_value_t = 30)]
     pub liveness_bound_s: u64,
@@ -343,6 +350,16 @@ impl Args {
             mesh_degree: self.mesh_degree,
             costs: self.costs(),
             aggregation: self.aggregation || self.aggregation_decides,
+            aggregation_config: {
+                let mut c = tidemark::network_map::aggregation::AggregationConfig::default();
+                if let Some(r) = self.aggregators_per_group {
+                    c.aggregators_per_group = r.max(2);
+                }
+                if let Some(ms) = self.aggregation_delay_ms {
+                    c.report_delay = Duration::from_millis(ms);
+                }
+                c
+            },
             aggregation_decides: self.aggregation_decides,
             liveness_bound: Duration::from_secs(self.liveness_bound_s),
             excuse_bound: Duration::from_millis(self.excuse_bound_ms),

@@ -40,6 +40,9 @@ pub struct SimConfig {
     /// The aggregated snapshot point decides (folds, admits, lets leaves go), and applied
     /// vectors no longer flood in status.
     pub aggregation_decides: bool,
+    /// The aggregation's settings (with `aggregation`).
+    #[serde(skip)]
+    pub aggregation_config: tidemark::network_map::aggregation::AggregationConfig,
     /// How long after the last write every snapshot point must have reached every op (L1).
     pub liveness_bound: Duration,
     /// Interval of the samples behind the progress bar, `--csv` and `--plot` (I3's open
@@ -237,6 +240,7 @@ impl Default for SimConfig {
             costs: crate::costs::CostModel::default(),
             aggregation: false,
             aggregation_decides: false,
+            aggregation_config: Default::default(),
             liveness_bound: Duration::from_secs(30),
             sample_interval: Duration::from_millis(100),
             excuse_bound: Duration::from_secs(5),

@@ -91,6 +91,9 @@ pub struct Report {
     /// Per member and crash: from the crash until the member evicted the crashed node
     /// (its snapshot point no longer waits for it).
     pub crash_to_drop_ms: Percentiles,
+    /// Per member and crash: from the crash until the member's snapshot point passed what
+    /// the crashed member had applied (counted when writes go on past it).
+    pub crash_to_sp_moves_ms: Percentiles,
     /// Per eviction of a running node: from when it could learn it (the eviction, or the
     /// heal of the partition that hid it) until it noticed and started to rejoin.
     pub stale_to_rejoin_ms: Percentiles,
@@ -246,6 +249,7 @@ impl Report {
             fault_config: config.faults.any().then(|| config.faults.clone()),
             faults: r.faults,
             crash_to_drop_ms: r.crash_to_drop.summary(),
+            crash_to_sp_moves_ms: r.crash_to_sp_moves.summary(),
             stale_to_rejoin_ms: r.stale_to_rejoin.summary(),
             excuses: r.excuses,
             events: r.events,

@@ -302,6 +302,12 @@ pub struct Sim {
     crashed_standing: BTreeMap<(NodeId, u64), (usize, VersionVector)>,
     /// Per member and crash: from the crash until the member stopped counting the node.
     crash_to_drop: Latencies,
+    /// Per crashed membership: when it crashed, what it had applied, and the members whose
+    /// snapshot point has not passed that yet.
+    crash_watch: BTreeMap<(NodeId, u64), (Time, VersionVector, BTreeSet<usize>)>,
+    /// Per member and crash: from the crash until the member's snapshot point passed what
+    /// the crashed member had applied (it moves again).
+    crash_to_sp_moves: Latencies,
     faults: FaultStats,
     /// When every running node's data dir was last backed up.
     last_backup: Time,
@@ -384,6 +390,8 @@ impl Sim {
             crashed_at: BTreeMap::new(),
             crashed_standing: BTreeMap::new(),
             crash_to_drop: Latencies::default(),
+            crash_watch: BTreeMap::new(),
+            crash_to_sp_moves: Latencies::default(),
             faults: FaultStats::default(),
             last_backup: Time::ZERO,
             stale_since: BTreeMap::new(),
@@ -518,7 +526,7 @@ impl Sim {
             planted: self.config.planted,
             writers: None,
             aggregation: (self.config.aggregation || self.config.aggregation_decides)
-                .then(tidemark::network_map::aggregation::AggregationConfig::default),
+                .then(|| self.config.aggregation_config.clone()),
             aggregation_decides: self.config.aggregation_decides,
         }
     }
@@ -1233,6 +1241,7 @@ impl Sim {
         node.last_sp = sp;
         if member {
             self.check_safety_of(n, at);
+            self.watch_crashes(n, now);
             let since = self.nodes[n].member_since;
             for (origin, old, new) in changes {
                 self.view.sp_min.change(&origin, old, new);
@@ -1271,6 +1280,28 @@ impl Sim {
             self.view.asp_min.change(&origin, old, new);
             self.record_aggregated(&origin, now);
         }
+    }
+
+    /// Member `n`'s snapshot point moved: for every crash it was still waiting on, whether
+    /// it passed what the crashed member had applied.
+    fn watch_crashes(&mut self, n: usize, now: Time) {
+        let sp = &self.nodes[n].last_sp;
+        for (at, applied, waiting) in self.crash_watch.values_mut() {
+            if waiting.contains(&n) && !sp.le(applied) {
+                waiting.remove(&n);
+                self.crash_to_sp_moves
+                    .push(now.since(*at).as_micros() as u64);
+                if self.trace && now.since(*at) > Duration::from_secs(8) {
+                    eprintln!(
+                        "  {:.3} s: node {n}'s snapshot point passes a crash of {:.3} s",
+                        now.as_millis_f64() / 1e3,
+                        at.as_millis_f64() / 1e3
+                    );
+                }
+            }
+        }
+        self.crash_watch
+            .retain(|_, (_, _, waiting)| !waiting.is_empty());
     }
 
     fn record_aggregated(&mut self, origin: &NodeId, now: Time) {
@@ -1911,6 +1942,13 @@ impl Sim {
             self.crashed_standing.insert(
                 (self.ids[n].clone(), node.incarnation),
                 (n, node.shadow.clone()),
+            );
+            let members = (0..self.nodes.len())
+                .filter(|&i| i != n && self.nodes[i].member)
+                .collect();
+            self.crash_watch.insert(
+                (self.ids[n].clone(), self.nodes[n].incarnation),
+                (self.now, self.nodes[n].shadow.clone(), members),
             );
         }
         self.drop_member(n);
@@ -2644,6 +2682,7 @@ impl Sim {
                 record_merges: merges,
                 faults: self.faults,
                 crash_to_drop: self.crash_to_drop,
+                crash_to_sp_moves: self.crash_to_sp_moves,
                 stale_to_rejoin: self.stale_to_rejoin,
                 excuses: self.excuses.counts,
                 sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
@@ -2675,6 +2714,7 @@ pub struct ReportInputs {
     pub record_merges: RecordMerges,
     pub faults: FaultStats,
     pub crash_to_drop: Latencies,
+    pub crash_to_sp_moves: Latencies,
     pub stale_to_rejoin: Latencies,
     pub excuses: ExcuseCounts,
     pub sim_time_s: f64,

@@ -357,6 +357,14 @@ pub enum AggregateMessage {
         minimum: KeyedVector,
         cover: Cover,
     },
+    /// At a new view, from an aggregator of the view before (`epoch`) to the new
+    /// aggregators of the members it held: (member, incarnation, its input). A member that
+    /// crashed before the view changed sends nothing more; without its input the new
+    /// groups could not be complete until a view evicts it.
+    Handoff {
+        epoch: u64,
+        inputs: Vec<(NodeId, u64, KeyedVector)>,
+    },
     /// A snapshot point at `epoch`, from an aggregator to the members of its groups.
     SnapshotPoint {
         epoch: u64,
@@ -402,7 +410,7 @@ pub struct Aggregation {
     last_whole: Option<Time>,
     /// When the next contribution goes out (`None`: nothing changed).
     contribute_at: Option<Time>,
-    /// The largest valid snapshot point received at this membership.
+    /// The largest valid snapshot point received for the installed view.
     snapshot_point: KeyedVector,
     /// As an aggregator: every view member's contribution received (by id, with its
     /// incarnation), kept across views for the members that stay.
@@ -463,7 +471,7 @@ impl Aggregation {
         &self.layout
     }
 
-    /// The largest valid snapshot point received at this membership.
+    /// The largest valid snapshot point received for the installed view.
     pub fn snapshot_point(&self) -> &KeyedVector {
         &self.snapshot_point
     }
@@ -484,9 +492,32 @@ impl Aggregation {
         if view.epoch == self.layout.epoch {
             return;
         }
+        let previous = self.layout.epoch;
         self.layout = Layout::new(view, &self.config);
         self.inputs
             .retain(|id, (incarnation, _)| view.members.get(id) == Some(incarnation));
+        // hand what this node held over to the members' new aggregators
+        let mut handoffs: BTreeMap<NodeId, Vec<(NodeId, u64, KeyedVector)>> = BTreeMap::new();
+        for (id, (incarnation, input)) in &self.inputs {
+            for to in self.layout.aggregators_for(id) {
+                if *to != self.me {
+                    handoffs.entry(to.clone()).or_default().push((
+                        id.clone(),
+                        *incarnation,
+                        input.clone(),
+                    ));
+                }
+            }
+        }
+        for (to, inputs) in handoffs {
+            self.outgoing.push(Outgoing {
+                to,
+                message: Arc::new(AggregateMessage::Handoff {
+                    epoch: previous,
+                    inputs,
+                }),
+            });
+        }
         let ahead = std::mem::take(&mut self.ahead);
         for ((id, incarnation), (epoch, vector)) in ahead {
             if epoch > view.epoch {
@@ -497,6 +528,9 @@ impl Aggregation {
             }
         }
         self.minimums.clear();
+        // a snapshot point is valid for the view it covers: the node bounds it by members
+        // outside the view, which a later view may admit (see `replica/aggregated.rs`)
+        self.snapshot_point = KeyedVector::default();
         self.changed_groups = self.layout.aggregated_by(&self.me).into_iter().collect();
         self.pushed = None;
         self.last_whole = None;
@@ -611,6 +645,17 @@ impl Aggregation {
             AggregateMessage::Contribution { incarnation, .. } => {
                 self.take_contribution(from, *incarnation, message, now)
             }
+            AggregateMessage::Handoff { epoch, inputs } => {
+                for (id, incarnation, input) in inputs {
+                    let entries: Vec<(u64, u64)> = input.iter().collect();
+                    if *epoch > self.layout.epoch {
+                        self.hold_ahead(id, *incarnation, *epoch, &entries);
+                    } else {
+                        self.merge_input(id, *incarnation, &entries, now);
+                    }
+                }
+                Received::Taken
+            }
             AggregateMessage::GroupMinimum {
                 epoch,
                 group,
@@ -680,14 +725,7 @@ impl Aggregation {
         if *epoch > self.layout.epoch {
             // made under a view this node has not installed: it may drop a cover that
             // this node's view still needs
-            let held = self
-                .ahead
-                .entry((from.clone(), incarnation))
-                .or_insert_with(|| (*epoch, KeyedVector::default()));
-            held.0 = held.0.max(*epoch);
-            for (origin, seq) in entries {
-                held.1.raise(*origin, *seq);
-            }
+            self.hold_ahead(from, incarnation, *epoch, entries);
             return Received::Taken;
         }
         let Some(group) = self.layout.group_of(from) else {
@@ -707,6 +745,19 @@ impl Aggregation {
         }
         self.merge_input(from, incarnation, entries, now);
         Received::Taken
+    }
+
+    /// Keeps entries of member `id` made at `epoch`, a view this node has not installed,
+    /// until it does (the newest epoch of what is kept decides when).
+    fn hold_ahead(&mut self, id: &NodeId, incarnation: u64, epoch: u64, entries: &[(u64, u64)]) {
+        let held = self
+            .ahead
+            .entry((id.clone(), incarnation))
+            .or_insert_with(|| (epoch, KeyedVector::default()));
+        held.0 = held.0.max(epoch);
+        for (origin, seq) in entries {
+            held.1.raise(*origin, *seq);
+        }
     }
 
     /// Takes `entries` into member `id`'s input (the view holds it at `incarnation`, in a

@@ -44,7 +44,8 @@ pub(super) struct Inputs<'a> {
 #[derive(Debug, Default)]
 pub(super) struct AggregatedSnapshotPoint {
     aggregation: Option<Aggregation>,
-    /// The largest valid aggregate, bounded by the members outside the view.
+    /// The largest of the valid aggregates of each installed view, each bounded by the
+    /// members outside that view when it was taken.
     snapshot_point: VersionVector,
     /// Evictions of installed views that the map has not adopted yet.
     unadopted_evictions: Vec<(NodeId, u64)>,
@@ -158,9 +159,13 @@ impl AggregatedSnapshotPoint {
                 sp = sp.meet(&e.record.applied);
             }
         }
-        self.deciding = sp.clone();
+        // The aggregate is the view's, and this bound is taken with it: a member outside
+        // the view bounds what this node takes while it is outside, and once a later view
+        // admits it, that view's aggregates count it. So the bounded values accumulate,
+        // never the aggregate alone.
+        self.snapshot_point.join(&sp);
+        self.deciding = self.snapshot_point.clone();
         self.deciding.join(stable_cut);
-        self.snapshot_point = sp;
         outgoing
     }
 }

@@ -98,7 +98,7 @@ struct Net {
     loss: f64,
     now: Time,
     /// Every snapshot point each node held, in order.
-    history: Vec<Vec<KeyedVector>>,
+    history: Vec<Vec<(u64, KeyedVector)>>,
     messages: u64,
     /// Check the snapshot points after every step (off where only traffic is counted).
     check: bool,
@@ -198,8 +198,13 @@ impl Net {
             return;
         }
         let sp = self.nodes[i].snapshot_point().clone();
-        if let Some(last) = self.history[i].last() {
-            assert!(last.le(&sp), "node {i}'s snapshot point fell");
+        let epoch = self.nodes[i].layout().epoch();
+        if let Some((at, last)) = self.history[i].last() {
+            // a new view starts its snapshot point afresh
+            assert!(
+                *at != epoch || last.le(&sp),
+                "node {i}'s snapshot point fell"
+            );
         }
         let floor = (0..self.nodes.len())
             .map(|k| self.contribution(k))
@@ -210,7 +215,7 @@ impl Net {
             sp.le(&floor),
             "node {i}'s snapshot point {sp:?} passes a member's contribution {floor:?}"
         );
-        self.history[i].push(sp);
+        self.history[i].push((epoch, sp));
     }
 }
 
@@ -490,4 +495,48 @@ fn a_keyed_vector_names_its_origins_again_from_a_known_vector_and_never_rises() 
         as_keys * 2 < as_ids,
         "{as_keys} bytes keyed, {as_ids} by id"
     );
+}
+
+#[test]
+fn at_a_new_view_aggregators_hand_a_crashed_member_s_input_to_its_new_aggregators() {
+    let n = 30;
+    let mut net = Net::new(n, 11, 0.0);
+    let origin = NodeId::synthetic(1_000);
+    let layout = net.nodes[0].layout().clone();
+    let crashed = (0..n as usize)
+        .find(|i| !layout.all_aggregators().contains(&net.nodes[*i].me))
+        .expect("a member that aggregates nothing");
+    // it applies 8 ops, the others 5; the snapshot point is 5 everywhere
+    for i in 0..n as usize {
+        for _ in 0..(if i == crashed { 8 } else { 5 }) {
+            net.apply(i, &origin);
+        }
+    }
+    net.run(Time::ZERO + Duration::from_secs(1));
+    assert!(net
+        .nodes
+        .iter()
+        .all(|a| a.snapshot_point().get(origin.key()) == 5));
+    // it crashes; the others go on to 10, and a new view (same members) regroups everyone
+    net.down[crashed] = true;
+    for i in (0..n as usize).filter(|i| *i != crashed) {
+        for _ in 0..5 {
+            net.apply(i, &origin);
+        }
+    }
+    let all = ids(n);
+    let now = net.now;
+    for i in (0..n as usize).filter(|i| *i != crashed) {
+        net.nodes[i].on_view(&view(2, &all), now);
+        net.after(i);
+    }
+    net.run(Time::ZERO + Duration::from_secs(3));
+    // the crashed member's 8, handed over, completes the new groups
+    for i in (0..n as usize).filter(|i| *i != crashed) {
+        assert_eq!(
+            net.nodes[i].snapshot_point().get(origin.key()),
+            8,
+            "node {i}"
+        );
+    }
 }
