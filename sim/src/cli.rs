@@ -104,9 +104,15 @@ pub struct Args {
     pub aggregation: bool,
     /// The aggregated snapshot point decides instead of the network map's: it is what is
     /// folded, what the admission check and a leave compare with, and applied vectors no
-    /// longer flood in status (membership changes and heartbeats still do).
+    /// longer flood in status (membership changes still do). Aggregators also tell their
+    /// members whom they hear, so members in the view stop flooding their heartbeats
+    /// while every group's liveness reaches them.
     #[arg(long)]
     pub aggregation_decides: bool,
+    /// With --aggregation-decides: keep every member flooding its heartbeat, as without
+    /// the aggregation (for comparison).
+    #[arg(long)]
+    pub flood_heartbeats: bool,
     /// Aggregators of each group (r ≥ 2) [default: the protocol's, 2].
     #[arg(long, value_name = "R")]
     pub aggregators_per_group: Option<usize>,
@@ -361,6 +367,7 @@ impl Args {
                 c
             },
             aggregation_decides: self.aggregation_decides,
+            flood_heartbeats: self.flood_heartbeats,
             liveness_bound: Duration::from_secs(self.liveness_bound_s),
             excuse_bound: Duration::from_millis(self.excuse_bound_ms),
             operator_forces_view_after: self

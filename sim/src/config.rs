@@ -40,6 +40,9 @@ pub struct SimConfig {
     /// The aggregated snapshot point decides (folds, admits, lets leaves go), and applied
     /// vectors no longer flood in status.
     pub aggregation_decides: bool,
+    /// With `aggregation_decides`: members keep flooding their heartbeats (the
+    /// aggregation's liveness is off).
+    pub flood_heartbeats: bool,
     /// The aggregation's settings (with `aggregation`).
     #[serde(skip)]
     pub aggregation_config: tidemark::network_map::aggregation::AggregationConfig,
@@ -240,6 +243,7 @@ impl Default for SimConfig {
             costs: crate::costs::CostModel::default(),
             aggregation: false,
             aggregation_decides: false,
+            flood_heartbeats: false,
             aggregation_config: Default::default(),
             liveness_bound: Duration::from_secs(30),
             sample_interval: Duration::from_millis(100),

@@ -525,8 +525,11 @@ impl Sim {
             auth: None,
             planted: self.config.planted,
             writers: None,
-            aggregation: (self.config.aggregation || self.config.aggregation_decides)
-                .then(|| self.config.aggregation_config.clone()),
+            aggregation: (self.config.aggregation || self.config.aggregation_decides).then(|| {
+                let mut c = self.config.aggregation_config.clone();
+                c.liveness = self.config.aggregation_decides && !self.config.flood_heartbeats;
+                c
+            }),
             aggregation_decides: self.config.aggregation_decides,
         }
     }

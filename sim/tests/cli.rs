@@ -295,3 +295,51 @@ fn the_partitions_mode_runs_sequences_of_partitions_and_nothing_else() {
     }
     assert!(faults["views_decided"].as_u64().unwrap() >= 1, "{faults}");
 }
+
+#[test]
+fn with_the_aggregation_deciding_members_in_the_view_stop_flooding_their_heartbeats() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "--nodes",
+            "60",
+            "--ops",
+            "1000",
+            "--rate",
+            "200",
+            "--seed",
+            "2",
+            "--aggregation-decides",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = sim(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["violations"], 0);
+        assert_eq!(v["converged"], true);
+        v
+    };
+    let liveness = run(&[]);
+    let flood = run(&["--flood-heartbeats"]);
+    assert!(
+        flood["sim_time_s"].as_f64().unwrap() >= 4.0,
+        "several heartbeats"
+    );
+    let status = |v: &serde_json::Value| {
+        ["status", "report"]
+            .iter()
+            .map(|k| v["bytes_by_kind"][k].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    assert!(
+        status(&liveness) * 10.0 < status(&flood),
+        "records in status: {} bytes with the aggregation's liveness, {} flooding heartbeats",
+        status(&liveness),
+        status(&flood)
+    );
+    assert!(liveness["status_share"].as_f64() < flood["status_share"].as_f64());
+}

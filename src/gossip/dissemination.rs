@@ -36,6 +36,9 @@ pub struct Dissemination<P> {
     last_report: Time,
     /// When the last report rode on a published batch.
     last_batch_report: Option<Time>,
+    /// Whether the own record is re-issued every `heartbeat_interval` (and rides on every
+    /// published batch): off while the aggregation tells the members this one is alive.
+    heartbeat: bool,
     /// No status report before this (`status_interval_for` the member count).
     status_allowed_at: Time,
     next_anti_entropy: Time,
@@ -66,6 +69,7 @@ impl<P> Dissemination<P> {
             own_changed: false,
             last_report: now,
             last_batch_report: None,
+            heartbeat: true,
             status_allowed_at: now,
             next_anti_entropy: first_anti_entropy,
             gap_pull: None,
@@ -120,6 +124,11 @@ impl<P> Dissemination<P> {
         self.own_changed
     }
 
+    /// Whether this node makes itself heard by its own heartbeat (see the field).
+    pub fn set_heartbeat(&mut self, on: bool) {
+        self.heartbeat = on;
+    }
+
     /// A suspicion of the current report arrived: re-issue the record at once.
     pub fn refute(&mut self, now: Time) {
         self.own_changed = true;
@@ -158,7 +167,7 @@ impl<P> Dissemination<P> {
         if self.publish_at.is_some_and(|t| t <= now) {
             self.publish_ops(now, &mut ctx, is_member);
         }
-        if now >= self.last_report + ctx.gossip.heartbeat_interval {
+        if self.heartbeat && now >= self.last_report + ctx.gossip.heartbeat_interval {
             self.own_changed = true;
         }
         if self
@@ -251,7 +260,8 @@ impl<P> Dissemination<P> {
             self.publish_at,
             self.status_due(map, gossip),
             // once the own record is due, `status_due` covers it
-            (!self.own_changed).then(|| self.last_report + gossip.heartbeat_interval),
+            (self.heartbeat && !self.own_changed)
+                .then(|| self.last_report + gossip.heartbeat_interval),
             Some(self.next_anti_entropy),
             self.gap_pull.as_ref().map(|g| g.0),
         ]
@@ -285,7 +295,9 @@ impl<P> Dissemination<P> {
             Some(now)
         };
         if !batch.is_empty() {
-            let report = is_member.then(|| self.report_with_batch(now, ctx.map, ctx.applied));
+            // a batch carries the own record as a heartbeat, or when it changed
+            let report = (is_member && (self.heartbeat || self.own_changed))
+                .then(|| self.report_with_batch(now, ctx.map, ctx.applied));
             ctx.outbox.publish(Message::Ops(PublishedOps {
                 ops: OpsBatch(batch),
                 report,

@@ -66,6 +66,20 @@ pub struct AggregationConfig {
     /// Most time between two whole contributions of a member, and two pushes of an
     /// aggregator: what repairs a lost message.
     pub heartbeat: Duration,
+    /// Whether aggregators also tell their members whom the view's aggregators hear
+    /// (`Liveness`, `Heard`): how members learn that the others are alive without each
+    /// flooding its own heartbeat to all (on where the aggregation decides).
+    #[serde(default)]
+    pub liveness: bool,
+    /// A member none of whose contributions reached its aggregator for this long is named
+    /// silent in the group's liveness (a little over one `heartbeat`: whole contributions
+    /// go out once a heartbeat).
+    #[serde(default = "default_silence")]
+    pub silence: Duration,
+}
+
+fn default_silence() -> Duration {
+    Duration::from_millis(1250)
 }
 
 impl Default for AggregationConfig {
@@ -75,6 +89,8 @@ impl Default for AggregationConfig {
             min_group_size: 128,
             report_delay: Duration::from_millis(5),
             heartbeat: Duration::from_secs(1),
+            liveness: false,
+            silence: default_silence(),
         }
     }
 }
@@ -169,7 +185,9 @@ impl KeyedVector {
 /// its cover equals the view's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Cover {
+    #[serde(rename = "m")]
     pub members: u64,
+    #[serde(rename = "h")]
     pub hash: u64,
 }
 
@@ -226,6 +244,8 @@ pub struct Layout {
     /// Each group's cover, and the view's.
     group_covers: Vec<Cover>,
     cover: Cover,
+    /// Every aggregator, in id order.
+    all_aggregators: Vec<NodeId>,
 }
 
 impl Layout {
@@ -270,7 +290,8 @@ impl Layout {
                 chosen.sort();
                 chosen
             })
-            .collect();
+            .collect::<Vec<Vec<NodeId>>>();
+        let all_aggregators: BTreeSet<NodeId> = aggregators.iter().flatten().cloned().collect();
         Layout {
             epoch: view.epoch,
             groups,
@@ -278,6 +299,7 @@ impl Layout {
             aggregators,
             group_covers,
             cover,
+            all_aggregators: all_aggregators.into_iter().collect(),
         }
     }
 
@@ -324,8 +346,8 @@ impl Layout {
     }
 
     /// Every aggregator of the view, in id order.
-    pub fn all_aggregators(&self) -> BTreeSet<NodeId> {
-        self.aggregators.iter().flatten().cloned().collect()
+    pub fn all_aggregators(&self) -> &[NodeId] {
+        &self.all_aggregators
     }
 
     pub fn group_cover(&self, group: usize) -> Cover {
@@ -338,38 +360,78 @@ impl Layout {
     }
 }
 
-/// What aggregation sends (see module doc).
+/// What aggregation sends (see module doc). Variants and fields go on the wire under short
+/// names (docs/PROTOCOL.md), as records and ops do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AggregateMessage {
     /// A member's contribution, to its aggregators: the entries that changed since its
     /// last one, or all of them (`whole`). Carries the sender's membership.
+    #[serde(rename = "c")]
     Contribution {
+        #[serde(rename = "e")]
         epoch: u64,
+        #[serde(rename = "i")]
         incarnation: u64,
+        #[serde(rename = "w")]
         whole: bool,
         /// (origin key, seq).
+        #[serde(rename = "x")]
         entries: Vec<(u64, u64)>,
     },
     /// A group's minimum at `epoch`, from one of its aggregators to every aggregator.
+    #[serde(rename = "g")]
     GroupMinimum {
+        #[serde(rename = "e")]
         epoch: u64,
+        #[serde(rename = "g")]
         group: u32,
+        #[serde(rename = "m")]
         minimum: KeyedVector,
+        #[serde(rename = "c")]
         cover: Cover,
     },
     /// At a new view, from an aggregator of the view before (`epoch`) to the new
     /// aggregators of the members it held: (member, incarnation, its input). A member that
     /// crashed before the view changed sends nothing more; without its input the new
     /// groups could not be complete until a view evicts it.
+    #[serde(rename = "h")]
     Handoff {
+        #[serde(rename = "e")]
         epoch: u64,
+        #[serde(rename = "in")]
         inputs: Vec<(NodeId, u64, KeyedVector)>,
     },
-    /// A snapshot point at `epoch`, from an aggregator to the members of its groups.
+    /// A snapshot point at `epoch`, from an aggregator to the members of its groups: the
+    /// entries that rose since its last push, or all of them at a heartbeat.
+    #[serde(rename = "s")]
     SnapshotPoint {
+        #[serde(rename = "e")]
         epoch: u64,
+        #[serde(rename = "s")]
         snapshot_point: KeyedVector,
+        #[serde(rename = "c")]
         cover: Cover,
+    },
+    /// A group's liveness at `epoch`, from one of its aggregators to every aggregator once
+    /// a heartbeat (and at once at a new view): the members, by their place in the group
+    /// (id order), none of whose contributions reached it for `silence`.
+    #[serde(rename = "l")]
+    Liveness {
+        #[serde(rename = "e")]
+        epoch: u64,
+        #[serde(rename = "g")]
+        group: u32,
+        #[serde(rename = "q")]
+        silent: Vec<u32>,
+    },
+    /// From an aggregator to the members of its groups and its joiners, once a heartbeat:
+    /// the liveness of every group it holds a fresh one of (its own groups' it makes).
+    #[serde(rename = "hd")]
+    Heard {
+        #[serde(rename = "e")]
+        epoch: u64,
+        #[serde(rename = "gs")]
+        groups: Vec<(u32, Vec<u32>)>,
     },
 }
 
@@ -432,6 +494,30 @@ pub struct Aggregation {
     incomplete_covers: u64,
     /// The simulator's planted bug: group minimums leave the group's first member out.
     skips_a_member: bool,
+    /// The groups this node aggregates in the layout, in order.
+    my_groups: Vec<usize>,
+    /// When the layout was installed here (or the aggregation started).
+    layout_since: Time,
+    /// As an aggregator (with `config.liveness`): when each member of its groups last
+    /// contributed (a member it never heard from is silent), and when its liveness is due
+    /// before the next heartbeat (a quarter heartbeat after a new view, once the members'
+    /// whole contributions are in).
+    contributed_at: BTreeMap<NodeId, Time>,
+    liveness_at: Option<Time>,
+    /// As an aggregator: when it last sent its liveness and pushed `Heard` (once a
+    /// heartbeat, whatever snapshot points it pushed in between).
+    last_liveness: Option<Time>,
+    /// As an aggregator: the newest liveness of each group of the layout, and when it was
+    /// made or came.
+    liveness: BTreeMap<usize, (Time, Vec<u32>)>,
+    /// As a member: when the last `Heard` that covered every group arrived (or was made
+    /// here), and whether the newest one did.
+    last_complete_heard: Option<Time>,
+    newest_heard_complete: bool,
+    /// When this node last took each group's liveness, and the members it heard of since
+    /// [`Aggregation::take_heard`] was last called.
+    refreshed: BTreeMap<usize, Time>,
+    heard: Vec<NodeId>,
 }
 
 impl Aggregation {
@@ -459,7 +545,30 @@ impl Aggregation {
             outgoing: Vec::new(),
             incomplete_covers: 0,
             skips_a_member: false,
+            my_groups: Vec::new(),
+            layout_since: Time::ZERO,
+            contributed_at: BTreeMap::new(),
+            liveness_at: None,
+            last_liveness: None,
+            liveness: BTreeMap::new(),
+            last_complete_heard: None,
+            newest_heard_complete: false,
+            refreshed: BTreeMap::new(),
+            heard: Vec::new(),
         }
+        .with_my_groups()
+    }
+
+    fn with_my_groups(mut self) -> Self {
+        self.my_groups = self.layout.aggregated_by(&self.me);
+        self
+    }
+
+    /// The aggregation starts at `now`: within its first heartbeat it pushes no liveness
+    /// that misses a group.
+    pub fn starting_at(mut self, now: Time) -> Self {
+        self.layout_since = now;
+        self
     }
 
     /// Plants the simulator's `AggregatorSkipsAMember` bug (see `replica::PlantedBug`).
@@ -483,7 +592,27 @@ impl Aggregation {
 
     /// Whether this node aggregates some group of the current view.
     pub fn is_aggregator(&self) -> bool {
-        !self.layout.aggregated_by(&self.me).is_empty()
+        !self.my_groups.is_empty()
+    }
+
+    /// Whether this member learns through aggregation that the view's members are alive
+    /// (with `config.liveness`): it is in the view, and the newest `Heard` it got, at most
+    /// two heartbeats ago, covered every group. Else it must make itself heard by
+    /// flooding its own heartbeat, as must everyone while any group's liveness is missing
+    /// (both its aggregators down or cut off): the aggregation falls back on the flood.
+    pub fn covered(&self, now: Time) -> bool {
+        self.config.liveness
+            && self.layout.group_of(&self.me).is_some()
+            && self.newest_heard_complete
+            && self
+                .last_complete_heard
+                .is_some_and(|at| now < at + self.config.heartbeat * 2)
+    }
+
+    /// The members this node heard of through aggregation since the last call: alive, per
+    /// an aggregator that heard from them within `silence`.
+    pub fn take_heard(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.heard)
     }
 
     /// A new view was installed: a new layout; a whole contribution goes out at once to the
@@ -494,8 +623,16 @@ impl Aggregation {
         }
         let previous = self.layout.epoch;
         self.layout = Layout::new(view, &self.config);
+        self.my_groups = self.layout.aggregated_by(&self.me);
+        self.layout_since = now;
         self.inputs
             .retain(|id, (incarnation, _)| view.members.get(id) == Some(incarnation));
+        self.contributed_at
+            .retain(|id, _| view.members.contains_key(id));
+        self.liveness.clear();
+        self.refreshed.clear();
+        self.liveness_at =
+            (self.config.liveness && self.is_aggregator()).then(|| now + self.config.heartbeat / 4);
         // hand what this node held over to the members' new aggregators
         let mut handoffs: BTreeMap<NodeId, Vec<(NodeId, u64, KeyedVector)>> = BTreeMap::new();
         for (id, (incarnation, input)) in &self.inputs {
@@ -531,7 +668,7 @@ impl Aggregation {
         // a snapshot point is valid for the view it covers: the node bounds it by members
         // outside the view, which a later view may admit (see `replica/aggregated.rs`)
         self.snapshot_point = KeyedVector::default();
-        self.changed_groups = self.layout.aggregated_by(&self.me).into_iter().collect();
+        self.changed_groups = self.my_groups.iter().copied().collect();
         self.pushed = None;
         self.last_whole = None;
         self.contribute_at = Some(now);
@@ -572,10 +709,21 @@ impl Aggregation {
         } else {
             None
         };
-        [self.contribute_at, heartbeat, self.aggregate_at, push]
-            .into_iter()
-            .flatten()
-            .min()
+        let liveness = (self.config.liveness && self.is_aggregator()).then(|| {
+            self.last_liveness
+                .map_or(Time::ZERO, |at| at + self.config.heartbeat)
+        });
+        [
+            self.contribute_at,
+            heartbeat,
+            self.aggregate_at,
+            push,
+            self.liveness_at,
+            liveness,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Sends what is due.
@@ -600,7 +748,129 @@ impl Aggregation {
             if push_due || self.aggregate_at.is_some_and(|at| at <= now) {
                 self.aggregate(now, push_due);
             }
+            if self.config.liveness {
+                let heartbeat = self
+                    .last_liveness
+                    .is_none_or(|at| now >= at + self.config.heartbeat);
+                if heartbeat || self.liveness_at.is_some_and(|at| at <= now) {
+                    self.send_liveness(now);
+                }
+                if heartbeat {
+                    self.last_liveness = Some(now);
+                    self.push_heard(now);
+                }
+            }
         }
+    }
+
+    /// As an aggregator: makes the liveness of its groups and sends it to every other
+    /// aggregator.
+    fn send_liveness(&mut self, now: Time) {
+        self.liveness_at = None;
+        for g in self.my_groups.clone() {
+            let silent: Vec<u32> = self
+                .layout
+                .members(g)
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| **id != self.me)
+                .filter(|(_, id)| {
+                    self.contributed_at
+                        .get(*id)
+                        .is_none_or(|at| now.since(*at) > self.config.silence)
+                })
+                .map(|(i, _)| i as u32)
+                .collect();
+            self.liveness.insert(g, (now, silent.clone()));
+            let message = Arc::new(AggregateMessage::Liveness {
+                epoch: self.layout.epoch,
+                group: g as u32,
+                silent,
+            });
+            for to in self.layout.all_aggregators() {
+                if *to != self.me {
+                    self.outgoing.push(Outgoing {
+                        to: to.clone(),
+                        message: message.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// As an aggregator: tells the members of its groups and its joiners whom the
+    /// aggregators hear, from every group's fresh liveness (one made or received within
+    /// one and a half heartbeats). Right after a new view it waits one heartbeat for every
+    /// group's liveness rather than push an incomplete one (that would make every member
+    /// flood its heartbeat).
+    fn push_heard(&mut self, now: Time) {
+        let fresh = self.config.heartbeat + self.config.heartbeat / 2;
+        let groups: Vec<(u32, Vec<u32>)> = self
+            .liveness
+            .iter()
+            .filter(|(_, (at, _))| now < *at + fresh)
+            .map(|(g, (_, silent))| (*g as u32, silent.clone()))
+            .collect();
+        if groups.len() < self.layout.group_count()
+            && now < self.layout_since + self.config.heartbeat
+        {
+            return;
+        }
+        self.take_heard_groups(now, &groups);
+        let message = Arc::new(AggregateMessage::Heard {
+            epoch: self.layout.epoch,
+            groups,
+        });
+        for to in self.recipients(now) {
+            self.outgoing.push(Outgoing {
+                to,
+                message: message.clone(),
+            });
+        }
+    }
+
+    /// As a member: takes the liveness of `groups` (each at most once per half heartbeat),
+    /// and notes whether it covered every group.
+    fn take_heard_groups(&mut self, now: Time, groups: &[(u32, Vec<u32>)]) {
+        let count = self.layout.group_count();
+        let covered: BTreeSet<u32> = groups
+            .iter()
+            .map(|(g, _)| *g)
+            .filter(|g| (*g as usize) < count)
+            .collect();
+        let complete = covered.len() == count;
+        self.newest_heard_complete = complete;
+        if complete {
+            self.last_complete_heard = Some(now);
+        }
+        let again = self.config.heartbeat / 2;
+        for (g, silent) in groups {
+            let g = *g as usize;
+            if g >= count || self.refreshed.get(&g).is_some_and(|at| now < *at + again) {
+                continue;
+            }
+            self.refreshed.insert(g, now);
+            let silent: BTreeSet<u32> = silent.iter().copied().collect();
+            for (i, id) in self.layout.members(g).iter().enumerate() {
+                if *id != self.me && !silent.contains(&(i as u32)) {
+                    self.heard.push(id.clone());
+                }
+            }
+        }
+    }
+
+    /// Whom an aggregator pushes to: the members of its groups and the joiners that
+    /// contributed within three heartbeats, but itself.
+    fn recipients(&mut self, now: Time) -> BTreeSet<NodeId> {
+        let horizon = self.config.heartbeat * 3;
+        self.subscribers.retain(|_, at| now < *at + horizon);
+        let mut to: BTreeSet<NodeId> = BTreeSet::new();
+        for g in &self.my_groups {
+            to.extend(self.layout.members(*g).iter().cloned());
+        }
+        to.extend(self.subscribers.keys().cloned());
+        to.remove(&self.me);
+        to
     }
 
     fn contribute(&mut self, now: Time, contribution: &KeyedVector, whole: bool) {
@@ -683,6 +953,31 @@ impl Aggregation {
                 self.schedule_aggregate(now);
                 Received::Taken
             }
+            AggregateMessage::Liveness {
+                epoch,
+                group,
+                silent,
+            } => {
+                let g = *group as usize;
+                if *epoch != self.layout.epoch
+                    || !self.is_aggregator()
+                    || g >= self.layout.group_count()
+                    || !self.layout.aggregators(g).contains(from)
+                {
+                    return Received::Ignored;
+                }
+                self.liveness.insert(g, (now, silent.clone()));
+                Received::Taken
+            }
+            AggregateMessage::Heard { epoch, groups } => {
+                if *epoch != self.layout.epoch
+                    || !self.layout.aggregators_for(&self.me).contains(from)
+                {
+                    return Received::Ignored;
+                }
+                self.take_heard_groups(now, groups);
+                Received::Taken
+            }
             AggregateMessage::SnapshotPoint {
                 epoch,
                 snapshot_point,
@@ -743,6 +1038,9 @@ impl Aggregation {
         {
             return Received::Ignored;
         }
+        if self.config.liveness {
+            self.contributed_at.insert(from.clone(), now);
+        }
         self.merge_input(from, incarnation, entries, now);
         Received::Taken
     }
@@ -796,9 +1094,8 @@ impl Aggregation {
     /// heartbeat) to every aggregator, and pushes the snapshot point when it rose.
     fn aggregate(&mut self, now: Time, heartbeat: bool) {
         self.aggregate_at = None;
-        let mine = self.layout.aggregated_by(&self.me);
         let groups: Vec<usize> = if heartbeat {
-            mine.clone()
+            self.my_groups.clone()
         } else {
             std::mem::take(&mut self.changed_groups)
                 .into_iter()
@@ -810,8 +1107,9 @@ impl Aggregation {
         let others: Vec<NodeId> = self
             .layout
             .all_aggregators()
-            .into_iter()
-            .filter(|a| *a != self.me)
+            .iter()
+            .filter(|a| **a != self.me)
+            .cloned()
             .collect();
         for g in groups {
             let Some(minimum) = self.group_minimum(g) else {
@@ -888,23 +1186,23 @@ impl Aggregation {
         if !heartbeat && self.pushed.as_ref().is_some_and(|p| sp.le(p)) {
             return;
         }
+        // between heartbeats only the entries that rose go out: each entry of a valid
+        // snapshot point is a valid bound by itself, so a member may join them one by one
+        let sent = match (&self.pushed, heartbeat) {
+            (Some(before), false) => {
+                KeyedVector(sp.iter().filter(|(k, s)| *s > before.get(*k)).collect())
+            }
+            _ => sp.clone(),
+        };
         self.pushed = Some(sp.clone());
         self.last_push = Some(now);
         self.accept(&sp);
         let message = Arc::new(AggregateMessage::SnapshotPoint {
             epoch: self.layout.epoch,
-            snapshot_point: sp,
+            snapshot_point: sent,
             cover,
         });
-        let horizon = self.config.heartbeat * 3;
-        self.subscribers.retain(|_, at| now < *at + horizon);
-        let mut to: BTreeSet<NodeId> = BTreeSet::new();
-        for g in self.layout.aggregated_by(&self.me) {
-            to.extend(self.layout.members(g).iter().cloned());
-        }
-        to.extend(self.subscribers.keys().cloned());
-        to.remove(&self.me);
-        for id in to {
+        for id in self.recipients(now) {
             self.outgoing.push(Outgoing {
                 to: id,
                 message: message.clone(),

@@ -108,7 +108,8 @@ impl AggregatedSnapshotPoint {
                     ..Self::default()
                 };
                 let mut aggregation =
-                    Aggregation::new(me.clone(), incarnation, view, config.clone());
+                    Aggregation::new(me.clone(), incarnation, view, config.clone())
+                        .starting_at(now);
                 aggregation
                     .plant_skipping_a_member(planted == Some(PlantedBug::AggregatorSkipsAMember));
                 self.aggregation = Some(aggregation);

@@ -1777,7 +1777,24 @@ impl<S: StateMachine> Replica<S> {
         if self.config.aggregation_decides {
             let floor = self.aggregated.deciding().clone();
             self.map.set_admission_floor(Some(floor));
+            if config.liveness {
+                self.take_liveness(now);
+            }
         }
+    }
+
+    /// With the aggregation's liveness: the members the aggregators heard are heard here,
+    /// and this node floods its own heartbeat only while the aggregation does not cover it
+    /// (see [`Aggregation::covered`](crate::network_map::aggregation::Aggregation::covered)).
+    fn take_liveness(&mut self, now: Time) {
+        let Some(aggregation) = self.aggregated.aggregation_mut() else {
+            return;
+        };
+        let covered = aggregation.covered(now);
+        for id in aggregation.take_heard() {
+            self.map.heard_from(&id, now);
+        }
+        self.dissemination.set_heartbeat(!covered);
     }
 
     fn aggregation_decides(&self) -> bool {

@@ -106,12 +106,16 @@ struct Net {
 
 impl Net {
     fn new(n: u64, seed: u64, loss: f64) -> Self {
+        Self::with_config(n, seed, loss, config())
+    }
+
+    fn with_config(n: u64, seed: u64, loss: f64, config: AggregationConfig) -> Self {
         let all = ids(n);
         let v = view(1, &all);
         Net {
             nodes: all
                 .iter()
-                .map(|id| Aggregation::new(id.clone(), 1, &v, config()))
+                .map(|id| Aggregation::new(id.clone(), 1, &v, config.clone()))
                 .collect(),
             applied: vec![VersionVector::new(); n as usize],
             cap: vec![None; n as usize],
@@ -399,11 +403,98 @@ fn contributions_of_another_incarnation_than_the_views_are_not_counted() {
     assert_eq!(node.handle(Time::ZERO, &other, &current), Received::Taken);
 }
 
+fn with_liveness() -> AggregationConfig {
+    AggregationConfig {
+        liveness: true,
+        ..config()
+    }
+}
+
+/// Who each live node heard of through aggregation during the last `window`.
+fn heard_during(net: &mut Net, window: Duration) -> Vec<BTreeSet<NodeId>> {
+    for node in &mut net.nodes {
+        node.take_heard();
+    }
+    let until = net.now + window;
+    net.run(until);
+    net.nodes
+        .iter_mut()
+        .map(|node| node.take_heard().into_iter().collect())
+        .collect()
+}
+
+#[test]
+fn aggregators_tell_every_member_who_is_alive_and_soon_stop_naming_a_crashed_one() {
+    let n = 60;
+    let mut net = Net::with_config(n, 3, 0.0, with_liveness());
+    assert!(net.nodes[0].layout().group_count() > 2);
+    net.run(Time::ZERO + Duration::from_secs(2));
+    let heard = heard_during(&mut net, Duration::from_secs(1));
+    for (i, node) in net.nodes.iter().enumerate() {
+        assert!(node.covered(net.now), "node {i} is covered");
+        let others: BTreeSet<NodeId> = net
+            .index
+            .keys()
+            .filter(|id| **id != node.me)
+            .cloned()
+            .collect();
+        assert_eq!(heard[i], others, "node {i} hears of every other member");
+    }
+    // a member that is no aggregator crashes: within silence and one and a half
+    // heartbeats no one hears of it any more, and everyone still hears of the rest
+    let layout = net.nodes[0].layout().clone();
+    let crashed = (0..n as usize)
+        .find(|i| !layout.all_aggregators().contains(&net.nodes[*i].me))
+        .unwrap();
+    net.down[crashed] = true;
+    let t = net.now + Duration::from_millis(2_800);
+    net.run(t);
+    let heard = heard_during(&mut net, Duration::from_secs(1));
+    let gone = net.nodes[crashed].me.clone();
+    for i in (0..n as usize).filter(|i| *i != crashed) {
+        assert!(
+            !heard[i].contains(&gone),
+            "node {i} still hears of the crashed member"
+        );
+        assert_eq!(
+            heard[i].len(),
+            n as usize - 2,
+            "node {i} hears of the others"
+        );
+        assert!(net.nodes[i].covered(net.now));
+    }
+}
+
+#[test]
+fn with_both_aggregators_of_a_group_down_no_member_is_covered_and_all_fall_back_on_the_flood() {
+    let n = 60;
+    let mut net = Net::with_config(n, 4, 0.0, with_liveness());
+    net.run(Time::ZERO + Duration::from_secs(2));
+    assert!(net.nodes.iter().all(|node| node.covered(net.now)));
+    let layout = net.nodes[0].layout().clone();
+    for id in layout.aggregators(0) {
+        net.down[net.index[id]] = true;
+    }
+    let t = net.now + Duration::from_secs(3);
+    net.run(t);
+    for i in (0..n as usize).filter(|i| !net.down[*i]) {
+        assert!(!net.nodes[i].covered(net.now), "node {i} is still covered");
+    }
+    // the members of the other groups are still heard of
+    let heard = heard_during(&mut net, Duration::from_secs(1));
+    let outside = layout.members(1)[0].clone();
+    let i = (0..n as usize)
+        .find(|i| !net.down[*i] && net.nodes[*i].me != outside)
+        .unwrap();
+    assert!(heard[i].contains(&outside));
+}
+
 #[test]
 fn status_messages_per_heartbeat_stay_within_eight_per_member() {
-    // idle network: only heartbeats; count every message of one heartbeat interval
-    for n in [100u64, 400] {
-        let mut net = Net::new(n, 1, 0.0);
+    // idle network: only heartbeats; count every message of one heartbeat interval, with
+    // the liveness too
+    for (n, config) in [(100u64, config()), (400, config()), (400, with_liveness())] {
+        let mut net = Net::with_config(n, 1, 0.0, config);
         net.check = false;
         net.run(Time::ZERO + Duration::from_secs(2));
         let before = net.messages;
