@@ -119,7 +119,8 @@ const KEPT_STEPS: f64 = 16.0;
 struct Event {
     at: Time,
     seq: u64,
-    kind: EventKind,
+    /// Boxed: the queue moves events on every push and pop, so they stay three words.
+    kind: Box<EventKind>,
 }
 
 impl PartialEq for Event {
@@ -257,6 +258,8 @@ pub struct Sim {
     view: GlobalView,
     /// Every op created, as created: what applied ops and stable states are checked against.
     truth: GroundTruth,
+    /// The ground truth's state digest at the cuts members reached (cleared past 4,096).
+    truth_digests: std::collections::HashMap<VersionVector, tidemark::ops_log::Digest>,
     violations: Violations,
     /// I3's bounded excuses, and every excuse the oracle granted.
     excuses: Excuses,
@@ -360,6 +363,7 @@ impl Sim {
             size_cache: None,
             view: GlobalView::default(),
             truth: GroundTruth::default(),
+            truth_digests: Default::default(),
             violations: Violations::default(),
             excuses: Excuses::new(config.excuse_bound),
             last_heal: Time::ZERO,
@@ -539,7 +543,7 @@ impl Sim {
         self.queue.push(Reverse(Event {
             at,
             seq: self.seq,
-            kind,
+            kind: Box::new(kind),
         }));
     }
 
@@ -571,7 +575,7 @@ impl Sim {
                 );
                 break;
             }
-            match event.kind {
+            match *event.kind {
                 EventKind::Deliver {
                     to,
                     from,
@@ -1379,7 +1383,20 @@ impl Sim {
         let digest = node.replica.stable_digest();
         let result = self.agreement.check(sp, node.replica.stable_cut(), digest);
         self.violations.check(agreement::NAME, at, result);
-        let expected = node.expected.digest_at(&self.truth, sp);
+        // members pass through the same cuts: the ground truth's digest of each is made once
+        let expected = match self.truth_digests.get(sp) {
+            Some(expected) => Ok(*expected),
+            None => {
+                let expected = node.expected.digest_at(&self.truth, sp);
+                if let Ok(d) = &expected {
+                    if self.truth_digests.len() >= 4096 {
+                        self.truth_digests.clear();
+                    }
+                    self.truth_digests.insert(sp.clone(), *d);
+                }
+                expected
+            }
+        };
         let result =
             expected.and_then(|expected| agreement::check_ground_truth(sp, digest, expected));
         self.violations.check(agreement::NAME, at, result);

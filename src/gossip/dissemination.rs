@@ -197,14 +197,17 @@ impl<P> Dissemination<P> {
         if self.next_anti_entropy <= now {
             self.next_anti_entropy = now + jitter(rng, gossip.anti_entropy_interval);
             if let Some(peer) = self.random_peer(map, gossip, rng) {
-                outbox.send(peer, digest(applied, map, view_epoch, true));
+                // while no heartbeats flood, records rarely change: their fingerprint
+                // stands for them, and only a mismatch costs the whole lists
+                let compact = !self.heartbeat;
+                outbox.send(peer, digest(applied, map, view_epoch, true, compact));
             }
         }
         if let Some((at, peer, backoff)) = self.gap_pull.clone() {
             if at <= now {
                 self.gap_pull = None;
                 if buffered {
-                    outbox.send(peer, digest(applied, map, view_epoch, false));
+                    outbox.send(peer, digest(applied, map, view_epoch, false, false));
                     let backoff = (backoff * 2).min(gossip.anti_entropy_interval);
                     if let Some(next) = self.random_peer(map, gossip, rng) {
                         self.gap_pull = Some((now + backoff, next, backoff));
@@ -425,10 +428,17 @@ pub fn digest<S: StateMachine>(
     map: &NetworkMap,
     view_epoch: u64,
     initiator: bool,
+    compact: bool,
 ) -> Message<S> {
+    let (members, fingerprint) = if compact {
+        (Vec::new(), Some(map.fingerprint()))
+    } else {
+        (map.versions(), None)
+    };
     Message::Digest(AntiEntropyDigest {
         applied: applied.clone(),
-        members: map.versions(),
+        members,
+        fingerprint,
         initiator,
         view_epoch,
     })

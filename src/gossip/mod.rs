@@ -75,8 +75,14 @@ pub struct Records(pub Vec<Arc<MemberRecord>>);
 pub struct AntiEntropyDigest {
     /// The sender's applied vector.
     pub applied: VersionVector,
-    /// (member, record version) of every record the sender holds.
+    /// (member, record version) of every record the sender holds; empty when the digest
+    /// carries their `fingerprint` instead.
     pub members: Vec<(NodeId, RecordVersion)>,
+    /// The compact form: [`NetworkMap::fingerprint`](crate::network_map::NetworkMap::fingerprint)
+    /// of the records the sender holds, in place of `members`. A receiver whose records
+    /// have another fingerprint answers an initiator with its whole list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<u64>,
     /// Whether the receiver should answer with its own digest when it is behind.
     pub initiator: bool,
     /// The epoch of the sender's installed view: a receiver with a newer one sends it.

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::join_protocol::JoinRequest;
+use crate::network_map::aggregation::AggregateMessage;
 use crate::network_map::MemberRecord;
 use crate::ops_log::{LwwMap, LwwOp, OpsLog};
 
@@ -81,6 +82,29 @@ fn every_message_round_trips() {
         Message::Digest(AntiEntropyDigest {
             applied: ops.last().unwrap().deps.clone(),
             members: vec![(id(1), (1, 7, 0))],
+            fingerprint: None,
+            initiator: true,
+            view_epoch: 3,
+        }),
+        Message::Aggregate(AggregateMessage::Contribution {
+            epoch: 4,
+            incarnation: 2,
+            whole: false,
+            entries: vec![(id(1).key(), 7)],
+        }),
+        Message::Aggregate(AggregateMessage::Liveness {
+            epoch: 4,
+            group: 1,
+            silent: vec![3, 9],
+        }),
+        Message::Aggregate(AggregateMessage::Heard {
+            epoch: 4,
+            groups: vec![(0, Vec::new()), (1, vec![3, 9])],
+        }),
+        Message::Digest(AntiEntropyDigest {
+            applied: ops.last().unwrap().deps.clone(),
+            members: Vec::new(),
+            fingerprint: Some(0xdead_beef_0bad_cafe),
             initiator: true,
             view_epoch: 3,
         }),

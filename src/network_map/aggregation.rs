@@ -120,6 +120,11 @@ impl KeyedVector {
         self.0.is_empty()
     }
 
+    /// How many origins it names.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.0.iter().map(|(k, s)| (*k, *s))
     }
@@ -472,8 +477,10 @@ pub struct Aggregation {
     last_whole: Option<Time>,
     /// When the next contribution goes out (`None`: nothing changed).
     contribute_at: Option<Time>,
-    /// The largest valid snapshot point received for the installed view.
+    /// The largest valid snapshot point received for the installed view, and how often
+    /// it changed.
     snapshot_point: KeyedVector,
+    generation: u64,
     /// As an aggregator: every view member's contribution received (by id, with its
     /// incarnation), kept across views for the members that stay.
     inputs: BTreeMap<NodeId, (u64, KeyedVector)>,
@@ -505,8 +512,11 @@ pub struct Aggregation {
     contributed_at: BTreeMap<NodeId, Time>,
     liveness_at: Option<Time>,
     /// As an aggregator: when it last sent its liveness and pushed `Heard` (once a
-    /// heartbeat, whatever snapshot points it pushed in between).
+    /// heartbeat, whatever snapshot points it pushed in between), and whether it pushed
+    /// one that covered every group in this layout yet (the first goes out as soon as it
+    /// can, not at the next heartbeat).
     last_liveness: Option<Time>,
+    pushed_complete_heard: bool,
     /// As an aggregator: the newest liveness of each group of the layout, and when it was
     /// made or came.
     liveness: BTreeMap<usize, (Time, Vec<u32>)>,
@@ -534,6 +544,7 @@ impl Aggregation {
             last_whole: None,
             contribute_at: None,
             snapshot_point: KeyedVector::default(),
+            generation: 0,
             inputs: BTreeMap::new(),
             ahead: BTreeMap::new(),
             minimums: BTreeMap::new(),
@@ -550,6 +561,7 @@ impl Aggregation {
             contributed_at: BTreeMap::new(),
             liveness_at: None,
             last_liveness: None,
+            pushed_complete_heard: false,
             liveness: BTreeMap::new(),
             last_complete_heard: None,
             newest_heard_complete: false,
@@ -568,6 +580,8 @@ impl Aggregation {
     /// that misses a group.
     pub fn starting_at(mut self, now: Time) -> Self {
         self.layout_since = now;
+        self.liveness_at =
+            (self.config.liveness && self.is_aggregator()).then(|| now + self.config.heartbeat / 4);
         self
     }
 
@@ -633,6 +647,7 @@ impl Aggregation {
         self.refreshed.clear();
         self.liveness_at =
             (self.config.liveness && self.is_aggregator()).then(|| now + self.config.heartbeat / 4);
+        self.pushed_complete_heard = false;
         // hand what this node held over to the members' new aggregators
         let mut handoffs: BTreeMap<NodeId, Vec<(NodeId, u64, KeyedVector)>> = BTreeMap::new();
         for (id, (incarnation, input)) in &self.inputs {
@@ -668,6 +683,7 @@ impl Aggregation {
         // a snapshot point is valid for the view it covers: the node bounds it by members
         // outside the view, which a later view may admit (see `replica/aggregated.rs`)
         self.snapshot_point = KeyedVector::default();
+        self.generation += 1;
         self.changed_groups = self.my_groups.iter().copied().collect();
         self.pushed = None;
         self.last_whole = None;
@@ -758,6 +774,8 @@ impl Aggregation {
                 if heartbeat {
                     self.last_liveness = Some(now);
                     self.push_heard(now);
+                } else {
+                    self.push_first_complete_heard(now);
                 }
             }
         }
@@ -798,6 +816,18 @@ impl Aggregation {
         }
     }
 
+    /// As an aggregator: pushes `Heard` at once when it holds every group's liveness for
+    /// the first time in this layout (after a new view, or at the start).
+    fn push_first_complete_heard(&mut self, now: Time) {
+        if self.pushed_complete_heard || self.liveness.len() < self.layout.group_count() {
+            return;
+        }
+        let fresh = self.config.heartbeat + self.config.heartbeat / 2;
+        if self.liveness.values().all(|(at, _)| now < *at + fresh) {
+            self.push_heard(now);
+        }
+    }
+
     /// As an aggregator: tells the members of its groups and its joiners whom the
     /// aggregators hear, from every group's fresh liveness (one made or received within
     /// one and a half heartbeats). Right after a new view it waits one heartbeat for every
@@ -816,6 +846,7 @@ impl Aggregation {
         {
             return;
         }
+        self.pushed_complete_heard |= groups.len() == self.layout.group_count();
         self.take_heard_groups(now, &groups);
         let message = Arc::new(AggregateMessage::Heard {
             epoch: self.layout.epoch,
@@ -967,6 +998,7 @@ impl Aggregation {
                     return Received::Ignored;
                 }
                 self.liveness.insert(g, (now, silent.clone()));
+                self.push_first_complete_heard(now);
                 Received::Taken
             }
             AggregateMessage::Heard { epoch, groups } => {
@@ -1004,7 +1036,14 @@ impl Aggregation {
             return false;
         }
         self.snapshot_point.join(snapshot_point);
+        self.generation += 1;
         true
+    }
+
+    /// Raised whenever [`Aggregation::snapshot_point`] changes: a caller that derives
+    /// something from it recomputes only when this moved.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn take_contribution(

@@ -800,6 +800,25 @@ impl NetworkMap {
             .collect()
     }
 
+    /// A 64-bit fingerprint of [`NetworkMap::versions`]: the sum (mod 2⁶⁴) of a hash of
+    /// each (member, record version). Two maps that hold the same versions have the same
+    /// fingerprint, whatever order they learned them in. Part of the protocol.
+    pub fn fingerprint(&self) -> u64 {
+        self.members.iter().fold(0u64, |sum, (id, e)| {
+            let (a, b, c) = e.record.version();
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in id.as_bytes() {
+                h ^= u64::from(*byte);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            for part in [a, b, c] {
+                h = (h ^ part).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                h ^= h >> 29;
+            }
+            sum.wrapping_add(h ^ (h >> 32))
+        })
+    }
+
     /// Records newer than, or missing from, a peer's digest (both lists in id order).
     pub fn newer_than(&self, digest: &[(NodeId, RecordVersion)]) -> Vec<Arc<MemberRecord>> {
         let theirs: BTreeMap<&NodeId, RecordVersion> =

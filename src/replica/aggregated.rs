@@ -55,10 +55,18 @@ pub(super) struct AggregatedSnapshotPoint {
     /// The members of the view last seen, and every membership a view removed since this
     /// membership began (left or evicted: out for good).
     last_view: BTreeMap<NodeId, u64>,
+    last_view_epoch: u64,
     removed: BTreeSet<(NodeId, u64)>,
     /// `snapshot_point` joined with the stable cut (a grant's cut was a valid snapshot
-    /// point at its sponsor): the snapshot point when the aggregation decides.
+    /// point at its sponsor): the snapshot point when the aggregation decides, and the
+    /// stable cut it was made with.
     deciding: VersionVector,
+    deciding_cut: VersionVector,
+    /// The aggregation's generation the snapshot point was last taken at, when that took
+    /// every origin of the aggregate: with no member outside the view, nothing new can
+    /// come of it until the generation moves (the applied vector only grows, and it
+    /// already names every origin of the aggregate).
+    taken: Option<u64>,
 }
 
 impl AggregatedSnapshotPoint {
@@ -105,6 +113,7 @@ impl AggregatedSnapshotPoint {
                 // a new membership starts afresh (I2 holds per membership)
                 *self = Self {
                     last_view: view.members.clone(),
+                    last_view_epoch: view.epoch,
                     ..Self::default()
                 };
                 let mut aggregation =
@@ -125,7 +134,8 @@ impl AggregatedSnapshotPoint {
         if !self.unadopted_evictions.is_empty() {
             return outgoing;
         }
-        if self.last_view != view.members {
+        // a view's epoch names its members: compare members only when the epoch moved
+        if self.last_view_epoch != view.epoch && self.last_view != view.members {
             for (id, incarnation) in &self.last_view {
                 if !view.has(id, *incarnation) {
                     self.removed.insert((id.clone(), *incarnation));
@@ -133,6 +143,7 @@ impl AggregatedSnapshotPoint {
             }
             self.last_view = view.members.clone();
         }
+        self.last_view_epoch = view.epoch;
         let key = (map.membership_epoch(), view.epoch);
         if self.outside_view.as_ref().is_none_or(|(k, _)| *k != key) {
             let removed = &self.removed;
@@ -148,25 +159,35 @@ impl AggregatedSnapshotPoint {
                 .collect();
             self.outside_view = Some((key, outside));
         }
-        // every origin a valid snapshot point of this node holds is one it has applied
-        let mut sp = self
-            .aggregation
-            .as_ref()
-            .expect("set above")
-            .snapshot_point()
-            .resolve(applied);
-        for id in &self.outside_view.as_ref().expect("set above").1 {
-            if let Some(e) = map.get(id) {
-                sp = sp.meet(&e.record.applied);
+        let aggregation = self.aggregation.as_ref().expect("set above");
+        let outside = &self.outside_view.as_ref().expect("set above").1;
+        let generation = aggregation.generation();
+        let mut rose = false;
+        if !outside.is_empty() || self.taken != Some(generation) {
+            // every origin a valid snapshot point of this node holds is one it has applied
+            let aggregate = aggregation.snapshot_point();
+            let mut sp = aggregate.resolve(applied);
+            let whole = sp.len() == aggregate.len();
+            for id in outside {
+                if let Some(e) = map.get(id) {
+                    sp = sp.meet(&e.record.applied);
+                }
+            }
+            self.taken = (outside.is_empty() && whole).then_some(generation);
+            // The aggregate is the view's, and this bound is taken with it: a member
+            // outside the view bounds what this node takes while it is outside, and once a
+            // later view admits it, that view's aggregates count it. So the bounded values
+            // accumulate, never the aggregate alone.
+            if !sp.le(&self.snapshot_point) {
+                self.snapshot_point.join(&sp);
+                rose = true;
             }
         }
-        // The aggregate is the view's, and this bound is taken with it: a member outside
-        // the view bounds what this node takes while it is outside, and once a later view
-        // admits it, that view's aggregates count it. So the bounded values accumulate,
-        // never the aggregate alone.
-        self.snapshot_point.join(&sp);
-        self.deciding = self.snapshot_point.clone();
-        self.deciding.join(stable_cut);
+        if rose || !self.deciding_cut.ptr_eq(stable_cut) {
+            self.deciding = self.snapshot_point.clone();
+            self.deciding.join(stable_cut);
+            self.deciding_cut = stable_cut.clone();
+        }
         outgoing
     }
 }

@@ -33,7 +33,7 @@ use crate::join_protocol::sponsor::{self, Sponsor, SponsorContext, SponsorOutcom
 use crate::join_protocol::{
     self, JoinError, JoinGrant, JoinProgress, JoinRequest, JoinResponse, Joiner,
 };
-use crate::network_map::aggregation::AggregationConfig;
+use crate::network_map::aggregation::{AggregateMessage, AggregationConfig};
 use crate::network_map::membership::{Membership, Seat};
 use crate::network_map::monitor::Monitor;
 use crate::network_map::view::{Eviction, Installed, View, ViewMessage};
@@ -967,7 +967,7 @@ impl<S: StateMachine> Replica<S> {
                 self.on_records(now, &repair.records.0);
                 self.on_ops(now, from, &repair.ops, None);
                 if repair.more {
-                    let digest = self.digest(false);
+                    let digest = self.digest(false, false);
                     self.send(from.clone(), digest);
                 }
             }
@@ -1350,7 +1350,19 @@ impl<S: StateMachine> Replica<S> {
         };
         let more = ops.len() > max;
         ops.truncate(max);
-        let records = self.map.newer_than(&digest.members);
+        // a compact digest names its records by their fingerprint: equal, nothing to
+        // repair; else only the lists can tell who lacks what, and ours goes back
+        let (records, behind, mismatch) = match digest.fingerprint {
+            None => (
+                self.map.newer_than(&digest.members),
+                self.map.behind(&digest.members),
+                false,
+            ),
+            Some(fingerprint) if fingerprint == self.map.fingerprint() => {
+                (Vec::new(), false, false)
+            }
+            Some(_) => (Vec::new(), false, true),
+        };
         if !ops.is_empty() || !records.is_empty() {
             let repair = Repair {
                 ops: OpsBatch(ops),
@@ -1363,8 +1375,11 @@ impl<S: StateMachine> Replica<S> {
             .applied
             .iter()
             .any(|(origin, seq)| seq > self.log.applied().get(origin));
-        if digest.initiator && (lacking_ops || self.map.behind(&digest.members)) {
-            let mine = self.digest(false);
+        if digest.initiator && (lacking_ops || behind || mismatch) {
+            // after a mismatch ours goes as an initiator's: the peer repairs what we lack
+            // and sends its list back if it lacks something
+            let compact = digest.fingerprint.is_some() && !mismatch;
+            let mine = self.digest(mismatch, compact);
             self.send(from.clone(), mine);
         }
         if self.is_member() && digest.view_epoch < self.membership.view().epoch {
@@ -1646,12 +1661,13 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    fn digest(&self, initiator: bool) -> Message<S> {
+    fn digest(&self, initiator: bool, compact: bool) -> Message<S> {
         dissemination::digest(
             self.log.applied(),
             &self.map,
             self.membership.view().epoch,
             initiator,
+            compact,
         )
     }
 
@@ -1770,9 +1786,20 @@ impl<S: StateMachine> Replica<S> {
                 planted,
             },
         );
+        // a message to many recipients is one shared message (they come one after another)
+        let mut last: Option<(Arc<AggregateMessage>, Arc<Message<S>>)> = None;
         for out in outgoing {
-            let message = Message::Aggregate((*out.message).clone());
-            self.outbox.send(out.to, message);
+            let message = match &last {
+                Some((aggregate, message)) if Arc::ptr_eq(aggregate, &out.message) => {
+                    message.clone()
+                }
+                _ => {
+                    let message = Arc::new(Message::Aggregate((*out.message).clone()));
+                    last = Some((out.message.clone(), message.clone()));
+                    message
+                }
+            };
+            self.outbox.send_shared(out.to, message);
         }
         if self.config.aggregation_decides {
             let floor = self.aggregated.deciding().clone();

@@ -1523,6 +1523,7 @@ fn a_digest_from_below_the_snapshot_point_is_answered_stale_without_ops() {
         Message::Digest(AntiEntropyDigest {
             applied,
             members: Vec::new(),
+            fingerprint: None,
             initiator: false,
             view_epoch: 1,
         })
