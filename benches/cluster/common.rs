@@ -4,13 +4,16 @@
 use std::time::Duration;
 
 /// One load point: `nodes` nodes on 127.0.0.1, together writing `rate` ops per second
-/// (spread evenly over the nodes) for `duration`, then `grace` to let the last ops arrive.
+/// (spread evenly over the nodes) for `duration`, then `grace` to let the last ops arrive
+/// (the figures count arrivals within it). Tidemark is then observed up to `drain_bound`
+/// after the last write, to see every op enter every snapshot point even under overload.
 #[derive(Clone, Debug)]
 pub struct Load {
     pub nodes: usize,
     pub rate: f64,
     pub duration: Duration,
     pub grace: Duration,
+    pub drain_bound: Duration,
 }
 
 impl Load {
@@ -63,6 +66,14 @@ pub struct RunReport {
     pub dissemination: Samples,
     /// Time from the write to its entry into each node's snapshot point (tidemark only).
     pub sp_lag: Option<Samples>,
+    /// Per op that reached every other node: time from the write to its arrival at the
+    /// last of them (the simulator's per-op figures).
+    pub dissemination_per_op: Samples,
+    /// Per op that entered every snapshot point: time from the write to the last entry.
+    pub sp_lag_per_op: Option<Samples>,
+    /// After the last write, how long until every op was in every snapshot point, when
+    /// that happened within the bound it was observed for (tidemark only).
+    pub drained_after: Option<Duration>,
     /// When the last op reached the last node (or entered its snapshot point), measured
     /// from the first write; ops/s over this is the rate the cluster kept up with.
     pub completion: Duration,
@@ -86,6 +97,27 @@ impl RunReport {
         }
         self.ops_written as f64 / self.completion.as_secs_f64()
     }
+}
+
+/// Per op (keyed by `K`) that arrived at `receivers` nodes: the time from its write to its
+/// last arrival, from (op, written, arrived) triples, one per arrival.
+pub fn per_op_latest<K: Ord + Clone>(
+    arrivals: &[(K, tokio::time::Instant, tokio::time::Instant)],
+    receivers: usize,
+) -> Samples {
+    let mut by_op: std::collections::BTreeMap<K, (usize, Duration)> = Default::default();
+    for (op, written, arrived) in arrivals {
+        let entry = by_op.entry(op.clone()).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(arrived.saturating_duration_since(*written));
+    }
+    Samples(
+        by_op
+            .into_values()
+            .filter(|(count, _)| *count >= receivers)
+            .map(|(_, latest)| latest)
+            .collect(),
+    )
 }
 
 /// Sum of the samples of the counter `name` in an OpenMetrics text whose line contains

@@ -18,23 +18,39 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::common::{metric_sum, payload, Load, RunReport, Samples};
+use crate::common::{metric_sum, payload, per_op_latest, Load, RunReport, Samples};
 
 /// How long joining and warming up may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(20);
 const BANDWIDTH_METRIC: &str = "tidemark_libp2p_bandwidth_bytes_total";
 const OUTBOUND: &str = "direction=\"Outbound\"";
-/// Message kinds that are status and network-map traffic.
-const STATUS_KINDS: [&str; 2] = ["status", "report"];
-/// Message kinds sent directly (request-response), not published.
-const DIRECT_KINDS: [&str; 7] = [
+/// Message kinds that are status and membership traffic (as the simulator's
+/// `status_share` counts them): records, the reports riding on batches, aggregation,
+/// digests, stale notices, views, probes and their answers.
+const STATUS_KINDS: [&str; 8] = [
+    "status",
+    "report",
+    "aggregate",
+    "digest",
+    "stale",
+    "view",
+    "probe",
+    "probe_ack",
+];
+/// Message kinds sent directly (on the direct streams), not published; `report` rides on
+/// published batches and is counted apart.
+const DIRECT_KINDS: [&str; 11] = [
     "status",
     "digest",
     "repair",
     "stale",
     "join_request",
     "join_response",
+    "view",
+    "probe",
+    "probe_ack",
+    "aggregate",
     "report",
 ];
 
@@ -59,15 +75,23 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
     let last_write = Instant::now();
     let ops_written = writes.len() as u64;
     let expected = ops_written * (load.nodes as u64 - 1);
-    // wait until every op is inside every snapshot point, or the grace period is over
+    // wait until every op is inside every snapshot point: the figures count what arrived
+    // within the grace period, and the wait goes on up to the drain bound to see whether
+    // every op still gets there under overload (and when)
     let targets = Arc::new(writes.keys().cloned().collect::<Vec<_>>());
+    let mut drained_after = None;
     loop {
         let done = observers.iter().all(|o| o.sp_holds_all(&targets));
-        if done || last_write.elapsed() >= load.grace {
+        if done {
+            drained_after = Some(last_write.elapsed());
+            break;
+        }
+        if last_write.elapsed() >= load.grace.max(load.drain_bound) {
             break;
         }
         tokio::time::sleep(POLL).await;
     }
+    let grace_end = last_write + load.grace;
     let after = Counters::read(&handles);
     let seen: Vec<Seen> = observers.into_iter().map(Observer::stop).collect();
     for node in nodes {
@@ -82,6 +106,8 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
     let first_write = writes.values().min().copied();
     let mut dissemination = Vec::new();
     let mut sp_lag = Vec::new();
+    let mut applied_at = Vec::new();
+    let mut in_sp_at = Vec::new();
     let mut latest = None::<Instant>;
     for (node, seen) in seen.iter().enumerate() {
         let me = handles[node].peer_id();
@@ -89,18 +115,24 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
             if &*op.0 == me {
                 continue;
             }
-            if let Some(at) = seen.applied.get(op) {
+            if let Some(at) = seen.applied.get(op).filter(|at| **at <= grace_end) {
                 dissemination.push(at.saturating_duration_since(*written));
+                applied_at.push((op.clone(), *written, *at));
             }
-            if let Some(at) = seen.in_sp.get(op) {
+            if let Some(at) = seen.in_sp.get(op).filter(|at| **at <= grace_end) {
                 report.deliveries_seen += 1;
                 sp_lag.push(at.saturating_duration_since(*written));
+                in_sp_at.push((op.clone(), *written, *at));
                 latest = latest.max(Some(*at));
             }
         }
     }
+    let receivers = load.nodes - 1;
     report.dissemination = Samples(dissemination);
     report.sp_lag = Some(Samples(sp_lag));
+    report.dissemination_per_op = per_op_latest(&applied_at, receivers);
+    report.sp_lag_per_op = Some(per_op_latest(&in_sp_at, receivers));
+    report.drained_after = drained_after;
     if let (Some(first), Some(last)) = (first_write, latest) {
         report.completion = last - first;
     }

@@ -1,7 +1,9 @@
 //! The raw gossipsub baseline of the cluster bench: `load.nodes` bare gossipsub swarms on
 //! 127.0.0.1, built with the transport and gossipsub settings of a tidemark node (tcp with
-//! nodelay, noise, yamux, strict signed messages, 4 MiB frames, default mesh and message
-//! id), fully connected, each publishing its ops one message per op.
+//! nodelay, noise, yamux, strict signed messages, messages relayed only once the
+//! application accepted them (`validate_messages`), a content-hash message id, 4 MiB
+//! frames, default mesh), fully connected, each publishing its ops one message per op, or
+//! batched as a tidemark writer batches them (`RawMode::Batched`).
 //!
 //! This file owns building and connecting those swarms, offering the load, timing every
 //! write and every arrival (in the receiving swarm's own task), reading the bandwidth
@@ -14,7 +16,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub::{
-    self, IdentTopic, MessageAuthenticity, PublishError, TopicHash, ValidationMode,
+    self, IdentTopic, MessageAcceptance, MessageAuthenticity, PublishError, TopicHash,
+    ValidationMode,
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
@@ -24,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::common::{metric_sum, payload, Load, RunReport, Samples};
+use crate::common::{metric_sum, payload, per_op_latest, Load, RunReport, Samples};
 
 const TOPIC: &str = "raw/ops";
 /// Same frame limit as a tidemark node.
@@ -41,12 +44,22 @@ const LOAD_LEAD: Duration = Duration::from_millis(20);
 const BANDWIDTH_METRIC: &str = "libp2p_bandwidth_bytes_total";
 const OUTBOUND: &str = "direction=\"Outbound\"";
 
+/// How the baseline publishes.
+#[derive(Clone, Copy, Debug)]
+pub enum RawMode {
+    /// One message per op.
+    PerOp,
+    /// A node's ops coalesced for `delay` after the first waiting one, at most `max_ops` a
+    /// message: tidemark's `op_batch_delay` and `max_batch_ops`.
+    Batched { delay: Duration, max_ops: usize },
+}
+
 /// Runs the baseline at one load point and reports what it measured.
-pub async fn run_raw(load: &Load) -> RunReport {
+pub async fn run_raw(load: &Load, mode: RawMode) -> RunReport {
     if load.nodes == 0 {
         return RunReport::default();
     }
-    let cluster = Cluster::start(load.nodes).await;
+    let cluster = Cluster::start(load.nodes, mode).await;
     let ready_in = cluster.wait_ready().await;
     eprintln!(
         "raw: {} nodes connected, mesh formed in {:.2} s",
@@ -74,8 +87,8 @@ pub async fn run_raw(load: &Load) -> RunReport {
 
 /// What the bench asks of a node's swarm task.
 enum Command {
-    /// Publish one op's message.
-    Publish(Vec<u8>),
+    /// Publish one op (at once, or with the next batch).
+    Publish(RawOp),
     /// Report what the node sees of the topic.
     Probe(oneshot::Sender<Readiness>),
     Stop,
@@ -159,7 +172,7 @@ struct Cluster {
 
 impl Cluster {
     /// Starts `n` nodes; node i dials nodes 0..i.
-    async fn start(n: usize) -> Cluster {
+    async fn start(n: usize, mode: RawMode) -> Cluster {
         let topic = IdentTopic::new(TOPIC);
         let delivered = Arc::new(AtomicU64::new(0));
         let mut nodes = Vec::with_capacity(n);
@@ -182,7 +195,13 @@ impl Cluster {
             }
             addrs.push(addr.with(Protocol::P2p(*swarm.local_peer_id())));
             let (commands, receiver) = mpsc::unbounded_channel();
-            let task = tokio::spawn(drive(swarm, topic.hash(), receiver, delivered.clone()));
+            let task = tokio::spawn(drive(
+                swarm,
+                topic.hash(),
+                receiver,
+                delivered.clone(),
+                mode,
+            ));
             nodes.push(RawNode {
                 registry,
                 commands,
@@ -254,12 +273,17 @@ impl Cluster {
     }
 }
 
-/// gossipsub as a tidemark node configures it, except for the default message id and a
-/// short initial heartbeat delay.
+/// gossipsub as a tidemark node configures it (strict signing, relayed only once
+/// accepted, a message id from the content), except for a short initial heartbeat delay.
 fn gossip_config() -> gossipsub::Config {
     gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
+        .validate_messages()
         .max_transmit_size(MAX_TRANSMIT_SIZE)
+        .message_id_fn(|message: &gossipsub::Message| {
+            // a tidemark node names a batch by its op range, else by the BLAKE3 of its bytes
+            gossipsub::MessageId::from(blake3::hash(&message.data).to_hex().to_string())
+        })
         .heartbeat_initial_delay(HEARTBEAT_INITIAL_DELAY)
         .build()
         .expect("gossipsub config")
@@ -306,22 +330,43 @@ async fn drive(
     topic: TopicHash,
     mut commands: mpsc::UnboundedReceiver<Command>,
     delivered: Arc<AtomicU64>,
+    mode: RawMode,
 ) -> NodeLog {
     let mut log = NodeLog::default();
     let mut seen = HashSet::new();
+    // batched: the ops waiting, and when they go out
+    let mut waiting: Vec<RawOp> = Vec::new();
+    let mut flush_at: Option<Instant> = None;
     loop {
+        let flush = async {
+            match flush_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             event = swarm.select_next_some() => {
                 if let SwarmEvent::Behaviour(event) = event {
-                    on_gossip(event, &mut log, &mut seen, &delivered);
+                    on_gossip(event, &mut swarm, &mut log, &mut seen, &delivered);
                 }
             }
+            _ = flush => {
+                flush_at = None;
+                publish(&mut swarm, &topic, &mut log, std::mem::take(&mut waiting));
+            }
             command = commands.recv() => match command {
-                Some(Command::Publish(data)) => {
-                    if let Err(e) = swarm.behaviour_mut().publish(topic.clone(), data) {
-                        *log.publish_errors.entry(error_kind(&e)).or_default() += 1;
+                Some(Command::Publish(op)) => match mode {
+                    RawMode::PerOp => publish(&mut swarm, &topic, &mut log, vec![op]),
+                    RawMode::Batched { delay, max_ops } => {
+                        waiting.push(op);
+                        if waiting.len() >= max_ops {
+                            flush_at = None;
+                            publish(&mut swarm, &topic, &mut log, std::mem::take(&mut waiting));
+                        } else if flush_at.is_none() {
+                            flush_at = Some(Instant::now() + delay);
+                        }
                     }
-                }
+                },
                 Some(Command::Probe(reply)) => {
                     let _ = reply.send(readiness(&swarm, &topic));
                 }
@@ -332,22 +377,57 @@ async fn drive(
     log
 }
 
+/// Publishes `ops` as one message.
+fn publish(
+    swarm: &mut Swarm<gossipsub::Behaviour>,
+    topic: &TopicHash,
+    log: &mut NodeLog,
+    ops: Vec<RawOp>,
+) {
+    if ops.is_empty() {
+        return;
+    }
+    let mut data = Vec::new();
+    ciborium::into_writer(&ops, &mut data).expect("CBOR encoding into a Vec");
+    if let Err(e) = swarm.behaviour_mut().publish(topic.clone(), data) {
+        *log.publish_errors.entry(error_kind(&e)).or_default() += ops.len() as u64;
+    }
+}
+
 fn on_gossip(
     event: gossipsub::Event,
+    swarm: &mut Swarm<gossipsub::Behaviour>,
     log: &mut NodeLog,
     seen: &mut HashSet<(usize, u64)>,
     delivered: &AtomicU64,
 ) {
     match event {
-        gossipsub::Event::Message { message, .. } => {
+        gossipsub::Event::Message {
+            message,
+            message_id,
+            propagation_source,
+        } => {
             let arrived = Instant::now();
-            let Some((writer, i)) = decode_op(&message.data) else {
+            let Some(ops) = decode_ops(&message.data) else {
                 log.undecodable += 1;
+                swarm.behaviour_mut().report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    MessageAcceptance::Reject,
+                );
                 return;
             };
-            if seen.insert((writer, i)) {
-                log.received.push((writer, i, arrived));
-                delivered.fetch_add(1, Ordering::Relaxed);
+            // as a tidemark node does once it checked a batch: relay it
+            swarm.behaviour_mut().report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                MessageAcceptance::Accept,
+            );
+            for (writer, i) in ops {
+                if seen.insert((writer, i)) {
+                    log.received.push((writer, i, arrived));
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         gossipsub::Event::SlowPeer { .. } => log.slow_peers += 1,
@@ -380,19 +460,23 @@ fn error_kind(error: &PublishError) -> &'static str {
     }
 }
 
-/// The message of op `i` of node `writer`: CBOR `(writer, i, key, value)`.
-fn encode_op(writer: usize, i: u64) -> Vec<u8> {
+/// One op of this bench: `(writer, i, key, value)`; a message is a CBOR array of them.
+type RawOp = (u32, u64, String, String);
+
+/// Op `i` of node `writer`.
+fn make_op(writer: usize, i: u64) -> RawOp {
     let (key, value) = payload(writer, i);
-    let mut data = Vec::new();
-    ciborium::into_writer(&(writer as u32, i, key, value), &mut data)
-        .expect("CBOR encoding into a Vec");
-    data
+    (writer as u32, i, key, value)
 }
 
-/// The (writer, op index) of a message of this bench.
-fn decode_op(data: &[u8]) -> Option<(usize, u64)> {
-    let (writer, i, _key, _value): (u32, u64, String, String) = ciborium::from_reader(data).ok()?;
-    Some((writer as usize, i))
+/// The (writer, op index) of each op of a message of this bench.
+fn decode_ops(data: &[u8]) -> Option<Vec<(usize, u64)>> {
+    let ops: Vec<RawOp> = ciborium::from_reader(data).ok()?;
+    Some(
+        ops.into_iter()
+            .map(|(w, i, _, _)| (w as usize, i))
+            .collect(),
+    )
 }
 
 /// Has every node write its ops at the load's rate, node k starting k/nodes of an interval
@@ -432,10 +516,7 @@ async fn write_ops(
     for i in 0..ops {
         ticks.tick().await;
         let written = Instant::now();
-        if commands
-            .send(Command::Publish(encode_op(writer, i)))
-            .is_err()
-        {
+        if commands.send(Command::Publish(make_op(writer, i))).is_err() {
             break;
         }
         writes.push(written);
@@ -448,6 +529,7 @@ async fn write_ops(
 fn measure(writes: &[Vec<Instant>], logs: &[NodeLog], end: Instant) -> RunReport {
     let mut dissemination = Vec::new();
     let mut last_arrival = None;
+    let mut arrivals = Vec::new();
     for (writer, i, arrived) in logs.iter().flat_map(|log| &log.received) {
         let Some(written) = writes.get(*writer).and_then(|w| w.get(*i as usize)) else {
             continue;
@@ -456,8 +538,10 @@ fn measure(writes: &[Vec<Instant>], logs: &[NodeLog], end: Instant) -> RunReport
             continue;
         }
         dissemination.push(arrived.saturating_duration_since(*written));
+        arrivals.push(((*writer, *i), *written, *arrived));
         last_arrival = last_arrival.max(Some(*arrived));
     }
+    let receivers = logs.len().saturating_sub(1);
     let first_write = writes.iter().filter_map(|w| w.first()).min();
     let completion = match (first_write, last_arrival) {
         (Some(first), Some(last)) => last.saturating_duration_since(*first),
@@ -465,6 +549,7 @@ fn measure(writes: &[Vec<Instant>], logs: &[NodeLog], end: Instant) -> RunReport
     };
     RunReport {
         deliveries_seen: dissemination.len() as u64,
+        dissemination_per_op: per_op_latest(&arrivals, receivers),
         dissemination: Samples(dissemination),
         sp_lag: None,
         completion,

@@ -216,6 +216,10 @@ pub struct MemberEntry {
     /// Since when the member's records of its current incarnation say it is cut off
     /// ([`MemberRecord::cut_off`]), without a break.
     pub cut_off_since: Option<Time>,
+    /// The largest applied vector the member itself sent this node (in its digests): a
+    /// lower bound of its applied vector that its record, re-issued only when its standing
+    /// changes, may lag. Only the write concern reads it.
+    pub heard_applied: VersionVector,
 }
 
 /// What `merge` did with a record.
@@ -419,6 +423,15 @@ impl NetworkMap {
     /// every member by another way (a published batch).
     pub fn forget_dirty(&mut self, member: &NodeId) {
         self.dirty.remove(member);
+    }
+
+    /// `member` itself said it applied `applied` (its digest).
+    pub fn note_applied(&mut self, member: &NodeId, applied: &VersionVector) {
+        if let Some(entry) = self.members.get_mut(member) {
+            if !applied.le(&entry.heard_applied) {
+                entry.heard_applied.join(applied);
+            }
+        }
     }
 
     /// Notes news from `member` that carries no record (a direct message).
@@ -653,6 +666,7 @@ impl NetworkMap {
                 last_heard,
                 suspect_since,
                 cut_off_since,
+                heard_applied: old.map(|e| e.heard_applied.clone()).unwrap_or_default(),
             },
         );
         let was_counted = old.as_ref().filter(|e| e.record.state.counts());

@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/7`);
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/8`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -66,6 +66,7 @@ use crate::gossip::{
     TopicDecodeError,
 };
 use crate::join_protocol::{HandedOverState, JoinGrant, JoinProgress, JoinResponse, StateOffer};
+use crate::network_map::aggregation::AggregationConfig;
 use crate::network_map::MemberState;
 use crate::ops_log::{LwwMap, LwwOp, Op};
 use crate::replica::{
@@ -302,8 +303,13 @@ pub(super) async fn start(config: &NodeConfig) -> Result<Started, NodeError> {
             .writers
             .as_ref()
             .map(|peers| Arc::new(peers.iter().map(node_id).collect())),
-        aggregation: None,
-        aggregation_decides: false,
+        // the snapshot point is aggregated, and aggregators tell members who is alive
+        // (docs/DESIGN.md, "Aggregating the snapshot point")
+        aggregation: Some(AggregationConfig {
+            liveness: true,
+            ..AggregationConfig::default()
+        }),
+        aggregation_decides: true,
     };
     // a per-process random seed (std's hasher keys come from the OS)
     let seed = {
@@ -1638,8 +1644,10 @@ impl Driver {
     }
 
     /// Answers the writes whose concern holds now: `applied:K` once K members in good
-    /// standing (this node by its applied vector, the others by their records in its map)
-    /// have applied the op, `stable` once the snapshot point covers it. Writes whose caller
+    /// standing (this node by its applied vector, the others by their records in its map
+    /// or by what their digests said) have applied the op, or the snapshot point covers it
+    /// (every member has), `stable`
+    /// once the snapshot point covers it. Writes whose caller
     /// gave up (timed out) are dropped.
     fn answer_waiters(&mut self) {
         if self.waiters.is_empty() {
@@ -1656,12 +1664,18 @@ impl Driver {
             let covers = |vector: &VersionVector| vector.get(&waiter.origin) >= waiter.seq;
             let reached = match waiter.concern {
                 WriteConcern::Stored => true,
+                // under the snapshot point, every member in good standing has it; else
+                // count the records (members that are not changing standing do not
+                // re-issue theirs when they apply ops: then it is the snapshot point)
+                WriteConcern::Applied(_) if covers(sp) => true,
                 WriteConcern::Applied(wanted) => {
                     let here = usize::from(map.is_counted(&me) && covers(applied_here));
                     let others = map
                         .iter()
                         .filter(|(id, e)| {
-                            **id != me && e.record.state.counts() && covers(&e.record.applied)
+                            **id != me
+                                && e.record.state.counts()
+                                && (covers(&e.record.applied) || covers(&e.heard_applied))
                         })
                         .count();
                     here + others >= wanted

@@ -81,7 +81,8 @@ pub struct ReplicaConfig {
     pub writers: Option<Arc<BTreeSet<NodeId>>>,
     /// Also aggregate the snapshot point (`network_map::aggregation`) next to the network
     /// map's, and expose it as [`Replica::aggregated_snapshot_point`]; it decides only with
-    /// `aggregation_decides`. The simulator turns it on; nodes do not yet. `None`: off.
+    /// `aggregation_decides`. Nodes run it deciding, with its liveness; the simulator as
+    /// asked. `None`: off.
     pub aggregation: Option<AggregationConfig>,
     /// With `aggregation`: the aggregated snapshot point is the snapshot point (what is
     /// folded, what the admission check and a leave compare with), and a change of the
@@ -1337,6 +1338,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_digest(&mut self, from: &NodeId, digest: &AntiEntropyDigest) {
+        self.map.note_applied(from, &digest.applied);
         let max = self.config.gossip.max_repair_ops;
         // Compatibility, not equality (SPEC §5): serve ops only to a peer at or above this
         // node's snapshot point; tell one below it that it is stale. The peer decides
@@ -1652,8 +1654,11 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         self.map.apply_delta(&self.id, &changes);
-        if !self.aggregation_decides() {
-            // the record carries the applied vector the map's snapshot point is made of
+        let in_view = self.membership.view().has(&self.id, self.incarnation);
+        if !self.aggregation_decides() || !in_view {
+            // the record carries the applied vector the map's snapshot point is made of;
+            // with the aggregation deciding, that of a member no view admitted yet still
+            // bounds every snapshot point (a joiner outside the view)
             self.dissemination.own_record_changed();
         }
         if self.config.journal_applied {
