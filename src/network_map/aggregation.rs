@@ -852,7 +852,7 @@ impl Aggregation {
             epoch: self.layout.epoch,
             groups,
         });
-        for to in self.recipients(now) {
+        for to in self.recipients(now, false) {
             self.outgoing.push(Outgoing {
                 to,
                 message: message.clone(),
@@ -891,15 +891,25 @@ impl Aggregation {
     }
 
     /// Whom an aggregator pushes to: the members of its groups and the joiners that
-    /// contributed within three heartbeats, but itself.
-    fn recipients(&mut self, now: Time) -> BTreeSet<NodeId> {
+    /// contributed within three heartbeats, but itself; with `first_only`, only those of
+    /// the groups whose first aggregator it is (a change; every aggregator pushes at a
+    /// heartbeat).
+    fn recipients(&mut self, now: Time, first_only: bool) -> BTreeSet<NodeId> {
         let horizon = self.config.heartbeat * 3;
         self.subscribers.retain(|_, at| now < *at + horizon);
+        let me = &self.me;
+        let first = |aggregators: &[NodeId]| !first_only || aggregators.first() == Some(me);
         let mut to: BTreeSet<NodeId> = BTreeSet::new();
         for g in &self.my_groups {
-            to.extend(self.layout.members(*g).iter().cloned());
+            if first(self.layout.aggregators(*g)) {
+                to.extend(self.layout.members(*g).iter().cloned());
+            }
         }
-        to.extend(self.subscribers.keys().cloned());
+        for id in self.subscribers.keys() {
+            if first(self.layout.aggregators_for(id)) {
+                to.insert(id.clone());
+            }
+        }
         to.remove(&self.me);
         to
     }
@@ -926,7 +936,12 @@ impl Aggregation {
             whole,
             entries,
         });
-        for to in self.layout.aggregators_for(&self.me).to_vec() {
+        // a change goes to the group's first aggregator only; the whole vector, every
+        // heartbeat, to all of them
+        let aggregators = self.layout.aggregators_for(&self.me);
+        let take = if whole { aggregators.len() } else { 1 };
+        let targets: Vec<NodeId> = aggregators.iter().take(take).cloned().collect();
+        for to in targets {
             if to == self.me {
                 // an aggregator's own contribution goes straight in
                 self.take_contribution(&self.me.clone(), self.incarnation, &message, now);
@@ -1143,13 +1158,22 @@ impl Aggregation {
         if heartbeat {
             self.changed_groups.clear();
         }
-        let others: Vec<NodeId> = self
-            .layout
-            .all_aggregators()
-            .iter()
-            .filter(|a| **a != self.me)
-            .cloned()
-            .collect();
+        // a change goes to every group's first aggregator; a heartbeat to every aggregator
+        let others: Vec<NodeId> = if heartbeat {
+            self.layout
+                .all_aggregators()
+                .iter()
+                .filter(|a| **a != self.me)
+                .cloned()
+                .collect()
+        } else {
+            let firsts: BTreeSet<NodeId> = (0..self.layout.group_count())
+                .filter_map(|g| self.layout.aggregators(g).first())
+                .filter(|a| **a != self.me)
+                .cloned()
+                .collect();
+            firsts.into_iter().collect()
+        };
         for g in groups {
             let Some(minimum) = self.group_minimum(g) else {
                 continue;
@@ -1241,7 +1265,7 @@ impl Aggregation {
             snapshot_point: sent,
             cover,
         });
-        for id in self.recipients(now) {
+        for id in self.recipients(now, !heartbeat) {
             self.outgoing.push(Outgoing {
                 to: id,
                 message: message.clone(),
