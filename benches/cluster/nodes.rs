@@ -176,8 +176,9 @@ async fn start_network(n: usize, dir: &std::path::Path, gossip: &GossipConfig) -
     nodes
 }
 
-/// Waits until every node counts every node as a member, then until one op of every node
-/// is inside every snapshot point (so gossip reaches everyone). Returns how long it took.
+/// Waits until every node counts every node as a member and its installed view holds them
+/// all, then until one op of every node is inside every snapshot point (so gossip reaches
+/// everyone). Returns how long it took.
 async fn warm_up(handles: &[NodeHandle]) -> Duration {
     let started = Instant::now();
     let deadline = started + SETUP_TIMEOUT;
@@ -186,7 +187,10 @@ async fn warm_up(handles: &[NodeHandle]) -> Duration {
         let mut members = 0;
         for h in handles {
             let status = h.status().await.expect("node runs");
-            if status.phase == "member" && status.members == n {
+            // joined, and admitted by the installed view: a member outside the view still
+            // floods its heartbeat and its applied vector
+            if status.phase == "member" && status.members == n && status.view.members.len() == n
+            {
                 members += 1;
             }
         }
