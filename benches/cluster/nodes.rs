@@ -25,19 +25,9 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(20);
 const BANDWIDTH_METRIC: &str = "tidemark_libp2p_bandwidth_bytes_total";
 const OUTBOUND: &str = "direction=\"Outbound\"";
-/// Message kinds that are status and membership traffic (as the simulator's
-/// `status_share` counts them): records, the reports riding on batches, aggregation,
-/// digests, stale notices, views, probes and their answers.
-const STATUS_KINDS: [&str; 8] = [
-    "status",
-    "report",
-    "aggregate",
-    "digest",
-    "stale",
-    "view",
-    "probe",
-    "probe_ack",
-];
+/// Message kinds that are status and membership traffic, as the simulator's
+/// `status_share` counts them.
+use tidemark::gossip::STATUS_KINDS;
 /// Message kinds sent directly (on the direct streams), not published; `report` rides on
 /// published batches and is counted apart.
 const DIRECT_KINDS: [&str; 11] = [
@@ -189,8 +179,7 @@ async fn warm_up(handles: &[NodeHandle]) -> Duration {
             let status = h.status().await.expect("node runs");
             // joined, and admitted by the installed view: a member outside the view still
             // floods its heartbeat and its applied vector
-            if status.phase == "member" && status.members == n && status.view.members.len() == n
-            {
+            if status.phase == "member" && status.members == n && status.view.members.len() == n {
                 members += 1;
             }
         }

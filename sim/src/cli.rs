@@ -97,16 +97,21 @@ pub struct Args {
     /// had (the runs in `sim/regressions.txt` found under them keep it).
     #[arg(long)]
     pub free_network: bool,
-    /// Run the aggregated snapshot point (groups, aggregators, certified minimums) next to
-    /// the network map's in every replica, check it after every event (I2 and I3,
-    /// aggregated) and report its lag. It decides nothing yet.
-    #[arg(long)]
+    /// The network map's snapshot point decides, made of every member's record flooded to
+    /// every member, with every member flooding its heartbeat: the protocol before the
+    /// aggregation (nodes run the aggregation; the default here too).
+    #[arg(long, conflicts_with = "aggregation_decides")]
+    pub map: bool,
+    /// With --map: also run the aggregated snapshot point next to the network map's in
+    /// every replica, check it after every event (I2 and I3, aggregated) and report its
+    /// lag, deciding nothing.
+    #[arg(long, conflicts_with = "aggregation_decides")]
     pub aggregation: bool,
-    /// The aggregated snapshot point decides instead of the network map's: it is what is
-    /// folded, what the admission check and a leave compare with, and applied vectors no
-    /// longer flood in status (membership changes still do). Aggregators also tell their
-    /// members whom they hear, so members in the view stop flooding their heartbeats
-    /// while every group's liveness reaches them.
+    /// The aggregated snapshot point decides (the default, as in nodes): it is what is
+    /// folded, what the admission check and a leave compare with, and applied vectors do
+    /// not flood in status (membership changes do). Aggregators also tell their members
+    /// whom they hear, so members in the view do not flood their heartbeats while every
+    /// group's liveness reaches them.
     #[arg(long)]
     pub aggregation_decides: bool,
     /// With --aggregation-decides: keep every member flooding its heartbeat, as without
@@ -171,8 +176,8 @@ pub struct Args {
     /// Plant a bug in every replica, to see the oracle catch it: skip-causal-order,
     /// no-admission-check, counts-one-member-too-few, fold-forgets-an-op,
     /// seq-reused-after-rejoin, leave-without-handover, never-evict, short-quorum,
-    /// suspects-leave-the-minimum, and with --aggregation-decides no-joiner-cover and
-    /// aggregator-skips-a-member.
+    /// suspects-leave-the-minimum (these with --map: they concern the map's snapshot point
+    /// or its flood), and no-joiner-cover and aggregator-skips-a-member.
     #[arg(long, value_name = "BUG")]
     pub plant: Option<tidemark::replica::PlantedBug>,
     /// Parallel runs in batch mode.
@@ -261,6 +266,12 @@ impl Args {
     }
 
     /// The configuration of the run of `seed` (in batch mode, each seed's).
+    /// Whether the aggregated snapshot point decides: unless `--map` or `--aggregation`
+    /// (the map's decides then).
+    pub fn aggregation_decides(&self) -> bool {
+        !self.map && !self.aggregation
+    }
+
     pub fn config(&self, seed: u64) -> SimConfig {
         let mut gossip = tidemark::gossip::GossipConfig::default();
         if let Some(ms) = self.status_interval_ms {
@@ -355,7 +366,7 @@ impl Args {
             latency_max: Duration::from_millis(self.latency_ms.1),
             mesh_degree: self.mesh_degree,
             costs: self.costs(),
-            aggregation: self.aggregation || self.aggregation_decides,
+            aggregation: self.aggregation || self.aggregation_decides(),
             aggregation_config: {
                 let mut c = tidemark::network_map::aggregation::AggregationConfig::default();
                 if let Some(r) = self.aggregators_per_group {
@@ -366,7 +377,7 @@ impl Args {
                 }
                 c
             },
-            aggregation_decides: self.aggregation_decides,
+            aggregation_decides: self.aggregation_decides(),
             flood_heartbeats: self.flood_heartbeats,
             liveness_bound: Duration::from_secs(self.liveness_bound_s),
             excuse_bound: Duration::from_millis(self.excuse_bound_ms),

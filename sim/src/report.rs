@@ -127,16 +127,7 @@ impl From<&crate::costs::CostModel> for CostReport {
 }
 
 /// The kinds of traffic that are status and membership rather than ops (`status_share`).
-pub const STATUS_KINDS: [&str; 8] = [
-    "status",
-    "report",
-    "aggregate",
-    "digest",
-    "stale",
-    "view",
-    "probe",
-    "probe_ack",
-];
+pub use tidemark::gossip::STATUS_KINDS;
 
 /// The ratio of two p50s, 0 when the denominator is.
 fn ratio(a: f64, b: f64) -> f64 {

@@ -156,7 +156,7 @@ fn joiners_that_fetch_their_state_and_resume_after_a_crash_break_nothing() {
     let (mut transfers, mut resumed) = (0, 0);
     for seed in 1..=8 {
         let flags = format!(
-            "tidemark-sim --faults crash,restart,churn --nodes 10 --ops 200 --state-transfer-s 15 --seed {seed}"
+            "tidemark-sim --map --faults crash,restart,churn --nodes 10 --ops 200 --state-transfer-s 15 --seed {seed}"
         );
         let args = tidemark_sim::cli::Args::try_parse_from(flags.split_whitespace()).unwrap();
         let report = run(args.config(seed));

@@ -128,6 +128,19 @@ pub enum Message<S: StateMachine> {
     Aggregate(AggregateMessage),
 }
 
+/// The kinds of traffic (see [`Message::kind`]; `report`: a record riding on a published
+/// batch) that are status and membership rather than ops: what a status share counts.
+pub const STATUS_KINDS: [&str; 8] = [
+    "status",
+    "report",
+    "aggregate",
+    "digest",
+    "stale",
+    "view",
+    "probe",
+    "probe_ack",
+];
+
 impl<S: StateMachine> Message<S> {
     /// A short name, for metrics and logs.
     pub fn kind(&self) -> &'static str {

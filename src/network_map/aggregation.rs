@@ -12,13 +12,24 @@
 //! **The flow.** A member sends its *contribution* — its applied vector, lowered to the cut
 //! of every joiner it registered that the view has not admitted yet — to its group's
 //! aggregators: the entries that changed since its last one, coalesced over
-//! `report_delay`, and the whole vector every `heartbeat`. An aggregator keeps, per member,
+//! `report_delay`, to the group's first aggregator, and the whole vector every `heartbeat`
+//! to all of them. Changes travel only through first aggregators (contributions, group
+//! minimums, pushes); the others take part once a heartbeat and so stand in, at heartbeat
+//! pace, for a first aggregator that fails. An aggregator keeps, per member,
 //! the pointwise maximum of the entries it received. Once it holds a contribution of every
 //! member of a group it aggregates, it sends the group's minimum, with the group's cover
 //! ([`Cover`]), to the aggregators of every group. Once it holds a minimum of every group of
 //! the epoch, it pushes their minimum — a snapshot point — with the sum of their covers to
 //! the members of its groups (and to the joiners that contribute to it). A member keeps the
 //! pointwise maximum of the snapshot points it receives whose cover equals its view's.
+//!
+//! **Liveness** (with `liveness`). An aggregator notes when each member of its groups last
+//! contributed; once a heartbeat it sends every other aggregator its groups' `Liveness`
+//! (the members silent for `silence`), and pushes `Heard` — the fresh liveness of every
+//! group — to its members. A member counts the members `Heard` does not name silent as
+//! heard, and is *covered* ([`Aggregation::covered`]) while the newest `Heard` it got
+//! covered every group: then it need not flood its own heartbeat. When both aggregators of
+//! a group are down no `Heard` covers that group, and every member floods again.
 //!
 //! **Why it is safe** (each rule is checked by the simulator's invariants):
 //! - *Monotone inputs.* Every entry a member sends is a past value of its own contribution,
