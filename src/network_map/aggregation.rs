@@ -721,7 +721,7 @@ impl Aggregation {
         }
         self.current = keyed;
         if self.contribute_at.is_none() {
-            self.contribute_at = Some(now + self.config.report_delay);
+            self.contribute_at = Some(now + self.delay());
         }
     }
 
@@ -1151,7 +1151,17 @@ impl Aggregation {
 
     fn schedule_aggregate(&mut self, now: Time) {
         if self.aggregate_at.is_none() {
-            self.aggregate_at = Some(now + self.config.report_delay);
+            self.aggregate_at = Some(now + self.delay());
+        }
+    }
+
+    /// How long changes are coalesced: `report_delay`, or nothing when this node is the
+    /// whole view (there is nothing to coalesce for: its snapshot point is its own).
+    fn delay(&self) -> Duration {
+        if self.layout.cover().members == 1 && self.layout.group_of(&self.me).is_some() {
+            Duration::ZERO
+        } else {
+            self.config.report_delay
         }
     }
 
