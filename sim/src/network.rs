@@ -1,7 +1,7 @@
 //! The simulated network: per-link latency, loss, duplication and reordering, and a
 //! gossipsub-like mesh that floods published messages.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::time::Duration;
 
 use rand::Rng;
@@ -52,25 +52,39 @@ impl Links {
 
     /// Delays of the copies of one transmission that arrive: none when lost, two when
     /// duplicated. Jitter and reordering make copies overtake each other.
-    pub fn transmit(&self, rng: &mut ChaCha8Rng, a: usize, b: usize) -> Vec<Duration> {
+    pub fn transmit(&self, rng: &mut ChaCha8Rng, a: usize, b: usize) -> Copies {
+        let mut copies = Copies::default();
         if self.loss > 0.0 && rng.random_bool(self.loss) {
-            return Vec::new();
+            return copies;
         }
-        let copies = if self.duplicate > 0.0 && rng.random_bool(self.duplicate) {
+        copies.len = if self.duplicate > 0.0 && rng.random_bool(self.duplicate) {
             2
         } else {
             1
         };
         let base = self.base_latency(a, b).as_micros() as u64;
-        (0..copies)
-            .map(|_| {
-                let mut us = base + rng.random_range(0..=base / 10);
-                if self.reorder > 0.0 && rng.random_bool(self.reorder) {
-                    us += rng.random_range(0..=base.max(1) * 2);
-                }
-                Duration::from_micros(us)
-            })
-            .collect()
+        for delay in &mut copies.delays[..copies.len] {
+            let mut us = base + rng.random_range(0..=base / 10);
+            if self.reorder > 0.0 && rng.random_bool(self.reorder) {
+                us += rng.random_range(0..=base.max(1) * 2);
+            }
+            *delay = Duration::from_micros(us);
+        }
+        copies
+    }
+}
+
+/// The delays of the copies of one transmission that arrive (at most two), without an
+/// allocation per message.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Copies {
+    delays: [Duration; 2],
+    len: usize,
+}
+
+impl Copies {
+    pub fn delays(&self) -> &[Duration] {
+        &self.delays[..self.len]
     }
 }
 
@@ -141,8 +155,8 @@ impl Mesh {
 /// generations so old ids are forgotten.
 #[derive(Clone, Debug, Default)]
 pub struct SeenCache {
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
+    current: FxHashSet<u64>,
+    previous: FxHashSet<u64>,
 }
 
 impl SeenCache {
@@ -152,6 +166,11 @@ impl SeenCache {
             return false;
         }
         self.current.insert(id)
+    }
+
+    /// Whether `id` was seen (and not yet forgotten).
+    pub fn contains(&self, id: u64) -> bool {
+        self.current.contains(&id) || self.previous.contains(&id)
     }
 
     pub fn rotate(&mut self) {

@@ -155,6 +155,9 @@ struct SimNode {
     crashed: bool,
     wake: Option<Time>,
     seen: SeenCache,
+    /// Published messages on their way to this node: when the earliest copy arrives. A
+    /// later copy is a duplicate, charged without an event (see `costs`).
+    in_flight: rustc_hash::FxHashMap<u64, Time>,
     /// Rounds of its sponsor list a joiner had gone through when its addresses were last
     /// dialled.
     dialled_rounds: u64,
@@ -196,6 +199,7 @@ impl SimNode {
             crashed: false,
             wake: None,
             seen: SeenCache::default(),
+            in_flight: Default::default(),
             dialled_rounds: 0,
             bootstrap: Vec::new(),
             shadow: VersionVector::new(),
@@ -582,15 +586,23 @@ impl Sim {
                     message,
                     size,
                     mesh_id,
-                } => self.arrive(
-                    to,
-                    Incoming {
-                        from,
-                        message,
-                        size,
-                        mesh_id,
-                    },
-                ),
+                } => {
+                    if let Some(id) = mesh_id {
+                        let in_flight = &mut self.nodes[to].in_flight;
+                        if in_flight.get(&id) == Some(&event.at) {
+                            in_flight.remove(&id);
+                        }
+                    }
+                    self.arrive(
+                        to,
+                        Incoming {
+                            from,
+                            message,
+                            size,
+                            mesh_id,
+                        },
+                    )
+                }
                 EventKind::CpuFree { node } => {
                     let (next, again) = self.charges.next(node, self.now);
                     if let Some(at) = again {
@@ -758,8 +770,8 @@ impl Sim {
         message: &Msg,
         size: WireSize,
     ) {
-        let neighbours = self.mesh.neighbours(node).to_vec();
-        for peer in neighbours {
+        for k in 0..self.mesh.neighbours(node).len() {
+            let peer = self.mesh.neighbours(node)[k];
             if Some(peer) == except {
                 continue;
             }
@@ -789,8 +801,19 @@ impl Sim {
                 return;
             }
         }
-        for delay in self.links.transmit(&mut self.rng, from, to) {
+        let copies = self.links.transmit(&mut self.rng, from, to);
+        for &delay in copies.delays() {
             let at = sent + delay;
+            if let Some(id) = mesh_id {
+                // a copy behind another of the same message is dropped by gossipsub's
+                // duplicate cache: it costs the receiver's CPU but needs no event
+                let node = &mut self.nodes[to];
+                if node.seen.contains(id) || node.in_flight.get(&id).is_some_and(|&t| t <= at) {
+                    self.charges.charge_duplicate(to, at, size.bytes);
+                    continue;
+                }
+                node.in_flight.insert(id, at);
+            }
             self.push(
                 at,
                 EventKind::Deliver {
