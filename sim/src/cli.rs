@@ -173,6 +173,11 @@ pub struct Args {
     /// rule of older scenario generators, under which runs can lose a majority of the seats.
     #[arg(long, value_enum, default_value_t = CrashGuard::Seats)]
     pub crash_guard: CrashGuard,
+    /// With `crash`: each crash picks the first aggregator of a group (the one every
+    /// change goes through) in the lowest running member's layout, to measure how long the
+    /// snapshot point stalls when an aggregator fails.
+    #[arg(long)]
+    pub crash_aggregators: bool,
     /// Plant a bug in every replica, to see the oracle catch it: skip-causal-order,
     /// no-admission-check, counts-one-member-too-few, fold-forgets-an-op,
     /// seq-reused-after-rejoin, leave-without-handover, never-evict, short-quorum,
@@ -310,6 +315,7 @@ impl Args {
                 churn_rate: if churn { 0.2 } else { 0.0 },
                 writers_leave: k.writers_leave,
                 crash_guard: CrashGuard::default(),
+                crash_aggregators: false,
             }
         } else {
             FaultConfig::default()
@@ -327,6 +333,7 @@ impl Args {
             faults = FaultConfig::default();
         }
         faults.crash_guard = self.crash_guard;
+        faults.crash_aggregators = self.crash_aggregators;
         // network faults: explicit flags win; `--faults all` draws the rest from the seed
         let mut net = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0e7_fa17);
         let mut draw = |given: Option<f64>, hi: f64| {

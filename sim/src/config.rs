@@ -105,6 +105,9 @@ pub struct FaultConfig {
     pub writers_leave: bool,
     /// Which losses a crash may not cause (see [`CrashGuard`]).
     pub crash_guard: CrashGuard,
+    /// Whether each crash picks a group's first aggregator (the one that takes every
+    /// change) instead of any running node.
+    pub crash_aggregators: bool,
 }
 
 /// The fault model's limit on crashes: a crash that would break it is skipped.
@@ -185,6 +188,7 @@ impl FaultConfig {
             },
             writers_leave,
             crash_guard: CrashGuard::default(),
+            crash_aggregators: false,
         }
     }
 

@@ -94,6 +94,9 @@ pub struct Report {
     /// Per member and crash: from the crash until the member's snapshot point passed what
     /// the crashed member had applied (counted when writes go on past it).
     pub crash_to_sp_moves_ms: Percentiles,
+    /// Per member and crash: from the member's eviction of the crashed node until its
+    /// snapshot point moved again (what the aggregation adds to the detection).
+    pub eviction_to_sp_moves_ms: Percentiles,
     /// Per eviction of a running node: from when it could learn it (the eviction, or the
     /// heal of the partition that hid it) until it noticed and started to rejoin.
     pub stale_to_rejoin_ms: Percentiles,
@@ -241,6 +244,7 @@ impl Report {
             faults: r.faults,
             crash_to_drop_ms: r.crash_to_drop.summary(),
             crash_to_sp_moves_ms: r.crash_to_sp_moves.summary(),
+            eviction_to_sp_moves_ms: r.eviction_to_sp_moves.summary(),
             stale_to_rejoin_ms: r.stale_to_rejoin.summary(),
             excuses: r.excuses,
             events: r.events,

@@ -140,6 +140,9 @@ impl Ord for Event {
     }
 }
 
+/// The members a crash watch still waits on, with when each adopted the eviction.
+type Waiting = BTreeMap<usize, Option<Time>>;
+
 struct SimNode {
     replica: Replica<LwwMap>,
     /// A member in good standing: joined, running, not left, and evicted by no one. Its
@@ -310,11 +313,14 @@ pub struct Sim {
     /// Per member and crash: from the crash until the member stopped counting the node.
     crash_to_drop: Latencies,
     /// Per crashed membership: when it crashed, what it had applied, and the members whose
-    /// snapshot point has not passed that yet.
-    crash_watch: BTreeMap<(NodeId, u64), (Time, VersionVector, BTreeSet<usize>)>,
+    /// snapshot point has not passed that yet, with when each adopted the eviction.
+    crash_watch: BTreeMap<(NodeId, u64), (Time, VersionVector, Waiting)>,
     /// Per member and crash: from the crash until the member's snapshot point passed what
     /// the crashed member had applied (it moves again).
     crash_to_sp_moves: Latencies,
+    /// Per member and crash: from the member's eviction of the crashed node until its
+    /// snapshot point moved again (the stall the aggregation adds to the detection).
+    eviction_to_sp_moves: Latencies,
     faults: FaultStats,
     /// When every running node's data dir was last backed up.
     last_backup: Time,
@@ -400,6 +406,7 @@ impl Sim {
             crash_to_drop: Latencies::default(),
             crash_watch: BTreeMap::new(),
             crash_to_sp_moves: Latencies::default(),
+            eviction_to_sp_moves: Latencies::default(),
             faults: FaultStats::default(),
             last_backup: Time::ZERO,
             stale_since: BTreeMap::new(),
@@ -1317,8 +1324,19 @@ impl Sim {
     fn watch_crashes(&mut self, n: usize, now: Time) {
         let sp = &self.nodes[n].last_sp;
         for (at, applied, waiting) in self.crash_watch.values_mut() {
-            if waiting.contains(&n) && !sp.le(applied) {
-                waiting.remove(&n);
+            if waiting.contains_key(&n) && !sp.le(applied) {
+                if let Some(Some(evicted)) = waiting.remove(&n) {
+                    if self.trace && now.since(evicted) > Duration::from_millis(500) {
+                        eprintln!(
+                            "  {:.3} s: node {n}'s snapshot point moves {:.3} s after it evicted a node that crashed at {:.3} s",
+                            now.as_millis_f64() / 1e3,
+                            now.since(evicted).as_secs_f64(),
+                            at.as_millis_f64() / 1e3
+                        );
+                    }
+                    self.eviction_to_sp_moves
+                        .push(now.since(evicted).as_micros() as u64);
+                }
                 self.crash_to_sp_moves
                     .push(now.since(*at).as_micros() as u64);
                 if self.trace && now.since(*at) > Duration::from_secs(8) {
@@ -1703,6 +1721,11 @@ impl Sim {
                 self.crash_to_drop.push(latency);
             }
         }
+        if let Some((_, _, waiting)) = self.crash_watch.get_mut(&(id.clone(), incarnation)) {
+            if let Some(evicted @ None) = waiting.get_mut(&observer) {
+                *evicted = Some(self.now);
+            }
+        }
         self.crashed_standing.remove(&(id.clone(), incarnation));
         let holders = self.evicted.entry((id.clone(), incarnation)).or_default();
         let first = holders.is_empty();
@@ -1956,6 +1979,19 @@ impl Sim {
         }
     }
 
+    /// The running nodes that are the first aggregator of a group in the layout of the
+    /// lowest running member (`--crash-aggregators`); `None` without a layout.
+    fn first_aggregators(&self, running: &[usize]) -> Option<Vec<usize>> {
+        let observer = running.iter().find(|&&i| self.nodes[i].member)?;
+        let layout = self.nodes[*observer].replica.aggregation_layout()?;
+        let firsts: Vec<usize> = (0..layout.groups())
+            .filter_map(|g| layout.aggregators(g).first())
+            .filter_map(|id| self.index.get(id).copied())
+            .filter(|i| running.contains(i))
+            .collect();
+        (!firsts.is_empty()).then_some(firsts)
+    }
+
     /// A random running node crashes, unless a third of the nodes are already down (and,
     /// under [`CrashGuard::Seats`], unless the crash would lose more than a third of the
     /// seats of the newest agreed view or of a next view a node accepted).
@@ -1969,7 +2005,12 @@ impl Sim {
         if running.is_empty() || 3 * (down + 1) > running.len() + down {
             return;
         }
-        let n = running[self.rng.random_range(0..running.len())];
+        let n = match self.first_aggregators(&running) {
+            Some(aggregators) if faults.crash_aggregators => {
+                aggregators[self.rng.random_range(0..aggregators.len())]
+            }
+            _ => running[self.rng.random_range(0..running.len())],
+        };
         if faults.crash_guard == CrashGuard::Seats && !self.seats_survive(Some(n), None) {
             return;
         }
@@ -1988,6 +2029,7 @@ impl Sim {
             );
             let members = (0..self.nodes.len())
                 .filter(|&i| i != n && self.nodes[i].member)
+                .map(|i| (i, None))
                 .collect();
             self.crash_watch.insert(
                 (self.ids[n].clone(), self.nodes[n].incarnation),
@@ -2726,6 +2768,7 @@ impl Sim {
                 faults: self.faults,
                 crash_to_drop: self.crash_to_drop,
                 crash_to_sp_moves: self.crash_to_sp_moves,
+                eviction_to_sp_moves: self.eviction_to_sp_moves,
                 stale_to_rejoin: self.stale_to_rejoin,
                 excuses: self.excuses.counts,
                 sim_time_s: round3(self.now.as_millis_f64() / 1_000.0),
@@ -2758,6 +2801,7 @@ pub struct ReportInputs {
     pub faults: FaultStats,
     pub crash_to_drop: Latencies,
     pub crash_to_sp_moves: Latencies,
+    pub eviction_to_sp_moves: Latencies,
     pub stale_to_rejoin: Latencies,
     pub excuses: ExcuseCounts,
     pub sim_time_s: f64,

@@ -110,6 +110,7 @@ fn crashes_restarts_partitions_and_churn_keep_the_invariants_and_heal() {
                 churn_rate: 0.3,
                 writers_leave: true,
                 crash_guard: Default::default(),
+                crash_aggregators: false,
             },
             ..SimConfig::default()
         });

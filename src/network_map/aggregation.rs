@@ -341,6 +341,11 @@ impl Layout {
         &self.groups[group]
     }
 
+    /// How many groups the view is split into.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
     pub fn aggregators(&self, group: usize) -> &[NodeId] {
         &self.aggregators[group]
     }
@@ -498,6 +503,11 @@ pub struct Aggregation {
     /// As an aggregator: contributions made at an epoch this node has not installed yet,
     /// by (id, incarnation), with their epoch: taken in when it installs that epoch.
     ahead: BTreeMap<(NodeId, u64), (u64, KeyedVector)>,
+    /// Snapshot points pushed for a view this node has not installed yet (the newest such
+    /// epoch, its cover, and the join of what came): taken once it installs that view. A
+    /// push between heartbeats carries only what rose, so a node that dropped the first
+    /// push of a view would otherwise wait for the next whole one.
+    ahead_snapshot_point: Option<(u64, Cover, KeyedVector)>,
     /// As an aggregator: the newest minimum of each group at the layout's epoch.
     minimums: BTreeMap<usize, (KeyedVector, Cover)>,
     /// As an aggregator: joiners outside the view that contribute, and when they last did.
@@ -558,6 +568,7 @@ impl Aggregation {
             generation: 0,
             inputs: BTreeMap::new(),
             ahead: BTreeMap::new(),
+            ahead_snapshot_point: None,
             minimums: BTreeMap::new(),
             subscribers: BTreeMap::new(),
             changed_groups: BTreeSet::new(),
@@ -695,6 +706,17 @@ impl Aggregation {
         // outside the view, which a later view may admit (see `replica/aggregated.rs`)
         self.snapshot_point = KeyedVector::default();
         self.generation += 1;
+        match self.ahead_snapshot_point.take() {
+            Some((epoch, cover, held)) if epoch == view.epoch => {
+                if cover == self.layout.cover() {
+                    self.accept(&held);
+                } else {
+                    self.incomplete_covers += 1;
+                }
+            }
+            Some(later) if later.0 > view.epoch => self.ahead_snapshot_point = Some(later),
+            _ => {}
+        }
         self.changed_groups = self.my_groups.iter().copied().collect();
         self.pushed = None;
         self.last_whole = None;
@@ -1041,6 +1063,10 @@ impl Aggregation {
                 snapshot_point,
                 cover,
             } => {
+                if *epoch > self.layout.epoch {
+                    self.hold_ahead_snapshot_point(*epoch, *cover, snapshot_point);
+                    return Received::Taken;
+                }
                 if *epoch != self.layout.epoch {
                     return Received::Ignored;
                 }
@@ -1054,6 +1080,20 @@ impl Aggregation {
                     Received::Taken
                 }
             }
+        }
+    }
+
+    /// Keeps a push for `epoch`, a view this node has not installed (see
+    /// `ahead_snapshot_point`): joined with the others of that epoch, replaced by a newer.
+    fn hold_ahead_snapshot_point(&mut self, epoch: u64, cover: Cover, pushed: &KeyedVector) {
+        match &mut self.ahead_snapshot_point {
+            Some((held_epoch, held_cover, held))
+                if *held_epoch == epoch && *held_cover == cover =>
+            {
+                held.join(pushed);
+            }
+            Some((held_epoch, ..)) if *held_epoch > epoch => {}
+            _ => self.ahead_snapshot_point = Some((epoch, cover, pushed.clone())),
         }
     }
 

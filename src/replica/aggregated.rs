@@ -78,6 +78,10 @@ impl AggregatedSnapshotPoint {
         &self.deciding
     }
 
+    pub fn aggregation(&self) -> Option<&Aggregation> {
+        self.aggregation.as_ref()
+    }
+
     pub fn aggregation_mut(&mut self) -> Option<&mut Aggregation> {
         self.aggregation.as_mut()
     }

@@ -1835,6 +1835,12 @@ impl<S: StateMachine> Replica<S> {
 
     /// The snapshot point aggregated next to the map's (with `config.aggregation`; the
     /// empty cut otherwise, and while joining).
+    /// The aggregation's groups and aggregators under this node's installed view (`None`
+    /// without the aggregation).
+    pub fn aggregation_layout(&self) -> Option<&crate::network_map::aggregation::Layout> {
+        self.aggregated.aggregation().map(|a| a.layout())
+    }
+
     pub fn aggregated_snapshot_point(&self) -> &VersionVector {
         self.aggregated.snapshot_point()
     }

@@ -355,10 +355,10 @@ fn a_snapshot_point_that_covers_less_than_the_view_is_refused_and_counted() {
     assert_eq!(refused, Received::IncompleteCover);
     assert_eq!(member.incomplete_covers(), 1);
     assert!(member.snapshot_point().is_empty());
-    // another epoch's is ignored; the view's is taken
+    // an earlier epoch's is ignored; the view's is taken
     let full = member.layout().cover();
     let other_epoch = AggregateMessage::SnapshotPoint {
-        epoch: 2,
+        epoch: 0,
         snapshot_point: sp.clone(),
         cover: full,
     };
@@ -505,6 +505,37 @@ fn status_messages_per_heartbeat_stay_within_eight_per_member() {
             "n = {n}: {per_interval} messages in one heartbeat"
         );
     }
+}
+
+#[test]
+fn snapshot_points_pushed_for_a_view_not_yet_installed_are_taken_when_it_is() {
+    // the aggregators push a new view's first snapshot point before this member installed
+    // the view, and then only what rose: the member must not wait for the next whole push
+    let all = ids(10);
+    let mut member = Aggregation::new(all[0].clone(), 1, &view(1, &all), config());
+    let (a, b) = (NodeId::synthetic(98), NodeId::synthetic(99));
+    let v2 = view(2, &all[..9]);
+    let cover = Layout::new(&v2, &config()).cover();
+    let push = |entries: &[(NodeId, u64)], cover: Cover| AggregateMessage::SnapshotPoint {
+        epoch: 2,
+        snapshot_point: KeyedVector::of(&entries.iter().cloned().collect()),
+        cover,
+    };
+    let whole = push(&[(a.clone(), 5), (b.clone(), 3)], cover);
+    let rose = push(&[(b.clone(), 7)], cover);
+    assert_eq!(member.handle(Time::ZERO, &all[1], &whole), Received::Taken);
+    assert_eq!(member.handle(Time::ZERO, &all[1], &rose), Received::Taken);
+    assert!(member.snapshot_point().is_empty(), "not valid at epoch 1");
+    member.on_view(&v2, Time::ZERO);
+    let expected = KeyedVector::of(&[(a.clone(), 5), (b.clone(), 7)].into_iter().collect());
+    assert_eq!(member.snapshot_point(), &expected);
+    // one held with a cover that is not the view's is refused when the view comes
+    let mut other = Aggregation::new(all[0].clone(), 1, &view(1, &all), config());
+    let short = Layout::new(&view(2, &all[..8]), &config()).cover();
+    other.handle(Time::ZERO, &all[1], &push(&[(a, 5)], short));
+    other.on_view(&v2, Time::ZERO);
+    assert!(other.snapshot_point().is_empty());
+    assert_eq!(other.incomplete_covers(), 1);
 }
 
 #[test]
