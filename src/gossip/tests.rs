@@ -114,18 +114,29 @@ fn every_message_round_trips() {
                 round: 2,
                 proposer: id(1),
             },
-            change: crate::network_map::view::ViewChange {
+            change: crate::network_map::view::ChangeOnWire::Delta(
+                crate::network_map::view::ViewDelta {
+                    epoch: 4,
+                    base: 0x0123_4567_89ab_cdef,
+                    added: vec![(id(2), 3)],
+                    removed: vec![id(5)],
+                    evicted: vec![crate::network_map::view::Eviction {
+                        id: id(5),
+                        incarnation: 2,
+                        registrations: 1,
+                    }],
+                },
+            ),
+        }),
+        Message::View(crate::network_map::view::ViewMessage::Decided(
+            crate::network_map::view::ChangeOnWire::Whole(crate::network_map::view::ViewChange {
                 next: crate::network_map::view::View {
                     epoch: 4,
                     members: [(id(1), 1), (id(2), 3)].into(),
                 },
-                evicted: vec![crate::network_map::view::Eviction {
-                    id: id(5),
-                    incarnation: 2,
-                    registrations: 1,
-                }],
-            },
-        }),
+                evicted: Vec::new(),
+            }),
+        )),
         Message::Repair(Repair {
             ops: OpsBatch(ops[3..].to_vec()),
             records: Records::default(),

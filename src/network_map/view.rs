@@ -74,6 +74,112 @@ pub struct ViewChange {
     pub evicted: Vec<Eviction>,
 }
 
+/// A view change as it travels. Every node that takes part in deciding epoch `e` has
+/// installed view `e − 1`, so the ballot's messages and the decision sent to that view's
+/// members carry only the difference from it ([`ViewDelta`]): a few memberships instead of
+/// the whole member list, which at a thousand members is about 40 kB a message, sent to
+/// every member. A node that may not hold the view before (one that is behind, a member
+/// the change admits) gets it whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeOnWire {
+    Whole(ViewChange),
+    Delta(ViewDelta),
+}
+
+/// The change from one view to the next as its difference: the memberships added (or
+/// re-added at another incarnation), the ids removed, the evictions, and a hash of the
+/// view it applies to, so that a node holding another view at that epoch (only a forced
+/// view can make one) refuses it instead of building a different view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDelta {
+    pub epoch: u64,
+    pub base: u64,
+    pub added: Vec<(NodeId, u64)>,
+    pub removed: Vec<NodeId>,
+    pub evicted: Vec<Eviction>,
+}
+
+impl View {
+    /// A 64-bit hash of the epoch and every membership, in id order: equal on every node
+    /// that holds this view.
+    pub fn fingerprint(&self) -> u64 {
+        let mix = |h: u64, x: u64| {
+            (h ^ x)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(29)
+                .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+        };
+        let mut h = mix(0x7469_6465_6d61_726b, self.epoch);
+        for (id, incarnation) in &self.members {
+            h = mix(mix(h, id.key()), *incarnation);
+        }
+        h
+    }
+}
+
+impl ChangeOnWire {
+    /// `change` for a node that holds `base` (the view before it) when `delta`, else whole.
+    pub fn new(base: &View, change: &ViewChange, delta: bool) -> Self {
+        if !delta || change.next.epoch != base.epoch + 1 {
+            return ChangeOnWire::Whole(change.clone());
+        }
+        let added = change
+            .next
+            .members
+            .iter()
+            .filter(|(id, incarnation)| base.members.get(*id) != Some(*incarnation))
+            .map(|(id, incarnation)| (id.clone(), *incarnation))
+            .collect();
+        let removed = base
+            .members
+            .keys()
+            .filter(|id| !change.next.members.contains_key(*id))
+            .cloned()
+            .collect();
+        ChangeOnWire::Delta(ViewDelta {
+            epoch: change.next.epoch,
+            base: base.fingerprint(),
+            added,
+            removed,
+            evicted: change.evicted.clone(),
+        })
+    }
+
+    /// The epoch of the view it makes.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            ChangeOnWire::Whole(change) => change.next.epoch,
+            ChangeOnWire::Delta(delta) => delta.epoch,
+        }
+    }
+
+    /// The change, made from `installed` if it travels as a difference; `None` if that is
+    /// not the view it applies to.
+    pub fn resolve(&self, installed: &View) -> Option<ViewChange> {
+        let delta = match self {
+            ChangeOnWire::Whole(change) => return Some(change.clone()),
+            ChangeOnWire::Delta(delta) => delta,
+        };
+        if delta.epoch != installed.epoch + 1 || delta.base != installed.fingerprint() {
+            return None;
+        }
+        let mut members = installed.members.clone();
+        for id in &delta.removed {
+            members.remove(id);
+        }
+        for (id, incarnation) in &delta.added {
+            members.insert(id.clone(), *incarnation);
+        }
+        Some(ViewChange {
+            next: View {
+                epoch: delta.epoch,
+                members,
+            },
+            evicted: delta.evicted.clone(),
+        })
+    }
+}
+
 /// A Paxos ballot: ordered by round, then by proposer.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Ballot {
@@ -91,20 +197,21 @@ pub enum ViewMessage {
     Promise {
         epoch: u64,
         ballot: Ballot,
-        accepted: Option<(Ballot, ViewChange)>,
+        accepted: Option<(Ballot, ChangeOnWire)>,
     },
     /// Phase 2a: accept `change` for `epoch`.
     Accept {
         epoch: u64,
         ballot: Ballot,
-        change: ViewChange,
+        change: ChangeOnWire,
     },
     /// Phase 2b.
     Accepted { epoch: u64, ballot: Ballot },
     /// The acceptor has promised a higher ballot.
     Outvoted { epoch: u64, promised: Ballot },
-    /// A decided view: to every member after a decision, and to a node that is behind.
-    Decided(ViewChange),
+    /// A decided view: to every member after a decision (as a difference to the members
+    /// of the view before), and whole to a node that is behind.
+    Decided(ChangeOnWire),
 }
 
 impl ViewMessage {
@@ -116,7 +223,7 @@ impl ViewMessage {
             | ViewMessage::Accept { epoch, .. }
             | ViewMessage::Accepted { epoch, .. }
             | ViewMessage::Outvoted { epoch, .. } => *epoch,
-            ViewMessage::Decided(change) => change.next.epoch,
+            ViewMessage::Decided(change) => change.epoch(),
         }
     }
 }
@@ -421,13 +528,24 @@ impl ViewAgreement {
         self.install_as(change, true, true);
     }
 
+    /// Sends the decided `change` (of the installed view) to the members of both views: as
+    /// a difference to those of the installed one, whole to those it admits.
     fn tell_decided(&self, change: &ViewChange, out: &mut Vec<(NodeId, ViewMessage)>) {
+        let delta = ChangeOnWire::new(&self.view, change, true);
+        let whole = ChangeOnWire::Whole(change.clone());
         let mut told: BTreeSet<NodeId> = self.view.members.keys().cloned().collect();
         told.extend(change.next.members.keys().cloned());
         told.remove(&self.me);
         for id in told {
-            out.push((id, ViewMessage::Decided(change.clone())));
+            let held = self.view.members.contains_key(&id);
+            let message = if held { delta.clone() } else { whole.clone() };
+            out.push((id, ViewMessage::Decided(message)));
         }
+    }
+
+    /// The installed view, whole, for a node that is behind.
+    pub fn current_as_message(&self) -> ViewMessage {
+        ViewMessage::Decided(ChangeOnWire::Whole(self.current_as_change()))
     }
 
     /// A message from `from`.
@@ -438,7 +556,11 @@ impl ViewAgreement {
         out: &mut Vec<(NodeId, ViewMessage)>,
     ) {
         if let ViewMessage::Decided(change) = message {
-            self.install(change.clone());
+            // a difference to a view this node does not hold waits for the whole view,
+            // which anti-entropy brings
+            if let Some(change) = change.resolve(&self.view) {
+                self.install(change);
+            }
             return;
         }
         let epoch = message.epoch();
@@ -449,7 +571,7 @@ impl ViewAgreement {
                 message,
                 ViewMessage::Prepare { .. } | ViewMessage::Accept { .. }
             ) {
-                out.push((from.clone(), ViewMessage::Decided(self.current_as_change())));
+                out.push((from.clone(), self.current_as_message()));
             }
             return;
         }
@@ -459,10 +581,24 @@ impl ViewAgreement {
         }
         match message {
             ViewMessage::Prepare { ballot, .. } => self.on_prepare(from, ballot, out),
-            ViewMessage::Accept { ballot, change, .. } => self.on_accept(from, ballot, change, out),
+            ViewMessage::Accept { ballot, change, .. } => {
+                if let Some(change) = change.resolve(&self.view) {
+                    self.on_accept(from, ballot, &change, out);
+                }
+            }
             ViewMessage::Promise {
                 ballot, accepted, ..
-            } => self.on_promise(from, ballot, accepted, out),
+            } => {
+                // a promise whose accepted value cannot be made counts for nothing (Paxos
+                // must not miss an accepted value)
+                let accepted = match accepted {
+                    None => Some(None),
+                    Some((b, change)) => change.resolve(&self.view).map(|c| Some((b.clone(), c))),
+                };
+                if let Some(accepted) = accepted {
+                    self.on_promise(from, ballot, &accepted, out);
+                }
+            }
             ViewMessage::Accepted { ballot, .. } => self.on_accepted(from, ballot, out),
             ViewMessage::Outvoted { promised, .. } => self.on_outvoted(promised),
             ViewMessage::Decided(_) => {}
@@ -496,7 +632,9 @@ impl ViewAgreement {
                 ViewMessage::Promise {
                     epoch,
                     ballot: ballot.clone(),
-                    accepted: self.accepted.clone(),
+                    accepted: self.accepted.as_ref().map(|(b, change)| {
+                        (b.clone(), ChangeOnWire::new(&self.view, change, true))
+                    }),
                 }
             }
         };
@@ -595,7 +733,7 @@ impl ViewAgreement {
         let accept = ViewMessage::Accept {
             epoch: self.view.epoch + 1,
             ballot: ballot.clone(),
-            change,
+            change: ChangeOnWire::new(view, &change, true),
         };
         self.send_to_voters(accept, out);
     }

@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/8`);
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/9`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.

@@ -1386,7 +1386,7 @@ impl<S: StateMachine> Replica<S> {
         }
         if self.is_member() && digest.view_epoch < self.membership.view().epoch {
             // the peer missed a view change: send it the installed view
-            let current = ViewMessage::Decided(self.membership.views().current_as_change());
+            let current = self.membership.views().current_as_message();
             self.send(from.clone(), Message::View(current));
         }
     }

@@ -1,7 +1,7 @@
 //! The view agreement alone: a decision needs a majority of the view, one history of views
 //! comes out whatever the network does, and the planted short quorum is caught.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -351,4 +351,68 @@ fn a_voter_that_resumes_from_its_stored_votes_keeps_its_promises() {
     let (a, decided) = decided_after_a_restart(false);
     assert_ne!(decided, a);
     assert_eq!(decided.next.epoch, a.next.epoch);
+}
+
+#[test]
+fn a_change_travels_as_its_difference_and_only_the_view_it_was_made_from_rebuilds_it() {
+    let base = founders(6);
+    let mut change = without(&base, &[2, 5]);
+    change.next.members.insert(id(9), 1); // a joiner admitted
+    change.next.members.insert(id(3), 2); // a member back at a new incarnation
+    let wire = ChangeOnWire::new(&base, &change, true);
+    let ChangeOnWire::Delta(delta) = &wire else {
+        panic!("a change of the installed view goes as a difference");
+    };
+    let added: BTreeSet<_> = delta.added.iter().cloned().collect();
+    let removed: BTreeSet<_> = delta.removed.iter().cloned().collect();
+    assert_eq!(added, [(id(3), 2), (id(9), 1)].into_iter().collect());
+    assert_eq!(removed, [id(2), id(5)].into_iter().collect());
+    assert_eq!(wire.epoch(), 2);
+    assert_eq!(wire.resolve(&base), Some(change.clone()));
+    // another view at the same epoch (a forced one) or another epoch refuses it
+    let mut other = base.clone();
+    other.members.insert(id(7), 1);
+    assert_eq!(wire.resolve(&other), None);
+    assert_eq!(wire.resolve(&change.next), None);
+    // whole, it installs anywhere
+    let whole = ChangeOnWire::new(&base, &change, false);
+    assert_eq!(whole.resolve(&other), Some(change));
+}
+
+#[test]
+fn at_a_thousand_members_a_ballot_and_its_decision_carry_the_change_not_the_view() {
+    let size = |m: &ViewMessage| {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(m, &mut bytes).unwrap();
+        bytes.len()
+    };
+    let view = founders(1_000);
+    let mut node = ViewAgreement::new(id(1), 1, view.clone());
+    let mut out = Vec::new();
+    node.propose(Time::ZERO, PATIENCE, without(&view, &[1_000]), &mut out);
+    let mut biggest = 0;
+    let mut decided = 0;
+    // every voter promises and accepts at once: the proposer decides
+    for _ in 0..4 {
+        let sent = std::mem::take(&mut out);
+        for (to, message) in &sent {
+            biggest = biggest.max(size(message));
+            decided += usize::from(matches!(message, ViewMessage::Decided(_)));
+            if *to == id(1_000) || matches!(message, ViewMessage::Decided(_)) {
+                continue;
+            }
+            let mut voter = ViewAgreement::new(to.clone(), 1, view.clone());
+            let mut replies = Vec::new();
+            voter.on_message(&id(1), message, &mut replies);
+            for (_, reply) in replies {
+                biggest = biggest.max(size(&reply));
+                node.on_message(to, &reply, &mut out);
+            }
+        }
+    }
+    assert_eq!(node.view().epoch, 2, "decided");
+    assert_eq!(decided, 999, "every member of the view before is told");
+    let whole = size(&node.current_as_message());
+    assert!(whole > 30_000, "the whole view is {whole} bytes");
+    assert!(biggest < 300, "the largest message is {biggest} bytes");
 }
