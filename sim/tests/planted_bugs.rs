@@ -94,7 +94,7 @@ fn i4_catches_a_fold_that_forgets_an_op_on_every_node_alike() {
 #[test]
 fn i5_catches_a_seq_reused_after_a_rejoin() {
     let report = run(&format!(
-        "{SPLITS} --seed 4 --plant seq-reused-after-rejoin"
+        "{SPLITS} --seed 5 --plant seq-reused-after-rejoin"
     ));
     assert!(
         report
