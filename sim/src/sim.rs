@@ -2005,12 +2005,12 @@ impl Sim {
         if running.is_empty() || 3 * (down + 1) > running.len() + down {
             return;
         }
-        let n = match self.first_aggregators(&running) {
-            Some(aggregators) if faults.crash_aggregators => {
-                aggregators[self.rng.random_range(0..aggregators.len())]
-            }
-            _ => running[self.rng.random_range(0..running.len())],
-        };
+        let aggregators = faults
+            .crash_aggregators
+            .then(|| self.first_aggregators(&running))
+            .flatten();
+        let candidates = aggregators.as_deref().unwrap_or(&running);
+        let n = candidates[self.rng.random_range(0..candidates.len())];
         if faults.crash_guard == CrashGuard::Seats && !self.seats_survive(Some(n), None) {
             return;
         }

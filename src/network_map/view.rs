@@ -118,9 +118,10 @@ impl View {
 }
 
 impl ChangeOnWire {
-    /// `change` for a node that holds `base` (the view before it) when `delta`, else whole.
-    pub fn new(base: &View, change: &ViewChange, delta: bool) -> Self {
-        if !delta || change.next.epoch != base.epoch + 1 {
+    /// `change` for a node that holds `base`: its difference from it, or whole if `base`
+    /// is not the view before it.
+    pub fn delta(base: &View, change: &ViewChange) -> Self {
+        if change.next.epoch != base.epoch + 1 {
             return ChangeOnWire::Whole(change.clone());
         }
         let added = change
@@ -531,7 +532,7 @@ impl ViewAgreement {
     /// Sends the decided `change` (of the installed view) to the members of both views: as
     /// a difference to those of the installed one, whole to those it admits.
     fn tell_decided(&self, change: &ViewChange, out: &mut Vec<(NodeId, ViewMessage)>) {
-        let delta = ChangeOnWire::new(&self.view, change, true);
+        let delta = ChangeOnWire::delta(&self.view, change);
         let whole = ChangeOnWire::Whole(change.clone());
         let mut told: BTreeSet<NodeId> = self.view.members.keys().cloned().collect();
         told.extend(change.next.members.keys().cloned());
@@ -632,9 +633,10 @@ impl ViewAgreement {
                 ViewMessage::Promise {
                     epoch,
                     ballot: ballot.clone(),
-                    accepted: self.accepted.as_ref().map(|(b, change)| {
-                        (b.clone(), ChangeOnWire::new(&self.view, change, true))
-                    }),
+                    accepted: self
+                        .accepted
+                        .as_ref()
+                        .map(|(b, change)| (b.clone(), ChangeOnWire::delta(&self.view, change))),
                 }
             }
         };
@@ -733,7 +735,7 @@ impl ViewAgreement {
         let accept = ViewMessage::Accept {
             epoch: self.view.epoch + 1,
             ballot: ballot.clone(),
-            change: ChangeOnWire::new(view, &change, true),
+            change: ChangeOnWire::delta(view, &change),
         };
         self.send_to_voters(accept, out);
     }

@@ -359,7 +359,7 @@ fn a_change_travels_as_its_difference_and_only_the_view_it_was_made_from_rebuild
     let mut change = without(&base, &[2, 5]);
     change.next.members.insert(id(9), 1); // a joiner admitted
     change.next.members.insert(id(3), 2); // a member back at a new incarnation
-    let wire = ChangeOnWire::new(&base, &change, true);
+    let wire = ChangeOnWire::delta(&base, &change);
     let ChangeOnWire::Delta(delta) = &wire else {
         panic!("a change of the installed view goes as a difference");
     };
@@ -375,7 +375,7 @@ fn a_change_travels_as_its_difference_and_only_the_view_it_was_made_from_rebuild
     assert_eq!(wire.resolve(&other), None);
     assert_eq!(wire.resolve(&change.next), None);
     // whole, it installs anywhere
-    let whole = ChangeOnWire::new(&base, &change, false);
+    let whole = ChangeOnWire::Whole(change.clone());
     assert_eq!(whole.resolve(&other), Some(change));
 }
 
