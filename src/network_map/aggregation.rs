@@ -477,6 +477,14 @@ pub enum Received {
     IncompleteCover,
 }
 
+/// A contribution held for a view this node has not installed yet (see `ahead`).
+#[derive(Clone, Debug)]
+struct Ahead {
+    epoch: u64,
+    vector: KeyedVector,
+    contributed_at: Option<Time>,
+}
+
 /// One node's part in aggregation: as a member (its contribution and the snapshot point it
 /// accepted) and, when the layout makes it one, as an aggregator.
 #[derive(Clone, Debug)]
@@ -501,8 +509,9 @@ pub struct Aggregation {
     /// incarnation), kept across views for the members that stay.
     inputs: BTreeMap<NodeId, (u64, KeyedVector)>,
     /// As an aggregator: contributions made at an epoch this node has not installed yet,
-    /// by (id, incarnation), with their epoch: taken in when it installs that epoch.
-    ahead: BTreeMap<(NodeId, u64), (u64, KeyedVector)>,
+    /// by (id, incarnation), with their epoch and when the member itself last sent one
+    /// (not a handoff): taken in when it installs that epoch.
+    ahead: BTreeMap<(NodeId, u64), Ahead>,
     /// Snapshot points pushed for a view this node has not installed yet (the newest such
     /// epoch, its cover, and the join of what came): taken once it installs that view. A
     /// push between heartbeats carries only what rose, so a node that dropped the first
@@ -528,8 +537,9 @@ pub struct Aggregation {
     layout_since: Time,
     /// As an aggregator (with `config.liveness`): when each member of its groups last
     /// contributed (a member it never heard from is silent), and when its liveness is due
-    /// before the next heartbeat (a quarter heartbeat after a new view, once the members'
-    /// whole contributions are in).
+    /// before the next heartbeat. After a new view no liveness goes out for a quarter
+    /// heartbeat, until the members' whole contributions are in: an aggregator new to a
+    /// group has heard none of them yet, and would call the whole group silent.
     contributed_at: BTreeMap<NodeId, Time>,
     liveness_at: Option<Time>,
     /// As an aggregator: when it last sent its liveness and pushed `Heard` (once a
@@ -693,11 +703,19 @@ impl Aggregation {
             });
         }
         let ahead = std::mem::take(&mut self.ahead);
-        for ((id, incarnation), (epoch, vector)) in ahead {
-            if epoch > view.epoch {
-                self.ahead.insert((id, incarnation), (epoch, vector));
+        for ((id, incarnation), held) in ahead {
+            if held.epoch > view.epoch {
+                self.ahead.insert((id, incarnation), held);
             } else {
-                let entries: Vec<(u64, u64)> = vector.iter().collect();
+                let entries: Vec<(u64, u64)> = held.vector.iter().collect();
+                if let Some(at) = held.contributed_at {
+                    if self.layout.incarnation_of(&id) == Some(incarnation)
+                        && self.layout.aggregators_for(&id).contains(&self.me)
+                    {
+                        let last = self.contributed_at.entry(id.clone()).or_insert(at);
+                        *last = (*last).max(at);
+                    }
+                }
                 self.merge_input(&id, incarnation, &entries, now);
             }
         }
@@ -758,10 +776,8 @@ impl Aggregation {
         } else {
             None
         };
-        let liveness = (self.config.liveness && self.is_aggregator()).then(|| {
-            self.last_liveness
-                .map_or(Time::ZERO, |at| at + self.config.heartbeat)
-        });
+        let liveness =
+            (self.config.liveness && self.is_aggregator()).then(|| self.liveness_heartbeat());
         [
             self.contribute_at,
             heartbeat,
@@ -798,9 +814,7 @@ impl Aggregation {
                 self.aggregate(now, push_due);
             }
             if self.config.liveness {
-                let heartbeat = self
-                    .last_liveness
-                    .is_none_or(|at| now >= at + self.config.heartbeat);
+                let heartbeat = now >= self.liveness_heartbeat();
                 if heartbeat || self.liveness_at.is_some_and(|at| at <= now) {
                     self.send_liveness(now);
                 }
@@ -812,6 +826,15 @@ impl Aggregation {
                 }
             }
         }
+    }
+
+    /// As an aggregator: when its next liveness heartbeat is due — a heartbeat after the
+    /// last, and never within a quarter heartbeat of a new layout (see `contributed_at`).
+    fn liveness_heartbeat(&self) -> Time {
+        let next = self
+            .last_liveness
+            .map_or(Time::ZERO, |at| at + self.config.heartbeat);
+        next.max(self.layout_since + self.config.heartbeat / 4)
     }
 
     /// As an aggregator: makes the liveness of its groups and sends it to every other
@@ -998,7 +1021,8 @@ impl Aggregation {
                 for (id, incarnation, input) in inputs {
                     let entries: Vec<(u64, u64)> = input.iter().collect();
                     if *epoch > self.layout.epoch {
-                        self.hold_ahead(id, *incarnation, *epoch, &entries);
+                        // handed over: the member's data, but no sign that it is alive
+                        self.hold_ahead(id, *incarnation, *epoch, &entries, None);
                     } else {
                         self.merge_input(id, *incarnation, &entries, now);
                     }
@@ -1125,7 +1149,8 @@ impl Aggregation {
         if *epoch > self.layout.epoch {
             // made under a view this node has not installed: it may drop a cover that
             // this node's view still needs
-            self.hold_ahead(from, incarnation, *epoch, entries);
+            let contributed = self.config.liveness.then_some(now);
+            self.hold_ahead(from, incarnation, *epoch, entries, contributed);
             return Received::Taken;
         }
         let Some(group) = self.layout.group_of(from) else {
@@ -1151,15 +1176,28 @@ impl Aggregation {
     }
 
     /// Keeps entries of member `id` made at `epoch`, a view this node has not installed,
-    /// until it does (the newest epoch of what is kept decides when).
-    fn hold_ahead(&mut self, id: &NodeId, incarnation: u64, epoch: u64, entries: &[(u64, u64)]) {
+    /// until it does (the newest epoch of what is kept decides when), and when the member
+    /// itself sent them (`contributed`; `None` for a handoff).
+    fn hold_ahead(
+        &mut self,
+        id: &NodeId,
+        incarnation: u64,
+        epoch: u64,
+        entries: &[(u64, u64)],
+        contributed: Option<Time>,
+    ) {
         let held = self
             .ahead
             .entry((id.clone(), incarnation))
-            .or_insert_with(|| (epoch, KeyedVector::default()));
-        held.0 = held.0.max(epoch);
+            .or_insert_with(|| Ahead {
+                epoch,
+                vector: KeyedVector::default(),
+                contributed_at: None,
+            });
+        held.epoch = held.epoch.max(epoch);
+        held.contributed_at = held.contributed_at.max(contributed);
         for (origin, seq) in entries {
-            held.1.raise(*origin, *seq);
+            held.vector.raise(*origin, *seq);
         }
     }
 

@@ -490,6 +490,52 @@ fn with_both_aggregators_of_a_group_down_no_member_is_covered_and_all_fall_back_
 }
 
 #[test]
+fn views_in_quick_succession_leave_every_member_heard_by_every_other() {
+    // Each view regroups the members, and an aggregator new to a group has heard none of
+    // them yet. Seven views 400 ms apart, each installed over 60 ms: every member must
+    // still be heard of by every other within a heartbeat and a half, or the failure
+    // detector would soon find most members silent and call itself cut off.
+    let n = 60u64;
+    let mut net = Net::with_config(n, 5, 0.0, with_liveness());
+    net.run(Time::ZERO + Duration::from_secs(2));
+    let all = ids(n);
+    let mut last_heard = vec![BTreeMap::<NodeId, Time>::new(); n as usize];
+    for node in &mut net.nodes {
+        node.take_heard();
+    }
+    let start = net.now;
+    let window = Duration::from_millis(1_500);
+    let step = Duration::from_millis(10);
+    for epoch in 2..=8u64 {
+        for k in 0..40 {
+            for i in (0..n as usize).filter(|i| i % 7 == k) {
+                net.nodes[i].on_view(&view(epoch, &all), net.now);
+                net.after(i);
+            }
+            let until = net.now + step;
+            net.run(until);
+            for (i, node) in net.nodes.iter_mut().enumerate() {
+                for id in node.take_heard() {
+                    last_heard[i].insert(id, net.now);
+                }
+            }
+            if net.now < start + window {
+                continue;
+            }
+            for (i, heard) in last_heard.iter().enumerate() {
+                let fresh = heard.values().filter(|at| net.now < **at + window).count();
+                assert_eq!(
+                    fresh,
+                    n as usize - 1,
+                    "at epoch {epoch}, {:?}: node {i} heard of {fresh} members within {window:?}",
+                    net.now
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn status_messages_per_heartbeat_stay_within_eight_per_member() {
     // idle network: only heartbeats; count every message of one heartbeat interval, with
     // the liveness too
