@@ -533,6 +533,8 @@ pub struct Aggregation {
     skips_a_member: bool,
     /// The groups this node aggregates in the layout, in order.
     my_groups: Vec<usize>,
+    /// Whether the layout places this node in a group (it is in the view).
+    in_layout: bool,
     /// When the layout was installed here (or the aggregation started).
     layout_since: Time,
     /// As an aggregator (with `config.liveness`): when each member of its groups last
@@ -589,6 +591,7 @@ impl Aggregation {
             incomplete_covers: 0,
             skips_a_member: false,
             my_groups: Vec::new(),
+            in_layout: false,
             layout_since: Time::ZERO,
             contributed_at: BTreeMap::new(),
             liveness_at: None,
@@ -605,6 +608,7 @@ impl Aggregation {
 
     fn with_my_groups(mut self) -> Self {
         self.my_groups = self.layout.aggregated_by(&self.me);
+        self.in_layout = self.layout.group_of(&self.me).is_some();
         self
     }
 
@@ -648,7 +652,7 @@ impl Aggregation {
     /// (both its aggregators down or cut off): the aggregation falls back on the flood.
     pub fn covered(&self, now: Time) -> bool {
         self.config.liveness
-            && self.layout.group_of(&self.me).is_some()
+            && self.in_layout
             && self.newest_heard_complete
             && self
                 .last_complete_heard
@@ -670,6 +674,7 @@ impl Aggregation {
         let previous = self.layout.epoch;
         self.layout = Layout::new(view, &self.config);
         self.my_groups = self.layout.aggregated_by(&self.me);
+        self.in_layout = self.layout.group_of(&self.me).is_some();
         self.layout_since = now;
         self.inputs
             .retain(|id, (incarnation, _)| view.members.get(id) == Some(incarnation));
