@@ -22,6 +22,11 @@
 //! the epoch, it pushes their minimum — a snapshot point — with the sum of their covers to
 //! the members of its groups (and to the joiners that contribute to it). A member keeps the
 //! pointwise maximum of the snapshot points it receives whose cover equals its view's.
+//! At a new view every aggregator hands what it held of each member to that member's new
+//! aggregators (`Handoff`), and so does each group's *witness* ([`Layout::witness`]) with
+//! the aggregators' own whole contributions, which it alone keeps besides them: a member
+//! that crashed sends nothing more, and the new groups need its last contribution until a
+//! view evicts it.
 //!
 //! **Liveness** (with `liveness`). An aggregator notes when each member of its groups last
 //! contributed; once a heartbeat it sends every other aggregator its groups' `Liveness`
@@ -350,6 +355,16 @@ impl Layout {
         &self.aggregators[group]
     }
 
+    /// The group's witness: its first member that does not aggregate it, if any. It keeps
+    /// the aggregators' own whole contributions and hands them over at the next view, so
+    /// that each is held by a node other than the group's aggregators.
+    pub fn witness(&self, group: usize) -> Option<&NodeId> {
+        let aggregators = &self.aggregators[group];
+        self.groups[group]
+            .iter()
+            .find(|id| !aggregators.contains(id))
+    }
+
     /// The aggregators a node sends its contribution to: its group's, or for a node outside
     /// the view (a joiner), those of the group its id hashes to.
     pub fn aggregators_for(&self, id: &NodeId) -> &[NodeId] {
@@ -411,10 +426,13 @@ pub enum AggregateMessage {
         #[serde(rename = "c")]
         cover: Cover,
     },
-    /// At a new view, from an aggregator of the view before (`epoch`) to the new
-    /// aggregators of the members it held: (member, incarnation, its input). A member that
-    /// crashed before the view changed sends nothing more; without its input the new
-    /// groups could not be complete until a view evicts it.
+    /// At a new view (`epoch`), from an aggregator of the view before to the new
+    /// aggregators of the members it held, and from a group's witness to those of the
+    /// aggregators whose contributions it kept: (member, incarnation, its input). A member
+    /// that crashed before the view changed sends nothing more; without its input the new
+    /// groups could not be complete until a view evicts it. A receiver that has not
+    /// installed `epoch` yet holds the inputs until it does: under its older layout it
+    /// would not aggregate most of those members, and would drop them.
     #[serde(rename = "h")]
     Handoff {
         #[serde(rename = "e")]
@@ -508,6 +526,12 @@ pub struct Aggregation {
     /// As an aggregator: every view member's contribution received (by id, with its
     /// incarnation), kept across views for the members that stay.
     inputs: BTreeMap<NodeId, (u64, KeyedVector)>,
+    /// As the witness of its group: the aggregators' own whole contributions (by id, with
+    /// their incarnation), handed over at the next view like inputs. Without a third
+    /// holder, an aggregator that crashed after the other aggregator of its group took its
+    /// own contribution with it, and the new groups stayed incomplete until a view evicted
+    /// it too.
+    witnessed: BTreeMap<NodeId, (u64, KeyedVector)>,
     /// As an aggregator: contributions made at an epoch this node has not installed yet,
     /// by (id, incarnation), with their epoch and when the member itself last sent one
     /// (not a handoff): taken in when it installs that epoch.
@@ -579,6 +603,7 @@ impl Aggregation {
             snapshot_point: KeyedVector::default(),
             generation: 0,
             inputs: BTreeMap::new(),
+            witnessed: BTreeMap::new(),
             ahead: BTreeMap::new(),
             ahead_snapshot_point: None,
             minimums: BTreeMap::new(),
@@ -671,7 +696,6 @@ impl Aggregation {
         if view.epoch == self.layout.epoch {
             return;
         }
-        let previous = self.layout.epoch;
         self.layout = Layout::new(view, &self.config);
         self.my_groups = self.layout.aggregated_by(&self.me);
         self.in_layout = self.layout.group_of(&self.me).is_some();
@@ -698,11 +722,29 @@ impl Aggregation {
                 }
             }
         }
+        // and what it witnessed, for the aggregators the view keeps
+        let witnessed = std::mem::take(&mut self.witnessed);
+        for (id, (incarnation, input)) in witnessed {
+            if view.members.get(&id) != Some(&incarnation) {
+                continue;
+            }
+            for to in self.layout.aggregators_for(&id).to_vec() {
+                if to == self.me {
+                    let entries: Vec<(u64, u64)> = input.iter().collect();
+                    self.merge_input(&id, incarnation, &entries, now);
+                } else {
+                    handoffs
+                        .entry(to)
+                        .or_default()
+                        .push((id.clone(), incarnation, input.clone()));
+                }
+            }
+        }
         for (to, inputs) in handoffs {
             self.outgoing.push(Outgoing {
                 to,
                 message: Arc::new(AggregateMessage::Handoff {
-                    epoch: previous,
+                    epoch: view.epoch,
                     inputs,
                 }),
             });
@@ -998,10 +1040,19 @@ impl Aggregation {
             entries,
         });
         // a change goes to the group's first aggregator only; the whole vector, every
-        // heartbeat, to all of them
+        // heartbeat, to all of them, and an aggregator's own also to its group's witness
         let aggregators = self.layout.aggregators_for(&self.me);
         let take = if whole { aggregators.len() } else { 1 };
-        let targets: Vec<NodeId> = aggregators.iter().take(take).cloned().collect();
+        let mut targets: Vec<NodeId> = aggregators.iter().take(take).cloned().collect();
+        if whole && aggregators.contains(&self.me) {
+            if let Some(witness) = self
+                .layout
+                .group_of(&self.me)
+                .and_then(|g| self.layout.witness(g))
+            {
+                targets.push(witness.clone());
+            }
+        }
         for to in targets {
             if to == self.me {
                 // an aggregator's own contribution goes straight in
@@ -1166,6 +1217,20 @@ impl Aggregation {
             }
             return Received::Ignored;
         };
+        if self.layout.witness(group) == Some(&self.me)
+            && self.layout.aggregators(group).contains(from)
+            && self.layout.incarnation_of(from) == Some(incarnation)
+        {
+            // an aggregator's own contribution, kept for the next view's aggregators
+            let (_, held) = self
+                .witnessed
+                .entry(from.clone())
+                .or_insert_with(|| (incarnation, KeyedVector::default()));
+            for (origin, seq) in entries {
+                held.raise(*origin, *seq);
+            }
+            return Received::Taken;
+        }
         // only the membership the view holds counts: a newer incarnation of the same node
         // is another membership, whose vector bounds nothing of the one the view holds
         if !self.layout.aggregators(group).contains(&self.me)

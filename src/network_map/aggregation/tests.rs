@@ -667,12 +667,36 @@ fn a_keyed_vector_names_its_origins_again_from_a_known_vector_and_never_rises() 
 
 #[test]
 fn at_a_new_view_aggregators_hand_a_crashed_member_s_input_to_its_new_aggregators() {
+    hand_over_a_crashed_member_s_input(Duration::ZERO);
+}
+
+#[test]
+fn a_handoff_that_reaches_a_new_aggregator_before_its_view_is_kept_until_it_installs_it() {
+    // the crashed member's new aggregators install the view 50 ms after everyone else:
+    // the handoffs reach them first, under a layout in which they aggregate other members
+    hand_over_a_crashed_member_s_input(Duration::from_millis(50));
+}
+
+/// A member that aggregates nothing crashes, and a new view regroups everyone; the
+/// crashed member's new aggregators install it `late` after the others.
+fn hand_over_a_crashed_member_s_input(late: Duration) {
     let n = 30;
     let mut net = Net::new(n, 11, 0.0);
     let origin = NodeId::synthetic(1_000);
     let layout = net.nodes[0].layout().clone();
+    let all = ids(n);
+    let next = view(2, &all);
+    let next_layout = Layout::new(&next, &config());
+    // a member that aggregates nothing, none of whose new aggregators held its input
     let crashed = (0..n as usize)
-        .find(|i| !layout.all_aggregators().contains(&net.nodes[*i].me))
+        .find(|i| {
+            let id = &net.nodes[*i].me;
+            !layout.all_aggregators().contains(id)
+                && next_layout
+                    .aggregators_for(id)
+                    .iter()
+                    .all(|a| !layout.aggregators_for(id).contains(a))
+        })
         .expect("a member that aggregates nothing");
     // it applies 8 ops, the others 5; the snapshot point is 5 everywhere
     for i in 0..n as usize {
@@ -692,11 +716,16 @@ fn at_a_new_view_aggregators_hand_a_crashed_member_s_input_to_its_new_aggregator
             net.apply(i, &origin);
         }
     }
-    let all = ids(n);
-    let now = net.now;
-    for i in (0..n as usize).filter(|i| *i != crashed) {
-        net.nodes[i].on_view(&view(2, &all), now);
-        net.after(i);
+    let new_aggregators = next_layout.aggregators_for(&net.nodes[crashed].me).to_vec();
+    let (early, late_ones): (Vec<usize>, Vec<usize>) = (0..n as usize)
+        .filter(|i| *i != crashed)
+        .partition(|i| late.is_zero() || !new_aggregators.contains(&net.nodes[*i].me));
+    for (group, at) in [(early, net.now), (late_ones, net.now + late)] {
+        net.run(at);
+        for i in group {
+            net.nodes[i].on_view(&next, at);
+            net.after(i);
+        }
     }
     net.run(Time::ZERO + Duration::from_secs(3));
     // the crashed member's 8, handed over, completes the new groups
@@ -704,6 +733,66 @@ fn at_a_new_view_aggregators_hand_a_crashed_member_s_input_to_its_new_aggregator
         assert_eq!(
             net.nodes[i].snapshot_point().get(origin.key()),
             8,
+            "node {i}"
+        );
+    }
+}
+
+#[test]
+fn both_aggregators_of_a_group_crashing_leave_their_own_contributions_with_the_witness() {
+    // The second aggregator of a group to crash held its own contribution alone (the
+    // first was down): without a third holder, the view that evicts only the first could
+    // never complete the group that the second still belongs to.
+    let n = 30;
+    let mut net = Net::new(n, 12, 0.0);
+    let origin = NodeId::synthetic(1_000);
+    let layout = net.nodes[0].layout().clone();
+    let group = (0..layout.groups())
+        .find(|g| {
+            layout
+                .aggregators(*g)
+                .iter()
+                .all(|a| layout.group_of(a) == Some(*g))
+        })
+        .expect("a group aggregated by its own members");
+    let aggregators: Vec<usize> = layout
+        .aggregators(group)
+        .iter()
+        .map(|id| net.index[id])
+        .collect();
+    let witness = layout.witness(group).expect("a witness").clone();
+    assert!(!layout.aggregators(group).contains(&witness));
+    for i in 0..n as usize {
+        for _ in 0..5 {
+            net.apply(i, &origin);
+        }
+    }
+    net.run(Time::ZERO + Duration::from_millis(2_500));
+    // both crash, one after the other; the others go on to 10
+    for a in &aggregators {
+        net.down[*a] = true;
+    }
+    let live: Vec<usize> = (0..n as usize).filter(|i| !net.down[*i]).collect();
+    for &i in &live {
+        for _ in 0..5 {
+            net.apply(i, &origin);
+        }
+    }
+    // a view evicts the first only (the second's eviction is still to come)
+    let first = net.nodes[aggregators[0]].me.clone();
+    let rest: Vec<NodeId> = ids(n).into_iter().filter(|id| *id != first).collect();
+    let now = net.now;
+    for &i in &live {
+        net.nodes[i].on_view(&view(2, &rest), now);
+        net.after(i);
+    }
+    net.run(now + Duration::from_secs(3));
+    // the second's last whole contribution, 5, handed over by the witness, completes the
+    // new groups: the snapshot point of the new view is 5 everywhere
+    for &i in &live {
+        assert_eq!(
+            net.nodes[i].snapshot_point().get(origin.key()),
+            5,
             "node {i}"
         );
     }
