@@ -545,8 +545,9 @@ pub struct Aggregation {
     minimums: BTreeMap<usize, (KeyedVector, Cover)>,
     /// As an aggregator: joiners outside the view that contribute, and when they last did.
     subscribers: BTreeMap<NodeId, Time>,
-    /// As an aggregator: the groups whose minimum changed, and the snapshot point last
-    /// pushed, and when the next send of either is due.
+    /// As an aggregator: the groups whose minimum changed, the snapshot point last
+    /// pushed, when the last heartbeat (whole minimums and a whole push) was, and when the
+    /// next send of changes is due.
     changed_groups: BTreeSet<usize>,
     pushed: Option<KeyedVector>,
     last_push: Option<Time>,
@@ -1426,8 +1427,11 @@ impl Aggregation {
             }
             _ => sp.clone(),
         };
+        // only the heartbeat sets when the next heartbeat push is due (see `on_timeout`):
+        // pushes of changes in between must not put it off, or a second aggregator, whose
+        // change pushes go to no one while its group's first aggregator is down, would
+        // never push while whole contributions keep rising
         self.pushed = Some(sp.clone());
-        self.last_push = Some(now);
         self.accept(&sp);
         let message = Arc::new(AggregateMessage::SnapshotPoint {
             epoch: self.layout.epoch,

@@ -102,6 +102,8 @@ struct Net {
     messages: u64,
     /// Check the snapshot points after every step (off where only traffic is counted).
     check: bool,
+    /// No timer of node i runs before `start[i]` (nodes that started one after another).
+    start: Vec<Time>,
 }
 
 impl Net {
@@ -133,6 +135,7 @@ impl Net {
             history: vec![Vec::new(); n as usize],
             messages: 0,
             check: true,
+            start: vec![Time::ZERO; n as usize],
         }
     }
 
@@ -157,7 +160,11 @@ impl Net {
         loop {
             let next_timer = (0..self.nodes.len())
                 .filter(|i| !self.down[*i])
-                .filter_map(|i| self.nodes[i].next_deadline().map(|t| (t.max(self.now), i)))
+                .filter_map(|i| {
+                    self.nodes[i]
+                        .next_deadline()
+                        .map(|t| (t.max(self.now).max(self.start[i]), i))
+                })
                 .min();
             let next_message = self.queue.front().map(|m| m.0);
             let at = match (next_timer, next_message) {
@@ -795,5 +802,42 @@ fn both_aggregators_of_a_group_crashing_leave_their_own_contributions_with_the_w
             5,
             "node {i}"
         );
+    }
+}
+
+#[test]
+fn with_a_group_s_first_aggregator_down_the_second_pushes_once_a_heartbeat() {
+    // Changes go through the first aggregator, which crashed (its last contribution is
+    // far ahead of the others); the second takes the members' whole contributions, which
+    // keep rising as the members apply ops, and must still push to the group once a
+    // heartbeat.
+    let n = 12;
+    let mut net = Net::new(n, 21, 0.0);
+    // the members started one after another, so their whole contributions arrive spread
+    // over the heartbeat
+    for i in 0..n as usize {
+        net.start[i] = Time::ZERO + Duration::from_millis(83 * i as u64);
+    }
+    let origin = NodeId::synthetic(1_000);
+    let layout = net.nodes[0].layout().clone();
+    let first = net.index[&layout.aggregators(0)[0]];
+    for _ in 0..100 {
+        net.apply(first, &origin);
+    }
+    net.run(Time::ZERO + Duration::from_secs(2));
+    net.down[first] = true;
+    let live: Vec<usize> = (0..n as usize).filter(|i| *i != first).collect();
+    // every live member applies an op every 100 ms for 4 s
+    for _ in 0..40 {
+        for &i in &live {
+            net.apply(i, &origin);
+        }
+        let until = net.now + Duration::from_millis(100);
+        net.run(until);
+    }
+    // what every live member had applied 2.5 s ago is in every snapshot point
+    for &i in &live {
+        let sp = net.nodes[i].snapshot_point().get(origin.key());
+        assert!(sp >= 15, "node {i}'s snapshot point is {sp}");
     }
 }
