@@ -12,9 +12,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tidemark::gossip::{encoded_len, published_len, report_len, Message};
 use tidemark::join_protocol::awaited::HeldGrant;
-use tidemark::network_map::{MemberRecord, MinTracker, Sponsorship};
+use tidemark::network_map::{MinTracker, Sponsorship};
 use tidemark::ops_log::{LwwMap, LwwOp};
-use tidemark::replica::{Action, Checkpoint, Replica, ReplicaConfig};
+use tidemark::replica::{Action, Checkpoint, Founders, Replica, ReplicaConfig};
 use tidemark::{NodeId, Time, VersionVector};
 
 use crate::config::{CrashGuard, SimConfig};
@@ -428,12 +428,9 @@ impl Sim {
         for _ in 0..sim.config.nodes {
             sim.new_slot_id(None);
         }
-        let founders: Vec<_> = sim.ids[..sim.config.nodes]
-            .iter()
-            .map(|id| Arc::new(MemberRecord::founder(id.clone())))
-            .collect();
+        let founders = Founders::new(sim.ids[..sim.config.nodes].iter().cloned());
         for i in 0..sim.config.nodes {
-            let replica = Replica::genesis_with_records(
+            let replica = Replica::genesis_among(
                 sim.ids[i].clone(),
                 &founders,
                 sim.replica_config(),

@@ -132,7 +132,7 @@ fn every_message_round_trips() {
             crate::network_map::view::ChangeOnWire::Whole(crate::network_map::view::ViewChange {
                 next: crate::network_map::view::View {
                     epoch: 4,
-                    members: [(id(1), 1), (id(2), 3)].into(),
+                    members: [(id(1), 1u64), (id(2), 3)].into_iter().collect(),
                 },
                 evicted: Vec::new(),
             }),

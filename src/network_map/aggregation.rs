@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::view::View;
+use super::view::{Memberships, View};
 use crate::node_id::NodeId;
 use crate::time::Time;
 use crate::version_vector::VersionVector;
@@ -252,14 +252,19 @@ fn spread(id: &NodeId, n: u64, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The group `id` falls in at `epoch`, of `count`.
+fn group_by_hash(id: &NodeId, epoch: u64, count: usize) -> usize {
+    (spread(id, epoch, SALT_GROUP) % count as u64) as usize
+}
+
 /// The groups and aggregators of one view (see module doc).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     epoch: u64,
     /// Members of each group, in id order.
     groups: Vec<Vec<NodeId>>,
-    /// Each member's group and incarnation.
-    group_of: BTreeMap<NodeId, (usize, u64)>,
+    /// The view's memberships (shared with the view: a member's group is its hash's).
+    members: Memberships,
     /// Aggregators of each group.
     aggregators: Vec<Vec<NodeId>>,
     /// Each group's cover, and the view's.
@@ -275,21 +280,26 @@ impl Layout {
         let target = ((2.0 * (n as f64).sqrt()).ceil() as usize).max(config.min_group_size.max(1));
         let count = n.div_ceil(target).max(1);
         let mut groups = vec![Vec::new(); count];
-        let mut group_of = BTreeMap::new();
         let mut group_covers = vec![Cover::default(); count];
         let mut cover = Cover::default();
-        let mut ranked: Vec<(u64, &NodeId)> = Vec::with_capacity(n);
         for (id, incarnation) in &view.members {
-            let g = (spread(id, view.epoch, SALT_GROUP) % count as u64) as usize;
+            let g = group_by_hash(id, view.epoch, count);
             groups[g].push(id.clone());
-            group_of.insert(id.clone(), (g, *incarnation));
             let c = Cover::of(id, *incarnation);
             group_covers[g] = group_covers[g] + c;
             cover = cover + c;
-            ranked.push((spread(id, view.epoch, SALT_AGGREGATOR), id));
         }
-        ranked.sort();
         let r = config.aggregators_per_group.max(1);
+        // a group of fewer than r members borrows aggregators from the whole view, by rank
+        let mut ranked: Vec<(u64, &NodeId)> = Vec::new();
+        if groups.iter().any(|members| members.len() < r.min(n)) {
+            ranked = view
+                .members
+                .keys()
+                .map(|id| (spread(id, view.epoch, SALT_AGGREGATOR), id))
+                .collect();
+            ranked.sort();
+        }
         let aggregators = groups
             .iter()
             .map(|members| {
@@ -313,10 +323,14 @@ impl Layout {
             })
             .collect::<Vec<Vec<NodeId>>>();
         let all_aggregators: BTreeSet<NodeId> = aggregators.iter().flatten().cloned().collect();
+        // every node keeps a layout: no spare capacity
+        for members in &mut groups {
+            members.shrink_to_fit();
+        }
         Layout {
             epoch: view.epoch,
             groups,
-            group_of,
+            members: view.members.clone(),
             aggregators,
             group_covers,
             cover,
@@ -334,12 +348,14 @@ impl Layout {
     }
 
     pub fn group_of(&self, id: &NodeId) -> Option<usize> {
-        self.group_of.get(id).map(|(g, _)| *g)
+        self.members
+            .contains_key(id)
+            .then(|| group_by_hash(id, self.epoch, self.groups.len()))
     }
 
     /// The incarnation at which the view holds `id`.
     pub fn incarnation_of(&self, id: &NodeId) -> Option<u64> {
-        self.group_of.get(id).map(|(_, i)| *i)
+        self.members.get(id).copied()
     }
 
     pub fn members(&self, group: usize) -> &[NodeId] {
@@ -368,10 +384,7 @@ impl Layout {
     /// The aggregators a node sends its contribution to: its group's, or for a node outside
     /// the view (a joiner), those of the group its id hashes to.
     pub fn aggregators_for(&self, id: &NodeId) -> &[NodeId] {
-        let g = self.group_of(id).unwrap_or_else(|| {
-            (spread(id, self.epoch, SALT_GROUP) % self.groups.len() as u64) as usize
-        });
-        &self.aggregators[g]
+        &self.aggregators[group_by_hash(id, self.epoch, self.groups.len())]
     }
 
     /// The groups `id` aggregates, in order.

@@ -322,7 +322,15 @@ impl NetworkMap {
         map.admission_check = true;
         map.evictions.clear();
         map.changes.clear();
+        map.compact();
         map
+    }
+
+    /// Packs the member table after a bulk load. Records merged one by one in id order
+    /// leave its B-tree's nodes about half full; rebuilt from the sorted entries they are
+    /// full, which at a thousand members and more is most of a node's memory.
+    pub fn compact(&mut self) {
+        self.members = std::mem::take(&mut self.members).into_iter().collect();
     }
 
     /// The snapshot point the admission check compares a new membership's record with,

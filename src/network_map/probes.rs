@@ -148,12 +148,25 @@ pub fn ring_successors(me: &NodeId, members: &[&NodeId], rings: usize) -> Vec<No
         return all;
     }
     let mut chosen = std::collections::BTreeSet::new();
+    if !members.contains(&me) {
+        return Vec::new();
+    }
     for ring in 0..rings as u64 {
-        let mut order: Vec<([u8; 32], &NodeId)> =
-            members.iter().map(|id| (ring_key(ring, id), *id)).collect();
-        order.sort();
-        if let Some(at) = order.iter().position(|(_, id)| *id == me) {
-            let next = order[(at + 1) % order.len()].1;
+        // my successor on the ring: the least key above mine, or the least key of all when
+        // mine is the greatest (one pass, no sort: this runs at every node)
+        let mine = (ring_key(ring, me), me);
+        let mut least: Option<([u8; 32], &NodeId)> = None;
+        let mut above: Option<([u8; 32], &NodeId)> = None;
+        for id in members {
+            let key = (ring_key(ring, id), *id);
+            if least.is_none_or(|l| key < l) {
+                least = Some(key);
+            }
+            if key > mine && above.is_none_or(|a| key < a) {
+                above = Some(key);
+            }
+        }
+        if let Some((_, next)) = above.or(least) {
             if next != me {
                 chosen.insert(next.clone());
             }

@@ -30,11 +30,17 @@ use serde::{Deserialize, Serialize};
 use crate::node_id::NodeId;
 use crate::time::Time;
 
+/// The memberships of a view: node id → incarnation. A persistent map: cloning it is
+/// O(1), and the views made from one another by a few changes share the rest, so the
+/// nodes (and a simulator's thousands of replicas) holding one history of views hold most
+/// of it once.
+pub type Memberships = imbl::OrdMap<NodeId, u64>;
+
 /// A membership view: the memberships (id → incarnation) that vote on the next one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct View {
     pub epoch: u64,
-    pub members: BTreeMap<NodeId, u64>,
+    pub members: Memberships,
 }
 
 impl View {
@@ -42,7 +48,7 @@ impl View {
     pub fn founding(founders: impl IntoIterator<Item = NodeId>) -> Self {
         Self {
             epoch: 1,
-            members: founders.into_iter().map(|id| (id, 1)).collect(),
+            members: founders.into_iter().map(|id| (id, 1u64)).collect(),
         }
     }
 
@@ -514,7 +520,7 @@ impl ViewAgreement {
     /// Safe only if the members left out are gone for good (see `Replica::force_new_view`).
     pub fn force(
         &mut self,
-        members: BTreeMap<NodeId, u64>,
+        members: Memberships,
         evicted: Vec<Eviction>,
         out: &mut Vec<(NodeId, ViewMessage)>,
     ) {

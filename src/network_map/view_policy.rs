@@ -4,10 +4,9 @@
 //!
 //! Pure functions and a small timer; iteration in id order only.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::view::{Eviction, View, ViewChange};
+use super::view::{Eviction, Memberships, View, ViewChange};
 use super::{MemberState, NetworkMap};
 use crate::node_id::NodeId;
 use crate::time::Time;
@@ -40,28 +39,29 @@ pub struct Observations<'a> {
 ///   strict majority of the next view: it waits until the silent ones are overdue too.
 pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
     let me = &seen.map.own().record.id;
-    let mut next: BTreeMap<NodeId, u64> = BTreeMap::new();
+    // the next view starts as this one (a persistent map: the clone shares it) and only
+    // the memberships that change are written
+    let mut next: Memberships = view.members.clone();
     let mut evicted: Vec<Eviction> = Vec::new();
     for (id, incarnation) in &view.members {
         if id == me {
-            if !seen.leaving {
-                next.insert(id.clone(), *incarnation);
+            if seen.leaving {
+                next.remove(id);
             }
             continue;
         }
         let Some(entry) = seen.map.get(id) else {
-            next.insert(id.clone(), *incarnation);
             continue;
         };
         let record = &entry.record;
         if record.incarnation < *incarnation {
             // this map is behind: keep what the view says
-            next.insert(id.clone(), *incarnation);
         } else if record.incarnation > *incarnation {
             if record.state.counts() && seen.overdue.contains(id) {
                 // its new membership went silent too (registered, then crashed before it
                 // reported, say): both go, or the seat would wait for it forever
                 let known = seen.map.known_registrations(id, record.incarnation);
+                next.remove(id);
                 evicted.push(Eviction {
                     id: id.clone(),
                     incarnation: record.incarnation,
@@ -69,28 +69,32 @@ pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
                 });
             } else if record.state.counts() && record.report_seq >= 1 {
                 next.insert(id.clone(), record.incarnation);
-            } else if record.state.counts() {
-                // registered, not reported yet: the old incarnation stays until then
-                next.insert(id.clone(), *incarnation);
+            } else if !record.state.counts() {
+                next.remove(id);
             }
+            // else registered, not reported yet: the old incarnation stays until then
         } else {
             match record.state {
-                MemberState::Left => {}
-                MemberState::Evicted => evicted.push(Eviction {
-                    id: id.clone(),
-                    incarnation: *incarnation,
-                    registrations: record.registrations,
-                }),
+                MemberState::Left => {
+                    next.remove(id);
+                }
+                MemberState::Evicted => {
+                    next.remove(id);
+                    evicted.push(Eviction {
+                        id: id.clone(),
+                        incarnation: *incarnation,
+                        registrations: record.registrations,
+                    });
+                }
                 MemberState::Alive | MemberState::Suspect => {
                     if seen.overdue.contains(id) {
                         let known = seen.map.known_registrations(id, *incarnation);
+                        next.remove(id);
                         evicted.push(Eviction {
                             id: id.clone(),
                             incarnation: *incarnation,
                             registrations: record.registrations.max(known),
                         });
-                    } else {
-                        next.insert(id.clone(), *incarnation);
                     }
                 }
             }

@@ -15,11 +15,11 @@
 //!
 //! Part of the sans-IO core: time comes in as a value; iteration in key order only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::PlantedBug;
 use crate::network_map::aggregation::{Aggregation, AggregationConfig, Outgoing};
-use crate::network_map::view::View;
+use crate::network_map::view::{Memberships, View};
 use crate::network_map::NetworkMap;
 use crate::node_id::NodeId;
 use crate::time::Time;
@@ -54,7 +54,7 @@ pub(super) struct AggregatedSnapshotPoint {
     outside_view: Option<((u64, u64), Vec<NodeId>)>,
     /// The members of the view last seen, and every membership a view removed since this
     /// membership began (left or evicted: out for good).
-    last_view: BTreeMap<NodeId, u64>,
+    last_view: Memberships,
     last_view_epoch: u64,
     removed: BTreeSet<(NodeId, u64)>,
     /// `snapshot_point` joined with the stable cut (a grant's cut was a valid snapshot

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Phase, Replica, ReplicaConfig};
 use crate::join_protocol::Joiner;
 use crate::network_map::membership::Membership;
-use crate::network_map::view::{View, Votes};
+use crate::network_map::view::{Memberships, View, Votes};
 use crate::network_map::{MemberRecord, MemberState, NetworkMap};
 use crate::node_id::NodeId;
 use crate::ops_log::{Op, OpsLog, OwnOps, StateMachine};
@@ -266,7 +266,7 @@ impl<S: StateMachine> Replica<S> {
             replica.dissemination.own_record_changed();
             // its view is itself alone (what it stored could still name members it has
             // since evicted): the next epoch, so that no stored promise is contradicted
-            let members = [(replica.id.clone(), replica.incarnation)].into();
+            let members = Memberships::unit(replica.id.clone(), replica.incarnation);
             let epoch = replica.membership.view().epoch + 1;
             replica.found_view(View { epoch, members });
             replica.finish(now);

@@ -163,6 +163,27 @@ pub struct RejectedOp {
     pub reason: RejectReason,
 }
 
+/// The founding members of a network: their founding records and the founding view, built
+/// once and shared by every replica founded from them ([`Replica::genesis_among`]).
+#[derive(Clone, Debug)]
+pub struct Founders {
+    records: Vec<Arc<MemberRecord>>,
+    view: View,
+}
+
+impl Founders {
+    /// The founders `ids` (a repeated id counts once).
+    pub fn new(ids: impl IntoIterator<Item = NodeId>) -> Self {
+        let view = View::founding(ids);
+        let records = view
+            .members
+            .keys()
+            .map(|id| Arc::new(MemberRecord::founder(id.clone())))
+            .collect();
+        Self { records, view }
+    }
+}
+
 /// Why a received op was not taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectReason {
@@ -366,23 +387,29 @@ impl<S: StateMachine> Replica<S> {
         seed: u64,
         now: Time,
     ) -> Self {
-        let records: Vec<_> = members
-            .iter()
-            .map(|m| Arc::new(MemberRecord::founder(m.clone())))
-            .collect();
-        Self::genesis_with_records(id, &records, config, seed, now)
+        let founders = Founders::new(members.iter().cloned().chain([id.clone()]));
+        Self::genesis_among(id, &founders, config, seed, now)
     }
 
-    /// Like [`Replica::genesis`], sharing the founding records (`MemberRecord::founder` of
-    /// every member) between replicas, as a simulator of many nodes does.
-    pub fn genesis_with_records(
+    /// Like [`Replica::genesis`], sharing the founders' records and view between replicas,
+    /// as a simulator of many nodes does. `id` must be one of the founders.
+    pub fn genesis_among(
         id: NodeId,
-        founders: &[Arc<MemberRecord>],
+        founders: &Founders,
         config: ReplicaConfig,
         seed: u64,
         now: Time,
     ) -> Self {
-        Self::founded(id, founders, OpsLog::new(), config, seed, now)
+        let log = OpsLog::new();
+        Self::founded(
+            id,
+            &founders.records,
+            founders.view.clone(),
+            log,
+            config,
+            seed,
+            now,
+        )
     }
 
     /// The founder of a new network that starts from `state` at `cut` (a snapshot of a
@@ -398,13 +425,16 @@ impl<S: StateMachine> Replica<S> {
         now: Time,
     ) -> Self {
         let log = OpsLog::from_stable(state, cut, lamport);
-        Self::founded(id, &[], log, config, seed, now)
+        let view = View::founding([id.clone()]);
+        Self::founded(id, &[], view, log, config, seed, now)
     }
 
-    /// A founding member starting from `log`, with the other founders' records.
+    /// A founding member starting from `log`, with the other founders' records and the
+    /// founding view (which holds `id`).
     fn founded(
         id: NodeId,
         founders: &[Arc<MemberRecord>],
+        view: View,
         log: OpsLog<S>,
         config: ReplicaConfig,
         seed: u64,
@@ -417,14 +447,9 @@ impl<S: StateMachine> Replica<S> {
         for record in founders.iter().filter(|r| r.id != id) {
             map.merge(record.clone(), now);
         }
+        map.compact();
         map.take_dirty();
         let own_ops = OwnOps::new(log.applied().get(&id));
-        let view = View::founding(
-            founders
-                .iter()
-                .map(|r| r.id.clone())
-                .chain(std::iter::once(id.clone())),
-        );
         let mut replica = Self::with_parts(
             id,
             1,
@@ -878,7 +903,7 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         // the next view: this node and the members it still counts, without a quorum
-        let mut members: std::collections::BTreeMap<NodeId, u64> = self
+        let mut members: crate::network_map::view::Memberships = self
             .map
             .iter()
             .filter(|(_, e)| e.record.state.counts())

@@ -60,7 +60,10 @@ mod tests {
     fn view(epoch: u64, members: &[u64]) -> View {
         View {
             epoch,
-            members: members.iter().map(|m| (NodeId::synthetic(*m), 1)).collect(),
+            members: members
+                .iter()
+                .map(|m| (NodeId::synthetic(*m), 1u64))
+                .collect(),
         }
     }
 

@@ -12,7 +12,7 @@ fn ids(n: u64) -> Vec<NodeId> {
 fn view(epoch: u64, members: &[NodeId]) -> View {
     View {
         epoch,
-        members: members.iter().map(|id| (id.clone(), 1)).collect(),
+        members: members.iter().map(|id| (id.clone(), 1u64)).collect(),
     }
 }
 
@@ -76,7 +76,7 @@ fn the_layout_is_the_same_everywhere_and_changes_with_the_epoch() {
         members: all
             .iter()
             .enumerate()
-            .map(|(i, id)| (id.clone(), if i == 0 { 2 } else { 1 }))
+            .map(|(i, id)| (id.clone(), if i == 0 { 2u64 } else { 1 }))
             .collect(),
     };
     assert_ne!(
