@@ -695,15 +695,15 @@ impl Sim {
         if self.view.sp_min.min() != self.view.applied_min.min() {
             return false;
         }
-        if self
+        // cheapest first: this runs after every event once writes are done
+        let union = self.members_union().clone();
+        if self.view.applied_min.min() != &union {
+            return false;
+        }
+        !self
             .nodes
             .iter()
             .any(|n| !n.stopped && !n.departed && !n.member)
-        {
-            return false;
-        }
-        let union = self.members_union().clone();
-        self.view.applied_min.min() == &union
     }
 
     fn members_union(&mut self) -> &VersionVector {
@@ -1213,7 +1213,11 @@ impl Sim {
                 node.ever_applied.raise(&op.origin, op.seq);
                 if member {
                     self.view.applied_min.change(&op.origin, old, op.seq);
-                    self.members_union = None;
+                    // the union of the members' vectors only rises with a member's op (it
+                    // is rebuilt when a member comes or goes)
+                    if let Some(union) = &mut self.members_union {
+                        union.raise(&op.origin, op.seq);
+                    }
                     self.record_dissemination(&op.origin.clone(), now);
                     let since = self.nodes[n].member_since;
                     if let Some(t) = self.created(&op.origin, op.seq).filter(|t| *t >= since) {

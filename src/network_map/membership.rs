@@ -25,6 +25,9 @@ pub struct Membership {
     turn: ProposerTurn,
     /// A leave whose ops are handed over, waiting for a view without this node.
     leave_ready: bool,
+    /// (view epoch, records generation) at which the map last settled on no change (see
+    /// [`view_policy::wanted_change_settled`]): until either moves, nothing is wanted.
+    settled: Option<(u64, u64)>,
 }
 
 /// What an installed view means for this membership.
@@ -54,6 +57,7 @@ impl Membership {
             views,
             turn: ProposerTurn::default(),
             leave_ready: false,
+            settled: None,
         }
     }
 
@@ -81,10 +85,12 @@ impl Membership {
         self.leave_ready = ready;
     }
 
-    /// This node now runs `incarnation` (a rejoin): any leave is over.
+    /// This node now runs `incarnation` (a rejoin, with a map of its new membership): any
+    /// leave is over.
     pub fn set_incarnation(&mut self, incarnation: u64) {
         self.views.set_incarnation(incarnation);
         self.leave_ready = false;
+        self.settled = None;
     }
 
     /// Puts to the view the change the map and the failure detector call for, when it is
@@ -109,13 +115,24 @@ impl Membership {
             suspect_after: gossip.suspect_after,
         };
         let view = self.views.view();
-        let wanted = view_policy::wanted_change(view, &seen);
+        let key = (view.epoch, map.records_generation());
+        let wanted = if overdue.is_empty() && !self.leave_ready && self.settled == Some(key) {
+            None
+        } else {
+            let (wanted, settled) = view_policy::wanted_change_settled(view, &seen);
+            self.settled = settled.then_some(key);
+            wanted
+        };
         if self.views.is_proposing() {
             // a ballot under way goes on with what is wanted now
             self.views.refresh_wanted(wanted);
             return out;
         }
-        let rank = view_policy::rank(view, map, now, gossip.suspect_after);
+        // the rank matters only to a change (it is O(members))
+        let rank = match &wanted {
+            Some(_) => view_policy::rank(view, map, now, gossip.suspect_after),
+            None => 0,
+        };
         let patience = gossip.view_ballot_patience;
         let due = self
             .turn
@@ -206,5 +223,87 @@ impl Membership {
             })
             .count();
         heard >= view.quorum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::network_map::{MemberRecord, MemberState};
+
+    fn id(i: u64) -> NodeId {
+        NodeId::synthetic(i)
+    }
+
+    /// Node 0's map of founders 0, 1, 2, and its membership in their founding view.
+    fn founder_zero() -> (Membership, NetworkMap) {
+        let mut map = NetworkMap::new(MemberRecord::founder(id(0)), Time::ZERO);
+        for i in 1..3 {
+            map.merge(Arc::new(MemberRecord::founder(id(i))), Time::ZERO);
+        }
+        let membership = Membership::new(id(0), 1, View::founding((0..3).map(id)));
+        (membership, map)
+    }
+
+    /// Whether node 0 puts a change to the view within a few ballot patiences of `from`
+    /// (its turn may wait for the voters ranked before it).
+    fn proposes_by(membership: &mut Membership, map: &NetworkMap, from: Time) -> bool {
+        let gossip = GossipConfig::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        (0..8).any(|k| {
+            let now = from + gossip.view_ballot_patience * k;
+            !membership
+                .propose(now, map, &[], &gossip, &mut rng)
+                .is_empty()
+        })
+    }
+
+    #[test]
+    fn a_settled_no_change_is_looked_at_again_once_a_record_changes() {
+        let (mut membership, mut map) = founder_zero();
+        let t = Time::ZERO + Duration::from_millis(500);
+        assert!(
+            !proposes_by(&mut membership, &map, t),
+            "the map agrees with the view"
+        );
+        // node 2 leaves: only its record says so
+        let left = MemberRecord {
+            state: MemberState::Left,
+            report_seq: 2,
+            ..MemberRecord::founder(id(2))
+        };
+        map.merge(Arc::new(left), t);
+        assert!(
+            proposes_by(&mut membership, &map, t),
+            "a view without the member that left"
+        );
+    }
+
+    #[test]
+    fn a_joiner_in_the_map_keeps_the_answer_unsettled_until_it_is_heard() {
+        let (mut membership, mut map) = founder_zero();
+        let joiner = MemberRecord {
+            report_seq: 1,
+            ..MemberRecord::founder(id(5))
+        };
+        map.merge(Arc::new(joiner), Time::ZERO);
+        // long after its report, so not heard recently: not admitted yet (the founders are)
+        let later = Time::ZERO + Duration::from_secs(60);
+        let hear_founders =
+            |map: &mut NetworkMap, at| (1..3).for_each(|i| map.heard_from(&id(i), at));
+        hear_founders(&mut map, later);
+        assert!(!proposes_by(&mut membership, &map, later));
+        // news from it without a new record (a direct message)
+        let heard_at = later + Duration::from_secs(60);
+        hear_founders(&mut map, heard_at);
+        map.heard_from(&id(5), heard_at);
+        assert!(
+            proposes_by(&mut membership, &map, heard_at),
+            "a joiner heard from again is admitted though no record changed"
+        );
     }
 }

@@ -265,6 +265,8 @@ pub struct NetworkMap {
     tracker: MinTracker,
     dirty: BTreeSet<NodeId>,
     membership_epoch: u64,
+    /// Raised whenever a record is adopted (see [`NetworkMap::records_generation`]).
+    records_generation: u64,
     /// Off while a joiner loads its sponsor's map (see [`NetworkMap::load`]).
     admission_check: bool,
     /// Off for good when the simulator plants `PlantedBug::NoAdmissionCheck`.
@@ -297,6 +299,7 @@ impl NetworkMap {
             tracker: MinTracker::new(),
             dirty: BTreeSet::new(),
             membership_epoch: 0,
+            records_generation: 0,
             admission_check: true,
             admission_planted_off: false,
             admission_floor: None,
@@ -585,6 +588,7 @@ impl NetworkMap {
     }
 
     fn adopt(&mut self, mut record: Arc<MemberRecord>, now: Time) {
+        self.records_generation += 1;
         if let Some(s) = record.sponsor.clone() {
             self.note_registration(&s);
         }
@@ -758,6 +762,14 @@ impl NetworkMap {
     /// Members in good standing (counted in the snapshot point), this node included.
     pub fn counted(&self) -> usize {
         self.tracker.len()
+    }
+
+    /// Raised whenever a record is adopted: what the members' records say (incarnation,
+    /// state, report sequence, registrations, cut off) is the same as long as it is.
+    /// Applied vectors raised in place ([`NetworkMap::apply_delta`]) and news without a
+    /// record ([`NetworkMap::heard_from`]) do not raise it.
+    pub fn records_generation(&self) -> u64 {
+        self.records_generation
     }
 
     /// Raised whenever a member enters or leaves good standing.

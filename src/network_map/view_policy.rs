@@ -38,6 +38,15 @@ pub struct Observations<'a> {
 /// - No change is asked for while the members this node heard from recently would not be a
 ///   strict majority of the next view: it waits until the silent ones are overdue too.
 pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
+    wanted_change_settled(view, seen).0
+}
+
+/// [`wanted_change`], and whether its answer is a settled "no change": nothing overdue, no
+/// leave, every member of the view held as the view holds it, and no joiner waiting in
+/// the map. Such an answer depends on neither the time nor the failure detector, so it
+/// stands until the view or a record in the map changes
+/// ([`NetworkMap::records_generation`]): a node need not look at every member again.
+pub fn wanted_change_settled(view: &View, seen: &Observations) -> (Option<ViewChange>, bool) {
     let me = &seen.map.own().record.id;
     // the next view starts as this one (a persistent map: the clone shares it) and only
     // the memberships that change are written
@@ -118,14 +127,27 @@ pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
             }
         }
     }
+    let mut joiners = false;
     for (id, entry) in seen.map.iter() {
         let record = &entry.record;
         let joined = record.state == MemberState::Alive && record.report_seq >= 1;
+        if id == me || !joined || view.members.contains_key(id) {
+            continue;
+        }
+        joiners = true;
         let heard = seen.now.since(entry.last_heard) <= seen.suspect_after;
         let wanted = !record.cut_off && !seen.overdue.contains(id);
-        if id != me && joined && heard && wanted && !view.members.contains_key(id) {
+        if heard && wanted {
             next.insert(id.clone(), record.incarnation);
         }
+    }
+    let settled = seen.overdue.is_empty()
+        && !seen.leaving
+        && !joiners
+        && evicted.is_empty()
+        && next.ptr_eq(&view.members);
+    if settled {
+        return (None, true);
     }
     let heard = |id: &NodeId| {
         id == me
@@ -161,22 +183,23 @@ pub fn wanted_change(view: &View, seen: &Observations) -> Option<ViewChange> {
     // too and go in the same change, rather than leave them a majority. (A last seat that
     // leaves asks for a view with none: nothing is left to change it.)
     if !next.is_empty() && 2 * next.keys().filter(|id| heard(id)).count() <= next.len() {
-        return None;
+        return (None, false);
     }
     if next == view.members
         && evicted
             .iter()
             .all(|e| !seen.map.get(&e.id).is_some_and(|m| m.record.state.counts()))
     {
-        return None;
+        return (None, false);
     }
-    Some(ViewChange {
+    let change = ViewChange {
         next: View {
             epoch: view.epoch + 1,
             members: next,
         },
         evicted,
-    })
+    };
+    (Some(change), false)
 }
 
 /// When this member proposes: the voters it hears from take turns in id order, each
