@@ -255,6 +255,20 @@ impl Registrations {
     }
 }
 
+/// The hash of one (member, record version) that [`NetworkMap::fingerprint`] sums.
+fn version_hash(id: &NodeId, (a, b, c): RecordVersion) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.as_bytes() {
+        h ^= u64::from(*byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    for part in [a, b, c] {
+        h = (h ^ part).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+    }
+    h ^ (h >> 32)
+}
+
 /// The network map of one node.
 #[derive(Clone, Debug)]
 pub struct NetworkMap {
@@ -267,6 +281,8 @@ pub struct NetworkMap {
     membership_epoch: u64,
     /// Raised whenever a record is adopted (see [`NetworkMap::records_generation`]).
     records_generation: u64,
+    /// [`NetworkMap::fingerprint`], kept up to date by every adoption.
+    fingerprint: u64,
     /// Off while a joiner loads its sponsor's map (see [`NetworkMap::load`]).
     admission_check: bool,
     /// Off for good when the simulator plants `PlantedBug::NoAdmissionCheck`.
@@ -300,6 +316,7 @@ impl NetworkMap {
             dirty: BTreeSet::new(),
             membership_epoch: 0,
             records_generation: 0,
+            fingerprint: 0,
             admission_check: true,
             admission_planted_off: false,
             admission_floor: None,
@@ -681,6 +698,12 @@ impl NetworkMap {
                 heard_applied: old.map(|e| e.heard_applied.clone()).unwrap_or_default(),
             },
         );
+        if let Some(old) = &old {
+            let gone = version_hash(&old.record.id, old.record.version());
+            self.fingerprint = self.fingerprint.wrapping_sub(gone);
+        }
+        let added = version_hash(&record.id, record.version());
+        self.fingerprint = self.fingerprint.wrapping_add(added);
         let was_counted = old.as_ref().filter(|e| e.record.state.counts());
         if was_counted.is_some() != record.state.counts() {
             self.membership_epoch += 1;
@@ -836,21 +859,11 @@ impl NetworkMap {
 
     /// A 64-bit fingerprint of [`NetworkMap::versions`]: the sum (mod 2⁶⁴) of a hash of
     /// each (member, record version). Two maps that hold the same versions have the same
-    /// fingerprint, whatever order they learned them in. Part of the protocol.
+    /// fingerprint, whatever order they learned them in. Part of the protocol. Kept as
+    /// records are adopted (a sum: the old version's hash out, the new one's in), so it
+    /// costs nothing to read.
     pub fn fingerprint(&self) -> u64 {
-        self.members.iter().fold(0u64, |sum, (id, e)| {
-            let (a, b, c) = e.record.version();
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for byte in id.as_bytes() {
-                h ^= u64::from(*byte);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            for part in [a, b, c] {
-                h = (h ^ part).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                h ^= h >> 29;
-            }
-            sum.wrapping_add(h ^ (h >> 32))
-        })
+        self.fingerprint
     }
 
     /// Records newer than, or missing from, a peer's digest (both lists in id order).

@@ -435,3 +435,34 @@ fn a_map_reports_each_change_of_another_members_standing_once() {
         "a loaded view is where the node starts, not news"
     );
 }
+
+/// The fingerprint digests carry, counted afresh from the versions a map holds.
+fn recounted_fingerprint(map: &NetworkMap) -> u64 {
+    map.versions()
+        .iter()
+        .fold(0u64, |sum, (id, v)| sum.wrapping_add(version_hash(id, *v)))
+}
+
+#[test]
+fn the_fingerprint_kept_through_every_kind_of_record_change_is_the_one_counted_afresh() {
+    let at = |s: u64| Time::ZERO + std::time::Duration::from_secs(s);
+    let mut map = NetworkMap::new(record(0, 1, &[]), at(0));
+    for i in 1..6 {
+        map.merge(Arc::new(record(i, 1, &[])), at(0));
+    }
+    assert_eq!(map.fingerprint(), recounted_fingerprint(&map));
+    assert!(map.suspect(&id(2), at(1)));
+    assert!(map.evict(&id(3), at(2)));
+    map.report_own(vv(&[(0, 4)]), at(3), |_| {});
+    map.merge(Arc::new(record(4, 7, &[(0, 2)])), at(4));
+    assert!(map.apply_delta(&id(5), &[(id(0), 3)]));
+    assert_eq!(map.fingerprint(), recounted_fingerprint(&map));
+    // another map that learns the same records in another order agrees
+    let mut other = NetworkMap::new(record(0, 1, &[]), at(0));
+    for r in map.versions().iter().rev().filter_map(|(m, _)| map.get(m)) {
+        other.merge(r.record.clone(), at(5));
+    }
+    other.report_own(vv(&[(0, 4)]), at(5), |_| {});
+    assert_eq!(other.versions(), map.versions());
+    assert_eq!(other.fingerprint(), map.fingerprint());
+}
