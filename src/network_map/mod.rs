@@ -211,15 +211,59 @@ pub struct MemberEntry {
     pub record: Arc<MemberRecord>,
     /// When a new report of the member was adopted, or a message from it arrived.
     pub last_heard: Time,
+    /// What only some entries hold, boxed: a map holds an entry per member, and with these
+    /// inline an entry was three times the size.
+    rare: Option<Box<RareFields>>,
+}
+
+/// The fields of a [`MemberEntry`] that most entries do not have.
+#[derive(Clone, Debug, Default)]
+struct RareFields {
+    suspect_since: Option<Time>,
+    cut_off_since: Option<Time>,
+    heard_applied: VersionVector,
+}
+
+impl MemberEntry {
+    fn new(
+        record: Arc<MemberRecord>,
+        last_heard: Time,
+        suspect_since: Option<Time>,
+        cut_off_since: Option<Time>,
+        heard_applied: VersionVector,
+    ) -> Self {
+        let any = suspect_since.is_some() || cut_off_since.is_some() || !heard_applied.is_empty();
+        let rare = any.then(|| {
+            Box::new(RareFields {
+                suspect_since,
+                cut_off_since,
+                heard_applied,
+            })
+        });
+        Self {
+            record,
+            last_heard,
+            rare,
+        }
+    }
+
     /// When this node adopted a suspicion of the member's current report.
-    pub suspect_since: Option<Time>,
+    pub fn suspect_since(&self) -> Option<Time> {
+        self.rare.as_ref().and_then(|r| r.suspect_since)
+    }
+
     /// Since when the member's records of its current incarnation say it is cut off
     /// ([`MemberRecord::cut_off`]), without a break.
-    pub cut_off_since: Option<Time>,
-    /// The largest applied vector the member itself sent this node (in its digests): a
-    /// lower bound of its applied vector that its record, re-issued only when its standing
-    /// changes, may lag. Only the write concern reads it.
-    pub heard_applied: VersionVector,
+    pub fn cut_off_since(&self) -> Option<Time> {
+        self.rare.as_ref().and_then(|r| r.cut_off_since)
+    }
+
+    /// The largest applied vector the member itself sent this node (in its digests), if
+    /// any: a lower bound of its applied vector that its record, re-issued only when its
+    /// standing changes, may lag. Only the write concern reads it.
+    pub fn heard_applied(&self) -> Option<&VersionVector> {
+        self.rare.as_ref().map(|r| &r.heard_applied)
+    }
 }
 
 /// What `merge` did with a record.
@@ -456,8 +500,9 @@ impl NetworkMap {
     /// `member` itself said it applied `applied` (its digest).
     pub fn note_applied(&mut self, member: &NodeId, applied: &VersionVector) {
         if let Some(entry) = self.members.get_mut(member) {
-            if !applied.le(&entry.heard_applied) {
-                entry.heard_applied.join(applied);
+            if entry.heard_applied().is_none_or(|heard| !applied.le(heard)) && !applied.is_empty() {
+                let rare = entry.rare.get_or_insert_with(Default::default);
+                rare.heard_applied.join(applied);
             }
         }
     }
@@ -665,14 +710,16 @@ impl NetworkMap {
         };
         let suspect_since = match (record.state, old) {
             (MemberState::Suspect, Some(e)) if e.record.state == MemberState::Suspect => {
-                e.suspect_since
+                e.suspect_since()
             }
             (MemberState::Suspect, _) => Some(now),
             _ => None,
         };
         let cut_off_since = match old {
             _ if !record.cut_off => None,
-            Some(e) if e.record.incarnation == record.incarnation => e.cut_off_since.or(Some(now)),
+            Some(e) if e.record.incarnation == record.incarnation => {
+                e.cut_off_since().or(Some(now))
+            }
             _ => Some(now),
         };
         if record.state == MemberState::Evicted && record.id != self.me {
@@ -690,13 +737,14 @@ impl NetworkMap {
         }
         let old = self.members.insert(
             record.id.clone(),
-            MemberEntry {
-                record: record.clone(),
+            MemberEntry::new(
+                record.clone(),
                 last_heard,
                 suspect_since,
                 cut_off_since,
-                heard_applied: old.map(|e| e.heard_applied.clone()).unwrap_or_default(),
-            },
+                old.and_then(|e| e.heard_applied().cloned())
+                    .unwrap_or_default(),
+            ),
         );
         if let Some(old) = &old {
             let gone = version_hash(&old.record.id, old.record.version());

@@ -141,7 +141,7 @@ impl Monitor {
                 continue;
             }
             let deaf = entry
-                .cut_off_since
+                .cut_off_since()
                 .is_some_and(|since| now.since(since) >= gossip.suspicion_timeout);
             if deaf {
                 // heard, but it says it hears no one: it cannot take part, and it would
@@ -154,7 +154,7 @@ impl Monitor {
             if !silent {
                 fresh += 1;
             }
-            match (entry.record.state, entry.suspect_since) {
+            match (entry.record.state, entry.suspect_since()) {
                 // only its observers suspect a member: the ones whose probes it left
                 // unanswered; the suspicion is the alert every other member adopts
                 (MemberState::Alive, _)

@@ -156,7 +156,7 @@ fn a_suspicion_is_refuted_by_the_next_report_and_an_eviction_is_final() {
     assert!(map.suspect(&id(2), t(10)));
     let entry = map.get(&id(2)).unwrap();
     assert_eq!(entry.record.state, MemberState::Suspect);
-    assert_eq!(entry.suspect_since, Some(t(10)));
+    assert_eq!(entry.suspect_since(), Some(t(10)));
     assert_eq!(map.counted(), 2, "a suspect still counts");
     // a stale copy of the suspected report does not clear the suspicion
     assert_eq!(
@@ -167,7 +167,7 @@ fn a_suspicion_is_refuted_by_the_next_report_and_an_eviction_is_final() {
     map.merge(Arc::new(record(2, 5, &[])), t(30));
     let entry = map.get(&id(2)).unwrap();
     assert_eq!(entry.record.state, MemberState::Alive);
-    assert_eq!(entry.suspect_since, None);
+    assert_eq!(entry.suspect_since(), None);
     assert_eq!(entry.last_heard, t(30));
 
     assert!(map.evict(&id(2), t(40)));

@@ -1675,7 +1675,8 @@ impl Driver {
                         .filter(|(id, e)| {
                             **id != me
                                 && e.record.state.counts()
-                                && (covers(&e.record.applied) || covers(&e.heard_applied))
+                                && (covers(&e.record.applied)
+                                    || e.heard_applied().is_some_and(covers))
                         })
                         .count();
                     here + others >= wanted
