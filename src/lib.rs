@@ -10,6 +10,7 @@
 //! publish, schedule a timer). Drivers (the simulator in `sim/`, the libp2p node) map those
 //! actions to a network.
 
+mod fnv;
 pub mod gossip;
 pub mod join_protocol;
 pub mod network_map;

@@ -241,11 +241,7 @@ const SALT_COVER: u64 = 0x63_6f76_6572;
 /// A 64-bit hash of (id, n, salt): FNV-1a over the id's bytes, then a SplitMix64 finish.
 /// Part of the protocol: every node must compute the same layout.
 fn spread(id: &NodeId, n: u64, salt: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ salt;
-    for b in id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::fnv::fnv1a(salt, id.as_bytes());
     let mut z = h ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

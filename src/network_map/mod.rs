@@ -301,11 +301,7 @@ impl Registrations {
 
 /// The hash of one (member, record version) that [`NetworkMap::fingerprint`] sums.
 fn version_hash(id: &NodeId, (a, b, c): RecordVersion) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.as_bytes() {
-        h ^= u64::from(*byte);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut h = crate::fnv::fnv1a(0, id.as_bytes());
     for part in [a, b, c] {
         h = (h ^ part).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h ^= h >> 29;

@@ -148,16 +148,15 @@ pub fn ring_successors(me: &NodeId, members: &[&NodeId], rings: usize) -> Vec<No
         return all;
     }
     let mut chosen = std::collections::BTreeSet::new();
-    if !members.contains(&me) {
-        return Vec::new();
-    }
     for ring in 0..rings as u64 {
         // my successor on the ring: the least key above mine, or the least key of all when
         // mine is the greatest (one pass, no sort: this runs at every node)
         let mine = (ring_key(ring, me), me);
         let mut least: Option<([u8; 32], &NodeId)> = None;
         let mut above: Option<([u8; 32], &NodeId)> = None;
+        let mut seen_me = false;
         for id in members {
+            seen_me |= *id == me;
             let key = (ring_key(ring, id), *id);
             if least.is_none_or(|l| key < l) {
                 least = Some(key);
@@ -165,6 +164,10 @@ pub fn ring_successors(me: &NodeId, members: &[&NodeId], rings: usize) -> Vec<No
             if key > mine && above.is_none_or(|a| key < a) {
                 above = Some(key);
             }
+        }
+        if !seen_me {
+            // not on the rings: it watches no one
+            return Vec::new();
         }
         if let Some((_, next)) = above.or(least) {
             if next != me {
@@ -209,6 +212,14 @@ mod tests {
             assert_eq!(observers.len(), n as usize, "everyone is watched (n={n})");
             assert!(observers.values().all(|&k| (1..=4).contains(&k)), "n={n}");
         }
+    }
+
+    #[test]
+    fn a_node_outside_the_members_watches_no_one() {
+        let all = ids(30);
+        let refs: Vec<&NodeId> = all[1..].iter().collect();
+        assert!(ring_successors(&all[0], &refs, 4).is_empty());
+        assert!(!ring_successors(&all[1], &refs, 4).is_empty());
     }
 
     #[test]

@@ -258,11 +258,7 @@ struct DigestChunks {
 /// on average. Content-defined, so the partition is a function of the key set alone and a
 /// new key splits at most one chunk.
 fn starts_chunk(key: &str) -> bool {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut hash = crate::fnv::fnv1a(0, key.as_bytes());
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 33;
