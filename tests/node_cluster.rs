@@ -670,6 +670,8 @@ async fn metrics_follow_the_naming_conventions_and_carry_build_and_process_metri
     for total in [
         "stale_notices",
         "evictions_issued",
+        "suspicions_raised",
+        "refutations",
         "rejoins",
         "sponsorships_declined",
         "leaves_failed",

@@ -63,6 +63,7 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
 
     let writes = offer_load(load, &handles).await;
     let last_write = Instant::now();
+    let flooding_at_last_write = Counters::read(&handles).flooding;
     let ops_written = writes.len() as u64;
     let expected = ops_written * (load.nodes as u64 - 1);
     // wait until every op is inside every snapshot point: the figures count what arrived
@@ -134,11 +135,21 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         sent as f64 / ops_written.max(1) as f64
     };
     eprintln!(
-        "tidemark: messages sent per op: ops (published) {:.2}, status {:.1}, digest {:.2}, repair {:.2}",
+        "tidemark: messages sent per op: ops (published) {:.2}, status {:.1}, digest {:.2}, repair {:.2}, aggregate {:.2}, probe {:.2}",
         per_op("ops"),
         per_op("status"),
         per_op("digest"),
-        per_op("repair")
+        per_op("repair"),
+        per_op("aggregate"),
+        per_op("probe")
+    );
+    eprintln!(
+        "tidemark: while writing: {} suspicions raised, {} refuted; members flooding their heartbeat: {} before, {} at the last write, {} after",
+        after.suspicions - before.suspicions,
+        after.refutations - before.refutations,
+        before.flooding,
+        flooding_at_last_write,
+        after.flooding
     );
     report
 }
@@ -356,6 +367,11 @@ struct Counters {
     by_kind: BTreeMap<&'static str, u64>,
     /// Messages sent, by message kind.
     messages: BTreeMap<&'static str, u64>,
+    /// Suspicions raised and refuted, over all nodes.
+    suspicions: u64,
+    refutations: u64,
+    /// Members flooding their heartbeat when read (not covered by the aggregation).
+    flooding: u64,
 }
 
 impl Counters {
@@ -364,10 +380,17 @@ impl Counters {
             wire: 0,
             by_kind: BTreeMap::new(),
             messages: BTreeMap::new(),
+            suspicions: 0,
+            refutations: 0,
+            flooding: 0,
         };
         for h in handles {
             let metrics = h.metrics();
-            counters.wire += metric_sum(&metrics.encode(), BANDWIDTH_METRIC, OUTBOUND);
+            let text = metrics.encode();
+            counters.wire += metric_sum(&text, BANDWIDTH_METRIC, OUTBOUND);
+            counters.suspicions += metric_sum(&text, "tidemark_suspicions_raised_total", "");
+            counters.refutations += metric_sum(&text, "tidemark_refutations_total", "");
+            counters.flooding += metric_sum(&text, "tidemark_heartbeat_flooding", "");
             for kind in DIRECT_KINDS.iter().chain(["ops"].iter()) {
                 *counters.by_kind.entry(kind).or_default() += metrics.bytes_total(&[*kind]).1;
                 *counters.messages.entry(kind).or_default() += metrics.messages_total(&[*kind]).1;

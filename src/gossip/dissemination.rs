@@ -125,6 +125,11 @@ impl<P> Dissemination<P> {
     }
 
     /// Whether this node makes itself heard by its own heartbeat (see the field).
+    pub fn heartbeat(&self) -> bool {
+        self.heartbeat
+    }
+
+    /// Sets whether this node makes itself heard by its own heartbeat (see the field).
     pub fn set_heartbeat(&mut self, on: bool) {
         self.heartbeat = on;
     }

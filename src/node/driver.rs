@@ -2267,6 +2267,8 @@ impl Driver {
         for (counter, total) in [
             (&m.stale_notices, stats.stale_notices),
             (&m.evictions_issued, stats.evictions_issued),
+            (&m.suspicions_raised, stats.suspicions_raised),
+            (&m.refutations, stats.refutations),
             (&m.rejoins, stats.rejoins),
             (&m.stale_grants, stats.stale_grants),
             (&m.ops_kept_while_fetching, stats.ops_kept_while_fetching),
@@ -2278,6 +2280,8 @@ impl Driver {
         }
         m.ops_buffered
             .set(self.replica.ops_log().buffered_len() as i64);
+        m.heartbeat_flooding
+            .set(i64::from(self.replica.floods_heartbeat()));
         let log = self.replica.ops_log();
         m.state_entries_in_memory
             .set((log.applied_state().in_memory() + log.stable_state().in_memory()) as i64);

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub disk_full: IntGauge,
     pub stale_notices: Count,
     pub evictions_issued: Count,
+    pub suspicions_raised: Count,
+    pub refutations: Count,
     pub rejoins: Count,
     pub stale_grants: Count,
     pub ops_kept_while_fetching: Count,
@@ -84,6 +86,8 @@ pub struct Metrics {
     pub own_seq_rollbacks: Count,
     pub ops_refused: Count,
     pub ops_buffered: IntGauge,
+    /// 1 while this member floods its own heartbeat: the aggregation does not cover it.
+    pub heartbeat_flooding: IntGauge,
     pub state_entries_in_memory: IntGauge,
     pub state_read_failures: IntGauge,
     pub messages_in: Family<KindLabel, Count>,
@@ -119,6 +123,8 @@ impl Metrics {
             disk_full: Default::default(),
             stale_notices: Default::default(),
             evictions_issued: Default::default(),
+            suspicions_raised: Default::default(),
+            refutations: Default::default(),
             rejoins: Default::default(),
             stale_grants: Default::default(),
             ops_kept_while_fetching: Default::default(),
@@ -127,6 +133,7 @@ impl Metrics {
             own_seq_rollbacks: Default::default(),
             ops_refused: Default::default(),
             ops_buffered: Default::default(),
+            heartbeat_flooding: Default::default(),
             state_entries_in_memory: Default::default(),
             state_read_failures: Default::default(),
             messages_in: Default::default(),
@@ -278,6 +285,16 @@ impl Metrics {
             m.evictions_issued.clone(),
         );
         registry.register(
+            "suspicions_raised",
+            "Members this node suspected: none of its probes of the last `suspect_after` was answered",
+            m.suspicions_raised.clone(),
+        );
+        registry.register(
+            "refutations",
+            "Suspicions of this node that it refuted by re-issuing its record",
+            m.refutations.clone(),
+        );
+        registry.register(
             "rejoins",
             "Times this node rejoined (evicted, stale or restarted)",
             m.rejoins.clone(),
@@ -321,6 +338,12 @@ impl Metrics {
             "ops_buffered",
             "Received ops waiting for their causal dependencies",
             m.ops_buffered.clone(),
+        );
+        registry.register(
+            "heartbeat_flooding",
+            "1 while this member floods its own heartbeat to every member, because the \
+             aggregation's liveness does not cover it",
+            m.heartbeat_flooding.clone(),
         );
         registry.register(
             "state_entries_in_memory",

@@ -654,6 +654,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Whether the node is a member in good standing (joined, not yet announced `Left`).
+    /// Whether this member floods its own heartbeat, because the aggregation's liveness
+    /// does not cover it (or the aggregation is off).
+    pub fn floods_heartbeat(&self) -> bool {
+        self.is_member() && self.dissemination.heartbeat()
+    }
+
     pub fn is_member(&self) -> bool {
         matches!(self.phase, Phase::Member { .. })
     }
