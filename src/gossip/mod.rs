@@ -224,7 +224,8 @@ pub struct GossipConfig {
     #[serde(default = "default_monitor_rings")]
     pub monitor_rings: usize,
     /// How often an observer probes each member it watches; a member that answered none
-    /// of the probes of `suspect_after` is suspected.
+    /// of the probes of `suspect_after` is suspected (a window an observer that hears
+    /// every answer late stretches, `network_map::probes`).
     #[serde(default = "default_probe_interval")]
     pub probe_interval: Duration,
     /// How long a proposer gives one ballot of a view change before it tries a higher one,

@@ -59,9 +59,9 @@ impl Monitor {
         }
     }
 
-    /// `from` answered probe round `round`.
-    pub fn on_probe_ack(&mut self, from: &NodeId, round: u64) {
-        self.probes.on_ack(from, round);
+    /// `from` answered probe round `round`; the ack is handled at `now`.
+    pub fn on_probe_ack(&mut self, from: &NodeId, round: u64, now: Time) {
+        self.probes.on_ack(from, round, now);
     }
 
     /// The members this node watches, in id order.

@@ -28,7 +28,15 @@ struct Watch {
     since: Time,
     /// When the newest probe round it answered was sent.
     answered: Option<Time>,
+    /// How long its last answer took, from the round's send to its ack's handling.
+    round_trip: Option<Duration>,
 }
+
+/// How much longer than this node's own delay (the median round trip of its subjects'
+/// answers) a silence must last before it counts: see [`ProbeOverlay::is_unanswered`].
+const OWN_DELAY_FACTOR: u32 = 3;
+/// However late its answers come, a silence of this many `suspect_after` windows counts.
+const MAX_WINDOW_STRETCH: u32 = 3;
 
 /// This node's part of the monitoring overlay (see module doc).
 #[derive(Clone, Debug)]
@@ -39,8 +47,8 @@ pub struct ProbeOverlay {
     subjects: BTreeMap<NodeId, Watch>,
     next_round_at: Time,
     round: u64,
-    /// When each recent round was sent, oldest first (rounds older than the suspicion
-    /// window are dropped: a late ack of one proves nothing recent).
+    /// When each recent round was sent, oldest first (rounds older than the longest
+    /// suspicion window are dropped: a late ack of one proves nothing recent).
     sent: VecDeque<(u64, Time)>,
 }
 
@@ -86,6 +94,7 @@ impl ProbeOverlay {
             let watch = self.subjects.remove(&id).unwrap_or(Watch {
                 since: now,
                 answered: None,
+                round_trip: None,
             });
             subjects.insert(id, watch);
         }
@@ -101,20 +110,22 @@ impl ProbeOverlay {
         self.next_round_at = now + interval;
         self.round += 1;
         self.sent.push_back((self.round, now));
+        // a round is kept as long as an answer to it can still count (the window at its
+        // longest stretch)
         while self
             .sent
             .front()
-            .is_some_and(|&(_, at)| now.since(at) > window + interval)
+            .is_some_and(|&(_, at)| now.since(at) > window * MAX_WINDOW_STRETCH + interval)
         {
             self.sent.pop_front();
         }
         (!self.subjects.is_empty()).then_some(self.round)
     }
 
-    /// `from` answered probe round `round`: it was alive when that round was sent. Acks
-    /// of rounds this node did not send recently, or from members it does not watch, are
-    /// ignored.
-    pub fn on_ack(&mut self, from: &NodeId, round: u64) {
+    /// `from` answered probe round `round` (the ack is handled at `now`): it was alive
+    /// when that round was sent. Acks of rounds this node did not send recently, or from
+    /// members it does not watch, are ignored.
+    pub fn on_ack(&mut self, from: &NodeId, round: u64, now: Time) {
         let Some(watch) = self.subjects.get_mut(from) else {
             return;
         };
@@ -122,11 +133,37 @@ impl ProbeOverlay {
             return;
         };
         watch.answered = Some(watch.answered.map_or(sent_at, |t| t.max(sent_at)));
+        watch.round_trip = Some(now.since(sent_at));
+    }
+
+    /// This node's own delay: the median of its subjects' last round trips (the lower
+    /// one of an even count; zero before any answer). One slow or silent subject does not
+    /// move it; a node whose own event loop lags sees every answer late, and so does a
+    /// node in a network where every member lags.
+    pub fn own_delay(&self) -> Duration {
+        let mut trips: Vec<Duration> = self
+            .subjects
+            .values()
+            .filter_map(|w| w.round_trip)
+            .collect();
+        if trips.is_empty() {
+            return Duration::ZERO;
+        }
+        trips.sort_unstable();
+        trips[(trips.len() - 1) / 2]
     }
 
     /// Whether this node watches `id` and `id` answered no probe sent in the last `window`
-    /// (and it has been watched that long).
+    /// (and it has been watched that long). The window is stretched to
+    /// [`OWN_DELAY_FACTOR`] times this node's [own delay](Self::own_delay), up to
+    /// [`MAX_WINDOW_STRETCH`] windows: a node that hears every answer late must not take
+    /// its own lateness for its subjects' silence (Lifeguard's local health, in SWIM
+    /// terms). Where answers take a fraction of a second, as they should, the window is
+    /// `window`.
     pub fn is_unanswered(&self, id: &NodeId, now: Time, window: Duration) -> bool {
+        let window = window
+            .max(self.own_delay() * OWN_DELAY_FACTOR)
+            .min(window * MAX_WINDOW_STRETCH);
         self.subjects.get(id).is_some_and(|watch| {
             let last = watch.answered.map_or(watch.since, |t| t.max(watch.since));
             now.since(last) > window
@@ -243,16 +280,95 @@ mod tests {
         let at = |s: u64| Time::ZERO + Duration::from_secs(s);
         for s in 0..=5 {
             let round = overlay.on_timeout(at(s), second, window).expect("a round");
-            overlay.on_ack(&all[1], round); // 1 answers, 2 never does
+            overlay.on_ack(&all[1], round, at(s)); // 1 answers, 2 never does
         }
         assert!(!overlay.is_unanswered(&all[1], at(5), window));
         assert!(overlay.is_unanswered(&all[2], at(5), window));
         // an ack of a round never sent, or from a member not watched, changes nothing
-        overlay.on_ack(&all[2], 999);
-        overlay.on_ack(&NodeId::synthetic(77), 6);
+        overlay.on_ack(&all[2], 999, at(5));
+        overlay.on_ack(&NodeId::synthetic(77), 6, at(5));
         assert!(overlay.is_unanswered(&all[2], at(5), window));
         // a late ack of an old round does not make the subject look alive now
-        overlay.on_ack(&all[2], 3);
+        overlay.on_ack(&all[2], 3, at(7));
         assert!(overlay.is_unanswered(&all[2], at(7), window));
+    }
+
+    /// Five members: this node (the first) watches the other four. Rounds go out every
+    /// second; `answer(round sent at, subject)` says after how long its ack is handled.
+    fn overlay_after(
+        until_ms: u64,
+        answer: impl Fn(u64, usize) -> Option<u64>,
+    ) -> (ProbeOverlay, Vec<NodeId>) {
+        let all = ids(5);
+        let mut map = NetworkMap::new(
+            crate::network_map::MemberRecord::founder(all[0].clone()),
+            Time::ZERO,
+        );
+        for id in &all[1..] {
+            map.merge(
+                std::sync::Arc::new(crate::network_map::MemberRecord::founder(id.clone())),
+                Time::ZERO,
+            );
+        }
+        let mut overlay = ProbeOverlay::new(4, Time::ZERO);
+        overlay.refresh(&map, Time::ZERO);
+        assert_eq!(overlay.subjects().count(), 4);
+        let window = Duration::from_secs(3);
+        let at = |ms: u64| Time::ZERO + Duration::from_millis(ms);
+        // (handled at, subject, round), in the order they are handled
+        let mut acks: Vec<(u64, usize, u64)> = Vec::new();
+        for ms in (0..=until_ms).step_by(50) {
+            if let Some(round) = overlay.on_timeout(at(ms), Duration::from_secs(1), window) {
+                for subject in 1..5 {
+                    if let Some(delay) = answer(ms, subject) {
+                        acks.push((ms + delay, subject, round));
+                    }
+                }
+            }
+            acks.sort_unstable();
+            while acks.first().is_some_and(|a| a.0 <= ms) {
+                let (_, subject, round) = acks.remove(0);
+                overlay.on_ack(&all[subject], round, at(ms));
+            }
+        }
+        (overlay, all)
+    }
+
+    #[test]
+    fn a_node_that_hears_every_answer_late_does_not_take_its_lateness_for_silence() {
+        let window = Duration::from_secs(3);
+        let now = Time::ZERO + Duration::from_millis(10_400);
+        // subject 4 is silent; the others answer within 20 ms
+        let (prompt, all) = overlay_after(10_400, |_, s| (s != 4).then_some(20));
+        assert!(prompt.own_delay() <= Duration::from_millis(50));
+        assert!(prompt.is_unanswered(&all[4], now, window));
+        assert!((1..4).all(|s| !prompt.is_unanswered(&all[s], now, window)));
+        // every answer is handled 2.5 s after its probe went out (this node's event loop
+        // lags): the newest round answered by now went out 3.4 s ago, yet no one who
+        // answers is taken for silent; the silent one still is, once the stretched window
+        // has passed
+        let (late, all) = overlay_after(10_400, |_, s| (s != 4).then_some(2_500));
+        assert!(late.own_delay() >= Duration::from_millis(2_500));
+        assert!((1..4).all(|s| !late.is_unanswered(&all[s], now, window)));
+        assert!(late.is_unanswered(&all[4], now, window));
+        // without the stretch the answering ones would be suspected
+        assert!((1..4).all(|s| {
+            let w = late.subjects.get(&all[s]).expect("watched");
+            now.since(w.answered.expect("answered")) > window
+        }));
+        // one subject that answers late does not stretch the window for the others
+        let (one_late, all) = overlay_after(10_400, |_, s| match s {
+            4 => None,
+            3 => Some(2_500),
+            _ => Some(20),
+        });
+        assert!(one_late.own_delay() <= Duration::from_millis(50));
+        assert!(one_late.is_unanswered(&all[3], now, window));
+        // a stretch is bounded: answers that take ever longer leave a silence of three
+        // windows counted
+        let (slow, all) = overlay_after(20_000, |_, s| (s != 4).then_some(5_000));
+        assert!(slow.own_delay() >= Duration::from_millis(5_000));
+        assert!(slow.is_unanswered(&all[4], Time::ZERO + Duration::from_millis(9_100), window));
+        assert!(!slow.is_unanswered(&all[1], Time::ZERO + Duration::from_millis(20_000), window));
     }
 }

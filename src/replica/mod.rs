@@ -946,7 +946,7 @@ impl<S: StateMachine> Replica<S> {
             Message::Probe { round } => {
                 self.send(from.clone(), Message::ProbeAck { round: *round });
             }
-            Message::ProbeAck { round } => self.monitor.on_probe_ack(from, *round),
+            Message::ProbeAck { round } => self.monitor.on_probe_ack(from, *round, now),
             _ => {}
         }
         if let Message::View(message) = message {
