@@ -144,9 +144,10 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         per_op("probe")
     );
     eprintln!(
-        "tidemark: while writing: {} suspicions raised, {} refuted; members flooding their heartbeat: {} before, {} at the last write, {} after",
+        "tidemark: while writing: {} suspicions raised, {} refuted, {} direct messages dropped; members flooding their heartbeat: {} before, {} at the last write, {} after",
         after.suspicions - before.suspicions,
         after.refutations - before.refutations,
+        after.dropped - before.dropped,
         before.flooding,
         flooding_at_last_write,
         after.flooding
@@ -370,6 +371,8 @@ struct Counters {
     /// Suspicions raised and refuted, over all nodes.
     suspicions: u64,
     refutations: u64,
+    /// Direct messages dropped (a full queue to a peer, or a failed stream).
+    dropped: u64,
     /// Members flooding their heartbeat when read (not covered by the aggregation).
     flooding: u64,
 }
@@ -382,6 +385,7 @@ impl Counters {
             messages: BTreeMap::new(),
             suspicions: 0,
             refutations: 0,
+            dropped: 0,
             flooding: 0,
         };
         for h in handles {
@@ -390,6 +394,7 @@ impl Counters {
             counters.wire += metric_sum(&text, BANDWIDTH_METRIC, OUTBOUND);
             counters.suspicions += metric_sum(&text, "tidemark_suspicions_raised_total", "");
             counters.refutations += metric_sum(&text, "tidemark_refutations_total", "");
+            counters.dropped += metric_sum(&text, "tidemark_direct_dropped_total", "");
             counters.flooding += metric_sum(&text, "tidemark_heartbeat_flooding", "");
             for kind in DIRECT_KINDS.iter().chain(["ops"].iter()) {
                 *counters.by_kind.entry(kind).or_default() += metrics.bytes_total(&[*kind]).1;
