@@ -259,9 +259,8 @@ mod tests {
         assert!(!ring_successors(&all[1], &refs, 4).is_empty());
     }
 
-    #[test]
-    fn a_subject_is_unanswered_once_no_probe_of_the_window_was_acked() {
-        let all = ids(3);
+    /// The overlay of `all[0]` in a map of `all` founders, refreshed at time zero.
+    fn first_watching_the_rest(all: &[NodeId]) -> ProbeOverlay {
         let mut map = NetworkMap::new(
             crate::network_map::MemberRecord::founder(all[0].clone()),
             Time::ZERO,
@@ -274,6 +273,13 @@ mod tests {
         }
         let mut overlay = ProbeOverlay::new(4, Time::ZERO);
         overlay.refresh(&map, Time::ZERO);
+        overlay
+    }
+
+    #[test]
+    fn a_subject_is_unanswered_once_no_probe_of_the_window_was_acked() {
+        let all = ids(3);
+        let mut overlay = first_watching_the_rest(&all);
         assert_eq!(overlay.subjects().count(), 2);
         let second = Duration::from_secs(1);
         let window = 3 * second;
@@ -300,18 +306,7 @@ mod tests {
         answer: impl Fn(u64, usize) -> Option<u64>,
     ) -> (ProbeOverlay, Vec<NodeId>) {
         let all = ids(5);
-        let mut map = NetworkMap::new(
-            crate::network_map::MemberRecord::founder(all[0].clone()),
-            Time::ZERO,
-        );
-        for id in &all[1..] {
-            map.merge(
-                std::sync::Arc::new(crate::network_map::MemberRecord::founder(id.clone())),
-                Time::ZERO,
-            );
-        }
-        let mut overlay = ProbeOverlay::new(4, Time::ZERO);
-        overlay.refresh(&map, Time::ZERO);
+        let mut overlay = first_watching_the_rest(&all);
         assert_eq!(overlay.subjects().count(), 4);
         let window = Duration::from_secs(3);
         let at = |ms: u64| Time::ZERO + Duration::from_millis(ms);
