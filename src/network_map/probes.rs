@@ -161,12 +161,15 @@ impl ProbeOverlay {
     /// terms). Where answers take a fraction of a second, as they should, the window is
     /// `window`.
     pub fn is_unanswered(&self, id: &NodeId, now: Time, window: Duration) -> bool {
-        let window = window
-            .max(self.own_delay() * OWN_DELAY_FACTOR)
-            .min(window * MAX_WINDOW_STRETCH);
+        // asked for every member in the map: the window is worked out for subjects only
         self.subjects.get(id).is_some_and(|watch| {
             let last = watch.answered.map_or(watch.since, |t| t.max(watch.since));
-            now.since(last) > window
+            let silence = now.since(last);
+            silence > window
+                && silence
+                    > window
+                        .max(self.own_delay() * OWN_DELAY_FACTOR)
+                        .min(window * MAX_WINDOW_STRETCH)
         })
     }
 }
