@@ -143,6 +143,17 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         per_op("aggregate"),
         per_op("probe")
     );
+    let kinds: Vec<String> = DIRECT_KINDS
+        .iter()
+        .chain(["ops"].iter())
+        .map(|kind| (kind, after.sent(&before, kind)))
+        .filter(|(_, bytes)| *bytes > 0)
+        .map(|(kind, bytes)| format!("{kind} {:.0}", bytes as f64 / ops_written.max(1) as f64))
+        .collect();
+    eprintln!(
+        "tidemark: payload bytes sent per op, by kind (before relaying and framing): {}",
+        kinds.join(", ")
+    );
     eprintln!(
         "tidemark: while writing: {} suspicions raised, {} refuted, {} direct messages dropped; members flooding their heartbeat: {} before, {} at the last write, {} after",
         after.suspicions - before.suspicions,
