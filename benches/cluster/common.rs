@@ -77,6 +77,11 @@ pub struct RunReport {
     /// When the last op reached the last node (or entered its snapshot point), measured
     /// from the first write; ops/s over this is the rate the cluster kept up with.
     pub completion: Duration,
+    /// Ops per second that reached every other node (for tidemark: were applied there)
+    /// during the steady part of the writes ([`sustained_rate`]).
+    pub sustained: f64,
+    /// Tidemark only: the same for entries into every other node's snapshot point.
+    pub sustained_into_sp: Option<f64>,
     /// Bytes sent over all connections by all nodes in the run (libp2p bandwidth metrics:
     /// stream bytes, before yamux framing and noise).
     pub wire_bytes: u64,
@@ -99,25 +104,72 @@ impl RunReport {
     }
 }
 
-/// Per op (keyed by `K`) that arrived at `receivers` nodes: the time from its write to its
-/// last arrival, from (op, written, arrived) triples, one per arrival.
+/// Per op (keyed by `K`) that arrived at `receivers` nodes: when it was written and when it
+/// arrived at the last of them, from (op, written, arrived) triples, one per arrival.
+fn completions<K: Ord + Clone>(
+    arrivals: &[(K, tokio::time::Instant, tokio::time::Instant)],
+    receivers: usize,
+) -> Vec<(tokio::time::Instant, tokio::time::Instant)> {
+    let mut by_op: std::collections::BTreeMap<
+        K,
+        (usize, tokio::time::Instant, tokio::time::Instant),
+    > = Default::default();
+    for (op, written, arrived) in arrivals {
+        let entry = by_op.entry(op.clone()).or_insert((0, *written, *arrived));
+        entry.0 += 1;
+        entry.2 = entry.2.max(*arrived);
+    }
+    by_op
+        .into_values()
+        .filter(|(count, _, _)| *count >= receivers)
+        .map(|(_, written, last)| (written, last))
+        .collect()
+}
+
+/// Per op that arrived at `receivers` nodes: the time from its write to its last arrival,
+/// from (op, written, arrived) triples, one per arrival.
 pub fn per_op_latest<K: Ord + Clone>(
     arrivals: &[(K, tokio::time::Instant, tokio::time::Instant)],
     receivers: usize,
 ) -> Samples {
-    let mut by_op: std::collections::BTreeMap<K, (usize, Duration)> = Default::default();
-    for (op, written, arrived) in arrivals {
-        let entry = by_op.entry(op.clone()).or_default();
-        entry.0 += 1;
-        entry.1 = entry.1.max(arrived.saturating_duration_since(*written));
-    }
     Samples(
-        by_op
-            .into_values()
-            .filter(|(count, _)| *count >= receivers)
-            .map(|(_, latest)| latest)
+        completions(arrivals, receivers)
+            .into_iter()
+            .map(|(written, last)| last.saturating_duration_since(written))
             .collect(),
     )
+}
+
+/// The throughput the cluster sustained while the load was steady: ops that arrived at all
+/// `receivers` nodes (their last arrival) inside `window`, per second of it. Below capacity
+/// this is the offered rate whatever the latency (a late op completes in the window in
+/// place of an earlier one); above it, the rate the nodes kept pace with. The window should
+/// start after a warm-up and end with the writes, so that neither the ramp nor the drain
+/// counts.
+pub fn sustained_rate<K: Ord + Clone>(
+    arrivals: &[(K, tokio::time::Instant, tokio::time::Instant)],
+    receivers: usize,
+    window: (tokio::time::Instant, tokio::time::Instant),
+) -> f64 {
+    let (from, to) = window;
+    let length = to.saturating_duration_since(from).as_secs_f64();
+    if length <= 0.0 {
+        return 0.0;
+    }
+    let completed = completions(arrivals, receivers)
+        .into_iter()
+        .filter(|(_, last)| (from..=to).contains(last))
+        .count();
+    completed as f64 / length
+}
+
+/// The steady part of a run whose writes span `first..=last`: from a quarter of the way
+/// in (the warm-up: the first ops meet empty queues) to the last write.
+pub fn steady_window(
+    first: tokio::time::Instant,
+    last: tokio::time::Instant,
+) -> (tokio::time::Instant, tokio::time::Instant) {
+    (first + last.saturating_duration_since(first) / 4, last)
 }
 
 /// Sum of the samples of the counter `name` in an OpenMetrics text whose line contains

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::common::{metric_sum, payload, per_op_latest, Load, RunReport, Samples};
+use crate::common::{
+    metric_sum, payload, per_op_latest, steady_window, sustained_rate, Load, RunReport, Samples,
+};
 
 /// How long joining and warming up may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -126,6 +128,11 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
     report.drained_after = drained_after;
     if let (Some(first), Some(last)) = (first_write, latest) {
         report.completion = last - first;
+    }
+    if let (Some(first), Some(last)) = (first_write, writes.values().max().copied()) {
+        let window = steady_window(first, last);
+        report.sustained = sustained_rate(&applied_at, receivers, window);
+        report.sustained_into_sp = Some(sustained_rate(&in_sp_at, receivers, window));
     }
     report.wire_bytes = after.wire - before.wire;
     report.status_bytes = Some(after.status_share_bytes(&before));
