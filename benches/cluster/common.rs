@@ -82,6 +82,9 @@ pub struct RunReport {
     pub sustained: f64,
     /// Tidemark only: the same for entries into every other node's snapshot point.
     pub sustained_into_sp: Option<f64>,
+    /// CPU time of the bench process (every node of either side runs in it) from the first
+    /// write until the run stopped waiting (every op delivered, or in every snapshot point).
+    pub cpu: Duration,
     /// Bytes sent over all connections by all nodes in the run (libp2p bandwidth metrics:
     /// stream bytes, before yamux framing and noise).
     pub wire_bytes: u64,
@@ -184,4 +187,30 @@ pub fn metric_sum(text: &str, name: &str, with: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
+}
+
+/// CPU time (user and system) this process has used so far, from `/proc/self/stat` (in
+/// clock ticks of 10 ms); zero where that cannot be read.
+pub fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+impl RunReport {
+    /// CPU per (op, receiving node) pair delivered.
+    pub fn cpu_per_delivery(&self) -> Duration {
+        self.cpu / self.dissemination.0.len().max(1) as u32
+    }
 }

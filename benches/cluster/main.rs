@@ -161,7 +161,7 @@ fn main() {
 /// The figures both sides share, on one line.
 fn line(r: &RunReport) -> String {
     format!(
-        "delivered {}/{}  {:.0} ops/s to all  sustained {:.0} ops/s  dissemination p50 {:.1} p99 {:.1} ms  {:.0} wire bytes/op",
+        "delivered {}/{}  {:.0} ops/s to all  sustained {:.0} ops/s  dissemination p50 {:.1} p99 {:.1} ms  {:.0} wire bytes/op  CPU {:.0} µs per (node, op)",
         r.deliveries_seen,
         r.deliveries_expected,
         r.ops_per_sec(),
@@ -169,5 +169,6 @@ fn line(r: &RunReport) -> String {
         ms(r.dissemination.quantile(0.5)),
         ms(r.dissemination.quantile(0.99)),
         r.wire_bytes as f64 / r.ops_written.max(1) as f64,
+        r.cpu_per_delivery().as_secs_f64() * 1e6,
     )
 }

@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::common::{
-    metric_sum, payload, per_op_latest, steady_window, sustained_rate, Load, RunReport, Samples,
+    metric_sum, payload, per_op_latest, process_cpu, steady_window, sustained_rate, Load,
+    RunReport, Samples,
 };
 
 /// How long joining and warming up may take.
@@ -61,6 +62,7 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         warm.as_secs_f64()
     );
     let before = Counters::read(&handles);
+    let cpu_before = process_cpu();
     let observers: Vec<Observer> = handles.iter().map(Observer::start).collect();
 
     let writes = offer_load(load, &handles).await;
@@ -84,6 +86,7 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         }
         tokio::time::sleep(POLL).await;
     }
+    let cpu = process_cpu().saturating_sub(cpu_before);
     let grace_end = last_write + load.grace;
     let after = Counters::read(&handles);
     let seen: Vec<Seen> = observers.into_iter().map(Observer::stop).collect();
@@ -126,6 +129,7 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
     report.dissemination_per_op = per_op_latest(&applied_at, receivers);
     report.sp_lag_per_op = Some(per_op_latest(&in_sp_at, receivers));
     report.drained_after = drained_after;
+    report.cpu = cpu;
     if let (Some(first), Some(last)) = (first_write, latest) {
         report.completion = last - first;
     }
@@ -169,6 +173,10 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         before.flooding,
         flooding_at_last_write,
         after.flooding
+    );
+    eprintln!(
+        "tidemark: {} op arrivals were already under the receiver's snapshot point (a repair had brought them first)",
+        after.replayed - before.replayed,
     );
     report
 }
@@ -393,6 +401,9 @@ struct Counters {
     dropped: u64,
     /// Members flooding their heartbeat when read (not covered by the aggregation).
     flooding: u64,
+    /// Ops that arrived when they were already under the receiver's snapshot point: on
+    /// the topic after a repair had brought them (`ops_rejected_total{reason="replayed"}`).
+    replayed: u64,
 }
 
 impl Counters {
@@ -405,6 +416,7 @@ impl Counters {
             refutations: 0,
             dropped: 0,
             flooding: 0,
+            replayed: 0,
         };
         for h in handles {
             let metrics = h.metrics();
@@ -414,6 +426,7 @@ impl Counters {
             counters.refutations += metric_sum(&text, "tidemark_refutations_total", "");
             counters.dropped += metric_sum(&text, "tidemark_direct_dropped_total", "");
             counters.flooding += metric_sum(&text, "tidemark_heartbeat_flooding", "");
+            counters.replayed += metric_sum(&text, "tidemark_ops_rejected_total", "replayed");
             for kind in DIRECT_KINDS.iter().chain(["ops"].iter()) {
                 *counters.by_kind.entry(kind).or_default() += metrics.bytes_total(&[*kind]).1;
                 *counters.messages.entry(kind).or_default() += metrics.messages_total(&[*kind]).1;

@@ -1,6 +1,6 @@
 //! The raw gossipsub baseline of the cluster bench: `load.nodes` bare gossipsub swarms on
 //! 127.0.0.1, built with the transport and gossipsub settings of a tidemark node (tcp with
-//! nodelay, noise, yamux, strict signed messages, messages relayed only once the
+//! nodelay, noise, yamux, anonymous (unsigned) messages, messages relayed only once the
 //! application accepted them (`validate_messages`), a content-hash message id, 4 MiB
 //! frames, default mesh), fully connected, each publishing its ops one message per op, or
 //! batched as a tidemark writer batches them (`RawMode::Batched`).
@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::common::{
-    metric_sum, payload, per_op_latest, steady_window, sustained_rate, Load, RunReport, Samples,
+    metric_sum, payload, per_op_latest, process_cpu, steady_window, sustained_rate, Load,
+    RunReport, Samples,
 };
 
 const TOPIC: &str = "raw/ops";
@@ -69,6 +70,7 @@ pub async fn run_raw(load: &Load, mode: RawMode) -> RunReport {
         ready_in.as_secs_f64()
     );
     let bytes_before = cluster.outbound_bytes();
+    let cpu_before = process_cpu();
 
     let writes = offer_load(load, &cluster).await;
     let ops_written: u64 = writes.iter().map(|w| w.len() as u64).sum();
@@ -76,6 +78,7 @@ pub async fn run_raw(load: &Load, mode: RawMode) -> RunReport {
     let last_write = writes.iter().flatten().max().copied();
     let deadline = last_write.unwrap_or_else(Instant::now) + load.grace;
     let end = cluster.wait_delivered(expected, deadline).await;
+    let cpu = process_cpu().saturating_sub(cpu_before);
 
     let wire_bytes = cluster.outbound_bytes().saturating_sub(bytes_before);
     let logs = cluster.stop().await;
@@ -84,6 +87,7 @@ pub async fn run_raw(load: &Load, mode: RawMode) -> RunReport {
     report.ops_written = ops_written;
     report.deliveries_expected = expected;
     report.wire_bytes = wire_bytes;
+    report.cpu = cpu;
     report
 }
 
@@ -275,11 +279,11 @@ impl Cluster {
     }
 }
 
-/// gossipsub as a tidemark node configures it (strict signing, relayed only once
+/// gossipsub as a tidemark node configures it (anonymous messages, relayed only once
 /// accepted, a message id from the content), except for a short initial heartbeat delay.
 fn gossip_config() -> gossipsub::Config {
     gossipsub::ConfigBuilder::default()
-        .validation_mode(ValidationMode::Strict)
+        .validation_mode(ValidationMode::Anonymous)
         .validate_messages()
         .max_transmit_size(MAX_TRANSMIT_SIZE)
         .message_id_fn(|message: &gossipsub::Message| {
@@ -302,8 +306,8 @@ fn build_swarm(registry: &mut Registry) -> Swarm<gossipsub::Behaviour> {
         )
         .expect("tcp transport")
         .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| {
-            gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config())
+        .with_behaviour(|_| {
+            gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_config())
                 .expect("gossipsub behaviour")
         })
         .expect("behaviour")

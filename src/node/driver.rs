@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/9`);
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/10`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -690,7 +690,11 @@ fn build_swarm(
 ) -> Result<Swarm<Behaviour>, NodeError> {
     let transport_err = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
     let gossip_config = gossipsub::ConfigBuilder::default()
-        .validation_mode(ValidationMode::Strict)
+        // messages are not signed by their publisher: every op in them is signed by its
+        // origin, which is what a node checks (`on_bytes`), and nothing reads a message's
+        // publisher. Checking a publisher's signature on every copy, duplicates included,
+        // was the largest cost of a gossiped op.
+        .validation_mode(ValidationMode::Anonymous)
         // a message is relayed only after this node accepted it (`on_bytes`), so garbage
         // and forged ops stop at the first honest node and the relays are never blamed
         .validate_messages()
@@ -706,7 +710,7 @@ fn build_swarm(
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {
             let gossipsub =
-                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+                gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_config)?;
             let streams = libp2p_stream::Behaviour::new();
             let identify =
                 identify::Behaviour::new(identify::Config::new(protocol_version, key.public()));
