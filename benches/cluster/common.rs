@@ -105,6 +105,11 @@ impl RunReport {
         }
         self.ops_written as f64 / self.completion.as_secs_f64()
     }
+
+    /// CPU per (op, receiving node) pair delivered.
+    pub fn cpu_per_delivery(&self) -> Duration {
+        self.cpu / self.dissemination.0.len().max(1) as u32
+    }
 }
 
 /// Per op (keyed by `K`) that arrived at `receivers` nodes: when it was written and when it
@@ -200,17 +205,10 @@ pub fn process_cpu() -> Duration {
         return Duration::ZERO;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
+    // utime and stime are fields 14 and 15 of the line: indices 11 and 12 after the name
     let ticks: u64 = [11, 12]
         .iter()
         .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
         .sum();
     Duration::from_millis(ticks * 10)
-}
-
-impl RunReport {
-    /// CPU per (op, receiving node) pair delivered.
-    pub fn cpu_per_delivery(&self) -> Duration {
-        self.cpu / self.dissemination.0.len().max(1) as u32
-    }
 }
