@@ -114,7 +114,7 @@ impl RunReport {
 
 /// Per op (keyed by `K`) that arrived at `receivers` nodes: when it was written and when it
 /// arrived at the last of them, from (op, written, arrived) triples, one per arrival.
-fn completions<K: Ord + Clone>(
+pub fn completions<K: Ord + Clone>(
     arrivals: &[(K, tokio::time::Instant, tokio::time::Instant)],
     receivers: usize,
 ) -> Vec<(tokio::time::Instant, tokio::time::Instant)> {
@@ -134,29 +134,24 @@ fn completions<K: Ord + Clone>(
         .collect()
 }
 
-/// Per op that arrived at `receivers` nodes: the time from its write to its last arrival,
-/// from (op, written, arrived) triples, one per arrival.
-pub fn per_op_latest<K: Ord + Clone>(
-    arrivals: &[(K, tokio::time::Instant, tokio::time::Instant)],
-    receivers: usize,
-) -> Samples {
+/// Per completed op ([`completions`]): the time from its write to its last arrival.
+pub fn per_op_latest(completions: &[(tokio::time::Instant, tokio::time::Instant)]) -> Samples {
     Samples(
-        completions(arrivals, receivers)
-            .into_iter()
-            .map(|(written, last)| last.saturating_duration_since(written))
+        completions
+            .iter()
+            .map(|(written, last)| last.saturating_duration_since(*written))
             .collect(),
     )
 }
 
-/// The throughput the cluster sustained while the load was steady: ops that arrived at all
-/// `receivers` nodes (their last arrival) inside `window`, per second of it. Below capacity
-/// this is the offered rate whatever the latency (a late op completes in the window in
-/// place of an earlier one); above it, the rate the nodes kept pace with. The window should
-/// start after a warm-up and end with the writes, so that neither the ramp nor the drain
-/// counts.
-pub fn sustained_rate<K: Ord + Clone>(
-    arrivals: &[(K, tokio::time::Instant, tokio::time::Instant)],
-    receivers: usize,
+/// The throughput the cluster sustained while the load was steady: the completed ops
+/// ([`completions`]) whose last arrival falls inside `window`, per second of it. Below
+/// capacity this is the offered rate whatever the latency (a late op completes in the
+/// window in place of an earlier one); above it, the rate the nodes kept pace with. The
+/// window should start after a warm-up and end with the writes, so that neither the ramp
+/// nor the drain counts.
+pub fn sustained_rate(
+    completions: &[(tokio::time::Instant, tokio::time::Instant)],
     window: (tokio::time::Instant, tokio::time::Instant),
 ) -> f64 {
     let (from, to) = window;
@@ -164,8 +159,8 @@ pub fn sustained_rate<K: Ord + Clone>(
     if length <= 0.0 {
         return 0.0;
     }
-    let completed = completions(arrivals, receivers)
-        .into_iter()
+    let completed = completions
+        .iter()
         .filter(|(_, last)| (from..=to).contains(last))
         .count();
     completed as f64 / length

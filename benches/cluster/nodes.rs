@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::common::{
-    metric_sum, payload, per_op_latest, process_cpu, steady_window, sustained_rate, Load,
-    RunReport, Samples,
+    completions, metric_sum, payload, per_op_latest, process_cpu, steady_window, sustained_rate,
+    Load, RunReport, Samples,
 };
 
 /// How long joining and warming up may take.
@@ -126,8 +126,10 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
     let receivers = load.nodes - 1;
     report.dissemination = Samples(dissemination);
     report.sp_lag = Some(Samples(sp_lag));
-    report.dissemination_per_op = per_op_latest(&applied_at, receivers);
-    report.sp_lag_per_op = Some(per_op_latest(&in_sp_at, receivers));
+    let applied_everywhere = completions(&applied_at, receivers);
+    let in_every_sp = completions(&in_sp_at, receivers);
+    report.dissemination_per_op = per_op_latest(&applied_everywhere);
+    report.sp_lag_per_op = Some(per_op_latest(&in_every_sp));
     report.drained_after = drained_after;
     report.cpu = cpu;
     if let (Some(first), Some(last)) = (first_write, latest) {
@@ -135,8 +137,8 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
     }
     if let (Some(first), Some(last)) = (first_write, writes.values().max().copied()) {
         let window = steady_window(first, last);
-        report.sustained = sustained_rate(&applied_at, receivers, window);
-        report.sustained_into_sp = Some(sustained_rate(&in_sp_at, receivers, window));
+        report.sustained = sustained_rate(&applied_everywhere, window);
+        report.sustained_into_sp = Some(sustained_rate(&in_every_sp, window));
     }
     report.wire_bytes = after.wire - before.wire;
     report.status_bytes = Some(after.status_share_bytes(&before));
@@ -175,7 +177,7 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         after.flooding
     );
     eprintln!(
-        "tidemark: {} op arrivals were already under the receiver's snapshot point (a repair had brought them first)",
+        "tidemark: {} op arrivals were of ops the receiver already held (one copy of each came by repair)",
         after.replayed - before.replayed,
     );
     report
@@ -401,8 +403,9 @@ struct Counters {
     dropped: u64,
     /// Members flooding their heartbeat when read (not covered by the aggregation).
     flooding: u64,
-    /// Ops that arrived when they were already under the receiver's snapshot point: on
-    /// the topic after a repair had brought them (`ops_rejected_total{reason="replayed"}`).
+    /// Op arrivals of ops the receiver already held, applied or waiting
+    /// (`ops_rejected_total{reason="replayed"}`). Gossipsub drops repeated copies of a
+    /// topic message itself, so one copy of each such op came by repair.
     replayed: u64,
 }
 

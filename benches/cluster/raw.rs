@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::common::{
-    metric_sum, payload, per_op_latest, process_cpu, steady_window, sustained_rate, Load,
-    RunReport, Samples,
+    completions, metric_sum, payload, per_op_latest, process_cpu, steady_window, sustained_rate,
+    Load, RunReport, Samples,
 };
 
 const TOPIC: &str = "raw/ops";
@@ -553,17 +553,16 @@ fn measure(writes: &[Vec<Instant>], logs: &[NodeLog], end: Instant) -> RunReport
         (Some(first), Some(last)) => last.saturating_duration_since(*first),
         _ => Duration::ZERO,
     };
+    let completed = completions(&arrivals, receivers);
     let last_write = writes.iter().filter_map(|w| w.last()).max();
     let sustained = match (first_write, last_write) {
-        (Some(first), Some(last)) => {
-            sustained_rate(&arrivals, receivers, steady_window(*first, *last))
-        }
+        (Some(first), Some(last)) => sustained_rate(&completed, steady_window(*first, *last)),
         _ => 0.0,
     };
     RunReport {
         sustained,
         deliveries_seen: dissemination.len() as u64,
-        dissemination_per_op: per_op_latest(&arrivals, receivers),
+        dissemination_per_op: per_op_latest(&completed),
         dissemination: Samples(dissemination),
         sp_lag: None,
         completion,
