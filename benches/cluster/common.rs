@@ -189,21 +189,8 @@ pub fn metric_sum(text: &str, name: &str, with: &str) -> u64 {
         .sum()
 }
 
-/// CPU time (user and system) this process has used so far, from `/proc/self/stat` (in
-/// clock ticks of 10 ms); zero where that cannot be read.
+/// CPU time (user and system) this process has used so far (the node's own reading of
+/// `/proc/self/stat`); zero where it cannot be read.
 pub fn process_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // the fields after the command name, which is in parentheses and may hold spaces
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: indices 11 and 12 after the name
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
+    tidemark::node::metrics::process_cpu_seconds().map_or(Duration::ZERO, Duration::from_secs_f64)
 }

@@ -534,8 +534,7 @@ struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok();
-        if let Some(seconds) = stat.as_deref().and_then(cpu_seconds) {
+        if let Some(seconds) = process_cpu_seconds() {
             let counter = ConstCounter::new(seconds);
             counter.encode(encoder.encode_descriptor(
                 "process_cpu",
@@ -565,6 +564,13 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+/// User plus system CPU seconds this process has used, from `/proc/self/stat` (Linux;
+/// `None` elsewhere or when it cannot be read): what `process_cpu_seconds_total` exports.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds(&stat)
 }
 
 /// User plus system CPU seconds from the text of `/proc/self/stat`.
