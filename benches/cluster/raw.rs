@@ -23,6 +23,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
 use prometheus_client::registry::Registry;
+use tidemark::gossip::MESSAGE_ID_BYTES;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -287,8 +288,9 @@ fn gossip_config() -> gossipsub::Config {
         .validate_messages()
         .max_transmit_size(MAX_TRANSMIT_SIZE)
         .message_id_fn(|message: &gossipsub::Message| {
-            // a tidemark node names a batch by its op range, else by the BLAKE3 of its bytes
-            gossipsub::MessageId::from(blake3::hash(&message.data).to_hex().to_string())
+            // as long as a tidemark node's ids (16 bytes: a BLAKE3 of the batch's op range,
+            // else of its bytes), since IHAVE, IWANT and IDONTWANT carry them
+            gossipsub::MessageId::new(&blake3::hash(&message.data).as_bytes()[..MESSAGE_ID_BYTES])
         })
         .heartbeat_initial_delay(HEARTBEAT_INITIAL_DELAY)
         .build()

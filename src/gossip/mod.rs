@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 pub use wire::{
     decode, decode_published, encode, encode_published, encoded_len, published_len,
-    published_op_range, report_len, DecodeError, TopicDecodeError, MAX_MESSAGE_BYTES,
+    published_op_range, report_len, topic_message_id, DecodeError, TopicDecodeError,
+    MAX_MESSAGE_BYTES, MESSAGE_ID_BYTES,
 };
 
 use crate::join_protocol::{JoinRequest, JoinResponse};

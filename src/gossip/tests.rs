@@ -322,3 +322,64 @@ proptest! {
         let _ = decode::<LwwMap>(&bytes);
     }
 }
+
+#[test]
+fn a_topic_message_is_named_by_its_op_range_in_sixteen_bytes() {
+    let ops = some_ops();
+    let encode = |slice: &[Arc<Op<LwwOp>>], report: Option<MemberRecord>| {
+        encode_published(&PublishedOps {
+            ops: OpsBatch(slice.to_vec()),
+            report: report.map(Arc::new),
+        })
+    };
+    // one batch, encoded with and without its writer's report: one id (a batch republished
+    // by anyone is deduplicated by gossipsub as one message)
+    let bare = encode(&ops[..3], None);
+    let reported = encode(&ops[..3], Some(report_after(&ops, 2)));
+    assert_ne!(bare, reported);
+    assert_eq!(topic_message_id(&bare), topic_message_id(&reported));
+    // other ranges, other ids, none of them the id of the bytes hashed as another message
+    let ids: std::collections::BTreeSet<_> = [&ops[..3], &ops[..1], &ops[1..3], &ops[5..6]]
+        .into_iter()
+        .map(|slice| topic_message_id(&encode(slice, None)))
+        .collect();
+    assert_eq!(ids.len(), 4);
+    let garbage = [0xa1, 0x00];
+    assert!(published_op_range(&garbage).is_none());
+    assert!(!ids.contains(&topic_message_id(&garbage)));
+    assert_ne!(topic_message_id(&garbage), topic_message_id(&[0xa1, 0x01]));
+}
+
+#[test]
+fn the_message_id_of_the_protocol_documents_example_is_pinned() {
+    // docs/PROTOCOL.md §5.5: origin A writes seqs 1 and 2 in one batch; its id is written
+    // there, so another implementation can check its own against it
+    let a = NodeId::from_bytes(
+        &[[0x00, 0x24, 0x08, 0x01, 0x12, 0x20].as_slice(), &[0x11; 32]].concat(),
+    )
+    .unwrap();
+    let ops: Vec<Arc<Op<LwwOp>>> = (1..=2u64)
+        .map(|seq| {
+            Arc::new(Op {
+                origin: a.clone(),
+                seq,
+                lamport: 3 + seq,
+                deps: VersionVector::default(),
+                payload: LwwOp {
+                    key: "x".into(),
+                    value: None,
+                },
+                signature: None,
+            })
+        })
+        .collect();
+    let bytes = encode_published(&PublishedOps {
+        ops: OpsBatch(ops),
+        report: None,
+    });
+    let hex: String = topic_message_id(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, "0963db18125c6ca2109bef28d1173cbd");
+}

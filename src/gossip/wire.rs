@@ -382,7 +382,44 @@ pub fn decode_published<P: DeserializeOwned>(
     })
 }
 
-/// The gossipsub message id of a published batch without decoding all of it:
+/// Bytes in the gossipsub id of a topic message ([`topic_message_id`]).
+pub const MESSAGE_ID_BYTES: usize = 16;
+
+/// BLAKE3 key-derivation context of a published batch's id (docs/PROTOCOL.md §2).
+const OP_RANGE_ID_CONTEXT: &str = "tidemark 2026-12-02 topic message id: op range";
+/// BLAKE3 key-derivation context of any other topic message's id.
+const OTHER_ID_CONTEXT: &str = "tidemark 2026-12-02 topic message id: other";
+
+/// The gossipsub id of `bytes` published on the topic, [`MESSAGE_ID_BYTES`] long. A batch
+/// is named by its op range ([`published_op_range`]): the first bytes of the BLAKE3, in
+/// key-derivation mode, of the first and the last op's origin (each after a byte with its
+/// length) and seq (8 bytes, big-endian), so a batch republished by anyone is deduplicated
+/// as one message. Anything else is named by the BLAKE3 of its bytes under another
+/// context, so it cannot take an op range's id. Short ids matter: IHAVE, IWANT and
+/// IDONTWANT carry them, each id many times per message.
+pub fn topic_message_id(bytes: &[u8]) -> [u8; MESSAGE_ID_BYTES] {
+    let hash = match published_op_range(bytes) {
+        Some(((first, first_seq), (last, last_seq))) => {
+            let mut hasher = blake3::Hasher::new_derive_key(OP_RANGE_ID_CONTEXT);
+            for (origin, seq) in [(&first, first_seq), (&last, last_seq)] {
+                let origin = origin.as_bytes();
+                // a node id is 1–64 bytes (`NodeId::from_bytes`), so its length fits a byte
+                hasher.update(&[origin.len() as u8]);
+                hasher.update(origin);
+                hasher.update(&seq.to_be_bytes());
+            }
+            hasher.finalize()
+        }
+        None => blake3::Hasher::new_derive_key(OTHER_ID_CONTEXT)
+            .update(bytes)
+            .finalize(),
+    };
+    let mut id = [0; MESSAGE_ID_BYTES];
+    id.copy_from_slice(&hash.as_bytes()[..MESSAGE_ID_BYTES]);
+    id
+}
+
+/// The op range a published batch is named by, read without decoding all of it:
 /// `(origin, seq)` of its first and last ops, or `None` if `bytes` is not a published
 /// batch with ops.
 pub fn published_op_range(bytes: &[u8]) -> Option<((NodeId, u64), (NodeId, u64))> {

@@ -1,4 +1,4 @@
-//! Framing of the direct protocol (`/tidemark/direct/10`): each node keeps one long-lived
+//! Framing of the direct protocol (`/tidemark/direct/11`): each node keeps one long-lived
 //! stream to each peer it sends to, and writes on it a sequence of frames, each one
 //! CBOR-encoded [`Message`](crate::gossip::Message). Nothing is answered on the stream;
 //! replies travel as messages of their own, on the replier's stream.
@@ -15,11 +15,11 @@ use libp2p::StreamProtocol;
 use crate::gossip::MAX_MESSAGE_BYTES;
 
 /// The protocol id of direct messages.
-pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/tidemark/direct/10");
+pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/tidemark/direct/11");
 
 /// The wire protocol's version (docs/PROTOCOL.md §8): the number at the end of
 /// [`DIRECT_PROTOCOL`] and of the identify string `/tidemark/<network>/<version>`.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Reads one frame; an error ends the stream (a short read, or a length over the limit).
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Vec<u8>> {

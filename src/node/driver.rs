@@ -5,7 +5,7 @@
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
 //!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
-//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/10`);
+//! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/11`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
 //! - `Action::ScheduleWake` → the loop's single timer.
@@ -62,7 +62,7 @@ use super::{
     Command, EvictedView, ForcedView, NodeConfig, NodeError, NodeHandle, WriteConcern, WriteError,
 };
 use crate::gossip::{
-    decode, decode_published, encode, encode_published, published_op_range, report_len, Message,
+    decode, decode_published, encode, encode_published, report_len, topic_message_id, Message,
     TopicDecodeError,
 };
 use crate::join_protocol::{HandedOverState, JoinGrant, JoinProgress, JoinResponse, StateOffer};
@@ -734,15 +734,11 @@ fn build_swarm(
     Ok(swarm)
 }
 
-/// Gossipsub message id of an ops batch: `<origin>/<seq>-<origin>/<seq>` of its first and
-/// last ops (a batch holds consecutive ops of one origin, or a rejoiner's republished ops,
-/// which may mix origins); any other
-/// payload is identified by its BLAKE3 hash, so it can never collide with an op id.
+/// Gossipsub message id of a topic message: 16 bytes named by an ops batch's op range (a
+/// batch holds consecutive ops of one origin, or a rejoiner's republished ops, which may
+/// mix origins), or by the hash of any other payload (`gossip::topic_message_id`).
 fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
-    if let Some(((first, first_seq), (last, last_seq))) = published_op_range(&message.data) {
-        return gossipsub::MessageId::from(format!("{first}/{first_seq}-{last}/{last_seq}"));
-    }
-    gossipsub::MessageId::from(blake3::hash(&message.data).to_hex().to_string())
+    gossipsub::MessageId::new(&topic_message_id(&message.data))
 }
 
 /// Node ids by their 64-bit key, for the compact ids of published batches: the members
