@@ -154,22 +154,28 @@ impl ProbeOverlay {
     }
 
     /// Whether this node watches `id` and `id` answered no probe sent in the last `window`
-    /// (and it has been watched that long). The window is stretched to
-    /// [`OWN_DELAY_FACTOR`] times this node's [own delay](Self::own_delay), up to
-    /// [`MAX_WINDOW_STRETCH`] windows: a node that hears every answer late must not take
-    /// its own lateness for its subjects' silence (Lifeguard's local health, in SWIM
-    /// terms). Where answers take a fraction of a second, as they should, the window is
-    /// `window`.
+    /// (and it has been watched that long). The window is stretched to [`OWN_DELAY_FACTOR`]
+    /// times the longer of two delays, up to [`MAX_WINDOW_STRETCH`] windows:
+    /// - this node's [own delay](Self::own_delay): a node that hears every answer late must
+    ///   not take its own lateness for its subjects' silence (Lifeguard's local health, in
+    ///   SWIM terms);
+    /// - the subject's own last round trip: silence counts from when the last answered
+    ///   round was *sent*, so a subject that answers every probe, but each after seconds
+    ///   (its event loop behind a burst of work), would look silent all the time. A
+    ///   retransmission timeout adapts to each peer's round trip the same way. A subject
+    ///   that stops answering is still found, later by as much as its answers were late.
+    ///
+    /// Where answers take a fraction of a second, as they should, the window is `window`.
     pub fn is_unanswered(&self, id: &NodeId, now: Time, window: Duration) -> bool {
         // asked for every member in the map: the window is worked out for subjects only
         self.subjects.get(id).is_some_and(|watch| {
             let last = watch.answered.map_or(watch.since, |t| t.max(watch.since));
             let silence = now.since(last);
-            silence > window
-                && silence
-                    > window
-                        .max(self.own_delay() * OWN_DELAY_FACTOR)
-                        .min(window * MAX_WINDOW_STRETCH)
+            let delay = self.own_delay().max(watch.round_trip.unwrap_or_default());
+            silence
+                > window
+                    .max(delay * OWN_DELAY_FACTOR)
+                    .min(window * MAX_WINDOW_STRETCH)
         })
     }
 }
@@ -297,9 +303,14 @@ mod tests {
         overlay.on_ack(&all[2], 999, at(5));
         overlay.on_ack(&NodeId::synthetic(77), 6, at(5));
         assert!(overlay.is_unanswered(&all[2], at(5), window));
-        // a late ack of an old round does not make the subject look alive now
+        // a late ack of an old round proves the subject alive when that round went out,
+        // not now: after the 5 s that answer took, the window is at its longest (9 s from
+        // the round, sent at 2 s), no longer
         overlay.on_ack(&all[2], 3, at(7));
-        assert!(overlay.is_unanswered(&all[2], at(7), window));
+        assert!(!overlay.is_unanswered(&all[2], at(7), window));
+        let ms = |ms: u64| Time::ZERO + Duration::from_millis(ms);
+        assert!(!overlay.is_unanswered(&all[2], ms(10_900), window));
+        assert!(overlay.is_unanswered(&all[2], ms(11_100), window));
     }
 
     /// Five members: this node (the first) watches the other four. Rounds go out every
@@ -354,14 +365,39 @@ mod tests {
             let w = late.subjects.get(&all[s]).expect("watched");
             now.since(w.answered.expect("answered")) > window
         }));
-        // one subject that answers late does not stretch the window for the others
+        // one subject that answers every probe late is not taken for silent: its window
+        // stretches by its own round trip, and only its own (the silent one is found when
+        // the others answer promptly, as above)
         let (one_late, all) = overlay_after(10_400, |_, s| match s {
             4 => None,
             3 => Some(2_500),
             _ => Some(20),
         });
         assert!(one_late.own_delay() <= Duration::from_millis(50));
-        assert!(one_late.is_unanswered(&all[3], now, window));
+        let w = one_late.subjects.get(&all[3]).expect("watched");
+        assert!(now.since(w.answered.expect("answered")) > window);
+        assert!(!one_late.is_unanswered(&all[3], now, window));
+        assert!(one_late.is_unanswered(&all[4], now, window));
+        // ... and when that late subject stops answering, it is found three of its round
+        // trips after the last round it answered: that round went out at 7.0 s, and its
+        // answer came 2.5 s later
+        let (stopped, all) = overlay_after(10_400, |sent, s| match s {
+            3 if sent <= 7_000 => Some(2_500),
+            3 | 4 => None,
+            _ => Some(20),
+        });
+        let at = |ms: u64| Time::ZERO + Duration::from_millis(ms);
+        assert!(!stopped.is_unanswered(&all[3], at(14_400), window));
+        assert!(stopped.is_unanswered(&all[3], at(14_600), window));
+        // an answer within a third of the window changes nothing: such a subject is found
+        // after the window itself, as a prompt one
+        let (brisk, all) = overlay_after(10_400, |sent, s| match s {
+            3 if sent <= 7_000 => Some(900),
+            3 | 4 => None,
+            _ => Some(20),
+        });
+        assert!(!brisk.is_unanswered(&all[3], at(9_900), window));
+        assert!(brisk.is_unanswered(&all[3], at(10_100), window));
         // a stretch is bounded: answers that take ever longer leave a silence of three
         // windows counted
         let (slow, all) = overlay_after(20_000, |_, s| (s != 4).then_some(5_000));
