@@ -163,7 +163,8 @@ impl ProbeOverlay {
     ///   round was *sent*, so a subject that answers every probe, but each after seconds
     ///   (its event loop behind a burst of work), would look silent all the time. A
     ///   retransmission timeout adapts to each peer's round trip the same way. A subject
-    ///   that stops answering is still found, later by as much as its answers were late.
+    ///   that stops answering is still found, three of its round trips after the last
+    ///   round it answered.
     ///
     /// Where answers take a fraction of a second, as they should, the window is `window`.
     pub fn is_unanswered(&self, id: &NodeId, now: Time, window: Duration) -> bool {
@@ -366,8 +367,8 @@ mod tests {
             now.since(w.answered.expect("answered")) > window
         }));
         // one subject that answers every probe late is not taken for silent: its window
-        // stretches by its own round trip, and only its own (the silent one is found when
-        // the others answer promptly, as above)
+        // stretches to three of its own round trips, and only its own (the silent one is
+        // found when the others answer promptly, as above)
         let (one_late, all) = overlay_after(10_400, |_, s| match s {
             4 => None,
             3 => Some(2_500),

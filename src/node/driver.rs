@@ -2,8 +2,8 @@
 //! events back to the replica, stores what must survive a crash before anything depending on
 //! it leaves the node, and answers the handle's commands.
 //!
-//! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: the
-//!   batch's first and last op ids, `<origin>/<seq>-<origin>/<seq>`). A publish gossipsub refuses (no
+//! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: 16
+//!   bytes of BLAKE3 over the batch's first and last op ids, `gossip::topic_message_id`). A publish gossipsub refuses (no
 //!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
 //! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/11`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
