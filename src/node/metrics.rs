@@ -286,7 +286,7 @@ impl Metrics {
         );
         registry.register(
             "suspicions_raised",
-            "Members this node suspected: none of its probes of the last `suspect_after` was answered",
+            "Members this node suspected: none of its probes of the last `suspect_after` (stretched when answers come late) was answered",
             m.suspicions_raised.clone(),
         );
         registry.register(
