@@ -4,16 +4,26 @@
 //! network, then the op's signing bytes, so an op signed in one network does not verify in
 //! another.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 
 use crate::ops_log::{OpAuthenticator, Signature};
 use crate::NodeId;
 
+/// Origins whose public keys are kept decoded; the cache is emptied when it is full.
+const KEYS_KEPT: usize = 4096;
+
 /// Signs with this node's key; verifies against the origin's peer id.
 pub struct PeerIdAuthenticator {
     key: Keypair,
     domain: Vec<u8>,
+    /// Each origin's public key as decoded from its peer id (`None`: the id carries none),
+    /// so that checking an op does not parse the id and decompress the key's curve point
+    /// again. Bounded by [`KEYS_KEPT`]: ops of made-up origins cannot fill memory.
+    keys: Mutex<BTreeMap<NodeId, Option<PublicKey>>>,
 }
 
 impl std::fmt::Debug for PeerIdAuthenticator {
@@ -29,7 +39,25 @@ impl PeerIdAuthenticator {
         let mut domain = b"tidemark op v1\0".to_vec();
         domain.extend_from_slice(network.as_bytes());
         domain.push(0);
-        Self { key, domain }
+        Self {
+            key,
+            domain,
+            keys: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `origin`'s public key, decoded once and kept.
+    fn public_key(&self, origin: &NodeId) -> Option<PublicKey> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = keys.get(origin) {
+            return key.clone();
+        }
+        if keys.len() >= KEYS_KEPT {
+            keys.clear();
+        }
+        let key = inline_public_key(origin);
+        keys.insert(origin.clone(), key.clone());
+        key
     }
 
     fn message(&self, signing_bytes: &[u8]) -> Vec<u8> {
@@ -62,7 +90,7 @@ impl OpAuthenticator for PeerIdAuthenticator {
     }
 
     fn verify(&self, origin: &NodeId, signing_bytes: &[u8], signature: &Signature) -> bool {
-        inline_public_key(origin)
+        self.public_key(origin)
             .is_some_and(|key| key.verify(&self.message(signing_bytes), &signature.0))
     }
 }
@@ -184,6 +212,37 @@ mod tests {
                 error: OpError::Signature(SignatureError::BadSignature),
             }
         );
+    }
+
+    #[test]
+    fn the_decoded_keys_are_kept_per_origin_and_within_their_bound() {
+        let (a, a_auth) = node("net");
+        let (m, m_auth) = node("net");
+        let (_, b_auth) = node("net");
+        let op = signed(&mut OpsLog::new(), &a, &a_auth);
+        let check = |op: &Op<LwwOp>| {
+            b_auth.verify(
+                &op.origin,
+                &op.signing_bytes(),
+                op.signature.as_ref().unwrap(),
+            )
+        };
+        assert!(check(&op));
+        // a's key is kept now: an op of a signed by m still fails, and one of m passes
+        let mut forged = (*op).clone();
+        forged.sign(&m_auth);
+        assert!(!check(&forged));
+        assert!(check(&signed(&mut OpsLog::new(), &m, &m_auth)));
+        assert_eq!(b_auth.keys.lock().unwrap().len(), 2);
+        // made-up origins (ids without a key) fill the cache to its bound and no further,
+        // and a's ops still verify afterwards
+        for i in 0..KEYS_KEPT as u64 + 10 {
+            let nobody = NodeId::synthetic(i);
+            assert!(!b_auth.verify(&nobody, b"x", op.signature.as_ref().unwrap()));
+        }
+        assert!(b_auth.keys.lock().unwrap().len() <= KEYS_KEPT);
+        assert!(check(&op));
+        assert!(!check(&forged));
     }
 
     #[test]
