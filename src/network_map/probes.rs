@@ -32,9 +32,10 @@ struct Watch {
     round_trip: Option<Duration>,
 }
 
-/// How much longer than this node's own delay (the median round trip of its subjects'
-/// answers) a silence must last before it counts: see [`ProbeOverlay::is_unanswered`].
-const OWN_DELAY_FACTOR: u32 = 3;
+/// How much longer than the longer of this node's own delay (the median round trip of its
+/// subjects' answers) and the subject's last round trip a silence must last before it
+/// counts: see [`ProbeOverlay::is_unanswered`].
+const DELAY_FACTOR: u32 = 3;
 /// However late its answers come, a silence of this many `suspect_after` windows counts.
 const MAX_WINDOW_STRETCH: u32 = 3;
 
@@ -154,7 +155,7 @@ impl ProbeOverlay {
     }
 
     /// Whether this node watches `id` and `id` answered no probe sent in the last `window`
-    /// (and it has been watched that long). The window is stretched to [`OWN_DELAY_FACTOR`]
+    /// (and it has been watched that long). The window is stretched to [`DELAY_FACTOR`]
     /// times the longer of two delays, up to [`MAX_WINDOW_STRETCH`] windows:
     /// - this node's [own delay](Self::own_delay): a node that hears every answer late must
     ///   not take its own lateness for its subjects' silence (Lifeguard's local health, in
@@ -175,7 +176,7 @@ impl ProbeOverlay {
             let delay = self.own_delay().max(watch.round_trip.unwrap_or_default());
             silence
                 > window
-                    .max(delay * OWN_DELAY_FACTOR)
+                    .max(delay * DELAY_FACTOR)
                     .min(window * MAX_WINDOW_STRETCH)
         })
     }

@@ -3,8 +3,9 @@
 //! it leaves the node, and answers the handle's commands.
 //!
 //! - `Action::Publish` → a gossipsub publish on `tidemark/<network>/ops` (message id: 16
-//!   bytes of BLAKE3 over the batch's first and last op ids, `gossip::topic_message_id`). A publish gossipsub refuses (no
-//!   subscribed peer yet) is not retried: anti-entropy pulls deliver those ops.
+//!   bytes of BLAKE3 over the batch's first and last op ids, `gossip::topic_message_id`).
+//!   A publish gossipsub refuses (no subscribed peer yet) is not retried: anti-entropy
+//!   pulls deliver those ops.
 //! - `Action::Send` → a frame on this node's long-lived stream to the peer (`/tidemark/direct/11`);
 //!   answers travel as requests of their own. Request-response dials the peer if needed,
 //!   with the addresses members carry in their records.
@@ -734,9 +735,7 @@ fn build_swarm(
     Ok(swarm)
 }
 
-/// Gossipsub message id of a topic message: 16 bytes named by an ops batch's op range (a
-/// batch holds consecutive ops of one origin, or a rejoiner's republished ops, which may
-/// mix origins), or by the hash of any other payload (`gossip::topic_message_id`).
+/// Gossipsub message id of a topic message (see `gossip::topic_message_id`).
 fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
     gossipsub::MessageId::new(&topic_message_id(&message.data))
 }
