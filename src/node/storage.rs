@@ -20,7 +20,8 @@
 //!
 //! Every change is one redb write transaction, committed durably before the driver lets
 //! anything that depends on it out (a 201, a publish): a `kill -9` at any moment leaves the
-//! last committed transaction, which holds every acknowledged op.
+//! last committed transaction, which holds every acknowledged op. Ops given with a
+//! checkpoint that makes them stable (and prunes them) are folded without entering `ops`.
 //!
 //! The stable state is stored incrementally. A checkpoint normally *folds*: the ops between
 //! the stored cut and the new one are already in `ops`; the keys they touch are written
@@ -244,6 +245,8 @@ pub struct StateWritten {
     pub whole: bool,
     /// The keys written, when not the whole state.
     pub keys: Vec<String>,
+    /// Ops written to the `ops` table (the batch's others were folded from memory).
+    pub ops_stored: u64,
 }
 
 fn corrupt(what: &'static str) -> impl FnOnce(ciborium::de::Error<std::io::Error>) -> StorageError {
@@ -481,9 +484,27 @@ impl Storage {
         {
             let mut ops = txn.open_table(OPS)?;
             let mut buf = Vec::new();
+            // the ops this batch's checkpoint makes stable and prunes are folded from memory
+            // and never enter the table
+            let mut stable_unstored = Vec::new();
+            let mut ops_stored = 0;
             for op in &batch.ops {
+                let pruned = batch.checkpoint.as_ref().is_some_and(|c| {
+                    op.seq
+                        <= pruned_upto(
+                            &op.origin,
+                            c.stable_cut.get(&op.origin),
+                            &c.id,
+                            c.own_kept_from,
+                        )
+                });
+                if pruned {
+                    stable_unstored.push(op);
+                    continue;
+                }
                 to_cbor(op.as_ref(), &mut buf);
                 ops.insert(op_key(&op.origin, op.seq).as_slice(), buf.as_slice())?;
+                ops_stored += 1;
             }
             if let Some(votes) = &batch.votes {
                 let mut meta = txn.open_table(META)?;
@@ -544,6 +565,7 @@ impl Storage {
                         let written = fold_or_whole(
                             &txn,
                             &mut ops,
+                            &stable_unstored,
                             &cut,
                             new_cut,
                             state,
@@ -574,6 +596,7 @@ impl Storage {
                         fold_or_whole(
                             &txn,
                             &mut ops,
+                            &stable_unstored,
                             &old_cut,
                             new_cut,
                             state,
@@ -598,6 +621,7 @@ impl Storage {
                 meta.insert(HEADER, buf.as_slice())?;
                 prune(&mut ops, new_cut, &checkpoint.id, checkpoint.own_kept_from)?;
             }
+            written.ops_stored = ops_stored;
         }
         let Some(new_base) = new_base else {
             txn.commit()?;
@@ -1053,13 +1077,17 @@ where
 }
 
 /// Folds the ops in `(old_cut, new_cut]` into the `state` table: the keys they touch
-/// get `state`'s entries. When the stored ops do not account for every op between the
-/// cuts (or the new cut is not above the old one), writes the whole state instead. Over a
-/// `base` file, counts in `shadowed` the keys newly written that the base also holds, and
-/// writes the whole state rather than remove a key the base holds.
+/// get `state`'s entries. The ops are the stored ones and `unstored`, those of the batch
+/// that never entered the table because this checkpoint prunes them. When these do not
+/// account for every op between the cuts (or the new cut is not above the old one), writes
+/// the whole state instead. Over a `base` file, counts in `shadowed` the keys newly
+/// written that the base also holds, and writes the whole state rather than remove a key
+/// the base holds.
+#[allow(clippy::too_many_arguments)]
 fn fold_or_whole(
     txn: &redb::WriteTransaction,
     ops: &mut redb::Table<&[u8], &[u8]>,
+    unstored: &[&Arc<Op<LwwOp>>],
     old_cut: &VersionVector,
     new_cut: &VersionVector,
     state: &LwwMap,
@@ -1075,6 +1103,8 @@ fn fold_or_whole(
     }
     let mut keys = BTreeSet::new();
     let mut found = 0u64;
+    // the ops counted, so that one both stored and given in `unstored` counts once
+    let mut counted = BTreeSet::new();
     for (origin, seq) in new_cut.iter() {
         let from = old_cut.get(origin);
         if seq <= from {
@@ -1086,7 +1116,19 @@ fn fold_or_whole(
         for row in ops.range(lo.as_slice()..=hi.as_slice())? {
             let (_, value) = row?;
             let op: Op<LwwOp> = ciborium::from_reader(value.value()).map_err(corrupt("op"))?;
-            keys.insert(op.payload.key);
+            if counted.insert((op.origin, op.seq)) {
+                keys.insert(op.payload.key);
+                found += 1;
+            }
+        }
+    }
+    for op in unstored {
+        let seq = op.seq;
+        if seq > old_cut.get(&op.origin)
+            && seq <= new_cut.get(&op.origin)
+            && counted.insert((op.origin.clone(), seq))
+        {
+            keys.insert(op.payload.key.clone());
             found += 1;
         }
     }
@@ -1136,6 +1178,7 @@ fn fold_or_whole(
         entries: keys.len() as u64,
         whole: false,
         keys: keys.into_iter().collect(),
+        ops_stored: 0,
     })
 }
 
@@ -1380,6 +1423,7 @@ fn write_whole(txn: &redb::WriteTransaction, state: &LwwMap) -> Result<StateWrit
         entries: state.len_with_tombstones() as u64,
         whole: true,
         keys: Vec::new(),
+        ops_stored: 0,
     })
 }
 
@@ -1501,11 +1545,7 @@ fn prune(
     own_kept_from: u64,
 ) -> Result<(), StorageError> {
     for (origin, seq) in cut.iter() {
-        let upto = if origin == me {
-            seq.min(own_kept_from.saturating_sub(1))
-        } else {
-            seq
-        };
+        let upto = pruned_upto(origin, seq, me, own_kept_from);
         if upto == 0 {
             continue;
         }
@@ -1514,6 +1554,17 @@ fn prune(
         ops.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
     }
     Ok(())
+}
+
+/// The last seq of `origin` that a checkpoint at `cut_seq` (the stable cut's entry for
+/// `origin`) deletes from the `ops` table: all of them up to the cut, except this node's
+/// own from `own_kept_from` on (its journal).
+fn pruned_upto(origin: &NodeId, cut_seq: u64, me: &NodeId, own_kept_from: u64) -> u64 {
+    if origin == me {
+        cut_seq.min(own_kept_from.saturating_sub(1))
+    } else {
+        cut_seq
+    }
 }
 
 fn op_key(origin: &NodeId, seq: u64) -> Vec<u8> {
@@ -1909,6 +1960,112 @@ mod tests {
             "the delete is stored as a tombstone"
         );
         assert_eq!(loaded.len_with_tombstones(), 1000);
+    }
+
+    #[test]
+    fn ops_the_same_checkpoint_makes_stable_are_folded_without_being_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let mut node = founder();
+        for i in 0..5 {
+            node.write(Time::ZERO, put(&format!("k{i}"))).unwrap();
+        }
+        node.handle_timeout(Time::from_millis(10));
+        assert_eq!(node.stable_cut().get(node.id()), 5);
+        let mut ops = node.drain_applied_ops();
+        // ops of another origin, which the checkpoint's cut does not cover
+        let other = NodeId::synthetic(2);
+        let mut writer = Replica::<LwwMap>::genesis(
+            other.clone(),
+            std::slice::from_ref(&other),
+            node.config().clone(),
+            1,
+            Time::ZERO,
+        );
+        for i in 5..8 {
+            writer.write(Time::ZERO, put(&format!("k{i}"))).unwrap();
+        }
+        ops.extend(writer.drain_applied_ops());
+        assert_eq!(ops.len(), 8);
+        node.stable_digest();
+        let written = storage
+            .write(&Batch {
+                ops,
+                checkpoint: Some(node.checkpoint()),
+                state: StateWrite::Fold,
+                durable: false,
+                own_seq: None,
+                votes: None,
+            })
+            .unwrap();
+        assert_eq!(
+            (written.entries, written.whole),
+            (5, false),
+            "the five stable ops are folded, not the whole state written"
+        );
+        assert_eq!(
+            storage.stored_ops().unwrap(),
+            3,
+            "only the unstable ops are stored"
+        );
+        drop(storage);
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let loaded = storage.load().unwrap();
+        let mut above: Vec<(NodeId, u64)> = loaded
+            .ops
+            .iter()
+            .map(|op| (op.origin.clone(), op.seq))
+            .collect();
+        above.sort();
+        assert_eq!(
+            above,
+            [(other.clone(), 1), (other.clone(), 2), (other, 3)],
+            "a restart reads back the ops above the cut"
+        );
+        let state = loaded.checkpoint.unwrap().stable_state;
+        assert_eq!(state.digest(), node.stable_state().digest());
+        assert_eq!(state.get("k4").as_deref(), Some("v"));
+        assert_eq!(state.get("k5"), None, "not stable yet");
+    }
+
+    #[test]
+    fn an_op_both_stored_and_given_again_is_folded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let mut node = founder();
+        for i in 0..3 {
+            node.write(Time::ZERO, put(&format!("k{i}"))).unwrap();
+        }
+        let ops = node.drain_applied_ops();
+        // stored once without a checkpoint, then given again with the one that folds it
+        storage
+            .write(&Batch {
+                ops: ops.clone(),
+                checkpoint: None,
+                state: StateWrite::Fold,
+                durable: false,
+                own_seq: None,
+                votes: None,
+            })
+            .unwrap();
+        node.handle_timeout(Time::from_millis(10));
+        node.stable_digest();
+        let written = storage
+            .write(&Batch {
+                ops,
+                checkpoint: Some(node.checkpoint()),
+                state: StateWrite::Fold,
+                durable: false,
+                own_seq: None,
+                votes: None,
+            })
+            .unwrap();
+        assert_eq!((written.entries, written.whole), (3, false), "{written:?}");
+        assert_eq!(storage.stored_ops().unwrap(), 0);
+        assert_eq!(
+            loaded_state(&storage).digest(),
+            node.stable_state().digest()
+        );
     }
 
     #[test]
