@@ -1,8 +1,9 @@
 //! Real nodes (libp2p over TCP on 127.0.0.1, OS-assigned ports) in this process: joining
 //! through a bootstrap peer, convergence, a crash, a restart from the data dir, the
 //! bootstrap peer leaving, the HTTP API's answers to bad input (all 400), one-key reads,
-//! the health and readiness probes, a join's progress in the status, and a joiner finding
-//! a bootstrap peer that came back under a new identity.
+//! the health and readiness probes, a join's progress in the status, a joiner finding
+//! a bootstrap peer that came back under a new identity, and how often a node that only
+//! receives ops writes to its database.
 
 mod support;
 
@@ -738,5 +739,71 @@ async fn metrics_follow_the_naming_conventions_and_carry_build_and_process_metri
     assert!(value("process_open_fds") >= 3.0);
     for node in nodes {
         node.kill().await;
+    }
+}
+
+/// A node that only receives ops commits no transaction per arrival: received ops wait for
+/// its next write that must happen (here its checkpoints, at most one each 500 ms while the
+/// snapshot point moves), and the ones that checkpoint makes stable are folded into the
+/// state without being stored as ops. Nothing is lost: the receiver converges, and after a
+/// crash and a restart from its data dir it holds every op again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_only_receives_ops_writes_them_with_its_checkpoints_not_one_commit_each() {
+    use tidemark::node::metrics::DurabilityLabel;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 2).await;
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    wait_members(&handles, 2, SETTLE).await;
+    let receiver = nodes[1].handle().metrics().clone();
+    let commits = || {
+        ["synced", "unsynced"]
+            .into_iter()
+            .map(|durability| {
+                receiver
+                    .storage_commits
+                    .get_or_create(&DurabilityLabel { durability })
+                    .get()
+            })
+            .sum::<u64>()
+    };
+    let before = commits();
+    let start = std::time::Instant::now();
+    const OPS: u64 = 1000;
+    // one at a time: each write is published in a batch of its own or a few
+    for k in 0..OPS {
+        handles[0]
+            .put(&format!("k{k:04}"), Some("v"))
+            .await
+            .expect("a member accepts writes");
+    }
+    assert!(
+        eventually(SETTLE, || converged(&handles, 2, OPS)).await,
+        "the receiver applies every op and its snapshot point covers them"
+    );
+    let seconds = start.elapsed().as_secs_f64();
+    let made = commits() - before;
+    // a checkpoint each 500 ms, and slack for the turns around the two ends
+    let bound = (2.0 * seconds).ceil() as u64 + 4;
+    assert!(
+        made <= bound,
+        "{made} commits for {OPS} ops received in {seconds:.2} s (at most {bound})"
+    );
+    let stored = receiver.ops_stored.get();
+    assert!(
+        stored < OPS,
+        "{stored} of {OPS} ops stored as ops: those stable by the next checkpoint are not"
+    );
+    // the receiver crashes and restarts from its data dir: it holds every op again
+    let mut nodes = nodes;
+    nodes.pop().unwrap().kill().await;
+    let again = start_node(&dir.path().join("node1"), None).await;
+    let handles = [nodes[0].handle(), again.handle()];
+    assert!(
+        eventually(SETTLE, || converged(&handles, 2, OPS)).await,
+        "after the restart both nodes hold all {OPS} ops"
+    );
+    again.leave().await.unwrap();
+    for node in nodes {
+        node.leave().await.unwrap();
     }
 }

@@ -48,7 +48,7 @@ use super::codec;
 use super::dial_failure::Reason;
 use super::direct::Direct;
 use super::keeper::SnapshotKeeper;
-use super::metrics::{count_up_to, KindLabel, Metrics, ReasonLabel};
+use super::metrics::{count_up_to, DurabilityLabel, KindLabel, Metrics, ReasonLabel};
 use super::penalties::{Offence, Penalties, PenaltyLimits};
 use super::schedule::ScheduleBook;
 use super::signing::PeerIdAuthenticator;
@@ -94,6 +94,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most waiting events and commands handled together before storing and acting.
 const READY_BATCH: usize = 64;
+/// Most received ops held in memory before they are written on their own
+/// ([`Driver::store`]): bounds one transaction's size while the snapshot point stands.
+const RECEIVED_OPS_HELD: usize = 4096;
 /// Longest a connection attempt (DNS, TCP and the handshakes) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Addresses whose last dial failure is kept for the join status.
@@ -896,7 +899,9 @@ struct Driver {
     network: String,
     /// Writes applied in memory, answered once stored.
     acks: Vec<(oneshot::Sender<Result<OpIdView, WriteError>>, OpIdView)>,
-    /// Applied ops a failed write did not store (a full disk): stored with the next batch.
+    /// Applied ops not stored yet: received ops held until the next write that must
+    /// happen ([`Driver::store`]), and those of a write that failed (a full disk). Stored
+    /// with the next batch.
     unstored_ops: Vec<Arc<Op<LwwOp>>>,
     /// The suffix of a grant whose state was fetched and staged: stored with the
     /// checkpoint that swaps the staged state in, which folds those of them that became
@@ -1903,8 +1908,25 @@ impl Driver {
         if batch.is_empty() {
             return Ok(());
         }
+        // Received ops alone wait for the next write that must happen. A write that holds
+        // no own op commits without a sync, and redb keeps such a commit only once a synced
+        // one follows: every write takes the held ops along, so holding them loses nothing
+        // a crash would not lose. Those the checkpoint makes stable meanwhile are folded
+        // from memory and never stored as ops.
+        let me = self.replica.id();
+        let must_write = batch.durable
+            || batch.checkpoint.is_some()
+            || batch.votes.is_some()
+            || batch.ops.len() >= RECEIVED_OPS_HELD
+            || self.disk_full.is_some()
+            || batch.ops.iter().any(|op| op.origin == *me);
+        if !must_write {
+            self.unstored_ops = batch.ops;
+            return Ok(());
+        }
         let wrote_checkpoint = batch.checkpoint.is_some();
         let wrote_votes = batch.votes.is_some();
+        let durable = batch.durable;
         let written = match self.storage.write(&batch) {
             Ok(written) => written,
             Err(StorageError::DiskFull(reason)) => {
@@ -1929,6 +1951,13 @@ impl Driver {
                 return Err(e.into());
             }
         };
+        self.metrics
+            .storage_commits
+            .get_or_create(&DurabilityLabel {
+                durability: if durable { "synced" } else { "unsynced" },
+            })
+            .inc();
+        self.metrics.ops_stored.inc_by(written.ops_stored);
         drop(batch);
         if wrote_votes {
             self.stored_votes = Some(vote_generation);

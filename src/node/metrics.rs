@@ -22,6 +22,12 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Labels of storage commits: `synced` (on disk when it returns) or `unsynced`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurabilityLabel {
+    pub durability: &'static str,
+}
+
 /// Labels of why ops were rejected.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -106,6 +112,8 @@ pub struct Metrics {
     pub snapshots_pruned: Count,
     pub state_entries_folded: Count,
     pub state_entries_written_whole: Count,
+    pub storage_commits: Family<DurabilityLabel, Count>,
+    pub ops_stored: Count,
     pub build_info: Family<BuildLabel, IntGauge>,
 }
 
@@ -152,6 +160,8 @@ impl Metrics {
             snapshots_pruned: Default::default(),
             state_entries_folded: Default::default(),
             state_entries_written_whole: Default::default(),
+            storage_commits: Default::default(),
+            ops_stored: Default::default(),
             build_info: Default::default(),
         };
         m.build_info
@@ -207,6 +217,12 @@ impl Metrics {
                 "state_entries_folded",
                 "Stable-state entries a checkpoint rewrote because newly stable ops touched them",
                 &m.state_entries_folded,
+            ),
+            (
+                "ops_stored",
+                "Applied ops written to the database as ops (those a checkpoint made stable \
+                 before they were written are folded into the state from memory instead)",
+                &m.ops_stored,
             ),
             (
                 "state_entries_written_whole",
@@ -422,6 +438,13 @@ impl Metrics {
             "publish_failures",
             "Publishes gossipsub refused (pulls deliver those ops instead)",
             m.publish_failures.clone(),
+        );
+        registry.register(
+            "storage_commits",
+            "Database transactions committed, by durability: `synced` (own new ops, votes, a \
+             new incarnation or phase) or `unsynced` (checkpoints, and received ops, which \
+             wait for the next write that must happen)",
+            m.storage_commits.clone(),
         );
         registry.register(
             "direct_dropped",
