@@ -180,6 +180,13 @@ pub async fn run_tidemark(load: &Load, gossip: &GossipConfig) -> RunReport {
         "tidemark: {} op arrivals were of ops the receiver already held (one copy of each came by repair)",
         after.replayed - before.replayed,
     );
+    let per_node_op = |n: u64| n as f64 / (ops_written.max(1) * handles.len() as u64) as f64;
+    eprintln!(
+        "tidemark: storage per (node, op): {:.3} synced commits, {:.3} unsynced commits, {:.3} ops stored as ops",
+        per_node_op(after.commits_synced - before.commits_synced),
+        per_node_op(after.commits_unsynced - before.commits_unsynced),
+        per_node_op(after.ops_stored - before.ops_stored),
+    );
     report
 }
 
@@ -407,6 +414,10 @@ struct Counters {
     /// (`ops_rejected_total{reason="replayed"}`). Gossipsub drops repeated copies of a
     /// topic message itself, so one copy of each such op came by repair.
     replayed: u64,
+    /// Storage transactions committed, synced and not, and ops written as ops.
+    commits_synced: u64,
+    commits_unsynced: u64,
+    ops_stored: u64,
 }
 
 impl Counters {
@@ -420,6 +431,9 @@ impl Counters {
             dropped: 0,
             flooding: 0,
             replayed: 0,
+            commits_synced: 0,
+            commits_unsynced: 0,
+            ops_stored: 0,
         };
         for h in handles {
             let metrics = h.metrics();
@@ -430,6 +444,11 @@ impl Counters {
             counters.dropped += metric_sum(&text, "tidemark_direct_dropped_total", "");
             counters.flooding += metric_sum(&text, "tidemark_heartbeat_flooding", "");
             counters.replayed += metric_sum(&text, "tidemark_ops_rejected_total", "replayed");
+            counters.commits_synced +=
+                metric_sum(&text, "tidemark_storage_commits_total", "\"synced\"");
+            counters.commits_unsynced +=
+                metric_sum(&text, "tidemark_storage_commits_total", "\"unsynced\"");
+            counters.ops_stored += metric_sum(&text, "tidemark_ops_stored_total", "");
             for kind in DIRECT_KINDS.iter().chain(["ops"].iter()) {
                 *counters.by_kind.entry(kind).or_default() += metrics.bytes_total(&[*kind]).1;
                 *counters.messages.entry(kind).or_default() += metrics.messages_total(&[*kind]).1;
