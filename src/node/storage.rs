@@ -1962,6 +1962,21 @@ mod tests {
         assert_eq!(loaded.len_with_tombstones(), 1000);
     }
 
+    /// An unsynced batch of `ops`, with `checkpoint` folded into the stored state.
+    fn fold_batch<'a>(
+        ops: Vec<Arc<Op<LwwOp>>>,
+        checkpoint: Option<Checkpoint<&'a LwwMap>>,
+    ) -> Batch<'a> {
+        Batch {
+            ops,
+            checkpoint,
+            state: StateWrite::Fold,
+            durable: false,
+            own_seq: None,
+            votes: None,
+        }
+    }
+
     #[test]
     fn ops_the_same_checkpoint_makes_stable_are_folded_without_being_stored() {
         let dir = tempfile::tempdir().unwrap();
@@ -1989,14 +2004,7 @@ mod tests {
         assert_eq!(ops.len(), 8);
         node.stable_digest();
         let written = storage
-            .write(&Batch {
-                ops,
-                checkpoint: Some(node.checkpoint()),
-                state: StateWrite::Fold,
-                durable: false,
-                own_seq: None,
-                votes: None,
-            })
+            .write(&fold_batch(ops, Some(node.checkpoint())))
             .unwrap();
         assert_eq!(
             (written.entries, written.whole),
@@ -2038,27 +2046,11 @@ mod tests {
         }
         let ops = node.drain_applied_ops();
         // stored once without a checkpoint, then given again with the one that folds it
-        storage
-            .write(&Batch {
-                ops: ops.clone(),
-                checkpoint: None,
-                state: StateWrite::Fold,
-                durable: false,
-                own_seq: None,
-                votes: None,
-            })
-            .unwrap();
+        storage.write(&fold_batch(ops.clone(), None)).unwrap();
         node.handle_timeout(Time::from_millis(10));
         node.stable_digest();
         let written = storage
-            .write(&Batch {
-                ops,
-                checkpoint: Some(node.checkpoint()),
-                state: StateWrite::Fold,
-                durable: false,
-                own_seq: None,
-                votes: None,
-            })
+            .write(&fold_batch(ops, Some(node.checkpoint())))
             .unwrap();
         assert_eq!((written.entries, written.whole), (3, false), "{written:?}");
         assert_eq!(storage.stored_ops().unwrap(), 0);
@@ -2079,14 +2071,7 @@ mod tests {
         node.handle_timeout(Time::from_millis(10));
         let _lost = node.drain_applied_ops(); // never stored
         let written = storage
-            .write(&Batch {
-                ops: Vec::new(),
-                checkpoint: Some(node.checkpoint()),
-                state: StateWrite::Fold,
-                durable: false,
-                own_seq: None,
-                votes: None,
-            })
+            .write(&fold_batch(Vec::new(), Some(node.checkpoint())))
             .unwrap();
         assert_eq!((written.entries, written.whole), (5, true));
         assert_eq!(
