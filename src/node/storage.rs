@@ -23,10 +23,12 @@
 //! last committed transaction, which holds every acknowledged op. Ops given with a
 //! checkpoint that makes them stable (and prunes them) are folded without entering `ops`.
 //!
-//! The stable state is stored incrementally. A checkpoint normally *folds*: the ops between
-//! the stored cut and the new one are already in `ops`; the keys they touch are written
-//! with the new stable state's entries and the ops are deleted, all in the transaction that
-//! stores the new header. Its cost follows the ops that became stable, not the state. A
+//! The stable state is stored incrementally. A checkpoint normally *folds*: the keys that
+//! the ops between the stored cut and the new one touch are written with the new stable
+//! state's entries and those ops are deleted, all in the transaction that stores the new
+//! header. A state kept in this store holds in memory exactly the entries it changed since
+//! the stored cut, so those are the keys, and no op is read back; otherwise they are read
+//! from the stored ops. Its cost follows the ops that became stable, not the state. A
 //! state that replaced the log (a grant) is written whole, or, when it was transferred or
 //! read from a snapshot file to restore a network, was appended to a new base file chunk by
 //! chunk as it arrived (off the event loop, [`super::base_file`]) and the checkpoint makes
@@ -566,6 +568,7 @@ impl Storage {
                             &txn,
                             &mut ops,
                             &stable_unstored,
+                            Keys::FromOps,
                             &cut,
                             new_cut,
                             state,
@@ -593,10 +596,18 @@ impl Storage {
                             None => VersionVector::new(),
                         };
                         let base = self.base();
+                        // a state kept in this store holds in memory what changed
+                        // since the stored cut
+                        let keys_from = if state.store().is_some() {
+                            Keys::InMemory
+                        } else {
+                            Keys::FromOps
+                        };
                         fold_or_whole(
                             &txn,
                             &mut ops,
                             &stable_unstored,
+                            keys_from,
                             &old_cut,
                             new_cut,
                             state,
@@ -1077,30 +1088,77 @@ where
 }
 
 /// Folds the ops in `(old_cut, new_cut]` into the `state` table: the keys they touch
-/// get `state`'s entries. The ops are the stored ones and `unstored`, those of the batch
-/// that never entered the table because this checkpoint prunes them. When these do not
-/// account for every op between the cuts (or the new cut is not above the old one), writes
-/// the whole state instead. Over a `base` file, counts in `shadowed` the keys newly
-/// written that the base also holds, and writes the whole state rather than remove a key
-/// the base holds.
+/// get `state`'s entries. A state kept in this store (`Keys::InMemory`) holds in memory
+/// exactly the entries that changed since the stored cut, so their keys are the ones to
+/// write, and no op is read back. Otherwise (`Keys::FromOps`) the keys are those of the
+/// stored ops and of `unstored`, the batch's ops that never entered the table because this
+/// checkpoint prunes them; when these do not account for every op between the cuts, the
+/// whole state is written instead. So is it when the new cut is not above the old one.
+/// Over a `base` file, counts in `shadowed` the keys newly written that the base also
+/// holds, and writes the whole state rather than remove a key the base holds.
 #[allow(clippy::too_many_arguments)]
 fn fold_or_whole(
     txn: &redb::WriteTransaction,
     ops: &mut redb::Table<&[u8], &[u8]>,
     unstored: &[&Arc<Op<LwwOp>>],
+    keys_from: Keys,
     old_cut: &VersionVector,
     new_cut: &VersionVector,
     state: &LwwMap,
     base: Option<&BaseFile>,
     shadowed: &mut u64,
 ) -> Result<StateWritten, StorageError> {
-    let mut expected = 0u64;
     for (origin, _) in old_cut.iter() {
         if new_cut.get(origin) < old_cut.get(origin) {
             warn!("the stable cut went back; writing the whole state");
             return write_whole(txn, state);
         }
     }
+    let keys = match keys_from {
+        Keys::InMemory => {
+            let keys: BTreeSet<String> = state.in_memory_keys().cloned().collect();
+            // what the ops between the cuts touch is among them (checked where it is cheap
+            // to: in debug builds, so every test that stores checks it)
+            if cfg!(debug_assertions) {
+                if let Some(touched) = keys_of_ops(ops, unstored, old_cut, new_cut)? {
+                    debug_assert!(
+                        touched.is_subset(&keys),
+                        "keys touched by newly stable ops are not in memory: {:?}",
+                        touched.difference(&keys).collect::<Vec<_>>()
+                    );
+                }
+            }
+            keys
+        }
+        Keys::FromOps => match keys_of_ops(ops, unstored, old_cut, new_cut)? {
+            Some(keys) => keys,
+            None => {
+                warn!("stored ops do not account for the new stable cut; writing the whole state");
+                return write_whole(txn, state);
+            }
+        },
+    };
+    write_keys(txn, keys, state, base, shadowed)
+}
+
+/// Where a fold finds the keys to write (see [`fold_or_whole`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keys {
+    /// The state's in-memory entries: it is kept in this store.
+    InMemory,
+    /// The ops between the cuts, stored or given with the batch.
+    FromOps,
+}
+
+/// The keys the ops in `(old_cut, new_cut]` touch, stored or in `unstored`; `None` when
+/// those do not account for every op between the cuts.
+fn keys_of_ops(
+    ops: &mut redb::Table<&[u8], &[u8]>,
+    unstored: &[&Arc<Op<LwwOp>>],
+    old_cut: &VersionVector,
+    new_cut: &VersionVector,
+) -> Result<Option<BTreeSet<String>>, StorageError> {
+    let mut expected = 0u64;
     let mut keys = BTreeSet::new();
     let mut found = 0u64;
     // the ops counted, so that one both stored and given in `unstored` counts once
@@ -1132,13 +1190,19 @@ fn fold_or_whole(
             found += 1;
         }
     }
-    if found != expected {
-        warn!(
-            expected,
-            found, "stored ops do not account for the new stable cut; writing the whole state"
-        );
-        return write_whole(txn, state);
-    }
+    Ok((found == expected).then_some(keys))
+}
+
+/// Writes `state`'s entries of `keys` to the `state` table (removing those it no longer
+/// holds), and the digest chunk hashes they change; the whole state instead when a key the
+/// `base` file holds is gone.
+fn write_keys(
+    txn: &redb::WriteTransaction,
+    keys: BTreeSet<String>,
+    state: &LwwMap,
+    base: Option<&BaseFile>,
+    shadowed: &mut u64,
+) -> Result<StateWritten, StorageError> {
     let in_base = |key: &str| -> Result<bool, StorageError> {
         match base {
             Some(base) => Ok(base.get(key).map_err(base_error)?.is_some()),
@@ -2058,6 +2122,41 @@ mod tests {
             loaded_state(&storage).digest(),
             node.stable_state().digest()
         );
+    }
+
+    #[test]
+    fn a_state_kept_in_the_store_folds_the_keys_it_holds_in_memory_without_reading_ops() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let mut node = founder();
+        let mut t = 0;
+        let first = write_and_checkpoint(
+            &storage,
+            &mut node,
+            (0..100).map(|i| format!("k{i:03}")),
+            StateWrite::Fold,
+            &mut t,
+        );
+        keep_in_store(&storage, &mut node, &first);
+        // two keys change, and their ops never reach the table
+        node.write(Time::from_millis(t), put("k007")).unwrap();
+        node.write(Time::from_millis(t), put("new")).unwrap();
+        t += 10;
+        node.handle_timeout(Time::from_millis(t));
+        let _never_stored = node.drain_applied_ops();
+        assert_eq!(node.stable_state().in_memory(), 2);
+        node.stable_digest();
+        let written = storage
+            .write(&fold_batch(Vec::new(), Some(node.checkpoint())))
+            .unwrap();
+        assert_eq!(written.keys, ["k007", "new"], "{written:?}");
+        assert!(!written.whole);
+        keep_in_store(&storage, &mut node, &written);
+        assert_eq!(node.stable_state().in_memory(), 0);
+        let loaded = loaded_state(&storage);
+        assert_eq!(loaded.digest(), node.stable_state().digest());
+        assert_eq!(loaded.get("new").as_deref(), Some("v"));
+        assert_eq!(loaded.len_with_tombstones(), 101);
     }
 
     #[test]
