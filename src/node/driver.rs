@@ -1849,7 +1849,10 @@ impl Driver {
 
     fn store(&mut self) -> Result<(), NodeError> {
         let mut ops = std::mem::take(&mut self.unstored_ops);
-        ops.extend(self.replica.drain_applied_ops());
+        let applied = self.replica.drain_applied_ops();
+        // held ops hold none of this node's own: one makes the write that takes them along
+        let own_applied = applied.iter().any(|op| op.origin == *self.replica.id());
+        ops.extend(applied);
         // evictions are logged with the other changes of standing (`log_membership`)
         self.replica.drain_evictions();
         let phase = phase_name(&self.replica);
@@ -1913,13 +1916,12 @@ impl Driver {
         // one follows: every write takes the held ops along, so holding them loses nothing
         // a crash would not lose. Those the checkpoint makes stable meanwhile are folded
         // from memory and never stored as ops.
-        let me = self.replica.id();
         let must_write = batch.durable
+            || own_applied
             || batch.checkpoint.is_some()
             || batch.votes.is_some()
             || batch.ops.len() >= RECEIVED_OPS_HELD
-            || self.disk_full.is_some()
-            || batch.ops.iter().any(|op| op.origin == *me);
+            || self.disk_full.is_some();
         if !must_write {
             self.unstored_ops = batch.ops;
             return Ok(());

@@ -1121,7 +1121,7 @@ fn fold_or_whole(
             // to: in debug builds, so every test that stores checks it)
             if cfg!(debug_assertions) {
                 if let Some(touched) = keys_of_ops(ops, unstored, old_cut, new_cut)? {
-                    debug_assert!(
+                    assert!(
                         touched.is_subset(&keys),
                         "keys touched by newly stable ops are not in memory: {:?}",
                         touched.difference(&keys).collect::<Vec<_>>()
