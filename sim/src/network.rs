@@ -1,7 +1,6 @@
 //! The simulated network: per-link latency, loss, duplication and reordering, and a
 //! gossipsub-like mesh that floods published messages.
 
-use rustc_hash::FxHashSet;
 use std::time::Duration;
 
 use rand::Rng;
@@ -153,16 +152,21 @@ impl Mesh {
 
 /// The published-message ids a node has seen (gossipsub's duplicate cache), in two
 /// generations so old ids are forgotten.
+///
+/// The simulator numbers published messages from one counter and nearly every node sees
+/// nearly every one, so each generation is a bitmap over the ids it holds: one bit per id
+/// instead of a hash-set slot (a 1,000-node run of 50,000 ops held about 0.8 GB of them),
+/// and a lookup touches one word.
 #[derive(Clone, Debug, Default)]
 pub struct SeenCache {
-    current: FxHashSet<u64>,
-    previous: FxHashSet<u64>,
+    current: IdBitmap,
+    previous: IdBitmap,
 }
 
 impl SeenCache {
     /// Records `id`; returns whether it was new.
     pub fn insert(&mut self, id: u64) -> bool {
-        if self.previous.contains(&id) {
+        if self.previous.contains(id) {
             return false;
         }
         self.current.insert(id)
@@ -170,10 +174,89 @@ impl SeenCache {
 
     /// Whether `id` was seen (and not yet forgotten).
     pub fn contains(&self, id: u64) -> bool {
-        self.current.contains(&id) || self.previous.contains(&id)
+        self.current.contains(id) || self.previous.contains(id)
     }
 
     pub fn rotate(&mut self) {
         self.previous = std::mem::take(&mut self.current);
+    }
+}
+
+/// A set of `u64` ids as bits over the range of words between the lowest and the highest
+/// id it holds.
+#[derive(Clone, Debug, Default)]
+struct IdBitmap {
+    /// Index of the word `words[0]` stands for (its first id is `64 * first_word`).
+    first_word: u64,
+    words: Vec<u64>,
+}
+
+impl IdBitmap {
+    fn contains(&self, id: u64) -> bool {
+        let word = id / 64;
+        word.checked_sub(self.first_word)
+            .and_then(|i| self.words.get(usize::try_from(i).ok()?))
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    /// Adds `id`; returns whether it was not there.
+    fn insert(&mut self, id: u64) -> bool {
+        let word = id / 64;
+        if self.words.is_empty() {
+            self.first_word = word;
+        } else if word < self.first_word {
+            let grow = (self.first_word - word) as usize;
+            self.words.splice(0..0, std::iter::repeat_n(0, grow));
+            self.first_word = word;
+        }
+        let i = (word - self.first_word) as usize;
+        if i >= self.words.len() {
+            self.words.resize(i + 1, 0);
+        }
+        let bit = 1 << (id % 64);
+        let new = self.words[i] & bit == 0;
+        self.words[i] |= bit;
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_new_once_and_forgotten_two_rotations_later() {
+        let mut seen = SeenCache::default();
+        assert!(seen.insert(70));
+        assert!(!seen.insert(70));
+        assert!(seen.contains(70));
+        assert!(!seen.contains(71));
+        seen.rotate();
+        // still a duplicate in the previous generation, and not carried into the current
+        assert!(!seen.insert(70));
+        assert!(seen.contains(70));
+        seen.rotate();
+        assert!(!seen.contains(70));
+        assert!(seen.insert(70));
+    }
+
+    #[test]
+    fn ids_below_above_and_far_from_the_first_are_kept_apart() {
+        let mut seen = SeenCache::default();
+        let ids = [640, 5, 0, 63, 64, 1_000_000, 639, 641];
+        for (i, &id) in ids.iter().enumerate() {
+            assert!(seen.insert(id), "{id} is new");
+            for &held in &ids[..=i] {
+                assert!(seen.contains(held), "{held} held after inserting {id}");
+            }
+            for &not_yet in &ids[i + 1..] {
+                assert!(!seen.contains(not_yet), "{not_yet} not inserted yet");
+            }
+        }
+        for &id in &ids {
+            assert!(!seen.insert(id), "{id} is a duplicate");
+        }
+        assert!(!seen.contains(u64::MAX));
+        assert!(!seen.contains(1));
     }
 }
