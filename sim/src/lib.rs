@@ -10,6 +10,7 @@ pub mod ground_truth;
 pub mod invariants;
 pub mod metrics;
 pub mod network;
+pub mod queue;
 pub mod report;
 pub mod sim;
 

@@ -2,8 +2,7 @@
 //! real `tidemark::replica::Replica`s — the same core the node runs — over the simulated
 //! network, and the invariants are checked after every event.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,7 @@ use crate::invariants::{
 };
 use crate::metrics::{round3, FaultStats, Histogram, Latencies, RecordMerges, Sample, Traffic};
 use crate::network::{Links, Mesh, SeenCache};
+use crate::queue::EventQueue;
 use crate::report::Report;
 
 /// A message's encoded size, and how much of it is a report riding on published ops.
@@ -114,31 +114,6 @@ struct KeptFetch {
 
 /// What a crashed fetch keeps is counted in these steps (the chunks synced so far).
 const KEPT_STEPS: f64 = 16.0;
-
-#[derive(Debug)]
-struct Event {
-    at: Time,
-    seq: u64,
-    /// Boxed: the queue moves events on every push and pop, so they stay three words.
-    kind: Box<EventKind>,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
 
 /// The members a crash watch still waits on, with when each adopted the eviction.
 type Waiting = BTreeMap<usize, Option<Time>>;
@@ -245,7 +220,8 @@ pub struct Sim {
     config: SimConfig,
     rng: ChaCha8Rng,
     now: Time,
-    queue: BinaryHeap<Reverse<Event>>,
+    /// Pending events; each kind is boxed so that the queue moves three words.
+    queue: EventQueue<Box<EventKind>>,
     seq: u64,
     /// The current identity of every node slot (a node that lost its disk comes back in
     /// its slot with a new identity).
@@ -359,7 +335,7 @@ impl Sim {
         let mut sim = Sim {
             rng,
             now: Time::ZERO,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             seq: 0,
             ids: Vec::new(),
             index: BTreeMap::new(),
@@ -548,11 +524,7 @@ impl Sim {
 
     fn push(&mut self, at: Time, kind: EventKind) {
         self.seq += 1;
-        self.queue.push(Reverse(Event {
-            at,
-            seq: self.seq,
-            kind: Box::new(kind),
-        }));
+        self.queue.push(at.as_micros(), self.seq, Box::new(kind));
     }
 
     fn ms(&self) -> f64 {
@@ -564,8 +536,9 @@ impl Sim {
     pub fn run(mut self, progress: Progress<'_>) -> Report {
         let started = std::time::Instant::now();
         let budget = self.config.event_budget();
-        while let Some(Reverse(event)) = self.queue.pop() {
-            self.now = event.at;
+        while let Some(event) = self.queue.pop() {
+            let at = Time(event.at);
+            self.now = at;
             self.events += 1;
             if self.events > budget
                 || (self.events.is_multiple_of(4096) && started.elapsed() > self.config.max_wall)
@@ -583,7 +556,7 @@ impl Sim {
                 );
                 break;
             }
-            match *event.kind {
+            match *event.item {
                 EventKind::Deliver {
                     to,
                     from,
@@ -593,7 +566,7 @@ impl Sim {
                 } => {
                     if let Some(id) = mesh_id {
                         let in_flight = &mut self.nodes[to].in_flight;
-                        if in_flight.get(&id) == Some(&event.at) {
+                        if in_flight.get(&id) == Some(&at) {
                             in_flight.remove(&id);
                         }
                     }
@@ -617,7 +590,7 @@ impl Sim {
                     }
                 }
                 EventKind::Wake { node } => {
-                    if self.nodes[node].wake == Some(event.at) && !self.nodes[node].stopped {
+                    if self.nodes[node].wake == Some(at) && !self.nodes[node].stopped {
                         self.nodes[node].wake = None;
                         let now = self.now;
                         self.nodes[node].replica.handle_timeout(now);
