@@ -1116,7 +1116,7 @@ fn fold_or_whole(
     }
     let keys = match keys_from {
         Keys::InMemory => {
-            let keys: BTreeSet<String> = state.in_memory_keys().cloned().collect();
+            let keys: BTreeSet<String> = state.in_memory_keys().map(str::to_owned).collect();
             // what the ops between the cuts touch is among them (checked where it is cheap
             // to: in debug builds, so every test that stores checks it)
             if cfg!(debug_assertions) {

@@ -75,6 +75,11 @@ pub trait StoredEntries: Send + Sync {
     }
 }
 
+/// A map key as the map holds it: inline when it is at most 24 bytes long, so comparing
+/// keys while searching the map reads the map's own nodes rather than one heap string
+/// per comparison.
+type Key = compact_str::CompactString;
+
 /// Key-value map, last writer wins by (Lamport time, origin). A persistent map: a clone
 /// costs O(1) and shares structure, so a snapshot of the state can be exported while the
 /// node goes on applying ops. A clone of a map kept in a store reads the store as it was
@@ -86,7 +91,7 @@ pub trait StoredEntries: Send + Sync {
 #[serde(from = "LwwMapRepr")]
 pub struct LwwMap {
     /// Every entry (no store), or the entries the store does not hold as new (the overlay).
-    entries: imbl::OrdMap<String, LwwEntry>,
+    entries: imbl::OrdMap<Key, LwwEntry>,
     /// Where the rest of the entries are kept.
     store: Option<Arc<dyn StoredEntries>>,
     chunks: DigestChunks,
@@ -109,7 +114,7 @@ struct Building {
 #[derive(Deserialize)]
 struct LwwMapRepr {
     #[serde(deserialize_with = "crate::serde_bounded::ord_map")]
-    entries: imbl::OrdMap<String, LwwEntry>,
+    entries: imbl::OrdMap<Key, LwwEntry>,
 }
 
 impl From<LwwMapRepr> for LwwMap {
@@ -189,7 +194,7 @@ pub type EntryRef<'a> = (Cow<'a, str>, Cow<'a, LwwEntry>);
 /// Merges the in-memory entries with the stored ones, both in key order: a key held by
 /// both gives the newer entry.
 fn merge<'a>(
-    memory: impl Iterator<Item = (&'a String, &'a LwwEntry)> + 'a,
+    memory: impl Iterator<Item = (&'a Key, &'a LwwEntry)> + 'a,
     stored: Option<Box<dyn Iterator<Item = (String, LwwEntry)> + Send + 'a>>,
 ) -> impl Iterator<Item = EntryRef<'a>> + 'a {
     let mut memory = memory.peekable();
@@ -345,8 +350,8 @@ impl LwwMap {
     }
 
     /// The keys held in memory, in order.
-    pub fn in_memory_keys(&self) -> impl Iterator<Item = &String> {
-        self.entries.keys()
+    pub fn in_memory_keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(Key::as_str)
     }
 
     /// Entries, tombstones included, with keys in the range, in key order.
@@ -418,12 +423,12 @@ impl LwwMap {
             return self.push_stored_in_order(key, &entry);
         }
         if let Some((last, _)) = self.entries.get_max() {
-            if key <= *last {
+            if key.as_str() <= last.as_str() {
                 return Err(format!("key {key:?} does not sort after {last:?}"));
             }
         }
         self.chunks.touch(&key, true);
-        self.entries.insert(key, entry);
+        self.entries.insert(Key::from(key), entry);
         Ok(())
     }
 
@@ -661,7 +666,7 @@ impl StateMachine for LwwMap {
     /// stored entry still wins every read.
     fn apply(&mut self, meta: &OpMeta<'_>, op: &LwwOp) {
         self.end_building();
-        let current = self.entries.get(&op.key);
+        let current = self.entries.get(op.key.as_str());
         let wins = match current {
             None => true,
             Some(cur) => (meta.lamport, meta.origin) > (cur.lamport, &cur.origin),
@@ -670,7 +675,7 @@ impl StateMachine for LwwMap {
             let new_key = current.is_none();
             self.chunks.touch(&op.key, new_key);
             self.entries.insert(
-                op.key.clone(),
+                Key::from(op.key.as_str()),
                 LwwEntry {
                     value: op.value.clone(),
                     lamport: meta.lamport,
