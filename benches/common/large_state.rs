@@ -17,7 +17,7 @@ pub fn large_state(mib: u64) -> (LwwMap, VersionVector, u64) {
     let mut state = LwwMap::default();
     for i in 0..entries {
         let entry = LwwEntry {
-            value: Some(value.clone()),
+            value: Some(value.as_str().into()),
             lamport: i + 1,
             origin: origin.clone(),
         };

@@ -373,7 +373,7 @@ mod tests {
 
     fn entry(i: u64) -> LwwEntry {
         LwwEntry {
-            value: (!i.is_multiple_of(7)).then(|| format!("value {i}")),
+            value: (!i.is_multiple_of(7)).then(|| format!("value {i}").into()),
             lamport: i,
             origin: NodeId::synthetic(1),
         }

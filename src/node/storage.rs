@@ -2275,7 +2275,7 @@ mod tests {
             {
                 let mut table = txn.open_table(LEGACY_STAGED).unwrap();
                 let value = to_vec(&LwwEntry {
-                    value: Some("v".repeat(1000)),
+                    value: Some("v".repeat(1000).into()),
                     lamport: 1,
                     origin: NodeId::synthetic(1),
                 });

@@ -22,10 +22,14 @@ pub struct LwwOp {
     pub value: Option<String>,
 }
 
+/// A value as an entry holds it: inline when it is at most 24 bytes long, so reading an
+/// entry (to hash it into the digest, say) reads no heap string for a short value.
+pub type EntryValue = compact_str::CompactString;
+
 /// One key's winning write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LwwEntry {
-    pub value: Option<String>,
+    pub value: Option<EntryValue>,
     pub lamport: u64,
     pub origin: NodeId,
 }
@@ -378,7 +382,7 @@ impl LwwMap {
         self.range(Bound::Included(start), Bound::Unbounded)
             .filter_map(|(k, e)| match e {
                 Cow::Borrowed(e) => e.value.as_deref().map(|v| (k, Cow::Borrowed(v))),
-                Cow::Owned(e) => e.value.map(|v| (k, Cow::Owned(v))),
+                Cow::Owned(e) => e.value.map(|v| (k, Cow::Owned(v.into_string()))),
             })
     }
 
@@ -396,7 +400,7 @@ impl LwwMap {
     pub fn get(&self, key: &str) -> Option<Cow<'_, str>> {
         match self.entry(key)? {
             Cow::Borrowed(e) => e.value.as_deref().map(Cow::Borrowed),
-            Cow::Owned(e) => e.value.map(Cow::Owned),
+            Cow::Owned(e) => e.value.map(|v| Cow::Owned(v.into_string())),
         }
     }
 
@@ -677,7 +681,7 @@ impl StateMachine for LwwMap {
             self.entries.insert(
                 Key::from(op.key.as_str()),
                 LwwEntry {
-                    value: op.value.clone(),
+                    value: op.value.as_deref().map(EntryValue::from),
                     lamport: meta.lamport,
                     origin: meta.origin.clone(),
                 },

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use causal_buffer::{BufferLimits, CausalBuffer, Insert};
-pub use lww_map::{EntryRef, LwwEntry, LwwMap, LwwOp, StoredEntries};
+pub use lww_map::{EntryRef, EntryValue, LwwEntry, LwwMap, LwwOp, StoredEntries};
 pub use own_ops::OwnOps;
 pub use signing::{OpAuthenticator, Signature, SignatureError};
 pub use state_machine::{Digest, OpMeta, StateMachine};
