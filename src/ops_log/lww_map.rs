@@ -668,24 +668,26 @@ impl StateMachine for LwwMap {
 
     /// A map kept in a store compares the op with its in-memory entry only: a newer
     /// stored entry still wins every read.
+    ///
+    /// One search of the map in the common case: the op's entry goes in, and the entry it
+    /// replaced goes back only when that one was newer (a write that lost the race).
     fn apply(&mut self, meta: &OpMeta<'_>, op: &LwwOp) {
         self.end_building();
-        let current = self.entries.get(op.key.as_str());
-        let wins = match current {
-            None => true,
-            Some(cur) => (meta.lamport, meta.origin) > (cur.lamport, &cur.origin),
+        let written = LwwEntry {
+            value: op.value.as_deref().map(EntryValue::from),
+            lamport: meta.lamport,
+            origin: meta.origin.clone(),
         };
-        if wins {
-            let new_key = current.is_none();
-            self.chunks.touch(&op.key, new_key);
-            self.entries.insert(
-                Key::from(op.key.as_str()),
-                LwwEntry {
-                    value: op.value.as_deref().map(EntryValue::from),
-                    lamport: meta.lamport,
-                    origin: meta.origin.clone(),
-                },
-            );
+        match self.entries.insert(Key::from(op.key.as_str()), written) {
+            None => self.chunks.touch(&op.key, true),
+            Some(replaced)
+                if (meta.lamport, meta.origin) > (replaced.lamport, &replaced.origin) =>
+            {
+                self.chunks.touch(&op.key, false);
+            }
+            Some(replaced) => {
+                self.entries.insert(Key::from(op.key.as_str()), replaced);
+            }
         }
     }
 
