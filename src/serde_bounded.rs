@@ -18,11 +18,24 @@ where
     K: Deserialize<'de> + Ord + Clone,
     V: Deserialize<'de> + Clone,
 {
-    struct MapVisitor<K, V>(PhantomData<(K, V)>);
+    ord_map_with_keys_from::<D, K, K, V>(deserializer)
+}
 
-    impl<'de, K, V> Visitor<'de> for MapVisitor<K, V>
+/// [`ord_map`] for keys read as `R` and held as `K` (a key type whose own `Deserialize`
+/// does not read every encoding its `R` does).
+pub fn ord_map_with_keys_from<'de, D, R, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    R: Deserialize<'de> + Into<K>,
+    K: Ord + Clone,
+    V: Deserialize<'de> + Clone,
+{
+    struct MapVisitor<R, K, V>(PhantomData<(R, K, V)>);
+
+    impl<'de, R, K, V> Visitor<'de> for MapVisitor<R, K, V>
     where
-        K: Deserialize<'de> + Ord + Clone,
+        R: Deserialize<'de> + Into<K>,
+        K: Ord + Clone,
         V: Deserialize<'de> + Clone,
     {
         type Value = OrdMap<K, V>;
@@ -33,14 +46,14 @@ where
 
         fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
             let mut map = OrdMap::new();
-            while let Some((key, value)) = access.next_entry()? {
-                map.insert(key, value);
+            while let Some((key, value)) = access.next_entry::<R, V>()? {
+                map.insert(key.into(), value);
             }
             Ok(map)
         }
     }
 
-    deserializer.deserialize_map(MapVisitor(PhantomData))
+    deserializer.deserialize_map(MapVisitor::<R, K, V>(PhantomData))
 }
 
 #[cfg(test)]

@@ -29,9 +29,19 @@ pub type EntryValue = compact_str::CompactString;
 /// One key's winning write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LwwEntry {
+    #[serde(deserialize_with = "value_via_string")]
     pub value: Option<EntryValue>,
     pub lamport: u64,
     pub origin: NodeId,
+}
+
+/// Reads a value as a `String` first: a `CompactString`'s own `Deserialize` asks for a
+/// borrowed `str`, which ciborium cannot give for a text longer than its scratch buffer
+/// (4 KiB), so a long value read from disk or the wire would fail to decode.
+fn value_via_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<EntryValue>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.map(EntryValue::from))
 }
 
 impl LwwEntry {
@@ -117,7 +127,8 @@ struct Building {
 /// The encoded form: the entries alone (the digest chunks are derived from them).
 #[derive(Deserialize)]
 struct LwwMapRepr {
-    #[serde(deserialize_with = "crate::serde_bounded::ord_map")]
+    /// Keys are read as `String`s, as values are ([`value_via_string`]).
+    #[serde(deserialize_with = "crate::serde_bounded::ord_map_with_keys_from::<_, String, _, _>")]
     entries: imbl::OrdMap<Key, LwwEntry>,
 }
 
@@ -724,6 +735,34 @@ impl StateMachine for LwwMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_keys_and_values_decode_as_short_ones_do() {
+        // ciborium hands a text longer than its 4 KiB scratch buffer only to a visitor
+        // that takes an owned string; keys and values held inline must still read it
+        for len in [3, 24, 25, 4_096, 16 * 1024] {
+            let entry = LwwEntry {
+                value: Some("v".repeat(len).into()),
+                lamport: 7,
+                origin: NodeId::synthetic(1),
+            };
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&entry, &mut bytes).unwrap();
+            let back: LwwEntry = ciborium::from_reader(&bytes[..]).unwrap();
+            assert_eq!(back, entry, "a value of {len} bytes");
+
+            let mut map = LwwMap::default();
+            map.push_in_order("k".repeat(len), entry.clone()).unwrap();
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&map, &mut bytes).unwrap();
+            let back: LwwMap = ciborium::from_reader(&bytes[..]).unwrap();
+            assert_eq!(back, map, "a key of {len} bytes");
+            assert_eq!(
+                back.get(&"k".repeat(len)).as_deref(),
+                Some(&*"v".repeat(len))
+            );
+        }
+    }
 
     fn put(map: &mut LwwMap, origin: &NodeId, lamport: u64, key: &str, value: Option<&str>) {
         let meta = OpMeta {
