@@ -29,7 +29,7 @@ fn main() {
     let mut state = LwwMap::default();
     for i in 0..40u64 {
         let entry = LwwEntry {
-            value: (i % 7 != 0).then(|| format!("value-{i}")),
+            value: (i % 7 != 0).then(|| format!("value-{i}").into()),
             lamport: i + 1,
             origin: origin.clone(),
         };
