@@ -175,6 +175,21 @@ async fn a_network_lost_entirely_is_restored_from_its_archived_snapshot() {
     );
     assert_eq!(value("new-key").as_deref(), Some("from the joiner"));
     assert!(value("key69").is_some(), "archived keys are there");
+    // received ops wait in memory for the next write that must happen (a checkpoint, at
+    // most every 500 ms while the snapshot point moves); a crash before it would lose the
+    // joiner's op here, to be pulled again from the network, so wait for that write
+    let in_memory = || {
+        hr.metrics()
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("tidemark_state_entries_in_memory "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async { in_memory() == Some(0) }).await,
+        "the restored node stores what it applied: {:?} entries only in memory",
+        in_memory()
+    );
     for node in [joiner, restored] {
         node.kill().await;
     }
