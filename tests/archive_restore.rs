@@ -10,7 +10,9 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{converged, eventually, http, start_node, start_node_with, wait_members};
+use support::{
+    converged, eventually, http, node_metric, start_node, start_node_with, wait_members,
+};
 use tidemark::node::views::At;
 use tidemark::node::{Node, NodeConfig, NodeError, NodeHandle};
 
@@ -127,15 +129,9 @@ async fn a_network_lost_entirely_is_restored_from_its_archived_snapshot() {
         newest["height"].as_u64().unwrap(),
         "the new network starts at the archived snapshot point"
     );
-    let written_whole = hr
-        .metrics()
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix("tidemark_state_entries_written_whole_total "))
-        .map(|v| v.trim().to_string());
     assert_eq!(
-        written_whole.as_deref(),
-        Some("0"),
+        node_metric(&hr, "state_entries_written_whole_total"),
+        Some(0),
         "the restored state was staged as the file was read, not written whole by the event loop"
     );
     let joiner = start_node(&dir.path().join("new-b"), Some(&restored)).await;
@@ -178,13 +174,7 @@ async fn a_network_lost_entirely_is_restored_from_its_archived_snapshot() {
     // received ops wait in memory for the next write that must happen (a checkpoint, at
     // most every 500 ms while the snapshot point moves); a crash before it would lose the
     // joiner's op here, to be pulled again from the network, so wait for that write
-    let in_memory = || {
-        hr.metrics()
-            .encode()
-            .lines()
-            .find_map(|l| l.strip_prefix("tidemark_state_entries_in_memory "))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-    };
+    let in_memory = || node_metric(&hr, "state_entries_in_memory");
     assert!(
         eventually(Duration::from_secs(30), || async { in_memory() == Some(0) }).await,
         "the restored node stores what it applied: {:?} entries only in memory",

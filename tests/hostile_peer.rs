@@ -13,7 +13,7 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, PeerId};
-use support::{eventually, http, start_node};
+use support::{eventually, http, metric, start_node};
 use tidemark::gossip::{encode, Message, OpsBatch, Records, Repair};
 use tidemark::node::codec::{write_frame, DIRECT_PROTOCOL};
 use tidemark::node::signing::PeerIdAuthenticator;
@@ -62,13 +62,6 @@ fn repair(ops: Vec<Op<LwwOp>>) -> Vec<u8> {
         records: Records(Vec::new()),
         more: false,
     }))
-}
-
-/// `tidemark_<name> <value>` as the metrics text gives it.
-fn metric(body: &str, name: &str) -> Option<u64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("tidemark_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,14 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{eventually, http, spawn_with};
-
-/// `tidemark_<name> <value>` as the metrics text gives it.
-fn metric(body: &str, name: &str) -> Option<u64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("tidemark_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-}
+use support::{eventually, http, metric, spawn_with};
 
 async fn write(api: SocketAddr, key: &str) -> u16 {
     let body = format!(r#"{{"key": "{key}", "value": "v"}}"#);

@@ -15,6 +15,18 @@ use tidemark::node::{Node, NodeConfig, NodeHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+/// `tidemark_<name> <value>` as the metrics text gives it (`name` may carry labels).
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("tidemark_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// [`metric`] of an in-process node.
+pub fn node_metric(handle: &NodeHandle, name: &str) -> Option<u64> {
+    metric(&handle.metrics().encode(), name)
+}
+
 /// Polls `check` every 100 ms until it returns true or `within` passes; returns whether it
 /// did.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
